@@ -1,0 +1,90 @@
+#include "log.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <stdexcept>
+
+namespace hpc::log {
+namespace {
+
+struct State {
+    int fd = 2;
+    bool journal = false;
+    Level threshold = Level::Info;
+};
+State g_state;
+
+std::string_view levelName(Level l) {
+    switch (l) {
+        case Level::Error: return "error";
+        case Level::Warning: return "warning";
+        case Level::Notice: return "notice";
+        case Level::Info: return "info";
+        case Level::Debug: return "debug";
+    }
+    return "info";
+}
+
+}  // namespace
+
+void init(const std::string& filePath, Level threshold) {
+    if (g_state.fd > 2) ::close(g_state.fd);
+    g_state = State{};
+    g_state.threshold = threshold;
+    if (!filePath.empty()) {
+        int fd = ::open(filePath.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) throw std::runtime_error("cannot open log file " + filePath + ": " + std::strerror(errno));
+        ::fchmod(fd, 0600);
+        g_state.fd = fd;
+        return;
+    }
+    g_state.journal = std::getenv("JOURNAL_STREAM") != nullptr;
+}
+
+void setThreshold(Level threshold) { g_state.threshold = threshold; }
+
+bool enabled(Level level) { return static_cast<int>(level) <= static_cast<int>(g_state.threshold); }
+
+void write(Level level, std::string_view message) {
+    if (!enabled(level)) return;
+    std::string line;
+    line.reserve(message.size() + 48);
+    if (g_state.journal) {
+        line += '<';
+        line += static_cast<char>('0' + static_cast<int>(level));
+        line += '>';
+    } else {
+        timespec ts{};
+        ::clock_gettime(CLOCK_REALTIME, &ts);
+        tm t{};
+        ::gmtime_r(&ts.tv_sec, &t);
+        char buf[40];
+        std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &t);
+        std::snprintf(buf + n, sizeof buf - n, ".%03ldZ ", ts.tv_nsec / 1000000);
+        line += buf;
+        line += levelName(level);
+        line += ": ";
+    }
+    // One event is one line: newlines inside a message would split it.
+    for (char c : message) line += (c == '\n' || c == '\r') ? ' ' : c;
+    line += '\n';
+    const char* p = line.data();
+    std::size_t left = line.size();
+    while (left > 0) {
+        ssize_t w = ::write(g_state.fd, p, left);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return;
+        }
+        p += w;
+        left -= static_cast<std::size_t>(w);
+    }
+}
+
+}  // namespace hpc::log

@@ -1,0 +1,82 @@
+#include "platform_client.hpp"
+
+#include "errors.hpp"
+
+namespace json = boost::json;
+
+namespace hpc::net {
+namespace {
+
+std::string field(const json::object& o, std::string_view key, const std::string& route) {
+    if (auto* v = o.if_contains(key); v && v->is_string() && !v->get_string().empty())
+        return std::string(v->get_string());
+    throw Error(ErrorCode::Unavailable, "the platform's reply to " + route + " has no \"" + std::string(key) + "\"");
+}
+
+}  // namespace
+
+json::object PlatformClient::call(const std::string& method, const std::string& path, const json::object* body,
+                                  const Secret& bearer) {
+    auto res = httpRequest(m_base, method, path, body ? json::serialize(*body) : std::string(), bearer.reveal(), m_options);
+    json::value v = res.json();
+    std::string message;
+    if (v.is_object())
+        if (auto* m = v.get_object().if_contains("message"); m && m->is_string()) message = m->get_string();
+    if (res.status >= 200 && res.status < 300) {
+        if (!v.is_object())
+            throw Error(ErrorCode::Unavailable, m_base.str() + path + " did not answer with JSON: is " + m_base.str() +
+                                                    " the platform's API address?");
+        return v.get_object();
+    }
+    std::string where = method + " " + m_base.str() + path;
+    if (res.status == 404 && !v.is_object())
+        throw Error(ErrorCode::NotFound, m_base.str() + " has no " + path + " route (HTTP 404): is this the platform's "
+                                                                         "API address rather than its web site?");
+    if (message.empty()) message = "HTTP " + std::to_string(res.status);
+    switch (res.status) {
+        case 400: throw Error(ErrorCode::BadRequest, where + " refused the request: " + message);
+        case 401:
+        case 403: throw Error(ErrorCode::Unauthorized, where + ": " + message);
+        case 404: throw Error(ErrorCode::NotFound, where + ": " + message);
+        case 429: throw Error(ErrorCode::Limit, where + ": " + message);
+        default: throw Error(ErrorCode::Unavailable, where + " failed: " + message);
+    }
+}
+
+Secret PlatformClient::requestCode(const std::string& email) {
+    json::object body{{"email", email}};
+    auto r = call("POST", "/otp/signin", &body, Secret());
+    auto* payload = r.if_contains("payload");
+    if (!payload || !payload->is_object())
+        throw Error(ErrorCode::Unavailable, "the platform's reply to /otp/signin has no payload: is " + m_base.str() +
+                                                " the platform's API address?");
+    return Secret(field(payload->get_object(), "token", "/otp/signin"));
+}
+
+Secret PlatformClient::verifyCode(const Secret& signinToken, const Secret& code) {
+    json::object body{{"token", signinToken.reveal()}, {"otp", code.reveal()}};
+    auto r = call("POST", "/auth/otp/signin/verify", &body, Secret());
+    return Secret(field(r, "access_token", "/auth/otp/signin/verify"));
+}
+
+Secret PlatformClient::createApiKey(const Secret& accessToken) {
+    json::object body{{"name", "hpc-daemon"}};
+    auto r = call("POST", "/auth/api-keys", &body, accessToken);
+    return Secret(field(r, "api_key", "/auth/api-keys"));
+}
+
+bool PlatformClient::registerDaemon(const Secret& apiKey, const std::string& daemonId, const json::object& info) {
+    auto r = call("PUT", "/hpc/daemons/" + daemonId, &info, apiKey);
+    if (auto* p = r.if_contains("payload"); p && p->is_object())
+        if (auto* c = p->get_object().if_contains("created"); c && c->is_bool()) return c->get_bool();
+    return false;
+}
+
+json::array PlatformClient::listDaemons(const Secret& bearer) {
+    auto r = call("GET", "/hpc/daemons", nullptr, bearer);
+    if (auto* p = r.if_contains("payload"); p && p->is_object())
+        if (auto* d = p->get_object().if_contains("daemons"); d && d->is_array()) return d->get_array();
+    throw Error(ErrorCode::Unavailable, "the platform's reply to /hpc/daemons has no daemon list");
+}
+
+}  // namespace hpc::net

@@ -1,0 +1,42 @@
+#pragma once
+/// The platform's HTTP routes as functions (docs/protocol.md, "HTTP routes"):
+/// sign-in with a one-time code, API keys, the daemon registry. Used by
+/// hpc-daemonctl setup and hpc-agent login/daemons.
+
+#include "http_client.hpp"
+#include "secret.hpp"
+
+#include <boost/json.hpp>
+
+namespace hpc::net {
+
+class PlatformClient {
+public:
+    PlatformClient(Url base, ClientOptions options) : m_base(std::move(base)), m_options(std::move(options)) {}
+
+    /// POST /otp/signin: the platform sends a code to `email`; returns the
+    /// sign-in token that goes with it.
+    Secret requestCode(const std::string& email);
+    /// POST /auth/otp/signin/verify: returns an access token.
+    Secret verifyCode(const Secret& signinToken, const Secret& code);
+    /// POST /auth/api-keys (bearer access token): returns a new API key.
+    Secret createApiKey(const Secret& accessToken);
+    /// PUT /hpc/daemons/{id} (bearer API key). True when newly registered.
+    bool registerDaemon(const Secret& apiKey, const std::string& daemonId, const boost::json::object& info);
+    /// GET /hpc/daemons: the user's registrations, with "connected".
+    boost::json::array listDaemons(const Secret& bearer);
+
+    const Url& base() const { return m_base; }
+
+private:
+    /// Sends a request and returns the JSON object reply of a 2xx, or throws
+    /// hpc::Error with the platform's message (Unauthorized for 401/403,
+    /// NotFound for 404, Limit for 429, Unavailable for 5xx).
+    boost::json::object call(const std::string& method, const std::string& path, const boost::json::object* body,
+                             const Secret& bearer);
+
+    Url m_base;
+    ClientOptions m_options;
+};
+
+}  // namespace hpc::net

@@ -1,0 +1,44 @@
+#pragma once
+/// A blocking WebSocket client over TLS (or loopback plain TCP), for the agent
+/// CLI, tests and benchmarks. Reads take a timeout; a read that times out stays
+/// pending and the next read() picks it up, so no frame is ever lost.
+
+#include "http_client.hpp"
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace hpc::net {
+
+struct WsFrame {
+    bool binary = false;
+    std::string data;
+};
+
+class WsClient {
+public:
+    /// Connects to base.path + path with `Authorization: Bearer <token>`.
+    /// Throws hpc::Error(Unauthorized) on 401/403, hpc::Error(NotFound) on 404,
+    /// hpc::Error(Unavailable) for anything else that fails.
+    static std::unique_ptr<WsClient> connect(const Url& base, const std::string& path, const std::string& bearer,
+                                             const ClientOptions& options = {});
+    ~WsClient();
+
+    void sendText(const std::string& text);
+    void sendBinary(const std::string& data);
+    /// The next frame, or nullopt when none arrived within the timeout.
+    /// Throws hpc::Error(Unavailable) when the connection is closed or broken.
+    std::optional<WsFrame> read(std::chrono::milliseconds timeout);
+    /// Sends a close frame and waits briefly for the peer's.
+    void close();
+
+    struct Impl;
+
+private:
+    explicit WsClient(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> m_impl;
+};
+
+}  // namespace hpc::net

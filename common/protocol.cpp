@@ -1,0 +1,242 @@
+#include "protocol.hpp"
+
+#include <algorithm>
+
+namespace json = boost::json;
+
+namespace hpc::protocol {
+namespace {
+
+bool isPrintableAscii(std::string_view s) {
+    return std::all_of(s.begin(), s.end(), [](char c) { return c >= 0x21 && c <= 0x7e; });
+}
+
+bool isValidType(std::string_view s) {
+    if (s.empty() || s.size() > kMaxTypeLength) return false;
+    return std::all_of(s.begin(), s.end(), [](char c) { return (c >= 'a' && c <= 'z') || c == '.' || c == '_'; });
+}
+
+ProtocolError bad(std::string message, std::string replyTo = {}) {
+    return ProtocolError{ErrorCode::BadRequest, std::move(message), std::move(replyTo)};
+}
+
+std::string kindOf(const json::value& v) {
+    switch (v.kind()) {
+        case json::kind::null: return "null";
+        case json::kind::bool_: return "a boolean";
+        case json::kind::int64:
+        case json::kind::uint64:
+        case json::kind::double_: return "a number";
+        case json::kind::string: return "a string";
+        case json::kind::array: return "an array";
+        case json::kind::object: return "an object";
+    }
+    return "unknown";
+}
+
+}  // namespace
+
+ParseResult parse(std::string_view text, std::size_t maxBytes) {
+    if (text.size() > maxBytes)
+        return bad("frame of " + std::to_string(text.size()) + " bytes exceeds the " + std::to_string(maxBytes) +
+                   "-byte limit");
+    json::error_code ec;
+    json::parse_options opts;
+    opts.max_depth = 32;
+    json::value root = json::parse(text, ec, {}, opts);
+    if (ec) return bad("not valid JSON: " + ec.message());
+    if (!root.is_object()) return bad("envelope must be a JSON object, got " + kindOf(root));
+    const json::object& o = root.get_object();
+
+    // Read the id first so every later error can be matched to its request.
+    std::string id;
+    if (const auto* idv = o.if_contains("id"); idv && idv->is_string()) {
+        std::string_view s = idv->get_string();
+        if (!s.empty() && s.size() <= kMaxIdLength && isPrintableAscii(s)) id = std::string(s);
+    }
+
+    const auto* vv = o.if_contains("v");
+    if (!vv) return bad("missing \"v\" (protocol version)", id);
+    if (!vv->is_int64() && !vv->is_uint64()) return bad("\"v\" must be an integer, got " + kindOf(*vv), id);
+    auto version = vv->is_int64() ? vv->get_int64() : static_cast<std::int64_t>(vv->get_uint64());
+    if (version != kVersion)
+        return bad("unsupported protocol version " + std::to_string(version) + "; this peer speaks version " +
+                       std::to_string(kVersion),
+                   id);
+
+    const auto* tv = o.if_contains("type");
+    if (!tv) return bad("missing \"type\"", id);
+    if (!tv->is_string()) return bad("\"type\" must be a string, got " + kindOf(*tv), id);
+    if (!isValidType(tv->get_string())) return bad("\"type\" must be 1-64 characters of a-z, '.', '_'", id);
+
+    Envelope env;
+    env.v = kVersion;
+    env.type = std::string(tv->get_string());
+
+    if (env.isResponse()) {
+        const auto* okv = o.if_contains("ok");
+        if (!okv || !okv->is_bool()) return bad("a response needs \"ok\": true or false");
+        env.ok = okv->get_bool();
+        // reply_to is null only on an error about a frame whose id was unreadable.
+        const auto* rv = o.if_contains("reply_to");
+        bool nullReply = rv && rv->is_null() && !env.ok;
+        if (!nullReply) {
+            if (!rv || !rv->is_string() || rv->get_string().empty() || rv->get_string().size() > kMaxIdLength)
+                return bad("a response needs \"reply_to\": the id of the request it answers");
+            env.replyTo = std::string(rv->get_string());
+        }
+        if (env.ok) {
+            if (const auto* res = o.if_contains("result")) {
+                if (!res->is_object()) return bad("\"result\" must be an object, got " + kindOf(*res));
+                env.result = res->get_object();
+            }
+        } else {
+            const auto* err = o.if_contains("error");
+            if (!err || !err->is_object()) return bad("a failed response needs \"error\": {code, message}");
+            const auto& eo = err->get_object();
+            const auto* code = eo.if_contains("code");
+            const auto* msg = eo.if_contains("message");
+            if (!code || !code->is_string() || !msg || !msg->is_string())
+                return bad("\"error\" needs string \"code\" and \"message\"");
+            // A code from a newer peer is kept as Internal with its text.
+            env.errorCode = errorCodeFromProtocol(code->get_string()).value_or(ErrorCode::Internal);
+            env.errorMessage = std::string(msg->get_string());
+        }
+        return env;
+    }
+
+    const auto* idv = o.if_contains("id");
+    if (!idv) return bad("missing \"id\"");
+    if (!idv->is_string()) return bad("\"id\" must be a string, got " + kindOf(*idv));
+    if (id.empty()) return bad("\"id\" must be 1-128 printable ASCII characters");
+    env.id = id;
+
+    if (const auto* pv = o.if_contains("payload")) {
+        if (!pv->is_object()) return bad("\"payload\" must be an object, got " + kindOf(*pv), id);
+        env.payload = pv->get_object();
+    }
+    if (const auto* dv = o.if_contains("daemon_id")) {
+        if (!dv->is_string()) return bad("\"daemon_id\" must be a string, got " + kindOf(*dv), id);
+        env.daemonId = std::string(dv->get_string());
+    }
+    if (const auto* av = o.if_contains("agent")) {
+        if (!av->is_object()) return bad("\"agent\" must be an object, got " + kindOf(*av), id);
+        env.agent = av->get_object();
+    }
+    return env;
+}
+
+std::string serialize(const Envelope& e) {
+    json::object o;
+    o["v"] = e.v;
+    o["type"] = e.type;
+    if (e.isResponse()) {
+        o["reply_to"] = e.replyTo;
+        o["ok"] = e.ok;
+        if (e.ok) {
+            o["result"] = e.result;
+        } else {
+            o["error"] = json::object{{"code", toProtocolCode(e.errorCode)}, {"message", e.errorMessage}};
+        }
+    } else {
+        o["id"] = e.id;
+        if (!e.daemonId.empty()) o["daemon_id"] = e.daemonId;
+        if (!e.agent.empty()) o["agent"] = e.agent;
+        o["payload"] = e.payload;
+    }
+    return json::serialize(o);
+}
+
+std::string makeMessage(std::string_view type, std::string_view id, json::object payload) {
+    Envelope e;
+    e.type = std::string(type);
+    e.id = std::string(id);
+    e.payload = std::move(payload);
+    return serialize(e);
+}
+
+std::string makeOk(std::string_view replyTo, json::object result) {
+    Envelope e;
+    e.type = "response";
+    e.replyTo = std::string(replyTo);
+    e.ok = true;
+    e.result = std::move(result);
+    return serialize(e);
+}
+
+std::string makeError(std::string_view replyTo, ErrorCode code, std::string_view message) {
+    json::object o;
+    o["v"] = kVersion;
+    o["type"] = "response";
+    // An error about a frame whose id could not be read has reply_to null.
+    if (replyTo.empty())
+        o["reply_to"] = nullptr;
+    else
+        o["reply_to"] = replyTo;
+    o["ok"] = false;
+    o["error"] = json::object{{"code", toProtocolCode(code)}, {"message", message}};
+    return json::serialize(o);
+}
+
+std::string encodeChannelFrame(std::uint32_t channel, std::string_view data) {
+    std::string out;
+    out.reserve(4 + data.size());
+    out.push_back(static_cast<char>((channel >> 24) & 0xff));
+    out.push_back(static_cast<char>((channel >> 16) & 0xff));
+    out.push_back(static_cast<char>((channel >> 8) & 0xff));
+    out.push_back(static_cast<char>(channel & 0xff));
+    out.append(data);
+    return out;
+}
+
+std::optional<ChannelFrame> decodeChannelFrame(std::span<const char> frame) {
+    if (frame.size() < 4) return std::nullopt;
+    auto b = [&](std::size_t i) { return static_cast<std::uint32_t>(static_cast<unsigned char>(frame[i])); };
+    return ChannelFrame{(b(0) << 24) | (b(1) << 16) | (b(2) << 8) | b(3), frame.subspan(4)};
+}
+
+std::optional<std::string> optString(const json::object& o, std::string_view key, std::size_t maxLen) {
+    const auto* v = o.if_contains(key);
+    if (!v || v->is_null()) return std::nullopt;
+    if (!v->is_string()) throw Error(ErrorCode::BadRequest, "\"" + std::string(key) + "\" must be a string");
+    if (v->get_string().size() > maxLen)
+        throw Error(ErrorCode::BadRequest,
+                    "\"" + std::string(key) + "\" is longer than " + std::to_string(maxLen) + " bytes");
+    return std::string(v->get_string());
+}
+
+std::optional<std::int64_t> optInt(const json::object& o, std::string_view key, std::int64_t min, std::int64_t max) {
+    const auto* v = o.if_contains(key);
+    if (!v || v->is_null()) return std::nullopt;
+    std::int64_t n = 0;
+    if (v->is_int64())
+        n = v->get_int64();
+    else if (v->is_uint64() && v->get_uint64() <= static_cast<std::uint64_t>(INT64_MAX))
+        n = static_cast<std::int64_t>(v->get_uint64());
+    else
+        throw Error(ErrorCode::BadRequest, "\"" + std::string(key) + "\" must be an integer");
+    if (n < min || n > max)
+        throw Error(ErrorCode::BadRequest, "\"" + std::string(key) + "\" must be between " + std::to_string(min) +
+                                               " and " + std::to_string(max));
+    return n;
+}
+
+std::optional<double> optNumber(const json::object& o, std::string_view key, double min, double max) {
+    const auto* v = o.if_contains(key);
+    if (!v || v->is_null()) return std::nullopt;
+    if (!v->is_number()) throw Error(ErrorCode::BadRequest, "\"" + std::string(key) + "\" must be a number");
+    double d = v->to_number<double>();
+    if (!(d >= min && d <= max))
+        throw Error(ErrorCode::BadRequest, "\"" + std::string(key) + "\" must be between " + std::to_string(min) +
+                                               " and " + std::to_string(max));
+    return d;
+}
+
+std::optional<bool> optBool(const json::object& o, std::string_view key) {
+    const auto* v = o.if_contains(key);
+    if (!v || v->is_null()) return std::nullopt;
+    if (!v->is_bool()) throw Error(ErrorCode::BadRequest, "\"" + std::string(key) + "\" must be true or false");
+    return v->get_bool();
+}
+
+}  // namespace hpc::protocol

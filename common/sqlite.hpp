@@ -1,0 +1,86 @@
+#pragma once
+/// A thin RAII layer over sqlite3: a connection, prepared statements, and
+/// transactions. Errors throw std::runtime_error with SQLite's message (which
+/// never contains bound values, so secrets stay out of error text).
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hpc::sqlite {
+
+class Statement {
+public:
+    Statement(sqlite3* db, std::string_view sql);
+
+    Statement& bind(int index, std::string_view text);
+    Statement& bind(int index, std::int64_t value);
+    Statement& bind(int index, double value);
+    Statement& bindNull(int index);
+    Statement& bind(int index, const std::optional<std::string>& text) {
+        return text ? bind(index, std::string_view(*text)) : bindNull(index);
+    }
+    Statement& bind(int index, const char* text) { return bind(index, std::string_view(text)); }
+    Statement& bind(int index, const std::string& text) { return bind(index, std::string_view(text)); }
+    Statement& bind(int index, int value) { return bind(index, static_cast<std::int64_t>(value)); }
+
+    /// Runs one step: true while a row is available.
+    bool step();
+    /// Steps to completion, for statements that return no rows.
+    void run();
+    void reset();
+
+    std::string text(int column) const;
+    std::int64_t int64(int column) const;
+    double real(int column) const;
+    bool isNull(int column) const;
+
+private:
+    sqlite3* m_db;
+    std::unique_ptr<sqlite3_stmt, decltype(&sqlite3_finalize)> m_stmt{nullptr, &sqlite3_finalize};
+};
+
+class Db {
+public:
+    /// Opens (creating when allowed) with WAL, a busy timeout and foreign keys.
+    static Db open(const std::string& path, std::chrono::milliseconds busyTimeout = std::chrono::milliseconds(5000));
+
+    void exec(std::string_view sql);
+    Statement prepare(std::string_view sql) { return Statement(m_db.get(), sql); }
+    std::int64_t lastInsertRowid() const { return sqlite3_last_insert_rowid(m_db.get()); }
+    int changes() const { return sqlite3_changes(m_db.get()); }
+    int userVersion();
+    void setUserVersion(int version);
+    sqlite3* raw() const { return m_db.get(); }
+
+private:
+    explicit Db(sqlite3* db) : m_db(db, &sqlite3_close_v2) {}
+    std::unique_ptr<sqlite3, decltype(&sqlite3_close_v2)> m_db;
+};
+
+/// BEGIN IMMEDIATE on construction; ROLLBACK unless commit() was called.
+class Transaction {
+public:
+    explicit Transaction(Db& db);
+    ~Transaction();
+    void commit();
+    Transaction(const Transaction&) = delete;
+    Transaction& operator=(const Transaction&) = delete;
+
+private:
+    Db& m_db;
+    bool m_done = false;
+};
+
+/// Applies migrations[i] for every i >= the stored user_version, each in its
+/// own transaction, so a database at any older version falls through to the
+/// newest. Refuses a database newer than this program knows.
+void migrate(Db& db, const std::vector<std::string_view>& migrations, std::string_view what);
+
+}  // namespace hpc::sqlite

@@ -1,0 +1,175 @@
+#include "store.hpp"
+
+#include "errors.hpp"
+#include "util.hpp"
+
+#include <boost/json.hpp>
+#include <fcntl.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+
+namespace hpc {
+namespace {
+
+// Index i brings the schema from version i to i+1. Never edit a shipped entry.
+const std::vector<std::string_view> kMigrations = {
+    R"sql(
+    CREATE TABLE profiles (
+        daemon_id     TEXT PRIMARY KEY,
+        platform_url  TEXT NOT NULL,
+        api_key       TEXT NOT NULL,
+        cluster_name  TEXT NOT NULL DEFAULT '',
+        skill         TEXT NOT NULL DEFAULT '',
+        allowed_dirs  TEXT NOT NULL DEFAULT '[]',
+        job_workdir   TEXT NOT NULL DEFAULT '',
+        instructions  TEXT NOT NULL DEFAULT '',
+        ca_file       TEXT NOT NULL DEFAULT '',
+        created_at    REAL NOT NULL,
+        updated_at    REAL NOT NULL
+    );
+    )sql",
+};
+
+void tighten(const fs::path& file) {
+    if (::chmod(file.c_str(), 0600) != 0 && errno != ENOENT)
+        throw std::runtime_error("cannot set mode 0600 on " + file.string() + ": " + std::strerror(errno));
+}
+
+Profile readProfile(sqlite::Statement& st) {
+    Profile p;
+    p.daemonId = st.text(0);
+    p.platformUrl = st.text(1);
+    p.apiKey = Secret(st.text(2));
+    p.clusterName = st.text(3);
+    p.skill = st.text(4);
+    json::error_code ec;
+    auto dirs = json::parse(st.text(5), ec);
+    if (!ec && dirs.is_array())
+        for (const auto& d : dirs.get_array())
+            if (d.is_string()) p.allowedDirs.emplace_back(d.get_string());
+    p.jobWorkdir = st.text(6);
+    p.instructions = st.text(7);
+    p.caFile = st.text(8);
+    p.createdAt = st.real(9);
+    p.updatedAt = st.real(10);
+    return p;
+}
+
+constexpr const char* kSelect =
+    "SELECT daemon_id, platform_url, api_key, cluster_name, skill, allowed_dirs, job_workdir, instructions, "
+    "ca_file, created_at, updated_at FROM profiles";
+
+}  // namespace
+
+fs::path homeDir() {
+    if (const char* h = std::getenv("HPC_DAEMON_HOME"); h && *h) return fs::path(h);
+    const char* home = std::getenv("HOME");
+    if (!home || !*home) {
+        if (const passwd* pw = ::getpwuid(::geteuid())) home = pw->pw_dir;
+    }
+    if (!home) throw std::runtime_error("cannot find the home directory: set HOME or HPC_DAEMON_HOME");
+    return fs::path(home) / ".hpc_daemon";
+}
+
+void ensurePrivateDir(const fs::path& dir) {
+    std::error_code ec;
+    fs::create_directories(dir.parent_path(), ec);
+    if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+        throw std::runtime_error("cannot create " + dir.string() + ": " + std::strerror(errno));
+    struct stat st{};
+    if (::lstat(dir.c_str(), &st) != 0)
+        throw std::runtime_error("cannot inspect " + dir.string() + ": " + std::strerror(errno));
+    if (!S_ISDIR(st.st_mode))
+        throw std::runtime_error(dir.string() + " is not a directory (a symlink or file is in the way)");
+    if (st.st_uid != ::geteuid())
+        throw std::runtime_error(dir.string() + " belongs to another user (uid " + std::to_string(st.st_uid) +
+                                 "); refusing to keep secrets there");
+    if ((st.st_mode & 07777) != 0700 && ::chmod(dir.c_str(), 0700) != 0)
+        throw std::runtime_error("cannot set mode 0700 on " + dir.string() + ": " + std::strerror(errno));
+}
+
+Store Store::open(const fs::path& dir) {
+    ensurePrivateDir(dir);
+    fs::path file = dir / kFileName;
+    // Create the file ourselves so it is 0600 from its first byte.
+    int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) throw std::runtime_error("cannot open " + file.string() + ": " + std::strerror(errno));
+    ::close(fd);
+    tighten(file);
+    auto db = sqlite::Db::open(file.string());
+    for (const char* suffix : {"-wal", "-shm"}) tighten(fs::path(file.string() + suffix));
+    sqlite::migrate(db, kMigrations, file.string());
+    return Store(dir, std::move(db));
+}
+
+int Store::latestSchemaVersion() { return static_cast<int>(kMigrations.size()); }
+
+std::optional<Profile> Store::profile(const std::string& daemonId) {
+    auto st = m_db.prepare(std::string(kSelect) + " WHERE daemon_id = ?1");
+    st.bind(1, daemonId);
+    if (!st.step()) return std::nullopt;
+    return readProfile(st);
+}
+
+std::vector<Profile> Store::profiles() {
+    auto st = m_db.prepare(std::string(kSelect) + " ORDER BY daemon_id");
+    std::vector<Profile> out;
+    while (st.step()) out.push_back(readProfile(st));
+    return out;
+}
+
+void Store::saveProfile(const Profile& p) {
+    if (!isValidDaemonId(p.daemonId)) throw Error(ErrorCode::BadRequest, "invalid daemon id \"" + p.daemonId + "\"");
+    json::array dirs;
+    for (const auto& d : p.allowedDirs) dirs.emplace_back(d);
+    double now = nowEpochSeconds();
+    auto st = m_db.prepare(
+        "INSERT INTO profiles (daemon_id, platform_url, api_key, cluster_name, skill, allowed_dirs, job_workdir, "
+        "instructions, ca_file, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10) "
+        "ON CONFLICT(daemon_id) DO UPDATE SET platform_url = ?2, api_key = ?3, cluster_name = ?4, skill = ?5, "
+        "allowed_dirs = ?6, job_workdir = ?7, instructions = ?8, ca_file = ?9, updated_at = ?10");
+    st.bind(1, p.daemonId)
+        .bind(2, p.platformUrl)
+        .bind(3, p.apiKey.reveal())
+        .bind(4, p.clusterName)
+        .bind(5, p.skill)
+        .bind(6, json::serialize(dirs))
+        .bind(7, p.jobWorkdir)
+        .bind(8, p.instructions)
+        .bind(9, p.caFile)
+        .bind(10, now);
+    st.run();
+}
+
+bool Store::removeProfile(const std::string& daemonId) {
+    auto st = m_db.prepare("DELETE FROM profiles WHERE daemon_id = ?1");
+    st.bind(1, daemonId);
+    st.run();
+    return m_db.changes() > 0;
+}
+
+Profile selectProfile(Store& store, const std::string& daemonId) {
+    if (!daemonId.empty()) {
+        if (auto p = store.profile(daemonId)) return *p;
+        throw Error(ErrorCode::NotFound, "no profile named \"" + daemonId + "\" in " + store.dir().string() +
+                                             "; run hpc-daemonctl setup --daemon-id " + daemonId);
+    }
+    auto all = store.profiles();
+    if (all.size() == 1) return all.front();
+    if (all.empty())
+        throw Error(ErrorCode::NotFound, "no daemon profile in " + store.dir().string() + "; run hpc-daemonctl setup");
+    std::string names;
+    for (const auto& p : all) names += (names.empty() ? "" : ", ") + p.daemonId;
+    throw Error(ErrorCode::NotFound, "several profiles exist (" + names + "); choose one with --daemon-id");
+}
+
+}  // namespace hpc

@@ -1,0 +1,67 @@
+#pragma once
+/// The daemon's local state: ~/.hpc_daemon/state.db (or $HPC_DAEMON_HOME).
+///
+/// Every open enforces the directory at 0700 and the database files at 0600,
+/// refuses a directory owned by someone else, and brings the schema to the
+/// newest version with fall-through migrations.
+
+#include "secret.hpp"
+#include "sqlite.hpp"
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hpc {
+
+/// $HPC_DAEMON_HOME, else ~/.hpc_daemon.
+std::filesystem::path homeDir();
+
+/// Creates `dir` (0700) when missing, else checks its owner and tightens its
+/// mode to 0700. Throws std::runtime_error with a sentence for the user.
+void ensurePrivateDir(const std::filesystem::path& dir);
+
+struct Profile {
+    std::string daemonId;
+    std::string platformUrl;
+    Secret apiKey;
+    std::string clusterName;
+    std::string skill;
+    std::vector<std::string> allowedDirs;  ///< absolute, resolved; empty: unrestricted
+    std::string jobWorkdir;
+    std::string instructions;
+    std::string caFile;  ///< empty: the system CAs
+    double createdAt = 0;
+    double updatedAt = 0;
+};
+
+class Store {
+public:
+    static constexpr const char* kFileName = "state.db";
+
+    /// Opens (creating) the store in `dir`. Throws std::runtime_error.
+    static Store open(const std::filesystem::path& dir = homeDir());
+
+    std::optional<Profile> profile(const std::string& daemonId);
+    std::vector<Profile> profiles();
+    /// Inserts or updates by daemon id (createdAt is kept on update).
+    void saveProfile(const Profile& profile);
+    bool removeProfile(const std::string& daemonId);
+
+    int schemaVersion() { return m_db.userVersion(); }
+    static int latestSchemaVersion();
+    const std::filesystem::path& dir() const { return m_dir; }
+    sqlite::Db& db() { return m_db; }
+
+private:
+    Store(std::filesystem::path dir, sqlite::Db db) : m_dir(std::move(dir)), m_db(std::move(db)) {}
+    std::filesystem::path m_dir;
+    sqlite::Db m_db;
+};
+
+/// The profile to use: the one named, or the only one when none is named.
+/// Throws hpc::Error(NotFound) with a sentence listing what exists.
+Profile selectProfile(Store& store, const std::string& daemonId);
+
+}  // namespace hpc

@@ -1,0 +1,48 @@
+#pragma once
+/// Small helpers shared by every program: randomness, time, URLs, paths.
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hpc {
+
+/// `bytes` bytes from getrandom(2), hex-encoded.
+std::string randomHex(std::size_t bytes);
+/// Seconds since the epoch, as the protocol sends times.
+double nowEpochSeconds();
+
+/// A parsed http(s)/ws(s) URL.
+struct Url {
+    std::string scheme;  ///< "https" or "http" (ws/wss are normalised to these)
+    std::string host;    ///< without brackets for IPv6
+    std::string port;    ///< always set: default 443/80
+    std::string path;    ///< "" or starts with '/', no trailing '/'
+    bool tls() const { return scheme == "https"; }
+    /// scheme://host:port/path
+    std::string str() const;
+};
+
+/// Parses a platform URL. nullopt with `error` set when it is not one.
+std::optional<Url> parseUrl(std::string_view text, std::string* error = nullptr);
+
+/// True when `host` is an IP literal (no SNI is sent for those).
+bool isIpLiteral(std::string_view host);
+/// True for 127.0.0.0/8, ::1 and "localhost".
+bool isLoopbackHost(std::string_view host);
+
+/// Valid daemon ids: 1-64 of [A-Za-z0-9._-], not starting with '.' or '-'.
+bool isValidDaemonId(std::string_view id);
+
+/// True when `path` (absolute, already resolved) is `dir` or inside it.
+bool isWithin(const std::filesystem::path& path, const std::filesystem::path& dir);
+
+/// Whether s is well-formed UTF-8 (what JSON strings need).
+bool isValidUtf8(std::string_view s);
+std::string base64Encode(std::string_view data);
+std::optional<std::string> base64Decode(std::string_view text);
+
+}  // namespace hpc

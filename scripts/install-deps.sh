@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages hpc-daemon builds, tests and demos with.
+# Idempotent: installs only what is missing, and does nothing when all is there.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config ccache git
+  libboost1.81-dev libboost-json1.81-dev libboost-system1.81-dev
+  libssl-dev openssl libsqlite3-dev sqlite3
+  libcli11-dev libsdbus-c++-dev libsdbus-c++-bin libsystemd-dev
+  googletest libgtest-dev libgmock-dev
+  dbus procps util-linux
+)
+# Optional extras: clang builds the libFuzzer target; openssh-server is the
+# benchmark's peer. Pass --with-bench to include the latter.
+[[ " $* " == *" --with-bench "* ]] && packages+=(openssh-server openssh-client)
+[[ " $* " == *" --with-fuzz "* ]] && packages+=(clang)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing+=("$p")
+  fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+if [[ $(id -u) -eq 0 ]]; then
+  SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+  SUDO=(sudo)
+else
+  echo "install-deps: these packages are missing and I am not root and there is no sudo:" >&2
+  echo "  ${missing[*]}" >&2
+  echo "Ask an administrator to run: apt-get install -y --no-install-recommends ${missing[*]}" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+"${SUDO[@]}" apt-get update -qq
+"${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+echo "install-deps: done"
