@@ -1,0 +1,53 @@
+#pragma once
+/// hpc-relay's HTTP routes (docs/protocol.md, "HTTP routes"), independent of
+/// the transport: the server hands each request over as an ApiRequest.
+
+#include "hub.hpp"
+#include "relay_db.hpp"
+
+#include <functional>
+#include <optional>
+#include <string>
+
+namespace hpc::relay {
+
+struct ApiRequest {
+    std::string method;
+    std::string target;         ///< path and query
+    std::string authorization;  ///< the raw Authorization header
+    std::string body;
+    std::string remote;         ///< peer address, for rate limits and logs
+};
+
+struct ApiResponse {
+    int status = 200;
+    std::string body;  ///< JSON
+};
+
+/// Delivers a one-time code to a user (a command, or a file for local use).
+using CodeSender = std::function<void(const std::string& email, const Secret& code)>;
+
+class Api {
+public:
+    Api(RelayDb& db, Hub& hub, CodeSender sender) : m_db(db), m_hub(hub), m_sender(std::move(sender)) {}
+
+    ApiResponse handle(const ApiRequest& request);
+    /// The principal behind an `Authorization: Bearer …` header, if valid.
+    std::optional<Principal> authenticate(const std::string& authorization);
+    bool isRegistered(std::int64_t userId, const std::string& daemonId) {
+        return m_db.daemon(userId, daemonId).has_value();
+    }
+
+private:
+    ApiResponse signin(const ApiRequest& r);
+    ApiResponse verify(const ApiRequest& r);
+    ApiResponse createApiKey(const ApiRequest& r);
+    ApiResponse daemons(const ApiRequest& r, const std::string& daemonId);
+    boost::json::object describe(std::int64_t userId, const Registration& reg) const;
+
+    RelayDb& m_db;
+    Hub& m_hub;
+    CodeSender m_sender;
+};
+
+}  // namespace hpc::relay

@@ -1,0 +1,82 @@
+#pragma once
+/// Routing between agents and daemons, keyed on (user, daemon id).
+///
+/// The hub knows nothing about sockets: a connection is a Peer. An agent's
+/// request is forwarded to the daemon of the same user with a relay-unique id
+/// and the agent's identity added; the daemon's response goes back under the
+/// agent's own id. A request to a daemon that is not connected is answered
+/// UNAVAILABLE at once, and so is every request still in flight when its
+/// daemon goes away.
+
+#include "protocol.hpp"
+#include "relay_db.hpp"
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+namespace hpc::relay {
+
+class Peer {
+public:
+    virtual ~Peer() = default;
+    virtual void sendText(std::string text) = 0;
+    /// Ends the connection (the peer detaches itself when it has closed).
+    virtual void close(std::string_view reason) = 0;
+};
+
+class Hub {
+public:
+    /// Requests one agent may have in flight before it gets LIMIT.
+    static constexpr std::size_t kMaxPendingPerAgent = 4096;
+
+    explicit Hub(RelayDb& db) : m_db(db) {}
+
+    /// A daemon's WebSocket is up; an older connection of the same daemon is
+    /// closed and replaced.
+    void attachDaemon(std::int64_t userId, const std::string& daemonId, std::shared_ptr<Peer> peer);
+    /// Forgets the daemon if `peer` is still its connection.
+    void detachDaemon(std::int64_t userId, const std::string& daemonId, const Peer* peer);
+    void detachAgent(const Peer* peer);
+    /// Closes and forgets every connection (server shutdown).
+    void closeAll();
+
+    void onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer, std::string_view text);
+    void onDaemonText(std::int64_t userId, const std::string& daemonId, const std::shared_ptr<Peer>& peer,
+                      std::string_view text);
+
+    /// When the daemon connected, if it is connected now.
+    std::optional<double> connectedSince(std::int64_t userId, const std::string& daemonId) const;
+    std::size_t pendingCount() const { return m_pending.size(); }
+
+private:
+    using DaemonKey = std::pair<std::int64_t, std::string>;
+    struct DaemonLink {
+        std::shared_ptr<Peer> peer;
+        double since = 0;
+    };
+    struct Pending {
+        std::weak_ptr<Peer> agent;
+        const Peer* agentKey = nullptr;
+        std::string agentRequestId;
+        DaemonKey daemon;
+    };
+
+    void answerDaemonRequest(const DaemonKey& key, Peer& daemon, const protocol::Envelope& env);
+    std::size_t pendingFor(const Peer* agent) const;
+    /// Answers UNAVAILABLE to every request in flight to `key`.
+    void failPending(const DaemonKey& key, const std::string& why);
+    void releaseSlot(const Peer* agent);
+
+    RelayDb& m_db;
+    std::map<DaemonKey, DaemonLink> m_daemons;
+    std::unordered_map<std::string, Pending> m_pending;
+    std::unordered_map<const Peer*, std::size_t> m_pendingPerAgent;
+    std::uint64_t m_nextId = 1;
+};
+
+}  // namespace hpc::relay

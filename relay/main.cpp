@@ -1,0 +1,108 @@
+// hpc-relay: the self-hostable reference platform.
+#include "api.hpp"
+#include "hub.hpp"
+#include "log.hpp"
+#include "process.hpp"
+#include "relay_db.hpp"
+#include "server.hpp"
+#include "store.hpp"
+
+#include <CLI/CLI.hpp>
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <iostream>
+
+using namespace hpc;
+
+namespace {
+
+/// Runs `command` with the email and code in its environment (never on a
+/// command line, where other users could read them).
+relay::CodeSender commandSender(std::string command) {
+    return [command = std::move(command)](const std::string& email, const Secret& code) {
+        try {
+            SpawnOptions o;
+            o.argv = {"/bin/sh", "-c", command};
+            o.envOverrides = {"HPC_OTP_EMAIL=" + email, "HPC_OTP_CODE=" + code.reveal()};
+            o.out = Stdio::Inherit;
+            o.err = Stdio::Inherit;
+            auto child = spawn(o);
+            log::info("code delivery command started for " + email + " (pid " + std::to_string(child.pid) + ")");
+        } catch (const std::exception& e) {
+            log::error(std::string("code delivery command failed to start: ") + e.what());
+        }
+    };
+}
+
+/// Appends "email code" lines to a 0600 file, for local use and tests.
+relay::CodeSender fileSender(std::string path) {
+    return [path = std::move(path)](const std::string& email, const Secret& code) {
+        int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            log::error("cannot write the code file " + path);
+            return;
+        }
+        std::string line = email + " " + code.reveal() + "\n";
+        ssize_t w = ::write(fd, line.data(), line.size());
+        ::close(fd);
+        if (w != static_cast<ssize_t>(line.size())) log::error("short write to the code file " + path);
+    };
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{
+        "hpc-relay: a self-hostable platform for hpc-daemon. Serves the sign-in, API-key and daemon-registry\n"
+        "routes over HTTPS and routes WebSocket messages between agents and daemons of the same user.\n"
+        "See docs/protocol.md for every route and message."};
+    relay::ServerConfig config;
+    std::string dataDir;
+    std::string otpCommand;
+    std::string otpFile;
+    std::string logFile;
+    bool verbose = false;
+    app.add_option("--listen", config.listen, "IP address to listen on")->capture_default_str();
+    app.add_option("--port", config.port, "TCP port (0: any free port; see --port-file)")->capture_default_str();
+    app.add_option("--cert", config.certFile, "TLS certificate chain (PEM)")->check(CLI::ExistingFile);
+    app.add_option("--key", config.keyFile, "TLS private key (PEM)")->check(CLI::ExistingFile);
+    app.add_flag("--insecure-http", config.plainHttp,
+                 "serve plain HTTP/WS instead of TLS; refused unless --listen is a loopback address");
+    app.add_option("--data-dir", dataDir, "directory for relay.db (created 0700)")->required();
+    app.add_option("--otp-command", otpCommand,
+                   "shell command that delivers a sign-in code; it gets HPC_OTP_EMAIL and HPC_OTP_CODE in its "
+                   "environment");
+    app.add_option("--otp-file", otpFile, "append \"EMAIL CODE\" lines to this file (0600) instead; for local use");
+    app.add_option("--port-file", config.portFile, "write the bound port to this file once listening");
+    app.add_option("--ws-idle-seconds", config.wsIdleSeconds, "close a WebSocket silent for this long")
+        ->check(CLI::Range(5, 3600))
+        ->capture_default_str();
+    app.add_option("--log-file", logFile, "log to this file instead of stderr");
+    app.add_flag("-v,--verbose", verbose, "log debug lines too");
+    CLI11_PARSE(app, argc, argv);
+
+    try {
+        log::init(logFile, verbose ? log::Level::Debug : log::Level::Info);
+        if (otpCommand.empty() == otpFile.empty()) {
+            std::cerr << "hpc-relay: give exactly one of --otp-command or --otp-file (how sign-in codes reach users)\n";
+            return 2;
+        }
+        // The delivery command's exit status is not needed: let the kernel reap it.
+        struct sigaction sa{};
+        sa.sa_handler = SIG_DFL;
+        sa.sa_flags = SA_NOCLDWAIT;
+        ::sigaction(SIGCHLD, &sa, nullptr);
+
+        ensurePrivateDir(dataDir);
+        relay::RelayDb db((std::filesystem::path(dataDir) / "relay.db").string());
+        relay::Hub hub(db);
+        relay::Api api(db, hub, otpCommand.empty() ? fileSender(otpFile) : commandSender(otpCommand));
+        return relay::runServer(config, api, hub);
+    } catch (const std::exception& e) {
+        std::cerr << "hpc-relay: " << e.what() << "\n";
+        return 1;
+    }
+}

@@ -1,0 +1,217 @@
+#include "relay_db.hpp"
+
+#include "util.hpp"
+
+#include <openssl/evp.h>
+
+namespace json = boost::json;
+
+namespace hpc::relay {
+namespace {
+
+const std::vector<std::string_view> kMigrations = {
+    R"sql(
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        email TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE signins (
+        token_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        code_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        used INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX signins_by_user ON signins(user_id, created_at);
+    CREATE TABLE credentials (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        kind TEXT NOT NULL CHECK (kind IN ('access', 'api_key')),
+        secret_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        expires_at REAL
+    );
+    CREATE TABLE daemons (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        daemon_id TEXT NOT NULL,
+        info TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (user_id, daemon_id)
+    );
+    CREATE TABLE callbacks (
+        user_id INTEGER NOT NULL,
+        daemon_id TEXT NOT NULL,
+        callback_id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (user_id, daemon_id, callback_id)
+    );
+    )sql",
+};
+
+Registration readRegistration(sqlite::Statement& st) {
+    Registration r;
+    r.daemonId = st.text(0);
+    json::error_code ec;
+    auto v = json::parse(st.text(1), ec);
+    if (!ec && v.is_object()) r.info = v.get_object();
+    r.createdAt = st.real(2);
+    r.updatedAt = st.real(3);
+    return r;
+}
+
+}  // namespace
+
+std::string sha256Hex(const std::string& data) {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned i = 0; i < len; ++i) {
+        out += kHex[digest[i] >> 4];
+        out += kHex[digest[i] & 15];
+    }
+    return out;
+}
+
+RelayDb::RelayDb(const std::string& path) : m_db(sqlite::Db::open(path)) {
+    sqlite::migrate(m_db, kMigrations, path);
+}
+
+std::optional<Secret> RelayDb::startSignin(const std::string& email, const Secret& code) {
+    double now = nowEpochSeconds();
+    sqlite::Transaction tx(m_db);
+    auto ins = m_db.prepare("INSERT INTO users (email, created_at) VALUES (?1, ?2) ON CONFLICT(email) DO NOTHING");
+    ins.bind(1, email).bind(2, now).run();
+    auto sel = m_db.prepare("SELECT id FROM users WHERE email = ?1");
+    sel.bind(1, email);
+    sel.step();
+    std::int64_t userId = sel.int64(0);
+    auto count = m_db.prepare("SELECT COUNT(*) FROM signins WHERE user_id = ?1 AND created_at > ?2");
+    count.bind(1, userId).bind(2, now - kCodeLifetime);
+    count.step();
+    if (count.int64(0) >= kMaxSigninsPerWindow) return std::nullopt;
+    Secret token(randomHex(24));
+    auto add = m_db.prepare(
+        "INSERT INTO signins (token_hash, user_id, code_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)");
+    add.bind(1, sha256Hex(token.reveal()))
+        .bind(2, userId)
+        .bind(3, sha256Hex(token.reveal() + ":" + code.reveal()))
+        .bind(4, now)
+        .bind(5, now + kCodeLifetime)
+        .run();
+    tx.commit();
+    return token;
+}
+
+VerifyOutcome RelayDb::verifyCode(const Secret& token, const Secret& code, std::int64_t& userId) {
+    double now = nowEpochSeconds();
+    sqlite::Transaction tx(m_db);
+    auto sel = m_db.prepare(
+        "SELECT user_id, code_hash, expires_at, attempts, used FROM signins WHERE token_hash = ?1");
+    std::string tokenHash = sha256Hex(token.reveal());
+    sel.bind(1, tokenHash);
+    if (!sel.step()) return VerifyOutcome::UnknownToken;
+    std::int64_t user = sel.int64(0);
+    std::string codeHash = sel.text(1);
+    double expires = sel.real(2);
+    auto attempts = sel.int64(3);
+    bool used = sel.int64(4) != 0;
+    if (used) return VerifyOutcome::UnknownToken;
+    if (now > expires) return VerifyOutcome::Expired;
+    if (attempts >= kMaxVerifyAttempts) return VerifyOutcome::TooManyAttempts;
+    bool match = sha256Hex(token.reveal() + ":" + code.reveal()) == codeHash;
+    auto upd = m_db.prepare("UPDATE signins SET attempts = attempts + 1, used = ?2 WHERE token_hash = ?1");
+    upd.bind(1, tokenHash).bind(2, match ? 1 : 0).run();
+    tx.commit();
+    if (!match) return attempts + 1 >= kMaxVerifyAttempts ? VerifyOutcome::TooManyAttempts : VerifyOutcome::WrongCode;
+    userId = user;
+    return VerifyOutcome::Ok;
+}
+
+std::pair<std::int64_t, Secret> RelayDb::issueCredential(std::int64_t userId, const std::string& kind,
+                                                         std::optional<double> lifetime) {
+    double now = nowEpochSeconds();
+    Secret secret((kind == "api_key" ? "hpcd_" : "hpca_") + randomHex(32));
+    auto st = m_db.prepare(
+        "INSERT INTO credentials (user_id, kind, secret_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)");
+    st.bind(1, userId).bind(2, kind).bind(3, sha256Hex(secret.reveal())).bind(4, now);
+    if (lifetime)
+        st.bind(5, now + *lifetime);
+    else
+        st.bindNull(5);
+    st.run();
+    return {m_db.lastInsertRowid(), std::move(secret)};
+}
+
+std::optional<Principal> RelayDb::authenticate(const Secret& bearer) {
+    if (bearer.empty() || bearer.reveal().size() > 256) return std::nullopt;
+    auto st = m_db.prepare("SELECT id, user_id, kind, expires_at FROM credentials WHERE secret_hash = ?1");
+    st.bind(1, sha256Hex(bearer.reveal()));
+    if (!st.step()) return std::nullopt;
+    if (!st.isNull(3) && st.real(3) < nowEpochSeconds()) return std::nullopt;
+    return Principal{st.int64(1), st.int64(0), st.text(2)};
+}
+
+bool RelayDb::putDaemon(std::int64_t userId, const std::string& daemonId, const json::object& info) {
+    double now = nowEpochSeconds();
+    bool existed = daemon(userId, daemonId).has_value();
+    auto st = m_db.prepare(
+        "INSERT INTO daemons (user_id, daemon_id, info, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) "
+        "ON CONFLICT(user_id, daemon_id) DO UPDATE SET info = ?3, updated_at = ?4");
+    st.bind(1, userId).bind(2, daemonId).bind(3, json::serialize(info)).bind(4, now).run();
+    return !existed;
+}
+
+std::vector<Registration> RelayDb::daemons(std::int64_t userId) {
+    auto st = m_db.prepare(
+        "SELECT daemon_id, info, created_at, updated_at FROM daemons WHERE user_id = ?1 ORDER BY daemon_id");
+    st.bind(1, userId);
+    std::vector<Registration> out;
+    while (st.step()) out.push_back(readRegistration(st));
+    return out;
+}
+
+std::optional<Registration> RelayDb::daemon(std::int64_t userId, const std::string& daemonId) {
+    auto st = m_db.prepare(
+        "SELECT daemon_id, info, created_at, updated_at FROM daemons WHERE user_id = ?1 AND daemon_id = ?2");
+    st.bind(1, userId).bind(2, daemonId);
+    if (!st.step()) return std::nullopt;
+    return readRegistration(st);
+}
+
+bool RelayDb::deleteDaemon(std::int64_t userId, const std::string& daemonId) {
+    auto st = m_db.prepare("DELETE FROM daemons WHERE user_id = ?1 AND daemon_id = ?2");
+    st.bind(1, userId).bind(2, daemonId).run();
+    return m_db.changes() > 0;
+}
+
+bool RelayDb::recordCallback(std::int64_t userId, const std::string& daemonId, const std::string& callbackId,
+                             const json::object& payload) {
+    auto st = m_db.prepare(
+        "INSERT INTO callbacks (user_id, daemon_id, callback_id, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5) "
+        "ON CONFLICT DO NOTHING");
+    st.bind(1, userId).bind(2, daemonId).bind(3, callbackId).bind(4, json::serialize(payload)).bind(5, nowEpochSeconds());
+    st.run();
+    return m_db.changes() > 0;
+}
+
+std::vector<json::object> RelayDb::callbacks(std::int64_t userId, const std::string& daemonId) {
+    auto st = m_db.prepare(
+        "SELECT payload FROM callbacks WHERE user_id = ?1 AND daemon_id = ?2 ORDER BY received_at");
+    st.bind(1, userId).bind(2, daemonId);
+    std::vector<json::object> out;
+    while (st.step()) {
+        json::error_code ec;
+        auto v = json::parse(st.text(0), ec);
+        if (!ec && v.is_object()) out.push_back(v.get_object());
+    }
+    return out;
+}
+
+}  // namespace hpc::relay

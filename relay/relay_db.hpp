@@ -1,0 +1,75 @@
+#pragma once
+/// hpc-relay's storage: users, one-time codes, credentials, daemon
+/// registrations and acknowledged callbacks. Only hashes of codes, tokens and
+/// API keys are stored.
+
+#include "secret.hpp"
+#include "sqlite.hpp"
+
+#include <boost/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hpc::relay {
+
+/// Who a bearer credential belongs to.
+struct Principal {
+    std::int64_t userId = 0;
+    std::int64_t credentialId = 0;
+    std::string kind;  ///< "access" or "api_key"
+};
+
+struct Registration {
+    std::string daemonId;
+    boost::json::object info;
+    double createdAt = 0;
+    double updatedAt = 0;
+};
+
+enum class VerifyOutcome { Ok, WrongCode, Expired, TooManyAttempts, UnknownToken };
+
+class RelayDb {
+public:
+    static constexpr double kCodeLifetime = 600;       ///< seconds
+    static constexpr int kMaxVerifyAttempts = 5;
+    static constexpr int kMaxSigninsPerWindow = 5;     ///< per email, per code lifetime
+    static constexpr double kAccessTokenLifetime = 7 * 24 * 3600;
+
+    explicit RelayDb(const std::string& path);
+
+    /// Creates the user when new. Returns nullopt when the email has asked for
+    /// too many codes recently; else the token that identifies this sign-in.
+    std::optional<Secret> startSignin(const std::string& email, const Secret& code);
+    /// Checks a code; on Ok, the user's id is stored in `userId`.
+    VerifyOutcome verifyCode(const Secret& token, const Secret& code, std::int64_t& userId);
+
+    /// Issues a new credential of `kind`; returns its id and the secret.
+    std::pair<std::int64_t, Secret> issueCredential(std::int64_t userId, const std::string& kind,
+                                                    std::optional<double> lifetime);
+    std::optional<Principal> authenticate(const Secret& bearer);
+
+    /// Returns true when the registration is new.
+    bool putDaemon(std::int64_t userId, const std::string& daemonId, const boost::json::object& info);
+    std::vector<Registration> daemons(std::int64_t userId);
+    std::optional<Registration> daemon(std::int64_t userId, const std::string& daemonId);
+    bool deleteDaemon(std::int64_t userId, const std::string& daemonId);
+
+    /// Records a delivered callback; false when it was seen before (a retry).
+    bool recordCallback(std::int64_t userId, const std::string& daemonId, const std::string& callbackId,
+                        const boost::json::object& payload);
+    std::vector<boost::json::object> callbacks(std::int64_t userId, const std::string& daemonId);
+
+    /// For tests that need to age rows.
+    sqlite::Db& rawDb() { return m_db; }
+
+private:
+    sqlite::Db m_db;
+};
+
+/// Lower-case hex SHA-256.
+std::string sha256Hex(const std::string& data);
+
+}  // namespace hpc::relay

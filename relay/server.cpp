@@ -1,0 +1,412 @@
+// hpc-relay's HTTP and WebSocket server. The only Beast translation unit of
+// the relay: routes live in api.cpp and routing in hub.cpp.
+#include "server.hpp"
+
+#include "log.hpp"
+#include "protocol.hpp"
+#include "util.hpp"
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
+
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+namespace ssl = asio::ssl;
+using tcp = asio::ip::tcp;
+
+namespace hpc::relay {
+namespace {
+
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+using PlainStream = beast::tcp_stream;
+
+/// Frames larger than the envelope limit still get a protocol error (the link
+/// stays up); only frames beyond this are refused by closing with 1009.
+constexpr std::size_t kMaxFrameBytes = 16 * 1024 * 1024;
+/// A peer that lets this much pile up unsent is too slow and is disconnected.
+constexpr std::size_t kMaxQueuedBytes = 64 * 1024 * 1024;
+constexpr std::size_t kMaxQueuedFrames = 8192;
+
+struct Context {
+    Api& api;
+    Hub& hub;
+    const ServerConfig& config;
+};
+
+std::string remoteOf(const tcp::socket& socket) {
+    beast::error_code ec;
+    auto ep = socket.remote_endpoint(ec);
+    return ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port());
+}
+
+template <class Stream>
+void gracefulClose(Stream& stream) {
+    beast::error_code ec;
+    if constexpr (std::is_same_v<Stream, TlsStream>) {
+        beast::get_lowest_layer(stream).socket().shutdown(tcp::socket::shutdown_both, ec);
+    } else {
+        stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    }
+}
+
+// ------------------------------------------------------------- WebSocket
+
+template <class Stream>
+class WsSession : public Peer, public std::enable_shared_from_this<WsSession<Stream>> {
+public:
+    struct Role {
+        bool daemon = false;
+        Principal principal;
+        std::string daemonId;
+    };
+
+    WsSession(Stream&& stream, Context& ctx, Role role, std::string remote)
+        : m_ws(std::move(stream)), m_ctx(ctx), m_role(std::move(role)), m_remote(std::move(remote)) {}
+
+    void accept(http::request<http::string_body> req) {
+        beast::get_lowest_layer(m_ws).expires_never();
+        websocket::stream_base::timeout t{};
+        t.handshake_timeout = std::chrono::seconds(30);
+        t.idle_timeout = std::chrono::seconds(m_ctx.config.wsIdleSeconds);
+        t.keep_alive_pings = true;
+        m_ws.set_option(t);
+        m_ws.read_message_max(kMaxFrameBytes);
+        m_ws.set_option(websocket::stream_base::decorator(
+            [](websocket::response_type& res) { res.set(http::field::server, "hpc-relay/" HPC_VERSION); }));
+        m_ws.async_accept(req, [self = this->shared_from_this()](beast::error_code ec) { self->onAccept(ec); });
+    }
+
+    void sendText(std::string text) override { enqueue(std::move(text)); }
+
+    void close(std::string_view reason) override {
+        if (m_closing) return;
+        m_closing = true;
+        m_ws.async_close(websocket::close_reason(websocket::close_code::going_away, std::string(reason).substr(0, 120)),
+                         [self = this->shared_from_this()](beast::error_code) {});
+    }
+
+private:
+    void onAccept(beast::error_code ec) {
+        if (ec) {
+            log::info("WebSocket upgrade from " + m_remote + " failed: " + ec.message());
+            return;
+        }
+        m_open = true;
+        if (m_role.daemon)
+            m_ctx.hub.attachDaemon(m_role.principal.userId, m_role.daemonId, this->shared_from_this());
+        else
+            log::info("agent connected from " + m_remote + " (user " + std::to_string(m_role.principal.userId) +
+                      ", credential " + std::to_string(m_role.principal.credentialId) + ")");
+        doRead();
+    }
+
+    void doRead() {
+        m_ws.async_read(m_buffer, [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+            self->onRead(ec);
+        });
+    }
+
+    void onRead(beast::error_code ec) {
+        if (ec) {
+            onClosed(ec);
+            return;
+        }
+        std::string text = beast::buffers_to_string(m_buffer.data());
+        m_buffer.consume(m_buffer.size());
+        auto self = this->shared_from_this();
+        if (!m_ws.got_text()) {
+            sendText(protocol::makeError({}, ErrorCode::BadRequest, "binary frames carry PTY data; no channel is open"));
+        } else if (m_role.daemon) {
+            m_ctx.hub.onDaemonText(m_role.principal.userId, m_role.daemonId, self, text);
+        } else {
+            m_ctx.hub.onAgentText(m_role.principal, self, text);
+        }
+        doRead();
+    }
+
+    void onClosed(beast::error_code ec) {
+        if (!m_open) return;
+        m_open = false;
+        std::string why = ec == websocket::error::closed ? "closed" : ec.message();
+        if (m_role.daemon) {
+            m_ctx.hub.detachDaemon(m_role.principal.userId, m_role.daemonId, this);
+            log::debug("daemon " + m_role.daemonId + " link from " + m_remote + " ended: " + why);
+        } else {
+            m_ctx.hub.detachAgent(this);
+            log::info("agent " + m_remote + " disconnected: " + why);
+        }
+        m_queue.clear();
+    }
+
+    void enqueue(std::string text) {
+        if (!m_open || m_closing) return;
+        if (m_queue.size() >= kMaxQueuedFrames || m_queuedBytes + text.size() > kMaxQueuedBytes) {
+            log::warning("peer " + m_remote + " is not reading; disconnecting it");
+            m_queue.clear();
+            m_queuedBytes = 0;
+            beast::error_code ignored;
+            beast::get_lowest_layer(m_ws).socket().close(ignored);
+            return;
+        }
+        m_queuedBytes += text.size();
+        m_queue.push_back(std::move(text));
+        if (m_queue.size() == 1) doWrite();
+    }
+
+    void doWrite() {
+        m_ws.text(true);
+        m_ws.async_write(asio::buffer(m_queue.front()),
+                         [self = this->shared_from_this()](beast::error_code ec, std::size_t) { self->onWrite(ec); });
+    }
+
+    void onWrite(beast::error_code ec) {
+        if (ec) {
+            m_queue.clear();
+            m_queuedBytes = 0;
+            return;  // the read side sees the failure and detaches
+        }
+        m_queuedBytes -= m_queue.front().size();
+        m_queue.pop_front();
+        if (!m_queue.empty()) doWrite();
+    }
+
+    websocket::stream<Stream> m_ws;
+    Context& m_ctx;
+    Role m_role;
+    std::string m_remote;
+    beast::flat_buffer m_buffer;
+    std::deque<std::string> m_queue;
+    std::size_t m_queuedBytes = 0;
+    bool m_open = false;
+    bool m_closing = false;
+};
+
+// ------------------------------------------------------------------ HTTP
+
+template <class Stream>
+class HttpSession : public std::enable_shared_from_this<HttpSession<Stream>> {
+public:
+    HttpSession(Stream&& stream, Context& ctx, std::string remote)
+        : m_stream(std::move(stream)), m_ctx(ctx), m_remote(std::move(remote)) {}
+
+    void run() { doRead(); }
+
+private:
+    void doRead() {
+        m_parser.emplace();
+        m_parser->header_limit(16 * 1024);
+        m_parser->body_limit(1024 * 1024);
+        beast::get_lowest_layer(m_stream).expires_after(std::chrono::seconds(30));
+        http::async_read(m_stream, m_buffer, *m_parser,
+                         [self = this->shared_from_this()](beast::error_code ec, std::size_t) { self->onRead(ec); });
+    }
+
+    void onRead(beast::error_code ec) {
+        if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == asio::error::eof) {
+            gracefulClose(m_stream);
+            return;
+        }
+        if (ec) {
+            if (ec == http::error::body_limit || ec == http::error::header_limit)
+                writeResponse(413, R"({"status":"error","code":"BAD_REQUEST","message":"request too large"})", false);
+            return;
+        }
+        auto req = m_parser->release();
+        if (websocket::is_upgrade(req)) {
+            upgrade(std::move(req));
+            return;
+        }
+        ApiRequest api{std::string(req.method_string()), std::string(req.target()),
+                       std::string(req[http::field::authorization]), std::move(req.body()), m_remote};
+        auto res = m_ctx.api.handle(api);
+        writeResponse(res.status, std::move(res.body), req.keep_alive());
+    }
+
+    void upgrade(http::request<http::string_body> req) {
+        std::string path(req.target().substr(0, req.target().find('?')));
+        auto who = m_ctx.api.authenticate(std::string(req[http::field::authorization]));
+        typename WsSession<Stream>::Role role;
+        static const std::string kDaemonPrefix = "/hpc/daemons/";
+        static const std::string kDaemonSuffix = "/ws";
+        if (path == "/hpc/agent/ws") {
+            if (!who) return reject(401, "a valid bearer token or API key is required");
+        } else if (path.rfind(kDaemonPrefix, 0) == 0 && path.size() > kDaemonPrefix.size() + kDaemonSuffix.size() &&
+                   path.compare(path.size() - kDaemonSuffix.size(), kDaemonSuffix.size(), kDaemonSuffix) == 0) {
+            role.daemon = true;
+            role.daemonId = path.substr(kDaemonPrefix.size(),
+                                        path.size() - kDaemonPrefix.size() - kDaemonSuffix.size());
+            if (!isValidDaemonId(role.daemonId)) return reject(400, "invalid daemon id");
+            if (!who || who->kind != "api_key") {
+                log::warning("daemon " + role.daemonId + " from " + m_remote + " refused: bad or missing API key");
+                return reject(401, "a valid API key is required");
+            }
+            // Registration is what makes a daemon id the user's.
+            if (!m_ctx.api.isRegistered(who->userId, role.daemonId))
+                return reject(404, "daemon " + role.daemonId + " is not registered; run hpc-daemonctl setup");
+        } else {
+            return reject(404, "no WebSocket route " + path);
+        }
+        role.principal = *who;
+        auto session = std::make_shared<WsSession<Stream>>(std::move(m_stream), m_ctx, std::move(role), m_remote);
+        session->accept(std::move(req));
+    }
+
+    void reject(int status, const std::string& message) {
+        writeResponse(status,
+                      boost::json::serialize(boost::json::object{
+                          {"status", "error"}, {"code", status == 401 ? "UNAUTHORIZED" : "NOT_FOUND"}, {"message", message}}),
+                      false);
+    }
+
+    void writeResponse(int status, std::string body, bool keepAlive) {
+        auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), 11);
+        res->set(http::field::server, "hpc-relay/" HPC_VERSION);
+        res->set(http::field::content_type, "application/json");
+        res->keep_alive(keepAlive);
+        res->body() = std::move(body);
+        res->prepare_payload();
+        http::async_write(m_stream, *res,
+                          [self = this->shared_from_this(), res, keepAlive](beast::error_code ec, std::size_t) {
+                              if (ec || !keepAlive) {
+                                  gracefulClose(self->m_stream);
+                                  return;
+                              }
+                              self->doRead();
+                          });
+    }
+
+    Stream m_stream;
+    Context& m_ctx;
+    std::string m_remote;
+    beast::flat_buffer m_buffer;
+    std::optional<http::request_parser<http::string_body>> m_parser;
+};
+
+// -------------------------------------------------------------- listener
+
+class Listener : public std::enable_shared_from_this<Listener> {
+public:
+    Listener(asio::io_context& ioc, ssl::context* tls, Context& ctx, const tcp::endpoint& ep)
+        : m_ioc(ioc), m_tls(tls), m_ctx(ctx), m_acceptor(ioc) {
+        m_acceptor.open(ep.protocol());
+        m_acceptor.set_option(asio::socket_base::reuse_address(true));
+        beast::error_code ec;
+        m_acceptor.bind(ep, ec);
+        if (ec) throw std::runtime_error("cannot listen on " + ep.address().to_string() + ":" +
+                                         std::to_string(ep.port()) + ": " + ec.message());
+        m_acceptor.listen(asio::socket_base::max_listen_connections);
+    }
+
+    unsigned short port() const { return m_acceptor.local_endpoint().port(); }
+    void start() { doAccept(); }
+    void stop() {
+        beast::error_code ec;
+        m_acceptor.close(ec);
+    }
+
+private:
+    void doAccept() {
+        m_acceptor.async_accept(m_ioc, [self = shared_from_this()](beast::error_code ec,
+                                                                                     tcp::socket socket) {
+            if (ec == asio::error::operation_aborted) return;
+            if (!ec) self->onAccept(std::move(socket));
+            self->doAccept();
+        });
+    }
+
+    void onAccept(tcp::socket socket) {
+        beast::error_code ec;
+        socket.set_option(tcp::no_delay(true), ec);
+        std::string remote = remoteOf(socket);
+        if (!m_tls) {
+            std::make_shared<HttpSession<PlainStream>>(PlainStream(std::move(socket)), m_ctx, remote)->run();
+            return;
+        }
+        auto stream = std::make_shared<TlsStream>(std::move(socket), *m_tls);
+        beast::get_lowest_layer(*stream).expires_after(std::chrono::seconds(15));
+        stream->async_handshake(ssl::stream_base::server, [stream, remote, &ctx = m_ctx](beast::error_code ec) {
+            if (ec) {
+                log::debug("TLS handshake from " + remote + " failed: " + ec.message());
+                return;
+            }
+            std::make_shared<HttpSession<TlsStream>>(std::move(*stream), ctx, remote)->run();
+        });
+    }
+
+    asio::io_context& m_ioc;
+    ssl::context* m_tls;
+    Context& m_ctx;
+    tcp::acceptor m_acceptor;
+};
+
+void writePortFile(const std::string& path, unsigned short port) {
+    std::string tmp = path + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::trunc);
+        out << port << "\n";
+        if (!out) throw std::runtime_error("cannot write port file " + path);
+    }
+    std::filesystem::rename(tmp, path);
+}
+
+}  // namespace
+
+int runServer(const ServerConfig& config, Api& api, Hub& hub) {
+    beast::error_code ec;
+    auto address = asio::ip::make_address(config.listen, ec);
+    if (ec) throw std::runtime_error("--listen must be an IP address, got \"" + config.listen + "\"");
+    std::unique_ptr<ssl::context> tls;
+    if (config.plainHttp) {
+        if (!address.is_loopback())
+            throw std::runtime_error("plain HTTP is allowed only on a loopback address, not " + config.listen);
+    } else {
+        if (config.certFile.empty() || config.keyFile.empty())
+            throw std::runtime_error("--cert and --key are required (or --insecure-http on a loopback address)");
+        tls = std::make_unique<ssl::context>(ssl::context::tls_server);
+        tls->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                         ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 | ssl::context::single_dh_use);
+        tls->use_certificate_chain_file(config.certFile, ec);
+        if (ec) throw std::runtime_error("cannot load certificate " + config.certFile + ": " + ec.message());
+        tls->use_private_key_file(config.keyFile, ssl::context::pem, ec);
+        if (ec) throw std::runtime_error("cannot load key " + config.keyFile + ": " + ec.message());
+    }
+
+    asio::io_context ioc(1);
+    Context ctx{api, hub, config};
+    auto listener = std::make_shared<Listener>(ioc, tls.get(), ctx, tcp::endpoint(address, config.port));
+    listener->start();
+    if (!config.portFile.empty()) writePortFile(config.portFile, listener->port());
+    log::notice(std::string("hpc-relay ") + HPC_VERSION + " listening on " + (tls ? "https" : "http") + "://" +
+                config.listen + ":" + std::to_string(listener->port()));
+
+    asio::signal_set signals(ioc, SIGINT, SIGTERM);
+    asio::steady_timer shutdownTimer(ioc);
+    signals.async_wait([&ioc, &hub, &shutdownTimer, listener](beast::error_code, int sig) {
+        log::notice(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ", stopping");
+        listener->stop();
+        hub.closeAll();
+        // Give close frames a moment to leave, never longer.
+        shutdownTimer.expires_after(std::chrono::milliseconds(300));
+        shutdownTimer.async_wait([&ioc](beast::error_code) { ioc.stop(); });
+    });
+    ioc.run();
+    // Sessions still referenced by the hub use this io_context: drop them now.
+    hub.closeAll();
+    return 0;
+}
+
+}  // namespace hpc::relay

@@ -1,0 +1,26 @@
+#pragma once
+/// The relay's network side: HTTPS + WSS (or loopback-only plain HTTP) on one
+/// port. Beast lives only in server.cpp; this header is Beast-free.
+
+#include "api.hpp"
+#include "hub.hpp"
+
+#include <string>
+
+namespace hpc::relay {
+
+struct ServerConfig {
+    std::string listen = "127.0.0.1";
+    unsigned short port = 8443;  ///< 0: any free port (see portFile)
+    std::string certFile;
+    std::string keyFile;
+    bool plainHttp = false;  ///< allowed only when `listen` is a loopback address
+    std::string portFile;    ///< when set, the bound port is written there
+    int wsIdleSeconds = 60;  ///< a WebSocket silent this long (pings unanswered) is closed
+};
+
+/// Serves until SIGINT or SIGTERM. Returns the process exit code; throws
+/// std::runtime_error for configuration errors (bad cert, port in use).
+int runServer(const ServerConfig& config, Api& api, Hub& hub);
+
+}  // namespace hpc::relay
