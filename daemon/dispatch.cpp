@@ -1,0 +1,159 @@
+#include "dispatch.hpp"
+
+#include "log.hpp"
+#include "util.hpp"
+
+#include <signal.h>
+#include <string.h>
+#include <unistd.h>
+
+namespace json = boost::json;
+
+namespace hpc::daemon {
+namespace {
+
+constexpr std::size_t kMaxArgs = 4096;
+constexpr std::size_t kMaxOutputCap = 4 * 1024 * 1024;
+constexpr double kMaxTimeoutSeconds = 7 * 24 * 3600;
+
+bool isValidEnvName(std::string_view n) {
+    if (n.empty() || n.size() > 256 || (n[0] >= '0' && n[0] <= '9')) return false;
+    for (char c : n)
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) return false;
+    return true;
+}
+
+std::string shellPath() { return ::access("/bin/bash", X_OK) == 0 ? "/bin/bash" : "/bin/sh"; }
+
+void putOutput(json::object& o, const char* name, const std::string& data) {
+    // JSON strings must be UTF-8: other bytes travel base64-encoded.
+    if (isValidUtf8(data)) {
+        o[name] = data;
+        o[std::string(name) + "_encoding"] = "utf-8";
+    } else {
+        o[name] = base64Encode(data);
+        o[std::string(name) + "_encoding"] = "base64";
+    }
+}
+
+std::string agentOf(const protocol::Envelope& env) {
+    if (auto* id = env.agent.if_contains("id"); id && id->is_string()) return std::string(id->get_string());
+    return "unknown";
+}
+
+}  // namespace
+
+void Dispatcher::onText(std::string_view text) {
+    auto parsed = protocol::parse(text);
+    if (auto* err = std::get_if<protocol::ProtocolError>(&parsed)) {
+        log::warning("bad message from the platform: " + err->message);
+        m_send(protocol::makeError(*err));
+        return;
+    }
+    const auto& env = std::get<protocol::Envelope>(parsed);
+    if (env.isResponse()) {
+        if (!env.ok)
+            log::warning("the platform refused request " + env.replyTo + ": " + env.errorMessage);
+        return;
+    }
+    try {
+        if (env.type == "exec") {
+            handleExec(env);
+        } else if (env.type == "ping") {
+            m_send(protocol::makeMessage("pong", env.id));
+        } else if (env.type == "pong") {
+            // Heartbeat answer; the link already noted the traffic.
+        } else {
+            m_send(protocol::makeError(env.id, ErrorCode::UnknownType,
+                                       "this daemon does not handle \"" + env.type + "\" (protocol v" +
+                                           std::to_string(protocol::kVersion) + ", hpc-daemond " HPC_VERSION ")"));
+        }
+    } catch (const Error& e) {
+        m_send(protocol::makeError(env.id, e.code(), e.what()));
+    } catch (const std::exception& e) {
+        log::error("internal error handling " + env.type + " " + env.id + ": " + e.what());
+        m_send(protocol::makeError(env.id, ErrorCode::Internal, "internal error"));
+    }
+}
+
+void Dispatcher::onBinary(std::string_view data) {
+    auto frame = protocol::decodeChannelFrame(std::span<const char>(data.data(), data.size()));
+    if (!frame) {
+        m_send(protocol::makeError({}, ErrorCode::BadRequest, "a binary frame needs a 4-byte channel header"));
+        return;
+    }
+    m_send(protocol::makeError({}, ErrorCode::NotFound, "channel " + std::to_string(frame->channel) + " is not open"));
+}
+
+ExecRequest Dispatcher::parseExec(const json::object& p) const {
+    ExecRequest req;
+    const auto* argv = p.if_contains("argv");
+    auto command = protocol::optString(p, "command");
+    if ((argv != nullptr && !argv->is_null()) == command.has_value())
+        throw Error(ErrorCode::BadRequest, "exec needs exactly one of \"argv\" (array of strings) or \"command\" (string)");
+    if (command) {
+        if (command->empty()) throw Error(ErrorCode::BadRequest, "\"command\" is empty");
+        req.argv = {shellPath(), "-c", *command};
+    } else {
+        if (!argv->is_array() || argv->get_array().empty() || argv->get_array().size() > kMaxArgs)
+            throw Error(ErrorCode::BadRequest, "\"argv\" must be a non-empty array of at most 4096 strings");
+        for (const auto& a : argv->get_array()) {
+            if (!a.is_string()) throw Error(ErrorCode::BadRequest, "\"argv\" must contain only strings");
+            if (a.get_string().find('\0') != json::string::npos)
+                throw Error(ErrorCode::BadRequest, "\"argv\" entries must not contain NUL bytes");
+            req.argv.emplace_back(a.get_string());
+        }
+        if (req.argv.front().empty()) throw Error(ErrorCode::BadRequest, "\"argv\"[0] is empty");
+    }
+    req.cwd = m_dirs.resolveCwd(protocol::optString(p, "cwd", 4096), m_fallbackCwd).string();
+    if (const auto* env = p.if_contains("env"); env && !env->is_null()) {
+        if (!env->is_object()) throw Error(ErrorCode::BadRequest, "\"env\" must be an object of strings");
+        for (const auto& [k, v] : env->get_object()) {
+            if (!isValidEnvName(k)) throw Error(ErrorCode::BadRequest, "invalid environment name \"" + std::string(k) + "\"");
+            if (!v.is_string()) throw Error(ErrorCode::BadRequest, "environment value of " + std::string(k) + " must be a string");
+            req.env.push_back(std::string(k) + "=" + std::string(v.get_string()));
+        }
+    }
+    req.stdinData = protocol::optString(p, "stdin");
+    if (auto t = protocol::optNumber(p, "timeout_s", 0.001, kMaxTimeoutSeconds))
+        req.timeout = std::chrono::milliseconds(static_cast<long long>(*t * 1000));
+    if (auto g = protocol::optNumber(p, "kill_grace_s", 0, 600))
+        req.killGrace = std::chrono::milliseconds(static_cast<long long>(*g * 1000));
+    if (auto m = protocol::optInt(p, "max_output_bytes", 0, kMaxOutputCap)) req.maxOutputBytes = static_cast<std::size_t>(*m);
+    return req;
+}
+
+json::object Dispatcher::toJson(const ExecResult& r) {
+    json::object o;
+    o["pid"] = r.pid;
+    o["exit_code"] = r.exitCode ? json::value(*r.exitCode) : json::value(nullptr);
+    o["signal"] = r.signal ? json::value(*r.signal) : json::value(nullptr);
+    if (r.signal) {
+        const char* abbrev = ::sigabbrev_np(*r.signal);
+        o["signal_name"] = abbrev ? std::string("SIG") + abbrev : "SIG" + std::to_string(*r.signal);
+    }
+    putOutput(o, "stdout", r.out);
+    putOutput(o, "stderr", r.err);
+    o["stdout_truncated"] = r.outTruncated;
+    o["stderr_truncated"] = r.errTruncated;
+    o["timed_out"] = r.timedOut;
+    o["duration_s"] = r.durationSeconds;
+    return o;
+}
+
+void Dispatcher::handleExec(const protocol::Envelope& env) {
+    ExecRequest req = parseExec(env.payload);
+    std::string id = env.id;
+    std::string agent = agentOf(env);
+    log::debug("exec " + id + " from " + agent + " in " + req.cwd + ": " + req.argv.front());
+    m_exec.start(std::move(req), [send = m_send, id, agent](ExecResult result) {
+        log::info("exec " + id + " from " + agent + " ended: " +
+                  (result.exitCode ? "exit " + std::to_string(*result.exitCode)
+                                   : "signal " + std::to_string(result.signal.value_or(0))) +
+                  (result.timedOut ? " (timed out)" : "") + " after " +
+                  std::to_string(static_cast<long long>(result.durationSeconds * 1000)) + " ms");
+        send(protocol::makeOk(id, toJson(result)));
+    });
+}
+
+}  // namespace hpc::daemon

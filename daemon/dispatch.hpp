@@ -1,0 +1,41 @@
+#pragma once
+/// Routes each message from the platform to its handler (design: "dispatch").
+/// Every request gets exactly one response; bad input gets an error response
+/// and changes nothing; nothing here throws to the caller.
+
+#include "allowed_dirs.hpp"
+#include "exec.hpp"
+#include "protocol.hpp"
+
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+
+namespace hpc::daemon {
+
+class Dispatcher {
+public:
+    using Send = std::function<void(std::string text)>;
+
+    Dispatcher(ExecService& exec, AllowedDirs dirs, std::filesystem::path fallbackCwd, Send send)
+        : m_exec(exec), m_dirs(std::move(dirs)), m_fallbackCwd(std::move(fallbackCwd)), m_send(std::move(send)) {}
+
+    void onText(std::string_view text);
+    void onBinary(std::string_view data);
+
+    /// Turns an exec payload into a request. Throws hpc::Error(BadRequest,
+    /// PathNotAllowed, NotFound). Public for tests.
+    ExecRequest parseExec(const boost::json::object& payload) const;
+    static boost::json::object toJson(const ExecResult& result);
+
+private:
+    void handleExec(const protocol::Envelope& env);
+
+    ExecService& m_exec;
+    AllowedDirs m_dirs;
+    std::filesystem::path m_fallbackCwd;
+    Send m_send;
+};
+
+}  // namespace hpc::daemon

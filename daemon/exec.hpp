@@ -1,0 +1,67 @@
+#pragma once
+/// One-shot commands (protocol `exec`): run, capture output up to a cap,
+/// enforce a timeout on the whole process group, report how it ended.
+/// Asynchronous on the daemon's io_context: many run at once.
+
+#include <boost/asio/io_context.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace hpc::daemon {
+
+struct ExecRequest {
+    std::vector<std::string> argv;  ///< the program and its arguments
+    std::string cwd;                ///< resolved and checked by the caller
+    std::vector<std::string> env;   ///< "NAME=value" over the daemon's environment
+    std::optional<std::string> stdinData;
+    std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+    std::chrono::milliseconds killGrace{std::chrono::seconds(2)};
+    std::size_t maxOutputBytes = 1024 * 1024;  ///< per stream
+};
+
+struct ExecResult {
+    int pid = 0;
+    std::optional<int> exitCode;
+    std::optional<int> signal;
+    std::string out;
+    std::string err;
+    bool outTruncated = false;
+    bool errTruncated = false;
+    bool timedOut = false;
+    double durationSeconds = 0;
+};
+
+class ExecRun;
+
+/// Starts and tracks exec children.
+class ExecService {
+public:
+    static constexpr std::size_t kDefaultMaxConcurrent = 128;
+
+    explicit ExecService(boost::asio::io_context& ioc, std::size_t maxConcurrent = kDefaultMaxConcurrent)
+        : m_ioc(ioc), m_maxConcurrent(maxConcurrent) {}
+    ~ExecService();
+
+    /// Starts the command; `done` runs on the loop when it has ended and its
+    /// output is collected. Throws hpc::Error: Limit when too many run,
+    /// NotFound when the program cannot be found, Internal for other spawn
+    /// failures.
+    void start(ExecRequest request, std::function<void(ExecResult)> done);
+    std::size_t running() const { return m_running.size(); }
+    /// Kills every running command's process group (daemon shutdown).
+    void killAll();
+
+private:
+    friend class ExecRun;
+    boost::asio::io_context& m_ioc;
+    std::size_t m_maxConcurrent;
+    std::unordered_map<ExecRun*, std::weak_ptr<ExecRun>> m_running;
+};
+
+}  // namespace hpc::daemon

@@ -1,0 +1,75 @@
+#pragma once
+/// The daemon's connection to the platform (design: "link").
+///
+/// Resolve, TCP, TLS (peer verified, SNI), WebSocket upgrade with the API key
+/// as bearer, then `hello`. A heartbeat `ping` goes out every period; a link
+/// that has received nothing for three periods is dead and is replaced.
+/// Reconnects forever with capped exponential backoff and full jitter; a
+/// refused key (401/403) is retried slowly. One write in flight, a bounded
+/// queue behind it. Everything runs on the caller's io_context; nothing blocks.
+
+#include "backoff.hpp"
+#include "secret.hpp"
+#include "util.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/json.hpp>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace hpc::daemon {
+
+enum class LinkState { Connecting, Connected, Backoff, Unauthorized, Stopping };
+std::string_view toString(LinkState state);
+
+struct LinkConfig {
+    Url url;
+    std::string daemonId;
+    Secret apiKey;
+    std::string caFile;
+    std::chrono::milliseconds heartbeat{std::chrono::seconds(20)};
+    std::chrono::milliseconds backoffBase{std::chrono::milliseconds(500)};
+    std::chrono::milliseconds backoffCap{std::chrono::seconds(30)};
+    /// After a refused key: wait this long, plus up to as much again of jitter.
+    std::chrono::milliseconds unauthorizedDelay{std::chrono::minutes(5)};
+    std::chrono::milliseconds connectTimeout{std::chrono::seconds(20)};
+    std::size_t maxQueuedFrames = 8192;
+    std::size_t maxQueuedBytes = 64 * 1024 * 1024;
+    boost::json::object hello;  ///< the payload of the hello message
+};
+
+struct LinkHandlers {
+    std::function<void(std::string_view text)> onText;
+    std::function<void(std::string_view data)> onBinary;
+    std::function<void(LinkState state)> onState;
+};
+
+class Link {
+public:
+    Link(boost::asio::io_context& ioc, LinkConfig config, LinkHandlers handlers);
+    ~Link();
+
+    /// Starts connecting (and keeps doing so until stop()).
+    void start();
+    /// Closes the link and stops reconnecting.
+    void stop();
+    /// Queues a text frame. False (and nothing queued) when the link is down
+    /// or the queue is full; callers keep what must not be lost elsewhere.
+    bool sendText(std::string text);
+    bool sendBinary(std::string data);
+
+    LinkState state() const;
+    /// Epoch seconds of the current connection, 0 when not connected.
+    double connectedSince() const;
+
+    struct Impl;
+
+private:
+    std::shared_ptr<Impl> m_impl;
+};
+
+}  // namespace hpc::daemon

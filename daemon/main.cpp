@@ -1,0 +1,52 @@
+// hpc-daemond: the daemon. See `hpc-daemond --help`.
+#include "daemon.hpp"
+#include "errors.hpp"
+#include "log.hpp"
+
+#include <CLI/CLI.hpp>
+#include <signal.h>
+
+#include <iostream>
+
+int main(int argc, char** argv) {
+    CLI::App app{
+        "hpc-daemond: connects this machine to an agent platform over an outbound TLS WebSocket and runs the\n"
+        "agent's commands inside the allowed directories. Reads its profile (made by `hpc-daemonctl setup`)\n"
+        "from $HPC_DAEMON_HOME/state.db (default ~/.hpc_daemon). Usually started by systemd or hpc-daemonctl.\n"
+        "Exit codes: 0 clean stop (SIGTERM/SIGINT), 1 bad profile or state, 2 usage."};
+    hpc::daemon::DaemonOptions options;
+    double heartbeatSeconds = 20;
+    double reconnectMaxSeconds = 30;
+    double unauthorizedSeconds = 300;
+    std::string logFile;
+    bool verbose = false;
+    app.add_option("--daemon-id", options.daemonId, "profile to run (default: the only one)");
+    app.add_option("--heartbeat-seconds", heartbeatSeconds,
+                   "ping period; a link silent for 3 periods is replaced")
+        ->check(CLI::Range(0.05, 3600.0))
+        ->capture_default_str();
+    app.add_option("--reconnect-max-seconds", reconnectMaxSeconds, "cap of the reconnect backoff")
+        ->check(CLI::Range(0.1, 3600.0))
+        ->capture_default_str();
+    app.add_option("--unauthorized-retry-seconds", unauthorizedSeconds,
+                   "wait after the platform refused the API key (plus up to as much jitter)")
+        ->check(CLI::Range(1.0, 86400.0))
+        ->capture_default_str();
+    app.add_option("--log-file", logFile, "log here (0600) instead of stderr/journald");
+    app.add_flag("-v,--verbose", verbose, "log debug lines too");
+    CLI11_PARSE(app, argc, argv);
+
+    auto ms = [](double s) { return std::chrono::milliseconds(static_cast<long long>(s * 1000)); };
+    options.heartbeat = ms(heartbeatSeconds);
+    options.reconnectMax = ms(reconnectMaxSeconds);
+    options.unauthorizedDelay = ms(unauthorizedSeconds);
+    ::signal(SIGPIPE, SIG_IGN);
+    try {
+        hpc::log::init(logFile, verbose ? hpc::log::Level::Debug : hpc::log::Level::Info);
+        return hpc::daemon::runDaemon(options);
+    } catch (const std::exception& e) {
+        hpc::log::error(e.what());
+        std::cerr << "hpc-daemond: " << e.what() << "\n";
+        return 1;
+    }
+}
