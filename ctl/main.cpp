@@ -1,0 +1,31 @@
+// hpc-daemonctl: the control client.
+#include "commands.hpp"
+#include "exit_codes.hpp"
+
+#include <iostream>
+
+int main(int argc, char** argv) {
+    CLI::App app{"hpc-daemonctl: set up and control hpc-daemond, the daemon that lets agents work on this machine."};
+    app.footer(hpc::ctl::kExitCodeHelp);
+    app.require_subcommand(1);
+    std::vector<hpc::ctl::Command> commands{hpc::ctl::addSetupCommand(app)};
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        int rc = app.exit(e);
+        return rc == 0 ? 0 : hpc::ctl::kExitUsage;
+    }
+    for (const auto& c : commands) {
+        if (!c.app->parsed()) continue;
+        try {
+            return c.run();
+        } catch (const hpc::Error& e) {
+            std::cerr << "hpc-daemonctl " << c.app->get_name() << ": " << e.what() << "\n";
+            return hpc::ctl::exitCodeFor(e.code());
+        } catch (const std::exception& e) {
+            std::cerr << "hpc-daemonctl " << c.app->get_name() << ": " << e.what() << "\n";
+            return hpc::ctl::kExitFailure;
+        }
+    }
+    return hpc::ctl::kExitUsage;
+}
