@@ -1,0 +1,136 @@
+// The command-line programs as a user meets them: setup, the agent CLI, and
+// their errors.
+#include "harness.hpp"
+#include "platform_client.hpp"
+#include "store.hpp"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+
+using namespace hpc;
+using namespace hpc::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+class CliTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        m_h = std::make_unique<Harness>();
+        m_h->startRelay();
+    }
+    std::unique_ptr<Harness> m_h;
+};
+
+}  // namespace
+
+TEST_F(CliTest, SetupStoresAPrivateProfileAndRegistersTheDaemon) {
+    auto work = m_h->dir() / "work";
+    auto r = m_h->setupDaemon("lab.server-1", "a@example.org", {work.string()});
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.err.find("[5/5]"), std::string::npos) << "progress is shown";
+    EXPECT_TRUE(fs::is_directory(work)) << "the allowed directory is created";
+    struct stat st{};
+    ASSERT_EQ(::stat((m_h->home("lab.server-1") / "state.db").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    ASSERT_EQ(::stat(m_h->home("lab.server-1").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0700u);
+    auto token = m_h->login("a@example.org");
+    auto list = net::PlatformClient(*parseUrl(m_h->url()), net::ClientOptions{m_h->caFile()}).listDaemons(token);
+    ASSERT_EQ(list.size(), 1u);
+    EXPECT_EQ(list[0].at("daemon_id").as_string(), "lab.server-1");
+}
+
+TEST_F(CliTest, RerunningSetupUpdatesInsteadOfDuplicating) {
+    ASSERT_EQ(m_h->setupDaemon("d", "a@example.org", {(m_h->dir() / "w1").string()}).status, 0);
+    auto r = m_h->setupDaemon("d", "a@example.org", {(m_h->dir() / "w2").string()});
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("updated"), std::string::npos) << r.out;
+    auto store = Store::open(m_h->home("d"));
+    ASSERT_EQ(store.profiles().size(), 1u);
+    EXPECT_EQ(store.profiles()[0].allowedDirs, std::vector<std::string>{fs::canonical(m_h->dir() / "w2").string()});
+    auto token = m_h->login("a@example.org");
+    EXPECT_EQ(net::PlatformClient(*parseUrl(m_h->url()), net::ClientOptions{m_h->caFile()}).listDaemons(token).size(), 1u);
+}
+
+TEST_F(CliTest, SetupWarnsLoudlyWithoutAllowedDirectories) {
+    auto r = m_h->setupDaemon("open", "a@example.org", {});
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.err.find("WARNING"), std::string::npos);
+    EXPECT_NE(r.err.find("ANYWHERE"), std::string::npos);
+}
+
+TEST_F(CliTest, SetupNeverPrintsTheApiKeyOrTheCode) {
+    auto r = m_h->setupDaemon("quiet", "a@example.org", {(m_h->dir() / "w").string()});
+    ASSERT_EQ(r.status, 0);
+    auto key = Store::open(m_h->home("quiet")).profile("quiet")->apiKey.reveal();
+    EXPECT_EQ((r.out + r.err).find(key), std::string::npos);
+    EXPECT_EQ(m_h->relayLog().find(key), std::string::npos);
+}
+
+TEST_F(CliTest, SetupAgainstAUrlWithoutThePlatformRoutesSaysSo) {
+    // The relay answers 404 JSON for unknown routes; a base path that adds a
+    // prefix reaches none of /otp, /auth, /hpc.
+    auto r = runCommand({Harness::binary("hpc-daemonctl"), "setup", "--no-interview", "--email", "a@example.org",
+                         "--url", m_h->url() + "/marketing", "--daemon-id", "x", "--ca-file", m_h->caFile()},
+                        "", {"HPC_DAEMON_HOME=" + (m_h->dir() / "h").string()});
+    EXPECT_EQ(r.status, 4) << r.err;
+    EXPECT_NE(r.err.find("/otp/signin"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTest, SetupWithAWrongCodeFailsWithTheAuthExitCode) {
+    auto r = runCommand({Harness::binary("hpc-daemonctl"), "setup", "--no-interview", "--email", "a@example.org",
+                         "--url", m_h->url(), "--daemon-id", "x", "--ca-file", m_h->caFile()},
+                        "not-the-code\n", {"HPC_DAEMON_HOME=" + (m_h->dir() / "h").string()});
+    EXPECT_EQ(r.status, 6) << r.err;
+    EXPECT_NE(r.err.find("wrong code"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTest, SetupWithoutTheCaFileExplainsTheUntrustedCertificate) {
+    auto r = runCommand({Harness::binary("hpc-daemonctl"), "setup", "--no-interview", "--email", "a@example.org",
+                         "--url", m_h->url(), "--daemon-id", "x"},
+                        "", {"HPC_DAEMON_HOME=" + (m_h->dir() / "h").string()});
+    EXPECT_EQ(r.status, 5) << r.err;
+    EXPECT_NE(r.err.find("--ca-file"), std::string::npos) << r.err;
+}
+
+TEST_F(CliTest, SetupRefusesBadInputBeforeContactingThePlatform) {
+    auto ctl = Harness::binary("hpc-daemonctl");
+    auto env = std::vector<std::string>{"HPC_DAEMON_HOME=" + (m_h->dir() / "h").string()};
+    auto r = runCommand({ctl, "setup", "--no-interview", "--email", "a@example.org", "--url", m_h->url(),
+                         "--daemon-id", "bad/id"}, "", env);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.err.find("invalid"), std::string::npos);
+    r = runCommand({ctl, "setup", "--no-interview", "--email", "a@example.org", "--url", "http://example.org"}, "", env);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.err.find("https"), std::string::npos);
+    r = runCommand({ctl, "setup", "--bogus-flag"}, "", env);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_EQ(m_h->codeLines(), 0u) << "no code was requested";
+}
+
+TEST_F(CliTest, AgentExecPrintsRemoteOutputAndExitsWithItsStatus) {
+    ASSERT_EQ(m_h->setupDaemon("d", "a@example.org", {(m_h->dir() / "w").string()}).status, 0);
+    m_h->startDaemon("d");
+    auto token = m_h->login("a@example.org");
+    ASSERT_TRUE(m_h->waitConnected(token, "d"));
+    std::vector<std::string> env = {"HPC_AGENT_URL=" + m_h->url(), "HPC_AGENT_TOKEN=" + token.reveal(),
+                                    "HPC_AGENT_CA=" + m_h->caFile()};
+    auto r = runCommand({Harness::binary("hpc-agent"), "exec", "d", "--", "sh", "-c", "echo hi; echo oops >&2; exit 4"},
+                        "", env);
+    EXPECT_EQ(r.status, 4);
+    EXPECT_EQ(r.out, "hi\n");
+    EXPECT_EQ(r.err, "oops\n");
+    r = runCommand({Harness::binary("hpc-agent"), "exec", "d", "--json", "-c", "echo json"}, "", env);
+    EXPECT_EQ(r.status, 0);
+    auto v = boost::json::parse(r.out).as_object();
+    EXPECT_EQ(v.at("stdout").as_string(), "json\n");
+    r = runCommand({Harness::binary("hpc-agent"), "exec", "nope", "--", "true"}, "", env);
+    EXPECT_EQ(r.status, 255);
+    EXPECT_NE(r.err.find("not connected"), std::string::npos);
+    r = runCommand({Harness::binary("hpc-agent"), "daemons"}, "", env);
+    EXPECT_EQ(r.status, 0);
+    EXPECT_NE(r.out.find("connected"), std::string::npos);
+}

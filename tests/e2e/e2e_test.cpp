@@ -1,0 +1,277 @@
+// The whole path over real TLS on 127.0.0.1: agent -> hpc-relay -> hpc-daemond.
+#include "harness.hpp"
+
+#include "errors.hpp"
+#include "protocol.hpp"
+#include "store.hpp"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <thread>
+
+using namespace hpc;
+using namespace hpc::test;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+namespace json = boost::json;
+
+namespace {
+
+class EndToEnd : public ::testing::Test {
+protected:
+    void SetUp() override {
+        m_h = std::make_unique<Harness>();
+        m_h->startRelay();
+        m_work = m_h->dir() / "work";
+        auto r = m_h->setupDaemon("d1", "alice@example.org", {m_work.string()});
+        ASSERT_EQ(r.status, 0) << r.err;
+    }
+
+    void startDaemon(std::vector<std::string> extra = {}) {
+        extra.insert(extra.end(), {"--heartbeat-seconds", "0.5", "--reconnect-max-seconds", "1"});
+        m_h->startDaemon("d1", extra);
+        m_token = m_h->login("alice@example.org");
+        ASSERT_TRUE(m_h->waitConnected(m_token, "d1")) << m_h->daemonLog("d1");
+        m_agent = m_h->agent(m_token);
+    }
+
+    agent::ExecOutcome sh(const std::string& script, std::optional<double> timeout = std::nullopt) {
+        agent::ExecSpec spec;
+        spec.command = script;
+        spec.timeoutSeconds = timeout;
+        return m_agent->exec("d1", spec, 60s);
+    }
+
+    /// Sends a raw frame and returns the next response.
+    protocol::Envelope rawRoundTrip(const std::string& frame, bool binary = false) {
+        if (binary)
+            m_agent->ws().sendBinary(frame);
+        else
+            m_agent->ws().sendText(frame);
+        auto reply = m_agent->ws().read(20s);
+        EXPECT_TRUE(reply) << "no reply to a bad frame";
+        if (!reply) return {};
+        auto parsed = protocol::parse(reply->data, protocol::kMaxResponseBytes);
+        EXPECT_TRUE(std::holds_alternative<protocol::Envelope>(parsed));
+        return std::get<protocol::Envelope>(parsed);
+    }
+
+    std::unique_ptr<Harness> m_h;
+    fs::path m_work;
+    Secret m_token;
+    std::unique_ptr<agent::AgentClient> m_agent;
+};
+
+int countOf(const std::string& haystack, const std::string& needle) {
+    int n = 0;
+    for (auto p = haystack.find(needle); p != std::string::npos; p = haystack.find(needle, p + 1)) ++n;
+    return n;
+}
+
+}  // namespace
+
+TEST_F(EndToEnd, ExecReturnsOutputAndExitCode) {
+    startDaemon();
+    auto r = sh("echo hello; echo warn >&2; exit 3");
+    EXPECT_EQ(r.out, "hello\n");
+    EXPECT_EQ(r.err, "warn\n");
+    EXPECT_EQ(r.exitCode, 3);
+    agent::ExecSpec argv;
+    argv.argv = {"printf", "%s|", "a b", "c"};
+    auto a = m_agent->exec("d1", argv);
+    EXPECT_EQ(a.out, "a b|c|");
+    EXPECT_EQ(a.exitCode, 0);
+}
+
+TEST_F(EndToEnd, ExecRunsInTheAllowedDirectoryAndRefusesOthers) {
+    startDaemon();
+    EXPECT_EQ(sh("pwd").out, fs::canonical(m_work).string() + "\n");
+    agent::ExecSpec spec;
+    spec.argv = {"pwd"};
+    spec.cwd = "/etc";
+    try {
+        m_agent->exec("d1", spec);
+        FAIL() << "ran outside the allowed directories";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::PathNotAllowed);
+        EXPECT_NE(std::string(e.what()).find(fs::canonical(m_work).string()), std::string::npos)
+            << "the message names the allowed directories";
+    }
+}
+
+TEST_F(EndToEnd, ExecReportsASignalExit) {
+    startDaemon();
+    auto r = sh("kill -KILL $$");
+    EXPECT_FALSE(r.exitCode);
+    EXPECT_EQ(r.signal, SIGKILL);
+    EXPECT_EQ(r.shellStatus(), 128 + SIGKILL);
+}
+
+TEST_F(EndToEnd, ExecPassesStdinAndCapsOutput) {
+    startDaemon();
+    agent::ExecSpec spec;
+    spec.argv = {"sort"};
+    spec.stdinData = "b\na\nc\n";
+    EXPECT_EQ(m_agent->exec("d1", spec).out, "a\nb\nc\n");
+    agent::ExecSpec big;
+    big.command = "head -c 100000 /dev/zero | tr '\\0' x";
+    big.maxOutputBytes = 4096;
+    auto r = m_agent->exec("d1", big);
+    EXPECT_EQ(r.out.size(), 4096u);
+    EXPECT_TRUE(r.outTruncated);
+}
+
+TEST_F(EndToEnd, TimeoutKillsTheWholeProcessGroup) {
+    startDaemon();
+    auto pidFile = m_work / "grandchild.pid";
+    auto r = sh("(trap '' TERM; sleep 120) & echo $! > " + pidFile.string() + "; sleep 120", 0.5);
+    EXPECT_TRUE(r.timedOut);
+    pid_t grandchild = 0;
+    std::ifstream(pidFile) >> grandchild;
+    ASSERT_GT(grandchild, 0);
+    EXPECT_TRUE(waitUntil([&] { return ::kill(grandchild, 0) != 0; }, 10s))
+        << "grandchild " << grandchild << " outlived the timeout";
+}
+
+TEST_F(EndToEnd, ManyExecsRunConcurrently) {
+    startDaemon();
+    // Twenty one-second commands at once: sent together, answered together.
+    std::set<std::string> ids;
+    for (int i = 0; i < 20; ++i) {
+        protocol::Envelope env;
+        env.type = "exec";
+        env.id = "c" + std::to_string(i);
+        env.daemonId = "d1";
+        env.payload = {{"command", "sleep 1; echo " + std::to_string(i)}};
+        m_agent->ws().sendText(protocol::serialize(env));
+        ids.insert(env.id);
+    }
+    auto start = std::chrono::steady_clock::now();
+    while (!ids.empty()) {
+        auto f = m_agent->ws().read(30s);
+        ASSERT_TRUE(f);
+        auto env = std::get<protocol::Envelope>(protocol::parse(f->data, protocol::kMaxResponseBytes));
+        ASSERT_TRUE(env.ok) << env.errorMessage;
+        ids.erase(env.replyTo);
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 15s) << "the execs ran one after another";
+}
+
+TEST_F(EndToEnd, AnAgentCannotReachAnotherUsersDaemon) {
+    startDaemon();
+    auto bobToken = m_h->login("bob@example.org");
+    auto bob = m_h->agent(bobToken);
+    agent::ExecSpec spec;
+    spec.argv = {"true"};
+    try {
+        bob->exec("d1", spec);
+        FAIL() << "bob reached alice's daemon";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::Unavailable);
+    }
+    EXPECT_EQ(countOf(m_h->daemonLog("d1"), "exec r"), 0) << "no request reached the daemon";
+}
+
+TEST_F(EndToEnd, ABadApiKeyIsRefusedAndRetriedSlowly) {
+    {
+        auto store = Store::open(m_h->home("d1"));
+        auto p = *store.profile("d1");
+        p.apiKey = Secret("hpcd_not_a_real_key");
+        store.saveProfile(p);
+    }
+    m_h->startDaemon("d1", {"--reconnect-max-seconds", "0.2"});
+    ASSERT_TRUE(waitUntil([&] { return m_h->daemonLog("d1").find("refused") != std::string::npos; }, 10s))
+        << m_h->daemonLog("d1");
+    std::this_thread::sleep_for(2s);
+    EXPECT_EQ(countOf(m_h->relayLog(), "bad or missing API key"), 1)
+        << "a refused key must not be retried in a tight loop";
+    EXPECT_EQ(m_h->daemonLog("d1").find("hpcd_not_a_real_key"), std::string::npos) << "the key is never logged";
+    EXPECT_EQ(m_h->relayLog().find("hpcd_not_a_real_key"), std::string::npos);
+}
+
+TEST_F(EndToEnd, DaemonReconnectsAfterTheRelayRestarts) {
+    startDaemon();
+    ASSERT_EQ(sh("echo before").out, "before\n");
+    m_h->killRelay();
+    ASSERT_TRUE(waitUntil([&] { return m_h->daemonLog("d1").find("retrying") != std::string::npos; }, 10s));
+    m_h->startRelay(m_h->port());
+    // Backoff is capped at 1 s here: the daemon must be back well within that.
+    ASSERT_TRUE(m_h->waitConnected(m_token, "d1", 15s)) << m_h->daemonLog("d1");
+    m_agent = m_h->agent(m_token);
+    EXPECT_EQ(sh("echo after").out, "after\n");
+}
+
+TEST_F(EndToEnd, ADeadLinkIsDetectedWithinThreeHeartbeats) {
+    startDaemon();
+    // A frozen relay keeps the TCP connection open but answers nothing: only
+    // the heartbeat can tell.
+    ::kill(m_h->relayPid(), SIGSTOP);
+    bool detected = waitUntil([&] { return m_h->daemonLog("d1").find("the link is dead") != std::string::npos; }, 10s);
+    ::kill(m_h->relayPid(), SIGCONT);
+    EXPECT_TRUE(detected) << m_h->daemonLog("d1");
+    EXPECT_TRUE(m_h->waitConnected(m_token, "d1", 15s));
+}
+
+TEST_F(EndToEnd, EveryMalformedMessageGetsAProtocolErrorAndTheLinkStaysUp) {
+    startDaemon();
+    struct Case {
+        std::string frame;
+        ErrorCode expected;
+    };
+    std::vector<Case> cases = {
+        {"this is not json", ErrorCode::BadRequest},
+        {"[1,2,3]", ErrorCode::BadRequest},
+        {R"({"v":1,"type":"exec","daemon_id":"d1"})", ErrorCode::BadRequest},
+        {R"({"v":2,"type":"exec","id":"v2","daemon_id":"d1"})", ErrorCode::BadRequest},
+        {R"({"v":1,"type":7,"id":"t","daemon_id":"d1"})", ErrorCode::BadRequest},
+        {R"({"v":1,"type":"exec","id":"p","daemon_id":"d1","payload":[]})", ErrorCode::BadRequest},
+        {R"({"v":1,"type":"exec","id":"n","payload":{}})", ErrorCode::BadRequest},
+        {R"({"v":1,"type":"no.such.type","id":"u","daemon_id":"d1"})", ErrorCode::UnknownType},
+        {R"({"v":1,"type":"exec","id":"e","daemon_id":"d1","payload":{"argv":"ls"}})", ErrorCode::BadRequest},
+        {R"({"v":1,"type":"exec","id":"t","daemon_id":"d1","payload":{"command":"x","timeout_s":-5}})",
+         ErrorCode::BadRequest},
+        {R"({"v":1,"type":"exec","id":"h","daemon_id":"d1","payload":{"stdin":")" + std::string(2 << 20, 'x') + "\"}}",
+         ErrorCode::BadRequest},
+    };
+    for (const auto& c : cases) {
+        auto reply = rawRoundTrip(c.frame);
+        EXPECT_FALSE(reply.ok) << c.frame.substr(0, 80);
+        EXPECT_EQ(reply.errorCode, c.expected) << c.frame.substr(0, 80) << ": " << reply.errorMessage;
+    }
+    auto bin = rawRoundTrip(std::string("\0\0\0\7data", 8), true);
+    EXPECT_EQ(bin.errorCode, ErrorCode::BadRequest);
+    // The same connection, and the daemon's link, still work.
+    EXPECT_EQ(sh("echo still-up").out, "still-up\n");
+    EXPECT_EQ(countOf(m_h->relayLog(), "daemon d1 (user 1) connected"), 1) << "the daemon link never dropped";
+}
+
+TEST_F(EndToEnd, ASecondConnectionOfTheSameDaemonReplacesTheFirst) {
+    startDaemon();
+    SpawnOptions o;
+    o.argv = {Harness::binary("hpc-daemond"), "--daemon-id", "d1", "--unauthorized-retry-seconds", "60"};
+    o.envOverrides = {"HPC_DAEMON_HOME=" + m_h->home("d1").string()};
+    o.outputFile = (m_h->dir() / "second.log").string();
+    ChildGuard second(spawn(o).pid);
+    EXPECT_TRUE(waitUntil([&] { return m_h->relayLog().find("replacing its previous connection") != std::string::npos; },
+                          10s))
+        << m_h->relayLog();
+    second.terminate();
+}
+
+TEST_F(EndToEnd, DaemonExitsCleanlyOnSigterm) {
+    startDaemon();
+    pid_t pid = m_h->daemonPid("d1");
+    ASSERT_GT(pid, 0);
+    ::kill(pid, SIGTERM);
+    int status = 0;
+    bool reaped = waitUntil([&] { return ::waitpid(pid, &status, WNOHANG) == pid; }, 10s);
+    ASSERT_TRUE(reaped);
+    EXPECT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+    EXPECT_NE(m_h->daemonLog("d1").find("hpc-daemond stopped"), std::string::npos);
+}

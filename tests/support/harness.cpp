@@ -1,0 +1,249 @@
+#include "harness.hpp"
+
+#include "errors.hpp"
+#include "platform_client.hpp"
+
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace hpc::test {
+namespace {
+
+std::string readFile(const fs::path& p) {
+    std::ifstream in(p);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+}  // namespace
+
+bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+    auto deadline = Clock::now() + timeout;
+    while (true) {
+        if (pred()) return true;
+        if (Clock::now() >= deadline) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+}
+
+CommandResult runCommand(const std::vector<std::string>& argv, const std::string& input,
+                         const std::vector<std::string>& env, std::chrono::milliseconds timeout) {
+    SpawnOptions o;
+    o.argv = argv;
+    o.envOverrides = env;
+    o.in = Stdio::Pipe;
+    o.out = Stdio::Pipe;
+    o.err = Stdio::Pipe;
+    auto p = spawn(o);
+    ChildGuard guard(p.pid);
+    if (!input.empty()) {
+        // Small inputs only: a pipe buffer holds them whole.
+        if (::write(p.stdinFd.get(), input.data(), input.size()) != static_cast<ssize_t>(input.size()))
+            throw std::runtime_error("short write to the child's stdin");
+    }
+    p.stdinFd.reset();
+    CommandResult r;
+    auto deadline = Clock::now() + timeout;
+    pollfd fds[2] = {{p.stdoutFd.get(), POLLIN, 0}, {p.stderrFd.get(), POLLIN, 0}};
+    std::string* sinks[2] = {&r.out, &r.err};
+    int open = 2;
+    while (open > 0 && Clock::now() < deadline) {
+        if (::poll(fds, 2, 50) <= 0) continue;
+        for (int i = 0; i < 2; ++i) {
+            if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP))) continue;
+            char buf[65536];
+            ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
+            if (n > 0) {
+                sinks[i]->append(buf, static_cast<std::size_t>(n));
+            } else if (n == 0 || errno != EAGAIN) {
+                fds[i].fd = -1;
+                --open;
+            }
+        }
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    auto status = guard.waitFor(std::max(left, std::chrono::milliseconds(0)));
+    if (!status) {
+        guard.terminate(std::chrono::milliseconds(500));
+        throw std::runtime_error("command timed out: " + argv.front());
+    }
+    r.status = status->code ? *status->code : 128 + status->signal.value_or(0);
+    return r;
+}
+
+std::string Harness::binary(const std::string& name) {
+    static const std::map<std::string, std::string> kPaths = {
+        {"hpc-relay", HPC_RELAY_BIN},
+        {"hpc-daemond", HPC_DAEMOND_BIN},
+        {"hpc-daemonctl", HPC_DAEMONCTL_BIN},
+        {"hpc-agent", HPC_AGENT_BIN},
+    };
+    return kPaths.at(name);
+}
+
+Harness::Harness() {
+    char tmpl[] = "/tmp/hpc-e2e-XXXXXX";
+    if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
+    m_dir = tmpl;
+    auto r = runCommand({HPC_SOURCE_DIR "/scripts/make-cert.sh", (m_dir / "tls").string()});
+    if (r.status != 0) throw std::runtime_error("make-cert.sh failed: " + r.err);
+}
+
+Harness::~Harness() {
+    for (auto& [id, d] : m_daemons) d.terminate(std::chrono::milliseconds(3000));
+    m_relay.terminate(std::chrono::milliseconds(3000));
+    if (!std::getenv("HPC_KEEP_TEST_DIR")) {
+        std::error_code ec;
+        fs::remove_all(m_dir, ec);
+    }
+}
+
+void Harness::startRelay(int port) {
+    if (port == 0) port = m_port;
+    fs::remove(m_dir / "relay.port");
+    SpawnOptions o;
+    o.argv = {binary("hpc-relay"), "--port", std::to_string(port), "--port-file", (m_dir / "relay.port").string(),
+              "--cert", (m_dir / "tls" / "cert.pem").string(), "--key", (m_dir / "tls" / "key.pem").string(),
+              "--data-dir", (m_dir / "relay").string(), "--otp-file", (m_dir / "codes.txt").string(),
+              "--ws-idle-seconds", "10", "-v"};
+    o.outputFile = (m_dir / "relay.log").string();
+    m_relay = ChildGuard(spawn(o).pid);
+    if (!waitUntil([&] { return fs::exists(m_dir / "relay.port") || !m_relay.running() || m_relay.poll(); },
+                   std::chrono::seconds(10)) ||
+        !m_relay.running())
+        throw std::runtime_error("hpc-relay did not start: " + relayLog());
+    m_port = std::stoi(readFile(m_dir / "relay.port"));
+}
+
+void Harness::stopRelay() { m_relay.terminate(std::chrono::milliseconds(3000)); }
+
+void Harness::killRelay() {
+    m_relay.signal(SIGKILL);
+    m_relay.waitFor(std::chrono::seconds(5));
+}
+
+std::string Harness::relayLog() const { return readFile(m_dir / "relay.log"); }
+
+std::size_t Harness::codeLines() const {
+    std::ifstream in(m_dir / "codes.txt");
+    std::size_t n = 0;
+    std::string line;
+    while (std::getline(in, line)) ++n;
+    return n;
+}
+
+std::string Harness::waitForCode(const std::string& email, std::size_t linesBefore) {
+    std::string code;
+    waitUntil(
+        [&] {
+            std::ifstream in(m_dir / "codes.txt");
+            std::string line;
+            std::size_t n = 0;
+            while (std::getline(in, line))
+                if (++n > linesBefore && line.rfind(email + " ", 0) == 0) code = line.substr(email.size() + 1);
+            return !code.empty();
+        },
+        std::chrono::seconds(10));
+    if (code.empty()) throw std::runtime_error("no code arrived for " + email);
+    return code;
+}
+
+CommandResult Harness::setupDaemon(const std::string& daemonId, const std::string& email,
+                                   const std::vector<std::string>& allowedDirs, const std::vector<std::string>& extra) {
+    std::vector<std::string> argv = {binary("hpc-daemonctl"), "setup", "--no-interview", "--email", email,
+                                     "--url", url(), "--daemon-id", daemonId, "--ca-file", caFile()};
+    for (const auto& d : allowedDirs) {
+        argv.push_back("--allowed-dirs");
+        argv.push_back(d);
+    }
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    // The code is typed once the relay has sent it: run setup with its stdin
+    // fed by a thread that waits for the code.
+    std::size_t before = codeLines();
+    SpawnOptions o;
+    o.argv = argv;
+    o.envOverrides = {"HPC_DAEMON_HOME=" + home(daemonId).string()};
+    o.in = Stdio::Pipe;
+    o.out = Stdio::Pipe;
+    o.err = Stdio::Pipe;
+    auto p = spawn(o);
+    ChildGuard guard(p.pid);
+    std::string code = waitForCode(email, before) + "\n";
+    if (::write(p.stdinFd.get(), code.data(), code.size()) != static_cast<ssize_t>(code.size()))
+        throw std::runtime_error("cannot type the code into setup");
+    p.stdinFd.reset();
+    CommandResult r;
+    auto status = guard.waitFor(std::chrono::seconds(30));
+    if (!status) throw std::runtime_error("setup did not finish");
+    r.status = status->code.value_or(128 + status->signal.value_or(0));
+    char buf[65536];
+    ssize_t n;
+    while ((n = ::read(p.stdoutFd.get(), buf, sizeof buf)) > 0) r.out.append(buf, static_cast<std::size_t>(n));
+    while ((n = ::read(p.stderrFd.get(), buf, sizeof buf)) > 0) r.err.append(buf, static_cast<std::size_t>(n));
+    return r;
+}
+
+void Harness::startDaemon(const std::string& daemonId, const std::vector<std::string>& extra) {
+    SpawnOptions o;
+    o.argv = {binary("hpc-daemond"), "--daemon-id", daemonId, "-v"};
+    o.argv.insert(o.argv.end(), extra.begin(), extra.end());
+    o.envOverrides = {"HPC_DAEMON_HOME=" + home(daemonId).string()};
+    o.outputFile = (m_dir / ("daemon-" + daemonId + ".log")).string();
+    m_daemons[daemonId] = ChildGuard(spawn(o).pid);
+}
+
+void Harness::stopDaemon(const std::string& daemonId) {
+    if (auto it = m_daemons.find(daemonId); it != m_daemons.end()) it->second.terminate();
+}
+
+pid_t Harness::daemonPid(const std::string& daemonId) const {
+    auto it = m_daemons.find(daemonId);
+    return it == m_daemons.end() ? -1 : it->second.pid();
+}
+
+std::string Harness::daemonLog(const std::string& daemonId) const {
+    return readFile(m_dir / ("daemon-" + daemonId + ".log"));
+}
+
+Secret Harness::login(const std::string& email) {
+    auto u = parseUrl(url());
+    net::PlatformClient platform(*u, net::ClientOptions{caFile()});
+    std::size_t before = codeLines();
+    Secret signin = platform.requestCode(email);
+    return platform.verifyCode(signin, Secret(waitForCode(email, before)));
+}
+
+std::unique_ptr<agent::AgentClient> Harness::agent(const Secret& token) {
+    return agent::AgentClient::connect(agent::AgentOptions{*parseUrl(url()), token, caFile()});
+}
+
+bool Harness::waitConnected(const Secret& token, const std::string& daemonId, std::chrono::milliseconds timeout) {
+    net::PlatformClient platform(*parseUrl(url()), net::ClientOptions{caFile(), std::chrono::seconds(2)});
+    return waitUntil(
+        [&] {
+            try {
+                for (const auto& d : platform.listDaemons(token)) {
+                    const auto& o = d.as_object();
+                    if (o.at("daemon_id").as_string() == daemonId && o.at("connected").as_bool()) return true;
+                }
+            } catch (const Error&) {
+                // The relay may be restarting.
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            return false;
+        },
+        timeout);
+}
+
+}  // namespace hpc::test

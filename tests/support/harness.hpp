@@ -1,0 +1,89 @@
+#pragma once
+/// Runs the real system on 127.0.0.1 for end-to-end tests and benchmarks: a
+/// certificate made now, hpc-relay, profiles made by `hpc-daemonctl setup`,
+/// hpc-daemond, and agent connections. Every process started here is stopped
+/// by pid when the harness is destroyed.
+
+#include "agent_client.hpp"
+#include "process.hpp"
+#include "secret.hpp"
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace hpc::test {
+
+/// Polls `pred` every 10 ms until it holds or `timeout` passes.
+bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
+
+/// Output of a finished command.
+struct CommandResult {
+    int status = -1;  ///< exit code, or 128 + signal
+    std::string out;
+    std::string err;
+};
+
+/// Runs a program to completion with `input` on stdin (bounded by `timeout`).
+CommandResult runCommand(const std::vector<std::string>& argv, const std::string& input = {},
+                         const std::vector<std::string>& env = {},
+                         std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+class Harness {
+public:
+    Harness();
+    ~Harness();
+    Harness(const Harness&) = delete;
+    Harness& operator=(const Harness&) = delete;
+
+    const std::filesystem::path& dir() const { return m_dir; }
+    std::string url() const { return "https://127.0.0.1:" + std::to_string(m_port); }
+    std::string caFile() const { return (m_dir / "tls" / "ca.pem").string(); }
+    int port() const { return m_port; }
+
+    /// Starts hpc-relay (on `port`, or a free port the first time).
+    void startRelay(int port = 0);
+    /// SIGTERM and reap.
+    void stopRelay();
+    /// SIGKILL, no clean-up: a crash.
+    void killRelay();
+    std::string relayLog() const;
+    pid_t relayPid() const { return m_relay.pid(); }
+
+    /// The code the relay sent to `email` after `linesBefore` lines of the code file.
+    std::string waitForCode(const std::string& email, std::size_t linesBefore);
+    std::size_t codeLines() const;
+
+    /// Runs `hpc-daemonctl setup --no-interview` for `daemonId` as `email`,
+    /// typing the code, with HPC_DAEMON_HOME = home(daemonId).
+    CommandResult setupDaemon(const std::string& daemonId, const std::string& email,
+                              const std::vector<std::string>& allowedDirs, const std::vector<std::string>& extra = {});
+    std::filesystem::path home(const std::string& daemonId) const { return m_dir / ("home-" + daemonId); }
+
+    /// Starts hpc-daemond for a profile made by setupDaemon.
+    void startDaemon(const std::string& daemonId, const std::vector<std::string>& extra = {});
+    void stopDaemon(const std::string& daemonId);
+    pid_t daemonPid(const std::string& daemonId) const;
+    std::string daemonLog(const std::string& daemonId) const;
+
+    /// Signs in as `email` over HTTP and returns an access token.
+    Secret login(const std::string& email);
+    std::unique_ptr<agent::AgentClient> agent(const Secret& token);
+    /// Waits until the relay lists `daemonId` as connected for `token`'s user.
+    bool waitConnected(const Secret& token, const std::string& daemonId,
+                       std::chrono::milliseconds timeout = std::chrono::seconds(20));
+
+    static std::string binary(const std::string& name);
+
+private:
+    std::filesystem::path m_dir;
+    int m_port = 0;
+    ChildGuard m_relay;
+    std::map<std::string, ChildGuard> m_daemons;
+};
+
+}  // namespace hpc::test

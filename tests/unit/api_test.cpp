@@ -1,0 +1,152 @@
+#include "api.hpp"
+#include "hub.hpp"
+#include "relay_db.hpp"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+
+using namespace hpc;
+using namespace hpc::relay;
+namespace json = boost::json;
+
+namespace {
+
+class ApiTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        char tmpl[] = "/tmp/hpc-api-XXXXXX";
+        ASSERT_TRUE(::mkdtemp(tmpl));
+        m_dir = tmpl;
+        m_db = std::make_unique<RelayDb>(m_dir + "/relay.db");
+        m_hub = std::make_unique<Hub>(*m_db);
+        m_api = std::make_unique<Api>(*m_db, *m_hub, [this](const std::string& email, const Secret& code) {
+            m_codes.emplace_back(email, code.reveal());
+        });
+    }
+    void TearDown() override { std::filesystem::remove_all(m_dir); }
+
+    ApiResponse call(const std::string& method, const std::string& path, const json::object& body = {},
+                     const std::string& bearer = {}) {
+        return m_api->handle({method, path, bearer.empty() ? "" : "Bearer " + bearer, json::serialize(body), "test"});
+    }
+    static json::object bodyOf(const ApiResponse& r) { return json::parse(r.body).as_object(); }
+
+    std::string signIn(const std::string& email) {
+        auto r = call("POST", "/otp/signin", {{"email", email}});
+        EXPECT_EQ(r.status, 200) << r.body;
+        std::string token(bodyOf(r).at("payload").at("token").as_string());
+        auto v = call("POST", "/auth/otp/signin/verify", {{"token", token}, {"otp", m_codes.back().second}});
+        EXPECT_EQ(v.status, 200) << v.body;
+        return std::string(bodyOf(v).at("access_token").as_string());
+    }
+
+    std::string m_dir;
+    std::unique_ptr<RelayDb> m_db;
+    std::unique_ptr<Hub> m_hub;
+    std::unique_ptr<Api> m_api;
+    std::vector<std::pair<std::string, std::string>> m_codes;
+};
+
+}  // namespace
+
+TEST_F(ApiTest, SignsInWithAOneTimeCodeAndCreatesAnApiKey) {
+    std::string access = signIn("a@example.org");
+    EXPECT_EQ(m_codes.size(), 1u);
+    EXPECT_EQ(m_codes[0].second.size(), 6u);
+    auto k = call("POST", "/auth/api-keys", {}, access);
+    EXPECT_EQ(k.status, 201) << k.body;
+    std::string key(bodyOf(k).at("api_key").as_string());
+    EXPECT_EQ(key.rfind("hpcd_", 0), 0u);
+    auto who = m_api->authenticate("Bearer " + key);
+    ASSERT_TRUE(who);
+    EXPECT_EQ(who->kind, "api_key");
+}
+
+TEST_F(ApiTest, ACodeWorksOnlyOnce) {
+    auto r = call("POST", "/otp/signin", {{"email", "a@example.org"}});
+    std::string token(bodyOf(r).at("payload").at("token").as_string());
+    json::object verify{{"token", token}, {"otp", m_codes.back().second}};
+    EXPECT_EQ(call("POST", "/auth/otp/signin/verify", verify).status, 200);
+    EXPECT_EQ(call("POST", "/auth/otp/signin/verify", verify).status, 401);
+}
+
+TEST_F(ApiTest, WrongCodesAreLimitedThenTheSignInIsBurned) {
+    auto r = call("POST", "/otp/signin", {{"email", "a@example.org"}});
+    std::string token(bodyOf(r).at("payload").at("token").as_string());
+    std::string right = m_codes.back().second;
+    std::string wrong = right == "000000" ? "111111" : "000000";
+    for (int i = 0; i < RelayDb::kMaxVerifyAttempts - 1; ++i)
+        EXPECT_EQ(call("POST", "/auth/otp/signin/verify", {{"token", token}, {"otp", wrong}}).status, 401);
+    EXPECT_EQ(call("POST", "/auth/otp/signin/verify", {{"token", token}, {"otp", wrong}}).status, 429);
+    EXPECT_EQ(call("POST", "/auth/otp/signin/verify", {{"token", token}, {"otp", right}}).status, 429)
+        << "after too many attempts even the right code is refused";
+}
+
+TEST_F(ApiTest, SignInRequestsAreRateLimitedPerEmail) {
+    for (int i = 0; i < RelayDb::kMaxSigninsPerWindow; ++i)
+        EXPECT_EQ(call("POST", "/otp/signin", {{"email", "a@example.org"}}).status, 200);
+    EXPECT_EQ(call("POST", "/otp/signin", {{"email", "a@example.org"}}).status, 429);
+    EXPECT_EQ(call("POST", "/otp/signin", {{"email", "b@example.org"}}).status, 200);
+}
+
+TEST_F(ApiTest, ExpiredCodesAreRefused) {
+    auto r = call("POST", "/otp/signin", {{"email", "a@example.org"}});
+    std::string token(bodyOf(r).at("payload").at("token").as_string());
+    m_db->rawDb().exec("UPDATE signins SET expires_at = 0");
+    auto v = call("POST", "/auth/otp/signin/verify", {{"token", token}, {"otp", m_codes.back().second}});
+    EXPECT_EQ(v.status, 401);
+    EXPECT_NE(v.body.find("expired"), std::string::npos);
+}
+
+TEST_F(ApiTest, RefusesBadSignInInput) {
+    EXPECT_EQ(call("POST", "/otp/signin", {{"email", "not-an-email"}}).status, 400);
+    EXPECT_EQ(m_api->handle({"POST", "/otp/signin", "", "{broken", "t"}).status, 400);
+    EXPECT_EQ(call("GET", "/otp/signin").status, 405);
+    EXPECT_TRUE(m_codes.empty());
+}
+
+TEST_F(ApiTest, AnApiKeyNeedsAnAccessToken) {
+    EXPECT_EQ(call("POST", "/auth/api-keys").status, 401);
+    EXPECT_EQ(call("POST", "/auth/api-keys", {}, "hpca_made_up").status, 401);
+}
+
+TEST_F(ApiTest, RegistersUpdatesListsAndDeletesDaemons) {
+    std::string access = signIn("a@example.org");
+    json::object info{{"hostname", "login1"}, {"allowed_dirs", json::array{"/scratch/x"}}};
+    auto put = call("PUT", "/hpc/daemons/mila", info, access);
+    EXPECT_EQ(put.status, 201) << put.body;
+    EXPECT_EQ(call("PUT", "/hpc/daemons/mila", info, access).status, 200) << "re-registering updates";
+    auto list = bodyOf(call("GET", "/hpc/daemons", {}, access));
+    auto daemons = list.at("payload").at("daemons").as_array();
+    ASSERT_EQ(daemons.size(), 1u);
+    EXPECT_EQ(daemons[0].at("daemon_id").as_string(), "mila");
+    EXPECT_FALSE(daemons[0].at("connected").as_bool());
+    EXPECT_EQ(call("GET", "/hpc/daemons/mila", {}, access).status, 200);
+    EXPECT_EQ(call("DELETE", "/hpc/daemons/mila", {}, access).status, 200);
+    EXPECT_EQ(call("GET", "/hpc/daemons/mila", {}, access).status, 404);
+}
+
+TEST_F(ApiTest, DaemonRoutesAreScopedToTheUser) {
+    std::string alice = signIn("alice@example.org");
+    std::string bob = signIn("bob@example.org");
+    EXPECT_EQ(call("PUT", "/hpc/daemons/x", {}, alice).status, 201);
+    EXPECT_EQ(call("GET", "/hpc/daemons/x", {}, bob).status, 404);
+    EXPECT_EQ(call("DELETE", "/hpc/daemons/x", {}, bob).status, 404);
+    EXPECT_TRUE(bodyOf(call("GET", "/hpc/daemons", {}, bob)).at("payload").at("daemons").as_array().empty());
+}
+
+TEST_F(ApiTest, RefusesBadRegistrations) {
+    std::string access = signIn("a@example.org");
+    EXPECT_EQ(call("PUT", "/hpc/daemons/bad%20id", {}, access).status, 400);
+    EXPECT_EQ(call("PUT", "/hpc/daemons/ok", {{"allowed_dirs", "not-a-list"}}, access).status, 400);
+    EXPECT_EQ(call("PUT", "/hpc/daemons/ok", {{"allowed_dirs", json::array{1, 2}}}, access).status, 400);
+    EXPECT_EQ(call("PUT", "/hpc/daemons/ok", {}, "").status, 401);
+}
+
+TEST_F(ApiTest, UnknownRoutesAre404) {
+    auto r = call("GET", "/nowhere");
+    EXPECT_EQ(r.status, 404);
+    EXPECT_EQ(bodyOf(r).at("status").as_string(), "error");
+}

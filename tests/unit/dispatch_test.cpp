@@ -1,0 +1,137 @@
+#include "dispatch.hpp"
+
+#include "errors.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+
+using namespace hpc;
+using namespace hpc::daemon;
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+class DispatchTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        char tmpl[] = "/tmp/hpc-dispatch-XXXXXX";
+        ASSERT_TRUE(::mkdtemp(tmpl));
+        m_root = tmpl;
+        fs::create_directories(m_root / "allowed" / "sub");
+        fs::create_directories(m_root / "outside");
+        fs::create_directory_symlink(m_root / "outside", m_root / "allowed" / "escape");
+        m_dispatch = std::make_unique<Dispatcher>(m_exec, AllowedDirs({(m_root / "allowed").string()}), "/tmp",
+                                                  [this](std::string t) { m_sent.push_back(std::move(t)); });
+    }
+    void TearDown() override { fs::remove_all(m_root); }
+
+    protocol::Envelope lastReply() {
+        EXPECT_FALSE(m_sent.empty());
+        auto r = protocol::parse(m_sent.back(), protocol::kMaxResponseBytes);
+        return std::get<protocol::Envelope>(r);
+    }
+    ErrorCode errorFor(const json::object& payload) {
+        m_dispatch->onText(protocol::makeMessage("exec", "x", payload));
+        auto r = lastReply();
+        EXPECT_FALSE(r.ok) << json::serialize(payload);
+        return r.errorCode;
+    }
+
+    fs::path m_root;
+    boost::asio::io_context m_ioc;
+    ExecService m_exec{m_ioc};
+    std::vector<std::string> m_sent;
+    std::unique_ptr<Dispatcher> m_dispatch;
+};
+
+}  // namespace
+
+TEST_F(DispatchTest, RunsAnExecInTheFirstAllowedDirectoryByDefault) {
+    m_dispatch->onText(protocol::makeMessage("exec", "e1", {{"argv", json::array{"pwd"}}}));
+    m_ioc.run_for(10s);
+    auto r = lastReply();
+    ASSERT_TRUE(r.ok);
+    EXPECT_EQ(r.replyTo, "e1");
+    EXPECT_EQ(r.result.at("stdout").as_string(), fs::canonical(m_root / "allowed").string() + "\n");
+    EXPECT_EQ(r.result.at("exit_code").as_int64(), 0);
+}
+
+TEST_F(DispatchTest, RunsAShellCommandLine) {
+    m_dispatch->onText(protocol::makeMessage("exec", "e2", {{"command", "echo a && echo b | tr b c"}, {"cwd", "sub"}}));
+    m_ioc.run_for(10s);
+    auto r = lastReply();
+    ASSERT_TRUE(r.ok);
+    EXPECT_EQ(r.result.at("stdout").as_string(), "a\nc\n");
+}
+
+TEST_F(DispatchTest, SendsNonUtf8OutputAsBase64) {
+    m_dispatch->onText(protocol::makeMessage("exec", "e3", {{"command", "printf '\\377\\376'"}}));
+    m_ioc.run_for(10s);
+    auto r = lastReply();
+    ASSERT_TRUE(r.ok);
+    EXPECT_EQ(r.result.at("stdout_encoding").as_string(), "base64");
+    EXPECT_EQ(r.result.at("stdout").as_string(), "//4=");
+}
+
+TEST_F(DispatchTest, RefusesAWorkingDirectoryOutsideTheAllowedOnes) {
+    EXPECT_EQ(errorFor({{"argv", json::array{"pwd"}}, {"cwd", "/etc"}}), ErrorCode::PathNotAllowed);
+    EXPECT_EQ(errorFor({{"argv", json::array{"pwd"}}, {"cwd", "../outside"}}), ErrorCode::PathNotAllowed);
+    EXPECT_EQ(errorFor({{"argv", json::array{"pwd"}}, {"cwd", "escape"}}), ErrorCode::PathNotAllowed)
+        << "a symlink out of the allowed directory is followed before the check";
+    EXPECT_EQ(errorFor({{"argv", json::array{"pwd"}}, {"cwd", "missing"}}), ErrorCode::NotFound);
+    EXPECT_EQ(m_exec.running(), 0u) << "nothing was started";
+}
+
+TEST_F(DispatchTest, RefusesMalformedExecPayloads) {
+    EXPECT_EQ(errorFor({}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"argv", json::array{"a"}}, {"command", "b"}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"argv", "ls"}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"argv", json::array{}}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"argv", json::array{1}}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"command", ""}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"command", "true"}, {"timeout_s", -1}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"command", "true"}, {"timeout_s", "5"}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"command", "true"}, {"max_output_bytes", 1e12}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"command", "true"}, {"env", json::object{{"BAD NAME", "x"}}}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"command", "true"}, {"env", json::object{{"OK", 1}}}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"command", "true"}, {"stdin", 5}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"argv", json::array{"/no/such/program"}}}), ErrorCode::NotFound);
+}
+
+TEST_F(DispatchTest, AnswersEveryMalformedFrameAndKeepsGoing) {
+    for (const char* bad : {"", "garbage", "[]", R"({"v":1})", R"({"v":3,"type":"exec","id":"a"})",
+                            R"({"v":1,"type":"exec"})", R"({"v":1,"type":"exec","id":"a","payload":7})"}) {
+        std::size_t before = m_sent.size();
+        m_dispatch->onText(bad);
+        ASSERT_EQ(m_sent.size(), before + 1) << "no answer to " << bad;
+        EXPECT_EQ(lastReply().errorCode, ErrorCode::BadRequest) << bad;
+    }
+    m_dispatch->onText(protocol::makeMessage("ping", "p"));
+    EXPECT_EQ(lastReply().type, "pong");
+}
+
+TEST_F(DispatchTest, AnswersAnUnknownTypeWithUnknownType) {
+    m_dispatch->onText(protocol::makeMessage("job.frobnicate", "u1"));
+    auto r = lastReply();
+    EXPECT_EQ(r.errorCode, ErrorCode::UnknownType);
+    EXPECT_EQ(r.replyTo, "u1");
+}
+
+TEST_F(DispatchTest, AnswersABinaryFrameForNoOpenChannel) {
+    m_dispatch->onBinary(std::string("\0\0\0\1hi", 6));
+    EXPECT_EQ(lastReply().errorCode, ErrorCode::NotFound);
+    m_dispatch->onBinary("ab");
+    EXPECT_EQ(lastReply().errorCode, ErrorCode::BadRequest);
+}
+
+TEST(AllowedDirectories, UnrestrictedWhenNoneAreConfigured) {
+    AllowedDirs none({});
+    EXPECT_TRUE(none.unrestricted());
+    EXPECT_TRUE(none.allows("/etc"));
+    EXPECT_EQ(none.resolveCwd(std::nullopt, "/usr"), "/usr");
+}

@@ -1,0 +1,143 @@
+#include "api.hpp"
+#include "hub.hpp"
+#include "protocol.hpp"
+#include "relay_db.hpp"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+
+using namespace hpc;
+using namespace hpc::relay;
+namespace json = boost::json;
+
+namespace {
+
+/// A connection that records what it was sent.
+struct RecordingPeer : Peer {
+    std::vector<std::string> sent;
+    bool closed = false;
+    void sendText(std::string text) override { sent.push_back(std::move(text)); }
+    void close(std::string_view) override { closed = true; }
+    protocol::Envelope last() const {
+        auto r = protocol::parse(sent.back(), protocol::kMaxResponseBytes);
+        return std::get<protocol::Envelope>(r);
+    }
+};
+
+class HubTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        char tmpl[] = "/tmp/hpc-hub-XXXXXX";
+        ASSERT_TRUE(::mkdtemp(tmpl));
+        m_dir = tmpl;
+        m_db = std::make_unique<RelayDb>(m_dir + "/relay.db");
+        m_hub = std::make_unique<Hub>(*m_db);
+    }
+    void TearDown() override { std::filesystem::remove_all(m_dir); }
+
+    std::string m_dir;
+    std::unique_ptr<RelayDb> m_db;
+    std::unique_ptr<Hub> m_hub;
+    Principal m_alice{1, 10, "access"};
+    Principal m_bob{2, 20, "access"};
+};
+
+}  // namespace
+
+TEST_F(HubTest, ForwardsARequestWithTheAgentsIdentityAndRoutesTheResponseBack) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    m_hub->onAgentText(m_alice, agent, R"({"v":1,"type":"exec","id":"mine","daemon_id":"d1","payload":{"argv":["x"]}})");
+    ASSERT_EQ(daemon->sent.size(), 1u);
+    auto fwd = daemon->last();
+    EXPECT_EQ(fwd.type, "exec");
+    EXPECT_NE(fwd.id, "mine") << "the relay uses its own ids towards the daemon";
+    EXPECT_EQ(fwd.agent.at("id").as_string(), "cred-10");
+    EXPECT_EQ(fwd.agent.at("user").as_string(), "1");
+    m_hub->onDaemonText(1, "d1", daemon, protocol::makeOk(fwd.id, {{"exit_code", 0}}));
+    ASSERT_EQ(agent->sent.size(), 1u);
+    auto res = agent->last();
+    EXPECT_TRUE(res.ok);
+    EXPECT_EQ(res.replyTo, "mine");
+    EXPECT_EQ(m_hub->pendingCount(), 0u);
+}
+
+TEST_F(HubTest, AnswersUnavailableAtOnceForADaemonThatIsNotConnected) {
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->onAgentText(m_alice, agent, R"({"v":1,"type":"exec","id":"q","daemon_id":"nobody"})");
+    ASSERT_EQ(agent->sent.size(), 1u);
+    EXPECT_EQ(agent->last().errorCode, ErrorCode::Unavailable);
+    EXPECT_EQ(agent->last().replyTo, "q");
+}
+
+TEST_F(HubTest, NeverRoutesToAnotherUsersDaemon) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "shared-name", daemon);
+    m_hub->onAgentText(m_bob, agent, R"({"v":1,"type":"exec","id":"q","daemon_id":"shared-name"})");
+    EXPECT_TRUE(daemon->sent.empty());
+    EXPECT_EQ(agent->last().errorCode, ErrorCode::Unavailable);
+}
+
+TEST_F(HubTest, ASecondConnectionOfTheSameDaemonReplacesTheFirst) {
+    auto first = std::make_shared<RecordingPeer>();
+    auto second = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", first);
+    m_hub->onAgentText(m_alice, agent, R"({"v":1,"type":"exec","id":"old","daemon_id":"d1"})");
+    m_hub->attachDaemon(1, "d1", second);
+    EXPECT_TRUE(first->closed);
+    ASSERT_EQ(agent->sent.size(), 1u) << "the request in flight on the old link is failed, not left hanging";
+    EXPECT_EQ(agent->last().errorCode, ErrorCode::Unavailable);
+    m_hub->detachDaemon(1, "d1", first.get());  // the old link's late close must not unregister the new one
+    EXPECT_TRUE(m_hub->connectedSince(1, "d1"));
+    m_hub->onAgentText(m_alice, agent, R"({"v":1,"type":"exec","id":"new","daemon_id":"d1"})");
+    EXPECT_EQ(second->sent.size(), 1u);
+}
+
+TEST_F(HubTest, FailsRequestsInFlightWhenTheDaemonDisconnects) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    m_hub->onAgentText(m_alice, agent, R"({"v":1,"type":"exec","id":"q","daemon_id":"d1"})");
+    m_hub->detachDaemon(1, "d1", daemon.get());
+    EXPECT_EQ(agent->last().errorCode, ErrorCode::Unavailable);
+    EXPECT_FALSE(m_hub->connectedSince(1, "d1"));
+    EXPECT_EQ(m_hub->pendingCount(), 0u);
+}
+
+TEST_F(HubTest, AnswersMalformedAgentFramesWithAProtocolError) {
+    auto agent = std::make_shared<RecordingPeer>();
+    for (const char* bad : {"nonsense", "[]", R"({"v":9,"type":"exec","id":"a"})", R"({"v":1,"type":"exec","id":"a"})",
+                            R"({"v":1,"type":"exec","id":"a","daemon_id":"../x"})"}) {
+        m_hub->onAgentText(m_alice, agent, bad);
+        ASSERT_FALSE(agent->sent.empty()) << bad;
+        auto e = agent->last();
+        EXPECT_FALSE(e.ok) << bad;
+        EXPECT_EQ(e.errorCode, ErrorCode::BadRequest) << bad;
+    }
+}
+
+TEST_F(HubTest, AcknowledgesCallbacksAndFlagsRetriesAsDuplicates) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    std::string msg = R"({"v":1,"type":"job.completed","id":"c1","payload":{"callback_id":"cb-7","job_id":"j"}})";
+    m_hub->onDaemonText(1, "d1", daemon, msg);
+    EXPECT_TRUE(daemon->last().ok);
+    EXPECT_FALSE(daemon->last().result.at("duplicate").as_bool());
+    m_hub->onDaemonText(1, "d1", daemon, msg);
+    EXPECT_TRUE(daemon->last().result.at("duplicate").as_bool());
+    EXPECT_EQ(m_db->callbacks(1, "d1").size(), 1u);
+}
+
+TEST_F(HubTest, TellsADaemonWhichTypesThePlatformDoesNotHandle) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    m_hub->onDaemonText(1, "d1", daemon, R"({"v":1,"type":"wat","id":"z"})");
+    EXPECT_EQ(daemon->last().errorCode, ErrorCode::UnknownType);
+    m_hub->onDaemonText(1, "d1", daemon, R"({"v":1,"type":"ping","id":"p"})");
+    EXPECT_EQ(daemon->last().type, "pong");
+}

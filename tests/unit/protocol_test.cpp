@@ -1,0 +1,185 @@
+#include "protocol.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace hpc;
+using namespace hpc::protocol;
+
+namespace {
+
+ProtocolError errorOf(std::string_view text, std::size_t max = kMaxEnvelopeBytes) {
+    auto r = parse(text, max);
+    EXPECT_TRUE(std::holds_alternative<ProtocolError>(r)) << "accepted: " << text;
+    return std::holds_alternative<ProtocolError>(r) ? std::get<ProtocolError>(r) : ProtocolError{};
+}
+
+Envelope envelopeOf(std::string_view text) {
+    auto r = parse(text, kMaxResponseBytes);
+    if (auto* e = std::get_if<ProtocolError>(&r)) ADD_FAILURE() << "refused: " << e->message;
+    return std::holds_alternative<Envelope>(r) ? std::get<Envelope>(r) : Envelope{};
+}
+
+}  // namespace
+
+TEST(Envelope, ParsesAValidRequest) {
+    auto e = envelopeOf(R"({"v":1,"type":"exec","id":"x1","daemon_id":"d","payload":{"argv":["true"]}})");
+    EXPECT_EQ(e.type, "exec");
+    EXPECT_EQ(e.id, "x1");
+    EXPECT_EQ(e.daemonId, "d");
+    EXPECT_TRUE(e.payload.contains("argv"));
+}
+
+TEST(Envelope, RoundTripsThroughSerialize) {
+    Envelope e;
+    e.type = "exec";
+    e.id = "abc";
+    e.daemonId = "dd";
+    e.agent = {{"id", "cred-1"}};
+    e.payload = {{"command", "ls"}};
+    auto back = envelopeOf(serialize(e));
+    EXPECT_EQ(back.type, "exec");
+    EXPECT_EQ(back.id, "abc");
+    EXPECT_EQ(back.daemonId, "dd");
+    EXPECT_EQ(back.agent.at("id").as_string(), "cred-1");
+    EXPECT_EQ(back.payload.at("command").as_string(), "ls");
+}
+
+TEST(Envelope, ParsesOkAndErrorResponses) {
+    auto ok = envelopeOf(makeOk("r1", {{"x", 1}}));
+    EXPECT_TRUE(ok.isResponse());
+    EXPECT_TRUE(ok.ok);
+    EXPECT_EQ(ok.replyTo, "r1");
+    EXPECT_EQ(ok.result.at("x").as_int64(), 1);
+    auto err = envelopeOf(makeError("r2", ErrorCode::PathNotAllowed, "no"));
+    EXPECT_FALSE(err.ok);
+    EXPECT_EQ(err.errorCode, ErrorCode::PathNotAllowed);
+    EXPECT_EQ(err.errorMessage, "no");
+}
+
+TEST(Envelope, ErrorAboutAnUnreadableFrameHasNullReplyTo) {
+    auto err = envelopeOf(makeError({}, ErrorCode::BadRequest, "not JSON"));
+    EXPECT_FALSE(err.ok);
+    EXPECT_TRUE(err.replyTo.empty());
+}
+
+TEST(Envelope, RefusesTextThatIsNotJson) {
+    EXPECT_EQ(errorOf("not json").code, ErrorCode::BadRequest);
+    EXPECT_EQ(errorOf("").code, ErrorCode::BadRequest);
+    EXPECT_EQ(errorOf("{\"v\":1,").code, ErrorCode::BadRequest);
+    EXPECT_EQ(errorOf("\xff\xfe").code, ErrorCode::BadRequest);
+}
+
+TEST(Envelope, RefusesJsonThatIsNotAnObject) {
+    EXPECT_NE(errorOf("[1,2]").message.find("object"), std::string::npos);
+    EXPECT_NE(errorOf("42").message.find("object"), std::string::npos);
+    EXPECT_NE(errorOf("null").message.find("object"), std::string::npos);
+}
+
+TEST(Envelope, RefusesAMissingOrWrongVersion) {
+    EXPECT_NE(errorOf(R"({"type":"exec","id":"a"})").message.find("\"v\""), std::string::npos);
+    EXPECT_NE(errorOf(R"({"v":"1","type":"exec","id":"a"})").message.find("integer"), std::string::npos);
+    auto e = errorOf(R"({"v":2,"type":"exec","id":"a"})");
+    EXPECT_NE(e.message.find("unsupported protocol version 2"), std::string::npos);
+    EXPECT_EQ(e.replyTo, "a") << "the error must be matchable to the request";
+    EXPECT_EQ(errorOf(R"({"v":1.5,"type":"exec","id":"a"})").code, ErrorCode::BadRequest);
+}
+
+TEST(Envelope, RefusesAMissingOrMalformedType) {
+    EXPECT_NE(errorOf(R"({"v":1,"id":"a"})").message.find("type"), std::string::npos);
+    EXPECT_NE(errorOf(R"({"v":1,"type":5,"id":"a"})").message.find("type"), std::string::npos);
+    EXPECT_NE(errorOf(R"({"v":1,"type":"","id":"a"})").message.find("type"), std::string::npos);
+    EXPECT_NE(errorOf(R"({"v":1,"type":"EXEC!","id":"a"})").message.find("type"), std::string::npos);
+    EXPECT_EQ(errorOf(R"({"v":1,"type":")" + std::string(65, 'a') + R"(","id":"a"})").code, ErrorCode::BadRequest);
+}
+
+TEST(Envelope, RefusesAMissingOrMalformedId) {
+    EXPECT_NE(errorOf(R"({"v":1,"type":"exec"})").message.find("\"id\""), std::string::npos);
+    EXPECT_NE(errorOf(R"({"v":1,"type":"exec","id":7})").message.find("\"id\""), std::string::npos);
+    EXPECT_NE(errorOf(R"({"v":1,"type":"exec","id":""})").message.find("\"id\""), std::string::npos);
+    EXPECT_NE(errorOf(R"({"v":1,"type":"exec","id":"has space"})").message.find("\"id\""), std::string::npos);
+    EXPECT_EQ(errorOf(R"({"v":1,"type":"exec","id":")" + std::string(129, 'x') + "\"}").code, ErrorCode::BadRequest);
+}
+
+TEST(Envelope, RefusesWrongFieldTypes) {
+    EXPECT_NE(errorOf(R"({"v":1,"type":"exec","id":"a","payload":[]})").message.find("payload"), std::string::npos);
+    EXPECT_NE(errorOf(R"({"v":1,"type":"exec","id":"a","payload":"x"})").message.find("payload"), std::string::npos);
+    EXPECT_NE(errorOf(R"({"v":1,"type":"exec","id":"a","daemon_id":3})").message.find("daemon_id"), std::string::npos);
+    EXPECT_NE(errorOf(R"({"v":1,"type":"exec","id":"a","agent":"me"})").message.find("agent"), std::string::npos);
+}
+
+TEST(Envelope, RefusesMalformedResponses) {
+    EXPECT_EQ(errorOf(R"({"v":1,"type":"response","ok":true})").code, ErrorCode::BadRequest);
+    EXPECT_EQ(errorOf(R"({"v":1,"type":"response","reply_to":"a"})").code, ErrorCode::BadRequest);
+    EXPECT_EQ(errorOf(R"({"v":1,"type":"response","reply_to":"a","ok":false})").code, ErrorCode::BadRequest);
+    EXPECT_EQ(errorOf(R"({"v":1,"type":"response","reply_to":"a","ok":true,"result":1})").code, ErrorCode::BadRequest);
+    EXPECT_EQ(errorOf(R"({"v":1,"type":"response","reply_to":null,"ok":true})").code, ErrorCode::BadRequest);
+}
+
+TEST(Envelope, RefusesHugeFramesWithoutParsingThem) {
+    std::string huge = R"({"v":1,"type":"exec","id":"a","payload":{"stdin":")" + std::string(kMaxEnvelopeBytes, 'x') + "\"}}";
+    EXPECT_NE(errorOf(huge).message.find("limit"), std::string::npos);
+    // The same frame is fine where responses are expected.
+    EXPECT_TRUE(std::holds_alternative<Envelope>(parse(huge, kMaxResponseBytes)));
+}
+
+TEST(Envelope, RefusesDeepNesting) {
+    std::string deep = R"({"v":1,"type":"exec","id":"a","payload":)" + std::string(100, '[') + std::string(100, ']') + "}";
+    EXPECT_EQ(errorOf(deep).code, ErrorCode::BadRequest);
+}
+
+TEST(Envelope, AcceptsAnUnknownTypeForTheReceiverToAnswer) {
+    auto e = envelopeOf(R"({"v":1,"type":"future.thing","id":"a"})");
+    EXPECT_EQ(e.type, "future.thing");
+}
+
+TEST(Envelope, IgnoresUnknownTopLevelFields) {
+    auto e = envelopeOf(R"({"v":1,"type":"ping","id":"a","extra":{"x":1}})");
+    EXPECT_EQ(e.type, "ping");
+}
+
+TEST(Envelope, KeepsAnUnknownErrorCodeAsInternal) {
+    auto e = envelopeOf(R"({"v":1,"type":"response","reply_to":"a","ok":false,"error":{"code":"NEW","message":"m"}})");
+    EXPECT_EQ(e.errorCode, ErrorCode::Internal);
+    EXPECT_EQ(e.errorMessage, "m");
+}
+
+TEST(ChannelFrame, EncodesTheChannelBigEndian) {
+    auto f = encodeChannelFrame(0x01020304, "hi");
+    ASSERT_EQ(f.size(), 6u);
+    EXPECT_EQ(f[0], 1);
+    EXPECT_EQ(f[3], 4);
+    auto d = decodeChannelFrame(std::span<const char>(f.data(), f.size()));
+    ASSERT_TRUE(d);
+    EXPECT_EQ(d->channel, 0x01020304u);
+    EXPECT_EQ(std::string(d->data.data(), d->data.size()), "hi");
+}
+
+TEST(ChannelFrame, RefusesAFrameShorterThanItsHeader) {
+    std::string s = "abc";
+    EXPECT_FALSE(decodeChannelFrame(std::span<const char>(s.data(), s.size())));
+}
+
+TEST(ErrorTable, MapsEveryCodeBothWays) {
+    for (auto c : {ErrorCode::BadRequest, ErrorCode::UnknownType, ErrorCode::NotFound, ErrorCode::PathNotAllowed,
+                   ErrorCode::NotOwner, ErrorCode::Limit, ErrorCode::Timeout, ErrorCode::Unavailable,
+                   ErrorCode::Unauthorized, ErrorCode::Internal}) {
+        EXPECT_EQ(errorCodeFromProtocol(toProtocolCode(c)), c);
+        EXPECT_EQ(errorCodeFromDbusName(toDbusName(c)), c);
+    }
+    EXPECT_EQ(toProtocolCode(ErrorCode::PathNotAllowed), "PATH_NOT_ALLOWED");
+    EXPECT_FALSE(errorCodeFromProtocol("NOPE"));
+}
+
+TEST(PayloadFields, NameTheFieldInTheirErrors) {
+    boost::json::object o{{"n", "x"}, {"s", 5}, {"b", 1}};
+    try {
+        optInt(o, "n", 0, 10);
+        FAIL();
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("\"n\""), std::string::npos);
+    }
+    EXPECT_THROW(optString(o, "s"), Error);
+    EXPECT_THROW(optBool(o, "b"), Error);
+    EXPECT_FALSE(optString(o, "missing"));
+    EXPECT_THROW(optInt(boost::json::object{{"n", 11}}, "n", 0, 10), Error);
+}
