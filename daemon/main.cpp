@@ -46,7 +46,8 @@ int main(int argc, char** argv) {
         return hpc::daemon::runDaemon(options);
     } catch (const std::exception& e) {
         hpc::log::error(e.what());
-        std::cerr << "hpc-daemond: " << e.what() << "\n";
+        // With a log file the terminal would otherwise see nothing.
+        if (!logFile.empty()) std::cerr << "hpc-daemond: " << e.what() << "\n";
         return 1;
     }
 }

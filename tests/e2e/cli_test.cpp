@@ -8,9 +8,11 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <fstream>
 
 using namespace hpc;
 using namespace hpc::test;
+using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 
 namespace {
@@ -133,4 +135,59 @@ TEST_F(CliTest, AgentExecPrintsRemoteOutputAndExitsWithItsStatus) {
     r = runCommand({Harness::binary("hpc-agent"), "daemons"}, "", env);
     EXPECT_EQ(r.status, 0);
     EXPECT_NE(r.out.find("connected"), std::string::npos);
+}
+
+TEST(RelayCli, DeliversCodesThroughTheConfiguredCommandWithoutACommandLineSecret) {
+    Harness h;  // for the certificate and a scratch directory
+    auto sink = h.dir() / "delivered.txt";
+    SpawnOptions o;
+    o.argv = {Harness::binary("hpc-relay"), "--port", "0", "--port-file", (h.dir() / "p").string(), "--cert",
+              (h.dir() / "tls" / "cert.pem").string(), "--key", (h.dir() / "tls" / "key.pem").string(), "--data-dir",
+              (h.dir() / "r").string(), "--otp-command",
+              "printf '%s %s\\n' \"$HPC_OTP_EMAIL\" \"$HPC_OTP_CODE\" >> " + sink.string()};
+    o.outputFile = (h.dir() / "relay-cmd.log").string();
+    ChildGuard relay(spawn(o).pid);
+    ASSERT_TRUE(waitUntil([&] { return fs::exists(h.dir() / "p"); }, 10s));
+    std::ifstream portIn(h.dir() / "p");
+    int port = 0;
+    portIn >> port;
+    net::PlatformClient platform(*parseUrl("https://127.0.0.1:" + std::to_string(port)),
+                                 net::ClientOptions{h.caFile()});
+    Secret signin = platform.requestCode("c@example.org");
+    std::string line;
+    ASSERT_TRUE(waitUntil([&] {
+        std::ifstream in(sink);
+        return static_cast<bool>(std::getline(in, line));
+    }, 10s));
+    ASSERT_EQ(line.rfind("c@example.org ", 0), 0u) << line;
+    std::string code = line.substr(line.find(' ') + 1);
+    EXPECT_EQ(code.size(), 6u);
+    EXPECT_FALSE(platform.verifyCode(signin, Secret(code)).empty());
+    std::ifstream logIn(h.dir() / "relay-cmd.log");
+    std::string log((std::istreambuf_iterator<char>(logIn)), std::istreambuf_iterator<char>());
+    EXPECT_EQ(log.find(code), std::string::npos) << "the code is never logged";
+}
+
+TEST(RelayCli, RefusesPlainHttpExceptOnLoopback) {
+    Harness h;
+    auto r = runCommand({Harness::binary("hpc-relay"), "--listen", "0.0.0.0", "--port", "0", "--insecure-http",
+                         "--data-dir", (h.dir() / "r").string(), "--otp-file", (h.dir() / "c").string()});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.err.find("loopback"), std::string::npos) << r.err;
+    r = runCommand({Harness::binary("hpc-relay"), "--port", "0", "--data-dir", (h.dir() / "r").string(),
+                    "--otp-file", (h.dir() / "c").string()});
+    EXPECT_EQ(r.status, 1);
+    EXPECT_NE(r.err.find("--cert"), std::string::npos) << r.err;
+
+    SpawnOptions o;
+    o.argv = {Harness::binary("hpc-relay"), "--listen", "127.0.0.1", "--port", "0", "--insecure-http", "--port-file",
+              (h.dir() / "p").string(), "--data-dir", (h.dir() / "r").string(), "--otp-file", (h.dir() / "c").string()};
+    o.outputFile = (h.dir() / "plain.log").string();
+    ChildGuard relay(spawn(o).pid);
+    ASSERT_TRUE(waitUntil([&] { return fs::exists(h.dir() / "p"); }, 10s));
+    std::ifstream portIn(h.dir() / "p");
+    int port = 0;
+    portIn >> port;
+    auto res = net::httpRequest(*parseUrl("http://127.0.0.1:" + std::to_string(port)), "GET", "/health", "", "");
+    EXPECT_EQ(res.status, 200);
 }
