@@ -1,7 +1,12 @@
 // hpc-daemonctl setup: sign in, create an API key, store the profile and
 // register the daemon with the platform.
 #include "commands.hpp"
+#include "daemon_client.hpp"
 #include "exit_codes.hpp"
+
+#include "bus_name.hpp"
+
+#include <activation_template.hpp>
 
 #include "log.hpp"
 #include "platform_client.hpp"
@@ -11,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <iostream>
 #include <memory>
 
@@ -67,6 +73,32 @@ Secret readCode(const std::string& email) {
     auto e = line.find_last_not_of(" \t\r");
     if (b == std::string::npos) throw Error(ErrorCode::BadRequest, "the sign-in code is empty");
     return Secret(line.substr(b, e - b + 1));
+}
+
+std::string replaceAll(std::string text, const std::string& from, const std::string& to) {
+    for (auto p = text.find(from); p != std::string::npos; p = text.find(from, p + to.size())) text.replace(p, from.size(), to);
+    return text;
+}
+
+/// Writes the profile's D-Bus activation file, so calling the daemon's bus
+/// name starts it. Returns its path.
+fs::path writeActivationFile(const fs::path& home, const std::string& daemonId) {
+    const char* xdg = std::getenv("XDG_DATA_HOME");
+    const char* userHome = std::getenv("HOME");
+    fs::path dataHome = xdg && *xdg ? fs::path(xdg) : fs::path(userHome ? userHome : "/") / ".local" / "share";
+    fs::path dir = dataHome / "dbus-1" / "services";
+    fs::create_directories(dir);
+    std::string name = bus::busNameFor(daemonId);
+    std::string exec = "/usr/bin/env HPC_DAEMON_HOME=" + home.string() + " " + daemonBinary() + " --daemon-id " +
+                       daemonId + " --log-file " + (home / (daemonId + ".log")).string();
+    std::string text = replaceAll(kActivationTemplate, "@NAME@", name);
+    text = replaceAll(text, "@EXEC@", exec);
+    text = replaceAll(text, "@UNIT@", unitName(daemonId));
+    fs::path file = dir / (name + ".service");
+    std::ofstream out(file, std::ios::trunc);
+    out << text;
+    if (!out) throw Error(ErrorCode::Internal, "cannot write " + file.string());
+    return file;
 }
 
 class Progress {
@@ -142,17 +174,27 @@ int runSetup(const SetupOptions& o) {
                       {"scheduler", ::access("/usr/bin/sbatch", X_OK) == 0 ? "slurm" : "local"},
                       {"version", HPC_VERSION}};
     bool created = platform.registerDaemon(profile.apiKey, daemonId, info);
+    fs::path activation = writeActivationFile(store.dir(), daemonId);
+    std::string reloaded;
+    if (auto running = DaemonClient::find(store.dir(), daemonId))
+        reloaded = running->reload() ? "reloaded (reconnected)" : "reloaded";
 
     if (o.json) {
         std::cout << json::serialize(json::object{{"daemon_id", daemonId},
                                                   {"platform_url", profile.platformUrl},
                                                   {"allowed_dirs", dirs},
                                                   {"job_workdir", profile.jobWorkdir},
-                                                  {"registered", created ? "new" : "updated"}})
+                                                  {"registered", created ? "new" : "updated"},
+                                                  {"activation_file", activation.string()},
+                                                  {"running_daemon", reloaded.empty() ? "not running" : reloaded}})
                   << "\n";
     } else {
         std::cout << "Daemon " << daemonId << " is " << (created ? "registered" : "updated") << " at "
-                  << profile.platformUrl << ".\nRun it with: hpc-daemond --daemon-id " << daemonId << "\n";
+                  << profile.platformUrl << ".\n";
+        if (reloaded.empty())
+            std::cout << "Start it with: hpc-daemonctl start --daemon-id " << daemonId << "\n";
+        else
+            std::cout << "The running daemon was " << reloaded << ".\n";
     }
     return kExitOk;
 }

@@ -1,6 +1,9 @@
 #pragma once
 /// hpc-daemonctl's commands: each adds its subcommand to the app and runs it.
 
+#include "service_manager.hpp"
+#include "store.hpp"
+
 #include <CLI/CLI.hpp>
 
 #include <functional>
@@ -15,5 +18,25 @@ struct Command {
 };
 
 Command addSetupCommand(CLI::App& parent);
+Command addStartCommand(CLI::App& parent);
+Command addStopCommand(CLI::App& parent);
+Command addRestartCommand(CLI::App& parent);
+Command addStatusCommand(CLI::App& parent);
+Command addListCommand(CLI::App& parent);
+Command addLogsCommand(CLI::App& parent);
+
+/// The profile a command acts on (--daemon-id, or the only one) and its files.
+struct Target {
+    Profile profile;
+    Paths paths;
+};
+/// Throws hpc::Error(NotFound) naming the profiles when the choice is unclear.
+Target resolveTarget(const std::string& daemonId);
+
+/// Starts the daemon in the mode decideMode() picks and waits until it
+/// answers on D-Bus. Prints what it did. Returns the exit code.
+int startDaemon(const Target& target);
+/// Stops the daemon and waits until it is gone. Returns the exit code.
+int stopDaemon(const Target& target);
 
 }  // namespace hpc::ctl

@@ -8,7 +8,10 @@ int main(int argc, char** argv) {
     CLI::App app{"hpc-daemonctl: set up and control hpc-daemond, the daemon that lets agents work on this machine."};
     app.footer(hpc::ctl::kExitCodeHelp);
     app.require_subcommand(1);
-    std::vector<hpc::ctl::Command> commands{hpc::ctl::addSetupCommand(app)};
+    using namespace hpc::ctl;
+    std::vector<Command> commands{addSetupCommand(app),  addStartCommand(app), addStopCommand(app),
+                                  addRestartCommand(app), addStatusCommand(app), addListCommand(app),
+                                  addLogsCommand(app)};
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

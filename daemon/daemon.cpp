@@ -1,20 +1,29 @@
 #include "daemon.hpp"
 
+#include "bus/bus_service.hpp"
+#include "bus/private_bus.hpp"
+#include "bus_name.hpp"
 #include "dispatch.hpp"
 #include "errors.hpp"
 #include "exec.hpp"
 #include "link.hpp"
 #include "log.hpp"
+#include "notify.hpp"
+#include "status.hpp"
+#include "store.hpp"
 #include "util.hpp"
 
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <cstdlib>
 
 namespace asio = boost::asio;
+namespace fs = std::filesystem;
 
 namespace hpc::daemon {
 namespace {
@@ -25,67 +34,224 @@ std::string hostName() {
     return buf;
 }
 
+std::string detectScheduler() {
+    const char* local = std::getenv("LOCAL_MODE");
+    if (local && std::string(local) == "1") return "local";
+    const char* path = std::getenv("PATH");
+    std::string p = path ? path : "/usr/bin:/bin";
+    for (std::size_t start = 0; start <= p.size();) {
+        auto end = p.find(':', start);
+        std::string dir = p.substr(start, end == std::string::npos ? std::string::npos : end - start);
+        if (!dir.empty() && ::access((dir + "/sbatch").c_str(), X_OK) == 0) return "slurm";
+        if (end == std::string::npos) break;
+        start = end + 1;
+    }
+    return "local";
+}
+
+/// Written once the instance is known to be the only one; removed on exit.
+class PidFile {
+public:
+    explicit PidFile(fs::path path) : m_path(std::move(path)) {
+        int fd = ::open(m_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0) throw std::runtime_error("cannot write pid file " + m_path.string());
+        std::string pid = std::to_string(::getpid()) + "\n";
+        bool ok = ::write(fd, pid.data(), pid.size()) == static_cast<ssize_t>(pid.size());
+        ::close(fd);
+        if (!ok) throw std::runtime_error("cannot write pid file " + m_path.string());
+    }
+    ~PidFile() {
+        std::error_code ec;
+        fs::remove(m_path, ec);
+    }
+
+private:
+    fs::path m_path;
+};
+
+class Daemon {
+public:
+    Daemon(asio::io_context& ioc, const DaemonOptions& options)
+        : m_ioc(ioc), m_options(options), m_store(Store::open()), m_exec(ioc), m_notifier(ioc), m_signals(ioc),
+          m_shutdownTimer(ioc) {
+        m_profile = selectProfile(m_store, options.daemonId);
+        m_startedAt = nowEpochSeconds();
+        m_scheduler = detectScheduler();
+        m_systemd = std::getenv("INVOCATION_ID") != nullptr || m_notifier.active();
+        m_dispatcher = std::make_unique<Dispatcher>(m_exec, AllowedDirs(m_profile.allowedDirs), fallbackCwd(),
+                                                    [this](std::string text) { reply(std::move(text)); });
+    }
+
+    void run() {
+        warnIfUnrestricted();
+        startBus();
+        m_pidFile = std::make_unique<PidFile>(m_store.dir() / (m_profile.daemonId + ".pid"));
+        m_signals.add(SIGINT);
+        m_signals.add(SIGTERM);
+        m_signals.async_wait([this](boost::system::error_code ec, int sig) {
+            if (!ec) stop(sig == SIGINT ? "SIGINT" : "SIGTERM");
+        });
+        m_link = makeLink();
+        log::notice("hpc-daemond " HPC_VERSION " starting: daemon " + m_profile.daemonId + ", platform " +
+                    m_profile.platformUrl + ", allowed directories " + AllowedDirs(m_profile.allowedDirs).describe() +
+                    ", mode " + mode());
+        m_notifier.ready("connecting to " + m_profile.platformUrl);
+        m_link->start();
+        m_ioc.run();
+        log::notice("hpc-daemond stopped");
+    }
+
+private:
+    std::string mode() const { return m_systemd ? "systemd" : "nohup"; }
+
+    fs::path fallbackCwd() const {
+        if (!m_profile.jobWorkdir.empty()) return m_profile.jobWorkdir;
+        const char* home = std::getenv("HOME");
+        return home ? home : "/";
+    }
+
+    void warnIfUnrestricted() {
+        if (m_profile.allowedDirs.empty())
+            log::warning("daemon " + m_profile.daemonId + " has no allowed directories: commands may write anywhere");
+    }
+
+    void startBus() {
+        if (m_options.busAddress == "none") return;
+        std::string address = m_options.busAddress;
+        // Started by D-Bus activation: serve on the bus that started us.
+        if (const char* starter = std::getenv("DBUS_STARTER_ADDRESS"); address.empty() && starter && *starter)
+            address = starter;
+        if (address.empty()) address = bus::sessionBusAddress();
+        if (address.empty()) {
+            m_privateBus = std::make_unique<PrivateBus>(m_store.dir(), m_profile.daemonId);
+            address = m_privateBus->address();
+        }
+        Controls controls;
+        controls.status = [this] { return status(); };
+        controls.stop = [this] {
+            // Reply first: stop on the next turn of the loop.
+            asio::post(m_ioc, [this] { stop("a D-Bus Stop call"); });
+        };
+        controls.reload = [this] { return reload(); };
+        m_bus = std::make_unique<BusService>(m_ioc, address, m_profile.daemonId, std::move(controls));
+    }
+
+    std::unique_ptr<Link> makeLink() {
+        std::string urlError;
+        auto url = parseUrl(m_profile.platformUrl, &urlError);
+        if (!url)
+            throw Error(ErrorCode::BadRequest, "profile " + m_profile.daemonId + " has a bad platform URL: " + urlError);
+        LinkConfig lc;
+        lc.url = *url;
+        lc.daemonId = m_profile.daemonId;
+        lc.apiKey = m_profile.apiKey;
+        lc.caFile = m_profile.caFile;
+        lc.heartbeat = m_options.heartbeat;
+        lc.backoffCap = m_options.reconnectMax;
+        lc.unauthorizedDelay = m_options.unauthorizedDelay;
+        lc.hello = {{"version", HPC_VERSION},
+                    {"v", protocol::kVersion},
+                    {"hostname", hostName()},
+                    {"cluster_name", m_profile.clusterName},
+                    {"scheduler", m_scheduler},
+                    {"pid", static_cast<std::int64_t>(::getpid())},
+                    {"capabilities", boost::json::array{"exec"}}};
+        LinkHandlers handlers;
+        handlers.onText = [this](std::string_view t) { m_dispatcher->onText(t); };
+        handlers.onBinary = [this](std::string_view d) { m_dispatcher->onBinary(d); };
+        handlers.onState = [this](LinkState s) { onLinkState(s); };
+        return std::make_unique<Link>(m_ioc, std::move(lc), std::move(handlers));
+    }
+
+    void onLinkState(LinkState s) {
+        std::string state(toString(s));
+        log::debug("link state: " + state);
+        m_notifier.status("link " + state + " (" + m_profile.platformUrl + ")");
+        if (m_bus) m_bus->linkStateChanged(state);
+    }
+
+    void reply(std::string text) {
+        if (m_link && !m_link->sendText(std::move(text)))
+            log::warning("a reply was dropped: the link is down or its queue is full");
+    }
+
+    DaemonStatus status() const {
+        DaemonStatus s;
+        s.daemonId = m_profile.daemonId;
+        s.version = HPC_VERSION;
+        s.pid = static_cast<unsigned>(::getpid());
+        s.mode = mode();
+        s.modeReason = !m_options.modeReason.empty() ? m_options.modeReason
+                       : m_systemd                   ? "started by systemd"
+                                                     : "started directly, not by systemd";
+        s.linkState = m_link ? std::string(toString(m_link->state())) : "connecting";
+        s.connectedSince = m_link ? m_link->connectedSince() : 0;
+        s.platformUrl = m_profile.platformUrl;
+        s.scheduler = m_scheduler;
+        s.allowedDirs = m_profile.allowedDirs;
+        if (!m_profile.allowedDirs.empty()) s.guardLayers = {"cwd-check"};
+        s.runningExecs = static_cast<unsigned>(m_exec.running());
+        s.busAddress = m_bus ? m_bus->address() : "";
+        s.startedAt = m_startedAt;
+        return s;
+    }
+
+    bool reload() {
+        Profile fresh = selectProfile(m_store, m_profile.daemonId);
+        bool relink = fresh.platformUrl != m_profile.platformUrl || !(fresh.apiKey == m_profile.apiKey) ||
+                      fresh.caFile != m_profile.caFile;
+        m_profile = std::move(fresh);
+        m_dispatcher->setPolicy(AllowedDirs(m_profile.allowedDirs), fallbackCwd());
+        warnIfUnrestricted();
+        log::notice("profile reloaded: allowed directories " + AllowedDirs(m_profile.allowedDirs).describe() +
+                    (relink ? "; reconnecting with the new platform settings" : ""));
+        if (relink) {
+            m_link->stop();
+            m_link = makeLink();
+            m_link->start();
+        }
+        return relink;
+    }
+
+    void stop(const std::string& why) {
+        if (m_stopping) return;
+        m_stopping = true;
+        log::notice("stopping (" + why + ")");
+        m_notifier.stopping();
+        m_exec.killAll();
+        m_link->stop();
+        m_signals.cancel();
+        // Let the close frame go out, but never wait on a dead peer for long.
+        m_shutdownTimer.expires_after(std::chrono::milliseconds(300));
+        m_shutdownTimer.async_wait([this](boost::system::error_code) { m_ioc.stop(); });
+    }
+
+    asio::io_context& m_ioc;
+    DaemonOptions m_options;
+    Store m_store;
+    Profile m_profile;
+    ExecService m_exec;
+    Notifier m_notifier;
+    asio::signal_set m_signals;
+    asio::steady_timer m_shutdownTimer;
+    std::unique_ptr<Dispatcher> m_dispatcher;
+    // Destroyed last: while the pid file exists, ctl waits for the rest.
+    std::unique_ptr<PidFile> m_pidFile;
+    std::unique_ptr<PrivateBus> m_privateBus;
+    std::unique_ptr<BusService> m_bus;
+    std::unique_ptr<Link> m_link;
+    std::string m_scheduler;
+    double m_startedAt = 0;
+    bool m_systemd = false;
+    bool m_stopping = false;
+};
+
 }  // namespace
 
 int runDaemon(const DaemonOptions& options) {
-    Store store = Store::open();
-    Profile profile = selectProfile(store, options.daemonId);
-    std::string urlError;
-    auto url = parseUrl(profile.platformUrl, &urlError);
-    if (!url) throw Error(ErrorCode::BadRequest, "profile " + profile.daemonId + " has a bad platform URL: " + urlError);
-
-    AllowedDirs dirs(profile.allowedDirs);
-    if (dirs.unrestricted())
-        log::warning("daemon " + profile.daemonId + " has no allowed directories: commands may write anywhere");
-    const char* home = std::getenv("HOME");
-    std::filesystem::path fallbackCwd = !profile.jobWorkdir.empty() ? profile.jobWorkdir : (home ? home : "/");
-
     asio::io_context ioc(1);
-    ExecService exec(ioc);
-
-    LinkConfig lc;
-    lc.url = *url;
-    lc.daemonId = profile.daemonId;
-    lc.apiKey = profile.apiKey;
-    lc.caFile = profile.caFile;
-    lc.heartbeat = options.heartbeat;
-    lc.backoffCap = options.reconnectMax;
-    lc.unauthorizedDelay = options.unauthorizedDelay;
-    lc.hello = {{"version", HPC_VERSION},
-                {"v", protocol::kVersion},
-                {"hostname", hostName()},
-                {"cluster_name", profile.clusterName},
-                {"pid", static_cast<std::int64_t>(::getpid())},
-                {"capabilities", boost::json::array{"exec"}}};
-
-    std::unique_ptr<Link> link;
-    Dispatcher dispatcher(exec, dirs, fallbackCwd, [&link](std::string text) {
-        if (link && !link->sendText(std::move(text)))
-            log::warning("a reply was dropped: the link is down or its queue is full");
-    });
-    LinkHandlers handlers;
-    handlers.onText = [&dispatcher](std::string_view t) { dispatcher.onText(t); };
-    handlers.onBinary = [&dispatcher](std::string_view d) { dispatcher.onBinary(d); };
-    handlers.onState = [](LinkState s) { log::debug(std::string("link state: ") + std::string(toString(s))); };
-    link = std::make_unique<Link>(ioc, std::move(lc), std::move(handlers));
-
-    asio::signal_set signals(ioc, SIGINT, SIGTERM);
-    asio::steady_timer shutdownTimer(ioc);
-    signals.async_wait([&](boost::system::error_code ec, int sig) {
-        if (ec) return;
-        log::notice(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ": shutting down");
-        exec.killAll();
-        link->stop();
-        // Let the close frame go out, but never wait on a dead peer for long.
-        shutdownTimer.expires_after(std::chrono::milliseconds(500));
-        shutdownTimer.async_wait([&ioc](boost::system::error_code) { ioc.stop(); });
-    });
-
-    log::notice("hpc-daemond " HPC_VERSION " starting: daemon " + profile.daemonId + ", platform " + url->str() +
-                ", allowed directories " + dirs.describe());
-    link->start();
-    ioc.run();
-    log::notice("hpc-daemond stopped");
+    Daemon daemon(ioc, options);
+    daemon.run();
     return 0;
 }
 

@@ -1,8 +1,7 @@
 #pragma once
-/// hpc-daemond's top level: one io_context, one thread; the link, the
-/// dispatcher and the exec service wired together; signals for shutdown.
-
-#include "store.hpp"
+/// hpc-daemond's top level: one io_context, one thread; the store, the link,
+/// the dispatcher, the exec service, the control bus and sd_notify wired
+/// together, and signals for shutdown.
 
 #include <chrono>
 #include <string>
@@ -14,10 +13,16 @@ struct DaemonOptions {
     std::chrono::milliseconds heartbeat{std::chrono::seconds(20)};
     std::chrono::milliseconds reconnectMax{std::chrono::seconds(30)};
     std::chrono::milliseconds unauthorizedDelay{std::chrono::minutes(5)};
+    /// D-Bus to serve on: empty for the session bus (or, without one, a
+    /// private bus at $HPC_DAEMON_HOME/<id>.bus); "none" for no bus.
+    std::string busAddress;
+    /// Why the daemon runs the way it does (hpc-daemonctl start says).
+    std::string modeReason;
 };
 
-/// Runs until SIGTERM or SIGINT; returns the exit code (0 on a clean stop).
-/// Throws hpc::Error or std::runtime_error for a bad profile.
+/// Runs until SIGTERM, SIGINT or a D-Bus Stop; returns the exit code (0 on a
+/// clean stop). Throws hpc::Error or std::runtime_error for a bad profile, or
+/// when this daemon already runs.
 int runDaemon(const DaemonOptions& options);
 
 }  // namespace hpc::daemon

@@ -22,6 +22,11 @@ public:
         : m_exec(exec), m_dirs(std::move(dirs)), m_fallbackCwd(std::move(fallbackCwd)), m_send(std::move(send)) {}
 
     void onText(std::string_view text);
+    /// New allowed directories (after a profile reload) for commands from now on.
+    void setPolicy(AllowedDirs dirs, std::filesystem::path fallbackCwd) {
+        m_dirs = std::move(dirs);
+        m_fallbackCwd = std::move(fallbackCwd);
+    }
     void onBinary(std::string_view data);
 
     /// Turns an exec payload into a request. Throws hpc::Error(BadRequest,

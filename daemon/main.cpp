@@ -33,6 +33,10 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1.0, 86400.0))
         ->capture_default_str();
     app.add_option("--log-file", logFile, "log here (0600) instead of stderr/journald");
+    app.add_option("--bus-address", options.busAddress,
+                   "D-Bus address to serve org.tiptree.HpcDaemon on; default: the session bus, or without one a "
+                   "private bus at $HPC_DAEMON_HOME/<id>.bus; \"none\" for no bus");
+    app.add_option("--mode-reason", options.modeReason, "why this mode was chosen (shown by hpc-daemonctl status)");
     app.add_flag("-v,--verbose", verbose, "log debug lines too");
     CLI11_PARSE(app, argc, argv);
 

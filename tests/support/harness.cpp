@@ -103,10 +103,50 @@ Harness::Harness() {
 Harness::~Harness() {
     for (auto& [id, d] : m_daemons) d.terminate(std::chrono::milliseconds(3000));
     m_relay.terminate(std::chrono::milliseconds(3000));
+    // Daemons started by ctl or by D-Bus activation are not our children:
+    // stop them by the pid files in their state directories.
+    for (const auto& entry : fs::directory_iterator(m_dir)) {
+        if (!entry.is_directory() || entry.path().filename().string().rfind("home", 0) != 0) continue;
+        for (const auto& f : fs::directory_iterator(entry.path())) {
+            if (f.path().extension() != ".pid") continue;
+            pid_t pid = 0;
+            std::ifstream(f.path()) >> pid;
+            if (pid > 0) ::kill(pid, SIGTERM);
+            waitUntil([&] { return ::kill(pid, 0) != 0; }, std::chrono::seconds(5));
+        }
+    }
+    m_bus.terminate(std::chrono::milliseconds(2000));
     if (!std::getenv("HPC_KEEP_TEST_DIR")) {
         std::error_code ec;
         fs::remove_all(m_dir, ec);
     }
+}
+
+std::vector<std::string> Harness::baseEnv() const {
+    std::vector<std::string> env = {"XDG_DATA_HOME=" + xdgDataHome().string()};
+    if (!m_busAddress.empty()) env.push_back("DBUS_SESSION_BUS_ADDRESS=" + m_busAddress);
+    return env;
+}
+
+void Harness::startSessionBus() {
+    fs::create_directories(xdgDataHome() / "dbus-1" / "services");
+    auto socket = m_dir / "session.bus";
+    {
+        std::ofstream conf(m_dir / "session.conf");
+        conf << "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n"
+                " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
+                "<busconfig><type>session</type><listen>unix:path="
+             << socket.string() << "</listen><servicedir>" << (xdgDataHome() / "dbus-1" / "services").string()
+             << "</servicedir><policy context=\"default\"><allow send_destination=\"*\" eavesdrop=\"true\"/>"
+                "<allow eavesdrop=\"true\"/><allow own=\"*\"/></policy></busconfig>\n";
+    }
+    SpawnOptions o;
+    o.argv = {"dbus-daemon", "--config-file=" + (m_dir / "session.conf").string(), "--nofork", "--nopidfile"};
+    o.outputFile = (m_dir / "dbus.log").string();
+    m_bus = ChildGuard(spawn(o).pid);
+    if (!waitUntil([&] { return fs::exists(socket); }, std::chrono::seconds(10)))
+        throw std::runtime_error("dbus-daemon did not start");
+    m_busAddress = "unix:path=" + socket.string();
 }
 
 void Harness::startRelay(int port) {
@@ -173,7 +213,8 @@ CommandResult Harness::setupDaemon(const std::string& daemonId, const std::strin
     std::size_t before = codeLines();
     SpawnOptions o;
     o.argv = argv;
-    o.envOverrides = {"HPC_DAEMON_HOME=" + home(daemonId).string()};
+    o.envOverrides = baseEnv();
+    o.envOverrides.push_back("HPC_DAEMON_HOME=" + home(daemonId).string());
     o.in = Stdio::Pipe;
     o.out = Stdio::Pipe;
     o.err = Stdio::Pipe;
@@ -198,7 +239,8 @@ void Harness::startDaemon(const std::string& daemonId, const std::vector<std::st
     SpawnOptions o;
     o.argv = {binary("hpc-daemond"), "--daemon-id", daemonId, "-v"};
     o.argv.insert(o.argv.end(), extra.begin(), extra.end());
-    o.envOverrides = {"HPC_DAEMON_HOME=" + home(daemonId).string()};
+    o.envOverrides = baseEnv();
+    o.envOverrides.push_back("HPC_DAEMON_HOME=" + home(daemonId).string());
     o.outputFile = (m_dir / ("daemon-" + daemonId + ".log")).string();
     m_daemons[daemonId] = ChildGuard(spawn(o).pid);
 }

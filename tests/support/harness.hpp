@@ -79,10 +79,21 @@ public:
 
     static std::string binary(const std::string& name);
 
+    /// Starts a private session bus (dbus-daemon) whose activation directory
+    /// is xdgDataHome()/dbus-1/services; from then on every process this
+    /// harness starts gets DBUS_SESSION_BUS_ADDRESS.
+    void startSessionBus();
+    std::string sessionBusAddress() const { return m_busAddress; }
+    std::filesystem::path xdgDataHome() const { return m_dir / "xdg"; }
+    /// The environment every process started here gets (plus its own).
+    std::vector<std::string> baseEnv() const;
+
 private:
     std::filesystem::path m_dir;
     int m_port = 0;
     ChildGuard m_relay;
+    ChildGuard m_bus;
+    std::string m_busAddress;
     std::map<std::string, ChildGuard> m_daemons;
 };
 

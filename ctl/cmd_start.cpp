@@ -1,0 +1,68 @@
+// hpc-daemonctl start: systemd user unit where possible, else nohup mode.
+#include "commands.hpp"
+#include "daemon_client.hpp"
+#include "exit_codes.hpp"
+
+#include <signal.h>
+
+#include <iostream>
+#include <thread>
+
+namespace hpc::ctl {
+
+Target resolveTarget(const std::string& daemonId) {
+    Store store = Store::open();
+    Profile profile = selectProfile(store, daemonId);
+    return Target{profile, Paths{store.dir(), profile.daemonId}};
+}
+
+int startDaemon(const Target& t) {
+    const auto& id = t.profile.daemonId;
+    if (auto client = DaemonClient::find(t.paths.home, id)) {
+        auto s = client->status();
+        std::cout << "daemon " << id << " is already running (pid " << s["pid"].as_uint64() << ", "
+                  << s["mode"].as_string().c_str() << " mode)\n";
+        return kExitOk;
+    }
+    ModeDecision mode = decideMode();
+    pid_t pid = -1;
+    if (mode.systemd) {
+        std::string out;
+        if (systemctlUser({"enable", "--now", unitName(id)}, &out) != 0)
+            throw Error(ErrorCode::Internal, "systemctl --user enable --now " + unitName(id) + " failed: " + out);
+    } else {
+        pid = startDetached(t.paths, mode.reason);
+    }
+    // Ready means: the daemon owns its bus name (store open, bus up).
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (auto client = DaemonClient::find(t.paths.home, id)) {
+            auto s = client->status();
+            std::cout << "started daemon " << id << " (pid " << s["pid"].as_uint64() << ") in "
+                      << s["mode"].as_string().c_str() << " mode: " << mode.reason << "\n";
+            if (!mode.systemd) std::cout << "log: " << t.paths.logFile().string() << "\n";
+            return kExitOk;
+        }
+        if (pid > 0 && ::kill(pid, 0) != 0) break;  // it died
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    std::cerr << "daemon " << id << " did not come up. Last lines of its log:\n"
+              << (mode.systemd ? std::string("(see journalctl --user -u " + unitName(id) + ")\n")
+                               : tailOf(t.paths.logFile(), 15));
+    return kExitFailure;
+}
+
+Command addStartCommand(CLI::App& parent) {
+    auto id = std::make_shared<std::string>();
+    auto* app = parent.add_subcommand("start", "Start the daemon (systemd user unit, or detached in nohup mode)");
+    app->footer(
+        "Uses `systemctl --user enable --now hpc-daemon@ID` when a systemd user manager is reachable and\n"
+        "lingering is on (turning it on when allowed). Otherwise starts hpc-daemond detached (nohup mode)\n"
+        "with its pid file and log in $HPC_DAEMON_HOME (default ~/.hpc_daemon). Waits until the daemon\n"
+        "answers on D-Bus. Starting a running daemon is not an error.\n\n" +
+        std::string(kExitCodeHelp));
+    app->add_option("--daemon-id", *id, "profile to start (default: the only one)");
+    return Command{app, [id] { return startDaemon(resolveTarget(*id)); }};
+}
+
+}  // namespace hpc::ctl

@@ -1,0 +1,92 @@
+// hpc-daemonctl status.
+#include "commands.hpp"
+#include "daemon_client.hpp"
+#include "exit_codes.hpp"
+
+#include <ctime>
+#include <iostream>
+
+namespace json = boost::json;
+
+namespace hpc::ctl {
+namespace {
+
+std::string when(double epoch) {
+    if (epoch <= 0) return "-";
+    time_t t = static_cast<time_t>(epoch);
+    tm utc{};
+    ::gmtime_r(&t, &utc);
+    char buf[64];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &utc);
+    long ago = static_cast<long>(std::time(nullptr) - t);
+    std::string rel = ago < 120 ? std::to_string(ago) + " s ago"
+                      : ago < 7200 ? std::to_string(ago / 60) + " min ago"
+                                   : std::to_string(ago / 3600) + " h ago";
+    return std::string(buf) + " (" + rel + ")";
+}
+
+std::string str(const json::object& o, const char* key) {
+    auto* v = o.if_contains(key);
+    return v && v->is_string() ? std::string(v->get_string()) : std::string();
+}
+
+double num(const json::object& o, const char* key) {
+    auto* v = o.if_contains(key);
+    return v && v->is_number() ? v->to_number<double>() : 0;
+}
+
+std::string list(const json::object& o, const char* key, const char* empty) {
+    auto* v = o.if_contains(key);
+    std::string out;
+    if (v && v->is_array())
+        for (const auto& e : v->get_array()) out += (out.empty() ? "" : ", ") + std::string(e.as_string());
+    return out.empty() ? empty : out;
+}
+
+int runStatus(const std::string& daemonId, bool asJson) {
+    Target t = resolveTarget(daemonId);
+    auto client = DaemonClient::find(t.paths.home, t.profile.daemonId);
+    if (!client) {
+        if (asJson)
+            std::cout << json::serialize(json::object{{"daemon_id", t.profile.daemonId}, {"running", false}}) << "\n";
+        else
+            std::cout << "daemon " << t.profile.daemonId << " is not running (start it with: hpc-daemonctl start"
+                      << (daemonId.empty() ? "" : " --daemon-id " + daemonId) << ")\n";
+        return kExitNotRunning;
+    }
+    json::object s = client->status();
+    s["running"] = true;
+    if (asJson) {
+        std::cout << json::serialize(s) << "\n";
+        return kExitOk;
+    }
+    std::string link = str(s, "link_state");
+    if (link == "connected") link += " since " + when(num(s, "connected_since"));
+    std::cout << "daemon " << str(s, "daemon_id") << ": running (hpc-daemond " << str(s, "version") << ", pid "
+              << static_cast<long>(num(s, "pid")) << ", up since " << when(num(s, "started_at")) << ")\n"
+              << "  mode:       " << str(s, "mode") << " — " << str(s, "mode_reason") << "\n"
+              << "  link:       " << link << "\n"
+              << "  platform:   " << str(s, "platform_url") << "\n"
+              << "  allowed:    " << list(s, "allowed_dirs", "(unrestricted: agents may write anywhere)") << "\n"
+              << "  guards:     " << list(s, "guard_layers", "none") << "\n"
+              << "  scheduler:  " << str(s, "scheduler") << "\n"
+              << "  activity:   " << static_cast<long>(num(s, "running_execs")) << " commands, "
+              << static_cast<long>(num(s, "active_sessions")) << " shells, "
+              << static_cast<long>(num(s, "active_jobs")) << " jobs\n"
+              << "  bus:        " << client->address() << "\n";
+    return kExitOk;
+}
+
+}  // namespace
+
+Command addStatusCommand(CLI::App& parent) {
+    auto id = std::make_shared<std::string>();
+    auto asJson = std::make_shared<bool>(false);
+    auto* app = parent.add_subcommand("status", "Show whether the daemon runs, how, and its link to the platform");
+    app->footer("Exit code 3 when the daemon is not running.\n\n" + std::string(kExitCodeHelp));
+    app->add_option("--daemon-id", *id, "profile (default: the only one)");
+    app->add_flag("--json", *asJson, "print JSON (the keys of GetStatus, plus \"running\")");
+    return Command{app, [id, asJson] { return runStatus(*id, *asJson); }};
+}
+
+}  // namespace hpc::ctl

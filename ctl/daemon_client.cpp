@@ -1,0 +1,118 @@
+#include "daemon_client.hpp"
+
+#include "bus_name.hpp"
+#include "errors.hpp"
+
+#include <hpc_daemon_proxy.h>
+#include <sdbus-c++/sdbus-c++.h>
+
+namespace json = boost::json;
+
+namespace hpc::ctl {
+namespace {
+
+class Proxy final : public sdbus::ProxyInterfaces<org::tiptree::HpcDaemon_proxy> {
+public:
+    Proxy(sdbus::IConnection& connection, std::string name)
+        : ProxyInterfaces(connection, std::move(name), bus::kObjectPath) {
+        registerProxy();
+    }
+    ~Proxy() { unregisterProxy(); }
+
+private:
+    void onLinkStateChanged(const std::string&) override {}
+};
+
+/// D-Bus errors as sentences: ours by the shared table, the bus's own by meaning.
+[[noreturn]] void rethrow(const sdbus::Error& e, const std::string& what) {
+    const std::string& name = e.getName();
+    if (auto code = errorCodeFromDbusName(name)) throw Error(*code, what + ": " + e.getMessage());
+    if (name == "org.freedesktop.DBus.Error.ServiceUnknown" || name == "org.freedesktop.DBus.Error.NameHasNoOwner" ||
+        name == "org.freedesktop.DBus.Error.NoReply" || name == "org.freedesktop.DBus.Error.Disconnected")
+        throw Error(ErrorCode::Unavailable, what + ": the daemon is not answering (it may have just stopped)");
+    if (name == "org.freedesktop.DBus.Error.Timeout" || name == "org.freedesktop.DBus.Error.TimedOut")
+        throw Error(ErrorCode::Timeout, what + ": the daemon did not answer in time");
+    throw Error(ErrorCode::Internal, what + ": " + e.getMessage());
+}
+
+json::value toJson(const sdbus::Variant& v) {
+    auto type = v.peekValueType();
+    if (type == "s") return json::value(v.get<std::string>());
+    if (type == "u") return json::value(v.get<uint32_t>());
+    if (type == "d") return json::value(v.get<double>());
+    if (type == "b") return json::value(v.get<bool>());
+    if (type == "as") {
+        json::array a;
+        for (const auto& s : v.get<std::vector<std::string>>()) a.emplace_back(s);
+        return a;
+    }
+    return json::value(nullptr);
+}
+
+bool nameHasOwner(sdbus::IConnection& connection, const std::string& name) {
+    auto dbus = sdbus::createProxy(connection, "org.freedesktop.DBus", "/org/freedesktop/DBus");
+    bool owned = false;
+    dbus->callMethod("NameHasOwner").onInterface("org.freedesktop.DBus").withArguments(name).storeResultsTo(owned);
+    return owned;
+}
+
+}  // namespace
+
+struct DaemonClient::Impl {
+    std::unique_ptr<sdbus::IConnection> connection;
+    std::unique_ptr<Proxy> proxy;
+};
+
+DaemonClient::DaemonClient(std::unique_ptr<Impl> impl, std::string address)
+    : m_impl(std::move(impl)), m_address(std::move(address)) {}
+DaemonClient::~DaemonClient() = default;
+
+std::unique_ptr<DaemonClient> DaemonClient::find(const std::filesystem::path& home, const std::string& daemonId) {
+    std::string name = bus::busNameFor(daemonId);
+    std::vector<std::string> candidates;
+    if (auto session = bus::sessionBusAddress(); !session.empty()) candidates.push_back(session);
+    std::error_code ec;
+    if (std::filesystem::exists(bus::privateBusSocket(home, daemonId), ec))
+        candidates.push_back(bus::privateBusAddress(home, daemonId));
+    for (const auto& address : candidates) {
+        try {
+            auto impl = std::make_unique<Impl>();
+            impl->connection = sdbus::createSessionBusConnectionWithAddress(address);
+            impl->connection->setMethodCallTimeout(std::chrono::seconds(10));
+            if (!nameHasOwner(*impl->connection, name)) continue;
+            impl->proxy = std::make_unique<Proxy>(*impl->connection, name);
+            return std::unique_ptr<DaemonClient>(new DaemonClient(std::move(impl), address));
+        } catch (const sdbus::Error&) {
+            // A stale private socket or an unreachable bus: try the next one.
+        }
+    }
+    return nullptr;
+}
+
+json::object DaemonClient::status() {
+    try {
+        json::object out;
+        for (const auto& [key, value] : m_impl->proxy->GetStatus()) out[key] = toJson(value);
+        return out;
+    } catch (const sdbus::Error& e) {
+        rethrow(e, "status");
+    }
+}
+
+void DaemonClient::stop() {
+    try {
+        m_impl->proxy->Stop();
+    } catch (const sdbus::Error& e) {
+        rethrow(e, "stop");
+    }
+}
+
+bool DaemonClient::reload() {
+    try {
+        return m_impl->proxy->Reload();
+    } catch (const sdbus::Error& e) {
+        rethrow(e, "reload");
+    }
+}
+
+}  // namespace hpc::ctl

@@ -1,0 +1,37 @@
+#pragma once
+/// hpc-daemonctl's D-Bus client: the one place that finds a running daemon
+/// (its session-bus name, else its private bus socket) and calls it, one
+/// function per method. Errors come back as hpc::Error with sentences.
+
+#include <boost/json.hpp>
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace hpc::ctl {
+
+class DaemonClient {
+public:
+    /// The running daemon `daemonId`, or nullptr when it is not running (on
+    /// neither bus). Never starts it.
+    static std::unique_ptr<DaemonClient> find(const std::filesystem::path& home, const std::string& daemonId);
+    ~DaemonClient();
+
+    /// GetStatus as JSON (the keys documented in dbus/org.tiptree.HpcDaemon.xml).
+    boost::json::object status();
+    void stop();
+    /// Returns whether the daemon reconnected.
+    bool reload();
+    const std::string& address() const { return m_address; }
+
+    struct Impl;
+
+private:
+    DaemonClient(std::unique_ptr<Impl> impl, std::string address);
+    std::unique_ptr<Impl> m_impl;
+    std::string m_address;
+};
+
+}  // namespace hpc::ctl

@@ -1,0 +1,144 @@
+#include "service_manager.hpp"
+
+#include "process.hpp"
+
+#include <fcntl.h>
+#include <pwd.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <deque>
+#include <fstream>
+#include <vector>
+
+namespace fs = std::filesystem;
+
+namespace hpc::ctl {
+namespace {
+
+int runQuiet(const std::vector<std::string>& argv, std::string* out) {
+    try {
+        SpawnOptions o;
+        o.argv = argv;
+        o.out = Stdio::Pipe;
+        o.err = Stdio::Pipe;
+        auto p = spawn(o);
+        ChildGuard guard(p.pid);
+        std::string text;
+        char buf[4096];
+        // Blocking reads are fine: ctl is a command-line program. Drain stdout
+        // (small) then stderr.
+        for (int fd : {p.stdoutFd.get(), p.stderrFd.get()}) {
+            int flags = ::fcntl(fd, F_GETFL);
+            ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+            ssize_t n;
+            while ((n = ::read(fd, buf, sizeof buf)) > 0) text.append(buf, static_cast<std::size_t>(n));
+        }
+        auto status = guard.waitFor(std::chrono::seconds(30));
+        if (out) *out = text;
+        if (!status) return -1;
+        return status->code.value_or(128 + status->signal.value_or(0));
+    } catch (const std::exception& e) {
+        if (out) *out = e.what();
+        return -1;
+    }
+}
+
+std::string userName() {
+    if (const passwd* pw = ::getpwuid(::getuid())) return pw->pw_name;
+    const char* u = std::getenv("USER");
+    return u ? u : "";
+}
+
+}  // namespace
+
+int systemctlUser(const std::vector<std::string>& args, std::string* out) {
+    std::vector<std::string> argv = {"systemctl", "--user"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return runQuiet(argv, out);
+}
+
+ModeDecision decideMode() {
+    if (const char* forced = std::getenv("HPC_DAEMONCTL_MODE"); forced && std::string(forced) == "nohup")
+        return {false, "nohup mode forced by HPC_DAEMONCTL_MODE=nohup"};
+    std::string out;
+    if (systemctlUser({"show-environment"}, &out) != 0) {
+        auto firstLine = out.substr(0, out.find('\n'));
+        return {false, "no systemd user manager is reachable (systemctl --user: " +
+                           (firstLine.empty() ? std::string("not available") : firstLine) + ")"};
+    }
+    std::string user = userName();
+    if (fs::exists("/var/lib/systemd/linger/" + user)) return {true, "systemd user manager with lingering on"};
+    if (runQuiet({"loginctl", "enable-linger", user}, &out) == 0)
+        return {true, "systemd user manager; lingering was off and has been turned on"};
+    return {false, "lingering is off for " + user + " and cannot be turned on (loginctl enable-linger: " +
+                       out.substr(0, out.find('\n')) +
+                       "), so a systemd unit would stop at logout; ask an administrator to run "
+                       "`loginctl enable-linger " + user + "`"};
+}
+
+std::optional<pid_t> livePid(const Paths& paths) {
+    std::ifstream in(paths.pidFile());
+    pid_t pid = 0;
+    if (!(in >> pid) || pid <= 0) return std::nullopt;
+    if (::kill(pid, 0) != 0) return std::nullopt;
+    return pid;
+}
+
+std::string daemonBinary() {
+    if (const char* env = std::getenv("HPC_DAEMOND"); env && *env) return env;
+    std::error_code ec;
+    fs::path self = fs::read_symlink("/proc/self/exe", ec);
+    if (!ec) {
+        for (const fs::path& candidate : {self.parent_path() / "hpc-daemond",
+                                          self.parent_path().parent_path() / "daemon" / "hpc-daemond"})
+            if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
+    }
+    return "hpc-daemond";
+}
+
+pid_t startDetached(const Paths& paths, const std::string& modeReason) {
+    SpawnOptions o;
+    o.argv = {daemonBinary(), "--daemon-id", paths.daemonId, "--log-file", paths.logFile().string(),
+              "--mode-reason", modeReason};
+    o.newSession = true;  // no controlling terminal: a closed terminal does not end it
+    o.in = Stdio::Null;
+    o.out = Stdio::Null;
+    o.err = Stdio::Null;
+    o.envOverrides = {"HPC_DAEMON_HOME=" + paths.home.string()};
+    return spawn(o).pid;
+}
+
+std::string unitName(const std::string& daemonId) {
+    // systemd-escape: '-' and other specials become \xNN; '.' is kept.
+    std::string escaped;
+    static constexpr char kHex[] = "0123456789abcdef";
+    for (std::size_t i = 0; i < daemonId.size(); ++i) {
+        auto c = static_cast<unsigned char>(daemonId[i]);
+        bool keep = std::isalnum(c) || c == '_' || (c == '.' && i > 0);
+        if (keep) {
+            escaped += static_cast<char>(c);
+        } else {
+            escaped += "\\x";
+            escaped += kHex[c >> 4];
+            escaped += kHex[c & 15];
+        }
+    }
+    return "hpc-daemon@" + escaped + ".service";
+}
+
+std::string tailOf(const fs::path& file, std::size_t lines) {
+    std::ifstream in(file);
+    std::deque<std::string> last;
+    std::string line;
+    while (std::getline(in, line)) {
+        last.push_back(line);
+        if (last.size() > lines) last.pop_front();
+    }
+    std::string out;
+    for (const auto& l : last) out += l + "\n";
+    return out;
+}
+
+}  // namespace hpc::ctl

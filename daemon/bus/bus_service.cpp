@@ -1,0 +1,146 @@
+#include "bus_service.hpp"
+
+#include "bus_name.hpp"
+#include "bus_pump.hpp"
+#include "errors.hpp"
+#include "log.hpp"
+
+#include <hpc_daemon_adaptor.h>
+#include <sdbus-c++/sdbus-c++.h>
+
+namespace hpc::daemon {
+namespace {
+
+/// Turns a core failure into a named D-Bus error from the shared table.
+[[noreturn]] void rethrowAsDbus() {
+    try {
+        throw;
+    } catch (const Error& e) {
+        throw sdbus::Error(std::string(toDbusName(e.code())), e.what());
+    } catch (const sdbus::Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        log::error(std::string("D-Bus call failed: ") + e.what());
+        throw sdbus::Error(std::string(toDbusName(ErrorCode::Internal)), "internal error (see the daemon's log)");
+    }
+}
+
+class Adaptor final : public sdbus::AdaptorInterfaces<org::tiptree::HpcDaemon_adaptor> {
+public:
+    Adaptor(sdbus::IConnection& connection, Controls& controls)
+        : AdaptorInterfaces(connection, bus::kObjectPath), m_controls(controls) {
+        registerAdaptor();
+    }
+    ~Adaptor() { unregisterAdaptor(); }
+
+    void announceLinkState(const std::string& state) {
+        emitLinkStateChanged(state);
+        getObject().emitPropertiesChangedSignal(bus::kInterface, {"LinkState", "ConnectedSince"});
+    }
+
+private:
+    DaemonStatus snapshot() {
+        try {
+            return m_controls.status();
+        } catch (...) {
+            rethrowAsDbus();
+        }
+    }
+
+    std::map<std::string, sdbus::Variant> GetStatus() override {
+        auto s = snapshot();
+        return {{"daemon_id", s.daemonId},
+                {"version", s.version},
+                {"pid", static_cast<uint32_t>(s.pid)},
+                {"mode", s.mode},
+                {"mode_reason", s.modeReason},
+                {"link_state", s.linkState},
+                {"connected_since", s.connectedSince},
+                {"platform_url", s.platformUrl},
+                {"scheduler", s.scheduler},
+                {"allowed_dirs", s.allowedDirs},
+                {"guard_layers", s.guardLayers},
+                {"running_execs", static_cast<uint32_t>(s.runningExecs)},
+                {"active_sessions", static_cast<uint32_t>(s.activeSessions)},
+                {"active_jobs", static_cast<uint32_t>(s.activeJobs)},
+                {"bus_address", s.busAddress},
+                {"started_at", s.startedAt}};
+    }
+
+    void Stop() override {
+        try {
+            m_controls.stop();
+        } catch (...) {
+            rethrowAsDbus();
+        }
+    }
+
+    bool Reload() override {
+        try {
+            return m_controls.reload();
+        } catch (...) {
+            rethrowAsDbus();
+        }
+    }
+
+    std::vector<sdbus::Struct<uint32_t, std::string, std::string, double>> ListSessions() override { return {}; }
+    std::vector<sdbus::Struct<std::string, std::string, std::string, double>> ListJobs() override { return {}; }
+
+    std::string DaemonId() override { return snapshot().daemonId; }
+    std::string Version() override { return snapshot().version; }
+    std::string LinkState() override { return snapshot().linkState; }
+    double ConnectedSince() override { return snapshot().connectedSince; }
+    std::string PlatformUrl() override { return snapshot().platformUrl; }
+    std::string Scheduler() override { return snapshot().scheduler; }
+    std::string Mode() override { return snapshot().mode; }
+    uint32_t RunningExecs() override { return snapshot().runningExecs; }
+    uint32_t ActiveSessions() override { return snapshot().activeSessions; }
+    uint32_t ActiveJobs() override { return snapshot().activeJobs; }
+
+    Controls& m_controls;
+};
+
+}  // namespace
+
+struct BusService::Impl {
+    Controls controls;
+    std::unique_ptr<sdbus::IConnection> connection;
+    std::unique_ptr<Adaptor> adaptor;
+    std::unique_ptr<BusPump> pump;
+};
+
+BusService::BusService(boost::asio::io_context& ioc, const std::string& address, const std::string& daemonId,
+                       Controls controls)
+    : m_address(address), m_impl(std::make_unique<Impl>()) {
+    m_impl->controls = std::move(controls);
+    m_impl->connection = sdbus::createSessionBusConnectionWithAddress(address);
+    m_impl->adaptor = std::make_unique<Adaptor>(*m_impl->connection, m_impl->controls);
+    std::string name = bus::busNameFor(daemonId);
+    try {
+        m_impl->connection->requestName(name);
+    } catch (const sdbus::Error& e) {
+        if (e.getName() == "org.freedesktop.DBus.Error.FileExists" || e.getName() == "System.Error.EEXIST")
+            throw Error(ErrorCode::Limit, "daemon " + daemonId + " is already running (" + name + " is owned)");
+        throw;
+    }
+    m_impl->pump = std::make_unique<BusPump>(ioc, *m_impl->connection);
+    m_impl->pump->start();
+    log::info("serving " + name + " on " + address);
+}
+
+BusService::~BusService() {
+    // The pump first: it must not touch a connection being torn down.
+    m_impl->pump.reset();
+    m_impl->adaptor.reset();
+}
+
+void BusService::linkStateChanged(const std::string& state) {
+    try {
+        m_impl->adaptor->announceLinkState(state);
+        m_impl->pump->kick();
+    } catch (const std::exception& e) {
+        log::warning(std::string("cannot announce the link state on D-Bus: ") + e.what());
+    }
+}
+
+}  // namespace hpc::daemon

@@ -1,0 +1,29 @@
+#pragma once
+/// A snapshot of the daemon's state, for `hpc-daemonctl status` (via the bus)
+/// and logs. Never holds a secret.
+
+#include <string>
+#include <vector>
+
+namespace hpc::daemon {
+
+struct DaemonStatus {
+    std::string daemonId;
+    std::string version;
+    unsigned pid = 0;
+    std::string mode;        ///< "systemd" or "nohup"
+    std::string modeReason;  ///< why that mode
+    std::string linkState;
+    double connectedSince = 0;
+    std::string platformUrl;
+    std::string scheduler;
+    std::vector<std::string> allowedDirs;
+    std::vector<std::string> guardLayers;
+    unsigned runningExecs = 0;
+    unsigned activeSessions = 0;
+    unsigned activeJobs = 0;
+    std::string busAddress;
+    double startedAt = 0;
+};
+
+}  // namespace hpc::daemon

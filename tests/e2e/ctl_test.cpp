@@ -1,0 +1,195 @@
+// hpc-daemonctl start/status/list/logs/stop for real, in nohup mode, with and
+// without a session bus; D-Bus activation; secrets kept out of sight.
+#include "harness.hpp"
+#include "store.hpp"
+
+#include <boost/json.hpp>
+#include <gtest/gtest.h>
+#include <sdbus-c++/sdbus-c++.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+
+using namespace hpc;
+using namespace hpc::test;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+namespace json = boost::json;
+
+namespace {
+
+class CtlTest : public ::testing::Test {
+protected:
+    void SetUp() override { m_h.startRelay(); }
+
+    void setup(const std::string& id, const std::string& dir) {
+        auto r = m_h.setupDaemon(id, "alice@example.org", {(m_h.dir() / dir).string()});
+        ASSERT_EQ(r.status, 0) << r.err;
+    }
+
+    /// Runs hpc-daemonctl for profile home `id` in nohup mode.
+    CommandResult ctl(const std::string& id, std::vector<std::string> args) {
+        args.insert(args.begin(), Harness::binary("hpc-daemonctl"));
+        std::vector<std::string> env = m_h.baseEnv();
+        env.push_back("HPC_DAEMON_HOME=" + m_h.home(id).string());
+        env.push_back("HPC_DAEMONCTL_MODE=nohup");
+        if (m_h.sessionBusAddress().empty()) {
+            env.push_back("DBUS_SESSION_BUS_ADDRESS=");
+            env.push_back("XDG_RUNTIME_DIR=");
+        }
+        return runCommand(args, {}, env);
+    }
+
+    json::object status(const std::string& id) {
+        auto r = ctl(id, {"status", "--json"});
+        return json::parse(r.out).as_object();
+    }
+
+    bool waitLinkConnected(const std::string& id) {
+        return waitUntil([&] {
+            auto s = status(id);
+            return s.at("running").as_bool() && s.at("link_state").as_string() == "connected";
+        }, 20s);
+    }
+
+    Harness m_h;
+};
+
+mode_t modeOf(const fs::path& p) {
+    struct stat st{};
+    return ::stat(p.c_str(), &st) == 0 ? st.st_mode & 0777 : 0;
+}
+
+std::string allProcessCommandLines() {
+    std::string all;
+    for (const auto& e : fs::directory_iterator("/proc")) {
+        std::ifstream in(e.path() / "cmdline");
+        all += std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()) + "\n";
+    }
+    return all;
+}
+
+}  // namespace
+
+TEST_F(CtlTest, StartStatusListStopWithoutASessionBus) {
+    setup("d1", "w");
+    auto r = ctl("d1", {"status"});
+    EXPECT_EQ(r.status, 3) << "not running yet";
+    EXPECT_NE(r.out.find("not running"), std::string::npos);
+
+    r = ctl("d1", {"start"});
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    EXPECT_NE(r.out.find("nohup mode"), std::string::npos) << r.out;
+    ASSERT_TRUE(waitLinkConnected("d1")) << ctl("d1", {"logs"}).out;
+
+    auto s = status("d1");
+    EXPECT_EQ(s.at("mode").as_string(), "nohup");
+    EXPECT_NE(s.at("mode_reason").as_string().find("HPC_DAEMONCTL_MODE"), json::string::npos);
+    auto socket = m_h.home("d1") / "d1.bus";
+    EXPECT_EQ(s.at("bus_address").as_string(), "unix:path=" + socket.string()) << "the private bus is used";
+    EXPECT_EQ(modeOf(socket), 0600u);
+    EXPECT_EQ(modeOf(m_h.home("d1")), 0700u);
+    EXPECT_EQ(modeOf(m_h.home("d1") / "d1.log"), 0600u);
+    EXPECT_EQ(modeOf(m_h.home("d1") / "d1.pid"), 0600u);
+
+    r = ctl("d1", {"status"});
+    EXPECT_EQ(r.status, 0);
+    EXPECT_NE(r.out.find("link:       connected since"), std::string::npos) << r.out;
+
+    r = ctl("d1", {"list", "--json"});
+    ASSERT_EQ(r.status, 0) << r.err;
+    auto list = json::parse(r.out).at("profiles").as_array();
+    ASSERT_EQ(list.size(), 1u);
+    EXPECT_TRUE(list[0].at("running").as_bool());
+    EXPECT_TRUE(list[0].at("registered").as_bool());
+    EXPECT_TRUE(list[0].at("connected").as_bool());
+
+    r = ctl("d1", {"start"});
+    EXPECT_EQ(r.status, 0);
+    EXPECT_NE(r.out.find("already running"), std::string::npos);
+
+    r = ctl("d1", {"logs", "-n", "50"});
+    EXPECT_EQ(r.status, 0);
+    EXPECT_NE(r.out.find("connected to https://127.0.0.1"), std::string::npos) << r.out;
+
+    r = ctl("d1", {"stop"});
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(ctl("d1", {"status"}).status, 3);
+    EXPECT_FALSE(fs::exists(socket)) << "the private bus goes with the daemon";
+    EXPECT_FALSE(fs::exists(m_h.home("d1") / "d1.pid"));
+    EXPECT_EQ(ctl("d1", {"stop"}).status, 0) << "stopping a stopped daemon is not an error";
+}
+
+TEST_F(CtlTest, StartStatusStopOnASessionBus) {
+    m_h.startSessionBus();
+    setup("d2", "w");
+    ASSERT_EQ(ctl("d2", {"start"}).status, 0);
+    ASSERT_TRUE(waitLinkConnected("d2"));
+    EXPECT_EQ(status("d2").at("bus_address").as_string(), m_h.sessionBusAddress());
+    EXPECT_FALSE(fs::exists(m_h.home("d2") / "d2.bus"));
+    auto r = ctl("d2", {"restart"});
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("stopped daemon d2"), std::string::npos);
+    EXPECT_NE(r.out.find("started daemon d2"), std::string::npos);
+    EXPECT_EQ(ctl("d2", {"stop"}).status, 0);
+    EXPECT_EQ(ctl("d2", {"status"}).status, 3);
+}
+
+TEST_F(CtlTest, RerunningSetupReloadsTheRunningDaemon) {
+    setup("d3", "first");
+    ASSERT_EQ(ctl("d3", {"start"}).status, 0);
+    ASSERT_TRUE(waitLinkConnected("d3"));
+    auto r = m_h.setupDaemon("d3", "alice@example.org", {(m_h.dir() / "second").string()});
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("reloaded (reconnected)"), std::string::npos) << r.out << "(a new API key means a new link)";
+    auto dirs = status("d3").at("allowed_dirs").as_array();
+    ASSERT_EQ(dirs.size(), 1u);
+    EXPECT_EQ(dirs[0].as_string(), fs::canonical(m_h.dir() / "second").string());
+    ASSERT_TRUE(waitLinkConnected("d3")) << "reconnected with the new key";
+    ctl("d3", {"stop"});
+}
+
+TEST_F(CtlTest, CallingTheBusNameActivatesTheDaemon) {
+    m_h.startSessionBus();
+    setup("d4", "w");
+    auto activation = m_h.xdgDataHome() / "dbus-1" / "services" / "org.tiptree.HpcDaemon.d4.service";
+    ASSERT_TRUE(fs::exists(activation)) << "setup writes the activation file";
+    EXPECT_EQ(ctl("d4", {"status"}).status, 3);
+    auto connection = sdbus::createSessionBusConnectionWithAddress(m_h.sessionBusAddress());
+    auto proxy = sdbus::createProxy(*connection, "org.tiptree.HpcDaemon.d4", "/org/tiptree/HpcDaemon");
+    std::map<std::string, sdbus::Variant> s;
+    proxy->callMethod("GetStatus").onInterface("org.tiptree.HpcDaemon").storeResultsTo(s);
+    EXPECT_EQ(s["daemon_id"].get<std::string>(), "d4");
+    EXPECT_EQ(ctl("d4", {"status"}).status, 0);
+    EXPECT_EQ(ctl("d4", {"stop"}).status, 0);
+}
+
+TEST_F(CtlTest, TheApiKeyAppearsInNoCommandLineLogOrStatus) {
+    setup("d5", "w");
+    ASSERT_EQ(ctl("d5", {"start"}).status, 0);
+    ASSERT_TRUE(waitLinkConnected("d5"));
+    std::string key = Store::open(m_h.home("d5")).profile("d5")->apiKey.reveal();
+    ASSERT_FALSE(key.empty());
+    EXPECT_EQ(allProcessCommandLines().find(key), std::string::npos);
+    EXPECT_EQ(ctl("d5", {"status", "--json"}).out.find(key), std::string::npos);
+    EXPECT_EQ(ctl("d5", {"list", "--json"}).out.find(key), std::string::npos);
+    EXPECT_EQ(ctl("d5", {"logs", "-n", "1000"}).out.find(key), std::string::npos);
+    EXPECT_EQ(m_h.relayLog().find(key), std::string::npos);
+    ctl("d5", {"stop"});
+}
+
+TEST_F(CtlTest, SeveralProfilesNeedADaemonId) {
+    setup("d6", "w");
+    // A second profile in the same state directory.
+    auto store = Store::open(m_h.home("d6"));
+    auto p = *store.profile("d6");
+    p.daemonId = "d7";
+    store.saveProfile(p);
+    auto r = ctl("d6", {"status"});
+    EXPECT_EQ(r.status, 4);
+    EXPECT_NE(r.err.find("d6, d7"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("--daemon-id"), std::string::npos);
+    EXPECT_EQ(ctl("d6", {"status", "--daemon-id", "d7"}).status, 3);
+    EXPECT_EQ(ctl("d6", {"status", "--daemon-id", "nope"}).status, 4);
+}
