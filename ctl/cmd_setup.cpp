@@ -3,10 +3,12 @@
 #include "commands.hpp"
 #include "daemon_client.hpp"
 #include "exit_codes.hpp"
+#include "prompter.hpp"
 
 #include "bus_name.hpp"
 
 #include <activation_template.hpp>
+#include <builtin_skills.hpp>
 
 #include "log.hpp"
 #include "platform_client.hpp"
@@ -33,7 +35,7 @@ struct SetupOptions {
     std::vector<std::string> allowedDirs;
     std::string caFile;
     std::string clusterName;
-    std::string skill = "generic-slurm";
+    std::string skill;
     std::string jobDir;
     std::string instructions;
     bool noInterview = false;
@@ -62,17 +64,6 @@ std::string prepareDir(const std::string& dir, const char* what) {
     if (ec) throw Error(ErrorCode::BadRequest, std::string("cannot create ") + what + " " + p.string() + ": " + ec.message());
     if (!fs::is_directory(p)) throw Error(ErrorCode::BadRequest, std::string(what) + " " + p.string() + " is not a directory");
     return fs::canonical(p).string();
-}
-
-Secret readCode(const std::string& email) {
-    bool tty = ::isatty(STDIN_FILENO);
-    if (tty) std::cerr << "Enter the code sent to " << email << ": " << std::flush;
-    std::string line;
-    if (!std::getline(std::cin, line)) throw Error(ErrorCode::BadRequest, "no sign-in code on standard input");
-    auto b = line.find_first_not_of(" \t\r");
-    auto e = line.find_last_not_of(" \t\r");
-    if (b == std::string::npos) throw Error(ErrorCode::BadRequest, "the sign-in code is empty");
-    return Secret(line.substr(b, e - b + 1));
 }
 
 std::string replaceAll(std::string text, const std::string& from, const std::string& to) {
@@ -114,11 +105,61 @@ private:
     bool m_quiet;
 };
 
-int runSetup(const SetupOptions& o) {
-    if (!o.noInterview)
-        throw Error(ErrorCode::BadRequest,
-                    "this version of setup runs without the interview only: pass --no-interview with --email, "
-                    "--url and --allowed-dirs");
+constexpr const char* kDisclaimer =
+    "\nREMOTE CODE EXECUTION\n"
+    "hpc-daemond lets AI agents run commands on this machine as you: shells, programs and batch jobs,\n"
+    "with your files, your allocations and your credentials on this machine. Writes are confined to\n"
+    "the allowed directories you choose next (and, where the kernel supports it, enforced by it);\n"
+    "reads are not confined. You are responsible for what runs under your account, as with any\n"
+    "tool you give access to it. Stop it at any time with: hpc-daemonctl stop\n";
+
+std::string defaultWorkspace() {
+    if (const char* scratch = std::getenv("SCRATCH"); scratch && *scratch)
+        return (fs::path(scratch) / "tiptree-workspace").string();
+    const char* home = std::getenv("HOME");
+    return (fs::path(home ? home : "/") / "tiptree-workspace").string();
+}
+
+/// A built-in skill by name or number, or "" when `answer` is neither.
+std::string builtinSkill(const std::string& answer) {
+    for (std::size_t i = 0; i < kBuiltinSkills.size(); ++i)
+        if (answer == kBuiltinSkills[i].name || answer == std::to_string(i + 1))
+            return std::string(kBuiltinSkills[i].name);
+    return {};
+}
+
+std::string skillTitle(const BuiltinSkill& s) {
+    auto line = s.text.substr(0, s.text.find('\n'));
+    return std::string(line.rfind("# ", 0) == 0 ? line.substr(2) : line);
+}
+
+/// The interview's questions after sign-in: each skipped when its flag was
+/// given or with --no-interview.
+void interview(SetupOptions& o, Prompter& ask) {
+    if (o.skill.empty()) {
+        ask.say("\nWhat kind of machine is this? Agents get matching guidance.");
+        for (std::size_t i = 0; i < kBuiltinSkills.size(); ++i)
+            ask.say("  " + std::to_string(i + 1) + ". " + std::string(kBuiltinSkills[i].name) + ": " +
+                    skillTitle(kBuiltinSkills[i]));
+        ask.say("  or type a short description of this server");
+        std::string answer = ask.ask("Skill", std::string(kBuiltinSkills[0].name));
+        o.skill = builtinSkill(answer).empty() ? answer : builtinSkill(answer);
+    }
+    if (o.allowedDirs.empty()) {
+        ask.say("\nAgents may write only inside the allowed directories (comma-separated; created if missing).");
+        o.allowedDirs = splitList(ask.ask("Allowed directories", defaultWorkspace()));
+    }
+    if (o.jobDir.empty()) o.jobDir = ask.ask("Working directory for jobs", o.allowedDirs.empty() ? "" : o.allowedDirs[0]);
+    if (o.instructions.empty()) o.instructions = ask.ask("Instructions for agents (optional)");
+    if (o.clusterName.empty()) o.clusterName = ask.ask("Cluster name shown to agents", hostName());
+}
+
+int runSetup(SetupOptions o) {
+    Prompter ask;
+    if (!o.noInterview) {
+        if (o.email.empty()) o.email = ask.ask("Email address");
+        if (o.url.empty()) o.url = ask.ask("Platform URL (https://...)");
+    }
     if (o.email.empty() || o.url.empty()) throw Error(ErrorCode::BadRequest, "--email and --url are required");
     std::string urlError;
     auto url = parseUrl(o.url, &urlError);
@@ -129,40 +170,61 @@ int runSetup(const SetupOptions& o) {
     if (!isValidDaemonId(daemonId))
         throw Error(ErrorCode::BadRequest, "daemon id \"" + daemonId +
                                                "\" is invalid: use 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)");
-
-    Profile profile;
-    profile.daemonId = daemonId;
-    profile.platformUrl = url->str();
-    profile.clusterName = o.clusterName.empty() ? hostName() : o.clusterName;
-    profile.skill = o.skill;
-    profile.instructions = o.instructions;
+    std::string caFile;
     if (!o.caFile.empty()) {
         std::error_code ec;
         if (!fs::is_regular_file(o.caFile, ec)) throw Error(ErrorCode::BadRequest, "--ca-file " + o.caFile + " is not a file");
-        profile.caFile = fs::canonical(o.caFile).string();
+        caFile = fs::canonical(o.caFile).string();
     }
+    if (!o.skill.empty() && builtinSkill(o.skill).empty() && o.skill.find(' ') == std::string::npos)
+        throw Error(ErrorCode::BadRequest, "--skill " + o.skill + " is not a built-in skill (" +
+                                               [] {
+                                                   std::string names;
+                                                   for (const auto& s : kBuiltinSkills)
+                                                       names += (names.empty() ? "" : ", ") + std::string(s.name);
+                                                   return names;
+                                               }() +
+                                               "); to describe a server in your own words use a phrase with spaces");
+
+    // Open the store first: a store problem should stop us before the user
+    // types a code.
+    Store store = Store::open();
+    net::PlatformClient platform(*url, net::ClientOptions{caFile, std::chrono::seconds(20)});
+    Progress progress(5, o.json);
+
+    progress.step("Requesting a sign-in code for " + o.email + " from " + url->str());
+    Secret signin = platform.requestCode(o.email);
+    Secret code = ask.code(o.email);
+    progress.step("Verifying the code");
+    Secret access = platform.verifyCode(signin, code);
+    if (o.noInterview) {
+        if (!o.json) ask.say("(--no-interview: the remote code execution disclaimer is taken as accepted)");
+    } else {
+        ask.say(kDisclaimer);
+        if (!ask.confirm("Do you accept?"))
+            throw Error(ErrorCode::BadRequest, "setup cancelled: the disclaimer was not accepted; nothing was saved");
+    }
+    progress.step("Creating an API key for daemon " + daemonId);
+    Profile profile;
+    profile.apiKey = platform.createApiKey(access);
+    if (!o.noInterview) interview(o, ask);
+    if (o.skill.empty()) o.skill = std::string(kBuiltinSkills[0].name);
+
+    profile.daemonId = daemonId;
+    profile.platformUrl = url->str();
+    profile.caFile = caFile;
+    profile.clusterName = o.clusterName.empty() ? hostName() : o.clusterName;
+    profile.skill = o.skill;
+    profile.instructions = o.instructions;
     for (const auto& d : o.allowedDirs) profile.allowedDirs.push_back(prepareDir(d, "allowed directory"));
     if (profile.allowedDirs.empty())
-        std::cerr << "\n*** WARNING: no --allowed-dirs given. Agents will be able to write ANYWHERE this user can. ***\n"
+        std::cerr << "\n*** WARNING: no allowed directories. Agents will be able to write ANYWHERE this user can. ***\n"
                      "*** Re-run setup with --allowed-dirs DIR... to confine them.                              ***\n\n";
     if (!o.jobDir.empty())
         profile.jobWorkdir = prepareDir(o.jobDir, "job directory");
     else if (!profile.allowedDirs.empty())
         profile.jobWorkdir = profile.allowedDirs.front();
 
-    // Open the store first: a store problem should stop us before the user
-    // types a code.
-    Store store = Store::open();
-    net::PlatformClient platform(*url, net::ClientOptions{profile.caFile, std::chrono::seconds(20)});
-    Progress progress(5, o.json);
-
-    progress.step("Requesting a sign-in code for " + o.email + " from " + url->str());
-    Secret signin = platform.requestCode(o.email);
-    Secret code = readCode(o.email);
-    progress.step("Verifying the code");
-    Secret access = platform.verifyCode(signin, code);
-    progress.step("Creating an API key for daemon " + daemonId);
-    profile.apiKey = platform.createApiKey(access);
     progress.step("Saving profile " + daemonId + " in " + (store.dir() / Store::kFileName).string());
     store.saveProfile(profile);
     progress.step("Registering daemon " + daemonId + " with the platform");
@@ -184,6 +246,7 @@ int runSetup(const SetupOptions& o) {
                                                   {"platform_url", profile.platformUrl},
                                                   {"allowed_dirs", dirs},
                                                   {"job_workdir", profile.jobWorkdir},
+                                                  {"skill", profile.skill},
                                                   {"registered", created ? "new" : "updated"},
                                                   {"activation_file", activation.string()},
                                                   {"running_daemon", reloaded.empty() ? "not running" : reloaded}})
@@ -205,10 +268,14 @@ Command addSetupCommand(CLI::App& parent) {
     auto o = std::make_shared<SetupOptions>();
     auto* app = parent.add_subcommand("setup", "Sign in, create an API key, save this daemon's profile and register it");
     app->footer(
-        "Signs in with a one-time code sent to --email (the code is read from the terminal, or from standard\n"
-        "input when it is not a terminal), creates an API key, stores the profile in $HPC_DAEMON_HOME/state.db\n"
-        "(0600; default ~/.hpc_daemon) and registers the daemon with the platform. Running setup again for the\n"
-        "same --daemon-id updates that profile and its registration.\n\n"
+        "The interview, in order: email and platform URL (unless given), the one-time code sent to the email\n"
+        "(read from the terminal, or from standard input when it is not a terminal), the remote code execution\n"
+        "disclaimer (must be accepted), API key creation, skill, allowed directories (default\n"
+        "$SCRATCH/tiptree-workspace, else ~/tiptree-workspace; created), job directory, instructions, cluster\n"
+        "name; then the profile is stored in $HPC_DAEMON_HOME/state.db (0600; default ~/.hpc_daemon), the daemon\n"
+        "is registered with the platform, a D-Bus activation file is written, and a running daemon is reloaded.\n"
+        "A flag given answers its question. Running setup again for the same --daemon-id updates that profile\n"
+        "and its registration in place.\n\n"
         "Example:\n  hpc-daemonctl setup --no-interview --email me@example.org --url https://platform.example.org \\\n"
         "      --daemon-id mila --allowed-dirs ~/scratch/agent-work\n\n" +
         std::string(kExitCodeHelp));
@@ -219,10 +286,12 @@ Command addSetupCommand(CLI::App& parent) {
                     "directories agents may write in (created if missing); none means unrestricted");
     app->add_option("--ca-file", o->caFile, "CA certificate that signs the platform's certificate (default: system CAs)");
     app->add_option("--cluster-name", o->clusterName, "cluster name shown to agents (default: the hostname)");
-    app->add_option("--skill", o->skill, "built-in skill name or a description of this server")->capture_default_str();
+    app->add_option("--skill", o->skill,
+                    "built-in skill (mila-hpc, generic-slurm, plain-server) or a description of this server");
     app->add_option("--job-dir", o->jobDir, "working directory for jobs (default: the first allowed directory)");
     app->add_option("--instructions", o->instructions, "extra instructions for agents");
-    app->add_flag("--no-interview", o->noInterview, "take everything from flags; only the code is read");
+    app->add_flag("--no-interview", o->noInterview,
+                  "ask nothing but the code: values come from flags, the disclaimer is taken as accepted");
     app->add_flag("--json", o->json, "print the result as JSON on stdout (progress lines are suppressed)");
     return Command{app, [o] { return runSetup(*o); }};
 }

@@ -1,6 +1,7 @@
 // hpc-daemonctl start/status/list/logs/stop for real, in nohup mode, with and
 // without a session bus; D-Bus activation; secrets kept out of sight.
 #include "harness.hpp"
+#include "sqlite.hpp"
 #include "store.hpp"
 
 #include <boost/json.hpp>
@@ -192,4 +193,66 @@ TEST_F(CtlTest, SeveralProfilesNeedADaemonId) {
     EXPECT_NE(r.err.find("--daemon-id"), std::string::npos);
     EXPECT_EQ(ctl("d6", {"status", "--daemon-id", "d7"}).status, 3);
     EXPECT_EQ(ctl("d6", {"status", "--daemon-id", "nope"}).status, 4);
+}
+
+TEST_F(CtlTest, TheInterviewAsksEachQuestionInOrder) {
+    auto work = m_h.dir() / "ws";
+    std::vector<std::string> env = m_h.baseEnv();
+    env.push_back("HPC_DAEMON_HOME=" + m_h.home("iv").string());
+    // After the code: accept the disclaimer, pick skill 2, the allowed
+    // directory, the default job directory, instructions, a cluster name.
+    auto r = m_h.runTypingCode({Harness::binary("hpc-daemonctl"), "setup", "--email", "alice@example.org", "--url",
+                                m_h.url(), "--daemon-id", "iv", "--ca-file", m_h.caFile()},
+                               env, "alice@example.org",
+                               "yes\n2\n" + work.string() + "\n\nUse the GPU queue.\nMila\n");
+    ASSERT_EQ(r.status, 0) << r.err;
+    auto order = {"Enter the code", "REMOTE CODE EXECUTION", "Creating an API key", "Skill", "Allowed directories",
+                  "Working directory for jobs", "Instructions", "Cluster name", "Registering daemon"};
+    std::size_t at = 0;
+    for (const char* step : order) {
+        auto p = r.err.find(step, at);
+        ASSERT_NE(p, std::string::npos) << "missing or out of order: " << step << "\n" << r.err;
+        at = p;
+    }
+    auto p = Store::open(m_h.home("iv")).profile("iv");
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->skill, "mila-hpc") << "skill 2 in the sorted built-in list";
+    EXPECT_EQ(p->allowedDirs, std::vector<std::string>{fs::canonical(work).string()});
+    EXPECT_EQ(p->jobWorkdir, fs::canonical(work).string());
+    EXPECT_EQ(p->instructions, "Use the GPU queue.");
+    EXPECT_EQ(p->clusterName, "Mila");
+}
+
+TEST_F(CtlTest, DecliningTheDisclaimerSavesNothing) {
+    std::vector<std::string> env = m_h.baseEnv();
+    env.push_back("HPC_DAEMON_HOME=" + m_h.home("no").string());
+    auto r = m_h.runTypingCode({Harness::binary("hpc-daemonctl"), "setup", "--email", "alice@example.org", "--url",
+                                m_h.url(), "--daemon-id", "no", "--ca-file", m_h.caFile()},
+                               env, "alice@example.org", "no\n");
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.err.find("not accepted"), std::string::npos) << r.err;
+    EXPECT_TRUE(Store::open(m_h.home("no")).profiles().empty());
+}
+
+TEST_F(CtlTest, AnExpiredCodeIsRefused) {
+    std::vector<std::string> env = m_h.baseEnv();
+    env.push_back("HPC_DAEMON_HOME=" + m_h.home("ex").string());
+    auto r = m_h.runTypingCode({Harness::binary("hpc-daemonctl"), "setup", "--no-interview", "--email",
+                                "alice@example.org", "--url", m_h.url(), "--daemon-id", "ex", "--ca-file",
+                                m_h.caFile()},
+                               env, "alice@example.org", {}, [&] {
+                                   // Ten minutes pass before the user types the code.
+                                   auto db = sqlite::Db::open((m_h.dir() / "relay" / "relay.db").string());
+                                   db.exec("UPDATE signins SET expires_at = 0");
+                               });
+    EXPECT_EQ(r.status, 6);
+    EXPECT_NE(r.err.find("expired"), std::string::npos) << r.err;
+}
+
+TEST_F(CtlTest, AnUnknownSkillNameIsRefusedBeforeSignIn) {
+    auto r = ctl("sk", {"setup", "--no-interview", "--email", "a@example.org", "--url", m_h.url(), "--daemon-id", "sk",
+                        "--skill", "mila"});
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.err.find("mila-hpc"), std::string::npos) << r.err;
+    EXPECT_EQ(m_h.codeLines(), 0u);
 }

@@ -208,25 +208,32 @@ CommandResult Harness::setupDaemon(const std::string& daemonId, const std::strin
         argv.push_back(d);
     }
     argv.insert(argv.end(), extra.begin(), extra.end());
-    // The code is typed once the relay has sent it: run setup with its stdin
-    // fed by a thread that waits for the code.
+    std::vector<std::string> env = baseEnv();
+    env.push_back("HPC_DAEMON_HOME=" + home(daemonId).string());
+    return runTypingCode(argv, env, email);
+}
+
+CommandResult Harness::runTypingCode(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                                     const std::string& email, const std::string& afterCode,
+                                     const std::function<void()>& beforeCode) {
     std::size_t before = codeLines();
     SpawnOptions o;
     o.argv = argv;
-    o.envOverrides = baseEnv();
-    o.envOverrides.push_back("HPC_DAEMON_HOME=" + home(daemonId).string());
+    o.envOverrides = env;
     o.in = Stdio::Pipe;
     o.out = Stdio::Pipe;
     o.err = Stdio::Pipe;
     auto p = spawn(o);
     ChildGuard guard(p.pid);
-    std::string code = waitForCode(email, before) + "\n";
-    if (::write(p.stdinFd.get(), code.data(), code.size()) != static_cast<ssize_t>(code.size()))
-        throw std::runtime_error("cannot type the code into setup");
+    std::string input = waitForCode(email, before) + "\n" + afterCode;
+    if (beforeCode) beforeCode();
+    // Small inputs only: a pipe buffer holds them whole.
+    if (::write(p.stdinFd.get(), input.data(), input.size()) != static_cast<ssize_t>(input.size()))
+        throw std::runtime_error("cannot type the code");
     p.stdinFd.reset();
     CommandResult r;
     auto status = guard.waitFor(std::chrono::seconds(30));
-    if (!status) throw std::runtime_error("setup did not finish");
+    if (!status) throw std::runtime_error("the command did not finish: " + argv.front());
     r.status = status->code.value_or(128 + status->signal.value_or(0));
     char buf[65536];
     ssize_t n;

@@ -62,6 +62,12 @@ public:
     /// typing the code, with HPC_DAEMON_HOME = home(daemonId).
     CommandResult setupDaemon(const std::string& daemonId, const std::string& email,
                               const std::vector<std::string>& allowedDirs, const std::vector<std::string>& extra = {});
+    /// Runs a program that asks for `email`'s code: once the relay has sent
+    /// it, types `beforeCode()` (a hook, may be empty), the code, a newline
+    /// and `afterCode`, then closes stdin.
+    CommandResult runTypingCode(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                                const std::string& email, const std::string& afterCode = {},
+                                const std::function<void()>& beforeCode = {});
     std::filesystem::path home(const std::string& daemonId) const { return m_dir / ("home-" + daemonId); }
 
     /// Starts hpc-daemond for a profile made by setupDaemon.
