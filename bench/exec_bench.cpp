@@ -2,6 +2,8 @@
 // 127.0.0.1, beside ssh with a ControlMaster to a local sshd, in one run.
 // Prints figures; asserts nothing about time.
 #include "harness.hpp"
+#include "local_sshd.hpp"
+#include "proc_stats.hpp"
 
 #include "protocol.hpp"
 
@@ -90,107 +92,6 @@ Figures timePipelined(agent::AgentClient& client, std::size_t n, std::size_t win
                      std::chrono::duration<double>(Clock::now() - start).count());
 }
 
-/// A private sshd on a loopback port with a key made now; stopped on destruction.
-class LocalSshd {
-public:
-    explicit LocalSshd(const fs::path& dir) : m_dir(dir) {
-        fs::create_directories(dir);
-        fs::create_directories("/run/sshd");
-        auto keygen = [&](const std::string& file) {
-            auto r = runCommand({"ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", (dir / file).string()});
-            if (r.status != 0) throw std::runtime_error("ssh-keygen failed: " + r.err);
-        };
-        keygen("host_key");
-        keygen("client_key");
-        fs::copy_file(dir / "client_key.pub", dir / "authorized_keys");
-        // sshd reads authorized_keys as the target user: let that user reach it.
-        fs::permissions(dir.parent_path(), fs::perms::others_exec | fs::perms::group_exec, fs::perm_options::add);
-        fs::permissions(dir, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                                 fs::perms::others_read | fs::perms::others_exec);
-        fs::permissions(dir / "authorized_keys", fs::perms::owner_read | fs::perms::owner_write |
-                                                     fs::perms::group_read | fs::perms::others_read);
-        m_port = 20000 + static_cast<int>(::getpid() % 20000);
-        std::ofstream conf(dir / "sshd_config");
-        conf << "Port " << m_port << "\nListenAddress 127.0.0.1\nHostKey " << (dir / "host_key").string()
-             << "\nAuthorizedKeysFile " << (dir / "authorized_keys").string()
-             << "\nPidFile " << (dir / "sshd.pid").string()
-             << "\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-                "KbdInteractiveAuthentication no\nLogLevel ERROR\n";
-        conf.close();
-        SpawnOptions o;
-        o.argv = {"/usr/sbin/sshd", "-D", "-e", "-f", (dir / "sshd_config").string()};
-        o.outputFile = (dir / "sshd.log").string();
-        m_sshd = ChildGuard(spawn(o).pid);
-        std::string user = benchUser();
-        m_base = {"ssh", "-q", "-p", std::to_string(m_port), "-i", (dir / "client_key").string(),
-                  "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-                  "-o", "ControlMaster=auto", "-o", "ControlPath=" + (dir / "cm").string(), "-o",
-                  "ControlPersist=120", user + "@127.0.0.1"};
-        // The first connection becomes the master; wait until it works.
-        if (!waitUntil([&] { return run("true") == 0; }, std::chrono::seconds(15)))
-            throw std::runtime_error("sshd did not accept the key: " + slurp(dir / "sshd.log"));
-    }
-    ~LocalSshd() {
-        auto exitArgs = m_base;
-        exitArgs.insert(exitArgs.end() - 1, {"-O", "exit"});
-        try {
-            runCommand(exitArgs, {}, {}, std::chrono::seconds(5));
-        } catch (...) {
-        }
-        m_sshd.terminate(std::chrono::milliseconds(2000));
-    }
-    int run(const std::string& command) {
-        auto argv = m_base;
-        argv.push_back(command);
-        return runCommand(argv, {}, {}, std::chrono::seconds(30)).status;
-    }
-
-    const std::string& note() const { return m_note; }
-
-private:
-    /// The remote side of ssh runs `$SHELL -c CMD`, and bash then reads
-    /// ~/.bashrc (here: ~120 ms of pyenv set-up for root). hpc-daemond runs an
-    /// argv without a shell, so as root the peer logs in as an account whose
-    /// shell is /bin/sh (dash reads no rc file) to compare transports only.
-    std::string benchUser() {
-        const char* envUser = std::getenv("USER");
-        if (::getuid() != 0) {
-            m_note = "as " + std::string(envUser ? envUser : "?") + ", including that login shell's start-up";
-            return envUser ? envUser : "";
-        }
-        const std::string name = "hpc-bench";
-        if (runCommand({"id", "-u", name}).status != 0 &&
-            runCommand({"useradd", "-M", "-d", "/tmp", "-s", "/bin/sh", name}).status != 0)
-            throw std::runtime_error("cannot create the benchmark account " + name);
-        runCommand({"usermod", "-p", "*", "-s", "/bin/sh", name});  // unlock for key login
-        m_note = "as " + name + " (login shell /bin/sh)";
-        return name;
-    }
-
-    std::string m_note;
-    static std::string slurp(const fs::path& p) {
-        std::ifstream in(p);
-        return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    }
-    fs::path m_dir;
-    int m_port = 0;
-    ChildGuard m_sshd;
-    std::vector<std::string> m_base;
-};
-
-double cpuSecondsOf(pid_t pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-    std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    auto close = s.rfind(')');
-    if (close == std::string::npos) return 0;
-    std::istringstream rest(s.substr(close + 2));
-    std::string field;
-    std::vector<std::string> f;
-    while (rest >> field) f.push_back(field);
-    // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
-    return (std::stod(f.at(11)) + std::stod(f.at(12))) / static_cast<double>(::sysconf(_SC_CLK_TCK));
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -215,9 +116,9 @@ int main(int argc, char** argv) {
     spec.argv = {"true"};
     for (int i = 0; i < 50; ++i) client->exec("bench", spec);  // warm up
 
-    double cpu0 = cpuSecondsOf(h.daemonPid("bench"));
+    double cpu0 = procStats(h.daemonPid("bench")).cpuSeconds;
     rows.push_back(timeSequential("hpc-agent library, sequential", n, [&] { client->exec("bench", spec); }));
-    double cpuSeq = cpuSecondsOf(h.daemonPid("bench")) - cpu0;
+    double cpuSeq = procStats(h.daemonPid("bench")).cpuSeconds - cpu0;
     rows.push_back(timePipelined(*client, n, 16));
 
     std::vector<std::string> env = {"HPC_AGENT_URL=" + h.url(), "HPC_AGENT_TOKEN=" + token.reveal(),

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and runs the benchmarks (installs openssh-server for the ssh peer).
-# usage: bench/run.sh [RUNS]
+# usage: bench/run.sh [exec RUNS] [idle SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh --with-bench
 build/default/bench/exec_bench "${1:-2000}"
+build/default/bench/idle_bench "${2:-60}"
