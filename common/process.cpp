@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -77,52 +78,87 @@ void setNonBlocking(int fd) {
     if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0) throwErrno(errno, "fcntl(O_NONBLOCK)");
 }
 
+namespace {
+
+/// The child's three standard descriptors: -1 means /dev/null, -2 inherit.
+struct ChildStdio {
+    int in = -2, out = -2, err = -2;
+};
+
+/// Reports errno to the parent through the error pipe and ends the child.
+[[noreturn]] void childFailed(int errorPipe, int err) {
+    [[maybe_unused]] auto n = ::write(errorPipe, &err, sizeof err);
+    ::_exit(127);
+}
+
+/// Runs in the forked child: only system calls from here to exec.
+[[noreturn]] void execConfined(const SpawnOptions& o, const ChildStdio& io, char* const* argv, char* const* envp,
+                               int errorPipe) {
+    auto fail = [errorPipe](int err) { childFailed(errorPipe, err); };
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    struct sigaction dfl{};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);
+    if (o.newSession && ::setsid() < 0) fail(errno);
+    int fds[3] = {io.in, io.out, io.err};
+    for (int target = 0; target < 3; ++target) {
+        int fd = fds[target];
+        if (fd == -2) continue;
+        if (fd == -1) fd = ::open("/dev/null", target == 0 ? O_RDONLY : O_WRONLY);
+        if (fd == target) {
+            ::fcntl(fd, F_SETFD, 0);  // dup2 onto itself would keep FD_CLOEXEC
+            continue;
+        }
+        if (fd < 0 || ::dup2(fd, target) < 0) fail(errno);
+    }
+    if (!o.cwd.empty() && ::chdir(o.cwd.c_str()) != 0) fail(errno);
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(errno);
+    if (::syscall(SYS_landlock_restrict_self, o.landlockRuleset, 0) != 0) fail(errno);
+    ::execvpe(argv[0], argv, envp);
+    childFailed(errorPipe, errno);
+}
+
+/// vfork: the child borrows our memory until exec (it makes only system
+/// calls), so starting it costs no page-table copy. Kept in its own frame so
+/// no caller's variable lives across the vfork.
+pid_t vforkConfined(const SpawnOptions& o, const ChildStdio& io, char* const* argv, char* const* envp, int errorPipe) {
+    pid_t pid = ::vfork();
+    if (pid == 0) execConfined(o, io, argv, envp, errorPipe);
+    return pid;
+}
+
+}  // namespace
+
 SpawnedProcess spawn(const SpawnOptions& options) {
     if (options.argv.empty()) throw std::invalid_argument("spawn: empty argv");
-    SpawnActions actions;
-    SpawnAttr attr;
     SpawnedProcess result;
-
     PipePair inPipe, outPipe, errPipe;
     UniqueFd outFile;
-    auto toNull = [&](int target, int mode) {
-        ::posix_spawn_file_actions_addopen(actions.get(), target, "/dev/null", mode, 0);
-    };
+    ChildStdio io;
+    auto mode = [](Stdio s) { return s == Stdio::Null ? -1 : -2; };
+    io.in = mode(options.in);
+    io.out = mode(options.out);
+    io.err = mode(options.err);
     if (options.in == Stdio::Pipe) {
         inPipe = makePipe();
-        ::posix_spawn_file_actions_adddup2(actions.get(), inPipe.read.get(), 0);
-    } else if (options.in == Stdio::Null) {
-        toNull(0, O_RDONLY);
+        io.in = inPipe.read.get();
     }
     if (!options.outputFile.empty()) {
         outFile.reset(::open(options.outputFile.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
         if (!outFile) throwErrno(errno, "open " + options.outputFile);
-        ::posix_spawn_file_actions_adddup2(actions.get(), outFile.get(), 1);
-        ::posix_spawn_file_actions_adddup2(actions.get(), outFile.get(), 2);
+        io.out = io.err = outFile.get();
     } else {
         if (options.out == Stdio::Pipe) {
             outPipe = makePipe();
-            ::posix_spawn_file_actions_adddup2(actions.get(), outPipe.write.get(), 1);
-        } else if (options.out == Stdio::Null) {
-            toNull(1, O_WRONLY);
+            io.out = outPipe.write.get();
         }
         if (options.err == Stdio::Pipe) {
             errPipe = makePipe();
-            ::posix_spawn_file_actions_adddup2(actions.get(), errPipe.write.get(), 2);
-        } else if (options.err == Stdio::Null) {
-            toNull(2, O_WRONLY);
+            io.err = errPipe.write.get();
         }
     }
-    if (!options.cwd.empty()) ::posix_spawn_file_actions_addchdir_np(actions.get(), options.cwd.c_str());
-
-    short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
-    if (options.newSession) flags |= POSIX_SPAWN_SETSID;
-    ::posix_spawnattr_setflags(attr.get(), flags);
-    sigset_t empty, all;
-    sigemptyset(&empty);
-    sigfillset(&all);
-    ::posix_spawnattr_setsigmask(attr.get(), &empty);
-    ::posix_spawnattr_setsigdefault(attr.get(), &all);
 
     std::vector<std::string> env = mergedEnvironment(options.envOverrides);
     std::vector<char*> envp;
@@ -134,8 +170,42 @@ SpawnedProcess spawn(const SpawnOptions& options) {
     argv.push_back(nullptr);
 
     pid_t pid = -1;
-    int rc = ::posix_spawnp(&pid, argv[0], actions.get(), attr.get(), argv.data(), envp.data());
-    if (rc != 0) throwErrno(rc, "cannot start " + options.argv[0]);
+    if (options.landlockRuleset >= 0) {
+        PipePair errors = makePipe();  // CLOEXEC: closes on a successful exec
+        pid = vforkConfined(options, io, argv.data(), envp.data(), errors.write.get());
+        if (pid < 0) throwErrno(errno, "vfork");
+        errors.write.reset();
+        int childErrno = 0;
+        ssize_t n;
+        do {
+            n = ::read(errors.read.get(), &childErrno, sizeof childErrno);
+        } while (n < 0 && errno == EINTR);
+        if (n == sizeof childErrno) {
+            ::waitpid(pid, nullptr, 0);
+            throwErrno(childErrno, "cannot start " + options.argv[0]);
+        }
+    } else {
+        SpawnActions actions;
+        SpawnAttr attr;
+        int fds[3] = {io.in, io.out, io.err};
+        for (int target = 0; target < 3; ++target) {
+            if (fds[target] == -1)
+                ::posix_spawn_file_actions_addopen(actions.get(), target, "/dev/null", target == 0 ? O_RDONLY : O_WRONLY, 0);
+            else if (fds[target] >= 0)
+                ::posix_spawn_file_actions_adddup2(actions.get(), fds[target], target);
+        }
+        if (!options.cwd.empty()) ::posix_spawn_file_actions_addchdir_np(actions.get(), options.cwd.c_str());
+        short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
+        if (options.newSession) flags |= POSIX_SPAWN_SETSID;
+        ::posix_spawnattr_setflags(attr.get(), flags);
+        sigset_t empty, all;
+        sigemptyset(&empty);
+        sigfillset(&all);
+        ::posix_spawnattr_setsigmask(attr.get(), &empty);
+        ::posix_spawnattr_setsigdefault(attr.get(), &all);
+        int rc = ::posix_spawnp(&pid, argv[0], actions.get(), attr.get(), argv.data(), envp.data());
+        if (rc != 0) throwErrno(rc, "cannot start " + options.argv[0]);
+    }
     result.pid = pid;
     if (inPipe.write) {
         setNonBlocking(inPipe.write.get());

@@ -28,6 +28,10 @@ struct SpawnOptions {
     Stdio err = Stdio::Inherit;
     /// When set, stdout and stderr go to this file (appended, 0600) instead.
     std::string outputFile;
+    /// A Landlock ruleset fd: the child restricts itself with it (and sets
+    /// no_new_privs) before exec. Such children are forked rather than
+    /// posix_spawn()ed, which has no hook between fork and exec.
+    int landlockRuleset = -1;
 };
 
 struct SpawnedProcess {

@@ -6,6 +6,7 @@
 #include "dispatch.hpp"
 #include "errors.hpp"
 #include "exec.hpp"
+#include "guard/landlock.hpp"
 #include "link.hpp"
 #include "log.hpp"
 #include "notify.hpp"
@@ -80,6 +81,7 @@ public:
         m_systemd = std::getenv("INVOCATION_ID") != nullptr || m_notifier.active();
         m_dispatcher = std::make_unique<Dispatcher>(m_exec, AllowedDirs(m_profile.allowedDirs), fallbackCwd(),
                                                     [this](std::string text) { reply(std::move(text)); });
+        applyConfinement();
     }
 
     void run() {
@@ -108,6 +110,31 @@ private:
         if (!m_profile.jobWorkdir.empty()) return m_profile.jobWorkdir;
         const char* home = std::getenv("HOME");
         return home ? home : "/";
+    }
+
+    /// Builds the kernel layer from the profile's allowed directories (the
+    /// same list the cwd check uses) and hands it to the dispatcher.
+    void applyConfinement() {
+        m_landlock.reset();
+        std::vector<std::string> env;
+        if (!m_profile.allowedDirs.empty() && !m_options.noLandlock) {
+            fs::path tmp = m_store.dir() / "tmp" / m_profile.daemonId;
+            ensurePrivateDir(tmp.parent_path());
+            ensurePrivateDir(tmp);
+            std::string why;
+            m_landlock = LandlockPolicy::build(m_profile.allowedDirs, tmp.string(), why);
+            if (m_landlock) {
+                env = {"TMPDIR=" + tmp.string()};
+                log::info("commands are confined by " + m_landlock->describe() + ": writes only under " +
+                          AllowedDirs(m_profile.allowedDirs).describe() + " and " + tmp.string());
+            } else if (!m_landlockWarned) {
+                m_landlockWarned = true;
+                log::warning("kernel confinement is off: " + why + "; only the working-directory check applies");
+            }
+        } else if (m_options.noLandlock) {
+            log::notice("Landlock is disabled by --no-landlock");
+        }
+        m_dispatcher->setConfinement(m_landlock ? m_landlock->fd() : -1, std::move(env));
     }
 
     void warnIfUnrestricted() {
@@ -190,6 +217,7 @@ private:
         s.scheduler = m_scheduler;
         s.allowedDirs = m_profile.allowedDirs;
         if (!m_profile.allowedDirs.empty()) s.guardLayers = {"cwd-check"};
+        if (m_landlock) s.guardLayers.push_back(m_landlock->describe());
         s.runningExecs = static_cast<unsigned>(m_exec.running());
         s.busAddress = m_bus ? m_bus->address() : "";
         s.startedAt = m_startedAt;
@@ -202,6 +230,7 @@ private:
                       fresh.caFile != m_profile.caFile;
         m_profile = std::move(fresh);
         m_dispatcher->setPolicy(AllowedDirs(m_profile.allowedDirs), fallbackCwd());
+        applyConfinement();
         warnIfUnrestricted();
         log::notice("profile reloaded: allowed directories " + AllowedDirs(m_profile.allowedDirs).describe() +
                     (relink ? "; reconnecting with the new platform settings" : ""));
@@ -234,6 +263,8 @@ private:
     Notifier m_notifier;
     asio::signal_set m_signals;
     asio::steady_timer m_shutdownTimer;
+    std::unique_ptr<LandlockPolicy> m_landlock;
+    bool m_landlockWarned = false;
     std::unique_ptr<Dispatcher> m_dispatcher;
     // Destroyed last: while the pid file exists, ctl waits for the rest.
     std::unique_ptr<PidFile> m_pidFile;

@@ -18,6 +18,8 @@ struct DaemonOptions {
     std::string busAddress;
     /// Why the daemon runs the way it does (hpc-daemonctl start says).
     std::string modeReason;
+    /// Leave Landlock off even where the kernel has it (diagnosis, tests).
+    bool noLandlock = false;
 };
 
 /// Runs until SIGTERM, SIGINT or a D-Bus Stop; returns the exit code (0 on a

@@ -120,6 +120,11 @@ ExecRequest Dispatcher::parseExec(const json::object& p) const {
     if (auto g = protocol::optNumber(p, "kill_grace_s", 0, 600))
         req.killGrace = std::chrono::milliseconds(static_cast<long long>(*g * 1000));
     if (auto m = protocol::optInt(p, "max_output_bytes", 0, kMaxOutputCap)) req.maxOutputBytes = static_cast<std::size_t>(*m);
+    if (m_landlockRuleset >= 0) {
+        req.landlockRuleset = m_landlockRuleset;
+        // Ours first so the request's own env can still override them.
+        req.env.insert(req.env.begin(), m_confinedEnv.begin(), m_confinedEnv.end());
+    }
     return req;
 }
 

@@ -27,6 +27,12 @@ public:
         m_dirs = std::move(dirs);
         m_fallbackCwd = std::move(fallbackCwd);
     }
+    /// Kernel confinement for commands from now on: a Landlock ruleset fd (or
+    /// -1) and environment entries confined commands get (TMPDIR).
+    void setConfinement(int landlockRuleset, std::vector<std::string> env) {
+        m_landlockRuleset = landlockRuleset;
+        m_confinedEnv = std::move(env);
+    }
     void onBinary(std::string_view data);
 
     /// Turns an exec payload into a request. Throws hpc::Error(BadRequest,
@@ -41,6 +47,8 @@ private:
     AllowedDirs m_dirs;
     std::filesystem::path m_fallbackCwd;
     Send m_send;
+    int m_landlockRuleset = -1;
+    std::vector<std::string> m_confinedEnv;
 };
 
 }  // namespace hpc::daemon

@@ -45,6 +45,7 @@ public:
         o.in = m_req.stdinData ? Stdio::Pipe : Stdio::Null;
         o.out = Stdio::Pipe;
         o.err = Stdio::Pipe;
+        o.landlockRuleset = m_req.landlockRuleset;
         SpawnedProcess child;
         try {
             child = spawn(o);

@@ -23,6 +23,7 @@ struct ExecRequest {
     std::chrono::milliseconds timeout{std::chrono::minutes(5)};
     std::chrono::milliseconds killGrace{std::chrono::seconds(2)};
     std::size_t maxOutputBytes = 1024 * 1024;  ///< per stream
+    int landlockRuleset = -1;                  ///< confine the command with this ruleset
 };
 
 struct ExecResult {

@@ -37,6 +37,8 @@ int main(int argc, char** argv) {
                    "D-Bus address to serve org.tiptree.HpcDaemon on; default: the session bus, or without one a "
                    "private bus at $HPC_DAEMON_HOME/<id>.bus; \"none\" for no bus");
     app.add_option("--mode-reason", options.modeReason, "why this mode was chosen (shown by hpc-daemonctl status)");
+    app.add_flag("--no-landlock", options.noLandlock,
+                 "do not confine commands with Landlock even where the kernel supports it (diagnosis)");
     app.add_flag("-v,--verbose", verbose, "log debug lines too");
     CLI11_PARSE(app, argc, argv);
 
