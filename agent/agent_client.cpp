@@ -91,13 +91,98 @@ json::object AgentClient::request(const std::string& daemonId, const std::string
         if (left.count() <= 0) throw Error(ErrorCode::Timeout, type + " to " + daemonId + ": no response in time");
         auto frame = m_ws->read(left);
         if (!frame) continue;
-        if (frame->binary) continue;  // PTY data is not ours to handle here
-        auto parsed = protocol::parse(frame->data, protocol::kMaxResponseBytes);
+        auto parsed = frame->binary ? protocol::ParseResult(protocol::ProtocolError{})
+                                    : protocol::parse(frame->data, protocol::kMaxResponseBytes);
         auto* reply = std::get_if<protocol::Envelope>(&parsed);
-        if (!reply || !reply->isResponse()) continue;
-        if (reply->replyTo != id && !reply->replyTo.empty()) continue;
+        bool ours = reply && reply->isResponse() && (reply->replyTo == id || reply->replyTo.empty());
+        if (!ours) {
+            // PTY output and events wait for nextPtyEvent().
+            if (reply && reply->isResponse() && m_unanswered.erase(reply->replyTo)) continue;
+            m_backlog.push_back(std::move(*frame));
+            continue;
+        }
         if (!reply->ok) throw Error(reply->errorCode, reply->errorMessage);
         return reply->result;
+    }
+}
+
+std::optional<net::WsFrame> AgentClient::nextFrame(std::chrono::milliseconds timeout) {
+    if (!m_backlog.empty()) {
+        auto f = std::move(m_backlog.front());
+        m_backlog.pop_front();
+        return f;
+    }
+    return m_ws->read(timeout);
+}
+
+PtyHandle AgentClient::openPty(const std::string& daemonId, const PtySpec& spec, std::chrono::milliseconds timeout) {
+    json::object p{{"cols", spec.cols}, {"rows", spec.rows}};
+    if (spec.cwd) p["cwd"] = *spec.cwd;
+    if (spec.shell) p["shell"] = *spec.shell;
+    if (spec.credit) p["credit"] = spec.credit;
+    if (!spec.env.empty()) {
+        json::object e;
+        for (const auto& [k, v] : spec.env) e[k] = v;
+        p["env"] = std::move(e);
+    }
+    auto r = request(daemonId, "pty.open", std::move(p), timeout);
+    return PtyHandle{static_cast<std::uint32_t>(r.at("channel").as_int64()), optionalInt(r, "pid").value_or(0)};
+}
+
+void AgentClient::ptyInput(std::uint32_t channel, std::string_view data) {
+    m_ws->sendBinary(protocol::encodeChannelFrame(channel, data));
+}
+
+void AgentClient::ptyResize(const std::string& daemonId, std::uint32_t channel, unsigned cols, unsigned rows) {
+    request(daemonId, "pty.resize", {{"channel", channel}, {"cols", cols}, {"rows", rows}}, std::chrono::seconds(30));
+}
+
+void AgentClient::ptyClose(const std::string& daemonId, std::uint32_t channel, int signal) {
+    request(daemonId, "pty.close", {{"channel", channel}, {"signal", signal}}, std::chrono::seconds(30));
+}
+
+void AgentClient::ptyAck(const std::string& daemonId, std::uint32_t channel, std::uint64_t bytes) {
+    protocol::Envelope env;
+    env.type = "pty.ack";
+    env.id = nextId();
+    env.daemonId = daemonId;
+    env.payload = {{"channel", channel}, {"bytes", bytes}};
+    m_unanswered.insert(env.id);
+    m_ws->sendText(protocol::serialize(env));
+}
+
+std::optional<PtyEvent> AgentClient::nextPtyEvent(std::chrono::milliseconds timeout) {
+    auto deadline = Clock::now() + timeout;
+    while (true) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        auto frame = nextFrame(std::max(left, std::chrono::milliseconds(0)));
+        if (!frame) return std::nullopt;
+        if (frame->binary) {
+            auto decoded = protocol::decodeChannelFrame(std::span<const char>(frame->data.data(), frame->data.size()));
+            if (!decoded) continue;
+            PtyEvent e;
+            e.channel = decoded->channel;
+            e.data.assign(decoded->data.data(), decoded->data.size());
+            return e;
+        }
+        auto parsed = protocol::parse(frame->data, protocol::kMaxResponseBytes);
+        auto* env = std::get_if<protocol::Envelope>(&parsed);
+        if (!env) continue;
+        if (env->isResponse()) {
+            if (m_unanswered.erase(env->replyTo) && !env->ok)
+                throw Error(env->errorCode, "pty.ack: " + env->errorMessage);
+            if (!env->ok && env->replyTo.empty()) throw Error(env->errorCode, env->errorMessage);
+            continue;
+        }
+        if (env->type == "pty.exit") {
+            PtyEvent e;
+            e.kind = PtyEvent::Kind::Exit;
+            e.channel = static_cast<std::uint32_t>(protocol::optInt(env->payload, "channel", 0, UINT32_MAX).value_or(0));
+            e.exitCode = optionalInt(env->payload, "exit_code");
+            e.signal = optionalInt(env->payload, "signal");
+            e.error = protocol::optString(env->payload, "error").value_or("");
+            return e;
+        }
     }
 }
 

@@ -10,6 +10,10 @@
 #include <boost/json.hpp>
 
 #include <chrono>
+#include <cstdint>
+#include <deque>
+#include <set>
+#include <string_view>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,6 +57,30 @@ struct ExecOutcome {
     static ExecOutcome fromResult(const boost::json::object& result);
 };
 
+/// What pty.open asks for.
+struct PtySpec {
+    unsigned cols = 80, rows = 24;
+    std::optional<std::string> cwd;
+    std::optional<std::string> shell;
+    std::vector<std::pair<std::string, std::string>> env;
+    std::uint64_t credit = 0;  ///< initial output credit; 0: the daemon's default
+};
+
+struct PtyHandle {
+    std::uint32_t channel = 0;
+    int pid = 0;
+};
+
+/// Something that happened on a PTY channel.
+struct PtyEvent {
+    enum class Kind { Output, Exit } kind = Kind::Output;
+    std::uint32_t channel = 0;
+    std::string data;              ///< Output
+    std::optional<int> exitCode;   ///< Exit
+    std::optional<int> signal;     ///< Exit
+    std::string error;             ///< Exit: set when the session was lost, not ended
+};
+
 class AgentClient {
 public:
     /// Connects to /hpc/agent/ws. Throws hpc::Error (Unauthorized, Unavailable).
@@ -67,6 +95,19 @@ public:
     ExecOutcome exec(const std::string& daemonId, const ExecSpec& spec,
                      std::chrono::milliseconds timeout = std::chrono::minutes(10));
 
+    // ---- PTY sessions ----
+    PtyHandle openPty(const std::string& daemonId, const PtySpec& spec,
+                      std::chrono::milliseconds timeout = std::chrono::seconds(30));
+    /// Sends keystrokes or other input (a binary frame).
+    void ptyInput(std::uint32_t channel, std::string_view data);
+    void ptyResize(const std::string& daemonId, std::uint32_t channel, unsigned cols, unsigned rows);
+    /// Signals the session's process group (SIGHUP by default).
+    void ptyClose(const std::string& daemonId, std::uint32_t channel, int signal = 1);
+    /// Grants `bytes` more output credit. Does not wait for the answer.
+    void ptyAck(const std::string& daemonId, std::uint32_t channel, std::uint64_t bytes);
+    /// The next output or exit on any channel, or nullopt after `timeout`.
+    std::optional<PtyEvent> nextPtyEvent(std::chrono::milliseconds timeout);
+
     /// The underlying connection, for tests that send raw frames.
     net::WsClient& ws() { return *m_ws; }
     /// A fresh request id.
@@ -74,8 +115,13 @@ public:
 
 private:
     explicit AgentClient(std::unique_ptr<net::WsClient> ws) : m_ws(std::move(ws)) {}
+    /// The next frame: one put aside while waiting for a response, else a read.
+    std::optional<net::WsFrame> nextFrame(std::chrono::milliseconds timeout);
+
     std::unique_ptr<net::WsClient> m_ws;
     std::uint64_t m_seq = 0;
+    std::deque<net::WsFrame> m_backlog;
+    std::set<std::string> m_unanswered;  ///< ids of fire-and-forget requests
 };
 
 }  // namespace hpc::agent

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -91,8 +92,8 @@ struct ChildStdio {
     ::_exit(127);
 }
 
-/// Runs in the forked child: only system calls from here to exec.
-[[noreturn]] void execConfined(const SpawnOptions& o, const ChildStdio& io, char* const* argv, char* const* envp,
+/// Runs in the vforked child: only system calls from here to exec.
+[[noreturn]] void execPrepared(const SpawnOptions& o, const ChildStdio& io, char* const* argv, char* const* envp,
                                int errorPipe) {
     auto fail = [errorPipe](int err) { childFailed(errorPipe, err); };
     sigset_t none;
@@ -102,6 +103,7 @@ struct ChildStdio {
     dfl.sa_handler = SIG_DFL;
     for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);
     if (o.newSession && ::setsid() < 0) fail(errno);
+    if (o.controllingTerminal >= 0 && ::ioctl(o.controllingTerminal, TIOCSCTTY, 0) != 0) fail(errno);
     int fds[3] = {io.in, io.out, io.err};
     for (int target = 0; target < 3; ++target) {
         int fd = fds[target];
@@ -114,8 +116,10 @@ struct ChildStdio {
         if (fd < 0 || ::dup2(fd, target) < 0) fail(errno);
     }
     if (!o.cwd.empty() && ::chdir(o.cwd.c_str()) != 0) fail(errno);
-    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(errno);
-    if (::syscall(SYS_landlock_restrict_self, o.landlockRuleset, 0) != 0) fail(errno);
+    if (o.landlockRuleset >= 0) {
+        if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(errno);
+        if (::syscall(SYS_landlock_restrict_self, o.landlockRuleset, 0) != 0) fail(errno);
+    }
     ::execvpe(argv[0], argv, envp);
     childFailed(errorPipe, errno);
 }
@@ -123,9 +127,9 @@ struct ChildStdio {
 /// vfork: the child borrows our memory until exec (it makes only system
 /// calls), so starting it costs no page-table copy. Kept in its own frame so
 /// no caller's variable lives across the vfork.
-pid_t vforkConfined(const SpawnOptions& o, const ChildStdio& io, char* const* argv, char* const* envp, int errorPipe) {
+pid_t vforkPrepared(const SpawnOptions& o, const ChildStdio& io, char* const* argv, char* const* envp, int errorPipe) {
     pid_t pid = ::vfork();
-    if (pid == 0) execConfined(o, io, argv, envp, errorPipe);
+    if (pid == 0) execPrepared(o, io, argv, envp, errorPipe);
     return pid;
 }
 
@@ -141,11 +145,15 @@ SpawnedProcess spawn(const SpawnOptions& options) {
     io.in = mode(options.in);
     io.out = mode(options.out);
     io.err = mode(options.err);
-    if (options.in == Stdio::Pipe) {
+    if (options.controllingTerminal >= 0) {
+        io.in = io.out = io.err = options.controllingTerminal;
+    } else if (options.in == Stdio::Pipe) {
         inPipe = makePipe();
         io.in = inPipe.read.get();
     }
-    if (!options.outputFile.empty()) {
+    if (options.controllingTerminal >= 0) {
+        // The terminal is all three.
+    } else if (!options.outputFile.empty()) {
         outFile.reset(::open(options.outputFile.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
         if (!outFile) throwErrno(errno, "open " + options.outputFile);
         io.out = io.err = outFile.get();
@@ -170,9 +178,9 @@ SpawnedProcess spawn(const SpawnOptions& options) {
     argv.push_back(nullptr);
 
     pid_t pid = -1;
-    if (options.landlockRuleset >= 0) {
+    if (options.landlockRuleset >= 0 || options.controllingTerminal >= 0) {
         PipePair errors = makePipe();  // CLOEXEC: closes on a successful exec
-        pid = vforkConfined(options, io, argv.data(), envp.data(), errors.write.get());
+        pid = vforkPrepared(options, io, argv.data(), envp.data(), errors.write.get());
         if (pid < 0) throwErrno(errno, "vfork");
         errors.write.reset();
         int childErrno = 0;

@@ -32,6 +32,10 @@ struct SpawnOptions {
     /// no_new_privs) before exec. Such children are forked rather than
     /// posix_spawn()ed, which has no hook between fork and exec.
     int landlockRuleset = -1;
+    /// A PTY slave: the child makes it its controlling terminal and its
+    /// stdin, stdout and stderr (in, out, err and outputFile are ignored).
+    /// Needs newSession. Such children are vforked too.
+    int controllingTerminal = -1;
 };
 
 struct SpawnedProcess {

@@ -37,6 +37,21 @@ const std::vector<std::string_view> kMigrations = {
         updated_at    REAL NOT NULL
     );
     )sql",
+    R"sql(
+    ALTER TABLE profiles ADD COLUMN max_sessions INTEGER NOT NULL DEFAULT 16;
+    ALTER TABLE profiles ADD COLUMN idle_timeout_s INTEGER NOT NULL DEFAULT 43200;
+    CREATE TABLE audit (
+        id        INTEGER PRIMARY KEY,
+        time      REAL NOT NULL,
+        daemon_id TEXT NOT NULL,
+        agent     TEXT NOT NULL,
+        session   TEXT NOT NULL,
+        cwd       TEXT NOT NULL,
+        command   TEXT NOT NULL,
+        exit_code INTEGER
+    );
+    CREATE INDEX audit_by_daemon ON audit(daemon_id, time);
+    )sql",
 };
 
 void tighten(const fs::path& file) {
@@ -61,12 +76,14 @@ Profile readProfile(sqlite::Statement& st) {
     p.caFile = st.text(8);
     p.createdAt = st.real(9);
     p.updatedAt = st.real(10);
+    p.maxSessions = static_cast<int>(st.int64(11));
+    p.idleTimeoutSeconds = static_cast<int>(st.int64(12));
     return p;
 }
 
 constexpr const char* kSelect =
     "SELECT daemon_id, platform_url, api_key, cluster_name, skill, allowed_dirs, job_workdir, instructions, "
-    "ca_file, created_at, updated_at FROM profiles";
+    "ca_file, created_at, updated_at, max_sessions, idle_timeout_s FROM profiles";
 
 }  // namespace
 
@@ -134,9 +151,11 @@ void Store::saveProfile(const Profile& p) {
     double now = nowEpochSeconds();
     auto st = m_db.prepare(
         "INSERT INTO profiles (daemon_id, platform_url, api_key, cluster_name, skill, allowed_dirs, job_workdir, "
-        "instructions, ca_file, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10) "
+        "instructions, ca_file, created_at, updated_at, max_sessions, idle_timeout_s) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
+        "?7, ?8, ?9, ?10, ?10, ?11, ?12) "
         "ON CONFLICT(daemon_id) DO UPDATE SET platform_url = ?2, api_key = ?3, cluster_name = ?4, skill = ?5, "
-        "allowed_dirs = ?6, job_workdir = ?7, instructions = ?8, ca_file = ?9, updated_at = ?10");
+        "allowed_dirs = ?6, job_workdir = ?7, instructions = ?8, ca_file = ?9, updated_at = ?10, max_sessions = ?11, "
+        "idle_timeout_s = ?12");
     st.bind(1, p.daemonId)
         .bind(2, p.platformUrl)
         .bind(3, p.apiKey.reveal())
@@ -146,8 +165,35 @@ void Store::saveProfile(const Profile& p) {
         .bind(7, p.jobWorkdir)
         .bind(8, p.instructions)
         .bind(9, p.caFile)
-        .bind(10, now);
+        .bind(10, now)
+        .bind(11, p.maxSessions)
+        .bind(12, p.idleTimeoutSeconds);
     st.run();
+}
+
+void Store::addAudit(const AuditEntry& e) {
+    auto st = m_db.prepare(
+        "INSERT INTO audit (time, daemon_id, agent, session, cwd, command, exit_code) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+    st.bind(1, e.time).bind(2, e.daemonId).bind(3, e.agent).bind(4, e.session).bind(5, e.cwd).bind(6, e.command);
+    if (e.exitCode)
+        st.bind(7, *e.exitCode);
+    else
+        st.bindNull(7);
+    st.run();
+}
+
+std::vector<Store::AuditEntry> Store::audit(const std::string& daemonId, int limit) {
+    auto st = m_db.prepare(
+        "SELECT time, daemon_id, agent, session, cwd, command, exit_code FROM (SELECT * FROM audit WHERE daemon_id = ?1 "
+        "ORDER BY id DESC LIMIT ?2) ORDER BY id");
+    st.bind(1, daemonId).bind(2, limit);
+    std::vector<AuditEntry> out;
+    while (st.step()) {
+        AuditEntry e{st.real(0), st.text(1), st.text(2), st.text(3), st.text(4), st.text(5), std::nullopt};
+        if (!st.isNull(6)) e.exitCode = static_cast<int>(st.int64(6));
+        out.push_back(std::move(e));
+    }
+    return out;
 }
 
 bool Store::removeProfile(const std::string& daemonId) {

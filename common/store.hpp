@@ -32,6 +32,8 @@ struct Profile {
     std::string jobWorkdir;
     std::string instructions;
     std::string caFile;  ///< empty: the system CAs
+    int maxSessions = 16;                ///< PTY shells open at once
+    int idleTimeoutSeconds = 12 * 3600;  ///< a silent shell is hung up after this
     double createdAt = 0;
     double updatedAt = 0;
 };
@@ -48,6 +50,20 @@ public:
     /// Inserts or updates by daemon id (createdAt is kept on update).
     void saveProfile(const Profile& profile);
     bool removeProfile(const std::string& daemonId);
+
+    /// One line of the audit log: a command an agent ran.
+    struct AuditEntry {
+        double time = 0;
+        std::string daemonId;
+        std::string agent;
+        std::string session;  ///< "exec" or "pty:<channel>"
+        std::string cwd;
+        std::string command;
+        std::optional<int> exitCode;
+    };
+    void addAudit(const AuditEntry& entry);
+    /// The newest `limit` entries of a daemon, oldest first.
+    std::vector<AuditEntry> audit(const std::string& daemonId, int limit);
 
     int schemaVersion() { return m_db.userVersion(); }
     static int latestSchemaVersion();

@@ -10,6 +10,7 @@
 #include "link.hpp"
 #include "log.hpp"
 #include "notify.hpp"
+#include "pty.hpp"
 #include "status.hpp"
 #include "store.hpp"
 #include "util.hpp"
@@ -81,6 +82,20 @@ public:
         m_systemd = std::getenv("INVOCATION_ID") != nullptr || m_notifier.active();
         m_dispatcher = std::make_unique<Dispatcher>(m_exec, AllowedDirs(m_profile.allowedDirs), fallbackCwd(),
                                                     [this](std::string text) { reply(std::move(text)); });
+        m_pty = std::make_unique<PtyService>(
+            ioc, ptyLimits(), [this](std::string text) { reply(std::move(text)); },
+            [this](std::uint32_t channel, const char* data, std::size_t size) {
+                return m_link && m_link->sendChannelData(channel, data, size);
+            });
+        m_dispatcher->attachPty(*m_pty);
+        m_dispatcher->setAudit([this](Store::AuditEntry e) {
+            e.daemonId = m_profile.daemonId;
+            try {
+                m_store.addAudit(e);
+            } catch (const std::exception& ex) {
+                log::error(std::string("cannot write the audit log: ") + ex.what());
+            }
+        });
         applyConfinement();
     }
 
@@ -110,6 +125,14 @@ private:
         if (!m_profile.jobWorkdir.empty()) return m_profile.jobWorkdir;
         const char* home = std::getenv("HOME");
         return home ? home : "/";
+    }
+
+    PtyLimits ptyLimits() const {
+        PtyLimits limits;
+        limits.maxSessions = static_cast<std::size_t>(m_profile.maxSessions);
+        limits.idleTimeout = std::chrono::seconds(m_profile.idleTimeoutSeconds);
+        limits.detachGrace = m_options.ptyDetachGrace;
+        return limits;
     }
 
     /// Builds the kernel layer from the profile's allowed directories (the
@@ -160,6 +183,7 @@ private:
             asio::post(m_ioc, [this] { stop("a D-Bus Stop call"); });
         };
         controls.reload = [this] { return reload(); };
+        controls.sessions = [this] { return m_pty->list(); };
         m_bus = std::make_unique<BusService>(m_ioc, address, m_profile.daemonId, std::move(controls));
     }
 
@@ -182,7 +206,7 @@ private:
                     {"cluster_name", m_profile.clusterName},
                     {"scheduler", m_scheduler},
                     {"pid", static_cast<std::int64_t>(::getpid())},
-                    {"capabilities", boost::json::array{"exec"}}};
+                    {"capabilities", boost::json::array{"exec", "pty"}}};
         LinkHandlers handlers;
         handlers.onText = [this](std::string_view t) { m_dispatcher->onText(t); };
         handlers.onBinary = [this](std::string_view d) { m_dispatcher->onBinary(d); };
@@ -219,6 +243,7 @@ private:
         if (!m_profile.allowedDirs.empty()) s.guardLayers = {"cwd-check"};
         if (m_landlock) s.guardLayers.push_back(m_landlock->describe());
         s.runningExecs = static_cast<unsigned>(m_exec.running());
+        s.activeSessions = static_cast<unsigned>(m_pty->count());
         s.busAddress = m_bus ? m_bus->address() : "";
         s.startedAt = m_startedAt;
         return s;
@@ -230,6 +255,7 @@ private:
                       fresh.caFile != m_profile.caFile;
         m_profile = std::move(fresh);
         m_dispatcher->setPolicy(AllowedDirs(m_profile.allowedDirs), fallbackCwd());
+        m_pty->setLimits(ptyLimits());
         applyConfinement();
         warnIfUnrestricted();
         log::notice("profile reloaded: allowed directories " + AllowedDirs(m_profile.allowedDirs).describe() +
@@ -248,6 +274,7 @@ private:
         log::notice("stopping (" + why + ")");
         m_notifier.stopping();
         m_exec.killAll();
+        m_pty->closeAll();
         m_link->stop();
         m_signals.cancel();
         // Let the close frame go out, but never wait on a dead peer for long.
@@ -266,6 +293,7 @@ private:
     std::unique_ptr<LandlockPolicy> m_landlock;
     bool m_landlockWarned = false;
     std::unique_ptr<Dispatcher> m_dispatcher;
+    std::unique_ptr<PtyService> m_pty;
     // Destroyed last: while the pid file exists, ctl waits for the rest.
     std::unique_ptr<PidFile> m_pidFile;
     std::unique_ptr<PrivateBus> m_privateBus;

@@ -20,6 +20,8 @@ struct DaemonOptions {
     std::string modeReason;
     /// Leave Landlock off even where the kernel has it (diagnosis, tests).
     bool noLandlock = false;
+    /// How long a shell outlives the agent that opened it.
+    std::chrono::seconds ptyDetachGrace{std::chrono::seconds(30)};
 };
 
 /// Runs until SIGTERM, SIGINT or a D-Bus Stop; returns the exit code (0 on a

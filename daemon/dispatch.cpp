@@ -7,6 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cstdlib>
+
 namespace json = boost::json;
 
 namespace hpc::daemon {
@@ -59,6 +61,8 @@ void Dispatcher::onText(std::string_view text) {
     try {
         if (env.type == "exec") {
             handleExec(env);
+        } else if (handlePty(env)) {
+            // answered inside
         } else if (env.type == "ping") {
             m_send(protocol::makeMessage("pong", env.id));
         } else if (env.type == "pong") {
@@ -82,7 +86,28 @@ void Dispatcher::onBinary(std::string_view data) {
         m_send(protocol::makeError({}, ErrorCode::BadRequest, "a binary frame needs a 4-byte channel header"));
         return;
     }
-    m_send(protocol::makeError({}, ErrorCode::NotFound, "channel " + std::to_string(frame->channel) + " is not open"));
+    if (!m_pty) {
+        m_send(protocol::makeError({}, ErrorCode::NotFound, "channel " + std::to_string(frame->channel) + " is not open"));
+        return;
+    }
+    try {
+        m_pty->input(frame->channel, frame->data.data(), frame->data.size());
+    } catch (const Error& e) {
+        m_send(protocol::makeError({}, e.code(), e.what()));
+    }
+}
+
+std::vector<std::string> Dispatcher::parseEnv(const json::object& p) const {
+    std::vector<std::string> out;
+    if (const auto* env = p.if_contains("env"); env && !env->is_null()) {
+        if (!env->is_object()) throw Error(ErrorCode::BadRequest, "\"env\" must be an object of strings");
+        for (const auto& [k, v] : env->get_object()) {
+            if (!isValidEnvName(k)) throw Error(ErrorCode::BadRequest, "invalid environment name \"" + std::string(k) + "\"");
+            if (!v.is_string()) throw Error(ErrorCode::BadRequest, "environment value of " + std::string(k) + " must be a string");
+            out.push_back(std::string(k) + "=" + std::string(v.get_string()));
+        }
+    }
+    return out;
 }
 
 ExecRequest Dispatcher::parseExec(const json::object& p) const {
@@ -106,14 +131,7 @@ ExecRequest Dispatcher::parseExec(const json::object& p) const {
         if (req.argv.front().empty()) throw Error(ErrorCode::BadRequest, "\"argv\"[0] is empty");
     }
     req.cwd = m_dirs.resolveCwd(protocol::optString(p, "cwd", 4096), m_fallbackCwd).string();
-    if (const auto* env = p.if_contains("env"); env && !env->is_null()) {
-        if (!env->is_object()) throw Error(ErrorCode::BadRequest, "\"env\" must be an object of strings");
-        for (const auto& [k, v] : env->get_object()) {
-            if (!isValidEnvName(k)) throw Error(ErrorCode::BadRequest, "invalid environment name \"" + std::string(k) + "\"");
-            if (!v.is_string()) throw Error(ErrorCode::BadRequest, "environment value of " + std::string(k) + " must be a string");
-            req.env.push_back(std::string(k) + "=" + std::string(v.get_string()));
-        }
-    }
+    req.env = parseEnv(p);
     req.stdinData = protocol::optString(p, "stdin");
     if (auto t = protocol::optNumber(p, "timeout_s", 0.001, kMaxTimeoutSeconds))
         req.timeout = std::chrono::milliseconds(static_cast<long long>(*t * 1000));
@@ -146,12 +164,72 @@ json::object Dispatcher::toJson(const ExecResult& r) {
     return o;
 }
 
+bool Dispatcher::handlePty(const protocol::Envelope& env) {
+    if (env.type.rfind("pty.", 0) != 0 || !m_pty) return false;
+    const auto& p = env.payload;
+    std::string agent = agentOf(env);
+    auto channelOf = [&p] {
+        auto c = protocol::optInt(p, "channel", 1, UINT32_MAX);
+        if (!c) throw Error(ErrorCode::BadRequest, "\"channel\" is required");
+        return static_cast<std::uint32_t>(*c);
+    };
+    if (env.type == "pty.open") {
+        PtyOpenRequest r;
+        r.cols = static_cast<unsigned>(protocol::optInt(p, "cols", 1, 10000).value_or(80));
+        r.rows = static_cast<unsigned>(protocol::optInt(p, "rows", 1, 10000).value_or(24));
+        r.cwd = m_dirs.resolveCwd(protocol::optString(p, "cwd", 4096), m_fallbackCwd).string();
+        r.env = parseEnv(p);
+        if (m_landlockRuleset >= 0) {
+            r.landlockRuleset = m_landlockRuleset;
+            r.env.insert(r.env.begin(), m_confinedEnv.begin(), m_confinedEnv.end());
+        }
+        const char* userShell = std::getenv("SHELL");
+        std::string shell = protocol::optString(p, "shell", 4096)
+                                .value_or(userShell && *userShell ? userShell
+                                          : ::access("/bin/bash", X_OK) == 0 ? "/bin/bash" : "/bin/sh");
+        if (shell.empty()) throw Error(ErrorCode::BadRequest, "\"shell\" is empty");
+        r.argv = {shell};
+        r.agentId = agent;
+        r.credit = static_cast<std::uint64_t>(protocol::optInt(p, "credit", 1, 64 << 20).value_or(0));
+        auto info = m_pty->open(r);
+        m_send(protocol::makeOk(env.id, {{"channel", info.channel}, {"pid", info.pid}, {"cwd", info.cwd}}));
+    } else if (env.type == "pty.resize") {
+        auto cols = protocol::optInt(p, "cols", 1, 10000), rows = protocol::optInt(p, "rows", 1, 10000);
+        if (!cols || !rows) throw Error(ErrorCode::BadRequest, "pty.resize needs \"cols\" and \"rows\"");
+        m_pty->resize(channelOf(), static_cast<unsigned>(*cols), static_cast<unsigned>(*rows), agent);
+        m_send(protocol::makeOk(env.id));
+    } else if (env.type == "pty.close") {
+        m_pty->close(channelOf(), static_cast<int>(protocol::optInt(p, "signal", 1, 64).value_or(SIGHUP)), agent);
+        m_send(protocol::makeOk(env.id));
+    } else if (env.type == "pty.ack") {
+        auto bytes = protocol::optInt(p, "bytes", 1, 1LL << 30);
+        if (!bytes) throw Error(ErrorCode::BadRequest, "pty.ack needs \"bytes\"");
+        m_pty->ack(channelOf(), static_cast<std::uint64_t>(*bytes), agent);
+        m_send(protocol::makeOk(env.id));
+    } else if (env.type == "pty.detach") {
+        m_pty->detach(channelOf());  // an event from the platform: no answer
+    } else {
+        return false;
+    }
+    return true;
+}
+
 void Dispatcher::handleExec(const protocol::Envelope& env) {
     ExecRequest req = parseExec(env.payload);
     std::string id = env.id;
     std::string agent = agentOf(env);
     log::debug("exec " + id + " from " + agent + " in " + req.cwd + ": " + req.argv.front());
-    m_exec.start(std::move(req), [send = m_send, id, agent](ExecResult result) {
+    Store::AuditEntry entry{nowEpochSeconds(), {}, agent, "exec", req.cwd, {}, std::nullopt};
+    if (auto command = protocol::optString(env.payload, "command")) {
+        entry.command = *command;
+    } else {
+        for (const auto& a : req.argv) entry.command += (entry.command.empty() ? "" : " ") + a;
+    }
+    m_exec.start(std::move(req), [send = m_send, audit = m_audit, entry, id, agent](ExecResult result) mutable {
+        if (audit) {
+            entry.exitCode = result.exitCode ? *result.exitCode : 128 + result.signal.value_or(0);
+            audit(std::move(entry));
+        }
         log::info("exec " + id + " from " + agent + " ended: " +
                   (result.exitCode ? "exit " + std::to_string(*result.exitCode)
                                    : "signal " + std::to_string(result.signal.value_or(0))) +

@@ -6,6 +6,8 @@
 #include "allowed_dirs.hpp"
 #include "exec.hpp"
 #include "protocol.hpp"
+#include "pty.hpp"
+#include "store.hpp"
 
 #include <filesystem>
 #include <functional>
@@ -27,6 +29,10 @@ public:
         m_dirs = std::move(dirs);
         m_fallbackCwd = std::move(fallbackCwd);
     }
+    /// Receives an audit entry for every command run (daemon id left empty).
+    void setAudit(std::function<void(Store::AuditEntry)> audit) { m_audit = std::move(audit); }
+    /// Enables the pty.* messages and binary input.
+    void attachPty(PtyService& pty) { m_pty = &pty; }
     /// Kernel confinement for commands from now on: a Landlock ruleset fd (or
     /// -1) and environment entries confined commands get (TMPDIR).
     void setConfinement(int landlockRuleset, std::vector<std::string> env) {
@@ -42,11 +48,16 @@ public:
 
 private:
     void handleExec(const protocol::Envelope& env);
+    /// pty.*; returns false when `type` is not a PTY message.
+    bool handlePty(const protocol::Envelope& env);
+    std::vector<std::string> parseEnv(const boost::json::object& payload) const;
 
     ExecService& m_exec;
     AllowedDirs m_dirs;
     std::filesystem::path m_fallbackCwd;
     Send m_send;
+    PtyService* m_pty = nullptr;
+    std::function<void(Store::AuditEntry)> m_audit;
     int m_landlockRuleset = -1;
     std::vector<std::string> m_confinedEnv;
 };

@@ -46,7 +46,10 @@ using PlainWs = websocket::stream<beast::tcp_stream>;
 struct Outgoing {
     std::string data;
     bool binary = false;
+    std::int64_t channel = -1;  ///< PTY output frames: their channel, for coalescing
 };
+
+constexpr std::size_t kMaxCoalescedFrame = 1 << 20;
 
 /// One connection attempt and, once up, the connection. Handlers hold it by
 /// shared_ptr so the stream outlives every operation started on it.
@@ -363,6 +366,23 @@ void Link::start() { asio::post(m_impl->ioc, [impl = m_impl] { impl->connect(); 
 void Link::stop() { m_impl->stop(); }
 bool Link::sendText(std::string text) { return m_impl->enqueue(m_impl->conn, Outgoing{std::move(text), false}); }
 bool Link::sendBinary(std::string data) { return m_impl->enqueue(m_impl->conn, Outgoing{std::move(data), true}); }
+
+bool Link::sendChannelData(std::uint32_t channel, const char* data, std::size_t size) {
+    auto& c = m_impl->conn;
+    if (!c || !c->open || c->dead) return false;
+    // The front frame is being written; anything behind it may still grow.
+    if (c->queue.size() >= 2) {
+        auto& back = c->queue.back();
+        if (back.channel == channel && back.data.size() + size <= kMaxCoalescedFrame &&
+            c->queuedBytes + size <= m_impl->config.maxQueuedBytes) {
+            back.data.append(data, size);
+            c->queuedBytes += size;
+            return true;
+        }
+    }
+    return m_impl->enqueue(c, Outgoing{protocol::encodeChannelFrame(channel, std::string_view(data, size)), true,
+                                       static_cast<std::int64_t>(channel)});
+}
 LinkState Link::state() const { return m_impl->state; }
 double Link::connectedSince() const { return m_impl->connectedSince; }
 

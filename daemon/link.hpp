@@ -16,6 +16,7 @@
 #include <boost/json.hpp>
 
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -61,6 +62,10 @@ public:
     /// or the queue is full; callers keep what must not be lost elsewhere.
     bool sendText(std::string text);
     bool sendBinary(std::string data);
+    /// Queues PTY output for `channel` as a binary frame. Output queued behind
+    /// a write in flight is coalesced into one frame per channel (up to
+    /// 1 MiB), so a busy link sends fewer, larger frames; nothing is delayed.
+    bool sendChannelData(std::uint32_t channel, const char* data, std::size_t size);
 
     LinkState state() const;
     /// Epoch seconds of the current connection, 0 when not connected.

@@ -37,6 +37,11 @@ int main(int argc, char** argv) {
                    "D-Bus address to serve org.tiptree.HpcDaemon on; default: the session bus, or without one a "
                    "private bus at $HPC_DAEMON_HOME/<id>.bus; \"none\" for no bus");
     app.add_option("--mode-reason", options.modeReason, "why this mode was chosen (shown by hpc-daemonctl status)");
+    double detachGrace = 30;
+    app.add_option("--pty-detach-grace-seconds", detachGrace,
+                   "how long a shell outlives the agent that opened it before it is hung up")
+        ->check(CLI::Range(0.0, 86400.0))
+        ->capture_default_str();
     app.add_flag("--no-landlock", options.noLandlock,
                  "do not confine commands with Landlock even where the kernel supports it (diagnosis)");
     app.add_flag("-v,--verbose", verbose, "log debug lines too");
@@ -46,6 +51,7 @@ int main(int argc, char** argv) {
     options.heartbeat = ms(heartbeatSeconds);
     options.reconnectMax = ms(reconnectMaxSeconds);
     options.unauthorizedDelay = ms(unauthorizedSeconds);
+    options.ptyDetachGrace = std::chrono::seconds(static_cast<long long>(detachGrace));
     ::signal(SIGPIPE, SIG_IGN);
     try {
         hpc::log::init(logFile, verbose ? hpc::log::Level::Debug : hpc::log::Level::Info);

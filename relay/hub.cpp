@@ -20,6 +20,7 @@ void Hub::attachDaemon(std::int64_t userId, const std::string& daemonId, std::sh
         m_daemons.erase(it);
         // Requests sent over the old connection will never be answered there.
         failPending(key, "daemon " + daemonId + " reconnected before it answered");
+        dropRoutesOf(key, "daemon " + daemonId + " reconnected");
         old->close("replaced by a newer connection of the same daemon");
     } else {
         log::info("daemon " + daemonId + " (user " + std::to_string(userId) + ") connected");
@@ -34,6 +35,7 @@ void Hub::detachDaemon(std::int64_t userId, const std::string& daemonId, const P
     m_daemons.erase(it);
     log::info("daemon " + daemonId + " (user " + std::to_string(userId) + ") disconnected");
     failPending(key, "daemon " + daemonId + " disconnected before it answered");
+    dropRoutesOf(key, "daemon " + daemonId + " disconnected");
 }
 
 void Hub::failPending(const DaemonKey& key, const std::string& why) {
@@ -53,7 +55,34 @@ void Hub::releaseSlot(const Peer* agent) {
     if (auto c = m_pendingPerAgent.find(agent); c != m_pendingPerAgent.end() && c->second) --c->second;
 }
 
+void Hub::dropRoutesOf(const DaemonKey& key, const std::string& why) {
+    for (auto it = m_routes.begin(); it != m_routes.end();) {
+        if (it->second.daemon != key) {
+            ++it;
+            continue;
+        }
+        if (auto agent = it->second.agent.lock())
+            agent->sendText(protocol::makeMessage(
+                "pty.exit", "exit-" + std::to_string(it->first),
+                {{"channel", it->first}, {"exit_code", nullptr}, {"signal", nullptr}, {"error", why}}));
+        m_routeByDaemon.erase({key, it->second.daemonChannel});
+        it = m_routes.erase(it);
+    }
+}
+
 void Hub::detachAgent(const Peer* peer) {
+    // The agent's shells: the daemon hangs them up after its grace period.
+    for (auto it = m_routes.begin(); it != m_routes.end();) {
+        if (it->second.agentKey != peer) {
+            ++it;
+            continue;
+        }
+        if (auto d = m_daemons.find(it->second.daemon); d != m_daemons.end())
+            d->second.peer->sendText(protocol::makeMessage("pty.detach", "detach-" + std::to_string(it->first),
+                                                           {{"channel", it->second.daemonChannel}}));
+        m_routeByDaemon.erase({it->second.daemon, it->second.daemonChannel});
+        it = m_routes.erase(it);
+    }
     for (auto p = m_pending.begin(); p != m_pending.end();) {
         if (p->second.agentKey == peer)
             p = m_pending.erase(p);
@@ -107,8 +136,9 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
         peer->sendText(protocol::makeError(env.id, ErrorCode::Limit, "too many requests in flight"));
         return;
     }
+    if (env.type.rfind("pty.", 0) == 0 && env.type != "pty.open" && !mapAgentChannel(*peer, it->first, env)) return;
     std::string relayId = "r" + std::to_string(m_nextId++);
-    m_pending[relayId] = Pending{peer, peer.get(), env.id, it->first};
+    m_pending[relayId] = Pending{peer, peer.get(), env.id, it->first, env.type == "pty.open"};
     ++m_pendingPerAgent[peer.get()];
     env.id = relayId;
     env.agent = json::object{{"id", "cred-" + std::to_string(agent.credentialId)},
@@ -138,10 +168,92 @@ void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const s
     Pending pending = std::move(p->second);
     m_pending.erase(p);
     releaseSlot(pending.agentKey);
-    if (auto agent = pending.agent.lock()) {
-        env.replyTo = pending.agentRequestId;
-        agent->sendText(protocol::serialize(env));
+    auto agent = pending.agent.lock();
+    if (!agent) return;
+    if (pending.ptyOpen && env.ok) {
+        auto channel = protocol::optInt(env.result, "channel", 1, UINT32_MAX);
+        if (!channel) {
+            log::warning("daemon " + daemonId + " opened a PTY without a channel number");
+        } else {
+            std::uint32_t mine = m_nextChannel++;
+            m_routes[mine] = Route{agent, agent.get(), pending.daemon, static_cast<std::uint32_t>(*channel)};
+            m_routeByDaemon[{pending.daemon, static_cast<std::uint32_t>(*channel)}] = mine;
+            env.result["channel"] = mine;
+        }
     }
+    env.replyTo = pending.agentRequestId;
+    agent->sendText(protocol::serialize(env));
+}
+
+bool Hub::mapAgentChannel(Peer& agent, const DaemonKey& daemon, Envelope& env) {
+    std::optional<std::int64_t> channel;
+    try {
+        channel = protocol::optInt(env.payload, "channel", 1, UINT32_MAX);
+    } catch (const Error&) {
+    }
+    auto it = channel ? m_routes.find(static_cast<std::uint32_t>(*channel)) : m_routes.end();
+    if (it == m_routes.end() || it->second.agentKey != &agent || it->second.daemon != daemon) {
+        agent.sendText(protocol::makeError(
+            env.id, ErrorCode::NotFound,
+            channel ? "channel " + std::to_string(*channel) + " is not open on daemon " + daemon.second
+                    : std::string("\"channel\" is required")));
+        return false;
+    }
+    env.payload["channel"] = it->second.daemonChannel;
+    return true;
+}
+
+void Hub::onAgentBinary(const std::shared_ptr<Peer>& peer, std::string frame) {
+    auto decoded = protocol::decodeChannelFrame(std::span<const char>(frame.data(), frame.size()));
+    if (!decoded) {
+        peer->sendText(protocol::makeError({}, ErrorCode::BadRequest, "a binary frame needs a 4-byte channel header"));
+        return;
+    }
+    auto it = m_routes.find(decoded->channel);
+    if (it == m_routes.end() || it->second.agentKey != peer.get()) {
+        peer->sendText(protocol::makeError({}, ErrorCode::NotFound,
+                                           "channel " + std::to_string(decoded->channel) + " is not open"));
+        return;
+    }
+    auto d = m_daemons.find(it->second.daemon);
+    if (d == m_daemons.end()) return;  // its pty.exit is on the way
+    auto header = protocol::encodeChannelFrame(it->second.daemonChannel, {});
+    frame.replace(0, 4, header);
+    d->second.peer->sendBinary(std::move(frame));
+}
+
+void Hub::onDaemonBinary(std::int64_t userId, const std::string& daemonId, std::string frame) {
+    auto decoded = protocol::decodeChannelFrame(std::span<const char>(frame.data(), frame.size()));
+    if (!decoded) return;
+    auto it = m_routeByDaemon.find({{userId, daemonId}, decoded->channel});
+    if (it == m_routeByDaemon.end()) return;  // the agent has gone
+    auto route = m_routes.find(it->second);
+    if (route == m_routes.end()) return;
+    if (auto agent = route->second.agent.lock()) {
+        frame.replace(0, 4, protocol::encodeChannelFrame(it->second, {}));
+        agent->sendBinary(std::move(frame));
+    }
+}
+
+void Hub::routeDaemonEvent(const DaemonKey& key, Envelope& env) {
+    std::optional<std::int64_t> channel;
+    try {
+        channel = protocol::optInt(env.payload, "channel", 1, UINT32_MAX);
+    } catch (const Error&) {
+    }
+    if (!channel) return;
+    auto it = m_routeByDaemon.find({key, static_cast<std::uint32_t>(*channel)});
+    if (it == m_routeByDaemon.end()) return;
+    std::uint32_t mine = it->second;
+    auto route = m_routes.find(mine);
+    if (route != m_routes.end()) {
+        if (auto agent = route->second.agent.lock()) {
+            env.payload["channel"] = mine;
+            agent->sendText(protocol::serialize(env));
+        }
+        m_routes.erase(route);
+    }
+    m_routeByDaemon.erase(it);
 }
 
 void Hub::answerDaemonRequest(const DaemonKey& key, Peer& daemon, const Envelope& env) {
@@ -152,6 +264,9 @@ void Hub::answerDaemonRequest(const DaemonKey& key, Peer& daemon, const Envelope
         daemon.sendText(protocol::makeMessage("pong", env.id));
     } else if (env.type == "pong") {
         // An answer to nothing we sent; harmless.
+    } else if (env.type == "pty.exit") {
+        auto copy = env;
+        routeDaemonEvent(key, copy);
     } else if (env.type == "job.completed") {
         auto callbackId = env.payload.if_contains("callback_id");
         if (!callbackId || !callbackId->is_string() || callbackId->get_string().empty()) {

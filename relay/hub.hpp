@@ -25,6 +25,7 @@ class Peer {
 public:
     virtual ~Peer() = default;
     virtual void sendText(std::string text) = 0;
+    virtual void sendBinary(std::string data) = 0;
     /// Ends the connection (the peer detaches itself when it has closed).
     virtual void close(std::string_view reason) = 0;
 };
@@ -48,10 +49,16 @@ public:
     void onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer, std::string_view text);
     void onDaemonText(std::int64_t userId, const std::string& daemonId, const std::shared_ptr<Peer>& peer,
                       std::string_view text);
+    /// PTY bytes: 4-byte channel header, then data. The relay gives agents
+    /// channel numbers of its own (an agent may have shells on several
+    /// daemons) and rewrites the header in each direction.
+    void onAgentBinary(const std::shared_ptr<Peer>& peer, std::string frame);
+    void onDaemonBinary(std::int64_t userId, const std::string& daemonId, std::string frame);
 
     /// When the daemon connected, if it is connected now.
     std::optional<double> connectedSince(std::int64_t userId, const std::string& daemonId) const;
     std::size_t pendingCount() const { return m_pending.size(); }
+    std::size_t channelCount() const { return m_routes.size(); }
 
 private:
     using DaemonKey = std::pair<std::int64_t, std::string>;
@@ -64,6 +71,14 @@ private:
         const Peer* agentKey = nullptr;
         std::string agentRequestId;
         DaemonKey daemon;
+        bool ptyOpen = false;
+    };
+    /// One PTY channel: the agent's number for it and the daemon's.
+    struct Route {
+        std::weak_ptr<Peer> agent;
+        const Peer* agentKey = nullptr;
+        DaemonKey daemon;
+        std::uint32_t daemonChannel = 0;
     };
 
     void answerDaemonRequest(const DaemonKey& key, Peer& daemon, const protocol::Envelope& env);
@@ -71,12 +86,20 @@ private:
     /// Answers UNAVAILABLE to every request in flight to `key`.
     void failPending(const DaemonKey& key, const std::string& why);
     void releaseSlot(const Peer* agent);
+    /// Rewrites payload.channel of an agent's pty.* request to the daemon's
+    /// number. False (with the error sent) when the channel is not the agent's.
+    bool mapAgentChannel(Peer& agent, const DaemonKey& daemon, protocol::Envelope& env);
+    void routeDaemonEvent(const DaemonKey& key, protocol::Envelope& env);
+    void dropRoutesOf(const DaemonKey& key, const std::string& why);
 
     RelayDb& m_db;
     std::map<DaemonKey, DaemonLink> m_daemons;
     std::unordered_map<std::string, Pending> m_pending;
     std::unordered_map<const Peer*, std::size_t> m_pendingPerAgent;
     std::uint64_t m_nextId = 1;
+    std::map<std::uint32_t, Route> m_routes;  ///< by the agent's channel number
+    std::map<std::pair<DaemonKey, std::uint32_t>, std::uint32_t> m_routeByDaemon;
+    std::uint32_t m_nextChannel = 1;
 };
 
 }  // namespace hpc::relay

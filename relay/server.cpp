@@ -90,7 +90,8 @@ public:
         m_ws.async_accept(req, [self = this->shared_from_this()](beast::error_code ec) { self->onAccept(ec); });
     }
 
-    void sendText(std::string text) override { enqueue(std::move(text)); }
+    void sendText(std::string text) override { enqueue(std::move(text), false); }
+    void sendBinary(std::string data) override { enqueue(std::move(data), true); }
 
     void close(std::string_view reason) override {
         if (m_closing) return;
@@ -129,7 +130,10 @@ private:
         m_buffer.consume(m_buffer.size());
         auto self = this->shared_from_this();
         if (!m_ws.got_text()) {
-            sendText(protocol::makeError({}, ErrorCode::BadRequest, "binary frames carry PTY data; no channel is open"));
+            if (m_role.daemon)
+                m_ctx.hub.onDaemonBinary(m_role.principal.userId, m_role.daemonId, std::move(text));
+            else
+                m_ctx.hub.onAgentBinary(self, std::move(text));
         } else if (m_role.daemon) {
             m_ctx.hub.onDaemonText(m_role.principal.userId, m_role.daemonId, self, text);
         } else {
@@ -152,7 +156,7 @@ private:
         m_queue.clear();
     }
 
-    void enqueue(std::string text) {
+    void enqueue(std::string text, bool binary) {
         if (!m_open || m_closing) return;
         if (m_queue.size() >= kMaxQueuedFrames || m_queuedBytes + text.size() > kMaxQueuedBytes) {
             log::warning("peer " + m_remote + " is not reading; disconnecting it");
@@ -163,13 +167,13 @@ private:
             return;
         }
         m_queuedBytes += text.size();
-        m_queue.push_back(std::move(text));
+        m_queue.push_back(Frame{std::move(text), binary});
         if (m_queue.size() == 1) doWrite();
     }
 
     void doWrite() {
-        m_ws.text(true);
-        m_ws.async_write(asio::buffer(m_queue.front()),
+        m_ws.binary(m_queue.front().binary);
+        m_ws.async_write(asio::buffer(m_queue.front().data),
                          [self = this->shared_from_this()](beast::error_code ec, std::size_t) { self->onWrite(ec); });
     }
 
@@ -179,7 +183,7 @@ private:
             m_queuedBytes = 0;
             return;  // the read side sees the failure and detaches
         }
-        m_queuedBytes -= m_queue.front().size();
+        m_queuedBytes -= m_queue.front().data.size();
         m_queue.pop_front();
         if (!m_queue.empty()) doWrite();
     }
@@ -189,7 +193,11 @@ private:
     Role m_role;
     std::string m_remote;
     beast::flat_buffer m_buffer;
-    std::deque<std::string> m_queue;
+    struct Frame {
+        std::string data;
+        bool binary;
+    };
+    std::deque<Frame> m_queue;
     std::size_t m_queuedBytes = 0;
     bool m_open = false;
     bool m_closing = false;

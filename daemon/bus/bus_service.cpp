@@ -83,7 +83,16 @@ private:
         }
     }
 
-    std::vector<sdbus::Struct<uint32_t, std::string, std::string, double>> ListSessions() override { return {}; }
+    std::vector<sdbus::Struct<uint32_t, std::string, std::string, double>> ListSessions() override {
+        std::vector<sdbus::Struct<uint32_t, std::string, std::string, double>> out;
+        if (!m_controls.sessions) return out;
+        try {
+            for (const auto& s : m_controls.sessions()) out.emplace_back(s.channel, s.agentId, s.cwd, s.openedAt);
+        } catch (...) {
+            rethrowAsDbus();
+        }
+        return out;
+    }
     std::vector<sdbus::Struct<std::string, std::string, std::string, double>> ListJobs() override { return {}; }
 
     std::string DaemonId() override { return snapshot().daemonId; }

@@ -3,6 +3,7 @@
 /// A thin translation layer: the core hands it a Controls object and knows
 /// nothing about D-Bus (house style point 1).
 
+#include "pty.hpp"
 #include "status.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -19,6 +20,7 @@ struct Controls {
     std::function<void()> stop;
     /// Returns whether the link was rebuilt. Throws hpc::Error.
     std::function<bool()> reload;
+    std::function<std::vector<PtyInfo>()> sessions;
 };
 
 class BusService {

@@ -17,8 +17,10 @@ namespace {
 /// A connection that records what it was sent.
 struct RecordingPeer : Peer {
     std::vector<std::string> sent;
+    std::vector<std::string> binary;
     bool closed = false;
     void sendText(std::string text) override { sent.push_back(std::move(text)); }
+    void sendBinary(std::string data) override { binary.push_back(std::move(data)); }
     void close(std::string_view) override { closed = true; }
     protocol::Envelope last() const {
         auto r = protocol::parse(sent.back(), protocol::kMaxResponseBytes);
@@ -140,4 +142,77 @@ TEST_F(HubTest, TellsADaemonWhichTypesThePlatformDoesNotHandle) {
     EXPECT_EQ(daemon->last().errorCode, ErrorCode::UnknownType);
     m_hub->onDaemonText(1, "d1", daemon, R"({"v":1,"type":"ping","id":"p"})");
     EXPECT_EQ(daemon->last().type, "pong");
+}
+
+namespace {
+
+/// Opens a PTY through the hub: returns the agent's channel number.
+std::uint32_t openPty(Hub& hub, const Principal& who, const std::shared_ptr<RecordingPeer>& agent,
+                      const std::shared_ptr<RecordingPeer>& daemon, std::uint32_t daemonChannel) {
+    hub.onAgentText(who, agent, R"({"v":1,"type":"pty.open","id":"o","daemon_id":"d1","payload":{}})");
+    auto fwd = daemon->last();
+    hub.onDaemonText(1, "d1", daemon, protocol::makeOk(fwd.id, {{"channel", daemonChannel}, {"pid", 5}}));
+    return static_cast<std::uint32_t>(agent->last().result.at("channel").as_int64());
+}
+
+}  // namespace
+
+TEST_F(HubTest, RoutesPtyBytesBothWaysUnderItsOwnChannelNumbers) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    auto mine = openPty(*m_hub, m_alice, agent, daemon, 77);
+    m_hub->onAgentBinary(agent, protocol::encodeChannelFrame(mine, "ls\r"));
+    ASSERT_EQ(daemon->binary.size(), 1u);
+    EXPECT_EQ(daemon->binary[0], protocol::encodeChannelFrame(77, "ls\r"));
+    m_hub->onDaemonBinary(1, "d1", protocol::encodeChannelFrame(77, "out"));
+    ASSERT_EQ(agent->binary.size(), 1u);
+    EXPECT_EQ(agent->binary[0], protocol::encodeChannelFrame(mine, "out"));
+    // pty.ack and friends are rewritten to the daemon's number too.
+    m_hub->onAgentText(m_alice, agent,
+                       R"({"v":1,"type":"pty.ack","id":"k","daemon_id":"d1","payload":{"channel":)" +
+                           std::to_string(mine) + R"(,"bytes":100}})");
+    EXPECT_EQ(daemon->last().payload.at("channel").as_int64(), 77);
+    // pty.exit closes the route.
+    m_hub->onDaemonText(1, "d1", daemon, protocol::makeMessage("pty.exit", "x", {{"channel", 77}, {"exit_code", 0}}));
+    EXPECT_EQ(agent->last().type, "pty.exit");
+    EXPECT_EQ(agent->last().payload.at("channel").as_int64(), mine);
+    EXPECT_EQ(m_hub->channelCount(), 0u);
+}
+
+TEST_F(HubTest, AnAgentCannotWriteToAnotherAgentsChannel) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto owner = std::make_shared<RecordingPeer>();
+    auto other = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    auto mine = openPty(*m_hub, m_alice, owner, daemon, 3);
+    m_hub->onAgentBinary(other, protocol::encodeChannelFrame(mine, "rm -rf ~\r"));
+    EXPECT_TRUE(daemon->binary.empty());
+    EXPECT_EQ(other->last().errorCode, ErrorCode::NotFound);
+    m_hub->onAgentText(m_alice, other,
+                       R"({"v":1,"type":"pty.close","id":"c","daemon_id":"d1","payload":{"channel":)" +
+                           std::to_string(mine) + "}}");
+    EXPECT_EQ(other->last().errorCode, ErrorCode::NotFound);
+}
+
+TEST_F(HubTest, AnAgentsDisconnectDetachesItsShells) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    openPty(*m_hub, m_alice, agent, daemon, 9);
+    m_hub->detachAgent(agent.get());
+    EXPECT_EQ(daemon->last().type, "pty.detach");
+    EXPECT_EQ(daemon->last().payload.at("channel").as_int64(), 9);
+    EXPECT_EQ(m_hub->channelCount(), 0u);
+}
+
+TEST_F(HubTest, ADaemonsDisconnectEndsItsChannelsForTheAgent) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    auto mine = openPty(*m_hub, m_alice, agent, daemon, 9);
+    m_hub->detachDaemon(1, "d1", daemon.get());
+    EXPECT_EQ(agent->last().type, "pty.exit");
+    EXPECT_EQ(agent->last().payload.at("channel").as_int64(), mine);
+    EXPECT_EQ(m_hub->channelCount(), 0u);
 }

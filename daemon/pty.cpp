@@ -1,0 +1,282 @@
+#include "pty.hpp"
+
+#include "errors.hpp"
+#include "fd.hpp"
+#include "log.hpp"
+#include "process.hpp"
+#include "protocol.hpp"
+#include "util.hpp"
+
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <termios.h>
+
+#include <array>
+#include <cstring>
+#include <deque>
+#include <system_error>
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+
+namespace hpc::daemon {
+namespace {
+
+constexpr std::size_t kMaxInputBacklog = 1 << 20;
+
+void setWindowSize(int fd, unsigned cols, unsigned rows) {
+    winsize ws{};
+    ws.ws_col = static_cast<unsigned short>(cols);
+    ws.ws_row = static_cast<unsigned short>(rows);
+    ::ioctl(fd, TIOCSWINSZ, &ws);
+}
+
+}  // namespace
+
+class PtySession : public std::enable_shared_from_this<PtySession> {
+public:
+    PtySession(PtyService& service, PtyInfo info, UniqueFd master, std::uint64_t credit)
+        : m_service(service),
+          m_info(std::move(info)),
+          m_master(service.m_ioc, master.release()),
+          m_pidfd(service.m_ioc),
+          m_idle(service.m_ioc),
+          m_grace(service.m_ioc),
+          m_credit(credit) {}
+
+    const PtyInfo& info() const { return m_info; }
+
+    void start() {
+        m_pidfd.assign(openPidFd(m_info.pid).release());
+        m_pidfd.async_wait(asio::posix::descriptor_base::wait_read,
+                           [self = shared_from_this()](boost::system::error_code ec) {
+                               if (!ec) self->onExit();
+                           });
+        touch();
+        doRead();
+    }
+
+    void write(const char* data, std::size_t size) {
+        if (m_finished || m_eof) throw Error(ErrorCode::NotFound, "channel " + std::to_string(m_info.channel) + " has ended");
+        if (m_inputBytes + size > kMaxInputBacklog)
+            throw Error(ErrorCode::Limit, "input to channel " + std::to_string(m_info.channel) +
+                                              " is not being read; backlog full");
+        m_inputBytes += size;
+        m_input.emplace_back(data, size);
+        touch();
+        if (m_input.size() == 1) doWrite();
+    }
+
+    void resize(unsigned cols, unsigned rows) {
+        if (!m_eof) setWindowSize(m_master.native_handle(), cols, rows);
+    }
+
+    void signal(int sig) {
+        if (!m_exited) ::kill(-m_info.pid, sig);
+    }
+
+    void addCredit(std::uint64_t bytes) {
+        m_credit += bytes;
+        if (!m_reading && !m_eof) doRead();
+    }
+
+    void detach(std::chrono::seconds grace) {
+        m_grace.expires_after(grace);
+        m_grace.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+            if (ec) return;
+            log::info("pty " + std::to_string(self->m_info.channel) + ": agent gone for the grace period; hanging up");
+            self->signal(SIGHUP);
+        });
+    }
+
+    void hangup() { signal(SIGHUP); }
+
+private:
+    void touch() {
+        m_idle.expires_after(m_service.m_limits.idleTimeout);
+        m_idle.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+            if (ec) return;
+            log::info("pty " + std::to_string(self->m_info.channel) + " idle too long; hanging up");
+            self->hangup();
+        });
+    }
+
+    void doRead() {
+        if (m_credit == 0 || m_eof) {
+            m_reading = false;
+            return;
+        }
+        m_reading = true;
+        std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(m_buffer.size(), m_credit));
+        m_master.async_read_some(asio::buffer(m_buffer.data(), want),
+                                 [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
+                                     self->onRead(ec, n);
+                                 });
+    }
+
+    void onRead(boost::system::error_code ec, std::size_t n) {
+        m_reading = false;
+        if (ec) {
+            // EIO: every process closed the terminal. Nothing more will come.
+            m_eof = true;
+            maybeFinish();
+            return;
+        }
+        m_credit -= n;
+        if (!m_service.m_sendOutput(m_info.channel, m_buffer.data(), n))
+            log::warning("pty " + std::to_string(m_info.channel) + ": output dropped, the link is down");
+        touch();
+        doRead();
+    }
+
+    void doWrite() {
+        asio::async_write(m_master, asio::buffer(m_input.front()),
+                          [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+                              if (ec) {
+                                  self->m_input.clear();
+                                  self->m_inputBytes = 0;
+                                  return;
+                              }
+                              self->m_inputBytes -= self->m_input.front().size();
+                              self->m_input.pop_front();
+                              if (!self->m_input.empty()) self->doWrite();
+                          });
+    }
+
+    void onExit() {
+        int status = 0;
+        if (::waitpid(m_info.pid, &status, 0) == m_info.pid) m_status = ExitStatus::fromWaitStatus(status);
+        m_exited = true;
+        boost::system::error_code ignored;
+        m_pidfd.close(ignored);
+        // Output still in the PTY is delivered (as credit allows) before pty.exit.
+        if (!m_reading && m_credit > 0) doRead();
+        maybeFinish();
+    }
+
+    void maybeFinish() {
+        if (m_finished || !m_exited || !m_eof) return;
+        m_finished = true;
+        m_idle.cancel();
+        m_grace.cancel();
+        json::object p{{"channel", m_info.channel}};
+        p["exit_code"] = m_status.code ? json::value(*m_status.code) : json::value(nullptr);
+        p["signal"] = m_status.signal ? json::value(*m_status.signal) : json::value(nullptr);
+        m_service.m_sendText(protocol::makeMessage("pty.exit", "exit-" + std::to_string(m_info.channel), p));
+        log::info("pty " + std::to_string(m_info.channel) + " of " + m_info.agentId + " ended: " +
+                  (m_status.code ? "exit " + std::to_string(*m_status.code)
+                                 : "signal " + std::to_string(m_status.signal.value_or(0))));
+        boost::system::error_code ignored;
+        m_master.close(ignored);
+        m_service.ended(m_info.channel);
+    }
+
+    PtyService& m_service;
+    PtyInfo m_info;
+    asio::posix::stream_descriptor m_master;
+    asio::posix::stream_descriptor m_pidfd;
+    asio::steady_timer m_idle;
+    asio::steady_timer m_grace;
+    std::array<char, 65536> m_buffer{};
+    std::uint64_t m_credit;
+    std::deque<std::string> m_input;
+    std::size_t m_inputBytes = 0;
+    ExitStatus m_status;
+    bool m_reading = false;
+    bool m_exited = false;
+    bool m_eof = false;
+    bool m_finished = false;
+};
+
+PtyService::PtyService(asio::io_context& ioc, PtyLimits limits, SendText sendText, SendOutput sendOutput)
+    : m_ioc(ioc), m_limits(limits), m_sendText(std::move(sendText)), m_sendOutput(std::move(sendOutput)) {}
+
+PtyService::~PtyService() { closeAll(); }
+
+PtyInfo PtyService::open(const PtyOpenRequest& r) {
+    if (m_sessions.size() >= m_limits.maxSessions)
+        throw Error(ErrorCode::Limit, "this daemon already has " + std::to_string(m_sessions.size()) +
+                                          " shells open (the limit is " + std::to_string(m_limits.maxSessions) + ")");
+    UniqueFd master(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+    if (!master || ::grantpt(master.get()) != 0 || ::unlockpt(master.get()) != 0)
+        throw Error(ErrorCode::Internal, std::string("cannot allocate a PTY: ") + std::strerror(errno));
+    char name[128];
+    if (::ptsname_r(master.get(), name, sizeof name) != 0)
+        throw Error(ErrorCode::Internal, "cannot name the PTY");
+    UniqueFd slave(::open(name, O_RDWR | O_NOCTTY | O_CLOEXEC));
+    if (!slave) throw Error(ErrorCode::Internal, std::string("cannot open ") + name + ": " + std::strerror(errno));
+    setWindowSize(master.get(), r.cols, r.rows);
+    setNonBlocking(master.get());
+
+    SpawnOptions o;
+    o.argv = r.argv;
+    o.cwd = r.cwd;
+    o.envOverrides = {"TERM=xterm-256color"};
+    o.envOverrides.insert(o.envOverrides.end(), r.env.begin(), r.env.end());
+    o.newSession = true;
+    o.controllingTerminal = slave.get();
+    o.landlockRuleset = r.landlockRuleset;
+    SpawnedProcess child;
+    try {
+        child = spawn(o);
+    } catch (const std::system_error& e) {
+        if (e.code().value() == ENOENT) throw Error(ErrorCode::NotFound, "no such shell: " + r.argv.front());
+        throw Error(ErrorCode::Internal, std::string("cannot start the shell: ") + e.what());
+    }
+    slave.reset();
+    std::uint32_t channel = m_nextChannel++;
+    PtyInfo info{channel, child.pid, r.agentId, r.cwd, nowEpochSeconds()};
+    auto session = std::make_shared<PtySession>(*this, info, std::move(master), r.credit ? r.credit : m_limits.initialCredit);
+    m_sessions[channel] = session;
+    session->start();
+    log::info("pty " + std::to_string(channel) + " opened for " + r.agentId + " in " + r.cwd + ": " + r.argv.front() +
+              " (pid " + std::to_string(child.pid) + ")");
+    return info;
+}
+
+std::shared_ptr<PtySession> PtyService::find(std::uint32_t channel, const std::string* agentId) const {
+    auto it = m_sessions.find(channel);
+    if (it == m_sessions.end()) throw Error(ErrorCode::NotFound, "channel " + std::to_string(channel) + " is not open");
+    if (agentId && !agentId->empty() && it->second->info().agentId != *agentId)
+        throw Error(ErrorCode::NotOwner, "channel " + std::to_string(channel) + " belongs to another agent");
+    return it->second;
+}
+
+void PtyService::input(std::uint32_t channel, const char* data, std::size_t size) {
+    find(channel, nullptr)->write(data, size);
+}
+
+void PtyService::resize(std::uint32_t channel, unsigned cols, unsigned rows, const std::string& agentId) {
+    find(channel, &agentId)->resize(cols, rows);
+}
+
+void PtyService::close(std::uint32_t channel, int signal, const std::string& agentId) {
+    find(channel, &agentId)->signal(signal);
+}
+
+void PtyService::ack(std::uint32_t channel, std::uint64_t bytes, const std::string& agentId) {
+    find(channel, &agentId)->addCredit(bytes);
+}
+
+void PtyService::detach(std::uint32_t channel) {
+    if (auto it = m_sessions.find(channel); it != m_sessions.end()) it->second->detach(m_limits.detachGrace);
+}
+
+void PtyService::closeAll() {
+    for (auto& [channel, session] : m_sessions) session->hangup();
+}
+
+void PtyService::ended(std::uint32_t channel) { m_sessions.erase(channel); }
+
+std::vector<PtyInfo> PtyService::list() const {
+    std::vector<PtyInfo> out;
+    for (const auto& [channel, session] : m_sessions) out.push_back(session->info());
+    return out;
+}
+
+}  // namespace hpc::daemon

@@ -1,0 +1,94 @@
+#pragma once
+/// Interactive PTY sessions (protocol `pty.*`): a shell on a pseudo-terminal
+/// per session, its output sent as binary frames under credit flow control,
+/// its input written to the terminal.
+///
+/// Output: a read is always pending on a session's master while it has
+/// credit; each read becomes one frame (the link coalesces frames queued
+/// behind a write in flight). With no credit the session stops reading, the
+/// kernel's PTY buffer fills and the program blocks: a slow agent slows the
+/// program, never the daemon's memory.
+
+#include <boost/asio/io_context.hpp>
+#include <boost/json.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hpc::daemon {
+
+struct PtyLimits {
+    std::size_t maxSessions = 16;
+    std::chrono::seconds idleTimeout{std::chrono::hours(12)};
+    /// After the agent that opened a session disconnects.
+    std::chrono::seconds detachGrace{std::chrono::seconds(30)};
+    /// Output granted before the first pty.ack, unless pty.open asks otherwise.
+    std::uint64_t initialCredit = 1 << 20;
+};
+
+struct PtyOpenRequest {
+    unsigned cols = 80, rows = 24;
+    std::string cwd;                 ///< resolved and checked by the caller
+    std::vector<std::string> env;    ///< "NAME=value" over the daemon's environment
+    std::vector<std::string> argv;   ///< the shell and its arguments
+    std::string agentId;
+    std::uint64_t credit = 0;        ///< 0: the default
+    int landlockRuleset = -1;
+};
+
+struct PtyInfo {
+    std::uint32_t channel;
+    int pid;
+    std::string agentId;
+    std::string cwd;
+    double openedAt;
+};
+
+class PtySession;
+
+class PtyService {
+public:
+    using SendText = std::function<void(std::string)>;
+    /// Sends output of a channel; false when the link cannot take it now.
+    using SendOutput = std::function<bool(std::uint32_t channel, const char* data, std::size_t size)>;
+
+    PtyService(boost::asio::io_context& ioc, PtyLimits limits, SendText sendText, SendOutput sendOutput);
+    ~PtyService();
+
+    /// Starts a shell on a new PTY. Throws hpc::Error (Limit, NotFound, Internal).
+    PtyInfo open(const PtyOpenRequest& request);
+    /// Agent input for a channel. Throws hpc::Error(NotFound, NotOwner, Limit).
+    void input(std::uint32_t channel, const char* data, std::size_t size);
+    void resize(std::uint32_t channel, unsigned cols, unsigned rows, const std::string& agentId);
+    /// Sends `signal` to the session's process group (SIGHUP by default).
+    void close(std::uint32_t channel, int signal, const std::string& agentId);
+    void ack(std::uint32_t channel, std::uint64_t bytes, const std::string& agentId);
+    /// The agent's sessions are closed after the grace period.
+    void detach(std::uint32_t channel);
+    /// Every session is hung up (daemon shutdown).
+    void closeAll();
+
+    std::size_t count() const { return m_sessions.size(); }
+    std::vector<PtyInfo> list() const;
+    void setLimits(PtyLimits limits) { m_limits = limits; }
+
+private:
+    friend class PtySession;
+    std::shared_ptr<PtySession> find(std::uint32_t channel, const std::string* agentId) const;
+    void ended(std::uint32_t channel);
+
+    boost::asio::io_context& m_ioc;
+    PtyLimits m_limits;
+    SendText m_sendText;
+    SendOutput m_sendOutput;
+    std::map<std::uint32_t, std::shared_ptr<PtySession>> m_sessions;
+    std::uint32_t m_nextChannel = 1;
+};
+
+}  // namespace hpc::daemon

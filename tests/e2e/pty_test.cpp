@@ -1,0 +1,237 @@
+// PTY sessions end to end over TLS: agent -> hpc-relay -> hpc-daemond -> a
+// real shell on a real pseudo-terminal.
+#include "harness.hpp"
+
+#include "errors.hpp"
+#include "store.hpp"
+
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <signal.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+using namespace hpc;
+using namespace hpc::test;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+long rssKiB(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+    return 0;
+}
+
+class PtyTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        m_h.startRelay();
+        m_work = m_h.dir() / "work";
+        ASSERT_EQ(m_h.setupDaemon("p", "p@example.org", {m_work.string()}).status, 0);
+    }
+
+    void start(std::vector<std::string> extra = {}) {
+        m_h.startDaemon("p", extra);
+        m_token = m_h.login("p@example.org");
+        ASSERT_TRUE(m_h.waitConnected(m_token, "p"));
+        m_agent = m_h.agent(m_token);
+    }
+
+    agent::PtyHandle open(unsigned cols = 80, unsigned rows = 24) {
+        agent::PtySpec spec;
+        spec.cols = cols;
+        spec.rows = rows;
+        spec.shell = "/bin/bash";
+        spec.env = {{"PS1", "$ "}};
+        return m_agent->openPty("p", spec);
+    }
+
+    /// Reads the channel's output (granting credit as it goes) until `done`
+    /// holds for everything read, the shell exits, or the timeout passes.
+    std::string readUntil(std::uint32_t channel, const std::function<bool(const std::string&)>& done,
+                          std::chrono::milliseconds timeout = 20s, std::optional<agent::PtyEvent>* exit = nullptr) {
+        std::string all;
+        auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (!done(all) && std::chrono::steady_clock::now() < deadline) {
+            auto e = m_agent->nextPtyEvent(200ms);
+            if (!e || e->channel != channel) continue;
+            if (e->kind == agent::PtyEvent::Kind::Exit) {
+                if (exit) *exit = e;
+                break;
+            }
+            all += e->data;
+            m_agent->ptyAck("p", channel, e->data.size());
+        }
+        return all;
+    }
+
+    static std::function<bool(const std::string&)> contains(std::string needle) {
+        return [needle](const std::string& s) { return s.find(needle) != std::string::npos; };
+    }
+
+    Harness m_h;
+    fs::path m_work;
+    Secret m_token;
+    std::unique_ptr<agent::AgentClient> m_agent;
+};
+
+std::string sha256Hex(const std::string& data) {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string out;
+    for (unsigned i = 0; i < len; ++i) {
+        out += kHex[digest[i] >> 4];
+        out += kHex[digest[i] & 15];
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_F(PtyTest, RunsCommandsInAShellInTheAllowedDirectory) {
+    start();
+    auto pty = open();
+    EXPECT_GT(pty.pid, 0);
+    m_agent->ptyInput(pty.channel, "echo hello-$((40+2)); pwd\r");
+    auto out = readUntil(pty.channel, contains(fs::canonical(m_work).string() + "\r\n"));
+    EXPECT_NE(out.find("hello-42"), std::string::npos) << out;
+    EXPECT_NE(out.find(fs::canonical(m_work).string()), std::string::npos) << out;
+}
+
+TEST_F(PtyTest, FiftyMegabytesArriveByteExact) {
+    start();
+    agent::ExecSpec make;
+    make.command = "head -c 37500000 /dev/urandom | base64 -w 0 > data.b64 && sha256sum data.b64 | cut -d' ' -f1";
+    auto made = m_agent->exec("p", make, 60s);
+    ASSERT_EQ(made.exitCode, 0) << made.err;
+    std::string expected = made.out.substr(0, 64);
+    auto pty = open();
+    // Raw output (no \n -> \r\n), no echo; \x02 and \x03 are not base64.
+    m_agent->ptyInput(pty.channel, "stty raw -echo; printf '\\002'; cat data.b64; printf '\\003'; stty sane\r");
+    auto out = readUntil(pty.channel, contains("\x03"), 120s);
+    auto begin = out.find('\x02');
+    auto end = out.find('\x03', begin == std::string::npos ? 0 : begin);
+    ASSERT_NE(begin, std::string::npos);
+    ASSERT_NE(end, std::string::npos);
+    std::string data = out.substr(begin + 1, end - begin - 1);
+    EXPECT_EQ(data.size(), 50000000u);
+    EXPECT_EQ(sha256Hex(data), expected);
+}
+
+TEST_F(PtyTest, SttySizeShowsTheOpenedAndTheResizedSize) {
+    start();
+    auto pty = open(100, 30);
+    m_agent->ptyInput(pty.channel, "stty size\r");
+    EXPECT_NE(readUntil(pty.channel, contains("30 100")).find("30 100"), std::string::npos);
+    m_agent->ptyResize("p", pty.channel, 132, 43);
+    m_agent->ptyInput(pty.channel, "stty size\r");
+    EXPECT_NE(readUntil(pty.channel, contains("43 132")).find("43 132"), std::string::npos);
+}
+
+TEST_F(PtyTest, CtrlCReachesTheForegroundProgram) {
+    start();
+    auto pty = open();
+    m_agent->ptyInput(pty.channel, "sleep 100; echo after-sleep\r");
+    std::this_thread::sleep_for(500ms);
+    m_agent->ptyInput(pty.channel, "\x03");
+    m_agent->ptyInput(pty.channel, "echo rc=$?\r");
+    auto out = readUntil(pty.channel, contains("rc=130"), 10s);
+    EXPECT_NE(out.find("rc=130"), std::string::npos) << out;
+    EXPECT_EQ(out.find("\nafter-sleep"), std::string::npos) << "the interrupted list must not continue";
+}
+
+TEST_F(PtyTest, ReportsExitCodesAndSignalExits) {
+    start();
+    auto a = open();
+    m_agent->ptyInput(a.channel, "exit 7\r");
+    std::optional<agent::PtyEvent> exit;
+    readUntil(a.channel, [](const std::string&) { return false; }, 10s, &exit);
+    ASSERT_TRUE(exit);
+    EXPECT_EQ(exit->exitCode, 7);
+    auto b = open();
+    m_agent->ptyInput(b.channel, "kill -KILL $$\r");
+    exit.reset();
+    readUntil(b.channel, [](const std::string&) { return false; }, 10s, &exit);
+    ASSERT_TRUE(exit);
+    EXPECT_FALSE(exit->exitCode);
+    EXPECT_EQ(exit->signal, SIGKILL);
+    // A resize after the exit is harmless (the channel is gone).
+    EXPECT_THROW(m_agent->ptyResize("p", b.channel, 10, 10), Error);
+}
+
+TEST_F(PtyTest, WithoutCreditTheProgramBlocksAndTheDaemonDoesNotGrow) {
+    start();
+    agent::PtySpec spec;
+    spec.shell = "/bin/bash";
+    spec.credit = 64 * 1024;
+    auto pty = m_agent->openPty("p", spec);
+    m_agent->ptyInput(pty.channel, "yes hpc-flow-control-test | head -c 300000000 > /dev/stdout; echo DONE\r");
+    // Take what the initial credit allows, grant nothing more.
+    std::size_t received = 0;
+    for (int i = 0; i < 50; ++i) {
+        auto e = m_agent->nextPtyEvent(100ms);
+        if (e && e->kind == agent::PtyEvent::Kind::Output) received += e->data.size();
+    }
+    EXPECT_LE(received, 64u * 1024) << "the daemon sent more than the credit";
+    pid_t daemon = m_h.daemonPid("p");
+    long before = rssKiB(daemon);
+    std::this_thread::sleep_for(2s);
+    long after = rssKiB(daemon);
+    EXPECT_LT(after - before, 2048) << "daemon RSS grew from " << before << " to " << after << " KiB while stalled";
+    // Credit returns: output flows again.
+    m_agent->ptyAck("p", pty.channel, 8 << 20);
+    std::size_t more = 0;
+    auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (more < (4u << 20) && std::chrono::steady_clock::now() < deadline) {
+        auto e = m_agent->nextPtyEvent(200ms);
+        if (e && e->kind == agent::PtyEvent::Kind::Output) more += e->data.size();
+    }
+    EXPECT_GE(more, 4u << 20);
+    m_agent->ptyClose("p", pty.channel, SIGKILL);
+}
+
+TEST_F(PtyTest, TheSessionLimitIsEnforcedWithAClearError) {
+    {
+        auto store = Store::open(m_h.home("p"));
+        auto profile = *store.profile("p");
+        profile.maxSessions = 2;
+        store.saveProfile(profile);
+    }
+    start();
+    open();
+    open();
+    try {
+        open();
+        FAIL() << "a third shell opened";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::Limit);
+        EXPECT_NE(std::string(e.what()).find("limit is 2"), std::string::npos) << e.what();
+    }
+}
+
+TEST_F(PtyTest, AnAgentsDisconnectClosesItsShellsAfterTheGracePeriod) {
+    start({"--pty-detach-grace-seconds", "1"});
+    auto pty = open();
+    ASSERT_GT(pty.pid, 0);
+    EXPECT_EQ(::kill(pty.pid, 0), 0);
+    m_agent.reset();  // the agent goes away
+    EXPECT_TRUE(waitUntil([&] { return ::kill(pty.pid, 0) != 0; }, 15s)) << "shell " << pty.pid << " outlived its agent";
+}
+
+TEST_F(PtyTest, ShellsAreConfinedByLandlockToo) {
+    start();
+    auto pty = open();
+    auto outside = m_h.dir() / "outside-pty";
+    fs::create_directories(outside);
+    m_agent->ptyInput(pty.channel, "echo x > " + (outside / "f").string() + "; echo rc=$?\r");
+    auto out = readUntil(pty.channel, contains("rc="));
+    EXPECT_FALSE(fs::exists(outside / "f")) << out;
+}
