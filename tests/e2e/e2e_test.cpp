@@ -244,7 +244,9 @@ TEST_F(EndToEnd, EveryMalformedMessageGetsAProtocolErrorAndTheLinkStaysUp) {
         EXPECT_EQ(reply.errorCode, c.expected) << c.frame.substr(0, 80) << ": " << reply.errorMessage;
     }
     auto bin = rawRoundTrip(std::string("\0\0\0\7data", 8), true);
-    EXPECT_EQ(bin.errorCode, ErrorCode::BadRequest);
+    EXPECT_EQ(bin.errorCode, ErrorCode::NotFound) << "no channel 7 is open";
+    auto shortFrame = rawRoundTrip(std::string("\0\1", 2), true);
+    EXPECT_EQ(shortFrame.errorCode, ErrorCode::BadRequest) << "shorter than the channel header";
     // The same connection, and the daemon's link, still work.
     EXPECT_EQ(sh("echo still-up").out, "still-up\n");
     EXPECT_EQ(countOf(m_h->relayLog(), "daemon d1 (user 1) connected"), 1) << "the daemon link never dropped";
