@@ -157,6 +157,7 @@ std::optional<PtyEvent> AgentClient::nextPtyEvent(std::chrono::milliseconds time
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
         auto frame = nextFrame(std::max(left, std::chrono::milliseconds(0)));
         if (!frame) return std::nullopt;
+        if (timeout.count() <= 0) deadline = Clock::now();  // never wait, however many frames are skipped
         if (frame->binary) {
             auto decoded = protocol::decodeChannelFrame(std::span<const char>(frame->data.data(), frame->data.size()));
             if (!decoded) continue;

@@ -1,5 +1,6 @@
 // hpc-agent: the agent-side command line. See `hpc-agent --help`.
 #include "agent_client.hpp"
+#include "shell.hpp"
 
 #include "errors.hpp"
 #include "platform_client.hpp"
@@ -169,8 +170,25 @@ int main(int argc, char** argv) {
     exec->add_flag("--json", execJson, "print the full result as JSON");
     addCommon(exec, common);
 
+    auto* shellCmd = app.add_subcommand("shell", "An interactive shell on a daemon's machine, like ssh: hpc-agent shell DAEMON");
+    std::string shellDaemon, shellCwd, shellProgram;
+    shellCmd->add_option("daemon", shellDaemon, "daemon id")->required();
+    shellCmd->add_option("--cwd", shellCwd, "starting directory (default: the daemon's first allowed directory)");
+    shellCmd->add_option("--shell", shellProgram, "the shell to run (default: the daemon user's $SHELL, else bash)");
+    shellCmd->footer("The terminal is put in raw mode and restored on exit; its size follows the window. "
+                     "Exits with the remote shell's status.");
+    addCommon(shellCmd, common);
+
     CLI11_PARSE(app, argc, argv);
     try {
+        if (shellCmd->parsed()) {
+            agent::PtySpec spec;
+            if (!shellCwd.empty()) spec.cwd = shellCwd;
+            if (!shellProgram.empty()) spec.shell = shellProgram;
+            if (const char* term = std::getenv("TERM")) spec.env.emplace_back("TERM", term);
+            auto client = agent::AgentClient::connect(agentOptions(common));
+            return agent::runShell(*client, shellDaemon, spec);
+        }
         if (login->parsed()) return runLogin(common, email, tokenOut);
         if (daemons->parsed()) return runDaemons(common, daemonsJson);
         agent::ExecSpec spec;

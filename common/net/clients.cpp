@@ -292,9 +292,15 @@ std::optional<WsFrame> WsClient::read(std::chrono::milliseconds timeout) {
             });
         });
     }
-    auto deadline = Clock::now() + timeout;
     impl.ioc.restart();
-    while (!impl.readDone && impl.ioc.run_one_until(deadline) > 0) {
+    if (timeout.count() <= 0) {
+        // Only what is ready now: run handlers until none is ready.
+        while (!impl.readDone && impl.ioc.poll_one() > 0) {
+        }
+    } else {
+        auto deadline = Clock::now() + timeout;
+        while (!impl.readDone && impl.ioc.run_one_until(deadline) > 0) {
+        }
     }
     if (!impl.readDone) return std::nullopt;
     impl.readPending = false;
@@ -310,6 +316,8 @@ std::optional<WsFrame> WsClient::read(std::chrono::milliseconds timeout) {
     impl.readBuffer.consume(impl.readBuffer.size());
     return frame;
 }
+
+int WsClient::nativeFd() const { return m_impl->socket().native_handle(); }
 
 void WsClient::close() {
     auto& impl = *m_impl;

@@ -28,11 +28,16 @@ public:
 
     void sendText(const std::string& text);
     void sendBinary(const std::string& data);
-    /// The next frame, or nullopt when none arrived within the timeout.
+    /// The next frame, or nullopt when none arrived within the timeout. A zero
+    /// timeout takes only what has already arrived, without waiting.
     /// Throws hpc::Error(Unavailable) when the connection is closed or broken.
     std::optional<WsFrame> read(std::chrono::milliseconds timeout);
     /// Sends a close frame and waits briefly for the peer's.
     void close();
+    /// The socket, for poll(2) beside other descriptors. Readable means a
+    /// read() will make progress; TLS may also hold frames already received,
+    /// so after a read keep reading with a short timeout until none is left.
+    int nativeFd() const;
 
     struct Impl;
 

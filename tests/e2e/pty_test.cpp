@@ -6,7 +6,11 @@
 #include "store.hpp"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <termios.h>
 #include <signal.h>
 
 #include <filesystem>
@@ -234,4 +238,59 @@ TEST_F(PtyTest, ShellsAreConfinedByLandlockToo) {
     m_agent->ptyInput(pty.channel, "echo x > " + (outside / "f").string() + "; echo rc=$?\r");
     auto out = readUntil(pty.channel, contains("rc="));
     EXPECT_FALSE(fs::exists(outside / "f")) << out;
+}
+
+TEST_F(PtyTest, AgentShellIsAnInteractiveTerminalLikeSsh) {
+    start();
+    // A terminal for hpc-agent itself, as a person's would be.
+    UniqueFd master(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+    ASSERT_TRUE(master);
+    ASSERT_EQ(::grantpt(master.get()), 0);
+    ASSERT_EQ(::unlockpt(master.get()), 0);
+    UniqueFd slave(::open(::ptsname(master.get()), O_RDWR | O_NOCTTY | O_CLOEXEC));
+    winsize ws{};
+    ws.ws_col = 91;
+    ws.ws_row = 27;
+    ::ioctl(master.get(), TIOCSWINSZ, &ws);
+    termios before{};
+    ::tcgetattr(slave.get(), &before);
+
+    SpawnOptions o;
+    o.argv = {Harness::binary("hpc-agent"), "shell", "p"};
+    o.envOverrides = {"HPC_AGENT_URL=" + m_h.url(), "HPC_AGENT_TOKEN=" + m_token.reveal(),
+                      "HPC_AGENT_CA=" + m_h.caFile(), "TERM=dumb"};
+    o.controllingTerminal = slave.get();
+    ChildGuard agentProcess(spawn(o).pid);
+    slave.reset();
+
+    std::string screen;
+    auto readFor = [&](const std::string& needle) {
+        return waitUntil([&] {
+            char buf[4096];
+            pollfd p{master.get(), POLLIN, 0};
+            while (::poll(&p, 1, 20) > 0) {
+                ssize_t n = ::read(master.get(), buf, sizeof buf);
+                if (n <= 0) break;
+                screen.append(buf, static_cast<std::size_t>(n));
+            }
+            return screen.find(needle) != std::string::npos;
+        }, 15s);
+    };
+    auto type = [&](const std::string& s) { ASSERT_EQ(::write(master.get(), s.data(), s.size()), (ssize_t)s.size()); };
+
+    type("stty size\r");
+    EXPECT_TRUE(readFor("27 91")) << screen;
+    ws.ws_col = 120;
+    ws.ws_row = 50;
+    ::ioctl(master.get(), TIOCSWINSZ, &ws);  // SIGWINCH to hpc-agent
+    std::this_thread::sleep_for(300ms);
+    type("stty size\r");
+    EXPECT_TRUE(readFor("50 120")) << screen;
+    type("exit 5\r");
+    auto status = agentProcess.waitFor(15s);
+    ASSERT_TRUE(status);
+    EXPECT_EQ(status->code, 5) << screen;
+    termios after{};
+    ::tcgetattr(master.get(), &after);
+    EXPECT_EQ(after.c_lflag & (ICANON | ECHO), before.c_lflag & (ICANON | ECHO)) << "the terminal was not restored";
 }
