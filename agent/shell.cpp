@@ -83,6 +83,9 @@ int runShell(AgentClient& client, const std::string& daemonId, PtySpec spec) {
 
     RawTerminal raw;
     bool stdinOpen = true;
+    // Credit goes back in quarters of the daemon's default 1 MiB window.
+    constexpr std::size_t kAckEvery = 256 * 1024;
+    std::size_t unacked = 0;
     char buf[65536];
     while (true) {
         pollfd fds[3] = {{stdinOpen ? STDIN_FILENO : -1, POLLIN, 0},
@@ -118,7 +121,11 @@ int runShell(AgentClient& client, const std::string& daemonId, PtySpec spec) {
                 return e->exitCode ? *e->exitCode : 128 + e->signal.value_or(0);
             }
             writeAll(STDOUT_FILENO, e->data.data(), e->data.size());
-            client.ptyAck(daemonId, pty.channel, e->data.size());
+            unacked += e->data.size();
+            if (unacked >= kAckEvery) {
+                client.ptyAck(daemonId, pty.channel, unacked);
+                unacked = 0;
+            }
         }
     }
     raw.restore();

@@ -64,6 +64,13 @@ public:
         }
         m_sshd.terminate(std::chrono::milliseconds(2000));
     }
+    /// The ssh command line that runs `command` (with -tt: on a remote PTY).
+    std::vector<std::string> command(const std::string& remote, bool tty) {
+        auto argv = m_base;
+        if (tty) argv.insert(argv.begin() + 1, "-tt");
+        argv.push_back(remote);
+        return argv;
+    }
     int run(const std::string& command) {
         auto argv = m_base;
         argv.push_back(command);
