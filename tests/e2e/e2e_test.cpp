@@ -277,3 +277,23 @@ TEST_F(EndToEnd, DaemonExitsCleanlyOnSigterm) {
     EXPECT_EQ(WEXITSTATUS(status), 0);
     EXPECT_NE(m_h->daemonLog("d1").find("hpc-daemond stopped"), std::string::npos);
 }
+
+TEST_F(EndToEnd, EveryExecIsInTheAuditLogWithItsAgentAndExitCode) {
+    startDaemon();
+    sh("echo audited; exit 4");
+    agent::ExecSpec spec;
+    spec.argv = {"true"};
+    m_agent->exec("d1", spec);
+    auto r = runCommand({Harness::binary("hpc-daemonctl"), "audit", "--json"}, {},
+                        {"HPC_DAEMON_HOME=" + m_h->home("d1").string()});
+    ASSERT_EQ(r.status, 0) << r.err;
+    auto entries = json::parse(r.out).as_array();
+    ASSERT_EQ(entries.size(), 2u) << r.out;
+    EXPECT_EQ(entries[0].at("command").as_string(), "echo audited; exit 4");
+    EXPECT_EQ(entries[0].at("exit_code").as_int64(), 4);
+    EXPECT_EQ(entries[0].at("session").as_string(), "exec");
+    EXPECT_EQ(entries[0].at("cwd").as_string(), fs::canonical(m_work).string());
+    EXPECT_EQ(entries[0].at("agent").as_string().subview().substr(0, 5), "cred-");
+    EXPECT_EQ(entries[1].at("command").as_string(), "true");
+    EXPECT_EQ(entries[1].at("exit_code").as_int64(), 0);
+}
