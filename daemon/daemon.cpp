@@ -7,6 +7,7 @@
 #include "errors.hpp"
 #include "exec.hpp"
 #include "guard/landlock.hpp"
+#include "guard/shell_guard.hpp"
 #include "link.hpp"
 #include "log.hpp"
 #include "notify.hpp"
@@ -158,6 +159,18 @@ private:
             log::notice("Landlock is disabled by --no-landlock");
         }
         m_dispatcher->setConfinement(m_landlock ? m_landlock->fd() : -1, std::move(env));
+        // The advisory layer for interactive bash, from the same list.
+        m_shellGuard.clear();
+        if (!m_profile.allowedDirs.empty()) {
+            fs::path guard = m_store.dir() / (m_profile.daemonId + ".guard.bash");
+            try {
+                writeShellGuard(guard, m_profile.allowedDirs);
+                m_shellGuard = guard;
+            } catch (const std::exception& e) {
+                log::warning(std::string("shell wrappers are off: ") + e.what());
+            }
+        }
+        m_dispatcher->setShellGuard(m_shellGuard);
     }
 
     void warnIfUnrestricted() {
@@ -241,6 +254,7 @@ private:
         s.scheduler = m_scheduler;
         s.allowedDirs = m_profile.allowedDirs;
         if (!m_profile.allowedDirs.empty()) s.guardLayers = {"cwd-check"};
+        if (!m_shellGuard.empty()) s.guardLayers.push_back("shell-wrappers (bash, advisory)");
         if (m_landlock) s.guardLayers.push_back(m_landlock->describe());
         s.runningExecs = static_cast<unsigned>(m_exec.running());
         s.activeSessions = static_cast<unsigned>(m_pty->count());
@@ -291,6 +305,7 @@ private:
     asio::signal_set m_signals;
     asio::steady_timer m_shutdownTimer;
     std::unique_ptr<LandlockPolicy> m_landlock;
+    fs::path m_shellGuard;
     bool m_landlockWarned = false;
     std::unique_ptr<Dispatcher> m_dispatcher;
     std::unique_ptr<PtyService> m_pty;

@@ -1,5 +1,7 @@
 #include "dispatch.hpp"
 
+#include "guard/shell_guard.hpp"
+
 #include "log.hpp"
 #include "util.hpp"
 
@@ -188,7 +190,7 @@ bool Dispatcher::handlePty(const protocol::Envelope& env) {
                                 .value_or(userShell && *userShell ? userShell
                                           : ::access("/bin/bash", X_OK) == 0 ? "/bin/bash" : "/bin/sh");
         if (shell.empty()) throw Error(ErrorCode::BadRequest, "\"shell\" is empty");
-        r.argv = {shell};
+        r.argv = guardedShell(shell, m_shellGuard);
         r.agentId = agent;
         r.credit = static_cast<std::uint64_t>(protocol::optInt(p, "credit", 1, 64 << 20).value_or(0));
         auto info = m_pty->open(r);

@@ -39,6 +39,8 @@ public:
         m_landlockRuleset = landlockRuleset;
         m_confinedEnv = std::move(env);
     }
+    /// The bash rc file with the advisory wrappers; empty for none.
+    void setShellGuard(std::filesystem::path file) { m_shellGuard = std::move(file); }
     void onBinary(std::string_view data);
 
     /// Turns an exec payload into a request. Throws hpc::Error(BadRequest,
@@ -60,6 +62,7 @@ private:
     std::function<void(Store::AuditEntry)> m_audit;
     int m_landlockRuleset = -1;
     std::vector<std::string> m_confinedEnv;
+    std::filesystem::path m_shellGuard;
 };
 
 }  // namespace hpc::daemon
