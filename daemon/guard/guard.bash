@@ -14,8 +14,9 @@ __hpc_resolve() { realpath -m -- "$1" 2>/dev/null || printf '%s\n' "$1"; }
 
 __hpc_inside() {
     local p d
+    case $1 in /dev/null|/dev/zero|/dev/tty|/dev/stdout|/dev/stderr|/dev/fd/*|/proc/self/fd/*) return 0 ;; esac
     p=$(__hpc_resolve "$1")
-    case $p in /dev/null|/dev/tty|/dev/stdout|/dev/stderr|/dev/fd/*|/proc/self/fd/*) return 0 ;; esac
+    case $p in /dev/null|/dev/zero|/dev/tty|/dev/pts/*|/dev/shm/*) return 0 ;; esac
     if [ -n "$TMPDIR" ] && [[ $p == "$TMPDIR" || $p == "$TMPDIR"/* ]]; then return 0; fi
     for d in "${__hpc_allowed_dirs[@]}"; do
         [[ $p == "$d" || $p == "$d"/* ]] && return 0

@@ -184,8 +184,11 @@ TEST_P(ShellGuard, AllowedActionsSucceed) {
     auto [out, rc] = run("rm -r " + W("s2"));
     EXPECT_EQ(rc, 0) << out;
     EXPECT_FALSE(fs::exists(W("s2")));
-    auto [nullOut, nullRc] = run("echo fine > /dev/null");
-    EXPECT_EQ(nullRc, 0) << nullOut;
+    for (const char* device : {"/dev/null", "/dev/stdout", "/dev/stderr", "/dev/tty"}) {
+        auto [devOut, devRc] = run(std::string("echo fine > ") + device);
+        EXPECT_EQ(devRc, 0) << device << "\n" << devOut;
+        EXPECT_EQ(devOut.find("hpc-daemon: blocked"), std::string::npos) << device << "\n" << devOut;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Layers, ShellGuard, ::testing::Values(false, true),
