@@ -115,6 +115,13 @@ struct ChildStdio {
         }
         if (fd < 0 || ::dup2(fd, target) < 0) fail(errno);
     }
+    for (const auto& [ours, theirs] : o.extraFds) {
+        if (ours == theirs) {
+            ::fcntl(ours, F_SETFD, 0);
+        } else if (::dup2(ours, theirs) < 0) {
+            fail(errno);
+        }
+    }
     if (!o.cwd.empty() && ::chdir(o.cwd.c_str()) != 0) fail(errno);
     if (o.landlockRuleset >= 0) {
         if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(errno);

@@ -36,6 +36,9 @@ struct SpawnOptions {
     /// stdin, stdout and stderr (in, out, err and outputFile are ignored).
     /// Needs newSession. Such children are vforked too.
     int controllingTerminal = -1;
+    /// More descriptors for the child: {ours, its number}. Only honoured
+    /// with controllingTerminal or landlockRuleset (the vfork path).
+    std::vector<std::pair<int, int>> extraFds;
 };
 
 struct SpawnedProcess {

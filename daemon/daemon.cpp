@@ -89,13 +89,13 @@ public:
                 return m_link && m_link->sendChannelData(channel, data, size);
             });
         m_dispatcher->attachPty(*m_pty);
+        m_pty->setAudit([this](const PtyInfo& session, const std::string& cwd, const std::string& command, int status) {
+            audit(Store::AuditEntry{nowEpochSeconds(), m_profile.daemonId, session.agentId,
+                                    "pty:" + std::to_string(session.channel), cwd, command, status});
+        });
         m_dispatcher->setAudit([this](Store::AuditEntry e) {
             e.daemonId = m_profile.daemonId;
-            try {
-                m_store.addAudit(e);
-            } catch (const std::exception& ex) {
-                log::error(std::string("cannot write the audit log: ") + ex.what());
-            }
+            audit(e);
         });
         applyConfinement();
     }
@@ -126,6 +126,14 @@ private:
         if (!m_profile.jobWorkdir.empty()) return m_profile.jobWorkdir;
         const char* home = std::getenv("HOME");
         return home ? home : "/";
+    }
+
+    void audit(const Store::AuditEntry& e) {
+        try {
+            m_store.addAudit(e);
+        } catch (const std::exception& ex) {
+            log::error(std::string("cannot write the audit log: ") + ex.what());
+        }
     }
 
     PtyLimits ptyLimits() const {

@@ -17,6 +17,7 @@
 #include <termios.h>
 
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <system_error>
@@ -40,10 +41,11 @@ void setWindowSize(int fd, unsigned cols, unsigned rows) {
 
 class PtySession : public std::enable_shared_from_this<PtySession> {
 public:
-    PtySession(PtyService& service, PtyInfo info, UniqueFd master, std::uint64_t credit)
+    PtySession(PtyService& service, PtyInfo info, UniqueFd master, UniqueFd audit, std::uint64_t credit)
         : m_service(service),
           m_info(std::move(info)),
           m_master(service.m_ioc, master.release()),
+          m_auditPipe(service.m_ioc, audit.release()),
           m_pidfd(service.m_ioc),
           m_idle(service.m_ioc),
           m_grace(service.m_ioc),
@@ -59,6 +61,7 @@ public:
                            });
         touch();
         doRead();
+        readAudit();
     }
 
     void write(const char* data, std::size_t size) {
@@ -134,6 +137,32 @@ private:
         doRead();
     }
 
+    /// Lines "status<TAB>cwd<TAB>command" from the shell's audit descriptor.
+    void readAudit() {
+        m_auditPipe.async_read_some(asio::buffer(m_auditBuffer),
+                                    [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
+                                        if (ec) return;  // the shell is gone
+                                        self->m_auditPending.append(self->m_auditBuffer.data(), n);
+                                        self->takeAuditLines();
+                                        self->readAudit();
+                                    });
+    }
+
+    void takeAuditLines() {
+        std::size_t nl;
+        while ((nl = m_auditPending.find('\n')) != std::string::npos) {
+            std::string line = m_auditPending.substr(0, nl);
+            m_auditPending.erase(0, nl + 1);
+            auto t1 = line.find('\t');
+            auto t2 = t1 == std::string::npos ? t1 : line.find('\t', t1 + 1);
+            if (t2 == std::string::npos || !m_service.m_audit) continue;
+            int status = std::atoi(line.substr(0, t1).c_str());
+            m_service.m_audit(m_info, line.substr(t1 + 1, t2 - t1 - 1), line.substr(t2 + 1), status);
+        }
+        // A line longer than this is not from our shell function: drop it.
+        if (m_auditPending.size() > 64 * 1024) m_auditPending.clear();
+    }
+
     void doWrite() {
         asio::async_write(m_master, asio::buffer(m_input.front()),
                           [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
@@ -173,12 +202,16 @@ private:
                                  : "signal " + std::to_string(m_status.signal.value_or(0))));
         boost::system::error_code ignored;
         m_master.close(ignored);
+        m_auditPipe.close(ignored);
         m_service.ended(m_info.channel);
     }
 
     PtyService& m_service;
     PtyInfo m_info;
     asio::posix::stream_descriptor m_master;
+    asio::posix::stream_descriptor m_auditPipe;
+    std::array<char, 4096> m_auditBuffer{};
+    std::string m_auditPending;
     asio::posix::stream_descriptor m_pidfd;
     asio::steady_timer m_idle;
     asio::steady_timer m_grace;
@@ -213,10 +246,16 @@ PtyInfo PtyService::open(const PtyOpenRequest& r) {
     setWindowSize(master.get(), r.cols, r.rows);
     setNonBlocking(master.get());
 
+    int auditFds[2];
+    if (::pipe2(auditFds, O_CLOEXEC) != 0) throw Error(ErrorCode::Internal, "cannot create the audit pipe");
+    UniqueFd auditRead(auditFds[0]), auditWrite(auditFds[1]);
+    setNonBlocking(auditRead.get());
+
     SpawnOptions o;
     o.argv = r.argv;
     o.cwd = r.cwd;
-    o.envOverrides = {"TERM=xterm-256color"};
+    o.extraFds = {{auditWrite.get(), kAuditFd}};
+    o.envOverrides = {"TERM=xterm-256color", "HPC_AUDIT_FD=" + std::to_string(kAuditFd)};
     o.envOverrides.insert(o.envOverrides.end(), r.env.begin(), r.env.end());
     o.newSession = true;
     o.controllingTerminal = slave.get();
@@ -229,9 +268,11 @@ PtyInfo PtyService::open(const PtyOpenRequest& r) {
         throw Error(ErrorCode::Internal, std::string("cannot start the shell: ") + e.what());
     }
     slave.reset();
+    auditWrite.reset();
     std::uint32_t channel = m_nextChannel++;
     PtyInfo info{channel, child.pid, r.agentId, r.cwd, nowEpochSeconds()};
-    auto session = std::make_shared<PtySession>(*this, info, std::move(master), r.credit ? r.credit : m_limits.initialCredit);
+    auto session = std::make_shared<PtySession>(*this, info, std::move(master), std::move(auditRead),
+                                                r.credit ? r.credit : m_limits.initialCredit);
     m_sessions[channel] = session;
     session->start();
     log::info("pty " + std::to_string(channel) + " opened for " + r.agentId + " in " + r.cwd + ": " + r.argv.front() +

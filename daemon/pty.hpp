@@ -57,6 +57,11 @@ public:
     using SendText = std::function<void(std::string)>;
     /// Sends output of a channel; false when the link cannot take it now.
     using SendOutput = std::function<bool(std::uint32_t channel, const char* data, std::size_t size)>;
+    /// A command line the shell reported: (channel, agent, cwd, command, status).
+    using AuditLine = std::function<void(const PtyInfo& session, const std::string& cwd, const std::string& command,
+                                         int status)>;
+    /// The descriptor number a shell writes its audit lines to (HPC_AUDIT_FD).
+    static constexpr int kAuditFd = 9;
 
     PtyService(boost::asio::io_context& ioc, PtyLimits limits, SendText sendText, SendOutput sendOutput);
     ~PtyService();
@@ -77,6 +82,7 @@ public:
     std::size_t count() const { return m_sessions.size(); }
     std::vector<PtyInfo> list() const;
     void setLimits(PtyLimits limits) { m_limits = limits; }
+    void setAudit(AuditLine audit) { m_audit = std::move(audit); }
 
 private:
     friend class PtySession;
@@ -87,6 +93,7 @@ private:
     PtyLimits m_limits;
     SendText m_sendText;
     SendOutput m_sendOutput;
+    AuditLine m_audit;
     std::map<std::uint32_t, std::shared_ptr<PtySession>> m_sessions;
     std::uint32_t m_nextChannel = 1;
 };

@@ -150,3 +150,22 @@ __hpc_redirects() {
 }
 shopt -s extdebug
 trap '__hpc_redirects' DEBUG
+
+# The audit log: after each command line, its status, directory and text go
+# to the daemon through the descriptor it gave this shell.
+if [ -n "$HPC_AUDIT_FD" ]; then
+    HISTCONTROL=
+    __hpc_audit() {
+        local rc=$? entry number
+        entry=$(HISTTIMEFORMAT= builtin history 1)
+        number=${entry%%[^0-9 ]*}
+        number=${number// /}
+        if [ -n "$__hpc_audit_last" ] && [ "$number" != "$__hpc_audit_last" ]; then
+            entry=${entry#*[0-9]  }
+            printf '%s\t%s\t%s\n' "$rc" "$PWD" "${entry//$'\n'/ }" >&"$HPC_AUDIT_FD"
+        fi
+        __hpc_audit_last=${number:-0}
+        return $rc
+    }
+    PROMPT_COMMAND="__hpc_audit${PROMPT_COMMAND:+; $PROMPT_COMMAND}"
+fi

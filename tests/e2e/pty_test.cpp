@@ -294,3 +294,27 @@ TEST_F(PtyTest, AgentShellIsAnInteractiveTerminalLikeSsh) {
     ::tcgetattr(master.get(), &after);
     EXPECT_EQ(after.c_lflag & (ICANON | ECHO), before.c_lflag & (ICANON | ECHO)) << "the terminal was not restored";
 }
+
+TEST_F(PtyTest, ShellLinesAreInTheAuditLog) {
+    start();
+    auto pty = open();
+    m_agent->ptyInput(pty.channel, "echo audited-line\r");
+    readUntil(pty.channel, contains("audited-line\r\n"));
+    m_agent->ptyInput(pty.channel, "false\r");
+    m_agent->ptyInput(pty.channel, "echo done-$((6*7))\r");
+    readUntil(pty.channel, contains("done-42\r\n"));
+    std::vector<std::string> env = {"HPC_DAEMON_HOME=" + m_h.home("p").string()};
+    std::string out;
+    ASSERT_TRUE(waitUntil([&] {
+        out = runCommand({Harness::binary("hpc-daemonctl"), "audit", "--json"}, {}, env).out;
+        return out.find("done-$((6*7))") != std::string::npos;
+    }, 10s)) << out;
+    auto entries = boost::json::parse(out).as_array();
+    ASSERT_EQ(entries.size(), 3u) << out;
+    EXPECT_EQ(entries[0].at("command").as_string(), "echo audited-line");
+    EXPECT_EQ(entries[0].at("exit_code").as_int64(), 0);
+    EXPECT_EQ(entries[0].at("session").as_string(), "pty:1") << "the daemon's own number for its first shell";
+    EXPECT_EQ(entries[0].at("cwd").as_string(), fs::canonical(m_work).string());
+    EXPECT_EQ(entries[1].at("command").as_string(), "false");
+    EXPECT_EQ(entries[1].at("exit_code").as_int64(), 1);
+}
