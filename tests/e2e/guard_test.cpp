@@ -19,23 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p);
-    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-/// Lists every path under `dir` with its content, to compare before and after.
-std::string snapshot(const fs::path& dir) {
-    std::string out;
-    for (const auto& e : fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied)) {
-        out += e.path().string();
-        if (e.is_symlink()) out += " -> " + fs::read_symlink(e.path()).string();
-        else if (e.is_regular_file()) out += " = " + slurp(e.path());
-        out += "\n";
-    }
-    return out;
-}
-
 class Confinement : public ::testing::TestWithParam<bool> {
 protected:
     void SetUp() override {
@@ -109,9 +92,9 @@ TEST_P(Confinement, WritesOutsideTheAllowedDirectoriesChangeNothing) {
         "echo x > " + homeFile,
         "echo x > " + tmpFile,
     };
-    std::string before = snapshot(m_out);
+    std::string before = snapshotTree(m_out);
     for (const auto& e : escapes) run(e);
-    std::string after = snapshot(m_out);
+    std::string after = snapshotTree(m_out);
     bool homeWritten = fs::exists(homeFile), tmpWritten = fs::exists(tmpFile);
     fs::remove(homeFile);
     fs::remove(tmpFile);

@@ -3,11 +3,11 @@
 #include "harness.hpp"
 
 #include "errors.hpp"
+#include "relay_db.hpp"
 #include "store.hpp"
 
 #include <gtest/gtest.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <termios.h>
@@ -85,18 +85,6 @@ protected:
     std::unique_ptr<agent::AgentClient> m_agent;
 };
 
-std::string sha256Hex(const std::string& data) {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_Digest(data.data(), data.size(), digest, &len, EVP_sha256(), nullptr);
-    static constexpr char kHex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned i = 0; i < len; ++i) {
-        out += kHex[digest[i] >> 4];
-        out += kHex[digest[i] & 15];
-    }
-    return out;
-}
 
 }  // namespace
 
@@ -127,7 +115,7 @@ TEST_F(PtyTest, FiftyMegabytesArriveByteExact) {
     ASSERT_NE(end, std::string::npos);
     std::string data = out.substr(begin + 1, end - begin - 1);
     EXPECT_EQ(data.size(), 50000000u);
-    EXPECT_EQ(sha256Hex(data), expected);
+    EXPECT_EQ(relay::sha256Hex(data), expected);
 }
 
 TEST_F(PtyTest, SttySizeShowsTheOpenedAndTheResizedSize) {

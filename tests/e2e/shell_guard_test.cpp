@@ -21,22 +21,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string slurp(const fs::path& p) {
-    std::ifstream in(p);
-    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-std::string snapshot(const fs::path& dir) {
-    std::string out;
-    for (const auto& e : fs::recursive_directory_iterator(dir)) {
-        out += e.path().string();
-        if (e.is_symlink()) out += " -> " + fs::read_symlink(e.path()).string();
-        else if (e.is_regular_file()) out += " = " + slurp(e.path());
-        out += "\n";
-    }
-    return out;
-}
-
 struct Case {
     std::string command;
     bool kernelOnly = false;  ///< wrappers cannot see it
@@ -138,14 +122,14 @@ TEST_P(ShellGuard, BlockedActionsChangeNothingOutsideTheAllowedDirectory) {
         {"/usr/bin/env touch " + O("env-touch"), true},
         {"install -m 644 /dev/null " + O("installed"), true},
     };
-    std::string before = snapshot(m_o);
+    std::string before = snapshotTree(m_o);
     int checked = 0;
     for (const auto& c : cases) {
         if (c.kernelOnly && !landlock) continue;
         auto [out, rc] = run(c.command);
         ++checked;
-        EXPECT_EQ(snapshot(m_o), before) << "escaped: " << c.command << "\n" << out;
-        before = snapshot(m_o);  // report each escape once
+        EXPECT_EQ(snapshotTree(m_o), before) << "escaped: " << c.command << "\n" << out;
+        before = snapshotTree(m_o);  // report each escape once
         if (!c.kernelOnly) {
             EXPECT_NE(out.find("hpc-daemon: blocked"), std::string::npos) << "no explanation for: " << c.command << "\n" << out;
         }

@@ -17,8 +17,6 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 namespace hpc::test {
-namespace {
-
 std::string readFile(const fs::path& p) {
     std::ifstream in(p);
     std::stringstream ss;
@@ -26,7 +24,18 @@ std::string readFile(const fs::path& p) {
     return ss.str();
 }
 
-}  // namespace
+std::string snapshotTree(const fs::path& dir) {
+    std::string out;
+    for (const auto& e : fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied)) {
+        out += e.path().string();
+        if (e.is_symlink())
+            out += " -> " + fs::read_symlink(e.path()).string();
+        else if (e.is_regular_file())
+            out += " = " + readFile(e.path());
+        out += "\n";
+    }
+    return out;
+}
 
 bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
     auto deadline = Clock::now() + timeout;

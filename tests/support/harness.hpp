@@ -18,6 +18,12 @@
 
 namespace hpc::test {
 
+/// A file's whole content ("" when it cannot be read).
+std::string readFile(const std::filesystem::path& path);
+/// Every path below `dir` with its content (files) or target (symlinks), one
+/// a line: compare two snapshots to see whether anything changed.
+std::string snapshotTree(const std::filesystem::path& dir);
+
 /// Polls `pred` every 10 ms until it holds or `timeout` passes.
 bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
 
