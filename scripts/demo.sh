@@ -14,6 +14,7 @@ bin=build/default
 demo=$(mktemp -d /tmp/hpc-demo-XXXXXX)
 pids=()
 cleanup() {
+  "$bin/ctl/hpc-daemonctl" stop >/dev/null 2>&1 || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$demo"
@@ -53,9 +54,8 @@ n=$(lines)
   --email researcher@example.org --url "$url" --daemon-id demo-cluster \
   --allowed-dirs "$demo/workspace" --ca-file "$demo/tls/ca.pem"
 
-say "Starting hpc-daemond"
-"$bin/daemon/hpc-daemond" --daemon-id demo-cluster --log-file "$demo/daemon.log" &
-pids+=($!)
+say "hpc-daemonctl start (systemd user unit where there is one, else detached: nohup mode)"
+"$bin/ctl/hpc-daemonctl" start
 
 say "hpc-agent login (an agent signs in as the same user)"
 n=$(lines)
@@ -66,6 +66,9 @@ for _ in $(seq 100); do
   "$bin/agent/hpc-agent" daemons --json | grep -q '"connected":true' && break; sleep 0.1
 done
 "$bin/agent/hpc-agent" daemons
+
+say "hpc-daemonctl status"
+"$bin/ctl/hpc-daemonctl" status
 
 say "hpc-agent exec demo-cluster -- uname -a"
 "$bin/agent/hpc-agent" exec demo-cluster -- uname -a
@@ -79,8 +82,18 @@ say "A command outside the allowed directory is refused"
 say "A failing command: its exit status comes back"
 "$bin/agent/hpc-agent" exec demo-cluster -c 'echo to stderr >&2; exit 3' || echo "(exit status $?)"
 
+say "Writing outside the allowed directory fails, whatever does the writing"
+"$bin/agent/hpc-agent" exec demo-cluster -c "python3 -c \"open('$demo/escape.txt', 'w')\" 2>&1 | tail -1; ls $demo/escape.txt 2>&1" || true
+
+say "hpc-agent shell demo-cluster (an interactive shell; here its input is piped)"
+printf 'echo hello from $(hostname) in $PWD\nexit 7\n' | "$bin/agent/hpc-agent" shell demo-cluster --shell /bin/sh \
+  | tr -d '\r' | grep -v '^\$ *$' || echo "(the shell exited with status $?)"
+
+say "hpc-daemonctl audit: what the agent ran"
+"$bin/ctl/hpc-daemonctl" audit -n 10
+
 if [[ $keep == 1 ]]; then
-  say "Left running. Stop with: kill ${pids[*]}; rm -rf $demo"
+  say "Left running. Stop with: HPC_DAEMON_HOME=$HPC_DAEMON_HOME $bin/ctl/hpc-daemonctl stop; kill ${pids[*]}; rm -rf $demo"
 else
   say "Done; stopping the relay and the daemon"
 fi
