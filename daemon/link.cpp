@@ -175,6 +175,10 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
             t.keep_alive_pings = false;
             ws.set_option(t);
             ws.read_message_max(16 * 1024 * 1024);
+            // A client masks what it sends, through a buffer of this size:
+            // Beast's 4 KiB default cut PTY output into 4 KiB TLS writes.
+            ws.write_buffer_bytes(256 * 1024);
+            ws.auto_fragment(false);
             ws.set_option(websocket::stream_base::decorator([key = config.apiKey](websocket::request_type& req) {
                 req.set(http::field::authorization, "Bearer " + key.reveal());
                 req.set(http::field::user_agent, "hpc-daemond/" HPC_VERSION);

@@ -85,6 +85,7 @@ public:
         t.keep_alive_pings = true;
         m_ws.set_option(t);
         m_ws.read_message_max(kMaxFrameBytes);
+        m_ws.auto_fragment(false);  // one frame per message, whatever its size
         m_ws.set_option(websocket::stream_base::decorator(
             [](websocket::response_type& res) { res.set(http::field::server, "hpc-relay/" HPC_VERSION); }));
         m_ws.async_accept(req, [self = this->shared_from_this()](beast::error_code ec) { self->onAccept(ec); });
