@@ -100,10 +100,25 @@ public:
     void hangup() { signal(SIGHUP); }
 
 private:
+    /// Notes activity. The idle timer is armed once and re-armed when it
+    /// fires early, so busy output does not reschedule a timer per read.
     void touch() {
-        m_idle.expires_after(m_service.m_limits.idleTimeout);
+        m_lastActivity = std::chrono::steady_clock::now();
+        if (!m_idleArmed) armIdle(m_service.m_limits.idleTimeout);
+    }
+
+    void armIdle(std::chrono::steady_clock::duration after) {
+        m_idleArmed = true;
+        m_idle.expires_after(after);
         m_idle.async_wait([self = shared_from_this()](boost::system::error_code ec) {
-            if (ec) return;
+            self->m_idleArmed = false;
+            if (ec || self->m_finished) return;
+            auto idleFor = std::chrono::steady_clock::now() - self->m_lastActivity;
+            auto limit = std::chrono::duration_cast<std::chrono::steady_clock::duration>(self->m_service.m_limits.idleTimeout);
+            if (idleFor < limit) {
+                self->armIdle(limit - idleFor);
+                return;
+            }
             log::info("pty " + std::to_string(self->m_info.channel) + " idle too long; hanging up");
             self->hangup();
         });
@@ -220,6 +235,8 @@ private:
     std::deque<std::string> m_input;
     std::size_t m_inputBytes = 0;
     ExitStatus m_status;
+    std::chrono::steady_clock::time_point m_lastActivity;
+    bool m_idleArmed = false;
     bool m_reading = false;
     bool m_exited = false;
     bool m_eof = false;

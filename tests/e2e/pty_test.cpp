@@ -306,3 +306,26 @@ TEST_F(PtyTest, ShellLinesAreInTheAuditLog) {
     EXPECT_EQ(entries[1].at("command").as_string(), "false");
     EXPECT_EQ(entries[1].at("exit_code").as_int64(), 1);
 }
+
+TEST_F(PtyTest, AnIdleShellIsHungUpAfterTheProfilesTimeout) {
+    {
+        auto store = Store::open(m_h.home("p"));
+        auto profile = *store.profile("p");
+        profile.idleTimeoutSeconds = 2;
+        store.saveProfile(profile);
+    }
+    start();
+    auto pty = open();
+    // Activity keeps it open past the timeout...
+    for (int i = 0; i < 3; ++i) {
+        m_agent->ptyInput(pty.channel, "echo tick-" + std::to_string(i) + "\r");
+        readUntil(pty.channel, contains("tick-" + std::to_string(i) + "\r\n"), 5s);
+        std::this_thread::sleep_for(1s);
+    }
+    EXPECT_EQ(::kill(pty.pid, 0), 0) << "hung up while in use";
+    // ...silence ends it.
+    std::optional<agent::PtyEvent> exit;
+    readUntil(pty.channel, [](const std::string&) { return false; }, 15s, &exit);
+    ASSERT_TRUE(exit);
+    EXPECT_EQ(exit->signal, SIGHUP);
+}
