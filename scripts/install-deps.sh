@@ -10,6 +10,9 @@ packages=(
   libcli11-dev libsdbus-c++-dev libsdbus-c++-bin libsystemd-dev
   googletest libgtest-dev libgmock-dev
   dbus procps util-linux
+  # The tests use these programs: systemd-analyze (unit check), python3 (the
+  # confinement suites run interpreters), dbus-send (the idle benchmark).
+  systemd python3 dbus-bin
 )
 # Optional extras: clang builds the libFuzzer target; openssh-server is the
 # benchmark's peer. Pass --with-bench to include the latter.
