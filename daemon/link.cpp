@@ -3,6 +3,7 @@
 
 #include "log.hpp"
 #include "protocol.hpp"
+#include "tls_client.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
@@ -106,15 +107,8 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
     }
 
     void prepareTls() {
-        tls.set_verify_mode(ssl::verify_peer);
-        tls.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
-                        ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
-        beast::error_code ec;
-        if (!config.caFile.empty())
-            tls.load_verify_file(config.caFile, ec);
-        else
-            tls.set_default_verify_paths(ec);
-        if (ec) log::error("cannot load CA certificates " + config.caFile + ": " + ec.message());
+        if (auto ec = hpc::tls::configureClient(tls, config.caFile))
+            log::error("cannot load CA certificates " + config.caFile + ": " + ec.message());
         tlsReady = true;
     }
 
@@ -153,8 +147,7 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
         c->tcpStream().socket().set_option(tcp::no_delay(true), ignored);
         if (auto* tlsWs = std::get_if<std::unique_ptr<TlsWs>>(&c->ws)) {
             auto& stream = (*tlsWs)->next_layer();
-            if (!isIpLiteral(config.url.host)) SSL_set_tlsext_host_name(stream.native_handle(), config.url.host.c_str());
-            stream.set_verify_callback(ssl::host_name_verification(config.url.host));
+            if (!hpc::tls::expectPeer(stream, config.url.host)) return fail(c, "TLS setup", beast::error_code{}, "cannot set SNI");
             c->tcpStream().expires_after(config.connectTimeout);
             stream.async_handshake(ssl::stream_base::client,
                                    [self = shared_from_this(), c](beast::error_code ec) { self->onTlsHandshake(c, ec); });
@@ -369,7 +362,6 @@ Link::~Link() { m_impl->stop(); }
 void Link::start() { asio::post(m_impl->ioc, [impl = m_impl] { impl->connect(); }); }
 void Link::stop() { m_impl->stop(); }
 bool Link::sendText(std::string text) { return m_impl->enqueue(m_impl->conn, Outgoing{std::move(text), false}); }
-bool Link::sendBinary(std::string data) { return m_impl->enqueue(m_impl->conn, Outgoing{std::move(data), true}); }
 
 bool Link::sendChannelData(std::uint32_t channel, const char* data, std::size_t size) {
     auto& c = m_impl->conn;

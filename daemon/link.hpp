@@ -61,7 +61,6 @@ public:
     /// Queues a text frame. False (and nothing queued) when the link is down
     /// or the queue is full; callers keep what must not be lost elsewhere.
     bool sendText(std::string text);
-    bool sendBinary(std::string data);
     /// Queues PTY output for `channel` as a binary frame. Output queued behind
     /// a write in flight is coalesced into one frame per channel (up to
     /// 1 MiB), so a busy link sends fewer, larger frames; nothing is delayed.

@@ -5,6 +5,7 @@
 #include "ws_client.hpp"
 
 #include "errors.hpp"
+#include "tls_client.hpp"
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -56,16 +57,10 @@ bool runUntil(asio::io_context& ioc, const bool& done, Clock::time_point deadlin
 }
 
 void configureTls(ssl::context& ctx, const ClientOptions& options, const Url& base) {
-    ctx.set_verify_mode(ssl::verify_peer);
-    ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
-                    ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1);
-    beast::error_code ec;
-    if (!options.caFile.empty()) {
-        ctx.load_verify_file(options.caFile, ec);
-        if (ec) throw Error(ErrorCode::BadRequest, "cannot load CA file " + options.caFile + ": " + ec.message());
-    } else {
-        ctx.set_default_verify_paths(ec);
-        if (ec) unreachable(base, "loading the system CA store", ec.message());
+    if (auto ec = tls::configureClient(ctx, options.caFile)) {
+        if (!options.caFile.empty())
+            throw Error(ErrorCode::BadRequest, "cannot load CA file " + options.caFile + ": " + ec.message());
+        unreachable(base, "loading the system CA store", ec.message());
     }
 }
 
@@ -86,9 +81,7 @@ void openStream(asio::io_context& ioc, Stream& stream, const Url& base, Clock::t
     if (ec) unreachable(base, "connect", ec.message());
     tcpStream.socket().set_option(tcp::no_delay(true), ec);
     if constexpr (std::is_same_v<Stream, TlsStream>) {
-        if (!isIpLiteral(base.host) && !SSL_set_tlsext_host_name(stream.native_handle(), base.host.c_str()))
-            unreachable(base, "TLS setup", "cannot set SNI");
-        stream.set_verify_callback(ssl::host_name_verification(base.host));
+        if (!tls::expectPeer(stream, base.host)) unreachable(base, "TLS setup", "cannot set SNI");
         done = false;
         stream.async_handshake(ssl::stream_base::client, [&](beast::error_code e) {
             ec = e;
