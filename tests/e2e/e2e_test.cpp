@@ -178,12 +178,7 @@ TEST_F(EndToEnd, AnAgentCannotReachAnotherUsersDaemon) {
 }
 
 TEST_F(EndToEnd, ABadApiKeyIsRefusedAndRetriedSlowly) {
-    {
-        auto store = Store::open(m_h->home("d1"));
-        auto p = *store.profile("d1");
-        p.apiKey = Secret("hpcd_not_a_real_key");
-        store.saveProfile(p);
-    }
+    m_h->editProfile("d1", [](Profile& p) { p.apiKey = Secret("hpcd_not_a_real_key"); });
     m_h->startDaemon("d1", {"--reconnect-max-seconds", "0.2"});
     ASSERT_TRUE(waitUntil([&] { return m_h->daemonLog("d1").find("refused") != std::string::npos; }, 10s))
         << m_h->daemonLog("d1");

@@ -191,12 +191,7 @@ TEST_F(PtyTest, WithoutCreditTheProgramBlocksAndTheDaemonDoesNotGrow) {
 }
 
 TEST_F(PtyTest, TheSessionLimitIsEnforcedWithAClearError) {
-    {
-        auto store = Store::open(m_h.home("p"));
-        auto profile = *store.profile("p");
-        profile.maxSessions = 2;
-        store.saveProfile(profile);
-    }
+    m_h.editProfile("p", [](Profile& p) { p.maxSessions = 2; });
     start();
     open();
     open();
@@ -308,12 +303,7 @@ TEST_F(PtyTest, ShellLinesAreInTheAuditLog) {
 }
 
 TEST_F(PtyTest, AnIdleShellIsHungUpAfterTheProfilesTimeout) {
-    {
-        auto store = Store::open(m_h.home("p"));
-        auto profile = *store.profile("p");
-        profile.idleTimeoutSeconds = 2;
-        store.saveProfile(profile);
-    }
+    m_h.editProfile("p", [](Profile& p) { p.idleTimeoutSeconds = 2; });
     start();
     auto pty = open();
     // Activity keeps it open past the timeout...

@@ -2,6 +2,7 @@
 
 #include "errors.hpp"
 #include "platform_client.hpp"
+#include "store.hpp"
 
 #include <poll.h>
 #include <signal.h>
@@ -46,8 +47,13 @@ bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds time
     }
 }
 
-CommandResult runCommand(const std::vector<std::string>& argv, const std::string& input,
-                         const std::vector<std::string>& env, std::chrono::milliseconds timeout) {
+namespace {
+
+/// Starts argv with pipes, writes what `feed` returns to its stdin (called
+/// once the child runs), closes stdin, and collects stdout and stderr until
+/// the child ends (bounded by `timeout`).
+CommandResult runFed(const std::vector<std::string>& argv, const std::vector<std::string>& env,
+                     const std::function<std::string()>& feed, std::chrono::milliseconds timeout) {
     SpawnOptions o;
     o.argv = argv;
     o.envOverrides = env;
@@ -56,14 +62,13 @@ CommandResult runCommand(const std::vector<std::string>& argv, const std::string
     o.err = Stdio::Pipe;
     auto p = spawn(o);
     ChildGuard guard(p.pid);
-    if (!input.empty()) {
-        // Small inputs only: a pipe buffer holds them whole.
-        if (::write(p.stdinFd.get(), input.data(), input.size()) != static_cast<ssize_t>(input.size()))
-            throw std::runtime_error("short write to the child's stdin");
-    }
+    auto deadline = Clock::now() + timeout;
+    std::string input = feed ? feed() : std::string();
+    // Small inputs only: a pipe buffer holds them whole.
+    if (!input.empty() && ::write(p.stdinFd.get(), input.data(), input.size()) != static_cast<ssize_t>(input.size()))
+        throw std::runtime_error("short write to the child's stdin");
     p.stdinFd.reset();
     CommandResult r;
-    auto deadline = Clock::now() + timeout;
     pollfd fds[2] = {{p.stdoutFd.get(), POLLIN, 0}, {p.stderrFd.get(), POLLIN, 0}};
     std::string* sinks[2] = {&r.out, &r.err};
     int open = 2;
@@ -89,6 +94,13 @@ CommandResult runCommand(const std::vector<std::string>& argv, const std::string
     }
     r.status = status->code ? *status->code : 128 + status->signal.value_or(0);
     return r;
+}
+
+}  // namespace
+
+CommandResult runCommand(const std::vector<std::string>& argv, const std::string& input,
+                         const std::vector<std::string>& env, std::chrono::milliseconds timeout) {
+    return runFed(argv, env, [&input] { return input; }, timeout);
 }
 
 std::string Harness::binary(const std::string& name) {
@@ -226,29 +238,21 @@ CommandResult Harness::runTypingCode(const std::vector<std::string>& argv, const
                                      const std::string& email, const std::string& afterCode,
                                      const std::function<void()>& beforeCode) {
     std::size_t before = codeLines();
-    SpawnOptions o;
-    o.argv = argv;
-    o.envOverrides = env;
-    o.in = Stdio::Pipe;
-    o.out = Stdio::Pipe;
-    o.err = Stdio::Pipe;
-    auto p = spawn(o);
-    ChildGuard guard(p.pid);
-    std::string input = waitForCode(email, before) + "\n" + afterCode;
-    if (beforeCode) beforeCode();
-    // Small inputs only: a pipe buffer holds them whole.
-    if (::write(p.stdinFd.get(), input.data(), input.size()) != static_cast<ssize_t>(input.size()))
-        throw std::runtime_error("cannot type the code");
-    p.stdinFd.reset();
-    CommandResult r;
-    auto status = guard.waitFor(std::chrono::seconds(30));
-    if (!status) throw std::runtime_error("the command did not finish: " + argv.front());
-    r.status = status->code.value_or(128 + status->signal.value_or(0));
-    char buf[65536];
-    ssize_t n;
-    while ((n = ::read(p.stdoutFd.get(), buf, sizeof buf)) > 0) r.out.append(buf, static_cast<std::size_t>(n));
-    while ((n = ::read(p.stderrFd.get(), buf, sizeof buf)) > 0) r.err.append(buf, static_cast<std::size_t>(n));
-    return r;
+    return runFed(
+        argv, env,
+        [&] {
+            std::string input = waitForCode(email, before) + "\n" + afterCode;
+            if (beforeCode) beforeCode();
+            return input;
+        },
+        std::chrono::seconds(30));
+}
+
+void Harness::editProfile(const std::string& daemonId, const std::function<void(Profile&)>& edit) {
+    auto store = Store::open(home(daemonId));
+    auto profile = selectProfile(store, daemonId);
+    edit(profile);
+    store.saveProfile(profile);
 }
 
 void Harness::startDaemon(const std::string& daemonId, const std::vector<std::string>& extra) {

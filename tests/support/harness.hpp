@@ -7,6 +7,7 @@
 #include "agent_client.hpp"
 #include "process.hpp"
 #include "secret.hpp"
+#include "store.hpp"
 
 #include <chrono>
 #include <filesystem>
@@ -74,6 +75,8 @@ public:
     CommandResult runTypingCode(const std::vector<std::string>& argv, const std::vector<std::string>& env,
                                 const std::string& email, const std::string& afterCode = {},
                                 const std::function<void()>& beforeCode = {});
+    /// Changes a stored profile (before its daemon starts, or then Reload).
+    void editProfile(const std::string& daemonId, const std::function<void(Profile&)>& edit);
     std::filesystem::path home(const std::string& daemonId) const { return m_dir / ("home-" + daemonId); }
 
     /// Starts hpc-daemond for a profile made by setupDaemon.
