@@ -14,10 +14,12 @@ packages=(
   # confinement suites run interpreters), dbus-send (the idle benchmark).
   systemd python3 dbus-bin
 )
-# Optional extras: clang builds the libFuzzer target; openssh-server is the
-# benchmark's peer. Pass --with-bench to include the latter.
+# Optional extras: clang builds the libFuzzer target (--with-fuzz);
+# openssh-server is the benchmark's peer (--with-bench); slurm-wlm and munge
+# make the single-node cluster of the job tests (--with-slurm).
 [[ " $* " == *" --with-bench "* ]] && packages+=(openssh-server openssh-client)
 [[ " $* " == *" --with-fuzz "* ]] && packages+=(clang)
+[[ " $* " == *" --with-slurm "* ]] && packages+=(slurm-wlm munge)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -14,3 +14,6 @@ printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nex
 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 \
   -extfile ext.cnf -out cert.pem 2>/dev/null
 rm -f server.csr ext.cnf ca.srl
+# Certificates are public (a daemon running as another user reads ca.pem);
+# the keys stay 0600.
+chmod 0644 ca.pem cert.pem
