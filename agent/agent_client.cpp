@@ -96,6 +96,9 @@ json::object AgentClient::request(const std::string& daemonId, const std::string
         auto* reply = std::get_if<protocol::Envelope>(&parsed);
         bool ours = reply && reply->isResponse() && (reply->replyTo == id || reply->replyTo.empty());
         if (!ours) {
+            bool isCallback = false;
+            if (auto cb = callbackIn(*frame, isCallback)) m_callbacks.push_back(std::move(*cb));
+            if (isCallback) continue;
             // PTY output and events wait for nextPtyEvent().
             if (reply && reply->isResponse() && m_unanswered.erase(reply->replyTo)) continue;
             m_backlog.push_back(std::move(*frame));
@@ -175,6 +178,11 @@ std::optional<PtyEvent> AgentClient::nextPtyEvent(std::chrono::milliseconds time
             if (!env->ok && env->replyTo.empty()) throw Error(env->errorCode, env->errorMessage);
             continue;
         }
+        if (env->type == "job.completed") {
+            bool isCallback = false;
+            if (auto cb = callbackIn(*frame, isCallback)) m_callbacks.push_back(std::move(*cb));
+            continue;
+        }
         if (env->type == "pty.exit") {
             PtyEvent e;
             e.kind = PtyEvent::Kind::Exit;
@@ -189,6 +197,144 @@ std::optional<PtyEvent> AgentClient::nextPtyEvent(std::chrono::milliseconds time
 
 ExecOutcome AgentClient::exec(const std::string& daemonId, const ExecSpec& spec, std::chrono::milliseconds timeout) {
     return ExecOutcome::fromResult(request(daemonId, "exec", spec.toPayload(), timeout));
+}
+
+json::object JobSpec::toPayload() const {
+    json::object p{{"script", script}};
+    if (name) p["name"] = *name;
+    if (cwd) p["cwd"] = *cwd;
+    if (!sbatchArgs.empty()) {
+        json::array a;
+        for (const auto& s : sbatchArgs) a.emplace_back(s);
+        p["sbatch_args"] = std::move(a);
+    }
+    if (!env.empty()) {
+        json::object e;
+        for (const auto& [k, v] : env) e[k] = v;
+        p["env"] = std::move(e);
+    }
+    if (timeLimitSeconds) p["time_limit"] = *timeLimitSeconds;
+    if (context) p["callback"] = json::object{{"context", *context}};
+    return p;
+}
+
+JobCallback JobCallback::fromPayload(const std::string& daemonId, const json::object& p) {
+    JobCallback c;
+    c.daemonId = daemonId;
+    c.callbackId = protocol::optString(p, "callback_id").value_or("");
+    c.jobId = protocol::optString(p, "job_id").value_or("");
+    c.state = protocol::optString(p, "state").value_or("");
+    c.exitCode = optionalInt(p, "exit_code");
+    c.signal = optionalInt(p, "signal");
+    c.stdoutTail = decoded(p, "stdout_tail");
+    c.stderrTail = decoded(p, "stderr_tail");
+    c.raw = p;
+    return c;
+}
+
+json::object AgentClient::submitJob(const std::string& daemonId, const JobSpec& spec, std::chrono::milliseconds timeout) {
+    return request(daemonId, "job.submit", spec.toPayload(), timeout);
+}
+
+json::object AgentClient::jobStatus(const std::string& daemonId, const std::string& jobId) {
+    return request(daemonId, "job.status", {{"job_id", jobId}}, std::chrono::seconds(60));
+}
+
+json::object AgentClient::cancelJob(const std::string& daemonId, const std::string& jobId) {
+    return request(daemonId, "job.cancel", {{"job_id", jobId}}, std::chrono::seconds(60));
+}
+
+json::array AgentClient::listJobs(const std::string& daemonId, int limit) {
+    auto r = request(daemonId, "job.list", {{"limit", limit}}, std::chrono::seconds(60));
+    auto* jobs = r.if_contains("jobs");
+    return jobs && jobs->is_array() ? jobs->get_array() : json::array{};
+}
+
+std::vector<JobCallback> AgentClient::storedCallbacks(const std::string& daemonId, const std::string& jobId) {
+    json::object p;
+    if (!jobId.empty()) p["job_id"] = jobId;
+    auto r = request(daemonId, "callback.list", std::move(p), std::chrono::seconds(60));
+    std::vector<JobCallback> out;
+    if (auto* list = r.if_contains("callbacks"); list && list->is_array())
+        for (const auto& v : list->get_array())
+            if (v.is_object())
+                out.push_back(JobCallback::fromPayload(protocol::optString(v.get_object(), "daemon_id").value_or(daemonId),
+                                                       v.get_object()));
+    return out;
+}
+
+void AgentClient::ackCallback(const std::string& callbackId) {
+    request("", "callback.ack", {{"callback_id", callbackId}}, std::chrono::seconds(60));
+}
+
+std::optional<JobCallback> AgentClient::callbackIn(const net::WsFrame& frame, bool& isCallback) {
+    isCallback = false;
+    if (frame.binary) return std::nullopt;
+    auto parsed = protocol::parse(frame.data, protocol::kMaxResponseBytes);
+    auto* env = std::get_if<protocol::Envelope>(&parsed);
+    if (!env || env->type != "job.completed") return std::nullopt;
+    isCallback = true;
+    auto cb = JobCallback::fromPayload(env->daemonId, env->payload);
+    if (cb.callbackId.empty() || !m_seenCallbacks.insert(cb.callbackId).second) return std::nullopt;
+    return cb;
+}
+
+std::optional<JobCallback> AgentClient::nextCallback(std::chrono::milliseconds timeout) {
+    // Frames put aside while waiting for responses may hold callbacks.
+    for (auto it = m_backlog.begin(); it != m_backlog.end();) {
+        bool isCallback = false;
+        if (auto cb = callbackIn(*it, isCallback)) m_callbacks.push_back(std::move(*cb));
+        it = isCallback ? m_backlog.erase(it) : std::next(it);
+    }
+    auto deadline = Clock::now() + timeout;
+    while (m_callbacks.empty()) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        if (left.count() <= 0) return std::nullopt;
+        auto frame = m_ws->read(left);
+        if (!frame) continue;
+        bool isCallback = false;
+        if (auto cb = callbackIn(*frame, isCallback)) m_callbacks.push_back(std::move(*cb));
+        if (!isCallback) m_backlog.push_back(std::move(*frame));
+    }
+    auto cb = std::move(m_callbacks.front());
+    m_callbacks.pop_front();
+    return cb;
+}
+
+std::optional<JobCallback> AgentClient::waitForJob(const std::string& daemonId, const std::string& jobId,
+                                                   std::chrono::milliseconds timeout) {
+    auto matches = [&](const JobCallback& c) { return c.jobId == jobId && (daemonId.empty() || c.daemonId == daemonId); };
+    // Already pushed on this connection?
+    for (auto it = m_callbacks.begin(); it != m_callbacks.end(); ++it)
+        if (matches(*it)) {
+            auto cb = std::move(*it);
+            m_callbacks.erase(it);
+            return cb;
+        }
+    // Stored by the platform (perhaps acknowledged long ago)?
+    for (auto& cb : storedCallbacks(daemonId, jobId)) {
+        if (!matches(cb)) continue;
+        m_seenCallbacks.insert(cb.callbackId);
+        std::erase_if(m_callbacks, [&](const JobCallback& c) { return c.callbackId == cb.callbackId; });
+        return cb;
+    }
+    // Not yet: every new callback for this agent is pushed from here on.
+    auto deadline = Clock::now() + timeout;
+    std::deque<JobCallback> others;
+    std::optional<JobCallback> found;
+    while (!found) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        if (left.count() <= 0) break;
+        auto cb = nextCallback(left);
+        if (!cb) break;
+        if (matches(*cb))
+            found = std::move(cb);
+        else
+            others.push_back(std::move(*cb));
+    }
+    // Others stay for nextCallback().
+    m_callbacks.insert(m_callbacks.begin(), others.begin(), others.end());
+    return found;
 }
 
 }  // namespace hpc::agent

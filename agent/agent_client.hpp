@@ -81,6 +81,36 @@ struct PtyEvent {
     std::string error;             ///< Exit: set when the session was lost, not ended
 };
 
+/// What job.submit asks for.
+struct JobSpec {
+    std::string script;
+    std::optional<std::string> name;
+    std::optional<std::string> cwd;
+    std::vector<std::string> sbatchArgs;
+    std::vector<std::pair<std::string, std::string>> env;
+    std::optional<double> timeLimitSeconds;
+    std::optional<boost::json::value> context;  ///< returned in the job's callback
+    boost::json::object toPayload() const;
+};
+
+/// A job's wake-on-complete callback, as the platform delivers it.
+struct JobCallback {
+    std::string daemonId;
+    std::string callbackId;
+    std::string jobId;
+    std::string state;
+    std::optional<int> exitCode;
+    std::optional<int> signal;
+    std::string stdoutTail;
+    std::string stderrTail;
+    boost::json::object raw;
+    static JobCallback fromPayload(const std::string& daemonId, const boost::json::object& payload);
+};
+
+/// Synchronous: frames are read only inside its calls. The platform closes a
+/// connection that answers no keep-alive ping for its idle limit (60 s by
+/// default), so a client kept idle longer than that must reconnect; the
+/// calls that wait (waitForJob, nextCallback, nextPtyEvent) read all along.
 class AgentClient {
 public:
     /// Connects to /hpc/agent/ws. Throws hpc::Error (Unauthorized, Unavailable).
@@ -108,6 +138,27 @@ public:
     /// The next output or exit on any channel, or nullopt after `timeout`.
     std::optional<PtyEvent> nextPtyEvent(std::chrono::milliseconds timeout);
 
+    // ---- Jobs ----
+    /// Returns job.submit's result (job_id, backend, scheduler_id, state, paths).
+    boost::json::object submitJob(const std::string& daemonId, const JobSpec& spec,
+                                  std::chrono::milliseconds timeout = std::chrono::minutes(2));
+    /// job.status: the job with the tails of its output.
+    boost::json::object jobStatus(const std::string& daemonId, const std::string& jobId);
+    boost::json::object cancelJob(const std::string& daemonId, const std::string& jobId);
+    boost::json::array listJobs(const std::string& daemonId, int limit = 100);
+    /// Callbacks the platform holds for this agent (for `daemonId` and
+    /// `jobId` when not empty), acknowledged or not.
+    std::vector<JobCallback> storedCallbacks(const std::string& daemonId, const std::string& jobId);
+    /// Tells the platform this callback has been handled: not sent again.
+    void ackCallback(const std::string& callbackId);
+    /// The next callback pushed by the platform (each callback id once per
+    /// connection), or nullopt after `timeout`. Frames for PTYs are kept.
+    std::optional<JobCallback> nextCallback(std::chrono::milliseconds timeout);
+    /// The job's callback: at once when the platform already has it, else
+    /// when it arrives; nullopt after `timeout`.
+    std::optional<JobCallback> waitForJob(const std::string& daemonId, const std::string& jobId,
+                                          std::chrono::milliseconds timeout);
+
     /// The underlying connection, for tests that send raw frames.
     net::WsClient& ws() { return *m_ws; }
     /// A fresh request id.
@@ -122,6 +173,10 @@ private:
     std::uint64_t m_seq = 0;
     std::deque<net::WsFrame> m_backlog;
     std::set<std::string> m_unanswered;  ///< ids of fire-and-forget requests
+    /// A pushed job.completed event from this frame, if it is one (and new).
+    std::optional<JobCallback> callbackIn(const net::WsFrame& frame, bool& isCallback);
+    std::deque<JobCallback> m_callbacks;    ///< pushed callbacks not yet taken
+    std::set<std::string> m_seenCallbacks;  ///< callback ids already taken or queued
 };
 
 }  // namespace hpc::agent

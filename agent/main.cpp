@@ -131,6 +131,36 @@ int runExec(const Common& c, const std::string& daemonId, agent::ExecSpec spec, 
     return outcome.shellStatus();
 }
 
+std::string str(const json::object& o, const char* key) {
+    auto* v = o.if_contains(key);
+    if (!v || v->is_null()) return "-";
+    if (v->is_string()) return std::string(v->get_string());
+    return json::serialize(*v);
+}
+
+std::string readScript(const std::string& path) {
+    std::ostringstream text;
+    if (path == "-") {
+        text << std::cin.rdbuf();
+    } else {
+        std::ifstream in(path, std::ios::binary);
+        if (!in) throw Error(ErrorCode::BadRequest, "cannot read the script " + path);
+        text << in.rdbuf();
+    }
+    if (text.str().empty()) throw Error(ErrorCode::BadRequest, "the script " + path + " is empty");
+    return text.str();
+}
+
+/// One line for a callback: daemon, job, state, exit.
+std::string describe(const agent::JobCallback& cb) {
+    std::string how = cb.exitCode ? "exit " + std::to_string(*cb.exitCode)
+                      : cb.signal ? "signal " + std::to_string(*cb.signal)
+                                  : "no exit code";
+    return cb.daemonId + " " + cb.jobId + " " + cb.state + " (" + how + ")";
+}
+
+constexpr int kExitWaitTimedOut = 254;
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -139,8 +169,8 @@ int main(int argc, char** argv) {
         "The platform URL, token and CA come from --url/--token-file/--ca-file or HPC_AGENT_URL,\n"
         "HPC_AGENT_TOKEN, HPC_AGENT_CA. (There is no --token flag: a token on a command line is visible\n"
         "to every user of the machine.)"};
-    app.footer("Exit status: exec returns the remote command's status (128+N for signal N); 255 means hpc-agent "
-               "itself failed.");
+    app.footer("Exit status: exec returns the remote command's status (128+N for signal N); wait returns 0 for a "
+               "COMPLETED job, 1 for any other final state, 254 on --timeout; 255 means hpc-agent itself failed.");
     app.require_subcommand(1);
     Common common;
 
@@ -179,8 +209,162 @@ int main(int argc, char** argv) {
                      "Exits with the remote shell's status.");
     addCommon(shellCmd, common);
 
+    // ---- jobs ----
+    std::string jobDaemon, jobId;
+    bool jobJson = false;
+    auto* submit = app.add_subcommand(
+        "submit", "Submit a batch job: hpc-agent submit DAEMON SCRIPT [-- SBATCH-OPTIONS...]; prints the job id");
+    std::string scriptPath, jobName, jobCwd, contextJson;
+    std::vector<std::string> sbatchArgs, jobEnv;
+    double timeLimit = 0;
+    submit->add_option("daemon", jobDaemon, "daemon id")->required();
+    submit->add_option("script", scriptPath, "the job's script (\"-\": standard input)")->required();
+    submit->add_option("sbatch", sbatchArgs, "options for sbatch after -- (SLURM daemons only; long options as --name=value)");
+    submit->add_option("--name", jobName, "job name");
+    submit->add_option("--cwd", jobCwd, "working directory (default: the daemon's job directory)");
+    submit->add_option("--time-limit", timeLimit, "seconds after which the job is stopped (TIMEOUT); SLURM rounds up to minutes")
+        ->check(CLI::PositiveNumber);
+    submit->add_option("--env", jobEnv, "NAME=value for the job's environment (repeatable)");
+    submit->add_option("--context", contextJson, "JSON returned with the job's callback");
+    submit->add_flag("--json", jobJson, "print the full result as JSON");
+    addCommon(submit, common);
+
+    auto* jobs = app.add_subcommand("jobs", "List your jobs on a daemon, newest first");
+    int jobsLimit = 100;
+    jobs->add_option("daemon", jobDaemon, "daemon id")->required();
+    jobs->add_option("--limit", jobsLimit, "at most this many")->check(CLI::Range(1, 10000))->capture_default_str();
+    jobs->add_flag("--json", jobJson, "print JSON");
+    addCommon(jobs, common);
+
+    auto* status = app.add_subcommand("status", "Show one of your jobs with the end of its output");
+    status->add_option("daemon", jobDaemon, "daemon id")->required();
+    status->add_option("job", jobId, "job id")->required();
+    status->add_flag("--json", jobJson, "print JSON");
+    addCommon(status, common);
+
+    auto* cancel = app.add_subcommand("cancel", "Cancel one of your jobs (scancel, or TERM then KILL for local jobs)");
+    cancel->add_option("daemon", jobDaemon, "daemon id")->required();
+    cancel->add_option("job", jobId, "job id")->required();
+    addCommon(cancel, common);
+
+    auto* waitCmd = app.add_subcommand(
+        "wait", "Block until a job's callback arrives (at once if it already has); prints its state and output tails");
+    double waitTimeout = 0;
+    waitCmd->add_option("daemon", jobDaemon, "daemon id")->required();
+    waitCmd->add_option("job", jobId, "job id")->required();
+    waitCmd->add_option("--timeout", waitTimeout, "give up after this many seconds (default: wait forever)")
+        ->check(CLI::PositiveNumber);
+    waitCmd->add_flag("--json", jobJson, "print the callback as JSON");
+    waitCmd->footer("Exit status: 0 when the job COMPLETED, 1 when it ended in any other state, 254 when --timeout "
+                    "passed first, 255 when hpc-agent failed.");
+    addCommon(waitCmd, common);
+
+    auto* events = app.add_subcommand(
+        "events", "Print job callbacks as they arrive (those missed while offline first), one JSON object a line");
+    int eventCount = 0;
+    double eventTimeout = 0;
+    bool noAck = false;
+    events->add_option("--count", eventCount, "stop after this many")->check(CLI::PositiveNumber);
+    events->add_option("--timeout", eventTimeout, "stop after this many seconds without one")->check(CLI::PositiveNumber);
+    events->add_flag("--no-ack", noAck, "do not acknowledge them (they are sent again next time)");
+    addCommon(events, common);
+
     CLI11_PARSE(app, argc, argv);
     try {
+        if (submit->parsed()) {
+            agent::JobSpec spec;
+            spec.script = readScript(scriptPath);
+            if (!jobName.empty()) spec.name = jobName;
+            if (!jobCwd.empty()) spec.cwd = jobCwd;
+            if (timeLimit > 0) spec.timeLimitSeconds = timeLimit;
+            spec.sbatchArgs = sbatchArgs;
+            for (const auto& e : jobEnv) {
+                auto eq = e.find('=');
+                if (eq == std::string::npos || eq == 0) throw Error(ErrorCode::BadRequest, "--env needs NAME=value");
+                spec.env.emplace_back(e.substr(0, eq), e.substr(eq + 1));
+            }
+            if (!contextJson.empty()) {
+                json::error_code ec;
+                spec.context = json::parse(contextJson, ec);
+                if (ec) throw Error(ErrorCode::BadRequest, "--context is not JSON: " + ec.message());
+            }
+            auto client = agent::AgentClient::connect(agentOptions(common));
+            auto r = client->submitJob(jobDaemon, spec);
+            if (jobJson)
+                std::cout << json::serialize(r) << "\n";
+            else
+                std::cout << str(r, "job_id") << "\n";
+            return 0;
+        }
+        if (jobs->parsed()) {
+            auto client = agent::AgentClient::connect(agentOptions(common));
+            auto list = client->listJobs(jobDaemon, jobsLimit);
+            if (jobJson) {
+                std::cout << json::serialize(list) << "\n";
+                return 0;
+            }
+            std::printf("%-18s %-10s %-5s %-8s %-10s %s\n", "JOB", "STATE", "EXIT", "BACKEND", "SCHED-ID", "NAME");
+            for (const auto& v : list) {
+                const auto& o = v.as_object();
+                std::printf("%-18s %-10s %-5s %-8s %-10s %s\n", str(o, "job_id").c_str(), str(o, "state").c_str(),
+                            str(o, "exit_code").c_str(), str(o, "backend").c_str(), str(o, "scheduler_id").c_str(),
+                            str(o, "name").c_str());
+            }
+            return 0;
+        }
+        if (status->parsed()) {
+            auto client = agent::AgentClient::connect(agentOptions(common));
+            auto r = client->jobStatus(jobDaemon, jobId);
+            if (jobJson) {
+                std::cout << json::serialize(r) << "\n";
+                return 0;
+            }
+            auto cb = agent::JobCallback::fromPayload(jobDaemon, r);
+            std::cout << str(r, "job_id") << " " << str(r, "state") << " exit " << str(r, "exit_code") << " ("
+                      << str(r, "backend") << " " << str(r, "scheduler_id") << ")\n"
+                      << "stdout: " << str(r, "stdout_path") << "\n" << cb.stdoutTail
+                      << (cb.stdoutTail.empty() || cb.stdoutTail.back() == '\n' ? "" : "\n")
+                      << "stderr: " << str(r, "stderr_path") << "\n" << cb.stderrTail;
+            return 0;
+        }
+        if (cancel->parsed()) {
+            auto client = agent::AgentClient::connect(agentOptions(common));
+            auto r = client->cancelJob(jobDaemon, jobId);
+            std::cerr << "cancel requested for " << jobId << " (it was " << str(r, "state") << ")\n";
+            return 0;
+        }
+        if (waitCmd->parsed()) {
+            auto client = agent::AgentClient::connect(agentOptions(common));
+            auto limit = waitTimeout > 0 ? std::chrono::milliseconds(static_cast<long long>(waitTimeout * 1000))
+                                         : std::chrono::milliseconds(std::chrono::hours(24 * 365));
+            auto cb = client->waitForJob(jobDaemon, jobId, limit);
+            if (!cb) {
+                std::cerr << "hpc-agent: no callback for " << jobId << " yet\n";
+                return kExitWaitTimedOut;
+            }
+            client->ackCallback(cb->callbackId);
+            if (jobJson) {
+                std::cout << json::serialize(cb->raw) << "\n";
+            } else {
+                std::cout << describe(*cb) << "\n" << cb->stdoutTail << std::flush;
+                std::cerr << cb->stderrTail << std::flush;
+            }
+            return cb->state == "COMPLETED" ? 0 : 1;
+        }
+        if (events->parsed()) {
+            auto client = agent::AgentClient::connect(agentOptions(common));
+            auto limit = eventTimeout > 0 ? std::chrono::milliseconds(static_cast<long long>(eventTimeout * 1000))
+                                          : std::chrono::milliseconds(std::chrono::hours(24 * 365));
+            for (int n = 0; eventCount == 0 || n < eventCount; ++n) {
+                auto cb = client->nextCallback(limit);
+                if (!cb) return 0;
+                json::object line = cb->raw;
+                line["daemon_id"] = cb->daemonId;
+                std::cout << json::serialize(line) << "\n" << std::flush;
+                if (!noAck) client->ackCallback(cb->callbackId);
+            }
+            return 0;
+        }
         if (shellCmd->parsed()) {
             agent::PtySpec spec;
             if (!shellCwd.empty()) spec.cwd = shellCwd;

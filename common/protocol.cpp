@@ -1,4 +1,5 @@
 #include "protocol.hpp"
+#include "util.hpp"
 
 #include <algorithm>
 
@@ -237,6 +238,39 @@ std::optional<bool> optBool(const json::object& o, std::string_view key) {
     if (!v || v->is_null()) return std::nullopt;
     if (!v->is_bool()) throw Error(ErrorCode::BadRequest, "\"" + std::string(key) + "\" must be true or false");
     return v->get_bool();
+}
+
+namespace {
+bool isValidEnvName(std::string_view n) {
+    if (n.empty() || n.size() > 256 || (n[0] >= '0' && n[0] <= '9')) return false;
+    for (char c : n)
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) return false;
+    return true;
+}
+}  // namespace
+
+std::vector<std::string> optEnv(const json::object& o, std::string_view key) {
+    std::vector<std::string> out;
+    const auto* env = o.if_contains(key);
+    if (!env || env->is_null()) return out;
+    if (!env->is_object()) throw Error(ErrorCode::BadRequest, "\"" + std::string(key) + "\" must be an object of strings");
+    for (const auto& [k, v] : env->get_object()) {
+        if (!isValidEnvName(k)) throw Error(ErrorCode::BadRequest, "invalid environment name \"" + std::string(k) + "\"");
+        if (!v.is_string()) throw Error(ErrorCode::BadRequest, "environment value of " + std::string(k) + " must be a string");
+        out.push_back(std::string(k) + "=" + std::string(v.get_string()));
+    }
+    return out;
+}
+
+void putBytes(json::object& o, std::string_view name, std::string_view data) {
+    std::string encoding = std::string(name) + "_encoding";
+    if (isValidUtf8(data)) {
+        o[name] = data;
+        o[encoding] = "utf-8";
+    } else {
+        o[name] = base64Encode(data);
+        o[encoding] = "base64";
+    }
 }
 
 }  // namespace hpc::protocol

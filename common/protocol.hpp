@@ -15,6 +15,7 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 namespace hpc::protocol {
 
@@ -90,5 +91,13 @@ std::optional<std::string> optString(const boost::json::object& o, std::string_v
 std::optional<std::int64_t> optInt(const boost::json::object& o, std::string_view key, std::int64_t min, std::int64_t max);
 std::optional<double> optNumber(const boost::json::object& o, std::string_view key, double min, double max);
 std::optional<bool> optBool(const boost::json::object& o, std::string_view key);
+
+/// An optional object of environment variables as "NAME=value" entries.
+/// Throws hpc::Error(BadRequest) for a bad name or a value that is not a string.
+std::vector<std::string> optEnv(const boost::json::object& o, std::string_view key);
+
+/// Puts bytes under `name` with `name`_encoding: the text itself when it is
+/// UTF-8 (JSON strings must be), else base64.
+void putBytes(boost::json::object& o, std::string_view name, std::string_view data);
 
 }  // namespace hpc::protocol

@@ -52,6 +52,43 @@ const std::vector<std::string_view> kMigrations = {
     );
     CREATE INDEX audit_by_daemon ON audit(daemon_id, time);
     )sql",
+    // Jobs and the outbox of their callbacks (see daemon/jobs/job_store.hpp).
+    R"sql(
+    CREATE TABLE jobs (
+        job_id           TEXT PRIMARY KEY,
+        daemon_id        TEXT NOT NULL,
+        agent_id         TEXT NOT NULL,
+        backend          TEXT NOT NULL,
+        scheduler_id     TEXT NOT NULL DEFAULT '',
+        name             TEXT NOT NULL DEFAULT '',
+        state            TEXT NOT NULL,
+        reason           TEXT NOT NULL DEFAULT '',
+        exit_code        INTEGER,
+        signal           INTEGER,
+        dir              TEXT NOT NULL,
+        cwd              TEXT NOT NULL,
+        context          TEXT NOT NULL DEFAULT 'null',
+        time_limit_s     INTEGER NOT NULL DEFAULT 0,
+        pid              INTEGER NOT NULL DEFAULT 0,
+        pid_start        INTEGER NOT NULL DEFAULT 0,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        submitted_at     REAL NOT NULL,
+        started_at       REAL NOT NULL DEFAULT 0,
+        ended_at         REAL NOT NULL DEFAULT 0,
+        updated_at       REAL NOT NULL
+    );
+    CREATE INDEX jobs_by_daemon ON jobs(daemon_id, submitted_at);
+    CREATE TABLE outbox (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        callback_id  TEXT NOT NULL UNIQUE,
+        daemon_id    TEXT NOT NULL,
+        job_id       TEXT NOT NULL,
+        payload      TEXT NOT NULL,
+        created_at   REAL NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX outbox_by_daemon ON outbox(daemon_id, seq);
+    )sql",
 };
 
 void tighten(const fs::path& file) {

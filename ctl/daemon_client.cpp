@@ -107,6 +107,26 @@ void DaemonClient::stop() {
     }
 }
 
+json::array DaemonClient::jobs() {
+    try {
+        json::array out;
+        for (const auto& j : m_impl->proxy->ListJobs()) {
+            int exitCode = j.get<6>();
+            out.push_back(json::object{{"job_id", j.get<0>()},
+                                       {"state", j.get<1>()},
+                                       {"backend", j.get<2>()},
+                                       {"scheduler_id", j.get<3>()},
+                                       {"name", j.get<4>()},
+                                       {"agent_id", j.get<5>()},
+                                       {"exit_code", exitCode >= 0 ? json::value(exitCode) : json::value(nullptr)},
+                                       {"submitted_at", j.get<7>()}});
+        }
+        return out;
+    } catch (const sdbus::Error& e) {
+        rethrow(e, "jobs");
+    }
+}
+
 bool DaemonClient::reload() {
     try {
         return m_impl->proxy->Reload();

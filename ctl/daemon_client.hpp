@@ -24,6 +24,9 @@ public:
     void stop();
     /// Returns whether the daemon reconnected.
     bool reload();
+    /// ListJobs as JSON objects (job_id, state, backend, scheduler_id, name,
+    /// agent_id, exit_code (null when none), submitted_at), newest first.
+    boost::json::array jobs();
     const std::string& address() const { return m_address; }
 
     struct Impl;

@@ -11,7 +11,7 @@ int main(int argc, char** argv) {
     using namespace hpc::ctl;
     std::vector<Command> commands{addSetupCommand(app),  addStartCommand(app), addStopCommand(app),
                                   addRestartCommand(app), addStatusCommand(app), addListCommand(app),
-                                  addLogsCommand(app),  addAuditCommand(app)};
+                                  addLogsCommand(app),  addAuditCommand(app), addJobsCommand(app)};
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -8,6 +8,7 @@
 #include "exec.hpp"
 #include "guard/landlock.hpp"
 #include "guard/shell_guard.hpp"
+#include "jobs/job_service.hpp"
 #include "link.hpp"
 #include "log.hpp"
 #include "notify.hpp"
@@ -37,21 +38,6 @@ std::string hostName() {
     return buf;
 }
 
-std::string detectScheduler() {
-    const char* local = std::getenv("LOCAL_MODE");
-    if (local && std::string(local) == "1") return "local";
-    const char* path = std::getenv("PATH");
-    std::string p = path ? path : "/usr/bin:/bin";
-    for (std::size_t start = 0; start <= p.size();) {
-        auto end = p.find(':', start);
-        std::string dir = p.substr(start, end == std::string::npos ? std::string::npos : end - start);
-        if (!dir.empty() && ::access((dir + "/sbatch").c_str(), X_OK) == 0) return "slurm";
-        if (end == std::string::npos) break;
-        start = end + 1;
-    }
-    return "local";
-}
-
 /// Written once the instance is known to be the only one; removed on exit.
 class PidFile {
 public:
@@ -79,7 +65,6 @@ public:
           m_shutdownTimer(ioc) {
         m_profile = selectProfile(m_store, options.daemonId);
         m_startedAt = nowEpochSeconds();
-        m_scheduler = detectScheduler();
         m_systemd = std::getenv("INVOCATION_ID") != nullptr || m_notifier.active();
         m_dispatcher = std::make_unique<Dispatcher>(m_exec, AllowedDirs(m_profile.allowedDirs), fallbackCwd(),
                                                     [this](std::string text) { reply(std::move(text)); });
@@ -89,6 +74,9 @@ public:
                 return m_link && m_link->sendChannelData(channel, data, size);
             });
         m_dispatcher->attachPty(*m_pty);
+        m_jobs = std::make_unique<JobService>(ioc, m_store, m_profile.daemonId, makeScheduler(),
+                                              [this](std::string text) { return m_link && m_link->sendText(std::move(text)); });
+        m_dispatcher->attachJobs(*m_jobs);
         m_pty->setAudit([this](const PtyInfo& session, const std::string& cwd, const std::string& command, int status) {
             audit(Store::AuditEntry{nowEpochSeconds(), m_profile.daemonId, session.agentId,
                                     "pty:" + std::to_string(session.channel), cwd, command, status});
@@ -113,6 +101,7 @@ public:
         log::notice("hpc-daemond " HPC_VERSION " starting: daemon " + m_profile.daemonId + ", platform " +
                     m_profile.platformUrl + ", allowed directories " + AllowedDirs(m_profile.allowedDirs).describe() +
                     ", mode " + mode());
+        m_jobs->adoptLive();
         m_notifier.ready("connecting to " + m_profile.platformUrl);
         m_link->start();
         m_ioc.run();
@@ -120,6 +109,25 @@ public:
     }
 
 private:
+    std::unique_ptr<Scheduler> makeScheduler() {
+        if (detectBackend() == "slurm") {
+            SlurmConfig c;
+            c.minInterval = m_options.jobPollMin;
+            c.maxInterval = std::max(m_options.jobPollMin, m_options.jobPollMax);
+            return std::make_unique<SlurmScheduler>(m_ioc, c);
+        }
+        return std::make_unique<LocalScheduler>(m_ioc);
+    }
+
+    /// Where jobs' directories go: the profile's job directory, else the
+    /// first allowed directory, else $HOME.
+    fs::path jobWorkdir() const {
+        if (!m_profile.jobWorkdir.empty()) return m_profile.jobWorkdir;
+        if (!m_profile.allowedDirs.empty()) return m_profile.allowedDirs.front();
+        const char* home = std::getenv("HOME");
+        return home ? home : "/";
+    }
+
     std::string mode() const { return m_systemd ? "systemd" : "nohup"; }
 
     fs::path fallbackCwd() const {
@@ -166,6 +174,7 @@ private:
         } else if (m_options.noLandlock) {
             log::notice("Landlock is disabled by --no-landlock");
         }
+        m_jobs->setPolicy(JobPolicy{AllowedDirs(m_profile.allowedDirs), jobWorkdir(), m_landlock ? m_landlock->fd() : -1, env});
         m_dispatcher->setConfinement(m_landlock ? m_landlock->fd() : -1, std::move(env));
         // The advisory layer for interactive bash, from the same list.
         m_shellGuard.clear();
@@ -205,6 +214,7 @@ private:
         };
         controls.reload = [this] { return reload(); };
         controls.sessions = [this] { return m_pty->list(); };
+        controls.jobs = [this] { return m_jobs->recent(1000); };
         m_bus = std::make_unique<BusService>(m_ioc, address, m_profile.daemonId, std::move(controls));
     }
 
@@ -225,9 +235,9 @@ private:
                     {"v", protocol::kVersion},
                     {"hostname", hostName()},
                     {"cluster_name", m_profile.clusterName},
-                    {"scheduler", m_scheduler},
+                    {"scheduler", std::string(m_jobs->backend())},
                     {"pid", static_cast<std::int64_t>(::getpid())},
-                    {"capabilities", boost::json::array{"exec", "pty"}}};
+                    {"capabilities", boost::json::array{"exec", "pty", "jobs"}}};
         LinkHandlers handlers;
         handlers.onText = [this](std::string_view t) { m_dispatcher->onText(t); };
         handlers.onBinary = [this](std::string_view d) { m_dispatcher->onBinary(d); };
@@ -240,6 +250,10 @@ private:
         log::debug("link state: " + state);
         m_notifier.status("link " + state + " (" + m_profile.platformUrl + ")");
         if (m_bus) m_bus->linkStateChanged(state);
+        if (s == LinkState::Connected)
+            m_jobs->outbox().connected();
+        else
+            m_jobs->outbox().disconnected();
     }
 
     void reply(std::string text) {
@@ -259,13 +273,14 @@ private:
         s.linkState = m_link ? std::string(toString(m_link->state())) : "connecting";
         s.connectedSince = m_link ? m_link->connectedSince() : 0;
         s.platformUrl = m_profile.platformUrl;
-        s.scheduler = m_scheduler;
+        s.scheduler = std::string(m_jobs->backend());
         s.allowedDirs = m_profile.allowedDirs;
         if (!m_profile.allowedDirs.empty()) s.guardLayers = {"cwd-check"};
         if (!m_shellGuard.empty()) s.guardLayers.push_back("shell-wrappers (bash, advisory)");
         if (m_landlock) s.guardLayers.push_back(m_landlock->describe());
         s.runningExecs = static_cast<unsigned>(m_exec.running());
         s.activeSessions = static_cast<unsigned>(m_pty->count());
+        s.activeJobs = static_cast<unsigned>(m_jobs->active());
         s.busAddress = m_bus ? m_bus->address() : "";
         s.startedAt = m_startedAt;
         return s;
@@ -317,12 +332,12 @@ private:
     bool m_landlockWarned = false;
     std::unique_ptr<Dispatcher> m_dispatcher;
     std::unique_ptr<PtyService> m_pty;
+    std::unique_ptr<JobService> m_jobs;
     // Destroyed last: while the pid file exists, ctl waits for the rest.
     std::unique_ptr<PidFile> m_pidFile;
     std::unique_ptr<PrivateBus> m_privateBus;
     std::unique_ptr<BusService> m_bus;
     std::unique_ptr<Link> m_link;
-    std::string m_scheduler;
     double m_startedAt = 0;
     bool m_systemd = false;
     bool m_stopping = false;

@@ -22,6 +22,10 @@ struct DaemonOptions {
     bool noLandlock = false;
     /// How long a shell outlives the agent that opened it.
     std::chrono::seconds ptyDetachGrace{std::chrono::seconds(30)};
+    /// The SLURM monitor's interval: this right after a change, growing to
+    /// the maximum while nothing changes.
+    std::chrono::milliseconds jobPollMin{std::chrono::seconds(3)};
+    std::chrono::milliseconds jobPollMax{std::chrono::seconds(60)};
 };
 
 /// Runs until SIGTERM, SIGINT or a D-Bus Stop; returns the exit code (0 on a

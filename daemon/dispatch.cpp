@@ -20,25 +20,7 @@ constexpr std::size_t kMaxArgs = 4096;
 constexpr std::size_t kMaxOutputCap = 4 * 1024 * 1024;
 constexpr double kMaxTimeoutSeconds = 7 * 24 * 3600;
 
-bool isValidEnvName(std::string_view n) {
-    if (n.empty() || n.size() > 256 || (n[0] >= '0' && n[0] <= '9')) return false;
-    for (char c : n)
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) return false;
-    return true;
-}
-
 std::string shellPath() { return ::access("/bin/bash", X_OK) == 0 ? "/bin/bash" : "/bin/sh"; }
-
-void putOutput(json::object& o, const char* name, const std::string& data) {
-    // JSON strings must be UTF-8: other bytes travel base64-encoded.
-    if (isValidUtf8(data)) {
-        o[name] = data;
-        o[std::string(name) + "_encoding"] = "utf-8";
-    } else {
-        o[name] = base64Encode(data);
-        o[std::string(name) + "_encoding"] = "base64";
-    }
-}
 
 std::string agentOf(const protocol::Envelope& env) {
     if (auto* id = env.agent.if_contains("id"); id && id->is_string()) return std::string(id->get_string());
@@ -56,6 +38,7 @@ void Dispatcher::onText(std::string_view text) {
     }
     const auto& env = std::get<protocol::Envelope>(parsed);
     if (env.isResponse()) {
+        if (m_jobs && m_jobs->outbox().onResponse(env)) return;
         if (!env.ok)
             log::warning("the platform refused request " + env.replyTo + ": " + env.errorMessage);
         return;
@@ -65,6 +48,8 @@ void Dispatcher::onText(std::string_view text) {
             handleExec(env);
         } else if (handlePty(env)) {
             // answered inside
+        } else if (m_jobs && m_jobs->handle(env, agentOf(env), m_send)) {
+            // answered inside (perhaps later)
         } else if (env.type == "ping") {
             m_send(protocol::makeMessage("pong", env.id));
         } else if (env.type == "pong") {
@@ -99,19 +84,6 @@ void Dispatcher::onBinary(std::string_view data) {
     }
 }
 
-std::vector<std::string> Dispatcher::parseEnv(const json::object& p) const {
-    std::vector<std::string> out;
-    if (const auto* env = p.if_contains("env"); env && !env->is_null()) {
-        if (!env->is_object()) throw Error(ErrorCode::BadRequest, "\"env\" must be an object of strings");
-        for (const auto& [k, v] : env->get_object()) {
-            if (!isValidEnvName(k)) throw Error(ErrorCode::BadRequest, "invalid environment name \"" + std::string(k) + "\"");
-            if (!v.is_string()) throw Error(ErrorCode::BadRequest, "environment value of " + std::string(k) + " must be a string");
-            out.push_back(std::string(k) + "=" + std::string(v.get_string()));
-        }
-    }
-    return out;
-}
-
 ExecRequest Dispatcher::parseExec(const json::object& p) const {
     ExecRequest req;
     const auto* argv = p.if_contains("argv");
@@ -133,7 +105,7 @@ ExecRequest Dispatcher::parseExec(const json::object& p) const {
         if (req.argv.front().empty()) throw Error(ErrorCode::BadRequest, "\"argv\"[0] is empty");
     }
     req.cwd = m_dirs.resolveCwd(protocol::optString(p, "cwd", 4096), m_fallbackCwd).string();
-    req.env = parseEnv(p);
+    req.env = protocol::optEnv(p, "env");
     req.stdinData = protocol::optString(p, "stdin");
     if (auto t = protocol::optNumber(p, "timeout_s", 0.001, kMaxTimeoutSeconds))
         req.timeout = std::chrono::milliseconds(static_cast<long long>(*t * 1000));
@@ -157,8 +129,8 @@ json::object Dispatcher::toJson(const ExecResult& r) {
         const char* abbrev = ::sigabbrev_np(*r.signal);
         o["signal_name"] = abbrev ? std::string("SIG") + abbrev : "SIG" + std::to_string(*r.signal);
     }
-    putOutput(o, "stdout", r.out);
-    putOutput(o, "stderr", r.err);
+    protocol::putBytes(o, "stdout", r.out);
+    protocol::putBytes(o, "stderr", r.err);
     o["stdout_truncated"] = r.outTruncated;
     o["stderr_truncated"] = r.errTruncated;
     o["timed_out"] = r.timedOut;
@@ -180,7 +152,7 @@ bool Dispatcher::handlePty(const protocol::Envelope& env) {
         r.cols = static_cast<unsigned>(protocol::optInt(p, "cols", 1, 10000).value_or(80));
         r.rows = static_cast<unsigned>(protocol::optInt(p, "rows", 1, 10000).value_or(24));
         r.cwd = m_dirs.resolveCwd(protocol::optString(p, "cwd", 4096), m_fallbackCwd).string();
-        r.env = parseEnv(p);
+        r.env = protocol::optEnv(p, "env");
         if (m_landlockRuleset >= 0) {
             r.landlockRuleset = m_landlockRuleset;
             r.env.insert(r.env.begin(), m_confinedEnv.begin(), m_confinedEnv.end());

@@ -5,6 +5,7 @@
 
 #include "allowed_dirs.hpp"
 #include "exec.hpp"
+#include "jobs/job_service.hpp"
 #include "protocol.hpp"
 #include "pty.hpp"
 #include "store.hpp"
@@ -31,6 +32,8 @@ public:
     }
     /// Receives an audit entry for every command run (daemon id left empty).
     void setAudit(std::function<void(Store::AuditEntry)> audit) { m_audit = std::move(audit); }
+    /// Enables the job.* messages and callback acknowledgements.
+    void attachJobs(JobService& jobs) { m_jobs = &jobs; }
     /// Enables the pty.* messages and binary input.
     void attachPty(PtyService& pty) { m_pty = &pty; }
     /// Kernel confinement for commands from now on: a Landlock ruleset fd (or
@@ -52,13 +55,13 @@ private:
     void handleExec(const protocol::Envelope& env);
     /// pty.*; returns false when `type` is not a PTY message.
     bool handlePty(const protocol::Envelope& env);
-    std::vector<std::string> parseEnv(const boost::json::object& payload) const;
 
     ExecService& m_exec;
     AllowedDirs m_dirs;
     std::filesystem::path m_fallbackCwd;
     Send m_send;
     PtyService* m_pty = nullptr;
+    JobService* m_jobs = nullptr;
     std::function<void(Store::AuditEntry)> m_audit;
     int m_landlockRuleset = -1;
     std::vector<std::string> m_confinedEnv;

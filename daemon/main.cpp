@@ -42,6 +42,15 @@ int main(int argc, char** argv) {
                    "how long a shell outlives the agent that opened it before it is hung up")
         ->check(CLI::Range(0.0, 86400.0))
         ->capture_default_str();
+    double pollMin = 3, pollMax = 60;
+    app.add_option("--job-poll-min-seconds", pollMin,
+                   "SLURM monitor: interval right after a submit or a change (one squeue per cycle; at least 1 s, "
+                   "so the controller is never polled faster)")
+        ->check(CLI::Range(1.0, 3600.0))
+        ->capture_default_str();
+    app.add_option("--job-poll-max-seconds", pollMax, "SLURM monitor: the interval grows to this while nothing changes")
+        ->check(CLI::Range(1.0, 86400.0))
+        ->capture_default_str();
     app.add_flag("--no-landlock", options.noLandlock,
                  "do not confine commands with Landlock even where the kernel supports it (diagnosis)");
     app.add_flag("-v,--verbose", verbose, "log debug lines too");
@@ -52,6 +61,8 @@ int main(int argc, char** argv) {
     options.reconnectMax = ms(reconnectMaxSeconds);
     options.unauthorizedDelay = ms(unauthorizedSeconds);
     options.ptyDetachGrace = std::chrono::seconds(static_cast<long long>(detachGrace));
+    options.jobPollMin = ms(pollMin);
+    options.jobPollMax = ms(pollMax);
     ::signal(SIGPIPE, SIG_IGN);
     try {
         hpc::log::init(logFile, verbose ? hpc::log::Level::Debug : hpc::log::Level::Info);

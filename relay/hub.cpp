@@ -10,6 +10,64 @@ namespace hpc::relay {
 using protocol::Envelope;
 using protocol::ProtocolError;
 
+namespace {
+/// The identity the daemon sees in `agent.id` and names in callbacks.
+std::string agentIdOf(const Principal& p) { return "cred-" + std::to_string(p.credentialId); }
+
+std::string callbackEvent(std::uint64_t n, const std::string& daemonId, const json::object& payload) {
+    Envelope e;
+    e.type = "job.completed";
+    e.id = "cbev-" + std::to_string(n);
+    e.daemonId = daemonId;
+    e.payload = payload;
+    return protocol::serialize(e);
+}
+}  // namespace
+
+void Hub::attachAgent(const Principal& agent, const std::shared_ptr<Peer>& peer) {
+    m_agents.emplace(std::make_pair(agent.userId, agentIdOf(agent)), peer);
+    CallbackQuery q;
+    q.agentId = agentIdOf(agent);
+    q.unackedOnly = true;
+    for (const auto& cb : m_db.callbacks(agent.userId, q))
+        peer->sendText(callbackEvent(m_nextEventId++, cb.daemonId, cb.payload));
+}
+
+void Hub::deliverCallback(std::int64_t userId, const std::string& daemonId, const json::object& payload) {
+    const auto* agentId = payload.if_contains("agent_id");
+    if (!agentId || !agentId->is_string()) return;
+    auto [from, to] = m_agents.equal_range({userId, std::string(agentId->get_string())});
+    for (auto it = from; it != to; ++it)
+        if (auto peer = it->second.lock())
+            peer->sendText(callbackEvent(m_nextEventId++, daemonId, payload));
+}
+
+bool Hub::answerAgentCallbackRequest(const Principal& agent, Peer& peer, const Envelope& env) {
+    if (env.type == "callback.ack") {
+        auto id = protocol::optString(env.payload, "callback_id", 256);
+        if (!id || id->empty()) throw Error(ErrorCode::BadRequest, "callback.ack needs \"callback_id\"");
+        if (!m_db.ackCallback(agent.userId, agentIdOf(agent), *id))
+            throw Error(ErrorCode::NotFound, "no callback " + *id + " for this agent");
+        peer.sendText(protocol::makeOk(env.id));
+        return true;
+    }
+    if (env.type == "callback.list") {
+        CallbackQuery q;
+        q.agentId = agentIdOf(agent);
+        if (!env.daemonId.empty()) q.daemonId = env.daemonId;
+        q.jobId = protocol::optString(env.payload, "job_id", 64);
+        q.unackedOnly = protocol::optBool(env.payload, "unacked_only").value_or(false);
+        json::array out;
+        for (auto& cb : m_db.callbacks(agent.userId, q)) {
+            cb.payload["acked"] = cb.acked;
+            out.push_back(std::move(cb.payload));
+        }
+        peer.sendText(protocol::makeOk(env.id, {{"callbacks", std::move(out)}}));
+        return true;
+    }
+    return false;
+}
+
 void Hub::attachDaemon(std::int64_t userId, const std::string& daemonId, std::shared_ptr<Peer> peer) {
     DaemonKey key{userId, daemonId};
     auto it = m_daemons.find(key);
@@ -71,6 +129,10 @@ void Hub::dropRoutesOf(const DaemonKey& key, const std::string& why) {
 }
 
 void Hub::detachAgent(const Peer* peer) {
+    std::erase_if(m_agents, [peer](const auto& kv) {
+        auto p = kv.second.lock();
+        return !p || p.get() == peer;
+    });
     // The agent's shells: the daemon hangs them up after its grace period.
     for (auto it = m_routes.begin(); it != m_routes.end();) {
         if (it->second.agentKey != peer) {
@@ -96,6 +158,7 @@ void Hub::closeAll() {
     for (auto& [key, link] : m_daemons) link.peer->close("the platform is shutting down");
     m_daemons.clear();
     m_pending.clear();
+    m_agents.clear();
     m_pendingPerAgent.clear();
 }
 
@@ -117,6 +180,12 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
     }
     if (env.type == "ping") {
         peer->sendText(protocol::makeMessage("pong", env.id));
+        return;
+    }
+    try {
+        if (answerAgentCallbackRequest(agent, *peer, env)) return;
+    } catch (const Error& e) {
+        peer->sendText(protocol::makeError(env.id, e.code(), e.what()));
         return;
     }
     if (env.daemonId.empty() || !isValidDaemonId(env.daemonId)) {
@@ -273,10 +342,13 @@ void Hub::answerDaemonRequest(const DaemonKey& key, Peer& daemon, const Envelope
             daemon.sendText(protocol::makeError(env.id, ErrorCode::BadRequest, "job.completed needs \"callback_id\""));
             return;
         }
+        // Stored before the acknowledgement: once acknowledged the daemon
+        // forgets it, so the platform must not.
         bool isNew = m_db.recordCallback(key.first, key.second, std::string(callbackId->get_string()), env.payload);
         log::info("daemon " + key.second + " callback " + std::string(callbackId->get_string()) +
                   (isNew ? " recorded" : " was a retry"));
         daemon.sendText(protocol::makeOk(env.id, {{"duplicate", !isNew}}));
+        if (isNew) deliverCallback(key.first, key.second, env.payload);
     } else {
         daemon.sendText(protocol::makeError(env.id, ErrorCode::UnknownType,
                                             "the platform does not handle \"" + env.type + "\" from a daemon"));

@@ -42,6 +42,9 @@ public:
     void attachDaemon(std::int64_t userId, const std::string& daemonId, std::shared_ptr<Peer> peer);
     /// Forgets the daemon if `peer` is still its connection.
     void detachDaemon(std::int64_t userId, const std::string& daemonId, const Peer* peer);
+    /// An agent's WebSocket is up: it gets the job callbacks addressed to it
+    /// that it has not acknowledged yet, then every new one as it arrives.
+    void attachAgent(const Principal& agent, const std::shared_ptr<Peer>& peer);
     void detachAgent(const Peer* peer);
     /// Closes and forgets every connection (server shutdown).
     void closeAll();
@@ -82,6 +85,9 @@ private:
     };
 
     void answerDaemonRequest(const DaemonKey& key, Peer& daemon, const protocol::Envelope& env);
+    /// callback.ack and callback.list: answered by the platform itself.
+    bool answerAgentCallbackRequest(const Principal& agent, Peer& peer, const protocol::Envelope& env);
+    void deliverCallback(std::int64_t userId, const std::string& daemonId, const boost::json::object& payload);
     std::size_t pendingFor(const Peer* agent) const;
     /// Answers UNAVAILABLE to every request in flight to `key`.
     void failPending(const DaemonKey& key, const std::string& why);
@@ -100,6 +106,9 @@ private:
     std::map<std::uint32_t, Route> m_routes;  ///< by the agent's channel number
     std::map<std::pair<DaemonKey, std::uint32_t>, std::uint32_t> m_routeByDaemon;
     std::uint32_t m_nextChannel = 1;
+    /// Connected agents by (user, agent id): where callbacks go.
+    std::multimap<std::pair<std::int64_t, std::string>, std::weak_ptr<Peer>> m_agents;
+    std::uint64_t m_nextEventId = 1;
 };
 
 }  // namespace hpc::relay

@@ -51,6 +51,14 @@ const std::vector<std::string_view> kMigrations = {
         PRIMARY KEY (user_id, daemon_id, callback_id)
     );
     )sql",
+    // Callbacks are delivered to the agent that submitted the job, which
+    // acknowledges each one; unacknowledged ones are sent again on connect.
+    R"sql(
+    ALTER TABLE callbacks ADD COLUMN agent_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE callbacks ADD COLUMN job_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE callbacks ADD COLUMN acked_at REAL;
+    CREATE INDEX callbacks_by_agent ON callbacks(user_id, agent_id, acked_at);
+    )sql",
 };
 
 Registration readRegistration(sqlite::Statement& st) {
@@ -193,25 +201,41 @@ bool RelayDb::deleteDaemon(std::int64_t userId, const std::string& daemonId) {
 
 bool RelayDb::recordCallback(std::int64_t userId, const std::string& daemonId, const std::string& callbackId,
                              const json::object& payload) {
+    auto field = [&payload](const char* name) {
+        const auto* v = payload.if_contains(name);
+        return v && v->is_string() ? std::string(v->get_string()) : std::string();
+    };
     auto st = m_db.prepare(
-        "INSERT INTO callbacks (user_id, daemon_id, callback_id, payload, received_at) VALUES (?1, ?2, ?3, ?4, ?5) "
-        "ON CONFLICT DO NOTHING");
+        "INSERT INTO callbacks (user_id, daemon_id, callback_id, payload, received_at, agent_id, job_id) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING");
     st.bind(1, userId).bind(2, daemonId).bind(3, callbackId).bind(4, json::serialize(payload)).bind(5, nowEpochSeconds());
+    st.bind(6, field("agent_id")).bind(7, field("job_id"));
     st.run();
     return m_db.changes() > 0;
 }
 
-std::vector<json::object> RelayDb::callbacks(std::int64_t userId, const std::string& daemonId) {
+std::vector<StoredCallback> RelayDb::callbacks(std::int64_t userId, const CallbackQuery& q) {
     auto st = m_db.prepare(
-        "SELECT payload FROM callbacks WHERE user_id = ?1 AND daemon_id = ?2 ORDER BY received_at");
-    st.bind(1, userId).bind(2, daemonId);
-    std::vector<json::object> out;
+        "SELECT daemon_id, payload, acked_at IS NOT NULL FROM callbacks WHERE user_id = ?1 "
+        "AND (?2 IS NULL OR daemon_id = ?2) AND (?3 IS NULL OR agent_id = ?3) AND (?4 IS NULL OR job_id = ?4) "
+        "AND (?5 = 0 OR acked_at IS NULL) ORDER BY received_at, rowid");
+    st.bind(1, userId).bind(2, q.daemonId).bind(3, q.agentId).bind(4, q.jobId).bind(5, q.unackedOnly ? 1 : 0);
+    std::vector<StoredCallback> out;
     while (st.step()) {
         json::error_code ec;
-        auto v = json::parse(st.text(0), ec);
-        if (!ec && v.is_object()) out.push_back(v.get_object());
+        auto v = json::parse(st.text(1), ec);
+        if (ec || !v.is_object()) continue;
+        out.push_back(StoredCallback{st.text(0), v.get_object(), st.int64(2) != 0});
     }
     return out;
+}
+
+bool RelayDb::ackCallback(std::int64_t userId, const std::string& agentId, const std::string& callbackId) {
+    auto st = m_db.prepare(
+        "UPDATE callbacks SET acked_at = COALESCE(acked_at, ?4) WHERE user_id = ?1 AND agent_id = ?2 AND callback_id = ?3");
+    st.bind(1, userId).bind(2, agentId).bind(3, callbackId).bind(4, nowEpochSeconds());
+    st.run();
+    return m_db.changes() > 0;
 }
 
 }  // namespace hpc::relay

@@ -29,6 +29,19 @@ struct Registration {
     double updatedAt = 0;
 };
 
+struct StoredCallback {
+    std::string daemonId;
+    boost::json::object payload;
+    bool acked = false;
+};
+
+struct CallbackQuery {
+    std::optional<std::string> daemonId;
+    std::optional<std::string> agentId;
+    std::optional<std::string> jobId;
+    bool unackedOnly = false;
+};
+
 enum class VerifyOutcome { Ok, WrongCode, Expired, TooManyAttempts, UnknownToken };
 
 class RelayDb {
@@ -57,10 +70,15 @@ public:
     std::optional<Registration> daemon(std::int64_t userId, const std::string& daemonId);
     bool deleteDaemon(std::int64_t userId, const std::string& daemonId);
 
-    /// Records a delivered callback; false when it was seen before (a retry).
+    /// Records a callback from a daemon (its payload names the submitting
+    /// agent and the job); false when it was seen before (a retry).
     bool recordCallback(std::int64_t userId, const std::string& daemonId, const std::string& callbackId,
                         const boost::json::object& payload);
-    std::vector<boost::json::object> callbacks(std::int64_t userId, const std::string& daemonId);
+    /// A user's callbacks, oldest first, narrowed by what `query` sets.
+    std::vector<StoredCallback> callbacks(std::int64_t userId, const CallbackQuery& query);
+    /// The agent has the callback: it is not sent again. False when no such
+    /// callback is addressed to that agent.
+    bool ackCallback(std::int64_t userId, const std::string& agentId, const std::string& callbackId);
 
     /// For tests that need to age rows.
     sqlite::Db& rawDb() { return m_db; }

@@ -93,7 +93,19 @@ private:
         }
         return out;
     }
-    std::vector<sdbus::Struct<std::string, std::string, std::string, double>> ListJobs() override { return {}; }
+    using JobRow = sdbus::Struct<std::string, std::string, std::string, std::string, std::string, std::string, int32_t, double>;
+    std::vector<JobRow> ListJobs() override {
+        std::vector<JobRow> out;
+        if (!m_controls.jobs) return out;
+        try {
+            for (const auto& j : m_controls.jobs())
+                out.emplace_back(j.jobId, j.state, j.backend, j.schedulerId, j.name, j.agentId, j.exitCode.value_or(-1),
+                                 j.submittedAt);
+        } catch (...) {
+            rethrowAsDbus();
+        }
+        return out;
+    }
 
     std::string DaemonId() override { return snapshot().daemonId; }
     std::string Version() override { return snapshot().version; }

@@ -3,6 +3,7 @@
 /// A thin translation layer: the core hands it a Controls object and knows
 /// nothing about D-Bus (house style point 1).
 
+#include "jobs/job_store.hpp"
 #include "pty.hpp"
 #include "status.hpp"
 
@@ -21,6 +22,7 @@ struct Controls {
     /// Returns whether the link was rebuilt. Throws hpc::Error.
     std::function<bool()> reload;
     std::function<std::vector<PtyInfo>()> sessions;
+    std::function<std::vector<JobRecord>()> jobs;
 };
 
 class BusService {

@@ -5,6 +5,7 @@
 #include "store.hpp"
 
 #include <poll.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -255,18 +256,36 @@ void Harness::editProfile(const std::string& daemonId, const std::function<void(
     store.saveProfile(profile);
 }
 
-void Harness::startDaemon(const std::string& daemonId, const std::vector<std::string>& extra) {
+void Harness::startDaemon(const std::string& daemonId, const std::vector<std::string>& extra,
+                          const std::vector<std::string>& env) {
     SpawnOptions o;
     o.argv = {binary("hpc-daemond"), "--daemon-id", daemonId, "-v"};
+    if (!m_daemonUser.empty()) {
+        const passwd* pw = ::getpwnam(m_daemonUser.c_str());
+        if (!pw) throw std::runtime_error("no user " + m_daemonUser);
+        for (const auto& entry : fs::recursive_directory_iterator(home(daemonId)))
+            if (::lchown(entry.path().c_str(), pw->pw_uid, pw->pw_gid) != 0) throw std::runtime_error("chown failed");
+        if (::chown(home(daemonId).c_str(), pw->pw_uid, pw->pw_gid) != 0) throw std::runtime_error("chown failed");
+        o.argv.insert(o.argv.begin(), {"setpriv", "--reuid=" + std::to_string(pw->pw_uid),
+                                       "--regid=" + std::to_string(pw->pw_gid), "--init-groups", "--"});
+    }
     o.argv.insert(o.argv.end(), extra.begin(), extra.end());
     o.envOverrides = baseEnv();
     o.envOverrides.push_back("HPC_DAEMON_HOME=" + home(daemonId).string());
+    o.envOverrides.insert(o.envOverrides.end(), env.begin(), env.end());
     o.outputFile = (m_dir / ("daemon-" + daemonId + ".log")).string();
     m_daemons[daemonId] = ChildGuard(spawn(o).pid);
 }
 
 void Harness::stopDaemon(const std::string& daemonId) {
     if (auto it = m_daemons.find(daemonId); it != m_daemons.end()) it->second.terminate();
+}
+
+void Harness::killDaemon(const std::string& daemonId) {
+    auto it = m_daemons.find(daemonId);
+    if (it == m_daemons.end() || !it->second.running()) return;
+    it->second.signal(SIGKILL);
+    it->second.waitFor(std::chrono::seconds(10));
 }
 
 pid_t Harness::daemonPid(const std::string& daemonId) const {

@@ -79,8 +79,15 @@ public:
     void editProfile(const std::string& daemonId, const std::function<void(Profile&)>& edit);
     std::filesystem::path home(const std::string& daemonId) const { return m_dir / ("home-" + daemonId); }
 
-    /// Starts hpc-daemond for a profile made by setupDaemon.
-    void startDaemon(const std::string& daemonId, const std::vector<std::string>& extra = {});
+    /// Starts hpc-daemond for a profile made by setupDaemon, with `env`
+    /// ("NAME=value") over the harness's environment.
+    void startDaemon(const std::string& daemonId, const std::vector<std::string>& extra = {},
+                     const std::vector<std::string>& env = {});
+    /// SIGKILL, no clean-up: a crash.
+    void killDaemon(const std::string& daemonId);
+    /// Daemons started from now on run as this (unprivileged) user, through
+    /// setpriv; their profile directory is handed to that user. Needs root.
+    void setDaemonUser(const std::string& user) { m_daemonUser = user; }
     void stopDaemon(const std::string& daemonId);
     pid_t daemonPid(const std::string& daemonId) const;
     std::string daemonLog(const std::string& daemonId) const;
@@ -110,6 +117,7 @@ private:
     ChildGuard m_bus;
     std::string m_busAddress;
     std::map<std::string, ChildGuard> m_daemons;
+    std::string m_daemonUser;
 };
 
 }  // namespace hpc::test

@@ -132,7 +132,49 @@ TEST_F(HubTest, AcknowledgesCallbacksAndFlagsRetriesAsDuplicates) {
     EXPECT_FALSE(daemon->last().result.at("duplicate").as_bool());
     m_hub->onDaemonText(1, "d1", daemon, msg);
     EXPECT_TRUE(daemon->last().result.at("duplicate").as_bool());
-    EXPECT_EQ(m_db->callbacks(1, "d1").size(), 1u);
+    CallbackQuery q;
+    q.daemonId = "d1";
+    EXPECT_EQ(m_db->callbacks(1, q).size(), 1u);
+}
+
+TEST_F(HubTest, DeliversCallbacksToTheSubmitterUntilItAcknowledges) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    auto submitter = std::make_shared<RecordingPeer>(), other = std::make_shared<RecordingPeer>();
+    m_hub->attachAgent(Principal{1, 5, "access"}, submitter);
+    m_hub->attachAgent(Principal{1, 6, "access"}, other);
+    std::string msg =
+        R"({"v":1,"type":"job.completed","id":"c1","payload":{"callback_id":"cb-1","job_id":"j1","agent_id":"cred-5","state":"COMPLETED"}})";
+    m_hub->onDaemonText(1, "d1", daemon, msg);
+    ASSERT_EQ(submitter->sent.size(), 1u);
+    EXPECT_EQ(submitter->last().type, "job.completed");
+    EXPECT_EQ(submitter->last().daemonId, "d1");
+    EXPECT_EQ(submitter->last().payload.at("callback_id").as_string(), "cb-1");
+    EXPECT_TRUE(other->sent.empty()) << "another agent got the callback";
+    // A retry from the daemon is not delivered again.
+    m_hub->onDaemonText(1, "d1", daemon, msg);
+    EXPECT_EQ(submitter->sent.size(), 1u);
+    // Reconnecting without acknowledging: sent again.
+    m_hub->detachAgent(submitter.get());
+    auto again = std::make_shared<RecordingPeer>();
+    m_hub->attachAgent(Principal{1, 5, "access"}, again);
+    ASSERT_EQ(again->sent.size(), 1u);
+    // Only the addressee may acknowledge it.
+    m_hub->onAgentText(Principal{1, 6, "access"}, other, R"({"v":1,"type":"callback.ack","id":"k","payload":{"callback_id":"cb-1"}})");
+    EXPECT_EQ(other->last().errorCode, ErrorCode::NotFound);
+    m_hub->onAgentText(Principal{1, 5, "access"}, again, R"({"v":1,"type":"callback.ack","id":"k","payload":{"callback_id":"cb-1"}})");
+    EXPECT_TRUE(again->last().ok);
+    auto third = std::make_shared<RecordingPeer>();
+    m_hub->attachAgent(Principal{1, 5, "access"}, third);
+    EXPECT_TRUE(third->sent.empty());
+    // Still listed (acknowledged) for wait.
+    m_hub->onAgentText(Principal{1, 5, "access"}, third,
+                       R"({"v":1,"type":"callback.list","id":"l","daemon_id":"d1","payload":{"job_id":"j1"}})");
+    auto list = third->last().result.at("callbacks").as_array();
+    ASSERT_EQ(list.size(), 1u);
+    EXPECT_TRUE(list[0].at("acked").as_bool());
+    m_hub->onAgentText(Principal{1, 5, "access"}, third, R"({"v":1,"type":"callback.ack","id":"k","payload":{}})");
+    EXPECT_EQ(third->last().errorCode, ErrorCode::BadRequest);
 }
 
 TEST_F(HubTest, TellsADaemonWhichTypesThePlatformDoesNotHandle) {

@@ -1,0 +1,208 @@
+#include "job_service.hpp"
+
+#include "job_files.hpp"
+#include "log.hpp"
+#include "util.hpp"
+
+#include <unistd.h>
+
+#include <cstdlib>
+
+namespace json = boost::json;
+namespace fs = std::filesystem;
+
+namespace hpc::daemon {
+namespace {
+
+constexpr std::size_t kMaxScriptBytes = 512 * 1024;
+constexpr std::size_t kMaxContextBytes = 64 * 1024;
+constexpr double kMaxTimeLimit = 365.0 * 24 * 3600;
+
+bool isPrintableName(std::string_view s) {
+    for (unsigned char c : s)
+        if (c < 0x20 || c == 0x7f) return false;
+    return true;
+}
+
+}  // namespace
+
+std::string detectBackend() {
+    const char* local = std::getenv("LOCAL_MODE");
+    if (local && std::string(local) == "1") return "local";
+    const char* path = std::getenv("PATH");
+    std::string p = path ? path : "/usr/bin:/bin";
+    for (std::size_t start = 0; start <= p.size();) {
+        auto end = p.find(':', start);
+        std::string dir = p.substr(start, end == std::string::npos ? std::string::npos : end - start);
+        if (!dir.empty() && ::access((dir + "/sbatch").c_str(), X_OK) == 0) return "slurm";
+        if (end == std::string::npos) break;
+        start = end + 1;
+    }
+    return "local";
+}
+
+JobService::JobService(boost::asio::io_context& ioc, Store& store, std::string daemonId,
+                       std::unique_ptr<Scheduler> scheduler, Outbox::Send send)
+    : m_ioc(ioc),
+      m_store(store),
+      m_jobs(store),
+      m_daemonId(std::move(daemonId)),
+      m_scheduler(std::move(scheduler)),
+      m_outbox(ioc, m_jobs, m_daemonId, std::move(send)) {
+    m_scheduler->setOnChange([this](const JobRecord& job) { onChange(job); });
+}
+
+void JobService::adoptLive() {
+    for (const auto& job : m_jobs.live(m_daemonId)) {
+        if (job.backend != m_scheduler->name()) {
+            log::warning("job " + job.jobId + " was submitted to " + job.backend + " but this daemon now uses " +
+                         std::string(m_scheduler->name()) + ": it is left as it is");
+            continue;
+        }
+        m_scheduler->adopt(job);
+    }
+}
+
+bool JobService::handle(const protocol::Envelope& env, const std::string& agentId, const Reply& reply) {
+    if (env.type == "job.submit") {
+        submit(env, agentId, reply);
+    } else if (env.type == "job.status") {
+        JobRecord job = owned(env.payload, agentId);
+        json::object o = job.toJson();
+        std::size_t tail = static_cast<std::size_t>(
+            protocol::optInt(env.payload, "tail_bytes", 0, 1 << 20).value_or(static_cast<std::int64_t>(kTailBytes)));
+        protocol::putBytes(o, "stdout_tail", readTail(job.stdoutPath(), tail));
+        protocol::putBytes(o, "stderr_tail", readTail(job.stderrPath(), tail));
+        reply(protocol::makeOk(env.id, std::move(o)));
+    } else if (env.type == "job.cancel") {
+        JobRecord job = owned(env.payload, agentId);
+        if (!job.final() && !job.cancelRequested) {
+            job.cancelRequested = true;
+            m_jobs.update(job);
+            log::info("job " + job.jobId + " cancelled by " + agentId);
+            m_scheduler->cancel(job);
+        }
+        reply(protocol::makeOk(env.id, {{"job_id", job.jobId}, {"state", job.state}, {"cancel_requested", true}}));
+    } else if (env.type == "job.list") {
+        int limit = static_cast<int>(protocol::optInt(env.payload, "limit", 1, 10000).value_or(100));
+        json::array jobs;
+        for (const auto& j : m_jobs.list(m_daemonId, agentId, limit)) jobs.push_back(j.toJson());
+        reply(protocol::makeOk(env.id, {{"jobs", std::move(jobs)}, {"backend", m_scheduler->name()}}));
+    } else {
+        return false;
+    }
+    return true;
+}
+
+JobRecord JobService::owned(const json::object& payload, const std::string& agentId) {
+    auto id = protocol::optString(payload, "job_id", 64);
+    if (!id || id->empty()) throw Error(ErrorCode::BadRequest, "\"job_id\" is required");
+    auto job = m_jobs.get(m_daemonId, *id);
+    if (!job) throw Error(ErrorCode::NotFound, "no job " + *id + " on this daemon");
+    if (job->agentId != agentId) throw Error(ErrorCode::NotOwner, "job " + *id + " was submitted by another agent");
+    return *job;
+}
+
+void JobService::submit(const protocol::Envelope& env, const std::string& agentId, const Reply& reply) {
+    const auto& p = env.payload;
+    auto script = protocol::optString(p, "script", kMaxScriptBytes);
+    if (!script || script->empty()) throw Error(ErrorCode::BadRequest, "\"script\" is required");
+    JobRecord job;
+    job.name = protocol::optString(p, "name", 128).value_or("");
+    if (!isPrintableName(job.name)) throw Error(ErrorCode::BadRequest, "\"name\" must be printable text");
+    job.cwd = m_policy.dirs.resolveCwd(protocol::optString(p, "cwd", 4096), m_policy.jobWorkdir).string();
+    SubmitOptions options;
+    options.landlockRuleset = m_policy.landlockRuleset;
+    options.env = m_policy.landlockRuleset >= 0 ? m_policy.confinedEnv : std::vector<std::string>{};
+    auto requestEnv = protocol::optEnv(p, "env");
+    options.env.insert(options.env.end(), requestEnv.begin(), requestEnv.end());
+    if (const auto* args = p.if_contains("sbatch_args"); args && !args->is_null()) {
+        if (!args->is_array()) throw Error(ErrorCode::BadRequest, "\"sbatch_args\" must be an array of strings");
+        for (const auto& a : args->get_array()) {
+            if (!a.is_string()) throw Error(ErrorCode::BadRequest, "\"sbatch_args\" must contain only strings");
+            options.schedulerArgs.emplace_back(a.get_string());
+        }
+        if (!options.schedulerArgs.empty() && m_scheduler->name() != "slurm")
+            throw Error(ErrorCode::BadRequest, "\"sbatch_args\" need the SLURM backend; this daemon runs jobs locally");
+        SlurmScheduler::validateArgs(options.schedulerArgs);
+    }
+    if (auto t = protocol::optNumber(p, "time_limit", 1, kMaxTimeLimit)) job.timeLimitSeconds = static_cast<long long>(*t);
+    if (const auto* cb = p.if_contains("callback"); cb && !cb->is_null()) {
+        if (!cb->is_object()) throw Error(ErrorCode::BadRequest, "\"callback\" must be an object");
+        if (const auto* ctx = cb->get_object().if_contains("context")) {
+            job.context = json::serialize(*ctx);
+            if (job.context.size() > kMaxContextBytes)
+                throw Error(ErrorCode::BadRequest, "\"callback.context\" is larger than 64 KiB");
+        }
+    }
+    // The job's own directory must be writable for the job: inside the allowed dirs.
+    fs::path root = m_policy.jobWorkdir / ".hpc-daemon" / "jobs";
+    if (!m_policy.dirs.unrestricted() && !m_policy.dirs.allows(m_policy.jobWorkdir))
+        throw Error(ErrorCode::PathNotAllowed, "the job directory " + m_policy.jobWorkdir.string() +
+                                                   " is outside the allowed directories (" +
+                                                   m_policy.dirs.describe() + "); run hpc-daemonctl setup --job-dir");
+
+    job.jobId = "j" + randomHex(8);
+    job.daemonId = m_daemonId;
+    job.agentId = agentId;
+    job.backend = std::string(m_scheduler->name());
+    job.dir = (root / job.jobId).string();
+    job.submittedAt = nowEpochSeconds();
+    try {
+        writeJobFiles(job, *script, job.backend == "slurm");
+    } catch (const std::exception& e) {
+        throw Error(ErrorCode::Internal, std::string("cannot write the job's files: ") + e.what());
+    }
+    m_jobs.insert(job);
+    ++m_submitting;
+    log::info("job " + job.jobId + " from " + agentId + " submitted to " + job.backend + " in " + job.cwd);
+    m_scheduler->submit(job, options, [this, id = env.id, reply](JobRecord job, std::optional<Error> error) {
+        --m_submitting;
+        if (error) {
+            job.state = "FAILED";
+            job.reason = error->what();
+            job.endedAt = nowEpochSeconds();
+            m_jobs.update(job);  // no callback: the agent gets the error now
+            log::warning("job " + job.jobId + " was not accepted: " + error->what());
+            reply(protocol::makeError(id, error->code(), error->what()));
+            return;
+        }
+        // A cancel that arrived while the scheduler was still answering.
+        if (auto stored = m_jobs.get(m_daemonId, job.jobId); stored && stored->cancelRequested) {
+            job.cancelRequested = true;
+            m_scheduler->cancel(job);
+        }
+        m_jobs.update(job);
+        reply(protocol::makeOk(id, {{"job_id", job.jobId},
+                                    {"backend", job.backend},
+                                    {"scheduler_id", job.schedulerId},
+                                    {"state", job.state},
+                                    {"stdout_path", job.stdoutPath()},
+                                    {"stderr_path", job.stderrPath()}}));
+    });
+}
+
+void JobService::onChange(const JobRecord& job) {
+    try {
+        if (!job.final()) {
+            m_jobs.update(job);
+            return;
+        }
+        json::object payload = job.toJson();
+        std::string callbackId = randomHex(16);
+        payload["callback_id"] = callbackId;
+        payload["daemon_id"] = m_daemonId;
+        payload["agent_id"] = job.agentId;
+        protocol::putBytes(payload, "stdout_tail", readTail(job.stdoutPath(), kTailBytes));
+        protocol::putBytes(payload, "stderr_tail", readTail(job.stderrPath(), kTailBytes));
+        if (m_jobs.finish(job, payload, callbackId)) {
+            log::info("job " + job.jobId + " ended " + job.state + ": callback " + callbackId + " queued");
+            m_outbox.kick();
+        }
+    } catch (const std::exception& e) {
+        // The job stays live in the store: a restart settles it again.
+        log::error("cannot record the state of job " + job.jobId + ": " + e.what());
+    }
+}
+
+}  // namespace hpc::daemon

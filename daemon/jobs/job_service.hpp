@@ -1,0 +1,74 @@
+#pragma once
+/// The job requests (`job.submit`, `job.status`, `job.cancel`, `job.list`),
+/// the store rows behind them, and the hand-off of final states to the
+/// outbox. Only the submitting agent may see or cancel a job (NOT_OWNER).
+
+#include "allowed_dirs.hpp"
+#include "job_store.hpp"
+#include "outbox.hpp"
+#include "protocol.hpp"
+#include "scheduler.hpp"
+
+#include <boost/asio/io_context.hpp>
+
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace hpc::daemon {
+
+/// Where jobs may go: the profile's allowed directories and job directory,
+/// and the kernel confinement for local jobs.
+struct JobPolicy {
+    AllowedDirs dirs{{}};
+    std::filesystem::path jobWorkdir;  ///< resolved; jobs' directories go below it
+    int landlockRuleset = -1;
+    std::vector<std::string> confinedEnv;
+};
+
+class JobService {
+public:
+    using Reply = std::function<void(std::string text)>;
+
+    JobService(boost::asio::io_context& ioc, Store& store, std::string daemonId, std::unique_ptr<Scheduler> scheduler,
+               Outbox::Send send);
+
+    /// Follows the jobs the store says are live (after a restart).
+    void adoptLive();
+    void setPolicy(JobPolicy policy) { m_policy = std::move(policy); }
+
+    /// Handles a job.* request; false when `env.type` is not one. Answers
+    /// through `reply` (at once, or when the scheduler has answered).
+    /// Throws hpc::Error for bad requests.
+    bool handle(const protocol::Envelope& env, const std::string& agentId, const Reply& reply);
+
+    Outbox& outbox() { return m_outbox; }
+    std::string_view backend() const { return m_scheduler->name(); }
+    std::size_t active() const { return m_scheduler->tracked() + m_submitting; }
+    /// For hpc-daemonctl jobs: every agent's, newest first.
+    std::vector<JobRecord> recent(int limit) { return m_jobs.list(m_daemonId, "", limit); }
+
+    static constexpr std::size_t kTailBytes = 4096;
+
+private:
+    void submit(const protocol::Envelope& env, const std::string& agentId, const Reply& reply);
+    JobRecord owned(const boost::json::object& payload, const std::string& agentId);
+    void onChange(const JobRecord& job);
+
+    boost::asio::io_context& m_ioc;
+    Store& m_store;
+    JobStore m_jobs;
+    std::string m_daemonId;
+    std::unique_ptr<Scheduler> m_scheduler;
+    Outbox m_outbox;
+    JobPolicy m_policy;
+    std::size_t m_submitting = 0;
+};
+
+/// The scheduler to use: LOCAL_MODE=1 forces local; else SLURM when sbatch
+/// is on PATH.
+std::string detectBackend();
+
+}  // namespace hpc::daemon

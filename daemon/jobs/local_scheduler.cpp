@@ -1,0 +1,179 @@
+// Local background jobs: the wrapper in its own session (so a signal to the
+// group reaches everything the script starts), followed through a pidfd,
+// which also works for a job re-adopted after a daemon restart (no longer our
+// child). Jobs outlive the daemon on purpose: a restart must not kill them.
+
+#include "scheduler.hpp"
+
+#include "job_files.hpp"
+
+#include "log.hpp"
+#include "process.hpp"
+#include "util.hpp"
+
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <fstream>
+#include <sstream>
+
+namespace asio = boost::asio;
+
+namespace hpc::daemon {
+namespace {
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks
+/// after boot. 0 when the process does not exist.
+long long processStartTime(long long pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto close = stat.rfind(')');
+    if (close == std::string::npos) return 0;
+    std::istringstream fields(stat.substr(close + 2));
+    std::string field;
+    // After the name: state is field 3, so start time (22) is the 20th here.
+    for (int i = 3; i <= 22 && fields >> field; ++i)
+        if (i == 22) return std::stoll(field);
+    return 0;
+}
+
+}  // namespace
+
+struct LocalScheduler::Running {
+    Running(asio::io_context& ioc) : pidfd(ioc), deadline(ioc), grace(ioc) {}
+    JobRecord job;
+    bool ourChild = false;
+    asio::posix::stream_descriptor pidfd;
+    asio::steady_timer deadline;
+    asio::steady_timer grace;
+    bool timedOut = false;
+};
+
+LocalScheduler::LocalScheduler(asio::io_context& ioc, LocalConfig config) : m_ioc(ioc), m_config(config) {}
+
+LocalScheduler::~LocalScheduler() {
+    // Jobs keep running; the next daemon re-adopts them.
+    for (auto& [id, r] : m_running) {
+        boost::system::error_code ignored;
+        r->pidfd.close(ignored);
+    }
+}
+
+void LocalScheduler::submit(JobRecord job, const SubmitOptions& options, Submitted done) {
+    SpawnOptions o;
+    o.argv = {"/bin/bash", job.dir + "/wrapper"};
+    o.cwd = job.cwd;
+    o.envOverrides = options.env;
+    o.newSession = true;
+    o.in = Stdio::Null;
+    o.out = Stdio::Null;
+    o.err = Stdio::Null;
+    o.landlockRuleset = options.landlockRuleset;
+    SpawnedProcess child;
+    try {
+        child = spawn(o);
+    } catch (const std::system_error& e) {
+        done(std::move(job), Error(ErrorCode::Internal, std::string("cannot start the job: ") + e.what()));
+        return;
+    }
+    job.pid = child.pid;
+    job.pidStart = processStartTime(child.pid);
+    job.schedulerId = std::to_string(child.pid);
+    job.state = "RUNNING";
+    job.startedAt = nowEpochSeconds();
+    watch(job, true);
+    done(std::move(job), std::nullopt);
+}
+
+void LocalScheduler::adopt(const JobRecord& job) {
+    if (job.pid > 0 && job.pidStart != 0 && processStartTime(job.pid) == job.pidStart) {
+        log::info("job " + job.jobId + " (pid " + std::to_string(job.pid) + ") is still running: following it again");
+        watch(job, false);
+        return;
+    }
+    // It ended while no daemon was watching (or never started).
+    JobRecord settled = job;
+    settled.endedAt = nowEpochSeconds();
+    settleFromExitFile(settled, job.pid > 0 ? "it ended while the daemon was down and left no exit status"
+                                            : "the daemon stopped before the job started");
+    asio::post(m_ioc, [this, settled] {
+        if (m_onChange) m_onChange(settled);
+    });
+}
+
+void LocalScheduler::watch(JobRecord job, bool ourChild) {
+    auto r = std::make_shared<Running>(m_ioc);
+    r->job = std::move(job);
+    r->ourChild = ourChild;
+    try {
+        r->pidfd.assign(openPidFd(static_cast<pid_t>(r->job.pid)).release());
+    } catch (const std::system_error&) {
+        // Gone between the check and now: settle on the next turn.
+        asio::post(m_ioc, [this, id = r->job.jobId] { ended(id); });
+    }
+    std::string id = r->job.jobId;
+    m_running[id] = r;
+    if (r->pidfd.is_open())
+        r->pidfd.async_wait(asio::posix::descriptor_base::wait_read, [this, id](boost::system::error_code ec) {
+            if (ec != asio::error::operation_aborted) ended(id);
+        });
+    if (r->job.timeLimitSeconds > 0) {
+        double left = r->job.startedAt + static_cast<double>(r->job.timeLimitSeconds) - nowEpochSeconds();
+        r->deadline.expires_after(std::chrono::milliseconds(static_cast<long long>(std::max(0.0, left) * 1000)));
+        r->deadline.async_wait([this, id](boost::system::error_code ec) {
+            auto it = m_running.find(id);
+            if (ec || it == m_running.end()) return;
+            log::info("job " + id + " reached its time limit: stopping it");
+            it->second->timedOut = true;
+            cancel(it->second->job);
+        });
+    }
+}
+
+void LocalScheduler::cancel(const JobRecord& job) {
+    auto it = m_running.find(job.jobId);
+    if (it == m_running.end()) return;
+    auto r = it->second;
+    if (job.cancelRequested) r->job.cancelRequested = true;
+    ::kill(-static_cast<pid_t>(r->job.pid), SIGTERM);
+    r->grace.expires_after(m_config.killGrace);
+    r->grace.async_wait([this, id = job.jobId](boost::system::error_code ec) {
+        auto it = m_running.find(id);
+        if (ec || it == m_running.end()) return;
+        log::info("job " + id + " outlived its grace period: SIGKILL");
+        ::kill(-static_cast<pid_t>(it->second->job.pid), SIGKILL);
+    });
+}
+
+void LocalScheduler::ended(const std::string& jobId) {
+    auto it = m_running.find(jobId);
+    if (it == m_running.end()) return;
+    auto r = it->second;
+    m_running.erase(it);
+    r->deadline.cancel();
+    // Processes the script left in its group go with it.
+    ::kill(-static_cast<pid_t>(r->job.pid), SIGKILL);
+    JobRecord job = r->job;
+    job.endedAt = nowEpochSeconds();
+    std::optional<ExitStatus> status;
+    if (r->ourChild) {
+        int raw = 0;
+        if (::waitpid(static_cast<pid_t>(job.pid), &raw, WNOHANG) == static_cast<pid_t>(job.pid))
+            status = ExitStatus::fromWaitStatus(raw);
+    }
+    bool hadFile = settleFromExitFile(job, "it ended without writing its exit status");
+    if (r->timedOut) {
+        job.state = "TIMEOUT";
+        job.reason = "time limit of " + std::to_string(job.timeLimitSeconds) + " s reached";
+    } else if (!hadFile && status && status->signal && !job.cancelRequested) {
+        job.signal = status->signal;
+        job.reason = "killed by signal " + std::to_string(*status->signal);
+    }
+    boost::system::error_code ignored;
+    r->pidfd.close(ignored);
+    if (m_onChange) m_onChange(job);
+}
+
+}  // namespace hpc::daemon

@@ -1,0 +1,128 @@
+#pragma once
+/// Where jobs run (design: "jobs"): a Scheduler starts a job whose directory
+/// already holds its script and wrapper, follows it, and reports every change
+/// until the final one. Two implementations: SLURM (sbatch, one squeue per
+/// monitor cycle) and local background processes (a process group each,
+/// completion from a pidfd).
+
+#include "errors.hpp"
+#include "exec.hpp"
+#include "job_store.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace hpc::daemon {
+
+struct SubmitOptions {
+    std::vector<std::string> schedulerArgs;  ///< validated sbatch options
+    std::vector<std::string> env;            ///< "NAME=value"
+    int landlockRuleset = -1;                ///< local jobs: confine with this
+};
+
+class Scheduler {
+public:
+    /// A tracked job changed (state, times, exit); final states end tracking.
+    using OnChange = std::function<void(const JobRecord& job)>;
+    using Submitted = std::function<void(JobRecord job, std::optional<Error> error)>;
+
+    virtual ~Scheduler() = default;
+    virtual std::string_view name() const = 0;
+    /// Starts `job` (state SUBMITTING, files written). `done` gets the record
+    /// with its scheduler id and state, or the error; on success the job is
+    /// tracked from then on.
+    virtual void submit(JobRecord job, const SubmitOptions& options, Submitted done) = 0;
+    /// Follows a live job found in the store after a restart.
+    virtual void adopt(const JobRecord& job) = 0;
+    /// Asks the job to end; the change to CANCELLED comes through OnChange.
+    virtual void cancel(const JobRecord& job) = 0;
+    virtual std::size_t tracked() const = 0;
+    void setOnChange(OnChange onChange) { m_onChange = std::move(onChange); }
+
+protected:
+    OnChange m_onChange;
+};
+
+/// Maps a SLURM state word ("CANCELLED by 1001", "OUT_OF_MEMORY",
+/// "REQUEUED", …) to ours; "" for a word we do not know.
+std::string mapSlurmState(std::string_view slurm);
+
+struct LocalConfig {
+    std::chrono::milliseconds killGrace{std::chrono::seconds(10)};
+};
+
+class LocalScheduler final : public Scheduler {
+public:
+    LocalScheduler(boost::asio::io_context& ioc, LocalConfig config = {});
+    ~LocalScheduler() override;
+    std::string_view name() const override { return "local"; }
+    void submit(JobRecord job, const SubmitOptions& options, Submitted done) override;
+    void adopt(const JobRecord& job) override;
+    void cancel(const JobRecord& job) override;
+    std::size_t tracked() const override { return m_running.size(); }
+
+    struct Running;
+
+private:
+    void watch(JobRecord job, bool ourChild);
+    void ended(const std::string& jobId);
+
+    boost::asio::io_context& m_ioc;
+    LocalConfig m_config;
+    std::map<std::string, std::shared_ptr<Running>> m_running;
+};
+
+struct SlurmConfig {
+    std::chrono::milliseconds minInterval{std::chrono::seconds(3)};
+    std::chrono::milliseconds maxInterval{std::chrono::seconds(60)};
+    std::chrono::milliseconds commandTimeout{std::chrono::seconds(30)};
+};
+
+class SlurmScheduler final : public Scheduler {
+public:
+    SlurmScheduler(boost::asio::io_context& ioc, SlurmConfig config = {});
+    std::string_view name() const override { return "slurm"; }
+    void submit(JobRecord job, const SubmitOptions& options, Submitted done) override;
+    void adopt(const JobRecord& job) override;
+    void cancel(const JobRecord& job) override;
+    std::size_t tracked() const override { return m_jobs.size(); }
+
+    /// Checks options meant for sbatch: only options (no script path or other
+    /// positional word that sbatch would take as the script), none that the
+    /// daemon sets itself or that would block. Throws Error(BadRequest).
+    static void validateArgs(const std::vector<std::string>& args);
+
+private:
+    void runCommand(std::vector<std::string> argv, std::vector<std::string> env,
+                    std::function<void(const ExecResult&)> done);
+    /// Polls again after `delay` (the earlier of this and any poll already due).
+    void schedulePoll(std::chrono::milliseconds delay);
+    void poll();
+    void pollDone(const ExecResult& r);
+    void settle(const std::string& jobId);
+    void settleFromScontrol(const std::string& jobId);
+    void finishSettle(JobRecord job);
+
+    boost::asio::io_context& m_ioc;
+    SlurmConfig m_config;
+    ExecService m_commands;
+    boost::asio::steady_timer m_timer;
+    std::chrono::steady_clock::time_point m_due{};
+    std::chrono::milliseconds m_interval;
+    bool m_polling = false;
+    bool m_failing = false;
+    std::optional<bool> m_accounting;  ///< does sacct work here (unknown until tried)
+    std::map<std::string, JobRecord> m_jobs;  ///< by our job id
+    std::set<std::string> m_settling;
+};
+
+}  // namespace hpc::daemon

@@ -1,0 +1,400 @@
+// SLURM: sbatch --parsable to submit; a monitor that makes ONE squeue call per
+// cycle for every job this daemon follows, at an interval that is short after
+// a change and grows while nothing changes; a job that has left the queue (or
+// shows a final state) is settled from sacct when accounting exists, else
+// scontrol, else the exit-status file. A failing or hanging Slurm command
+// changes nothing: jobs keep their last known state and the poll backs off.
+
+#include "scheduler.hpp"
+
+#include "job_files.hpp"
+
+#include "log.hpp"
+#include "util.hpp"
+
+#include <boost/asio/post.hpp>
+
+#include <algorithm>
+#include <sstream>
+
+namespace asio = boost::asio;
+
+namespace hpc::daemon {
+namespace {
+
+std::string trim(std::string_view s) {
+    auto b = s.find_first_not_of(" \t\r\n");
+    if (b == std::string_view::npos) return {};
+    auto e = s.find_last_not_of(" \t\r\n");
+    return std::string(s.substr(b, e - b + 1));
+}
+
+std::vector<std::string> splitOn(std::string_view s, char sep) {
+    std::vector<std::string> out;
+    std::size_t start = 0;
+    for (;;) {
+        auto pos = s.find(sep, start);
+        out.emplace_back(s.substr(start, pos == std::string_view::npos ? std::string_view::npos : pos - start));
+        if (pos == std::string_view::npos) return out;
+        start = pos + 1;
+    }
+}
+
+/// "3:0" → exit 3, signal 0.
+void applyExitCode(JobRecord& job, std::string_view text) {
+    auto parts = splitOn(trim(text), ':');
+    if (parts.size() != 2) return;
+    try {
+        int code = std::stoi(parts[0]), sig = std::stoi(parts[1]);
+        job.exitCode = code;
+        job.signal = sig ? std::optional<int>(sig) : std::nullopt;
+        if (sig) job.exitCode.reset();
+    } catch (const std::exception&) {
+    }
+}
+
+/// Slurm's "2026-11-29T23:58:09" (local time) → epoch seconds; 0 for
+/// "Unknown", "None" and the like.
+double parseSlurmTime(std::string_view text) {
+    std::tm tm{};
+    std::string s = trim(text);
+    if (s.size() < 19 || ::strptime(s.c_str(), "%Y-%m-%dT%H:%M:%S", &tm) == nullptr) return 0;
+    tm.tm_isdst = -1;
+    return static_cast<double>(std::mktime(&tm));
+}
+
+/// `scontrol show job -o` prints one line of Key=Value words.
+std::map<std::string, std::string> parseScontrol(std::string_view line) {
+    std::map<std::string, std::string> out;
+    std::istringstream words{std::string(line)};
+    std::string word;
+    while (words >> word) {
+        auto eq = word.find('=');
+        if (eq != std::string::npos) out.emplace(word.substr(0, eq), word.substr(eq + 1));
+    }
+    return out;
+}
+
+bool isValueOption(std::string_view shortOpt) {
+    // sbatch's short options that take a value as the next word.
+    static const std::string withValue = "AbcCdFGJLMmnNpqStwx";
+    return shortOpt.size() == 2 && shortOpt[0] == '-' && withValue.find(shortOpt[1]) != std::string::npos;
+}
+
+std::string commentFor(const std::string& jobId) { return "hpc-daemon:" + jobId; }
+
+}  // namespace
+
+std::string mapSlurmState(std::string_view slurm) {
+    std::string s = trim(slurm);
+    if (auto space = s.find(' '); space != std::string::npos) s.resize(space);  // "CANCELLED by 1001"
+    if (auto plus = s.find('+'); plus != std::string::npos) s.resize(plus);     // "CANCELLED+"
+    if (s == "COMPLETED" || s == "FAILED" || s == "CANCELLED" || s == "TIMEOUT" || s == "OUT_OF_MEMORY" ||
+        s == "NODE_FAIL" || s == "PREEMPTED" || s == "PENDING" || s == "RUNNING" || s == "SUSPENDED")
+        return s;
+    if (s == "CONFIGURING" || s == "REQUEUED" || s == "REQUEUE_HOLD" || s == "REQUEUE_FED" || s == "RESV_DEL_HOLD")
+        return "PENDING";
+    if (s == "COMPLETING" || s == "SIGNALING" || s == "STAGE_OUT" || s == "RESIZING") return "RUNNING";
+    if (s == "STOPPED") return "SUSPENDED";
+    if (s == "BOOT_FAIL") return "NODE_FAIL";
+    if (s == "DEADLINE") return "TIMEOUT";
+    if (s == "SPECIAL_EXIT") return "FAILED";
+    if (s == "REVOKED") return "CANCELLED";
+    return {};
+}
+
+void SlurmScheduler::validateArgs(const std::vector<std::string>& args) {
+    static const std::vector<std::string> refused = {
+        "--output", "--error", "--chdir", "--parsable", "--wrap", "--array", "--wait", "--test-only",
+        "--usage", "--help", "--version", "--input", "--comment"};
+    static const std::string refusedShort = "oeDaWihVu";
+    if (args.size() > 64) throw Error(ErrorCode::BadRequest, "at most 64 sbatch arguments");
+    bool valueNext = false;
+    for (const auto& a : args) {
+        if (a.size() > 4096 || a.find('\0') != std::string::npos || a.find('\n') != std::string::npos)
+            throw Error(ErrorCode::BadRequest, "an sbatch argument is too long or contains a NUL or newline");
+        if (valueNext) {
+            valueNext = false;
+            continue;
+        }
+        if (a.rfind("--", 0) == 0 && a.size() > 2) {
+            std::string name = a.substr(0, a.find('='));
+            if (std::find(refused.begin(), refused.end(), name) != refused.end())
+                throw Error(ErrorCode::BadRequest, "sbatch option " + name + " is set by the daemon and cannot be given");
+            continue;
+        }
+        if (a.size() >= 2 && a[0] == '-' && a[1] != '-') {
+            if (refusedShort.find(a[1]) != std::string::npos)
+                throw Error(ErrorCode::BadRequest, "sbatch option " + a.substr(0, 2) + " is set by the daemon and cannot be given");
+            valueNext = isValueOption(a);
+            continue;
+        }
+        throw Error(ErrorCode::BadRequest, "sbatch argument \"" + a +
+                                               "\" is not an option (write long options as --name=value; a script "
+                                               "path or other word would replace the job's script)");
+    }
+    if (valueNext) throw Error(ErrorCode::BadRequest, "sbatch option " + args.back() + " needs a value");
+}
+
+SlurmScheduler::SlurmScheduler(asio::io_context& ioc, SlurmConfig config)
+    : m_ioc(ioc), m_config(config), m_commands(ioc), m_timer(ioc), m_interval(config.minInterval) {}
+
+void SlurmScheduler::runCommand(std::vector<std::string> argv, std::vector<std::string> env,
+                                std::function<void(const ExecResult&)> done) {
+    ExecRequest req;
+    req.argv = std::move(argv);
+    req.cwd = "/";
+    req.env = std::move(env);
+    req.timeout = m_config.commandTimeout;
+    req.maxOutputBytes = 16 * 1024 * 1024;
+    try {
+        m_commands.start(std::move(req), [done = std::move(done)](ExecResult r) { done(r); });
+    } catch (const Error& e) {
+        ExecResult r;
+        r.exitCode = 127;
+        r.err = e.what();
+        asio::post(m_ioc, [done = std::move(done), r] { done(r); });
+    }
+}
+
+void SlurmScheduler::submit(JobRecord job, const SubmitOptions& options, Submitted done) {
+    // The comment names our job id, so a daemon killed before sbatch answered
+    // can find the job after a restart instead of submitting it again.
+    std::vector<std::string> argv = {"sbatch", "--parsable", "--chdir=" + job.cwd, "--output=" + job.stdoutPath(),
+                                     "--error=" + job.stderrPath(), "--comment=" + commentFor(job.jobId)};
+    if (!job.name.empty()) argv.push_back("--job-name=" + job.name);
+    if (job.timeLimitSeconds > 0) argv.push_back("--time=" + std::to_string((job.timeLimitSeconds + 59) / 60));
+    // Ours win over the agent's for the paths above: sbatch takes the first.
+    argv.insert(argv.end(), options.schedulerArgs.begin(), options.schedulerArgs.end());
+    argv.push_back(job.dir + "/wrapper");
+    runCommand(argv, options.env, [this, job = std::move(job), done = std::move(done)](const ExecResult& r) mutable {
+        std::string out = trim(r.out);
+        if (r.exitCode != 0 || out.empty()) {
+            std::string message = trim(r.err);
+            if (r.timedOut) message = "sbatch did not answer in time (is the controller up?)";
+            if (message.empty()) message = "sbatch failed";
+            done(std::move(job), Error(ErrorCode::BadRequest, "the scheduler refused the job: " + message));
+            return;
+        }
+        job.schedulerId = out.substr(0, out.find(';'));
+        job.state = "PENDING";
+        m_jobs[job.jobId] = job;
+        m_interval = m_config.minInterval;
+        schedulePoll(m_config.minInterval);
+        done(std::move(job), std::nullopt);
+    });
+}
+
+void SlurmScheduler::adopt(const JobRecord& job) {
+    if (!job.schedulerId.empty()) {
+        m_jobs[job.jobId] = job;
+        schedulePoll(std::chrono::milliseconds(0));
+        return;
+    }
+    // Killed between writing the row and sbatch answering: the job may have
+    // been submitted. Look for it by its comment; never submit it again.
+    runCommand({"squeue", "--me", "--noheader", "--states=all", "--format=%i|%k"}, {},
+               [this, job](const ExecResult& r) {
+                   if (r.exitCode != 0) {
+                       log::warning("cannot ask squeue about job " + job.jobId + " (submitted while the daemon "
+                                    "stopped): " + trim(r.err) + "; asking again later");
+                       auto retry = std::make_shared<asio::steady_timer>(m_ioc, m_config.maxInterval);
+                       retry->async_wait([this, job, retry](boost::system::error_code ec) {
+                           if (!ec) adopt(job);
+                       });
+                       return;
+                   }
+                   std::istringstream lines(r.out);
+                   for (std::string line; std::getline(lines, line);) {
+                       auto f = splitOn(line, '|');
+                       if (f.size() >= 2 && trim(f[1]) == commentFor(job.jobId)) {
+                           JobRecord found = job;
+                           found.schedulerId = trim(f[0]);
+                           found.state = "PENDING";
+                           log::info("job " + job.jobId + " was submitted before the daemon stopped: SLURM job " +
+                                     found.schedulerId);
+                           m_jobs[found.jobId] = found;
+                           if (m_onChange) m_onChange(found);
+                           schedulePoll(std::chrono::milliseconds(0));
+                           return;
+                       }
+                   }
+                   JobRecord settled = job;
+                   settled.endedAt = nowEpochSeconds();
+                   settled.state = "FAILED";
+                   settled.reason = "the daemon stopped while submitting and SLURM has no such job";
+                   if (m_onChange) m_onChange(settled);
+               });
+}
+
+void SlurmScheduler::cancel(const JobRecord& job) {
+    auto it = m_jobs.find(job.jobId);
+    if (it == m_jobs.end()) return;
+    it->second.cancelRequested = true;
+    runCommand({"scancel", it->second.schedulerId}, {}, [this, id = job.jobId](const ExecResult& r) {
+        if (r.exitCode != 0) log::warning("scancel for job " + id + " failed: " + trim(r.err));
+        m_interval = m_config.minInterval;
+        schedulePoll(std::chrono::milliseconds(200));
+    });
+}
+
+void SlurmScheduler::schedulePoll(std::chrono::milliseconds delay) {
+    auto due = std::chrono::steady_clock::now() + delay;
+    if (m_polling) return;  // pollDone schedules the next one
+    if (m_due != std::chrono::steady_clock::time_point{} && m_due <= due) return;
+    m_due = due;
+    m_timer.expires_at(due);
+    m_timer.async_wait([this](boost::system::error_code ec) {
+        if (ec) return;
+        m_due = {};
+        poll();
+    });
+}
+
+void SlurmScheduler::poll() {
+    if (m_jobs.empty() || m_polling) return;
+    m_polling = true;
+    log::debug("monitor cycle: " + std::to_string(m_jobs.size()) + " jobs");
+    // One call for all of this daemon's jobs: --states=all keeps jobs that
+    // just ended (for MinJobAge) in the answer with their final state.
+    runCommand({"squeue", "--me", "--noheader", "--states=all", "--format=%i|%T|%r"}, {},
+               [this](const ExecResult& r) { pollDone(r); });
+}
+
+void SlurmScheduler::pollDone(const ExecResult& r) {
+    m_polling = false;
+    if (r.exitCode != 0) {
+        if (!m_failing)
+            log::warning("squeue failed (" + (r.timedOut ? std::string("no answer") : trim(r.err)) +
+                         "): jobs keep their last known state; retrying");
+        m_failing = true;
+        m_interval = std::min(m_config.maxInterval, m_interval * 2);
+        schedulePoll(m_interval);
+        return;
+    }
+    if (m_failing) log::notice("squeue answers again");
+    m_failing = false;
+    std::map<std::string, std::pair<std::string, std::string>> queue;  // scheduler id → state, reason
+    std::istringstream lines(r.out);
+    for (std::string line; std::getline(lines, line);) {
+        auto f = splitOn(line, '|');
+        if (f.size() >= 3) queue[trim(f[0])] = {trim(f[1]), trim(f[2])};
+    }
+    bool changed = false;
+    std::vector<std::string> toSettle;
+    for (auto& [id, job] : m_jobs) {
+        if (m_settling.count(id)) continue;
+        auto q = queue.find(job.schedulerId);
+        std::string state = q == queue.end() ? "" : mapSlurmState(q->second.first);
+        if (state.empty() || isFinalState(state)) {
+            toSettle.push_back(id);
+            continue;
+        }
+        if (state != job.state) {
+            log::info("job " + id + " (slurm " + job.schedulerId + "): " + job.state + " → " + state);
+            job.state = state;
+            if (state == "RUNNING" && job.startedAt == 0) job.startedAt = nowEpochSeconds();
+            job.reason = q->second.second == "None" ? "" : q->second.second;
+            changed = true;
+            if (m_onChange) m_onChange(job);
+        }
+    }
+    for (const auto& id : toSettle) settle(id);
+    m_interval = changed || !toSettle.empty() ? m_config.minInterval
+                                              : std::min(m_config.maxInterval, m_interval * 3 / 2);
+    schedulePoll(m_interval);
+}
+
+void SlurmScheduler::settle(const std::string& jobId) {
+    auto it = m_jobs.find(jobId);
+    if (it == m_jobs.end()) return;
+    m_settling.insert(jobId);
+    if (m_accounting == false) {
+        settleFromScontrol(jobId);
+        return;
+    }
+    runCommand({"sacct", "--noheader", "--parsable2", "--allocations", "--jobs=" + it->second.schedulerId,
+                "--format=JobIDRaw,State,ExitCode,Start,End,Reason"},
+               {}, [this, jobId](const ExecResult& r) {
+                   auto it = m_jobs.find(jobId);
+                   if (it == m_jobs.end()) return;
+                   if (r.exitCode != 0) {
+                       if (r.err.find("accounting storage is disabled") != std::string::npos) {
+                           if (!m_accounting) log::info("no Slurm accounting here: settling jobs from scontrol");
+                           m_accounting = false;
+                       }
+                       settleFromScontrol(jobId);
+                       return;
+                   }
+                   m_accounting = true;
+                   std::istringstream lines(r.out);
+                   for (std::string line; std::getline(lines, line);) {
+                       auto f = splitOn(line, '|');
+                       if (f.size() < 6 || trim(f[0]) != it->second.schedulerId) continue;
+                       std::string state = mapSlurmState(f[1]);
+                       if (!isFinalState(state)) break;  // not final in the database yet
+                       JobRecord job = it->second;
+                       job.state = state;
+                       applyExitCode(job, f[2]);
+                       if (double s = parseSlurmTime(f[3])) job.startedAt = s;
+                       job.endedAt = parseSlurmTime(f[4]);
+                       job.reason = trim(f[1]) != state ? trim(f[1]) : (trim(f[5]) == "None" ? "" : trim(f[5]));
+                       finishSettle(std::move(job));
+                       return;
+                   }
+                   settleFromScontrol(jobId);
+               });
+}
+
+void SlurmScheduler::settleFromScontrol(const std::string& jobId) {
+    auto it = m_jobs.find(jobId);
+    if (it == m_jobs.end()) return;
+    runCommand({"scontrol", "show", "job", "--oneliner", it->second.schedulerId}, {},
+               [this, jobId](const ExecResult& r) {
+                   auto it = m_jobs.find(jobId);
+                   if (it == m_jobs.end()) return;
+                   JobRecord job = it->second;
+                   if (r.exitCode != 0) {
+                       if (r.err.find("Invalid job id") == std::string::npos) {
+                           // The controller did not answer: nothing is known, try again later.
+                           m_settling.erase(jobId);
+                           return;
+                       }
+                       job.endedAt = nowEpochSeconds();
+                       settleFromExitFile(job, "the scheduler no longer knows the job and it left no exit status");
+                       log::info("job " + jobId + " (slurm " + job.schedulerId +
+                                 ") is forgotten by the scheduler: settled from its exit-status file as " + job.state);
+                       finishSettle(std::move(job));
+                       return;
+                   }
+                   auto fields = parseScontrol(r.out);
+                   std::string state = mapSlurmState(fields["JobState"]);
+                   if (!isFinalState(state)) {
+                       // Still live (requeued, or squeue raced with it): follow it.
+                       m_settling.erase(jobId);
+                       if (!state.empty() && state != it->second.state) {
+                           it->second.state = state;
+                           if (m_onChange) m_onChange(it->second);
+                       }
+                       return;
+                   }
+                   job.state = state;
+                   applyExitCode(job, fields["ExitCode"]);
+                   if (double s = parseSlurmTime(fields["StartTime"])) job.startedAt = s;
+                   job.endedAt = parseSlurmTime(fields["EndTime"]);
+                   if (job.endedAt == 0) job.endedAt = nowEpochSeconds();
+                   job.reason = fields["Reason"] == "None" ? "" : fields["Reason"];
+                   finishSettle(std::move(job));
+               });
+}
+
+void SlurmScheduler::finishSettle(JobRecord job) {
+    m_settling.erase(job.jobId);
+    m_jobs.erase(job.jobId);
+    log::info("job " + job.jobId + " (slurm " + job.schedulerId + ") ended: " + job.state +
+              (job.exitCode ? " exit " + std::to_string(*job.exitCode) : "") +
+              (job.signal ? " signal " + std::to_string(*job.signal) : ""));
+    if (m_onChange) m_onChange(job);
+}
+
+}  // namespace hpc::daemon

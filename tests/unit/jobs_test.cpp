@@ -1,0 +1,194 @@
+// The job pieces that need no scheduler: SLURM state words, sbatch argument
+// checks, the job's files, the store's jobs and outbox, and the outbox's
+// delivery rules.
+#include "jobs/job_files.hpp"
+#include "jobs/job_store.hpp"
+#include "jobs/outbox.hpp"
+#include "jobs/scheduler.hpp"
+
+#include "errors.hpp"
+#include "harness.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+
+using namespace hpc;
+using namespace hpc::daemon;
+namespace fs = std::filesystem;
+namespace json = boost::json;
+
+namespace {
+
+class JobsUnit : public ::testing::Test {
+protected:
+    void SetUp() override {
+        char tmpl[] = "/tmp/hpc-jobs-XXXXXX";
+        ASSERT_TRUE(::mkdtemp(tmpl));
+        m_dir = tmpl;
+    }
+    void TearDown() override { fs::remove_all(m_dir); }
+
+    JobRecord job(const std::string& id) {
+        JobRecord j;
+        j.jobId = id;
+        j.daemonId = "d";
+        j.agentId = "cred-1";
+        j.backend = "local";
+        j.dir = (m_dir / "jobs" / id).string();
+        j.cwd = m_dir.string();
+        j.submittedAt = 1;
+        return j;
+    }
+
+    fs::path m_dir;
+};
+
+TEST(SlurmStates, MapToOurStates) {
+    EXPECT_EQ(mapSlurmState("COMPLETED"), "COMPLETED");
+    EXPECT_EQ(mapSlurmState("CANCELLED by 1001"), "CANCELLED");
+    EXPECT_EQ(mapSlurmState("CANCELLED+"), "CANCELLED");
+    EXPECT_EQ(mapSlurmState(" TIMEOUT\n"), "TIMEOUT");
+    EXPECT_EQ(mapSlurmState("OUT_OF_MEMORY"), "OUT_OF_MEMORY");
+    EXPECT_EQ(mapSlurmState("NODE_FAIL"), "NODE_FAIL");
+    EXPECT_EQ(mapSlurmState("BOOT_FAIL"), "NODE_FAIL");
+    EXPECT_EQ(mapSlurmState("PREEMPTED"), "PREEMPTED");
+    // Requeued jobs are followed, not reported as ended.
+    EXPECT_EQ(mapSlurmState("REQUEUED"), "PENDING");
+    EXPECT_EQ(mapSlurmState("COMPLETING"), "RUNNING");
+    EXPECT_EQ(mapSlurmState("CONFIGURING"), "PENDING");
+    EXPECT_EQ(mapSlurmState("WHATEVER"), "");
+    EXPECT_TRUE(isFinalState("PREEMPTED"));
+    EXPECT_FALSE(isFinalState("PENDING"));
+    EXPECT_FALSE(isFinalState("SUBMITTING"));
+}
+
+TEST(SbatchArgs, OnlyOptionsTheDaemonDoesNotOwn) {
+    EXPECT_NO_THROW(SlurmScheduler::validateArgs({"--partition=debug", "-p", "debug", "--hold", "-N", "1", "--mem=1G"}));
+    EXPECT_NO_THROW(SlurmScheduler::validateArgs({"-J", "a name; rm -rf /"}));  // argv, never a shell
+    for (std::vector<std::string> bad : std::vector<std::vector<std::string>>{
+             {"/tmp/other.sh"}, {"--hold", "x"}, {"--output=/tmp/o"}, {"-o", "/tmp/o"}, {"--wrap=id"}, {"--chdir=/"},
+             {"-D/"}, {"--array=1-3"}, {"--wait"}, {"-p"}, {"--x\n"}, {std::string("--a\0b", 5)}})
+        EXPECT_THROW(SlurmScheduler::validateArgs(bad), Error) << bad.front();
+}
+
+TEST_F(JobsUnit, TheWrapperRunsTheScriptAndRecordsItsExitStatus) {
+    auto j = job("j1");
+    writeJobFiles(j, "#!/bin/bash\n#SBATCH --mem=1G\n# comment\n#SBATCH -c 2\necho hi\n#SBATCH --ignored\n", true);
+    std::string wrapper = test::readFile(j.dir + "/wrapper");
+    EXPECT_NE(wrapper.find("#SBATCH --mem=1G\n#SBATCH -c 2\n"), std::string::npos) << wrapper;
+    EXPECT_EQ(wrapper.find("--ignored"), std::string::npos);
+    struct stat st{};
+    ASSERT_EQ(::stat(j.dir.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0700u);
+
+    auto local = job("it's \"quoted\" $dir");
+    writeJobFiles(local, "echo out; echo err >&2; exit 6\n", false);
+    auto r = test::runCommand({"/bin/bash", local.dir + "/wrapper"});
+    EXPECT_EQ(r.status, 6);
+    EXPECT_EQ(test::readFile(local.stdoutPath()), "out\n");
+    EXPECT_EQ(test::readFile(local.stderrPath()), "err\n");
+    EXPECT_TRUE(settleFromExitFile(local, "none"));
+    EXPECT_EQ(local.state, "FAILED");
+    EXPECT_EQ(local.exitCode, 6);
+}
+
+TEST_F(JobsUnit, WithoutAnExitFileAJobIsCancelledOrFailed) {
+    auto j = job("j2");
+    EXPECT_FALSE(settleFromExitFile(j, "vanished"));
+    EXPECT_EQ(j.state, "FAILED");
+    EXPECT_EQ(j.reason, "vanished");
+    auto c = job("j3");
+    c.cancelRequested = true;
+    EXPECT_FALSE(settleFromExitFile(c, "vanished"));
+    EXPECT_EQ(c.state, "CANCELLED");
+}
+
+TEST_F(JobsUnit, TailsStartOnACharacterBoundary) {
+    std::ofstream(m_dir / "f") << "abc\xc3\xa9z";
+    EXPECT_EQ(readTail((m_dir / "f").string(), 2), "z");
+    EXPECT_EQ(readTail((m_dir / "f").string(), 3), "\xc3\xa9z");
+    EXPECT_EQ(readTail((m_dir / "nothing").string(), 3), "");
+}
+
+TEST_F(JobsUnit, AFinalStateAndItsCallbackAreWrittenOnceTogether) {
+    auto store = Store::open(m_dir / "home");
+    JobStore jobs(store);
+    auto j = job("j4");
+    jobs.insert(j);
+    EXPECT_EQ(jobs.live("d").size(), 1u);
+    j.state = "COMPLETED";
+    j.exitCode = 0;
+    EXPECT_TRUE(jobs.finish(j, {{"job_id", "j4"}}, "cb-a"));
+    // A second settlement of the same job (a race, a restart) adds nothing.
+    EXPECT_FALSE(jobs.finish(j, {{"job_id", "j4"}}, "cb-b"));
+    EXPECT_TRUE(jobs.live("d").empty());
+    auto pending = jobs.pendingCallbacks("d");
+    ASSERT_EQ(pending.size(), 1u);
+    EXPECT_EQ(pending[0].callbackId, "cb-a");
+    // update() cannot move a final job back.
+    j.state = "RUNNING";
+    jobs.update(j);
+    EXPECT_EQ(jobs.get("d", "j4")->state, "COMPLETED");
+    jobs.acknowledge("cb-a");
+    EXPECT_TRUE(jobs.pendingCallbacks("d").empty());
+}
+
+TEST_F(JobsUnit, TheOutboxResendsUntilAcknowledgedAndOnEveryReconnect) {
+    auto store = Store::open(m_dir / "home");
+    JobStore jobs(store);
+    for (const char* id : {"ja", "jb"}) {
+        auto j = job(id);
+        jobs.insert(j);
+        j.state = "COMPLETED";
+        jobs.finish(j, {{"job_id", id}, {"callback_id", std::string("cb-") + id}}, std::string("cb-") + id);
+    }
+    boost::asio::io_context ioc;
+    std::vector<protocol::Envelope> sent;
+    bool linkUp = false;
+    Outbox outbox(ioc, jobs, "d", [&](std::string text) {
+        if (!linkUp) return false;
+        sent.push_back(std::get<protocol::Envelope>(protocol::parse(text)));
+        return true;
+    });
+    outbox.kick();  // not connected: nothing goes
+    EXPECT_TRUE(sent.empty());
+    linkUp = true;
+    outbox.connected();
+    ASSERT_EQ(sent.size(), 2u);
+    EXPECT_EQ(sent[0].type, "job.completed");
+    EXPECT_EQ(sent[0].payload.at("job_id").as_string(), "ja");  // in the order they were written
+    EXPECT_EQ(sent[1].payload.at("job_id").as_string(), "jb");
+    // An error answer leaves the row; a success removes it.
+    auto answer = [&](const protocol::Envelope& req, bool ok) {
+        auto text = ok ? protocol::makeOk(req.id, {{"duplicate", false}})
+                       : protocol::makeError(req.id, ErrorCode::Internal, "try later");
+        return outbox.onResponse(std::get<protocol::Envelope>(protocol::parse(text)));
+    };
+    EXPECT_TRUE(answer(sent[0], true));
+    EXPECT_TRUE(answer(sent[1], false));
+    auto pending = jobs.pendingCallbacks("d");
+    ASSERT_EQ(pending.size(), 1u);
+    EXPECT_EQ(pending[0].callbackId, "cb-jb");
+    // Retried after a backoff delay without any new event.
+    sent.clear();
+    ioc.run_for(std::chrono::seconds(3));
+    ASSERT_FALSE(sent.empty());
+    EXPECT_EQ(sent[0].payload.at("job_id").as_string(), "jb");
+    // A reconnect sends it again at once (the old link's answers are void).
+    outbox.disconnected();
+    sent.clear();
+    outbox.connected();
+    ASSERT_EQ(sent.size(), 1u);
+    protocol::Envelope stray;
+    stray.id = "x7";
+    EXPECT_FALSE(answer(stray, true)) << "an unrelated response was taken for a callback's";
+    EXPECT_TRUE(answer(sent[0], true));
+    EXPECT_TRUE(jobs.pendingCallbacks("d").empty());
+}
+
+}  // namespace
