@@ -64,6 +64,26 @@ private:
     std::unique_ptr<sqlite3, decltype(&sqlite3_close_v2)> m_db;
 };
 
+/// While alive, commits are synced to disk (synchronous=FULL) rather than
+/// only surviving a process crash (the connection's default, NORMAL): for
+/// the writes that must outlive a power cut, like a callback about to be
+/// acknowledged.
+class Durable {
+public:
+    explicit Durable(Db& db) : m_db(db) { m_db.exec("PRAGMA synchronous=FULL"); }
+    ~Durable() {
+        try {
+            m_db.exec("PRAGMA synchronous=NORMAL");
+        } catch (...) {
+        }
+    }
+    Durable(const Durable&) = delete;
+    Durable& operator=(const Durable&) = delete;
+
+private:
+    Db& m_db;
+};
+
 /// BEGIN IMMEDIATE on construction; ROLLBACK unless commit() was called.
 class Transaction {
 public:

@@ -21,6 +21,7 @@ public:
 
 private:
     void onLinkStateChanged(const std::string&) override {}
+    void onJobChanged(const std::string&, const std::string&) override {}
 };
 
 /// D-Bus errors as sentences: ours by the shared table, the bus's own by meaning.

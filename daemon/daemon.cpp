@@ -77,6 +77,10 @@ public:
         m_jobs = std::make_unique<JobService>(ioc, m_store, m_profile.daemonId, makeScheduler(),
                                               [this](std::string text) { return m_link && m_link->sendText(std::move(text)); });
         m_dispatcher->attachJobs(*m_jobs);
+        m_jobs->setAudit([this](const Store::AuditEntry& e) { audit(e); });
+        m_jobs->setOnJobChange([this](const JobRecord& job) {
+            if (m_bus) m_bus->jobChanged(job.jobId, job.state);
+        });
         m_pty->setAudit([this](const PtyInfo& session, const std::string& cwd, const std::string& command, int status) {
             audit(Store::AuditEntry{nowEpochSeconds(), m_profile.daemonId, session.agentId,
                                     "pty:" + std::to_string(session.channel), cwd, command, status});
@@ -104,7 +108,16 @@ public:
         m_jobs->adoptLive();
         m_notifier.ready("connecting to " + m_profile.platformUrl);
         m_link->start();
-        m_ioc.run();
+        // A handler that throws is a bug; it must not take the daemon (and
+        // every shell and job it follows) down: log it and carry on.
+        for (;;) {
+            try {
+                m_ioc.run();
+                break;
+            } catch (const std::exception& e) {
+                log::error(std::string("internal error, continuing: ") + e.what());
+            }
+        }
         log::notice("hpc-daemond stopped");
     }
 

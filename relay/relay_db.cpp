@@ -205,6 +205,7 @@ bool RelayDb::recordCallback(std::int64_t userId, const std::string& daemonId, c
         const auto* v = payload.if_contains(name);
         return v && v->is_string() ? std::string(v->get_string()) : std::string();
     };
+    sqlite::Durable durable(m_db);  // acknowledged next: the daemon then forgets it
     auto st = m_db.prepare(
         "INSERT INTO callbacks (user_id, daemon_id, callback_id, payload, received_at, agent_id, job_id) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING");

@@ -37,6 +37,10 @@ public:
         emitLinkStateChanged(state);
         getObject().emitPropertiesChangedSignal(bus::kInterface, {"LinkState", "ConnectedSince"});
     }
+    void announceJob(const std::string& jobId, const std::string& state) {
+        emitJobChanged(jobId, state);
+        getObject().emitPropertiesChangedSignal(bus::kInterface, {"ActiveJobs"});
+    }
 
 private:
     DaemonStatus snapshot() {
@@ -153,6 +157,15 @@ BusService::~BusService() {
     // The pump first: it must not touch a connection being torn down.
     m_impl->pump.reset();
     m_impl->adaptor.reset();
+}
+
+void BusService::jobChanged(const std::string& jobId, const std::string& state) {
+    try {
+        m_impl->adaptor->announceJob(jobId, state);
+        m_impl->pump->kick();
+    } catch (const std::exception& e) {
+        log::warning(std::string("cannot announce a job change on D-Bus: ") + e.what());
+    }
 }
 
 void BusService::linkStateChanged(const std::string& state) {

@@ -36,6 +36,8 @@ public:
 
     /// Emits LinkStateChanged and PropertiesChanged(LinkState, ConnectedSince).
     void linkStateChanged(const std::string& state);
+    /// Emits JobChanged and PropertiesChanged(ActiveJobs).
+    void jobChanged(const std::string& jobId, const std::string& state);
     const std::string& address() const { return m_address; }
 
     struct Impl;

@@ -154,6 +154,13 @@ void JobService::submit(const protocol::Envelope& env, const std::string& agentI
         throw Error(ErrorCode::Internal, std::string("cannot write the job's files: ") + e.what());
     }
     m_jobs.insert(job);
+    if (m_audit) {
+        constexpr std::size_t kAuditScriptBytes = 4096;
+        std::string command = script->substr(0, kAuditScriptBytes);
+        if (script->size() > kAuditScriptBytes) command += "\n… (" + std::to_string(script->size()) + " bytes in all)";
+        m_audit(Store::AuditEntry{job.submittedAt, m_daemonId, agentId, "job:" + job.jobId, job.cwd, command,
+                                  std::nullopt});
+    }
     ++m_submitting;
     log::info("job " + job.jobId + " from " + agentId + " submitted to " + job.backend + " in " + job.cwd);
     m_scheduler->submit(job, options, [this, id = env.id, reply](JobRecord job, std::optional<Error> error) {
@@ -173,6 +180,7 @@ void JobService::submit(const protocol::Envelope& env, const std::string& agentI
             m_scheduler->cancel(job);
         }
         m_jobs.update(job);
+        if (m_listener) m_listener(job);
         reply(protocol::makeOk(id, {{"job_id", job.jobId},
                                     {"backend", job.backend},
                                     {"scheduler_id", job.schedulerId},
@@ -184,6 +192,7 @@ void JobService::submit(const protocol::Envelope& env, const std::string& agentI
 
 void JobService::onChange(const JobRecord& job) {
     try {
+        if (m_listener) m_listener(job);
         if (!job.final()) {
             m_jobs.update(job);
             return;

@@ -38,6 +38,10 @@ public:
     /// Follows the jobs the store says are live (after a restart).
     void adoptLive();
     void setPolicy(JobPolicy policy) { m_policy = std::move(policy); }
+    /// Receives an audit entry for every submitted job (its script).
+    void setAudit(std::function<void(const Store::AuditEntry&)> audit) { m_audit = std::move(audit); }
+    /// Told of every submitted job and every change of state.
+    void setOnJobChange(std::function<void(const JobRecord&)> listener) { m_listener = std::move(listener); }
 
     /// Handles a job.* request; false when `env.type` is not one. Answers
     /// through `reply` (at once, or when the scheduler has answered).
@@ -65,6 +69,8 @@ private:
     Outbox m_outbox;
     JobPolicy m_policy;
     std::size_t m_submitting = 0;
+    std::function<void(const JobRecord&)> m_listener;
+    std::function<void(const Store::AuditEntry&)> m_audit;
 };
 
 /// The scheduler to use: LOCAL_MODE=1 forces local; else SLURM when sbatch

@@ -101,6 +101,7 @@ void JobStore::update(const JobRecord& job) {
 }
 
 bool JobStore::finish(const JobRecord& job, const json::object& callback, const std::string& callbackId) {
+    sqlite::Durable durable(m_store.db());
     sqlite::Transaction tx(m_store.db());
     auto st = m_store.db().prepare(kUpdate);
     bindJob(st, job);

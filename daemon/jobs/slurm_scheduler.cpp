@@ -13,6 +13,7 @@
 #include "util.hpp"
 
 #include <boost/asio/post.hpp>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <sstream>
@@ -83,6 +84,27 @@ bool isValueOption(std::string_view shortOpt) {
 
 std::string commentFor(const std::string& jobId) { return "hpc-daemon:" + jobId; }
 
+/// squeue's columns: each ends with "|" (the field's suffix).
+constexpr const char* kSqueueFormat = "JobID:|,State:|,Reason:|,exit_code:|,StartTime:|,EndTime:|";
+
+/// How many jobs that left the queue are looked up at once.
+constexpr std::size_t kMaxSettling = 8;
+
+/// squeue's exit_code is the raw wait status of the batch script.
+void applyWaitStatus(JobRecord& job, std::string_view text) {
+    try {
+        int status = std::stoi(trim(text));
+        if (WIFSIGNALED(status)) {
+            job.signal = WTERMSIG(status);
+            job.exitCode.reset();
+        } else {
+            job.exitCode = WEXITSTATUS(status);
+            job.signal.reset();
+        }
+    } catch (const std::exception&) {
+    }
+}
+
 }  // namespace
 
 std::string mapSlurmState(std::string_view slurm) {
@@ -147,13 +169,15 @@ void SlurmScheduler::runCommand(std::vector<std::string> argv, std::vector<std::
     req.env = std::move(env);
     req.timeout = m_config.commandTimeout;
     req.maxOutputBytes = 16 * 1024 * 1024;
+    auto callback = std::make_shared<std::function<void(const ExecResult&)>>(std::move(done));
     try {
-        m_commands.start(std::move(req), [done = std::move(done)](ExecResult r) { done(r); });
+        m_commands.start(std::move(req), [callback](ExecResult r) { (*callback)(r); });
     } catch (const Error& e) {
+        // Not started (too many running, or the program is missing): a failure like any other.
         ExecResult r;
         r.exitCode = 127;
         r.err = e.what();
-        asio::post(m_ioc, [done = std::move(done), r] { done(r); });
+        asio::post(m_ioc, [callback, r] { (*callback)(r); });
     }
 }
 
@@ -256,8 +280,9 @@ void SlurmScheduler::poll() {
     m_polling = true;
     log::debug("monitor cycle: " + std::to_string(m_jobs.size()) + " jobs");
     // One call for all of this daemon's jobs: --states=all keeps jobs that
-    // just ended (for MinJobAge) in the answer with their final state.
-    runCommand({"squeue", "--me", "--noheader", "--states=all", "--format=%i|%T|%r"}, {},
+    // just ended (for MinJobAge) in the answer with their final state, exit
+    // status and times, so most jobs are settled from this call alone.
+    runCommand({"squeue", "--me", "--noheader", "--states=all", std::string("--Format=") + kSqueueFormat}, {},
                [this](const ExecResult& r) { pollDone(r); });
 }
 
@@ -274,34 +299,53 @@ void SlurmScheduler::pollDone(const ExecResult& r) {
     }
     if (m_failing) log::notice("squeue answers again");
     m_failing = false;
-    std::map<std::string, std::pair<std::string, std::string>> queue;  // scheduler id → state, reason
+    struct Row {
+        std::string state, reason, exitStatus, start, end;
+    };
+    std::map<std::string, Row> queue;  // by SLURM job id
     std::istringstream lines(r.out);
     for (std::string line; std::getline(lines, line);) {
         auto f = splitOn(line, '|');
-        if (f.size() >= 3) queue[trim(f[0])] = {trim(f[1]), trim(f[2])};
+        if (f.size() >= 6) queue[trim(f[0])] = Row{trim(f[1]), trim(f[2]), trim(f[3]), trim(f[4]), trim(f[5])};
     }
     bool changed = false;
-    std::vector<std::string> toSettle;
+    std::vector<std::string> ended, missing;
     for (auto& [id, job] : m_jobs) {
         if (m_settling.count(id)) continue;
         auto q = queue.find(job.schedulerId);
-        std::string state = q == queue.end() ? "" : mapSlurmState(q->second.first);
-        if (state.empty() || isFinalState(state)) {
-            toSettle.push_back(id);
+        if (q == queue.end()) {
+            missing.push_back(id);
             continue;
         }
-        if (state != job.state) {
-            log::info("job " + id + " (slurm " + job.schedulerId + "): " + job.state + " → " + state);
+        const Row& row = q->second;
+        std::string state = mapSlurmState(row.state);
+        std::string reason = row.reason == "None" ? "" : row.reason;
+        if (isFinalState(state)) {
             job.state = state;
+            job.reason = reason;
+            applyWaitStatus(job, row.exitStatus);
+            if (double t = parseSlurmTime(row.start)) job.startedAt = t;
+            job.endedAt = parseSlurmTime(row.end);
+            if (job.endedAt == 0) job.endedAt = nowEpochSeconds();
+            ended.push_back(id);
+        } else if (!state.empty() && (state != job.state || reason != job.reason)) {
+            log::info("job " + id + " (slurm " + job.schedulerId + "): " + job.state + " → " + state +
+                      (reason.empty() ? "" : " (" + reason + ")"));
+            job.state = state;
+            job.reason = reason;
             if (state == "RUNNING" && job.startedAt == 0) job.startedAt = nowEpochSeconds();
-            job.reason = q->second.second == "None" ? "" : q->second.second;
             changed = true;
             if (m_onChange) m_onChange(job);
         }
     }
-    for (const auto& id : toSettle) settle(id);
-    m_interval = changed || !toSettle.empty() ? m_config.minInterval
-                                              : std::min(m_config.maxInterval, m_interval * 3 / 2);
+    for (const auto& id : ended) finishSettle(m_jobs.at(id));
+    // Jobs the queue no longer shows: asked about one by one, a few at a time.
+    for (const auto& id : missing) {
+        if (m_settling.size() >= kMaxSettling) break;
+        settle(id);
+    }
+    m_interval = changed || !ended.empty() || !missing.empty() ? m_config.minInterval
+                                                               : std::min(m_config.maxInterval, m_interval * 3 / 2);
     schedulePoll(m_interval);
 }
 

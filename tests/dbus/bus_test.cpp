@@ -40,6 +40,19 @@ private:
         std::lock_guard lock(m_mutex);
         m_states.push_back(state);
     }
+    void onJobChanged(const std::string& jobId, const std::string& state) override {
+        std::lock_guard lock(m_mutex);
+        m_jobs.push_back(jobId + " " + state);
+    }
+
+public:
+    std::vector<std::string> jobs() {
+        std::lock_guard lock(m_mutex);
+        return m_jobs;
+    }
+
+private:
+    std::vector<std::string> m_jobs;
     std::mutex m_mutex;
     std::vector<std::string> m_states;
 };
@@ -151,6 +164,14 @@ TEST_F(BusServiceTest, CoreErrorsArriveAsNamedErrors) {
 TEST_F(BusServiceTest, ListsAreEmptyUntilSessionsAndJobsExist) {
     EXPECT_TRUE(m_proxy->ListSessions().empty());
     EXPECT_TRUE(m_proxy->ListJobs().empty());
+}
+
+TEST_F(BusServiceTest, JobChangesAreSignalledAndListed) {
+    m_proxy->getProxy().finishRegistration();
+    boost::asio::post(m_ioc, [this] { m_service->jobChanged("j1", "RUNNING"); });
+    EXPECT_TRUE(test::waitUntil([&] { return !m_proxy->jobs().empty(); }, 5s));
+    ASSERT_FALSE(m_proxy->jobs().empty());
+    EXPECT_EQ(m_proxy->jobs().back(), "j1 RUNNING");
 }
 
 TEST_F(BusServiceTest, LinkStateChangesAreSignalled) {

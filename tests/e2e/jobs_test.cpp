@@ -282,6 +282,12 @@ TEST_P(Jobs, TheAgentCliSubmitsListsAndWaits) {
     EXPECT_EQ(str(listed[0].as_object(), "backend"), GetParam());
     auto table = runCommand({Harness::binary("hpc-daemonctl"), "jobs"}, {}, ctlEnv, 30s);
     EXPECT_NE(table.out.find("cli-job"), std::string::npos) << table.out;
+    // The script is in the audit log, under the job's id.
+    auto audit = runCommand({Harness::binary("hpc-daemonctl"), "audit", "--json"}, {}, ctlEnv, 30s);
+    auto entries = json::parse(audit.out).as_array();
+    ASSERT_FALSE(entries.empty()) << audit.err;
+    EXPECT_EQ(str(entries.back().as_object(), "session"), "job:" + id);
+    EXPECT_EQ(str(entries.back().as_object(), "command"), "echo from cli\nexit 4\n");
     // events: the second job's callback, as one JSON line.
     auto id2 = str(submit("true\n"), "job_id");
     auto ev = agentCli({"events", "--count", "1", "--timeout", "60"});
@@ -359,7 +365,12 @@ TEST_P(SlurmJobs, FiftyJobsAreFollowedWithOneSqueuePerCycle) {
     auto squeues = calls("squeue");
     ASSERT_FALSE(squeues.empty());
     // Every call asks for all of the user's jobs at once, never for one job.
-    for (const auto& c : squeues) EXPECT_EQ(c, "--me --noheader --states=all --format=%i|%T|%r");
+    for (const auto& c : squeues) {
+        EXPECT_EQ(c.rfind("--me --noheader --states=all --Format=", 0), 0u) << c;
+        EXPECT_EQ(c.find("--jobs"), std::string::npos) << c;
+    }
+    // Jobs that end while in the queue are settled from that call alone.
+    EXPECT_TRUE(calls("scontrol").empty());
     // One call per monitor cycle: the daemon counted its cycles in its log.
     std::string log = m_h.daemonLog("j");
     std::size_t cycles = 0;
