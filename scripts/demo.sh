@@ -55,7 +55,8 @@ n=$(lines)
   --allowed-dirs "$demo/workspace" --ca-file "$demo/tls/ca.pem"
 
 say "hpc-daemonctl start (systemd user unit where there is one, else detached: nohup mode)"
-"$bin/ctl/hpc-daemonctl" start
+# Jobs run as local background processes here (no SLURM cluster in the demo).
+LOCAL_MODE=1 "$bin/ctl/hpc-daemonctl" start
 
 say "hpc-agent login (an agent signs in as the same user)"
 n=$(lines)
@@ -88,6 +89,12 @@ say "Writing outside the allowed directory fails, whatever does the writing"
 say "hpc-agent shell demo-cluster (an interactive shell; here its input is piped)"
 printf 'echo hello from $(hostname) in $PWD\nexit 7\n' | "$bin/agent/hpc-agent" shell demo-cluster --shell /bin/sh \
   | tr -d '\r' | grep -v '^\$ *$' || echo "(the shell exited with status $?)"
+
+say "hpc-agent submit demo-cluster - (a batch job), then wait for its callback"
+job=$(printf 'echo job running in $PWD\nsleep 1\necho done\n' | "$bin/agent/hpc-agent" submit demo-cluster - --name demo-job)
+echo "submitted $job"
+"$bin/agent/hpc-agent" wait demo-cluster "$job" --timeout 60
+"$bin/ctl/hpc-daemonctl" jobs
 
 say "hpc-daemonctl audit: what the agent ran"
 "$bin/ctl/hpc-daemonctl" audit -n 10
