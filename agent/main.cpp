@@ -221,7 +221,7 @@ int main(int argc, char** argv) {
     submit->add_option("script", scriptPath, "the job's script (\"-\": standard input)")->required();
     submit->add_option("sbatch", sbatchArgs, "options for sbatch after -- (SLURM daemons only; long options as --name=value)");
     submit->add_option("--name", jobName, "job name");
-    submit->add_option("--cwd", jobCwd, "working directory (default: the daemon's job directory)");
+    submit->add_option("--cwd", jobCwd, "working directory (default: the daemon's first allowed directory)");
     submit->add_option("--time-limit", timeLimit, "seconds after which the job is stopped (TIMEOUT); SLURM rounds up to minutes")
         ->check(CLI::PositiveNumber);
     submit->add_option("--env", jobEnv, "NAME=value for the job's environment (repeatable)");

@@ -2,9 +2,11 @@
 
 #include <arpa/inet.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <stdexcept>
 #include <system_error>
 
@@ -204,6 +206,20 @@ std::optional<std::string> base64Decode(std::string_view text) {
         if (pad < 1) out += static_cast<char>(n & 0xff);
     }
     return out;
+}
+
+std::string findInPath(std::string_view program) {
+    const char* path = std::getenv("PATH");
+    std::string p = path ? path : "/usr/bin:/bin";
+    for (std::size_t start = 0; start <= p.size();) {
+        auto end = p.find(':', start);
+        std::string dir = p.substr(start, end == std::string::npos ? std::string::npos : end - start);
+        std::string candidate = dir + "/" + std::string(program);
+        if (!dir.empty() && ::access(candidate.c_str(), X_OK) == 0) return candidate;
+        if (end == std::string::npos) break;
+        start = end + 1;
+    }
+    return {};
 }
 
 }  // namespace hpc

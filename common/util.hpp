@@ -10,6 +10,9 @@
 
 namespace hpc {
 
+/// The first executable `program` in $PATH ("" when there is none).
+std::string findInPath(std::string_view program);
+
 /// `bytes` bytes from getrandom(2), hex-encoded.
 std::string randomHex(std::size_t bytes);
 /// Seconds since the epoch, as the protocol sends times.

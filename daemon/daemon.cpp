@@ -129,7 +129,12 @@ private:
             c.maxInterval = std::max(m_options.jobPollMin, m_options.jobPollMax);
             return std::make_unique<SlurmScheduler>(m_ioc, c);
         }
-        return std::make_unique<LocalScheduler>(m_ioc);
+        LocalConfig c;
+        if (m_systemd) {
+            c.systemdRun = findInPath("systemd-run");
+            if (c.systemdRun.empty()) log::warning("systemd-run is missing: local jobs run without a systemd scope");
+        }
+        return std::make_unique<LocalScheduler>(m_ioc, c);
     }
 
     /// Where jobs' directories go: the profile's job directory, else the

@@ -4,8 +4,6 @@
 #include "log.hpp"
 #include "util.hpp"
 
-#include <unistd.h>
-
 #include <cstdlib>
 
 namespace json = boost::json;
@@ -29,23 +27,12 @@ bool isPrintableName(std::string_view s) {
 std::string detectBackend() {
     const char* local = std::getenv("LOCAL_MODE");
     if (local && std::string(local) == "1") return "local";
-    const char* path = std::getenv("PATH");
-    std::string p = path ? path : "/usr/bin:/bin";
-    for (std::size_t start = 0; start <= p.size();) {
-        auto end = p.find(':', start);
-        std::string dir = p.substr(start, end == std::string::npos ? std::string::npos : end - start);
-        if (!dir.empty() && ::access((dir + "/sbatch").c_str(), X_OK) == 0) return "slurm";
-        if (end == std::string::npos) break;
-        start = end + 1;
-    }
-    return "local";
+    return findInPath("sbatch").empty() ? "local" : "slurm";
 }
 
 JobService::JobService(boost::asio::io_context& ioc, Store& store, std::string daemonId,
                        std::unique_ptr<Scheduler> scheduler, Outbox::Send send)
-    : m_ioc(ioc),
-      m_store(store),
-      m_jobs(store),
+    : m_jobs(store),
       m_daemonId(std::move(daemonId)),
       m_scheduler(std::move(scheduler)),
       m_outbox(ioc, m_jobs, m_daemonId, std::move(send)) {

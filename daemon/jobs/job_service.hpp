@@ -61,8 +61,6 @@ private:
     JobRecord owned(const boost::json::object& payload, const std::string& agentId);
     void onChange(const JobRecord& job);
 
-    boost::asio::io_context& m_ioc;
-    Store& m_store;
     JobStore m_jobs;
     std::string m_daemonId;
     std::unique_ptr<Scheduler> m_scheduler;

@@ -64,6 +64,10 @@ LocalScheduler::~LocalScheduler() {
 void LocalScheduler::submit(JobRecord job, const SubmitOptions& options, Submitted done) {
     SpawnOptions o;
     o.argv = {"/bin/bash", job.dir + "/wrapper"};
+    if (!m_config.systemdRun.empty())
+        // The scope takes over this very process (same pid), then runs the wrapper.
+        o.argv.insert(o.argv.begin(), {m_config.systemdRun, "--user", "--scope", "--quiet", "--collect",
+                                       "--unit=hpc-job-" + job.jobId, "--"});
     o.cwd = job.cwd;
     o.envOverrides = options.env;
     o.newSession = true;

@@ -56,8 +56,20 @@ protected:
 /// "REQUEUED", …) to ours; "" for a word we do not know.
 std::string mapSlurmState(std::string_view slurm);
 
+/// Applies `sacct --noheader --parsable2 --allocations
+/// --format=JobIDRaw,State,ExitCode,Start,End,Reason` output to `job` (by its
+/// scheduler id): true when its row shows a final state.
+bool applySacct(JobRecord& job, std::string_view output);
+/// Applies `scontrol show job --oneliner` output to `job` when it shows a
+/// final state; returns the mapped state ("" when unknown).
+std::string applyScontrol(JobRecord& job, std::string_view output);
+
 struct LocalConfig {
     std::chrono::milliseconds killGrace{std::chrono::seconds(10)};
+    /// Under systemd: start each job through `systemd-run --user --scope`
+    /// (this program), so the user manager accounts for, limits and can kill
+    /// the whole tree as the unit hpc-job-<job id>.scope. Empty: no scope.
+    std::string systemdRun;
 };
 
 class LocalScheduler final : public Scheduler {

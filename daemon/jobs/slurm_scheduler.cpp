@@ -125,6 +125,38 @@ std::string mapSlurmState(std::string_view slurm) {
     return {};
 }
 
+bool applySacct(JobRecord& job, std::string_view output) {
+    std::istringstream lines{std::string(output)};
+    for (std::string line; std::getline(lines, line);) {
+        auto f = splitOn(line, '|');
+        if (f.size() < 6 || trim(f[0]) != job.schedulerId) continue;
+        std::string state = mapSlurmState(f[1]);
+        if (!isFinalState(state)) return false;
+        job.state = state;
+        applyExitCode(job, f[2]);
+        if (double t = parseSlurmTime(f[3])) job.startedAt = t;
+        job.endedAt = parseSlurmTime(f[4]);
+        if (job.endedAt == 0) job.endedAt = nowEpochSeconds();
+        // "CANCELLED by 1001" says who; otherwise Slurm's reason.
+        job.reason = trim(f[1]) != state ? trim(f[1]) : (trim(f[5]) == "None" ? "" : trim(f[5]));
+        return true;
+    }
+    return false;
+}
+
+std::string applyScontrol(JobRecord& job, std::string_view output) {
+    auto fields = parseScontrol(output);
+    std::string state = mapSlurmState(fields["JobState"]);
+    if (!isFinalState(state)) return state;
+    job.state = state;
+    applyExitCode(job, fields["ExitCode"]);
+    if (double t = parseSlurmTime(fields["StartTime"])) job.startedAt = t;
+    job.endedAt = parseSlurmTime(fields["EndTime"]);
+    if (job.endedAt == 0) job.endedAt = nowEpochSeconds();
+    job.reason = fields["Reason"] == "None" ? "" : fields["Reason"];
+    return state;
+}
+
 void SlurmScheduler::validateArgs(const std::vector<std::string>& args) {
     static const std::vector<std::string> refused = {
         "--output", "--error", "--chdir", "--parsable", "--wrap", "--array", "--wait", "--test-only",
@@ -371,22 +403,11 @@ void SlurmScheduler::settle(const std::string& jobId) {
                        return;
                    }
                    m_accounting = true;
-                   std::istringstream lines(r.out);
-                   for (std::string line; std::getline(lines, line);) {
-                       auto f = splitOn(line, '|');
-                       if (f.size() < 6 || trim(f[0]) != it->second.schedulerId) continue;
-                       std::string state = mapSlurmState(f[1]);
-                       if (!isFinalState(state)) break;  // not final in the database yet
-                       JobRecord job = it->second;
-                       job.state = state;
-                       applyExitCode(job, f[2]);
-                       if (double s = parseSlurmTime(f[3])) job.startedAt = s;
-                       job.endedAt = parseSlurmTime(f[4]);
-                       job.reason = trim(f[1]) != state ? trim(f[1]) : (trim(f[5]) == "None" ? "" : trim(f[5]));
+                   JobRecord job = it->second;
+                   if (applySacct(job, r.out))
                        finishSettle(std::move(job));
-                       return;
-                   }
-                   settleFromScontrol(jobId);
+                   else
+                       settleFromScontrol(jobId);  // not (yet) final in the database
                });
 }
 
@@ -411,8 +432,7 @@ void SlurmScheduler::settleFromScontrol(const std::string& jobId) {
                        finishSettle(std::move(job));
                        return;
                    }
-                   auto fields = parseScontrol(r.out);
-                   std::string state = mapSlurmState(fields["JobState"]);
+                   std::string state = applyScontrol(job, r.out);
                    if (!isFinalState(state)) {
                        // Still live (requeued, or squeue raced with it): follow it.
                        m_settling.erase(jobId);
@@ -422,12 +442,6 @@ void SlurmScheduler::settleFromScontrol(const std::string& jobId) {
                        }
                        return;
                    }
-                   job.state = state;
-                   applyExitCode(job, fields["ExitCode"]);
-                   if (double s = parseSlurmTime(fields["StartTime"])) job.startedAt = s;
-                   job.endedAt = parseSlurmTime(fields["EndTime"]);
-                   if (job.endedAt == 0) job.endedAt = nowEpochSeconds();
-                   job.reason = fields["Reason"] == "None" ? "" : fields["Reason"];
                    finishSettle(std::move(job));
                });
 }

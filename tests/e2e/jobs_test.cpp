@@ -52,13 +52,9 @@ protected:
     virtual void beforeDaemonStart() {}
 
     std::vector<std::string> daemonEnv() const {
-        std::vector<std::string> env;
-        if (slurm()) {
-            env.push_back("SLURM_CONF=" + slurmConf());
-            if (!m_pathPrefix.empty()) env.push_back("PATH=" + m_pathPrefix + ":" + std::getenv("PATH"));
-        } else {
-            env.push_back("LOCAL_MODE=1");
-        }
+        std::vector<std::string> env = m_extraEnv;
+        env.push_back(slurm() ? "SLURM_CONF=" + slurmConf() : "LOCAL_MODE=1");
+        if (!m_pathPrefix.empty()) env.push_back("PATH=" + m_pathPrefix + ":" + std::getenv("PATH"));
         return env;
     }
 
@@ -95,6 +91,7 @@ protected:
     fs::path m_work;
     Secret m_token;
     std::string m_pathPrefix;
+    std::vector<std::string> m_extraEnv;
     std::unique_ptr<agent::AgentClient> m_agent;
 };
 
@@ -322,6 +319,29 @@ TEST_P(LocalJobs, JobsAreConfinedToTheAllowedDirectories) {
     EXPECT_FALSE(fs::exists(outside / "x"));
     EXPECT_EQ(cb.state, "FAILED");
     EXPECT_NE(cb.stderrTail.find("Permission denied"), std::string::npos) << cb.stderrTail;
+}
+
+TEST_P(LocalJobs, UnderSystemdEachJobGetsItsOwnScope) {
+    // A stand-in for systemd-run that records its arguments (inside the
+    // allowed directory: it runs confined) and, like the real one with
+    // --scope, runs the command in the same process.
+    fs::path bin = m_h.dir() / "fake-systemd";
+    fs::create_directories(bin);
+    std::ofstream(bin / "systemd-run") << "#!/bin/sh\necho \"$*\" >> " << (m_work / "systemd-run.calls").string()
+                                       << "\nwhile [ \"$1\" != -- ]; do shift; done\nshift\nexec \"$@\"\n";
+    fs::permissions(bin / "systemd-run", fs::perms::owner_all);
+    m_h.killDaemon("j");
+    m_pathPrefix = bin.string();
+    m_extraEnv = {"INVOCATION_ID=0123456789abcdef0123456789abcdef"};  // what systemd sets for its services
+    startDaemon();
+    m_agent = m_h.agent(m_token);
+    auto id = str(submit("echo scoped\n"), "job_id");
+    auto cb = waitFor(id);
+    EXPECT_EQ(cb.state, "COMPLETED");
+    EXPECT_EQ(cb.stdoutTail, "scoped\n");
+    EXPECT_EQ(readFile(m_work / "systemd-run.calls"),
+              "--user --scope --quiet --collect --unit=hpc-job-" + id + " -- /bin/bash " +
+                  (m_work / ".hpc-daemon/jobs" / id / "wrapper").string() + "\n");
 }
 
 INSTANTIATE_TEST_SUITE_P(Local, LocalJobs, ::testing::Values("local"), [](const auto& info) { return info.param; });

@@ -67,6 +67,50 @@ TEST(SlurmStates, MapToOurStates) {
     EXPECT_FALSE(isFinalState("SUBMITTING"));
 }
 
+TEST(SlurmAnswers, SacctRowsSettleAJobWithWhoCancelledIt) {
+    JobRecord job;
+    job.schedulerId = "154";
+    // The allocation's row; a step row or another job's row is ignored.
+    std::string out = "153|FAILED|3:0|2026-11-30T00:35:04|2026-11-30T00:35:04|NonZeroExitCode\n"
+                      "154|CANCELLED by 1001|0:15|2026-11-30T00:35:14|2026-11-30T00:35:16|None\n";
+    ASSERT_TRUE(applySacct(job, out));
+    EXPECT_EQ(job.state, "CANCELLED");
+    EXPECT_EQ(job.reason, "CANCELLED by 1001");
+    EXPECT_EQ(job.signal, 15);
+    EXPECT_FALSE(job.exitCode.has_value());
+    EXPECT_GT(job.endedAt, job.startedAt);
+    JobRecord failed;
+    failed.schedulerId = "153";
+    ASSERT_TRUE(applySacct(failed, out));
+    EXPECT_EQ(failed.state, "FAILED");
+    EXPECT_EQ(failed.exitCode, 3);
+    EXPECT_EQ(failed.reason, "NonZeroExitCode");
+    // Still running in the database, or not there: not settled.
+    JobRecord running;
+    running.schedulerId = "155";
+    EXPECT_FALSE(applySacct(running, "155|RUNNING|0:0|2026-11-30T00:35:14|Unknown|None\n"));
+    EXPECT_FALSE(applySacct(running, ""));
+    EXPECT_EQ(running.state, "SUBMITTING");
+}
+
+TEST(SlurmAnswers, ScontrolLinesSettleFinalJobsOnly) {
+    JobRecord job;
+    std::string timeout =
+        "JobId=9 JobName=wrapper UserId=root(0) JobState=TIMEOUT Reason=TimeLimit Dependency=(null) ExitCode=0:15 "
+        "RunTime=00:01:14 TimeLimit=00:01:00 StartTime=2026-11-30T00:10:00 EndTime=2026-11-30T00:11:14";
+    EXPECT_EQ(applyScontrol(job, timeout), "TIMEOUT");
+    EXPECT_EQ(job.state, "TIMEOUT");
+    EXPECT_EQ(job.reason, "TimeLimit");
+    EXPECT_EQ(job.signal, 15);
+    EXPECT_DOUBLE_EQ(job.endedAt - job.startedAt, 74);
+    JobRecord requeued;
+    EXPECT_EQ(applyScontrol(requeued, "JobId=10 JobState=REQUEUED Reason=BeginTime ExitCode=0:0"), "PENDING");
+    EXPECT_EQ(requeued.state, "SUBMITTING");  // followed, not ended
+    JobRecord failed;
+    EXPECT_EQ(applyScontrol(failed, "JobId=11 JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0"), "FAILED");
+    EXPECT_EQ(failed.exitCode, 3);
+}
+
 TEST(SbatchArgs, OnlyOptionsTheDaemonDoesNotOwn) {
     EXPECT_NO_THROW(SlurmScheduler::validateArgs({"--partition=debug", "-p", "debug", "--hold", "-N", "1", "--mem=1G"}));
     EXPECT_NO_THROW(SlurmScheduler::validateArgs({"-J", "a name; rm -rf /"}));  // argv, never a shell
