@@ -430,6 +430,25 @@ TEST_P(SlurmJobs, AJobTheSchedulerForgotIsSettledFromItsExitFile) {
     EXPECT_NE(m_h.daemonLog("j").find("forgotten by the scheduler"), std::string::npos);
 }
 
+TEST_P(SlurmJobs, ARequeuedJobIsFollowedNotReportedAsEnded) {
+    auto r = submit("echo run $SLURM_RESTART_COUNT >> runs.txt\nsleep 3\n");
+    std::string id = str(r, "job_id"), schedulerId = str(r, "scheduler_id");
+    ASSERT_TRUE(waitState(id, "RUNNING"));
+    // What preemption with requeue does: the run is killed, the job queued again.
+    auto requeue = slurmCommand({"scontrol", "requeue", schedulerId});
+    ASSERT_EQ(requeue.status, 0) << requeue.err;
+    ASSERT_TRUE(waitState(id, "PENDING"));
+    EXPECT_FALSE(m_agent->nextCallback(3s).has_value()) << "a requeued job was reported as ended";
+    EXPECT_EQ(stateOf(id), "PENDING");
+    // SLURM holds a requeued job for two minutes; let it start now.
+    auto release = slurmCommand({"scontrol", "update", "JobId=" + schedulerId, "StartTime=now"});
+    ASSERT_EQ(release.status, 0) << release.err;
+    auto cb = waitFor(id);
+    EXPECT_EQ(cb.state, "COMPLETED");
+    EXPECT_EQ(readFile(m_work / "runs.txt"), "run\nrun 1\n");
+    EXPECT_FALSE(m_agent->nextCallback(2s).has_value());
+}
+
 TEST_P(SlurmJobs, ADaemonKilledWhileSbatchRunsFindsTheJobInsteadOfSubmittingItAgain) {
     // An sbatch that submits, then is slow to answer.
     fs::path slow = m_h.dir() / "slow-sbatch";
