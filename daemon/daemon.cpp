@@ -127,6 +127,7 @@ private:
             SlurmConfig c;
             c.minInterval = m_options.jobPollMin;
             c.maxInterval = std::max(m_options.jobPollMin, m_options.jobPollMax);
+            c.commandTimeout = m_options.slurmCommandTimeout;
             return std::make_unique<SlurmScheduler>(m_ioc, c);
         }
         LocalConfig c;

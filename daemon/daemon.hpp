@@ -26,6 +26,7 @@ struct DaemonOptions {
     /// the maximum while nothing changes.
     std::chrono::milliseconds jobPollMin{std::chrono::seconds(3)};
     std::chrono::milliseconds jobPollMax{std::chrono::seconds(60)};
+    std::chrono::milliseconds slurmCommandTimeout{std::chrono::seconds(30)};
 };
 
 /// Runs until SIGTERM, SIGINT or a D-Bus Stop; returns the exit code (0 on a

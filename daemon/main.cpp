@@ -51,6 +51,11 @@ int main(int argc, char** argv) {
     app.add_option("--job-poll-max-seconds", pollMax, "SLURM monitor: the interval grows to this while nothing changes")
         ->check(CLI::Range(1.0, 86400.0))
         ->capture_default_str();
+    double slurmTimeout = 30;
+    app.add_option("--slurm-command-timeout-seconds", slurmTimeout,
+                   "how long sbatch, squeue, scontrol and sacct may take before they are killed and retried")
+        ->check(CLI::Range(1.0, 3600.0))
+        ->capture_default_str();
     app.add_flag("--no-landlock", options.noLandlock,
                  "do not confine commands with Landlock even where the kernel supports it (diagnosis)");
     app.add_flag("-v,--verbose", verbose, "log debug lines too");
@@ -63,6 +68,7 @@ int main(int argc, char** argv) {
     options.ptyDetachGrace = std::chrono::seconds(static_cast<long long>(detachGrace));
     options.jobPollMin = ms(pollMin);
     options.jobPollMax = ms(pollMax);
+    options.slurmCommandTimeout = ms(slurmTimeout);
     ::signal(SIGPIPE, SIG_IGN);
     try {
         hpc::log::init(logFile, verbose ? hpc::log::Level::Debug : hpc::log::Level::Info);

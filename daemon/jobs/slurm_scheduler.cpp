@@ -220,14 +220,23 @@ void SlurmScheduler::submit(JobRecord job, const SubmitOptions& options, Submitt
                                      "--error=" + job.stderrPath(), "--comment=" + commentFor(job.jobId)};
     if (!job.name.empty()) argv.push_back("--job-name=" + job.name);
     if (job.timeLimitSeconds > 0) argv.push_back("--time=" + std::to_string((job.timeLimitSeconds + 59) / 60));
-    // Ours win over the agent's for the paths above: sbatch takes the first.
+    // The agent's options go after ours; validateArgs refused any that
+    // would override these.
     argv.insert(argv.end(), options.schedulerArgs.begin(), options.schedulerArgs.end());
     argv.push_back(job.dir + "/wrapper");
     runCommand(argv, options.env, [this, job = std::move(job), done = std::move(done)](const ExecResult& r) mutable {
         std::string out = trim(r.out);
+        if (r.timedOut) {
+            // It may have been submitted all the same: resolved by its
+            // comment like a submission cut short by a restart, and the
+            // callback tells how it ended either way.
+            log::warning("sbatch did not answer in time for job " + job.jobId + ": looking for it in the queue");
+            adopt(job);
+            done(std::move(job), std::nullopt);
+            return;
+        }
         if (r.exitCode != 0 || out.empty()) {
             std::string message = trim(r.err);
-            if (r.timedOut) message = "sbatch did not answer in time (is the controller up?)";
             if (message.empty()) message = "sbatch failed";
             done(std::move(job), Error(ErrorCode::BadRequest, "the scheduler refused the job: " + message));
             return;
@@ -252,8 +261,8 @@ void SlurmScheduler::adopt(const JobRecord& job) {
     runCommand({"squeue", "--me", "--noheader", "--states=all", "--format=%i|%k"}, {},
                [this, job](const ExecResult& r) {
                    if (r.exitCode != 0) {
-                       log::warning("cannot ask squeue about job " + job.jobId + " (submitted while the daemon "
-                                    "stopped): " + trim(r.err) + "; asking again later");
+                       log::warning("cannot ask squeue about job " + job.jobId + " (its submission was not "
+                                    "confirmed): " + trim(r.err) + "; asking again later");
                        auto retry = std::make_shared<asio::steady_timer>(m_ioc, m_config.maxInterval);
                        retry->async_wait([this, job, retry](boost::system::error_code ec) {
                            if (!ec) adopt(job);
@@ -267,8 +276,8 @@ void SlurmScheduler::adopt(const JobRecord& job) {
                            JobRecord found = job;
                            found.schedulerId = trim(f[0]);
                            found.state = "PENDING";
-                           log::info("job " + job.jobId + " was submitted before the daemon stopped: SLURM job " +
-                                     found.schedulerId);
+                           log::info("job " + job.jobId + " whose submission was not confirmed is in the queue: "
+                                     "SLURM job " + found.schedulerId);
                            m_jobs[found.jobId] = found;
                            if (m_onChange) m_onChange(found);
                            schedulePoll(std::chrono::milliseconds(0));
@@ -278,7 +287,8 @@ void SlurmScheduler::adopt(const JobRecord& job) {
                    JobRecord settled = job;
                    settled.endedAt = nowEpochSeconds();
                    settled.state = "FAILED";
-                   settled.reason = "the daemon stopped while submitting and SLURM has no such job";
+                   settled.reason =
+                       "its submission was cut short (daemon restart or sbatch timeout) and SLURM has no such job";
                    if (m_onChange) m_onChange(settled);
                });
 }
