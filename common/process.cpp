@@ -102,6 +102,7 @@ struct ChildStdio {
     struct sigaction dfl{};
     dfl.sa_handler = SIG_DFL;
     for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);
+    if (o.dieWithParent && ::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) fail(errno);
     if (o.newSession && ::setsid() < 0) fail(errno);
     if (o.controllingTerminal >= 0 && ::ioctl(o.controllingTerminal, TIOCSCTTY, 0) != 0) fail(errno);
     int fds[3] = {io.in, io.out, io.err};
@@ -185,7 +186,7 @@ SpawnedProcess spawn(const SpawnOptions& options) {
     argv.push_back(nullptr);
 
     pid_t pid = -1;
-    if (options.landlockRuleset >= 0 || options.controllingTerminal >= 0) {
+    if (options.landlockRuleset >= 0 || options.controllingTerminal >= 0 || options.dieWithParent) {
         PipePair errors = makePipe();  // CLOEXEC: closes on a successful exec
         pid = vforkPrepared(options, io, argv.data(), envp.data(), errors.write.get());
         if (pid < 0) throwErrno(errno, "vfork");

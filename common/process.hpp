@@ -39,6 +39,10 @@ struct SpawnOptions {
     /// More descriptors for the child: {ours, its number}. Only honoured
     /// with controllingTerminal or landlockRuleset (the vfork path).
     std::vector<std::pair<int, int>> extraFds;
+    /// The child gets SIGTERM when this process dies, however it dies (a
+    /// helper that must not outlive its owner, even after SIGKILL). Such
+    /// children are vforked too.
+    bool dieWithParent = false;
 };
 
 struct SpawnedProcess {

@@ -38,6 +38,7 @@ PrivateBus::PrivateBus(const fs::path& home, const std::string& daemonId)
     o.argv = {"dbus-daemon", "--config-file=" + m_config.string(), "--nofork", "--nopidfile"};
     o.out = Stdio::Null;
     o.err = Stdio::Inherit;
+    o.dieWithParent = true;  // a daemon killed with SIGKILL must not leave its bus behind
     try {
         m_child = ChildGuard(spawn(o).pid);
     } catch (const std::exception& e) {

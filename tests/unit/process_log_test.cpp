@@ -5,7 +5,9 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -105,6 +107,40 @@ TEST(Processes, AMissingProgramThrowsEnoent) {
     } catch (const std::system_error& e) {
         EXPECT_EQ(e.code().value(), ENOENT);
     }
+}
+
+TEST(Processes, AChildThatMustDieWithItsParentDoesSoEvenAfterSigkill) {
+    // We adopt orphans, so the child comes back to us when its parent dies.
+    ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    pid_t parent = ::fork();
+    ASSERT_GE(parent, 0);
+    if (parent == 0) {
+        SpawnOptions o;
+        o.argv = {"sleep", "60"};
+        o.dieWithParent = true;
+        pid_t child = spawn(o).pid;
+        (void)::write(fds[1], &child, sizeof child);
+        ::pause();  // until killed
+        ::_exit(0);
+    }
+    pid_t child = 0;
+    ASSERT_EQ(::read(fds[0], &child, sizeof child), static_cast<ssize_t>(sizeof child));
+    ::close(fds[0]);
+    ::close(fds[1]);
+    ::kill(parent, SIGKILL);
+    ASSERT_EQ(::waitpid(parent, nullptr, 0), parent);
+    int status = 0;
+    pid_t reaped = 0;
+    for (int i = 0; i < 500 && reaped == 0; ++i) {
+        reaped = ::waitpid(child, &status, WNOHANG);
+        if (reaped == 0) std::this_thread::sleep_for(10ms);
+    }
+    ::prctl(PR_SET_CHILD_SUBREAPER, 0);
+    ASSERT_EQ(reaped, child) << "the child outlived its parent";
+    EXPECT_TRUE(WIFSIGNALED(status));
+    EXPECT_EQ(WTERMSIG(status), SIGTERM);
 }
 
 TEST(Processes, TheGuardKillsTheWholeGroupWhenItGoes) {
