@@ -77,11 +77,8 @@ int run(int argc, char** argv) {
     if (h.setupDaemon("jl", "jb@example.org", {work.string()}).status != 0) return 1;
     // squeue goes through a wrapper that logs each call with its duration.
     fs::path bin = h.dir() / "wrappers";
-    fs::create_directories(bin);
-    std::ofstream(bin / "squeue") << "#!/bin/sh\nt0=$(date +%s.%N)\n/usr/bin/squeue \"$@\"\nrc=$?\n"
-                                  << "echo \"$t0 $(date +%s.%N)\" >> " << (h.dir() / "squeue.calls").string()
-                                  << "\nexit $rc\n";
-    fs::permissions(bin / "squeue", fs::perms::owner_all);
+    writeExecutable(bin / "squeue", "#!/bin/sh\nt0=$(date +%s.%N)\n/usr/bin/squeue \"$@\"\nrc=$?\necho \"$t0 $(date +%s.%N)\" >> " +
+                                        (h.dir() / "squeue.calls").string() + "\nexit $rc\n");
     std::string poll = std::to_string(pollSeconds);
     h.startDaemon("jb", {"--job-poll-min-seconds", poll, "--job-poll-max-seconds", poll},
                   {std::string("SLURM_CONF=") + conf, "PATH=" + bin.string() + ":" + std::getenv("PATH")});

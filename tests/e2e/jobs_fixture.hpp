@@ -97,12 +97,9 @@ class SlurmJobs : public Jobs {
 protected:
     void SetUp() override {
         fs::path bin = m_h.dir() / "slurm-wrappers";
-        fs::create_directories(bin);
-        for (const char* tool : {"squeue", "scontrol", "sacct"}) {
-            std::ofstream(bin / tool) << "#!/bin/sh\necho \"$*\" >> " << (m_h.dir() / (std::string(tool) + ".calls")).string()
-                                      << "\nexec /usr/bin/" << tool << " \"$@\"\n";
-            fs::permissions(bin / tool, fs::perms::owner_all);
-        }
+        for (std::string tool : {"squeue", "scontrol", "sacct"})
+            writeExecutable(bin / tool, "#!/bin/sh\necho \"$*\" >> " + (m_h.dir() / (tool + ".calls")).string() +
+                                            "\nexec /usr/bin/" + tool + " \"$@\"\n");
         m_pathPrefix = bin.string();
         Jobs::SetUp();
     }

@@ -247,10 +247,8 @@ TEST_P(LocalJobs, UnderSystemdEachJobGetsItsOwnScope) {
     // allowed directory: it runs confined) and, like the real one with
     // --scope, runs the command in the same process.
     fs::path bin = m_h.dir() / "fake-systemd";
-    fs::create_directories(bin);
-    std::ofstream(bin / "systemd-run") << "#!/bin/sh\necho \"$*\" >> " << (m_work / "systemd-run.calls").string()
-                                       << "\nwhile [ \"$1\" != -- ]; do shift; done\nshift\nexec \"$@\"\n";
-    fs::permissions(bin / "systemd-run", fs::perms::owner_all);
+    writeExecutable(bin / "systemd-run", "#!/bin/sh\necho \"$*\" >> " + (m_work / "systemd-run.calls").string() +
+                                             "\nwhile [ \"$1\" != -- ]; do shift; done\nshift\nexec \"$@\"\n");
     m_h.killDaemon("j");
     m_pathPrefix = bin.string();
     m_extraEnv = {"INVOCATION_ID=0123456789abcdef0123456789abcdef"};  // what systemd sets for its services

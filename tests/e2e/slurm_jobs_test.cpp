@@ -94,9 +94,7 @@ TEST_P(SlurmJobs, ARequeuedJobIsFollowedNotReportedAsEnded) {
 TEST_P(SlurmJobs, AnSbatchThatTimesOutIsResolvedFromTheQueue) {
     // sbatch submits, then hangs past the daemon's limit and is killed.
     fs::path slow = m_h.dir() / "hanging-sbatch";
-    fs::create_directories(slow);
-    std::ofstream(slow / "sbatch") << "#!/bin/sh\n/usr/bin/sbatch \"$@\"\nsleep 30\n";
-    fs::permissions(slow / "sbatch", fs::perms::owner_all);
+    writeExecutable(slow / "sbatch", "#!/bin/sh\n/usr/bin/sbatch \"$@\"\nsleep 30\n");
     m_h.killDaemon("j");
     m_pathPrefix = slow.string() + ":" + m_pathPrefix;
     m_h.startDaemon("j", {"--job-poll-min-seconds", "1", "--job-poll-max-seconds", "2", "--slurm-command-timeout-seconds", "2"},
@@ -117,9 +115,7 @@ TEST_P(SlurmJobs, AnSbatchThatTimesOutIsResolvedFromTheQueue) {
 TEST_P(SlurmJobs, ADaemonKilledWhileSbatchRunsFindsTheJobInsteadOfSubmittingItAgain) {
     // An sbatch that submits, then is slow to answer.
     fs::path slow = m_h.dir() / "slow-sbatch";
-    fs::create_directories(slow);
-    std::ofstream(slow / "sbatch") << "#!/bin/sh\n/usr/bin/sbatch \"$@\"\nrc=$?\nsleep 4\nexit $rc\n";
-    fs::permissions(slow / "sbatch", fs::perms::owner_all);
+    writeExecutable(slow / "sbatch", "#!/bin/sh\n/usr/bin/sbatch \"$@\"\nrc=$?\nsleep 4\nexit $rc\n");
     m_h.killDaemon("j");
     std::string wrappers = m_pathPrefix;
     m_pathPrefix = slow.string() + ":" + wrappers;

@@ -221,6 +221,15 @@ std::string Harness::waitForCode(const std::string& email, std::size_t linesBefo
     return code;
 }
 
+void writeExecutable(const fs::path& file, const std::string& content) {
+    fs::create_directories(file.parent_path());
+    std::ofstream out(file, std::ios::trunc);
+    out << content;
+    out.close();
+    if (!out) throw std::runtime_error("cannot write " + file.string());
+    fs::permissions(file, fs::perms::owner_all, fs::perm_options::replace);
+}
+
 CommandResult Harness::setupDaemon(const std::string& daemonId, const std::string& email,
                                    const std::vector<std::string>& allowedDirs, const std::vector<std::string>& extra) {
     std::vector<std::string> argv = {binary("hpc-daemonctl"), "setup", "--no-interview", "--email", email,

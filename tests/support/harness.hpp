@@ -25,6 +25,10 @@ std::string readFile(const std::filesystem::path& path);
 /// a line: compare two snapshots to see whether anything changed.
 std::string snapshotTree(const std::filesystem::path& dir);
 
+/// Writes a script (0700), creating its directory: stand-ins and wrappers
+/// for programs the system under test runs.
+void writeExecutable(const std::filesystem::path& file, const std::string& content);
+
 /// Polls `pred` every 10 ms until it holds or `timeout` passes.
 bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
 
