@@ -72,7 +72,8 @@ int runStatus(const std::string& daemonId, bool asJson) {
               << "  scheduler:  " << str(s, "scheduler") << "\n"
               << "  activity:   " << static_cast<long>(num(s, "running_execs")) << " commands, "
               << static_cast<long>(num(s, "active_sessions")) << " shells, "
-              << static_cast<long>(num(s, "active_jobs")) << " jobs\n"
+              << static_cast<long>(num(s, "active_jobs")) << " jobs, "
+              << static_cast<long>(num(s, "pending_callbacks")) << " job callbacks waiting for the platform\n"
               << "  bus:        " << client->address() << "\n";
     return kExitOk;
 }

@@ -300,6 +300,7 @@ private:
         s.runningExecs = static_cast<unsigned>(m_exec.running());
         s.activeSessions = static_cast<unsigned>(m_pty->count());
         s.activeJobs = static_cast<unsigned>(m_jobs->active());
+        s.pendingCallbacks = static_cast<unsigned>(m_jobs->pendingCallbacks());
         s.busAddress = m_bus ? m_bus->address() : "";
         s.startedAt = m_startedAt;
         return s;

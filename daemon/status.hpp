@@ -22,6 +22,7 @@ struct DaemonStatus {
     unsigned runningExecs = 0;
     unsigned activeSessions = 0;
     unsigned activeJobs = 0;
+    unsigned pendingCallbacks = 0;  ///< job callbacks the platform has not acknowledged
     std::string busAddress;
     double startedAt = 0;
 };

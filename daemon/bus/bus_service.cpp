@@ -67,6 +67,7 @@ private:
                 {"running_execs", static_cast<uint32_t>(s.runningExecs)},
                 {"active_sessions", static_cast<uint32_t>(s.activeSessions)},
                 {"active_jobs", static_cast<uint32_t>(s.activeJobs)},
+                {"pending_callbacks", static_cast<uint32_t>(s.pendingCallbacks)},
                 {"bus_address", s.busAddress},
                 {"started_at", s.startedAt}};
     }

@@ -51,6 +51,8 @@ public:
     Outbox& outbox() { return m_outbox; }
     std::string_view backend() const { return m_scheduler->name(); }
     std::size_t active() const { return m_scheduler->tracked() + m_submitting; }
+    /// Callbacks written and not yet acknowledged by the platform.
+    std::size_t pendingCallbacks() { return m_jobs.pendingCallbacks(m_daemonId).size(); }
     /// For hpc-daemonctl jobs: every agent's, newest first.
     std::vector<JobRecord> recent(int limit) { return m_jobs.list(m_daemonId, "", limit); }
 

@@ -147,6 +147,14 @@ TEST_P(Jobs, ACallbackMadeWhileTheRelayIsDownArrivesWhenItReturns) {
     ASSERT_TRUE(waitUntil([&] { return fs::exists(m_work / ".hpc-daemon/jobs" / id / "exit_status"); }, 60s));
     ASSERT_TRUE(waitUntil([&] { return m_h.daemonLog("j").find("callback") != std::string::npos &&
                                        m_h.daemonLog("j").find("queued") != std::string::npos; }, 30s));
+    // The user sees it waiting.
+    std::vector<std::string> ctlEnv = m_h.baseEnv();
+    ctlEnv.push_back("HPC_DAEMON_HOME=" + m_h.home("j").string());
+    auto pending = [&] {
+        auto st = runCommand({Harness::binary("hpc-daemonctl"), "status", "--json"}, {}, ctlEnv, 30s);
+        return json::parse(st.out).at("pending_callbacks").as_int64();
+    };
+    EXPECT_EQ(pending(), 1);
     m_h.startRelay();
     ASSERT_TRUE(m_h.waitConnected(m_token, "j"));
     // The agent was offline too: it gets the callback when it connects.
@@ -160,6 +168,7 @@ TEST_P(Jobs, ACallbackMadeWhileTheRelayIsDownArrivesWhenItReturns) {
     m_agent = m_h.agent(m_token);
     EXPECT_FALSE(m_agent->nextCallback(1s).has_value());
     EXPECT_EQ(waitFor(id).callbackId, cb->callbackId);
+    EXPECT_EQ(pending(), 0);
 }
 
 TEST_P(Jobs, TheAgentCliSubmitsListsAndWaits) {
