@@ -5,6 +5,8 @@
 #include "errors.hpp"
 #include "platform_client.hpp"
 
+#include "backoff.hpp"
+
 #include <CLI/CLI.hpp>
 #include <fcntl.h>
 #include <unistd.h>
@@ -13,7 +15,10 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <functional>
+#include <set>
 #include <sstream>
+#include <thread>
 
 using namespace hpc;
 namespace json = boost::json;
@@ -161,6 +166,30 @@ std::string describe(const agent::JobCallback& cb) {
 
 constexpr int kExitWaitTimedOut = 254;
 
+/// Runs `body` on a connection; when a connection that was up breaks (a
+/// relay restart, a network blip), connects again with backoff and runs it
+/// again. A first connection that fails is an error at once (a wrong URL
+/// should not look like a wait). Past `deadline`, returns `timeoutCode`.
+int runReconnecting(const Common& c, std::optional<std::chrono::steady_clock::time_point> deadline, int timeoutCode,
+                    const std::function<int(agent::AgentClient&)>& body) {
+    Backoff backoff(std::chrono::seconds(1), std::chrono::seconds(30), std::chrono::milliseconds(500));
+    bool connectedOnce = false;
+    for (;;) {
+        try {
+            auto client = agent::AgentClient::connect(agentOptions(c));
+            connectedOnce = true;
+            backoff.reset();
+            return body(*client);
+        } catch (const Error& e) {
+            if (e.code() != ErrorCode::Unavailable || !connectedOnce) throw;
+            auto delay = backoff.next();
+            if (deadline && std::chrono::steady_clock::now() + delay >= *deadline) return timeoutCode;
+            std::cerr << "hpc-agent: " << e.what() << "; reconnecting in " << delay.count() << " ms\n";
+            std::this_thread::sleep_for(delay);
+        }
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -255,7 +284,9 @@ int main(int argc, char** argv) {
     waitCmd->add_option("--timeout", waitTimeout, "give up after this many seconds (default: wait forever)")
         ->check(CLI::PositiveNumber);
     waitCmd->add_flag("--json", jobJson, "print the callback as JSON");
-    waitCmd->footer("Exit status: 0 when the job COMPLETED, 1 when it ended in any other state, 254 when --timeout "
+    waitCmd->footer("A connection that breaks (a platform restart, a network blip) is made again with backoff; the "
+                    "callback is kept by the platform meanwhile.\n"
+                    "Exit status: 0 when the job COMPLETED, 1 when it ended in any other state, 254 when --timeout "
                     "passed first, 255 when hpc-agent failed.");
     addCommon(waitCmd, common);
 
@@ -334,15 +365,23 @@ int main(int argc, char** argv) {
             return 0;
         }
         if (waitCmd->parsed()) {
-            auto client = agent::AgentClient::connect(agentOptions(common));
-            auto limit = waitTimeout > 0 ? std::chrono::milliseconds(static_cast<long long>(waitTimeout * 1000))
-                                         : std::chrono::milliseconds(std::chrono::hours(24 * 365));
-            auto cb = client->waitForJob(jobDaemon, jobId, limit);
+            std::optional<std::chrono::steady_clock::time_point> deadline;
+            if (waitTimeout > 0)
+                deadline = std::chrono::steady_clock::now() +
+                           std::chrono::milliseconds(static_cast<long long>(waitTimeout * 1000));
+            std::optional<agent::JobCallback> cb;
+            int status = runReconnecting(common, deadline, kExitWaitTimedOut, [&](agent::AgentClient& client) {
+                auto left = deadline ? std::chrono::duration_cast<std::chrono::milliseconds>(
+                                           *deadline - std::chrono::steady_clock::now())
+                                     : std::chrono::milliseconds(std::chrono::hours(24 * 365));
+                cb = client.waitForJob(jobDaemon, jobId, std::max(left, std::chrono::milliseconds(0)));
+                if (cb) client.ackCallback(cb->callbackId);
+                return cb ? 0 : kExitWaitTimedOut;
+            });
             if (!cb) {
                 std::cerr << "hpc-agent: no callback for " << jobId << " yet\n";
-                return kExitWaitTimedOut;
+                return status;
             }
-            client->ackCallback(cb->callbackId);
             if (jobJson) {
                 std::cout << json::serialize(cb->raw) << "\n";
             } else {
@@ -352,18 +391,22 @@ int main(int argc, char** argv) {
             return cb->state == "COMPLETED" ? 0 : 1;
         }
         if (events->parsed()) {
-            auto client = agent::AgentClient::connect(agentOptions(common));
             auto limit = eventTimeout > 0 ? std::chrono::milliseconds(static_cast<long long>(eventTimeout * 1000))
                                           : std::chrono::milliseconds(std::chrono::hours(24 * 365));
-            for (int n = 0; eventCount == 0 || n < eventCount; ++n) {
-                auto cb = client->nextCallback(limit);
-                if (!cb) return 0;
-                json::object line = cb->raw;
-                line["daemon_id"] = cb->daemonId;
-                std::cout << json::serialize(line) << "\n" << std::flush;
-                if (!noAck) client->ackCallback(cb->callbackId);
-            }
-            return 0;
+            std::set<std::string> printed;  // across reconnections: an unacknowledged one comes again
+            return runReconnecting(common, std::nullopt, 0, [&](agent::AgentClient& client) {
+                while (eventCount == 0 || printed.size() < static_cast<std::size_t>(eventCount)) {
+                    auto cb = client.nextCallback(limit);
+                    if (!cb) return 0;
+                    if (printed.insert(cb->callbackId).second) {
+                        json::object line = cb->raw;
+                        line["daemon_id"] = cb->daemonId;
+                        std::cout << json::serialize(line) << "\n" << std::flush;
+                    }
+                    if (!noAck) client.ackCallback(cb->callbackId);
+                }
+                return 0;
+            });
         }
         if (shellCmd->parsed()) {
             agent::PtySpec spec;

@@ -171,6 +171,35 @@ TEST_P(Jobs, ACallbackMadeWhileTheRelayIsDownArrivesWhenItReturns) {
     EXPECT_EQ(pending(), 0);
 }
 
+TEST_P(Jobs, WaitRidesOutAPlatformRestart) {
+    auto id = str(submit("sleep 4\necho late\n"), "job_id");
+    SpawnOptions o;
+    o.argv = {Harness::binary("hpc-agent"), "wait", "j", id, "--timeout", "120"};
+    o.envOverrides = m_h.baseEnv();
+    o.envOverrides.insert(o.envOverrides.end(), {"HPC_AGENT_URL=" + m_h.url(), "HPC_AGENT_CA=" + m_h.caFile(),
+                                                 "HPC_AGENT_TOKEN=" + m_token.reveal()});
+    fs::path out = m_h.dir() / "wait.out";
+    o.outputFile = out.string();
+    auto agentsConnected = [&] {
+        std::string log = m_h.relayLog();
+        std::size_t n = 0;
+        for (auto p = log.find("agent connected"); p != std::string::npos; p = log.find("agent connected", p + 1)) ++n;
+        return n;
+    };
+    std::size_t before = agentsConnected();
+    ChildGuard waiter(spawn(o).pid);
+    ASSERT_TRUE(waitUntil([&] { return agentsConnected() > before; }, 30s));
+    m_h.stopRelay();
+    std::this_thread::sleep_for(1500ms);  // the job ends meanwhile or soon after
+    m_h.startRelay();
+    auto status = waiter.waitFor(90s);
+    ASSERT_TRUE(status.has_value()) << readFile(out);
+    EXPECT_EQ(status->code, 0) << readFile(out);
+    EXPECT_NE(readFile(out).find("reconnecting"), std::string::npos) << readFile(out);
+    EXPECT_NE(readFile(out).find(id + " COMPLETED"), std::string::npos) << readFile(out);
+    EXPECT_NE(readFile(out).find("late"), std::string::npos);
+}
+
 TEST_P(Jobs, TheAgentCliSubmitsListsAndWaits) {
     std::vector<std::string> env = m_h.baseEnv();
     env.push_back("HPC_AGENT_URL=" + m_h.url());
