@@ -52,7 +52,7 @@ public:
     std::string_view backend() const { return m_scheduler->name(); }
     std::size_t active() const { return m_scheduler->tracked() + m_submitting; }
     /// Callbacks written and not yet acknowledged by the platform.
-    std::size_t pendingCallbacks() { return m_jobs.pendingCallbacks(m_daemonId).size(); }
+    std::size_t pendingCallbacks() { return m_jobs.pendingCallbackCount(m_daemonId); }
     /// For hpc-daemonctl jobs: every agent's, newest first.
     std::vector<JobRecord> recent(int limit) { return m_jobs.list(m_daemonId, "", limit); }
 

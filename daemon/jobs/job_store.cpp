@@ -161,6 +161,12 @@ std::vector<Callback> JobStore::pendingCallbacks(const std::string& daemonId) {
     return out;
 }
 
+std::size_t JobStore::pendingCallbackCount(const std::string& daemonId) {
+    auto st = m_store.db().prepare("SELECT COUNT(*) FROM outbox WHERE daemon_id = ?1");
+    st.bind(1, daemonId);
+    return st.step() ? static_cast<std::size_t>(st.int64(0)) : 0;
+}
+
 void JobStore::noteAttempt(const std::string& callbackId) {
     auto st = m_store.db().prepare("UPDATE outbox SET attempts = attempts + 1 WHERE callback_id = ?1");
     st.bind(1, callbackId);

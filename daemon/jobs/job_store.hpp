@@ -77,6 +77,7 @@ public:
 
     /// Callbacks not yet acknowledged, oldest first.
     std::vector<Callback> pendingCallbacks(const std::string& daemonId);
+    std::size_t pendingCallbackCount(const std::string& daemonId);
     void noteAttempt(const std::string& callbackId);
     /// The platform acknowledged it: gone for good.
     void acknowledge(const std::string& callbackId);

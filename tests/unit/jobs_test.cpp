@@ -174,6 +174,8 @@ TEST_F(JobsUnit, AFinalStateAndItsCallbackAreWrittenOnceTogether) {
     auto pending = jobs.pendingCallbacks("d");
     ASSERT_EQ(pending.size(), 1u);
     EXPECT_EQ(pending[0].callbackId, "cb-a");
+    EXPECT_EQ(jobs.pendingCallbackCount("d"), 1u);
+    EXPECT_EQ(jobs.pendingCallbackCount("other"), 0u);
     // update() cannot move a final job back.
     j.state = "RUNNING";
     jobs.update(j);
