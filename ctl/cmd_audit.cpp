@@ -4,7 +4,6 @@
 
 #include <boost/json.hpp>
 
-#include <ctime>
 #include <iostream>
 
 namespace json = boost::json;
@@ -28,13 +27,11 @@ int runAudit(const std::string& daemonId, int lines, bool asJson) {
         return kExitOk;
     }
     for (const auto& e : entries) {
-        time_t secs = static_cast<time_t>(e.time);
-        tm utc{};
-        ::gmtime_r(&secs, &utc);
-        char when[32];
-        std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &utc);
-        std::cout << when << "  " << e.agent << "  " << e.session << "  "
-                  << (e.exitCode ? "exit " + std::to_string(*e.exitCode) : std::string("running")) << "  " << e.cwd
+        // A job's entry is its submission: how it ended is in hpc-daemonctl jobs.
+        std::string outcome = e.exitCode                        ? "exit " + std::to_string(*e.exitCode)
+                              : e.session.rfind("job:", 0) == 0 ? std::string("submitted")
+                                                                : std::string("running");
+        std::cout << utcTime(e.time) << "  " << e.agent << "  " << e.session << "  " << outcome << "  " << e.cwd
                   << "\n    " << e.command << "\n";
     }
     if (entries.empty()) std::cout << "no commands recorded for daemon " << t.profile.daemonId << "\n";

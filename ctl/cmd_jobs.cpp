@@ -6,7 +6,6 @@
 #include <boost/json.hpp>
 
 #include <cstdio>
-#include <ctime>
 #include <iostream>
 
 namespace json = boost::json;
@@ -42,13 +41,9 @@ int runJobs(const std::string& daemonId, bool asJson) {
                 "SUBMITTED (UTC)", "AGENT", "NAME");
     for (const auto& v : jobs) {
         const auto& o = v.as_object();
-        time_t secs = static_cast<time_t>(o.at("submitted_at").to_number<double>());
-        tm utc{};
-        ::gmtime_r(&secs, &utc);
-        char when[32];
-        std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &utc);
+        std::string when = utcTime(o.at("submitted_at").to_number<double>());
         std::printf("%-19s %-10s %-5s %-7s %-10s %-20s %-12s %s\n", text(o, "job_id").c_str(), text(o, "state").c_str(),
-                    text(o, "exit_code").c_str(), text(o, "backend").c_str(), text(o, "scheduler_id").c_str(), when,
+                    text(o, "exit_code").c_str(), text(o, "backend").c_str(), text(o, "scheduler_id").c_str(), when.c_str(),
                     text(o, "agent_id").c_str(), text(o, "name").c_str());
     }
     return kExitOk;

@@ -5,10 +5,21 @@
 
 #include <signal.h>
 
+#include <ctime>
 #include <iostream>
 #include <thread>
 
 namespace hpc::ctl {
+
+std::string utcTime(double epoch) {
+    if (epoch <= 0) return "-";
+    time_t secs = static_cast<time_t>(epoch);
+    tm utc{};
+    ::gmtime_r(&secs, &utc);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &utc);
+    return buf;
+}
 
 Target resolveTarget(const std::string& daemonId) {
     Store store = Store::open();

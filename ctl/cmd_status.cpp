@@ -13,16 +13,11 @@ namespace {
 
 std::string when(double epoch) {
     if (epoch <= 0) return "-";
-    time_t t = static_cast<time_t>(epoch);
-    tm utc{};
-    ::gmtime_r(&t, &utc);
-    char buf[64];
-    std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &utc);
-    long ago = static_cast<long>(std::time(nullptr) - t);
+    long ago = static_cast<long>(std::time(nullptr) - static_cast<time_t>(epoch));
     std::string rel = ago < 120 ? std::to_string(ago) + " s ago"
                       : ago < 7200 ? std::to_string(ago / 60) + " min ago"
                                    : std::to_string(ago / 3600) + " h ago";
-    return std::string(buf) + " (" + rel + ")";
+    return utcTime(epoch) + " UTC (" + rel + ")";
 }
 
 std::string str(const json::object& o, const char* key) {

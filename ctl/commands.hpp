@@ -35,6 +35,9 @@ struct Target {
 /// Throws hpc::Error(NotFound) naming the profiles when the choice is unclear.
 Target resolveTarget(const std::string& daemonId);
 
+/// "2026-11-30 01:58:39" (UTC) for epoch seconds; "-" for 0 or less.
+std::string utcTime(double epoch);
+
 /// Starts the daemon in the mode decideMode() picks and waits until it
 /// answers on D-Bus. Prints what it did. Returns the exit code.
 int startDaemon(const Target& target);

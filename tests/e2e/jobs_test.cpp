@@ -244,6 +244,8 @@ TEST_P(Jobs, TheAgentCliSubmitsListsAndWaits) {
     ASSERT_FALSE(entries.empty()) << audit.err;
     EXPECT_EQ(str(entries.back().as_object(), "session"), "job:" + id);
     EXPECT_EQ(str(entries.back().as_object(), "command"), "echo from cli\nexit 4\n");
+    auto auditText = runCommand({Harness::binary("hpc-daemonctl"), "audit"}, {}, ctlEnv, 30s);
+    EXPECT_NE(auditText.out.find("job:" + id + "  submitted"), std::string::npos) << auditText.out;
     // events: the second job's callback, as one JSON line.
     auto id2 = str(submit("true\n"), "job_id");
     auto ev = agentCli({"events", "--count", "1", "--timeout", "60"});
