@@ -54,6 +54,8 @@ public:
     const PtyInfo& info() const { return m_info; }
 
     void start() {
+        // Reads beyond the first of a batch must never block the loop.
+        m_master.non_blocking(true);
         m_pidfd.assign(openPidFd(m_info.pid).release());
         m_pidfd.async_wait(asio::posix::descriptor_base::wait_read,
                            [self = shared_from_this()](boost::system::error_code ec) {
@@ -144,6 +146,19 @@ private:
             m_eof = true;
             maybeFinish();
             return;
+        }
+        // The read returned at most one line-discipline buffer (4 KiB); when
+        // the program is writing faster than that, more is already waiting.
+        // Take it now, without waiting, up to the buffer and the credit, and
+        // send it as one frame: fewer, larger frames cost the link, the
+        // platform and the agent far less per byte. A short read (typing,
+        // a prompt) is sent at once.
+        std::size_t limit = static_cast<std::size_t>(std::min<std::uint64_t>(m_buffer.size(), m_credit));
+        while (n < limit) {
+            boost::system::error_code more;
+            std::size_t got = m_master.read_some(asio::buffer(m_buffer.data() + n, limit - n), more);
+            if (more || got == 0) break;  // would block; EIO is seen by the next read
+            n += got;
         }
         m_credit -= n;
         if (!m_service.m_sendOutput(m_info.channel, m_buffer.data(), n))

@@ -4,8 +4,9 @@
 /// its input written to the terminal.
 ///
 /// Output: a read is always pending on a session's master while it has
-/// credit; each read becomes one frame (the link coalesces frames queued
-/// behind a write in flight). With no credit the session stops reading, the
+/// credit; when it completes, whatever else is already waiting in the
+/// terminal is read at once (never waited for) and sent with it as one frame
+/// (the link also coalesces frames queued behind a write in flight). With no credit the session stops reading, the
 /// kernel's PTY buffer fills and the program blocks: a slow agent slows the
 /// program, never the daemon's memory.
 
