@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <thread>
 
 using namespace hpc;
@@ -72,7 +73,7 @@ std::vector<double> echoLoop(int out, int in, int iterations) {
 }
 
 /// (a) a PTY read directly.
-Figures local(int echoIterations) {
+Figures local(int echoIterations, bool stream) {
     Figures f;
     auto openPty = [](UniqueFd& master, UniqueFd& slave) {
         master.reset(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
@@ -80,7 +81,7 @@ Figures local(int echoIterations) {
         ::unlockpt(master.get());
         slave.reset(::open(::ptsname(master.get()), O_RDWR | O_NOCTTY | O_CLOEXEC));
     };
-    {
+    if (stream) {
         UniqueFd master, slave;
         openPty(master, slave);
         SpawnOptions o;
@@ -92,6 +93,7 @@ Figures local(int echoIterations) {
         std::size_t bytes = drain(master.get());
         f.mbPerSecond = static_cast<double>(bytes) / 1e6 / std::chrono::duration<double>(Clock::now() - t0).count();
     }
+    if (echoIterations == 0) return f;
     UniqueFd master, slave;
     openPty(master, slave);
     SpawnOptions o;
@@ -107,7 +109,7 @@ Figures local(int echoIterations) {
 }
 
 /// (b) ssh -tt: stdout and stdin are pipes, the remote side a PTY.
-Figures viaSsh(LocalSshd& sshd, int echoIterations) {
+Figures viaSsh(LocalSshd& sshd, int echoIterations, bool stream) {
     Figures f;
     auto run = [&](const std::string& command, SpawnedProcess& p) {
         auto argv = sshd.command(command, true);
@@ -118,7 +120,7 @@ Figures viaSsh(LocalSshd& sshd, int echoIterations) {
         o.err = Stdio::Null;
         p = spawn(o);
     };
-    {
+    if (stream) {
         SpawnedProcess p;
         auto t0 = Clock::now();
         run(kStream, p);
@@ -126,6 +128,7 @@ Figures viaSsh(LocalSshd& sshd, int echoIterations) {
         std::size_t bytes = drain(p.stdoutFd.get());
         f.mbPerSecond = static_cast<double>(bytes) / 1e6 / std::chrono::duration<double>(Clock::now() - t0).count();
     }
+    if (echoIterations == 0) return f;
     SpawnedProcess p;
     run(kEcho, p);
     ChildGuard guard(p.pid);
@@ -143,14 +146,21 @@ Figures viaSsh(LocalSshd& sshd, int echoIterations) {
 }
 
 /// (c) through the relay and the daemon.
-Figures viaHpc(Harness& h, const Secret& token, int echoIterations, double& daemonCpu) {
+/// CPU seconds of the three processes on the (c) path.
+struct PathCpu {
+    double daemon = 0, relay = 0, agent = 0;
+};
+
+Figures viaHpc(Harness& h, const Secret& token, int echoIterations, bool stream, PathCpu& cpu) {
     Figures f;
     auto client = h.agent(token);
     agent::PtySpec spec;
     spec.shell = "/bin/sh";
     spec.credit = 4 << 20;
     auto before = procStats(h.daemonPid("bench"));
-    {
+    auto relayBefore = procStats(h.relayPid());
+    auto agentBefore = procStats(::getpid());
+    if (stream) {
         auto pty = client->openPty("bench", spec);
         auto t0 = Clock::now();
         client->ptyInput(pty.channel, "exec sh -c '" + kStream + "'\r");
@@ -170,7 +180,10 @@ Figures viaHpc(Harness& h, const Secret& token, int echoIterations, double& daem
         }
         f.mbPerSecond = static_cast<double>(bytes) / 1e6 / std::chrono::duration<double>(Clock::now() - t0).count();
     }
-    daemonCpu = procStats(h.daemonPid("bench")).cpuSeconds - before.cpuSeconds;
+    cpu.daemon += procStats(h.daemonPid("bench")).cpuSeconds - before.cpuSeconds;
+    cpu.relay += procStats(h.relayPid()).cpuSeconds - relayBefore.cpuSeconds;
+    cpu.agent += procStats(::getpid()).cpuSeconds - agentBefore.cpuSeconds;
+    if (echoIterations == 0) return f;
     auto pty = client->openPty("bench", spec);
     client->ptyInput(pty.channel, "exec sh -c '" + kEcho + "'\r");
     // Let the command start and its output settle.
@@ -200,40 +213,59 @@ int main(int argc, char** argv) {
     int echoIterations = argc > 1 ? std::stoi(argv[1]) : 10000;
     // Which paths to run (default all): "c" alone is handy under a profiler.
     std::string paths = argc > 2 ? argv[2] : "abc";
+    // Streams run this many rounds, the paths taking turns, and the median
+    // is printed: this machine's throughput drifts by ±20% over a minute,
+    // which one run of each path in a row would count as a difference.
+    int rounds = argc > 3 ? std::max(1, std::stoi(argv[3])) : 3;
+    bool runA = paths.find('a') != std::string::npos, runB = paths.find('b') != std::string::npos,
+         runC = paths.find('c') != std::string::npos;
     Harness h;
     h.startRelay();
     if (h.setupDaemon("bench", "bench@example.org", {(h.dir() / "w").string()}).status != 0) return 1;
     h.startDaemon("bench");
     auto token = h.login("bench@example.org");
     if (!h.waitConnected(token, "bench")) return 1;
+    std::optional<LocalSshd> sshd;
+    std::string sshProblem;
+    if (runB) try {
+            sshd.emplace(h.dir() / "ssh");
+        } catch (const std::exception& e) {
+            sshProblem = e.what();
+        }
 
-    std::printf("stream: `%s` through a PTY; echo: 1 byte in, its echo back, %d times\n\n", kStream.c_str(),
-                echoIterations);
-    std::printf("%-44s %12s %12s %12s\n", "path", "MB/s", "echo p50 us", "echo p99 us");
-    auto print = [](const char* what, const Figures& f) {
-        std::printf("%-44s %12.1f %12.1f %12.1f\n", what, f.mbPerSecond, f.p50Us, f.p99Us);
+    std::printf("stream: `%s` through a PTY, %d rounds (median); echo: 1 byte in, its echo back, %d times\n\n",
+                kStream.c_str(), rounds, echoIterations);
+    std::vector<double> streamA, streamB, streamC;
+    PathCpu cpu;
+    for (int r = 0; r < rounds; ++r) {
+        if (runA) streamA.push_back(local(0, true).mbPerSecond);
+        if (sshd) streamB.push_back(viaSsh(*sshd, 0, true).mbPerSecond);
+        if (runC) streamC.push_back(viaHpc(h, token, 0, true, cpu).mbPerSecond);
+    }
+    auto rounded = [](const std::vector<double>& v) {
+        std::string out;
+        for (double x : v) {
+            char b[16];
+            std::snprintf(b, sizeof b, "%s%.1f", out.empty() ? "" : " ", x);
+            out += b;
+        }
+        return out;
     };
-    Figures a, b;
-    if (paths.find('a') != std::string::npos) {
-        a = local(echoIterations);
-        print("(a) local program reading the PTY", a);
-    }
-    bool haveSsh = false;
-    if (paths.find('b') != std::string::npos) try {
-        LocalSshd sshd(h.dir() / "ssh");
-        b = viaSsh(sshd, echoIterations);
-        haveSsh = true;
-        print("(b) ssh -tt via ControlMaster", b);
-    } catch (const std::exception& e) {
-        std::printf("%-44s not measured: %s\n", "(b) ssh -tt", e.what());
-    }
-    if (paths.find('c') == std::string::npos) return 0;
-    double cpu = 0;
-    auto c = viaHpc(h, token, echoIterations, cpu);
-    print("(c) hpc-agent -> hpc-relay -> hpc-daemond", c);
-    std::printf("\nhpc-daemond CPU for the (c) stream: %.2f s\n", cpu);
-    if (a.mbPerSecond > 0)
-        std::printf("(c)/(a) throughput: %.2f (target >= 0.95)\n", c.mbPerSecond / a.mbPerSecond);
-    if (haveSsh) std::printf("(c)/(b) echo p50: %.2f (target <= 0.6)\n", c.p50Us / b.p50Us);
+    std::printf("%-44s %8s %12s %12s  %s\n", "path", "MB/s", "echo p50 us", "echo p99 us", "MB/s each round");
+    auto print = [&](const char* what, Figures f, const std::vector<double>& stream) {
+        f.mbPerSecond = percentile(stream, 0.5);
+        std::printf("%-44s %8.1f %12.1f %12.1f  %s\n", what, f.mbPerSecond, f.p50Us, f.p99Us, rounded(stream).c_str());
+        return f;
+    };
+    Figures a, b, c;
+    if (runA) a = print("(a) local program reading the PTY", local(echoIterations, false), streamA);
+    if (sshd) b = print("(b) ssh -tt via ControlMaster", viaSsh(*sshd, echoIterations, false), streamB);
+    else if (runB) std::printf("%-44s not measured: %s\n", "(b) ssh -tt", sshProblem.c_str());
+    if (!runC) return 0;
+    c = print("(c) hpc-agent -> hpc-relay -> hpc-daemond", viaHpc(h, token, echoIterations, false, cpu), streamC);
+    std::printf("\nCPU per (c) stream: hpc-daemond %.2f s, hpc-relay %.2f s, the agent %.2f s\n", cpu.daemon / rounds,
+                cpu.relay / rounds, cpu.agent / rounds);
+    if (runA) std::printf("(c)/(a) throughput: %.2f (target >= 0.95)\n", c.mbPerSecond / a.mbPerSecond);
+    if (sshd) std::printf("(c)/(b) echo p50: %.2f (target <= 0.6)\n", c.p50Us / b.p50Us);
     return 0;
 }
