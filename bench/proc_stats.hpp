@@ -3,7 +3,9 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
+#include <map>
 #include <iterator>
 #include <sstream>
 #include <string>
@@ -47,6 +49,39 @@ inline ProcStats procStats(pid_t pid) {
         if (line.rfind("Private_Dirty:", 0) == 0) s.privateKiB += std::stol(line.substr(14));
     }
     return s;
+}
+
+/// Resident KiB per mapped file (by base name; "[heap]", "[anon]" ...), largest first.
+inline std::vector<std::pair<std::string, long>> rssByMapping(pid_t pid) {
+    std::map<std::string, long> rss;
+    std::ifstream smaps("/proc/" + std::to_string(pid) + "/smaps");
+    std::string line, current = "[anon]";
+    while (std::getline(smaps, line)) {
+        if (line.rfind("Rss:", 0) == 0) {
+            rss[current] += std::stol(line.substr(4));
+        } else if (!line.empty() && line.find(':') != std::string::npos && line.find('-') < line.find(' ')) {
+            // A mapping's header: "start-end perms offset dev inode [path]".
+            std::istringstream h(line);
+            std::string range, perms, offset, dev, inode, path;
+            h >> range >> perms >> offset >> dev >> inode >> path;
+            current = path.empty() ? "[anon]" : path.substr(path.rfind('/') + 1);
+        }
+    }
+    std::vector<std::pair<std::string, long>> out(rss.begin(), rss.end());
+    std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+    return out;
+}
+
+/// Starts counting the pages a process touches (its working set).
+inline void clearReferenced(pid_t pid) { std::ofstream("/proc/" + std::to_string(pid) + "/clear_refs") << "1"; }
+
+/// KiB of the process's pages touched since clearReferenced().
+inline long referencedKiB(pid_t pid) {
+    std::ifstream rollup("/proc/" + std::to_string(pid) + "/smaps_rollup");
+    std::string line;
+    while (std::getline(rollup, line))
+        if (line.rfind("Referenced:", 0) == 0) return std::stol(line.substr(11));
+    return 0;
 }
 
 }  // namespace hpc::test
