@@ -79,7 +79,11 @@ void writeJobFiles(const JobRecord& job, std::string_view script, bool slurm) {
     if (slurm) wrapper += sbatchDirectives(script);
     wrapper += "# Written by hpc-daemond: runs the job's script, then records its exit status.\n";
     wrapper += "job_dir=" + quotedDir + "\n";
-    if (!slurm) wrapper += "exec >\"$job_dir/stdout\" 2>\"$job_dir/stderr\" </dev/null\n";
+    if (!slurm) {
+        // Its own pid, so a daemon killed before it recorded the pid still finds the job.
+        wrapper += "printf '%d\\n' \"$$\" >\"$job_dir/pid.tmp\" && mv -f \"$job_dir/pid.tmp\" \"$job_dir/pid\"\n";
+        wrapper += "exec >\"$job_dir/stdout\" 2>\"$job_dir/stderr\" </dev/null\n";
+    }
     wrapper += "export HPC_JOB_ID=" + shellQuote(job.jobId) + " HPC_JOB_DIR=\"$job_dir\"\n";
     wrapper += run + "\n";
     wrapper += "rc=$?\n";

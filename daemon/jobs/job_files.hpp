@@ -13,8 +13,9 @@ namespace hpc::daemon {
 
 /// Creates the job's directory (0700) with `script` and the wrapper. For
 /// SLURM the script's leading `#SBATCH` lines are copied into the wrapper
-/// (sbatch reads them only from the file it is given); local wrappers send
-/// their own output to the job's files. Throws std::runtime_error.
+/// (sbatch reads them only from the file it is given); local wrappers write
+/// their pid to `pid` and send their own output to the job's files. Throws
+/// std::runtime_error.
 void writeJobFiles(const JobRecord& job, std::string_view script, bool slurm);
 
 /// Settles a job from its exit-status file: COMPLETED (0) or FAILED with the

@@ -46,6 +46,8 @@ struct JobRecord {
     std::string stdoutPath() const { return dir + "/stdout"; }
     std::string stderrPath() const { return dir + "/stderr"; }
     std::string exitStatusPath() const { return dir + "/exit_status"; }
+    /// Local jobs: the wrapper's pid, written by the wrapper itself first thing.
+    std::string pidPath() const { return dir + "/pid"; }
     bool final() const { return isFinalState(state); }
     /// For job.status, job.list and job.completed (no output tails).
     boost::json::object toJson() const;

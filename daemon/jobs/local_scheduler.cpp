@@ -14,6 +14,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <fstream>
@@ -37,6 +38,30 @@ long long processStartTime(long long pid) {
     for (int i = 3; i <= 22 && fields >> field; ++i)
         if (i == 22) return std::stoll(field);
     return 0;
+}
+
+/// Whether process `pid` is running `wrapper` (its command line names it).
+bool runsWrapper(long long pid, const std::string& wrapper) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/cmdline");
+    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return cmdline.find(wrapper + '\0') != std::string::npos;
+}
+
+/// A job whose pid never reached the store (the daemon was killed between
+/// starting it and recording it): its wrapper wrote the pid. Fills in the
+/// pid, and its start time when that process is still this job's wrapper.
+/// False when the wrapper never ran.
+bool recoverPid(JobRecord& job) {
+    std::ifstream in(job.pidPath());
+    long long pid = 0;
+    struct stat st {};
+    if (!(in >> pid) || pid <= 0 || ::stat(job.pidPath().c_str(), &st) != 0) return false;
+    job.pid = pid;
+    job.schedulerId = std::to_string(pid);
+    job.state = "RUNNING";
+    job.startedAt = static_cast<double>(st.st_mtim.tv_sec) + static_cast<double>(st.st_mtim.tv_nsec) / 1e9;
+    if (runsWrapper(pid, job.dir + "/wrapper")) job.pidStart = processStartTime(pid);
+    return true;
 }
 
 }  // namespace
@@ -91,10 +116,16 @@ void LocalScheduler::submit(JobRecord job, const SubmitOptions& options, Submitt
     done(std::move(job), std::nullopt);
 }
 
-void LocalScheduler::adopt(const JobRecord& job) {
+void LocalScheduler::adopt(const JobRecord& recorded) {
+    JobRecord job = recorded;
+    bool recovered = job.pid <= 0 && recoverPid(job);
     if (job.pid > 0 && job.pidStart != 0 && processStartTime(job.pid) == job.pidStart) {
         log::info("job " + job.jobId + " (pid " + std::to_string(job.pid) + ") is still running: following it again");
         watch(job, false);
+        if (recovered)  // the store learns the pid it missed
+            asio::post(m_ioc, [this, job] {
+                if (m_onChange) m_onChange(job);
+            });
         return;
     }
     // It ended while no daemon was watching (or never started).

@@ -270,6 +270,28 @@ TEST_P(LocalJobs, ATimeLimitEndsTheJobAsTimeout) {
     EXPECT_EQ(cb.stdoutTail, "start\n");
 }
 
+TEST_P(LocalJobs, AJobWhosePidNeverReachedTheStoreIsFoundByItsPidFile) {
+    auto id = str(submit("sleep 8\necho done\n"), "job_id");
+    ASSERT_TRUE(waitState(id, "RUNNING"));
+    m_h.killDaemon("j");
+    // As if the daemon had been killed between starting the job and recording it.
+    {
+        auto db = sqlite::Db::open((m_h.home("j") / Store::kFileName).string());
+        auto st = db.prepare("UPDATE jobs SET state = 'SUBMITTING', pid = 0, pid_start = 0, scheduler_id = '', "
+                             "started_at = 0 WHERE job_id = ?1");
+        st.bind(1, id);
+        st.run();
+        ASSERT_EQ(db.changes(), 1);
+    }
+    startDaemon();
+    // Followed again (not reported FAILED while it runs), then ends as it should.
+    ASSERT_TRUE(waitState(id, "RUNNING"));
+    auto cb = waitFor(id);
+    EXPECT_EQ(cb.state, "COMPLETED");
+    EXPECT_EQ(cb.stdoutTail, "done\n");
+    EXPECT_FALSE(m_agent->nextCallback(2s).has_value());
+}
+
 TEST_P(LocalJobs, JobsAreConfinedToTheAllowedDirectories) {
     fs::path outside = m_h.dir() / "outside";
     fs::create_directories(outside);

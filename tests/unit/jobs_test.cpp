@@ -130,10 +130,16 @@ TEST_F(JobsUnit, TheWrapperRunsTheScriptAndRecordsItsExitStatus) {
     ASSERT_EQ(::stat(j.dir.c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0700u);
 
+    EXPECT_EQ(wrapper.find("/pid"), std::string::npos) << "a SLURM wrapper runs elsewhere; its pid means nothing here";
+
     auto local = job("it's \"quoted\" $dir");
-    writeJobFiles(local, "echo out; echo err >&2; exit 6\n", false);
+    writeJobFiles(local, "echo out; echo err >&2; echo $PPID > " + shellQuote(local.dir + "/script-pid") + "; exit 6\n",
+                  false);
     auto r = test::runCommand({"/bin/bash", local.dir + "/wrapper"});
     EXPECT_EQ(r.status, 6);
+    // The wrapper recorded its own pid: the script's parent.
+    EXPECT_EQ(test::readFile(local.pidPath()), test::readFile(local.dir + "/script-pid"));
+    EXPECT_FALSE(fs::exists(local.dir + "/pid.tmp"));
     EXPECT_EQ(test::readFile(local.stdoutPath()), "out\n");
     EXPECT_EQ(test::readFile(local.stderrPath()), "err\n");
     EXPECT_TRUE(settleFromExitFile(local, "none"));
