@@ -149,10 +149,10 @@ private:
         }
         // The read returned at most one line-discipline buffer (4 KiB); when
         // the program is writing faster than that, more is already waiting.
-        // Take it now, without waiting, up to the buffer and the credit, and
-        // send it as one frame: fewer, larger frames cost the link, the
-        // platform and the agent far less per byte. A short read (typing,
-        // a prompt) is sent at once.
+        // Take it now, up to the buffer and the credit, stopping as soon as
+        // nothing is waiting, and send it as one frame: fewer, larger frames
+        // cost the link, the platform and the agent far less per byte.
+        // Typing and prompts find nothing more waiting and go out at once.
         std::size_t limit = static_cast<std::size_t>(std::min<std::uint64_t>(m_buffer.size(), m_credit));
         while (n < limit) {
             boost::system::error_code more;
