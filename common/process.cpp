@@ -2,13 +2,15 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/ioctl.h>
+#include <dirent.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <map>
@@ -34,26 +36,6 @@ PipePair makePipe() {
     if (::pipe2(fds, O_CLOEXEC) != 0) throwErrno(errno, "pipe2");
     return {UniqueFd(fds[0]), UniqueFd(fds[1])};
 }
-
-class SpawnActions {
-public:
-    SpawnActions() { ::posix_spawn_file_actions_init(&m_actions); }
-    ~SpawnActions() { ::posix_spawn_file_actions_destroy(&m_actions); }
-    posix_spawn_file_actions_t* get() { return &m_actions; }
-
-private:
-    posix_spawn_file_actions_t m_actions;
-};
-
-class SpawnAttr {
-public:
-    SpawnAttr() { ::posix_spawnattr_init(&m_attr); }
-    ~SpawnAttr() { ::posix_spawnattr_destroy(&m_attr); }
-    posix_spawnattr_t* get() { return &m_attr; }
-
-private:
-    posix_spawnattr_t m_attr;
-};
 
 std::vector<std::string> mergedEnvironment(const std::vector<std::string>& overrides) {
     std::map<std::string, std::string> byName;
@@ -92,16 +74,62 @@ struct ChildStdio {
     ::_exit(127);
 }
 
-/// Runs in the vforked child: only system calls from here to exec.
+/// Closes every descriptor from `low` up (but `keep`, sorted) in the child.
+/// close_range() where the kernel has it (Linux >= 5.9), else the entries of
+/// /proc/self/fd read with getdents64 into a buffer on the stack (no
+/// allocation: this runs in a vforked child), else every number up to the
+/// open-file limit.
+void closeDescriptorsFrom(int low, const int* keep, std::size_t keepCount) {
+    bool haveCloseRange = true;
+    unsigned from = static_cast<unsigned>(low);
+    for (std::size_t i = 0; i <= keepCount && haveCloseRange; ++i) {
+        unsigned to = i < keepCount ? static_cast<unsigned>(keep[i]) : ~0U;
+        if (to > from && ::syscall(SYS_close_range, from, to - 1, 0) != 0) haveCloseRange = false;
+        if (i < keepCount) from = static_cast<unsigned>(keep[i]) + 1;
+    }
+    if (haveCloseRange) return;
+    auto kept = [&](int fd) {
+        for (std::size_t i = 0; i < keepCount; ++i)
+            if (keep[i] == fd) return true;
+        return false;
+    };
+    int dir = ::open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) {
+        struct rlimit rl{};
+        long max = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? static_cast<long>(rl.rlim_cur)
+                                                                                       : 65536;
+        for (long fd = low; fd < max; ++fd)
+            if (!kept(static_cast<int>(fd))) ::close(static_cast<int>(fd));
+        return;
+    }
+    alignas(8) char buf[2048];
+    long n;
+    while ((n = ::syscall(SYS_getdents64, dir, buf, sizeof buf)) > 0) {
+        for (long off = 0; off < n;) {
+            auto* entry = reinterpret_cast<struct dirent64*>(buf + off);
+            off += entry->d_reclen;
+            int fd = 0;
+            const char* c = entry->d_name;
+            if (*c < '0' || *c > '9') continue;
+            for (; *c >= '0' && *c <= '9'; ++c) fd = fd * 10 + (*c - '0');
+            if (fd >= low && fd != dir && !kept(fd)) ::close(fd);
+        }
+    }
+    ::close(dir);
+}
+
+/// Runs in the vforked child: only system calls from here to exec. All
+/// signals are blocked on entry (by the parent): handlers are reset before
+/// any is unblocked, so none of the daemon's runs in the child.
 [[noreturn]] void execPrepared(const SpawnOptions& o, const ChildStdio& io, char* const* argv, char* const* envp,
                                int errorPipe) {
     auto fail = [errorPipe](int err) { childFailed(errorPipe, err); };
-    sigset_t none;
-    sigemptyset(&none);
-    ::sigprocmask(SIG_SETMASK, &none, nullptr);
     struct sigaction dfl{};
     dfl.sa_handler = SIG_DFL;
     for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
     if (o.dieWithParent && ::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) fail(errno);
     if (o.newSession && ::setsid() < 0) fail(errno);
     if (o.controllingTerminal >= 0 && ::ioctl(o.controllingTerminal, TIOCSCTTY, 0) != 0) fail(errno);
@@ -128,6 +156,15 @@ struct ChildStdio {
         if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fail(errno);
         if (::syscall(SYS_landlock_restrict_self, o.landlockRuleset, 0) != 0) fail(errno);
     }
+    // Nothing of ours reaches the program (the daemon's link socket, its bus
+    // connection, whatever its own starter left open): only 0-2, what the
+    // caller hands over, and the error pipe, which closes on exec.
+    int keep[kMaxExtraFds + 1];
+    std::size_t keepCount = 0;
+    keep[keepCount++] = errorPipe;
+    for (const auto& [ours, theirs] : o.extraFds) keep[keepCount++] = theirs;
+    std::sort(keep, keep + keepCount);
+    closeDescriptorsFrom(3, keep, keepCount);
     ::execvpe(argv[0], argv, envp);
     childFailed(errorPipe, errno);
 }
@@ -145,6 +182,7 @@ pid_t vforkPrepared(const SpawnOptions& o, const ChildStdio& io, char* const* ar
 
 SpawnedProcess spawn(const SpawnOptions& options) {
     if (options.argv.empty()) throw std::invalid_argument("spawn: empty argv");
+    if (options.extraFds.size() > kMaxExtraFds) throw std::invalid_argument("spawn: too many descriptors to hand over");
     SpawnedProcess result;
     PipePair inPipe, outPipe, errPipe;
     UniqueFd outFile;
@@ -185,42 +223,25 @@ SpawnedProcess spawn(const SpawnOptions& options) {
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
 
-    pid_t pid = -1;
-    if (options.landlockRuleset >= 0 || options.controllingTerminal >= 0 || options.dieWithParent) {
-        PipePair errors = makePipe();  // CLOEXEC: closes on a successful exec
-        pid = vforkPrepared(options, io, argv.data(), envp.data(), errors.write.get());
-        if (pid < 0) throwErrno(errno, "vfork");
-        errors.write.reset();
-        int childErrno = 0;
-        ssize_t n;
-        do {
-            n = ::read(errors.read.get(), &childErrno, sizeof childErrno);
-        } while (n < 0 && errno == EINTR);
-        if (n == sizeof childErrno) {
-            ::waitpid(pid, nullptr, 0);
-            throwErrno(childErrno, "cannot start " + options.argv[0]);
-        }
-    } else {
-        SpawnActions actions;
-        SpawnAttr attr;
-        int fds[3] = {io.in, io.out, io.err};
-        for (int target = 0; target < 3; ++target) {
-            if (fds[target] == -1)
-                ::posix_spawn_file_actions_addopen(actions.get(), target, "/dev/null", target == 0 ? O_RDONLY : O_WRONLY, 0);
-            else if (fds[target] >= 0)
-                ::posix_spawn_file_actions_adddup2(actions.get(), fds[target], target);
-        }
-        if (!options.cwd.empty()) ::posix_spawn_file_actions_addchdir_np(actions.get(), options.cwd.c_str());
-        short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
-        if (options.newSession) flags |= POSIX_SPAWN_SETSID;
-        ::posix_spawnattr_setflags(attr.get(), flags);
-        sigset_t empty, all;
-        sigemptyset(&empty);
-        sigfillset(&all);
-        ::posix_spawnattr_setsigmask(attr.get(), &empty);
-        ::posix_spawnattr_setsigdefault(attr.get(), &all);
-        int rc = ::posix_spawnp(&pid, argv[0], actions.get(), attr.get(), argv.data(), envp.data());
-        if (rc != 0) throwErrno(rc, "cannot start " + options.argv[0]);
+    // Every signal stays blocked across vfork: until the child has reset the
+    // handlers, a signal would run one of ours in it, on our memory.
+    PipePair errors = makePipe();  // CLOEXEC: closes on a successful exec
+    sigset_t all, saved;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &saved);
+    pid_t pid = vforkPrepared(options, io, argv.data(), envp.data(), errors.write.get());
+    int vforkErrno = errno;
+    ::pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+    if (pid < 0) throwErrno(vforkErrno, "vfork");
+    errors.write.reset();
+    int childErrno = 0;
+    ssize_t n;
+    do {
+        n = ::read(errors.read.get(), &childErrno, sizeof childErrno);
+    } while (n < 0 && errno == EINTR);
+    if (n == sizeof childErrno) {
+        ::waitpid(pid, nullptr, 0);
+        throwErrno(childErrno, "cannot start " + options.argv[0]);
     }
     result.pid = pid;
     if (inPipe.write) {

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstddef>
 #include <optional>
 #include <string>
 #include <vector>
@@ -14,6 +15,8 @@
 namespace hpc {
 
 enum class Stdio { Inherit, Null, Pipe };
+
+inline constexpr std::size_t kMaxExtraFds = 8;
 
 struct SpawnOptions {
     std::vector<std::string> argv;  ///< argv[0] is looked up in PATH
@@ -29,19 +32,17 @@ struct SpawnOptions {
     /// When set, stdout and stderr go to this file (appended, 0600) instead.
     std::string outputFile;
     /// A Landlock ruleset fd: the child restricts itself with it (and sets
-    /// no_new_privs) before exec. Such children are forked rather than
-    /// posix_spawn()ed, which has no hook between fork and exec.
+    /// no_new_privs) before exec.
     int landlockRuleset = -1;
     /// A PTY slave: the child makes it its controlling terminal and its
     /// stdin, stdout and stderr (in, out, err and outputFile are ignored).
-    /// Needs newSession. Such children are vforked too.
+    /// Needs newSession.
     int controllingTerminal = -1;
-    /// More descriptors for the child: {ours, its number}. Only honoured
-    /// with controllingTerminal or landlockRuleset (the vfork path).
+    /// More descriptors for the child: {ours, its number}; at most
+    /// kMaxExtraFds. No other descriptor above 2 reaches the child.
     std::vector<std::pair<int, int>> extraFds;
     /// The child gets SIGTERM when this process dies, however it dies (a
-    /// helper that must not outlive its owner, even after SIGKILL). Such
-    /// children are vforked too.
+    /// helper that must not outlive its owner, even after SIGKILL).
     bool dieWithParent = false;
 };
 
@@ -52,9 +53,11 @@ struct SpawnedProcess {
     UniqueFd stderrFd;  ///< read end, when err == Pipe
 };
 
-/// Starts a child. Throws std::system_error (ENOENT when the program is not
-/// found, or the errno of the failing step). Pipe fds are O_CLOEXEC and, on
-/// the parent side, O_NONBLOCK.
+/// Starts a child (vfork and exec: no page-table copy, whatever the caller's
+/// size). The child gets descriptors 0-2 and extraFds, nothing else of ours,
+/// whatever their close-on-exec flag. Throws std::system_error (ENOENT when
+/// the program is not found, or the errno of the failing step). Pipe fds are
+/// O_CLOEXEC and, on the parent side, O_NONBLOCK.
 SpawnedProcess spawn(const SpawnOptions& options);
 
 /// How a child ended: exactly one of code and signal is set.

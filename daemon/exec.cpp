@@ -1,6 +1,7 @@
 #include "exec.hpp"
 
 #include "errors.hpp"
+#include "exit_watch.hpp"
 #include "log.hpp"
 #include "process.hpp"
 
@@ -8,7 +9,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <signal.h>
-#include <sys/wait.h>
 
 #include <array>
 #include <system_error>
@@ -31,7 +31,6 @@ public:
           m_stdout(service.m_ioc),
           m_stderr(service.m_ioc),
           m_stdin(service.m_ioc),
-          m_pidfd(service.m_ioc),
           m_timeout(service.m_ioc),
           m_grace(service.m_ioc),
           m_drain(service.m_ioc) {}
@@ -59,7 +58,8 @@ public:
         m_started = Clock::now();
         m_result.pid = child.pid;
         m_pid = child.pid;
-        m_pidfd.assign(openPidFd(child.pid).release());
+        ExitWatch::watch(m_service.m_ioc, child.pid, true,
+                         [self = shared_from_this()](std::optional<ExitStatus> status) { self->onExit(status); });
         m_stdout.assign(child.stdoutFd.release());
         m_stderr.assign(child.stderrFd.release());
         auto self = shared_from_this();
@@ -73,8 +73,6 @@ public:
                 self->m_stdin.close(ignored);  // EOF for the command; EPIPE when it did not read is fine
             });
         }
-        m_pidfd.async_wait(asio::posix::descriptor_base::wait_read,
-                           [self](boost::system::error_code ec) { self->onExit(ec); });
         m_timeout.expires_after(m_req.timeout);
         m_timeout.async_wait([self](boost::system::error_code ec) {
             if (!ec) self->onTimeout();
@@ -107,18 +105,13 @@ private:
         });
     }
 
-    void onExit(boost::system::error_code ec) {
-        if (ec) return;
-        int status = 0;
-        if (::waitpid(m_pid, &status, 0) == m_pid) {
-            auto s = ExitStatus::fromWaitStatus(status);
-            m_result.exitCode = s.code;
-            m_result.signal = s.signal;
+    void onExit(std::optional<ExitStatus> status) {
+        if (status) {
+            m_result.exitCode = status->code;
+            m_result.signal = status->signal;
         }
         m_exited = true;
         m_result.durationSeconds = std::chrono::duration<double>(Clock::now() - m_started).count();
-        boost::system::error_code ignored;
-        m_pidfd.close(ignored);
         m_timeout.cancel();
         m_drain.expires_after(kDrainAfterExit);
         m_drain.async_wait([self = shared_from_this()](boost::system::error_code ec) {
@@ -156,7 +149,7 @@ private:
     ExecService& m_service;
     ExecRequest m_req;
     std::function<void(ExecResult)> m_done;
-    asio::posix::stream_descriptor m_stdout, m_stderr, m_stdin, m_pidfd;
+    asio::posix::stream_descriptor m_stdout, m_stderr, m_stdin;
     asio::steady_timer m_timeout, m_grace, m_drain;
     std::array<char, 65536> m_outBuf{}, m_errBuf{};
     ExecResult m_result;

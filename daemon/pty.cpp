@@ -1,6 +1,7 @@
 #include "pty.hpp"
 
 #include "errors.hpp"
+#include "exit_watch.hpp"
 #include "fd.hpp"
 #include "log.hpp"
 #include "process.hpp"
@@ -13,7 +14,6 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/ioctl.h>
-#include <sys/wait.h>
 #include <termios.h>
 
 #include <array>
@@ -46,7 +46,6 @@ public:
           m_info(std::move(info)),
           m_master(service.m_ioc, master.release()),
           m_auditPipe(service.m_ioc, audit.release()),
-          m_pidfd(service.m_ioc),
           m_idle(service.m_ioc),
           m_grace(service.m_ioc),
           m_credit(credit) {}
@@ -56,11 +55,8 @@ public:
     void start() {
         // Reads beyond the first of a batch must never block the loop.
         m_master.non_blocking(true);
-        m_pidfd.assign(openPidFd(m_info.pid).release());
-        m_pidfd.async_wait(asio::posix::descriptor_base::wait_read,
-                           [self = shared_from_this()](boost::system::error_code ec) {
-                               if (!ec) self->onExit();
-                           });
+        ExitWatch::watch(m_service.m_ioc, m_info.pid, true,
+                         [self = shared_from_this()](std::optional<ExitStatus> status) { self->onExit(status); });
         touch();
         doRead();
         readAudit();
@@ -207,12 +203,9 @@ private:
                           });
     }
 
-    void onExit() {
-        int status = 0;
-        if (::waitpid(m_info.pid, &status, 0) == m_info.pid) m_status = ExitStatus::fromWaitStatus(status);
+    void onExit(std::optional<ExitStatus> status) {
+        if (status) m_status = *status;
         m_exited = true;
-        boost::system::error_code ignored;
-        m_pidfd.close(ignored);
         // Output still in the PTY is delivered (as credit allows) before pty.exit.
         if (!m_reading && m_credit > 0) doRead();
         maybeFinish();
@@ -242,7 +235,6 @@ private:
     asio::posix::stream_descriptor m_auditPipe;
     std::array<char, 4096> m_auditBuffer{};
     std::string m_auditPending;
-    asio::posix::stream_descriptor m_pidfd;
     asio::steady_timer m_idle;
     asio::steady_timer m_grace;
     std::array<char, 65536> m_buffer{};

@@ -1,21 +1,21 @@
 // Local background jobs: the wrapper in its own session (so a signal to the
-// group reaches everything the script starts), followed through a pidfd,
-// which also works for a job re-adopted after a daemon restart (no longer our
-// child). Jobs outlive the daemon on purpose: a restart must not kill them.
+// group reaches everything the script starts), followed by ExitWatch (a
+// pidfd, which also works for a job re-adopted after a daemon restart and no
+// longer our child; SIGCHLD or a poll on kernels without pidfd_open). Jobs
+// outlive the daemon on purpose: a restart must not kill them.
 
 #include "scheduler.hpp"
 
 #include "job_files.hpp"
 
+#include "exit_watch.hpp"
 #include "log.hpp"
 #include "process.hpp"
 #include "util.hpp"
 
-#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/post.hpp>
 #include <signal.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
 #include <fstream>
 #include <sstream>
@@ -67,10 +67,9 @@ bool recoverPid(JobRecord& job) {
 }  // namespace
 
 struct LocalScheduler::Running {
-    Running(asio::io_context& ioc) : pidfd(ioc), deadline(ioc), grace(ioc) {}
+    Running(asio::io_context& ioc) : deadline(ioc), grace(ioc) {}
     JobRecord job;
-    bool ourChild = false;
-    asio::posix::stream_descriptor pidfd;
+    std::optional<std::uint64_t> exitWatch;
     asio::steady_timer deadline;
     asio::steady_timer grace;
     bool timedOut = false;
@@ -80,10 +79,8 @@ LocalScheduler::LocalScheduler(asio::io_context& ioc, LocalConfig config) : m_io
 
 LocalScheduler::~LocalScheduler() {
     // Jobs keep running; the next daemon re-adopts them.
-    for (auto& [id, r] : m_running) {
-        boost::system::error_code ignored;
-        r->pidfd.close(ignored);
-    }
+    for (auto& [id, r] : m_running)
+        if (r->exitWatch) ExitWatch::cancel(m_ioc, *r->exitWatch);
 }
 
 void LocalScheduler::submit(JobRecord job, const SubmitOptions& options, Submitted done) {
@@ -141,19 +138,15 @@ void LocalScheduler::adopt(const JobRecord& recorded) {
 void LocalScheduler::watch(JobRecord job, bool ourChild) {
     auto r = std::make_shared<Running>(m_ioc);
     r->job = std::move(job);
-    r->ourChild = ourChild;
+    std::string id = r->job.jobId;
     try {
-        r->pidfd.assign(openPidFd(static_cast<pid_t>(r->job.pid)).release());
+        r->exitWatch = ExitWatch::watch(m_ioc, static_cast<pid_t>(r->job.pid), ourChild,
+                                        [this, id](std::optional<ExitStatus> status) { ended(id, status); });
     } catch (const std::system_error&) {
         // Gone between the check and now: settle on the next turn.
-        asio::post(m_ioc, [this, id = r->job.jobId] { ended(id); });
+        asio::post(m_ioc, [this, id] { ended(id, std::nullopt); });
     }
-    std::string id = r->job.jobId;
     m_running[id] = r;
-    if (r->pidfd.is_open())
-        r->pidfd.async_wait(asio::posix::descriptor_base::wait_read, [this, id](boost::system::error_code ec) {
-            if (ec != asio::error::operation_aborted) ended(id);
-        });
     if (r->job.timeLimitSeconds > 0) {
         double left = r->job.startedAt + static_cast<double>(r->job.timeLimitSeconds) - nowEpochSeconds();
         r->deadline.expires_after(std::chrono::milliseconds(static_cast<long long>(std::max(0.0, left) * 1000)));
@@ -182,7 +175,7 @@ void LocalScheduler::cancel(const JobRecord& job) {
     });
 }
 
-void LocalScheduler::ended(const std::string& jobId) {
+void LocalScheduler::ended(const std::string& jobId, std::optional<ExitStatus> status) {
     auto it = m_running.find(jobId);
     if (it == m_running.end()) return;
     auto r = it->second;
@@ -192,12 +185,6 @@ void LocalScheduler::ended(const std::string& jobId) {
     ::kill(-static_cast<pid_t>(r->job.pid), SIGKILL);
     JobRecord job = r->job;
     job.endedAt = nowEpochSeconds();
-    std::optional<ExitStatus> status;
-    if (r->ourChild) {
-        int raw = 0;
-        if (::waitpid(static_cast<pid_t>(job.pid), &raw, WNOHANG) == static_cast<pid_t>(job.pid))
-            status = ExitStatus::fromWaitStatus(raw);
-    }
     bool hadFile = settleFromExitFile(job, "it ended without writing its exit status");
     if (r->timedOut) {
         job.state = "TIMEOUT";
@@ -206,8 +193,6 @@ void LocalScheduler::ended(const std::string& jobId) {
         job.signal = status->signal;
         job.reason = "killed by signal " + std::to_string(*status->signal);
     }
-    boost::system::error_code ignored;
-    r->pidfd.close(ignored);
     if (m_onChange) m_onChange(job);
 }
 

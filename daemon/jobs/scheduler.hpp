@@ -3,11 +3,12 @@
 /// already holds its script and wrapper, follows it, and reports every change
 /// until the final one. Two implementations: SLURM (sbatch, one squeue per
 /// monitor cycle) and local background processes (a process group each,
-/// completion from a pidfd).
+/// completion from ExitWatch).
 
 #include "errors.hpp"
 #include "exec.hpp"
 #include "job_store.hpp"
+#include "process.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -86,7 +87,7 @@ public:
 
 private:
     void watch(JobRecord job, bool ourChild);
-    void ended(const std::string& jobId);
+    void ended(const std::string& jobId, std::optional<ExitStatus> status);
 
     boost::asio::io_context& m_ioc;
     LocalConfig m_config;

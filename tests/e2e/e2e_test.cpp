@@ -75,6 +75,21 @@ int countOf(const std::string& haystack, const std::string& needle) {
 
 }  // namespace
 
+TEST_F(EndToEnd, ACommandSeesOnlyItsOwnDescriptors) {
+    // Not the daemon's platform link, its D-Bus connection or anything its
+    // starter left open: a command could shut the link down through them.
+    startDaemon();
+    agent::ExecSpec spec;
+    spec.argv = {"ls", "-l", "/proc/self/fd"};
+    auto r = m_agent->exec("d1", spec, 60s);
+    ASSERT_EQ(r.exitCode, 0) << r.err;
+    auto fds = parseFdListing(r.out);
+    std::set<int> numbers;
+    for (auto& [fd, target] : fds) numbers.insert(fd);
+    EXPECT_EQ(numbers, (std::set<int>{0, 1, 2, 3})) << r.out;  // 3: ls reading /proc/self/fd
+    for (auto& [fd, target] : fds) EXPECT_EQ(target.find("socket:"), std::string::npos) << r.out;
+}
+
 TEST_F(EndToEnd, ExecReturnsOutputAndExitCode) {
     startDaemon();
     auto r = sh("echo hello; echo warn >&2; exit 3");

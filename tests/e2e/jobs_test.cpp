@@ -40,6 +40,20 @@ TEST_P(Jobs, ACompletedJobCallsBackOnceWithItsOutputAndContext) {
     ASSERT_TRUE(waitUntil([&] { return m_h.daemonLog("j").find("acknowledged by the platform") != std::string::npos; }, 10s));
 }
 
+TEST_P(Jobs, AJobSeesOnlyItsOwnDescriptors) {
+    if (slurm()) GTEST_SKIP() << "slurmd, not the daemon, starts a SLURM job's processes";
+    auto id = str(submit("ls -l /proc/$$/fd\n"), "job_id");
+    auto cb = waitFor(id);
+    ASSERT_EQ(cb.state, "COMPLETED") << cb.stderrTail;
+    auto fds = parseFdListing(cb.stdoutTail);
+    ASSERT_FALSE(fds.empty()) << cb.stdoutTail;
+    // 0-2 and 255 (bash holds its script there).
+    for (auto& [fd, target] : fds) {
+        EXPECT_TRUE(fd <= 2 || fd == 255) << fd << " -> " << target;
+        EXPECT_EQ(target.find("socket:"), std::string::npos) << cb.stdoutTail;
+    }
+}
+
 TEST_P(Jobs, ExitThreeIsFailedWithCodeThree) {
     auto id = str(submit("echo about to fail\nexit 3\n"), "job_id");
     auto cb = waitFor(id);

@@ -118,6 +118,22 @@ TEST_F(PtyTest, FiftyMegabytesArriveByteExact) {
     EXPECT_EQ(relay::sha256Hex(data), expected);
 }
 
+TEST_F(PtyTest, AShellSeesOnlyItsOwnDescriptors) {
+    start();
+    auto pty = open();
+    m_agent->ptyInput(pty.channel, "ls -l /proc/$$/fd; echo END-OF-$((1+1))\r");
+    auto out = readUntil(pty.channel, contains("END-OF-2"));
+    auto fds = parseFdListing(out);
+    ASSERT_FALSE(fds.empty()) << out;
+    // The terminal (0-2, and 255 where bash keeps it) and the audit pipe the
+    // daemon hands over, nothing else.
+    for (auto& [fd, target] : fds) {
+        EXPECT_TRUE(fd <= 2 || fd == 255 || target.rfind("pipe:", 0) == 0) << fd << " -> " << target;
+        EXPECT_EQ(target.find("socket:"), std::string::npos) << out;
+    }
+    EXPECT_LE(fds.size(), 5u) << out;
+}
+
 TEST_F(PtyTest, SttySizeShowsTheOpenedAndTheResizedSize) {
     start();
     auto pty = open(100, 30);

@@ -26,6 +26,26 @@ std::string readFile(const fs::path& p) {
     return ss.str();
 }
 
+std::map<int, std::string> parseFdListing(const std::string& listing) {
+    std::map<int, std::string> fds;
+    std::istringstream in(listing);
+    for (std::string line; std::getline(in, line);) {
+        while (!line.empty() && line.back() == '\r') line.pop_back();
+        auto arrow = line.find(" -> ");
+        if (arrow == std::string::npos) continue;
+        auto start = line.rfind(' ', arrow - 1);
+        // ls on a terminal quotes names with brackets: 'pipe:[123]'.
+        std::string target = line.substr(arrow + 4);
+        if (target.size() >= 2 && target.front() == '\'' && target.back() == '\'')
+            target = target.substr(1, target.size() - 2);
+        try {
+            fds[std::stoi(line.substr(start + 1, arrow - start - 1))] = target;
+        } catch (const std::exception&) {
+        }
+    }
+    return fds;
+}
+
 std::string snapshotTree(const fs::path& dir) {
     std::string out;
     for (const auto& e : fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied)) {

@@ -25,6 +25,10 @@ std::string readFile(const std::filesystem::path& path);
 /// a line: compare two snapshots to see whether anything changed.
 std::string snapshotTree(const std::filesystem::path& dir);
 
+/// The descriptors in an `ls -l /proc/PID/fd` listing: number -> target
+/// ("/dev/null", "socket:[123]", "pipe:[456]").
+std::map<int, std::string> parseFdListing(const std::string& listing);
+
 /// Writes a script (0700), creating its directory: stand-ins and wrappers
 /// for programs the system under test runs.
 void writeExecutable(const std::filesystem::path& file, const std::string& content);
