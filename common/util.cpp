@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <iterator>
 #include <stdexcept>
 #include <system_error>
 
@@ -206,6 +207,22 @@ std::optional<std::string> base64Decode(std::string_view text) {
         if (pad < 1) out += static_cast<char>(n & 0xff);
     }
     return out;
+}
+
+std::string bundledProgram(std::string_view relative) {
+    const char* root = std::getenv("HPC_DAEMON_BUNDLE_DIR");
+    if (!root || *root != '/') return "";
+    std::string path = std::string(root) + "/" + std::string(relative);
+    return ::access(path.c_str(), X_OK) == 0 ? path : "";
+}
+
+std::string signalName(int sig) {
+    static constexpr const char* kNames[] = {
+        nullptr, "HUP",  "INT",  "QUIT", "ILL",    "TRAP", "ABRT",   "BUS",  "FPE",  "KILL", "USR1",
+        "SEGV",  "USR2", "PIPE", "ALRM", "TERM",   "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN",
+        "TTOU",  "URG",  "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH",  "IO",   "PWR",  "SYS"};
+    if (sig > 0 && sig < static_cast<int>(std::size(kNames))) return std::string("SIG") + kNames[sig];
+    return "SIG" + std::to_string(sig);
 }
 
 std::string findInPath(std::string_view program) {

@@ -13,6 +13,16 @@ namespace hpc {
 /// The first executable `program` in $PATH ("" when there is none).
 std::string findInPath(std::string_view program);
 
+/// A program of the relocatable release this process runs from
+/// ($HPC_DAEMON_BUNDLE_DIR, set by the release's launcher), e.g.
+/// "bin/hpc-daemond"; "" when not run from one or the program is not there.
+std::string bundledProgram(std::string_view relative);
+
+/// "SIGTERM" for 15 (x86_64 Linux numbering); "SIG<n>" for a signal
+/// without a name of its own (real-time signals). glibc's sigabbrev_np is
+/// 2.32 and newer.
+std::string signalName(int sig);
+
 /// `bytes` bytes from getrandom(2), hex-encoded.
 std::string randomHex(std::size_t bytes);
 /// Seconds since the epoch, as the protocol sends times.

@@ -1,6 +1,7 @@
 #include "service_manager.hpp"
 
 #include "process.hpp"
+#include "util.hpp"
 
 #include <fcntl.h>
 #include <pwd.h>
@@ -88,6 +89,8 @@ std::optional<pid_t> livePid(const Paths& paths) {
 
 std::string daemonBinary() {
     if (const char* env = std::getenv("HPC_DAEMOND"); env && *env) return env;
+    // In the release, /proc/self/exe is the bundled dynamic loader.
+    if (auto bundled = bundledProgram("bin/hpc-daemond"); !bundled.empty()) return bundled;
     std::error_code ec;
     fs::path self = fs::read_symlink("/proc/self/exe", ec);
     if (!ec) {

@@ -31,8 +31,9 @@ struct Paths {
 /// The pid in the pid file, when that process is alive.
 std::optional<pid_t> livePid(const Paths& paths);
 
-/// The hpc-daemond to start: $HPC_DAEMOND, else beside hpc-daemonctl (installed
-/// or in the build tree), else from PATH.
+/// The hpc-daemond to start: $HPC_DAEMOND, else the release's own (when run
+/// from one), else beside hpc-daemonctl (installed or in the build tree), else
+/// from PATH.
 std::string daemonBinary();
 
 /// Starts hpc-daemond detached from this terminal. Returns its pid.

@@ -125,10 +125,7 @@ json::object Dispatcher::toJson(const ExecResult& r) {
     o["pid"] = r.pid;
     o["exit_code"] = r.exitCode ? json::value(*r.exitCode) : json::value(nullptr);
     o["signal"] = r.signal ? json::value(*r.signal) : json::value(nullptr);
-    if (r.signal) {
-        const char* abbrev = ::sigabbrev_np(*r.signal);
-        o["signal_name"] = abbrev ? std::string("SIG") + abbrev : "SIG" + std::to_string(*r.signal);
-    }
+    if (r.signal) o["signal_name"] = signalName(*r.signal);
     protocol::putBytes(o, "stdout", r.out);
     protocol::putBytes(o, "stderr", r.err);
     o["stdout_truncated"] = r.outTruncated;

@@ -2,17 +2,24 @@
 
 #include "bus_name.hpp"
 #include "log.hpp"
+#include "util.hpp"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <stdexcept>
-#include <thread>
 
 namespace fs = std::filesystem;
 
 namespace hpc::daemon {
+
+/// Generous: a saturated login node can take seconds to start a process.
+constexpr std::chrono::seconds kStartTimeout{30};
 
 PrivateBus::PrivateBus(const fs::path& home, const std::string& daemonId)
     : m_socket(bus::privateBusSocket(home, daemonId)),
@@ -34,27 +41,52 @@ PrivateBus::PrivateBus(const fs::path& home, const std::string& daemonId)
         if (!conf) throw std::runtime_error("cannot write " + m_config.string());
     }
     ::chmod(m_config.c_str(), 0600);
+    std::string program = findInPath("dbus-daemon");
+    if (program.empty()) program = bundledProgram("libexec/dbus-daemon");
+    if (program.empty())
+        throw std::runtime_error("no dbus-daemon for the private bus: install the dbus package, or run the "
+                                 "release, which carries one");
+    // dbus-daemon writes its address to this pipe once it listens: that, not
+    // the socket file appearing, is when clients can connect.
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error(std::string("pipe2: ") + std::strerror(errno));
+    UniqueFd readEnd(fds[0]), writeEnd(fds[1]);
+    constexpr int kAddressFd = 3;
     SpawnOptions o;
-    o.argv = {"dbus-daemon", "--config-file=" + m_config.string(), "--nofork", "--nopidfile"};
+    o.argv = {program, "--config-file=" + m_config.string(), "--nofork", "--nopidfile",
+              "--print-address=" + std::to_string(kAddressFd)};
     o.out = Stdio::Null;
     o.err = Stdio::Inherit;
+    o.extraFds = {{writeEnd.get(), kAddressFd}};
     o.dieWithParent = true;  // a daemon killed with SIGKILL must not leave its bus behind
     try {
         m_child = ChildGuard(spawn(o).pid);
     } catch (const std::exception& e) {
-        throw std::runtime_error(std::string("cannot start dbus-daemon for the private bus: ") + e.what() +
-                                 " (install the dbus package)");
+        throw std::runtime_error(std::string("cannot start ") + program + " for the private bus: " + e.what());
     }
-    for (int i = 0; i < 500; ++i) {
-        if (fs::exists(m_socket, ec)) {
-            ::chmod(m_socket.c_str(), 0600);
-            log::info("private D-Bus at " + m_socket.string());
-            return;
+    writeEnd.reset();
+    std::string printed;
+    auto deadline = std::chrono::steady_clock::now() + kStartTimeout;
+    while (printed.find('\n') == std::string::npos) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) throw std::runtime_error("the private dbus-daemon did not start within " +
+                                                        std::to_string(kStartTimeout.count()) + " s");
+        pollfd p{readEnd.get(), POLLIN, 0};
+        int r = ::poll(&p, 1, static_cast<int>(left.count()));
+        if (r < 0 && errno == EINTR) continue;
+        char buf[512];
+        ssize_t n = r > 0 ? ::read(readEnd.get(), buf, sizeof buf) : 0;
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0 && r > 0) {
+            auto status = m_child.waitFor(std::chrono::milliseconds(1000));
+            throw std::runtime_error("the private dbus-daemon exited before listening" +
+                                     (status && status->code ? " (exit status " + std::to_string(*status->code) + ")"
+                                                             : std::string()));
         }
-        if (!m_child.running() || m_child.poll()) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        if (n > 0) printed.append(buf, static_cast<std::size_t>(n));
     }
-    throw std::runtime_error("the private dbus-daemon did not create " + m_socket.string());
+    ::chmod(m_socket.c_str(), 0600);
+    log::info("private D-Bus at " + m_socket.string());
 }
 
 PrivateBus::~PrivateBus() {

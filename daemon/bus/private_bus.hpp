@@ -13,7 +13,8 @@ namespace hpc::daemon {
 
 class PrivateBus {
 public:
-    /// Starts dbus-daemon and waits for its socket. Throws std::runtime_error.
+    /// Starts dbus-daemon (the host's, else the release's own) and waits
+    /// until it says it listens. Throws std::runtime_error.
     PrivateBus(const std::filesystem::path& home, const std::string& daemonId);
     ~PrivateBus();
     const std::string& address() const { return m_address; }
