@@ -21,20 +21,25 @@ namespace {
     throw Error(ErrorCode::Internal, "cannot run " + argv[0] + ": " + std::strerror(errno));
 }
 
-int runLogs(const std::string& daemonId, bool follow, int lines) {
+int runLogs(const std::string& daemonId, bool follow, int lines, const std::string& priority) {
     Target t = resolveTarget(daemonId);
-    std::string mode;
-    if (auto client = DaemonClient::find(t.paths.home, t.profile.daemonId))
-        mode = std::string(client->status()["mode"].as_string());
+    // systemd mode is known from systemd (the daemon may be frozen or down):
+    // a unit that runs, or is enabled, logs to the journal.
+    UnitState unit = unitState(t.profile.daemonId);
     std::error_code ec;
     bool haveFile = std::filesystem::exists(t.paths.logFile(), ec);
-    if (mode == "systemd" || (mode.empty() && !haveFile)) {
+    bool journal = unit.running() || unit.fileState == "enabled" || (!unit.load.empty() && !haveFile);
+    if (journal) {
         std::vector<std::string> argv = {"journalctl", "--user", "-u", unitName(t.profile.daemonId), "-n",
-                                         std::to_string(lines)};
+                                         std::to_string(lines), "--no-pager"};
+        if (!priority.empty()) argv.insert(argv.end(), {"-p", priority});
         if (follow) argv.push_back("-f");
         execOrThrow(argv);
     }
     if (!haveFile) throw Error(ErrorCode::NotFound, "no log file at " + t.paths.logFile().string());
+    if (!priority.empty())
+        throw Error(ErrorCode::BadRequest, "--priority needs the journal (systemd mode); the log file at " +
+                                               t.paths.logFile().string() + " has the level after the time");
     if (follow) execOrThrow({"tail", "-n", std::to_string(lines), "-F", t.paths.logFile().string()});
     std::cout << tailOf(t.paths.logFile(), static_cast<std::size_t>(lines));
     return kExitOk;
@@ -46,12 +51,18 @@ Command addLogsCommand(CLI::App& parent) {
     auto id = std::make_shared<std::string>();
     auto follow = std::make_shared<bool>(false);
     auto lines = std::make_shared<int>(100);
+    auto priority = std::make_shared<std::string>();
     auto* app = parent.add_subcommand("logs", "Show the daemon's log (journald in systemd mode, else its log file)");
-    app->footer(kExitCodeHelp);
+    app->footer("In systemd mode this runs journalctl --user -u hpc-daemon@ID (the daemon logs with journal\n"
+                "priorities; every instance: journalctl --user -u hpc-daemon.slice); in nohup mode it reads\n"
+                "$HPC_DAEMON_HOME/ID.log.\n\n" + std::string(kExitCodeHelp));
     app->add_option("--daemon-id", *id, "profile (default: the only one)");
     app->add_flag("-f,--follow", *follow, "keep printing new lines");
     app->add_option("-n,--lines", *lines, "how many of the last lines")->check(CLI::Range(1, 1000000))->capture_default_str();
-    return Command{app, [id, follow, lines] { return runLogs(*id, *follow, *lines); }};
+    app->add_option("-p,--priority", *priority,
+                    "journal only: lines of this priority or more urgent (err, warning, notice, info, debug)")
+        ->check(CLI::IsMember({"emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"}));
+    return Command{app, [id, follow, lines, priority] { return runLogs(*id, *follow, *lines, *priority); }};
 }
 
 }  // namespace hpc::ctl

@@ -12,6 +12,7 @@
 
 #include "log.hpp"
 #include "platform_client.hpp"
+#include "scheduler_choice.hpp"
 #include "store.hpp"
 #include "util.hpp"
 
@@ -233,10 +234,13 @@ int runSetup(SetupOptions o) {
     json::object info{{"hostname", hostName()},          {"cluster_name", profile.clusterName},
                       {"skill", profile.skill},          {"allowed_dirs", dirs},
                       {"job_workdir", profile.jobWorkdir}, {"instructions", profile.instructions},
-                      {"scheduler", ::access("/usr/bin/sbatch", X_OK) == 0 ? "slurm" : "local"},
+                      {"scheduler", chooseScheduler().backend},
                       {"version", HPC_VERSION}};
     bool created = platform.registerDaemon(profile.apiKey, daemonId, info);
     fs::path activation = writeActivationFile(store.dir(), daemonId);
+    // The unit (started by hand, by D-Bus activation or after a reboot) gets
+    // the environment this setup ran in: where sbatch is, LOCAL_MODE, the home.
+    fs::path environment = writeEnvironmentFile(Paths{store.dir(), daemonId});
     std::string reloaded;
     if (auto running = DaemonClient::find(store.dir(), daemonId))
         reloaded = running->reload() ? "reloaded (reconnected)" : "reloaded";
@@ -249,6 +253,8 @@ int runSetup(SetupOptions o) {
                                                   {"skill", profile.skill},
                                                   {"registered", created ? "new" : "updated"},
                                                   {"activation_file", activation.string()},
+                                                  {"environment_file", environment.string()},
+                                                  {"scheduler", chooseScheduler().backend},
                                                   {"running_daemon", reloaded.empty() ? "not running" : reloaded}})
                   << "\n";
     } else {

@@ -38,9 +38,14 @@ int startDaemon(const Target& t) {
     ModeDecision mode = decideMode();
     pid_t pid = -1;
     if (mode.systemd) {
+        // The unit gets the caller's PATH, SLURM_CONF, LOCAL_MODE and
+        // HPC_DAEMON_HOME through its environment file.
+        auto envFile = writeEnvironmentFile(t.paths);
+        if (auto installed = ensureUnitInstalled(id); !installed.empty()) std::cout << installed << "\n";
         std::string out;
         if (systemctlUser({"enable", "--now", unitName(id)}, &out) != 0)
             throw Error(ErrorCode::Internal, "systemctl --user enable --now " + unitName(id) + " failed: " + out);
+        std::cout << "environment for the unit: " << envFile.string() << "\n";
     } else {
         pid = startDetached(t.paths, mode.reason);
     }
@@ -55,6 +60,7 @@ int startDaemon(const Target& t) {
             return kExitOk;
         }
         if (pid > 0 && ::kill(pid, 0) != 0) break;  // it died
+        if (mode.systemd && unitState(id).active == "failed") break;
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     std::cerr << "daemon " << id << " did not come up. Last lines of its log:\n"
@@ -68,7 +74,10 @@ Command addStartCommand(CLI::App& parent) {
     auto* app = parent.add_subcommand("start", "Start the daemon (systemd user unit, or detached in nohup mode)");
     app->footer(
         "Uses `systemctl --user enable --now hpc-daemon@ID` when a systemd user manager is reachable and\n"
-        "lingering is on (turning it on when allowed). Otherwise starts hpc-daemond detached (nohup mode)\n"
+        "lingering is on (turning it on when allowed), after writing the unit's environment file\n"
+        "(~/.config/hpc-daemon/ID.env: PATH, SLURM_CONF, LOCAL_MODE, HPC_DAEMON_HOME from this shell) and\n"
+        "installing the unit to ~/.config/systemd/user when the user manager does not know it.\n"
+        "Otherwise starts hpc-daemond detached (nohup mode)\n"
         "with its pid file and log in $HPC_DAEMON_HOME (default ~/.hpc_daemon). Waits until the daemon\n"
         "answers on D-Bus. Starting a running daemon is not an error.\n\n" +
         std::string(kExitCodeHelp));

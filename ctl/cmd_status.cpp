@@ -64,12 +64,22 @@ int runStatus(const std::string& daemonId, bool asJson) {
               << "  platform:   " << str(s, "platform_url") << "\n"
               << "  allowed:    " << list(s, "allowed_dirs", "(unrestricted: agents may write anywhere)") << "\n"
               << "  guards:     " << list(s, "guard_layers", "none") << "\n"
-              << "  scheduler:  " << str(s, "scheduler") << "\n"
+              << "  processes:  exits followed by " << str(s, "process_watch") << "\n"
+              << "  scheduler:  " << str(s, "scheduler")
+              << (str(s, "scheduler_reason").empty() ? "" : " — " + str(s, "scheduler_reason")) << "\n"
               << "  activity:   " << static_cast<long>(num(s, "running_execs")) << " commands, "
               << static_cast<long>(num(s, "active_sessions")) << " shells, "
               << static_cast<long>(num(s, "active_jobs")) << " jobs, "
               << static_cast<long>(num(s, "pending_callbacks")) << " job callbacks waiting for the platform\n"
               << "  bus:        " << client->address() << "\n";
+    if (str(s, "mode") == "systemd") {
+        std::cout << "  unit:       " << unitName(t.profile.daemonId) << " ("
+                  << (unitState(t.profile.daemonId).fileState.empty() ? "?" : unitState(t.profile.daemonId).fileState)
+                  << "; logs: journalctl --user -u " << unitName(t.profile.daemonId) << ")\n";
+        std::error_code ec;
+        auto env = environmentFile(t.profile.daemonId);
+        std::cout << "  env file:   " << env.string() << (std::filesystem::exists(env, ec) ? "" : " (none)") << "\n";
+    }
     return kExitOk;
 }
 

@@ -10,41 +10,100 @@
 
 namespace hpc::ctl {
 
-int stopDaemon(const Target& t) {
-    const auto& id = t.profile.daemonId;
-    auto client = DaemonClient::find(t.paths.home, id);
-    auto pid = livePid(t.paths);
-    if (!client && !pid) {
-        std::cout << "daemon " << id << " was not running\n";
-        return kExitOk;
-    }
-    std::string mode = client ? std::string(client->status()["mode"].as_string()) : "nohup";
-    if (mode == "systemd") {
-        std::string out;
-        // disable too: a stopped daemon should stay stopped across reboots.
-        if (systemctlUser({"disable", "--now", unitName(id)}, &out) != 0)
-            throw Error(ErrorCode::Internal, "systemctl --user disable --now " + unitName(id) + " failed: " + out);
-    } else if (client) {
-        client->stop();
-    } else {
-        ::kill(*pid, SIGTERM);  // not on any bus: the pid file is all we have
-    }
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+namespace {
+
+bool gone(const Target& t) { return !livePid(t.paths) && !DaemonClient::find(t.paths.home, t.profile.daemonId); }
+
+bool waitGone(const Target& t, std::chrono::seconds limit) {
+    auto deadline = std::chrono::steady_clock::now() + limit;
     while (std::chrono::steady_clock::now() < deadline) {
-        if (!livePid(t.paths) && !DaemonClient::find(t.paths.home, id)) {
+        if (gone(t)) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return gone(t);
+}
+
+/// nohup mode: Stop over D-Bus; a daemon that does not answer (frozen,
+/// stopped with SIGSTOP, wedged) gets SIGTERM and SIGCONT, then SIGKILL.
+int stopDetached(const Target& t) {
+    const auto& id = t.profile.daemonId;
+    std::string why;
+    if (auto client = DaemonClient::find(t.paths.home, id)) {
+        client->setTimeout(std::chrono::seconds(5));
+        try {
+            client->stop();
+            if (waitGone(t, std::chrono::seconds(15))) {
+                std::cout << "stopped daemon " << id << "\n";
+                return kExitOk;
+            }
+            why = "it accepted Stop but is still running after 15 s";
+        } catch (const Error& e) {
+            why = std::string("it did not answer on D-Bus (") + e.what() + ")";
+        }
+    } else {
+        why = "it is not on any bus";
+    }
+    auto pid = livePid(t.paths);
+    if (!pid) {
+        if (waitGone(t, std::chrono::seconds(5))) {
             std::cout << "stopped daemon " << id << "\n";
             return kExitOk;
         }
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        std::cerr << "daemon " << id << ": " << why << ", and its pid file " << t.paths.pidFile().string()
+                  << " names no live process; find it with: pgrep -a hpc-daemond\n";
+        return kExitFailure;
     }
-    std::cerr << "daemon " << id << " did not stop within 15 s\n";
+    std::cerr << "daemon " << id << ": " << why << "; sending SIGTERM to pid " << *pid << "\n";
+    ::kill(*pid, SIGTERM);
+    ::kill(*pid, SIGCONT);  // a stopped process handles SIGTERM only once continued
+    if (waitGone(t, std::chrono::seconds(10))) {
+        std::cout << "stopped daemon " << id << " (pid " << *pid << ", by SIGTERM)\n";
+        return kExitOk;
+    }
+    std::cerr << "daemon " << id << " (pid " << *pid << ") ignored SIGTERM for 10 s; sending SIGKILL\n";
+    ::kill(*pid, SIGKILL);
+    if (waitGone(t, std::chrono::seconds(5))) {
+        std::cout << "stopped daemon " << id << " (pid " << *pid << ", by SIGKILL)\n";
+        return kExitOk;
+    }
+    std::cerr << "daemon " << id << " (pid " << *pid << ") is still there after SIGKILL\n";
     return kExitFailure;
+}
+
+}  // namespace
+
+int stopDaemon(const Target& t) {
+    const auto& id = t.profile.daemonId;
+    // The mode comes from systemd, not from asking the daemon: a frozen
+    // daemon does not answer.
+    if (unitState(id).running()) {
+        std::string out;
+        // systemd sends SIGTERM then SIGCONT, and SIGKILL after TimeoutStopSec,
+        // so a frozen daemon ends too. disable: a stopped daemon stays stopped
+        // across reboots.
+        if (systemctlUser({"disable", "--now", unitName(id)}, &out) != 0)
+            throw Error(ErrorCode::Internal, "systemctl --user disable --now " + unitName(id) + " failed: " + out);
+        if (waitGone(t, std::chrono::seconds(30))) {
+            std::cout << "stopped daemon " << id << " (systemctl --user disable --now " << unitName(id) << ")\n";
+            return kExitOk;
+        }
+        std::cerr << "daemon " << id << " did not stop within 30 s (see systemctl --user status " << unitName(id)
+                  << ")\n";
+        return kExitFailure;
+    }
+    if (gone(t)) {
+        std::cout << "daemon " << id << " was not running\n";
+        return kExitOk;
+    }
+    return stopDetached(t);
 }
 
 Command addStopCommand(CLI::App& parent) {
     auto id = std::make_shared<std::string>();
     auto* app = parent.add_subcommand("stop", "Stop the daemon");
-    app->footer("Asks the daemon to stop over D-Bus (or systemd to stop its unit) and waits until it is gone.\n"
+    app->footer("In systemd mode: systemctl --user disable --now hpc-daemon@ID (systemd ends a frozen daemon\n"
+                "after TimeoutStopSec). In nohup mode: Stop over D-Bus; a daemon that does not answer within 5 s\n"
+                "gets SIGTERM (and SIGCONT), then SIGKILL after 10 s. Waits until it is gone.\n"
                 "Stopping a daemon that is not running is not an error.\n\n" +
                 std::string(kExitCodeHelp));
     app->add_option("--daemon-id", *id, "profile to stop (default: the only one)");
@@ -58,6 +117,18 @@ Command addRestartCommand(CLI::App& parent) {
     app->add_option("--daemon-id", *id, "profile to restart (default: the only one)");
     return Command{app, [id] {
                        auto target = resolveTarget(*id);
+                       const auto& daemonId = target.profile.daemonId;
+                       if (unitState(daemonId).running()) {
+                           // Refresh the environment file first: a restart is
+                           // how a changed PATH or LOCAL_MODE reaches the unit.
+                           writeEnvironmentFile(target.paths);
+                           std::string out;
+                           if (systemctlUser({"restart", unitName(daemonId)}, &out) != 0)
+                               throw Error(ErrorCode::Internal,
+                                           "systemctl --user restart " + unitName(daemonId) + " failed: " + out);
+                           std::cout << "restarted " << unitName(daemonId) << "\n";
+                           return static_cast<int>(kExitOk);
+                       }
                        int rc = stopDaemon(target);
                        return rc == kExitOk ? startDaemon(target) : rc;
                    }};

@@ -100,6 +100,10 @@ json::object DaemonClient::status() {
     }
 }
 
+void DaemonClient::setTimeout(std::chrono::milliseconds timeout) {
+    m_impl->connection->setMethodCallTimeout(std::chrono::duration_cast<std::chrono::microseconds>(timeout));
+}
+
 void DaemonClient::stop() {
     try {
         m_impl->proxy->Stop();

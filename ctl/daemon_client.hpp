@@ -5,6 +5,7 @@
 
 #include <boost/json.hpp>
 
+#include <chrono>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -28,6 +29,9 @@ public:
     /// agent_id, exit_code (null when none), submitted_at), newest first.
     boost::json::array jobs();
     const std::string& address() const { return m_address; }
+    /// How long a method call may take before it fails with ErrorCode::Timeout
+    /// (default 10 s).
+    void setTimeout(std::chrono::milliseconds timeout);
 
     struct Impl;
 

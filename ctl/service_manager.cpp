@@ -1,7 +1,10 @@
 #include "service_manager.hpp"
 
+#include "errors.hpp"
 #include "process.hpp"
 #include "util.hpp"
+
+#include <unit_template.hpp>
 
 #include <fcntl.h>
 #include <pwd.h>
@@ -129,6 +132,98 @@ std::string unitName(const std::string& daemonId) {
         }
     }
     return "hpc-daemon@" + escaped + ".service";
+}
+
+UnitState unitState(const std::string& daemonId) {
+    UnitState st;
+    std::string out;
+    if (systemctlUser({"show", "-p", "LoadState", "-p", "ActiveState", "-p", "UnitFileState", "-p", "FragmentPath",
+                       "-p", "MainPID", unitName(daemonId)},
+                      &out) != 0)
+        return st;
+    std::size_t pos = 0;
+    while (pos < out.size()) {
+        auto end = out.find('\n', pos);
+        if (end == std::string::npos) end = out.size();
+        std::string line = out.substr(pos, end - pos);
+        pos = end + 1;
+        auto eq = line.find('=');
+        if (eq == std::string::npos) continue;
+        std::string key = line.substr(0, eq), value = line.substr(eq + 1);
+        if (key == "LoadState") st.load = value;
+        else if (key == "ActiveState") st.active = value;
+        else if (key == "UnitFileState") st.fileState = value;
+        else if (key == "FragmentPath") st.fragment = value;
+        else if (key == "MainPID") st.mainPid = static_cast<pid_t>(std::atoi(value.c_str()));
+    }
+    return st;
+}
+
+namespace {
+
+fs::path userConfigDir() {
+    if (const char* xdg = std::getenv("XDG_CONFIG_HOME"); xdg && *xdg) return xdg;
+    const char* home = std::getenv("HOME");
+    return fs::path(home ? home : "/") / ".config";
+}
+
+/// A value for an EnvironmentFile= line: double-quoted, with \ and " escaped.
+std::string quoted(const std::string& value) {
+    std::string out = "\"";
+    for (char c : value) {
+        if (c == '\\' || c == '"') out += '\\';
+        out += c;
+    }
+    return out + "\"";
+}
+
+void writeFileAtomically(const fs::path& file, const std::string& text, fs::perms perms) {
+    fs::create_directories(file.parent_path());
+    fs::path tmp = file;
+    tmp += ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::trunc);
+        out << text;
+        if (!out.flush()) throw Error(ErrorCode::Internal, "cannot write " + tmp.string());
+    }
+    fs::permissions(tmp, perms);
+    fs::rename(tmp, file);
+}
+
+}  // namespace
+
+fs::path environmentFile(const std::string& daemonId) {
+    return userConfigDir() / "hpc-daemon" / (daemonId + ".env");
+}
+
+fs::path writeEnvironmentFile(const Paths& paths) {
+    std::string text =
+        "# Written by hpc-daemonctl setup/start from the environment it ran in; read by the unit\n"
+        "# hpc-daemon@" + paths.daemonId + " (EnvironmentFile=). Edit, then: systemctl --user restart " +
+        unitName(paths.daemonId) + "\n";
+    text += "HPC_DAEMON_HOME=" + quoted(paths.home.string()) + "\n";
+    for (const char* name : {"PATH", "SLURM_CONF", "LOCAL_MODE"})
+        if (const char* v = std::getenv(name); v && *v) text += std::string(name) + "=" + quoted(v) + "\n";
+    fs::path file = environmentFile(paths.daemonId);
+    writeFileAtomically(file, text, fs::perms::owner_read | fs::perms::owner_write);
+    return file;
+}
+
+std::string ensureUnitInstalled(const std::string& daemonId) {
+    UnitState st = unitState(daemonId);
+    if (st.load.empty()) throw Error(ErrorCode::Unavailable, "systemctl --user show " + unitName(daemonId) + " failed");
+    if (st.load != "not-found") return {};
+    std::string text = kUnitTemplate;
+    const std::string placeholder = "@HPC_DAEMOND_PATH@";
+    for (auto p = text.find(placeholder); p != std::string::npos; p = text.find(placeholder, p))
+        text.replace(p, placeholder.size(), daemonBinary());
+    fs::path file = userConfigDir() / "systemd" / "user" / "hpc-daemon@.service";
+    writeFileAtomically(file, text, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                                        fs::perms::others_read);
+    std::string out;
+    if (systemctlUser({"daemon-reload"}, &out) != 0)
+        throw Error(ErrorCode::Internal, "systemctl --user daemon-reload failed: " + out);
+    return "installed the unit " + file.string() + " (it runs " + daemonBinary() + ")";
 }
 
 std::string tailOf(const fs::path& file, std::size_t lines) {

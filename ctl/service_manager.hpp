@@ -45,6 +45,35 @@ int systemctlUser(const std::vector<std::string>& args, std::string* out = nullp
 /// "hpc-daemon@<id>.service", with the id escaped as systemd does.
 std::string unitName(const std::string& daemonId);
 
+/// What the user manager knows of a unit (`systemctl --user show`).
+struct UnitState {
+    std::string load;    ///< LoadState: "loaded", "not-found", ... ("" when systemctl failed)
+    std::string active;  ///< ActiveState: "active", "inactive", "failed", "activating", ...
+    std::string fileState;  ///< UnitFileState: "enabled", "disabled", ...
+    std::string fragment;   ///< FragmentPath: the unit file in use
+    pid_t mainPid = 0;
+    bool running() const { return active == "active" || active == "activating" || active == "reloading" || active == "deactivating"; }
+};
+UnitState unitState(const std::string& daemonId);
+
+/// The per-instance environment file the unit reads
+/// (EnvironmentFile=-%E/hpc-daemon/%I.env): $XDG_CONFIG_HOME/hpc-daemon/<id>.env,
+/// default ~/.config/hpc-daemon/<id>.env.
+std::filesystem::path environmentFile(const std::string& daemonId);
+
+/// Writes the environment file from this process's environment:
+/// HPC_DAEMON_HOME, PATH (where sbatch is found), and SLURM_CONF and
+/// LOCAL_MODE when set. A user manager reads neither ~/.profile nor the
+/// caller's environment, so without this a `module load slurm` or a
+/// LOCAL_MODE=1 would not reach the unit. Returns its path.
+std::filesystem::path writeEnvironmentFile(const Paths& paths);
+
+/// Installs the user unit template to $XDG_CONFIG_HOME/systemd/user (default
+/// ~/.config/systemd/user), running daemonBinary(), when the user manager does
+/// not know hpc-daemon@<id> yet, and reloads the manager. Returns what it did
+/// ("" when the unit was there already). Throws hpc::Error when it cannot.
+std::string ensureUnitInstalled(const std::string& daemonId);
+
 /// The last `lines` lines of a file ("" when it does not exist).
 std::string tailOf(const std::filesystem::path& file, std::size_t lines);
 

@@ -13,6 +13,7 @@
 #include "log.hpp"
 #include "notify.hpp"
 #include "pty.hpp"
+#include "scheduler_choice.hpp"
 #include "status.hpp"
 #include "store.hpp"
 #include "util.hpp"
@@ -123,7 +124,10 @@ public:
 
 private:
     std::unique_ptr<Scheduler> makeScheduler() {
-        if (detectBackend() == "slurm") {
+        SchedulerChoice choice = chooseScheduler();
+        m_schedulerReason = choice.reason;
+        log::info("scheduler " + choice.backend + ": " + choice.reason);
+        if (choice.backend == "slurm") {
             SlurmConfig c;
             c.minInterval = m_options.jobPollMin;
             c.maxInterval = std::max(m_options.jobPollMin, m_options.jobPollMax);
@@ -293,6 +297,7 @@ private:
         s.connectedSince = m_link ? m_link->connectedSince() : 0;
         s.platformUrl = m_profile.platformUrl;
         s.scheduler = std::string(m_jobs->backend());
+        s.schedulerReason = m_schedulerReason;
         s.allowedDirs = m_profile.allowedDirs;
         if (!m_profile.allowedDirs.empty()) s.guardLayers = {"cwd-check"};
         if (!m_shellGuard.empty()) s.guardLayers.push_back("shell-wrappers (bash, advisory)");
@@ -360,6 +365,7 @@ private:
     std::unique_ptr<Link> m_link;
     double m_startedAt = 0;
     bool m_systemd = false;
+    std::string m_schedulerReason;
     bool m_stopping = false;
 };
 

@@ -17,6 +17,7 @@ struct DaemonStatus {
     double connectedSince = 0;
     std::string platformUrl;
     std::string scheduler;
+    std::string schedulerReason;  ///< why that scheduler (LOCAL_MODE, where sbatch is)
     std::vector<std::string> allowedDirs;
     std::vector<std::string> guardLayers;
     unsigned runningExecs = 0;

@@ -62,6 +62,7 @@ private:
                 {"connected_since", s.connectedSince},
                 {"platform_url", s.platformUrl},
                 {"scheduler", s.scheduler},
+                {"scheduler_reason", s.schedulerReason},
                 {"allowed_dirs", s.allowedDirs},
                 {"guard_layers", s.guardLayers},
                 {"running_execs", static_cast<uint32_t>(s.runningExecs)},

@@ -2,6 +2,7 @@
 
 #include "job_files.hpp"
 #include "log.hpp"
+#include "scheduler_choice.hpp"
 #include "util.hpp"
 
 #include <cstdlib>
@@ -24,11 +25,7 @@ bool isPrintableName(std::string_view s) {
 
 }  // namespace
 
-std::string detectBackend() {
-    const char* local = std::getenv("LOCAL_MODE");
-    if (local && std::string(local) == "1") return "local";
-    return findInPath("sbatch").empty() ? "local" : "slurm";
-}
+std::string detectBackend() { return chooseScheduler().backend; }
 
 JobService::JobService(boost::asio::io_context& ioc, Store& store, std::string daemonId,
                        std::unique_ptr<Scheduler> scheduler, Outbox::Send send)
