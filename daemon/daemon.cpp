@@ -1,3 +1,4 @@
+#include "exit_watch.hpp"
 #include "daemon.hpp"
 
 #include "bus/bus_service.hpp"
@@ -75,8 +76,16 @@ public:
                 return m_link && m_link->sendChannelData(channel, data, size);
             });
         m_dispatcher->attachPty(*m_pty);
-        m_jobs = std::make_unique<JobService>(ioc, m_store, m_profile.daemonId, makeScheduler(),
+        SchedulerChoice choice = chooseScheduler();
+        m_schedulerReason = choice.reason;
+        log::info("scheduler " + choice.backend + ": " + choice.reason);
+        m_jobs = std::make_unique<JobService>(ioc, m_store, m_profile.daemonId, makeScheduler(choice.backend),
                                               [this](std::string text) { return m_link && m_link->sendText(std::move(text)); });
+        m_jobs->setSchedulerFactory([this](const std::string& backend) -> std::unique_ptr<Scheduler> {
+            if (backend == "slurm" && findInPath("squeue").empty()) return nullptr;
+            if (backend != "slurm" && backend != "local") return nullptr;
+            return makeScheduler(backend);
+        });
         m_dispatcher->attachJobs(*m_jobs);
         m_jobs->setAudit([this](const Store::AuditEntry& e) { audit(e); });
         m_jobs->setOnJobChange([this](const JobRecord& job) {
@@ -123,11 +132,8 @@ public:
     }
 
 private:
-    std::unique_ptr<Scheduler> makeScheduler() {
-        SchedulerChoice choice = chooseScheduler();
-        m_schedulerReason = choice.reason;
-        log::info("scheduler " + choice.backend + ": " + choice.reason);
-        if (choice.backend == "slurm") {
+    std::unique_ptr<Scheduler> makeScheduler(const std::string& backend) {
+        if (backend == "slurm") {
             SlurmConfig c;
             c.minInterval = m_options.jobPollMin;
             c.maxInterval = std::max(m_options.jobPollMin, m_options.jobPollMax);
@@ -302,6 +308,7 @@ private:
         if (!m_profile.allowedDirs.empty()) s.guardLayers = {"cwd-check"};
         if (!m_shellGuard.empty()) s.guardLayers.push_back("shell-wrappers (bash, advisory)");
         if (m_landlock) s.guardLayers.push_back(m_landlock->describe());
+        s.processWatch = ExitWatch::method();
         s.runningExecs = static_cast<unsigned>(m_exec.running());
         s.activeSessions = static_cast<unsigned>(m_pty->count());
         s.activeJobs = static_cast<unsigned>(m_jobs->active());

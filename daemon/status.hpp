@@ -20,6 +20,7 @@ struct DaemonStatus {
     std::string schedulerReason;  ///< why that scheduler (LOCAL_MODE, where sbatch is)
     std::vector<std::string> allowedDirs;
     std::vector<std::string> guardLayers;
+    std::string processWatch;  ///< how process exits are followed: "pidfd", or "SIGCHLD" on kernels < 5.3
     unsigned runningExecs = 0;
     unsigned activeSessions = 0;
     unsigned activeJobs = 0;

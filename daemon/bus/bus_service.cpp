@@ -65,6 +65,7 @@ private:
                 {"scheduler_reason", s.schedulerReason},
                 {"allowed_dirs", s.allowedDirs},
                 {"guard_layers", s.guardLayers},
+                {"process_watch", s.processWatch},
                 {"running_execs", static_cast<uint32_t>(s.runningExecs)},
                 {"active_sessions", static_cast<uint32_t>(s.activeSessions)},
                 {"active_jobs", static_cast<uint32_t>(s.activeJobs)},

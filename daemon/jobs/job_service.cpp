@@ -36,14 +36,34 @@ JobService::JobService(boost::asio::io_context& ioc, Store& store, std::string d
     m_scheduler->setOnChange([this](const JobRecord& job) { onChange(job); });
 }
 
+Scheduler* JobService::schedulerFor(const std::string& backend) {
+    if (backend == m_scheduler->name()) return m_scheduler.get();
+    if (auto it = m_others.find(backend); it != m_others.end()) return it->second.get();
+    auto made = m_factory ? m_factory(backend) : nullptr;
+    if (!made) return nullptr;
+    made->setOnChange([this](const JobRecord& job) { onChange(job); });
+    return m_others.emplace(backend, std::move(made)).first->second.get();
+}
+
+std::size_t JobService::active() const {
+    std::size_t n = m_scheduler->tracked() + m_submitting;
+    for (const auto& [name, s] : m_others) n += s->tracked();
+    return n;
+}
+
 void JobService::adoptLive() {
     for (const auto& job : m_jobs.live(m_daemonId)) {
-        if (job.backend != m_scheduler->name()) {
-            log::warning("job " + job.jobId + " was submitted to " + job.backend + " but this daemon now uses " +
-                         std::string(m_scheduler->name()) + ": it is left as it is");
+        Scheduler* s = schedulerFor(job.backend);
+        if (!s) {
+            log::warning("job " + job.jobId + " was submitted to " + job.backend + " but this daemon uses " +
+                         std::string(m_scheduler->name()) + " and cannot follow " + job.backend +
+                         " jobs here: it is left as it is");
             continue;
         }
-        m_scheduler->adopt(job);
+        if (s != m_scheduler.get())
+            log::info("job " + job.jobId + " was submitted to " + job.backend + ": followed to its end by " +
+                      job.backend + " although new jobs go to " + std::string(m_scheduler->name()));
+        s->adopt(job);
     }
 }
 
@@ -64,7 +84,7 @@ bool JobService::handle(const protocol::Envelope& env, const std::string& agentI
             job.cancelRequested = true;
             m_jobs.update(job);
             log::info("job " + job.jobId + " cancelled by " + agentId);
-            m_scheduler->cancel(job);
+            if (Scheduler* s = schedulerFor(job.backend)) s->cancel(job);
         }
         reply(protocol::makeOk(env.id, {{"job_id", job.jobId}, {"state", job.state}, {"cancel_requested", true}}));
     } else if (env.type == "job.list") {

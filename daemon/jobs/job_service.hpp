@@ -9,6 +9,7 @@
 #include "protocol.hpp"
 #include "scheduler.hpp"
 
+#include <map>
 #include <boost/asio/io_context.hpp>
 
 #include <filesystem>
@@ -35,6 +36,13 @@ public:
     JobService(boost::asio::io_context& ioc, Store& store, std::string daemonId, std::unique_ptr<Scheduler> scheduler,
                Outbox::Send send);
 
+    /// Makes a scheduler for another backend ("local", "slurm"), or nullptr
+    /// when it cannot run here: jobs submitted before a restart that changed
+    /// the scheduler (LOCAL_MODE set or unset, SLURM installed or gone) are
+    /// still followed to their end and callback.
+    using SchedulerFactory = std::function<std::unique_ptr<Scheduler>(const std::string& backend)>;
+    void setSchedulerFactory(SchedulerFactory factory) { m_factory = std::move(factory); }
+
     /// Follows the jobs the store says are live (after a restart).
     void adoptLive();
     void setPolicy(JobPolicy policy) { m_policy = std::move(policy); }
@@ -50,7 +58,7 @@ public:
 
     Outbox& outbox() { return m_outbox; }
     std::string_view backend() const { return m_scheduler->name(); }
-    std::size_t active() const { return m_scheduler->tracked() + m_submitting; }
+    std::size_t active() const;
     /// Callbacks written and not yet acknowledged by the platform.
     std::size_t pendingCallbacks() { return m_jobs.pendingCallbackCount(m_daemonId); }
     /// For hpc-daemonctl jobs: every agent's, newest first.
@@ -62,10 +70,14 @@ private:
     void submit(const protocol::Envelope& env, const std::string& agentId, const Reply& reply);
     JobRecord owned(const boost::json::object& payload, const std::string& agentId);
     void onChange(const JobRecord& job);
+    /// The scheduler that follows jobs of `backend`; nullptr when none can.
+    Scheduler* schedulerFor(const std::string& backend);
 
     JobStore m_jobs;
     std::string m_daemonId;
-    std::unique_ptr<Scheduler> m_scheduler;
+    std::unique_ptr<Scheduler> m_scheduler;  ///< takes new submissions
+    std::map<std::string, std::unique_ptr<Scheduler>> m_others;  ///< follow jobs of other backends
+    SchedulerFactory m_factory;
     Outbox m_outbox;
     JobPolicy m_policy;
     std::size_t m_submitting = 0;

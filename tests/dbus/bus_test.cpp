@@ -122,7 +122,7 @@ TEST(BusName, EscapesDotsDashesAndLeadingDigits) {
 TEST_F(BusServiceTest, GetStatusReturnsEveryDocumentedKey) {
     auto s = m_proxy->GetStatus();
     for (const char* key : {"daemon_id", "version", "pid", "mode", "mode_reason", "link_state", "connected_since",
-                            "platform_url", "scheduler", "allowed_dirs", "guard_layers", "running_execs",
+                            "platform_url", "scheduler", "allowed_dirs", "guard_layers", "process_watch", "running_execs",
                             "active_sessions", "active_jobs", "pending_callbacks", "bus_address", "started_at"})
         EXPECT_TRUE(s.count(key)) << key;
     EXPECT_EQ(s["daemon_id"].get<std::string>(), "login-1.mila");
