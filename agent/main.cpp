@@ -1,4 +1,5 @@
 // hpc-agent: the agent-side command line. See `hpc-agent --help`.
+#include "util.hpp"
 #include "agent_client.hpp"
 #include "shell.hpp"
 
@@ -193,11 +194,13 @@ int runReconnecting(const Common& c, std::optional<std::chrono::steady_clock::ti
 }  // namespace
 
 int main(int argc, char** argv) {
+    hpc::adoptProgramName(argc > 0 ? argv[0] : nullptr);
     CLI::App app{
         "hpc-agent: run commands on machines served by hpc-daemond, through the platform.\n"
         "The platform URL, token and CA come from --url/--token-file/--ca-file or HPC_AGENT_URL,\n"
         "HPC_AGENT_TOKEN, HPC_AGENT_CA. (There is no --token flag: a token on a command line is visible\n"
         "to every user of the machine.)"};
+    app.set_version_flag("--version", "hpc-agent " HPC_VERSION);
     app.footer("Exit status: exec returns the remote command's status (128+N for signal N); wait returns 0 for a "
                "COMPLETED job, 1 for any other final state, 254 on --timeout; 255 means hpc-agent itself failed.");
     app.require_subcommand(1);

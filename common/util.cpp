@@ -1,6 +1,7 @@
 #include "util.hpp"
 
 #include <arpa/inet.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -208,6 +209,17 @@ std::optional<std::string> base64Decode(std::string_view text) {
     }
     return out;
 }
+
+void adoptProgramName(const char* argv0) {
+    char current[16] = {};
+    if (!argv0 || ::prctl(PR_GET_NAME, current) != 0 || std::string_view(current).rfind("ld-", 0) != 0) return;
+    std::string_view name(argv0);
+    if (auto slash = name.rfind('/'); slash != std::string_view::npos) name.remove_prefix(slash + 1);
+    std::string comm(name.substr(0, 15));
+    if (!comm.empty()) ::prctl(PR_SET_NAME, comm.c_str());
+}
+
+std::string defaultShell() { return ::access("/bin/bash", X_OK) == 0 ? "/bin/bash" : "/bin/sh"; }
 
 std::string bundledProgram(std::string_view relative) {
     const char* root = std::getenv("HPC_DAEMON_BUNDLE_DIR");

@@ -13,6 +13,15 @@ namespace hpc {
 /// The first executable `program` in $PATH ("" when there is none).
 std::string findInPath(std::string_view program);
 
+/// Run through the release's bundled dynamic loader, the kernel names the
+/// process after the loader ("ld-linux-x86-64"); this renames it after argv[0]
+/// so ps, pgrep and /proc/PID/comm show the program's own name.
+void adoptProgramName(const char* argv0);
+
+/// /bin/bash where it exists, else /bin/sh (a minimal system may have no
+/// bash; job wrappers and `exec -c` commands are plain POSIX sh).
+std::string defaultShell();
+
 /// A program of the relocatable release this process runs from
 /// ($HPC_DAEMON_BUNDLE_DIR, set by the release's launcher), e.g.
 /// "bin/hpc-daemond"; "" when not run from one or the program is not there.

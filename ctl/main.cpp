@@ -1,11 +1,14 @@
 // hpc-daemonctl: the control client.
+#include "util.hpp"
 #include "commands.hpp"
 #include "exit_codes.hpp"
 
 #include <iostream>
 
 int main(int argc, char** argv) {
+    hpc::adoptProgramName(argc > 0 ? argv[0] : nullptr);
     CLI::App app{"hpc-daemonctl: set up and control hpc-daemond, the daemon that lets agents work on this machine."};
+    app.set_version_flag("--version", "hpc-daemonctl " HPC_VERSION);
     app.footer(hpc::ctl::kExitCodeHelp);
     app.require_subcommand(1);
     using namespace hpc::ctl;

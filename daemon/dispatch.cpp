@@ -20,8 +20,6 @@ constexpr std::size_t kMaxArgs = 4096;
 constexpr std::size_t kMaxOutputCap = 4 * 1024 * 1024;
 constexpr double kMaxTimeoutSeconds = 7 * 24 * 3600;
 
-std::string shellPath() { return ::access("/bin/bash", X_OK) == 0 ? "/bin/bash" : "/bin/sh"; }
-
 std::string agentOf(const protocol::Envelope& env) {
     if (auto* id = env.agent.if_contains("id"); id && id->is_string()) return std::string(id->get_string());
     return "unknown";
@@ -92,7 +90,7 @@ ExecRequest Dispatcher::parseExec(const json::object& p) const {
         throw Error(ErrorCode::BadRequest, "exec needs exactly one of \"argv\" (array of strings) or \"command\" (string)");
     if (command) {
         if (command->empty()) throw Error(ErrorCode::BadRequest, "\"command\" is empty");
-        req.argv = {shellPath(), "-c", *command};
+        req.argv = {defaultShell(), "-c", *command};
     } else {
         if (!argv->is_array() || argv->get_array().empty() || argv->get_array().size() > kMaxArgs)
             throw Error(ErrorCode::BadRequest, "\"argv\" must be a non-empty array of at most 4096 strings");
@@ -156,8 +154,7 @@ bool Dispatcher::handlePty(const protocol::Envelope& env) {
         }
         const char* userShell = std::getenv("SHELL");
         std::string shell = protocol::optString(p, "shell", 4096)
-                                .value_or(userShell && *userShell ? userShell
-                                          : ::access("/bin/bash", X_OK) == 0 ? "/bin/bash" : "/bin/sh");
+                                .value_or(userShell && *userShell ? userShell : defaultShell());
         if (shell.empty()) throw Error(ErrorCode::BadRequest, "\"shell\" is empty");
         r.argv = guardedShell(shell, m_shellGuard);
         r.agentId = agent;

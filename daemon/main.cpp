@@ -1,4 +1,5 @@
 // hpc-daemond: the daemon. See `hpc-daemond --help`.
+#include "util.hpp"
 #include "daemon.hpp"
 #include "errors.hpp"
 #include "log.hpp"
@@ -9,11 +10,13 @@
 #include <iostream>
 
 int main(int argc, char** argv) {
+    hpc::adoptProgramName(argc > 0 ? argv[0] : nullptr);
     CLI::App app{
         "hpc-daemond: connects this machine to an agent platform over an outbound TLS WebSocket and runs the\n"
         "agent's commands inside the allowed directories. Reads its profile (made by `hpc-daemonctl setup`)\n"
         "from $HPC_DAEMON_HOME/state.db (default ~/.hpc_daemon). Usually started by systemd or hpc-daemonctl.\n"
         "Exit codes: 0 clean stop (SIGTERM/SIGINT), 1 bad profile or state, 2 usage."};
+    app.set_version_flag("--version", "hpc-daemond " HPC_VERSION);
     hpc::daemon::DaemonOptions options;
     double heartbeatSeconds = 20;
     double reconnectMaxSeconds = 30;

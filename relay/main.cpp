@@ -1,4 +1,5 @@
 // hpc-relay: the self-hostable reference platform.
+#include "util.hpp"
 #include "api.hpp"
 #include "hub.hpp"
 #include "log.hpp"
@@ -55,10 +56,12 @@ relay::CodeSender fileSender(std::string path) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    hpc::adoptProgramName(argc > 0 ? argv[0] : nullptr);
     CLI::App app{
         "hpc-relay: a self-hostable platform for hpc-daemon. Serves the sign-in, API-key and daemon-registry\n"
         "routes over HTTPS and routes WebSocket messages between agents and daemons of the same user.\n"
         "See docs/protocol.md for every route and message."};
+    app.set_version_flag("--version", "hpc-relay " HPC_VERSION);
     relay::ServerConfig config;
     std::string dataDir;
     std::string otpCommand;
@@ -77,6 +80,11 @@ int main(int argc, char** argv) {
                    "environment");
     app.add_option("--otp-file", otpFile, "append \"EMAIL CODE\" lines to this file (0600) instead; for local use");
     app.add_option("--port-file", config.portFile, "write the bound port to this file once listening");
+    app.add_option("--ready-fd", config.readyFd,
+                   "write the bound port and a newline to this inherited descriptor once listening, then close it "
+                   "(a readiness handshake for scripts: a pipe's reader gets the port, or end-of-file if the relay "
+                   "failed)")
+        ->check(CLI::NonNegativeNumber);
     app.add_option("--ws-idle-seconds", config.wsIdleSeconds, "close a WebSocket silent for this long")
         ->check(CLI::Range(5, 3600))
         ->capture_default_str();

@@ -6,6 +6,8 @@
 #include "protocol.hpp"
 #include "util.hpp"
 
+#include <unistd.h>
+
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -401,6 +403,12 @@ int runServer(const ServerConfig& config, Api& api, Hub& hub) {
     auto listener = std::make_shared<Listener>(ioc, tls.get(), ctx, tcp::endpoint(address, config.port));
     listener->start();
     if (!config.portFile.empty()) writePortFile(config.portFile, listener->port());
+    if (config.readyFd >= 0) {
+        std::string line = std::to_string(listener->port()) + "\n";
+        bool written = ::write(config.readyFd, line.data(), line.size()) == static_cast<ssize_t>(line.size());
+        ::close(config.readyFd);
+        if (!written) throw std::runtime_error("cannot write the port to --ready-fd " + std::to_string(config.readyFd));
+    }
     log::notice(std::string("hpc-relay ") + HPC_VERSION + " listening on " + (tls ? "https" : "http") + "://" +
                 config.listen + ":" + std::to_string(listener->port()));
 

@@ -16,6 +16,7 @@ struct ServerConfig {
     std::string keyFile;
     bool plainHttp = false;  ///< allowed only when `listen` is a loopback address
     std::string portFile;    ///< when set, the bound port is written there
+    int readyFd = -1;        ///< when >= 0, "PORT\n" is written to it once listening, then it is closed
     int wsIdleSeconds = 60;  ///< a WebSocket silent this long (pings unanswered) is closed
 };
 

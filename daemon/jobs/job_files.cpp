@@ -1,5 +1,7 @@
 #include "job_files.hpp"
 
+#include "util.hpp"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -74,8 +76,9 @@ void writeJobFiles(const JobRecord& job, std::string_view script, bool slurm) {
     std::string scriptPath = job.dir + "/script";
     writePrivate(scriptPath, script, 0700);
     std::string quotedDir = shellQuote(job.dir);
-    std::string run = script.rfind("#!", 0) == 0 ? "\"$job_dir/script\"" : "/bin/bash \"$job_dir/script\"";
-    std::string wrapper = "#!/bin/bash\n";
+    std::string shell = defaultShell();
+    std::string run = script.rfind("#!", 0) == 0 ? "\"$job_dir/script\"" : shell + " \"$job_dir/script\"";
+    std::string wrapper = "#!" + shell + "\n";
     if (slurm) wrapper += sbatchDirectives(script);
     wrapper += "# Written by hpc-daemond: runs the job's script, then records its exit status.\n";
     wrapper += "job_dir=" + quotedDir + "\n";

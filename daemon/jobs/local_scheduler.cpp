@@ -85,7 +85,7 @@ LocalScheduler::~LocalScheduler() {
 
 void LocalScheduler::submit(JobRecord job, const SubmitOptions& options, Submitted done) {
     SpawnOptions o;
-    o.argv = {"/bin/bash", job.dir + "/wrapper"};
+    o.argv = {defaultShell(), job.dir + "/wrapper"};
     if (!m_config.systemdRun.empty())
         // The scope takes over this very process (same pid), then runs the wrapper.
         o.argv.insert(o.argv.begin(), {m_config.systemdRun, "--user", "--scope", "--quiet", "--collect",
