@@ -13,6 +13,9 @@ packages=(
   # The tests use these programs: systemd-analyze (unit check), python3 (the
   # confinement suites run interpreters), dbus-send (the idle benchmark).
   systemd python3 dbus-bin
+  # The release (scripts/make-release.sh) is packed with xz; its chroot test
+  # runs it beside a static busybox and nothing else.
+  xz-utils busybox-static
 )
 # Optional extras: clang builds the libFuzzer target (--with-fuzz);
 # openssh-server is the benchmark's peer (--with-bench); slurm-wlm and munge
