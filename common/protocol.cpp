@@ -1,7 +1,10 @@
 #include "protocol.hpp"
 #include "util.hpp"
 
+#include <boost/json/basic_parser_impl.hpp>
+
 #include <algorithm>
+#include <cmath>
 
 namespace json = boost::json;
 
@@ -35,6 +38,96 @@ std::string kindOf(const json::value& v) {
     return "unknown";
 }
 
+bool isUsableId(std::string_view s) { return !s.empty() && s.size() <= kMaxIdLength && isPrintableAscii(s); }
+
+/// A number JSON can spell but a double cannot hold (1e999 parses as
+/// infinity) would not survive serialization to the next peer: refuse it.
+bool hasNonFiniteNumber(const json::value& v) {
+    switch (v.kind()) {
+        case json::kind::double_: return !std::isfinite(v.get_double());
+        case json::kind::array:
+            return std::any_of(v.get_array().begin(), v.get_array().end(),
+                               [](const json::value& e) { return hasNonFiniteNumber(e); });
+        case json::kind::object:
+            return std::any_of(v.get_object().begin(), v.get_object().end(),
+                               [](const json::key_value_pair& kv) { return hasNonFiniteNumber(kv.value()); });
+        default: return false;
+    }
+}
+
+/// SAX handler that keeps the string value of the top-level "id" key, as far
+/// as the parser gets: a frame that is not valid JSON can still be answered
+/// under its id when the id comes before the fault.
+struct IdScanner {
+    static constexpr std::size_t max_object_size = std::size_t(-1);
+    static constexpr std::size_t max_array_size = std::size_t(-1);
+    static constexpr std::size_t max_key_size = std::size_t(-1);
+    static constexpr std::size_t max_string_size = std::size_t(-1);
+
+    int depth = 0;
+    std::string key;
+    std::string value;
+    std::string id;
+
+    bool on_document_begin(json::error_code&) { return true; }
+    bool on_document_end(json::error_code&) { return true; }
+    bool on_object_begin(json::error_code&) { return enter(1); }
+    bool on_object_end(std::size_t, json::error_code&) { return enter(-1); }
+    bool on_array_begin(json::error_code&) { return enter(1); }
+    bool on_array_end(std::size_t, json::error_code&) { return enter(-1); }
+    bool on_key_part(json::string_view s, std::size_t, json::error_code&) { return appendBounded(key, s); }
+    bool on_key(json::string_view s, std::size_t, json::error_code&) {
+        if (!appendBounded(key, s)) return false;
+        if (depth != 1) key.clear();
+        return true;
+    }
+    bool on_string_part(json::string_view s, std::size_t, json::error_code&) {
+        return depth != 1 || key != "id" || appendBounded(value, s);
+    }
+    bool on_string(json::string_view s, std::size_t, json::error_code&) {
+        if (depth == 1 && key == "id" && appendBounded(value, s) && id.empty()) id = value;
+        return endValue();
+    }
+    bool on_number_part(json::string_view, json::error_code&) { return true; }
+    bool on_int64(std::int64_t, json::string_view, json::error_code&) { return endValue(); }
+    bool on_uint64(std::uint64_t, json::string_view, json::error_code&) { return endValue(); }
+    bool on_double(double, json::string_view, json::error_code&) { return endValue(); }
+    bool on_bool(bool, json::error_code&) { return endValue(); }
+    bool on_null(json::error_code&) { return endValue(); }
+    bool on_comment_part(json::string_view, json::error_code&) { return true; }
+    bool on_comment(json::string_view, json::error_code&) { return true; }
+
+private:
+    // Keys and ids longer than an id may be are never needed whole.
+    static bool appendBounded(std::string& to, json::string_view s) {
+        if (to.size() + s.size() > kMaxIdLength + 1) to.resize(kMaxIdLength + 1);
+        else to.append(s.data(), s.size());
+        return true;
+    }
+    bool enter(int by) {
+        depth += by;
+        key.clear();
+        value.clear();
+        return true;
+    }
+    bool endValue() {
+        if (depth == 1) {
+            key.clear();
+            value.clear();
+        }
+        return true;
+    }
+};
+
+/// The top-level "id" of a frame that failed to parse, if it could be read.
+std::string recoverId(std::string_view text, const json::parse_options& opts) {
+    json::basic_parser<IdScanner> p(opts);
+    json::error_code ec;
+    p.write_some(false, text.data(), text.size(), ec);
+    const std::string& id = p.handler().id;
+    return isUsableId(id) ? id : std::string();
+}
+
 }  // namespace
 
 ParseResult parse(std::string_view text, std::size_t maxBytes) {
@@ -45,7 +138,7 @@ ParseResult parse(std::string_view text, std::size_t maxBytes) {
     json::parse_options opts;
     opts.max_depth = 32;
     json::value root = json::parse(text, ec, {}, opts);
-    if (ec) return bad("not valid JSON: " + ec.message());
+    if (ec) return bad("not valid JSON: " + ec.message(), recoverId(text, opts));
     if (!root.is_object()) return bad("envelope must be a JSON object, got " + kindOf(root));
     const json::object& o = root.get_object();
 
@@ -53,8 +146,10 @@ ParseResult parse(std::string_view text, std::size_t maxBytes) {
     std::string id;
     if (const auto* idv = o.if_contains("id"); idv && idv->is_string()) {
         std::string_view s = idv->get_string();
-        if (!s.empty() && s.size() <= kMaxIdLength && isPrintableAscii(s)) id = std::string(s);
+        if (isUsableId(s)) id = std::string(s);
     }
+    if (hasNonFiniteNumber(root))
+        return bad("a number is out of range (larger than a double can hold)", id);
 
     const auto* vv = o.if_contains("v");
     if (!vv) return bad("missing \"v\" (protocol version)", id);

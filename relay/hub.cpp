@@ -206,14 +206,35 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
         return;
     }
     if (env.type.rfind("pty.", 0) == 0 && env.type != "pty.open" && !mapAgentChannel(*peer, it->first, env)) return;
+    std::string agentRequestId = std::move(env.id);
     std::string relayId = "r" + std::to_string(m_nextId++);
-    m_pending[relayId] = Pending{peer, peer.get(), env.id, it->first, env.type == "pty.open"};
-    ++m_pendingPerAgent[peer.get()];
     env.id = relayId;
     env.agent = json::object{{"id", "cred-" + std::to_string(agent.credentialId)},
                              {"user", std::to_string(agent.userId)},
                              {"kind", agent.kind}};
-    it->second.peer->sendText(protocol::serialize(env));
+    std::string forwarded = protocol::serialize(env);
+    // The daemon refuses a frame over the limit before reading its id, so
+    // one that grew past it here is answered here.
+    if (forwarded.size() > protocol::kMaxEnvelopeBytes) {
+        peer->sendText(protocol::makeError(agentRequestId, ErrorCode::BadRequest,
+                                           "request too large once addressed to the daemon"));
+        return;
+    }
+    m_pending[relayId] = Pending{peer, peer.get(), std::move(agentRequestId), it->first, env.type == "pty.open"};
+    ++m_pendingPerAgent[peer.get()];
+    it->second.peer->sendText(std::move(forwarded));
+}
+
+std::unordered_map<std::string, Hub::Pending>::iterator Hub::soleRequestTo(const DaemonKey& key,
+                                                                          const Envelope& error) {
+    auto found = m_pending.end();
+    std::size_t count = 0;
+    for (auto it = m_pending.begin(); it != m_pending.end(); ++it)
+        if (it->second.daemon == key && count++ == 0) found = it;
+    if (count == 1) return found;
+    log::warning("daemon " + key.second + " refused a frame it could not read (" + error.errorMessage + ") with " +
+                 std::to_string(count) + " requests in flight: cannot tell whose it was");
+    return m_pending.end();
 }
 
 void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const std::shared_ptr<Peer>& peer,
@@ -230,6 +251,7 @@ void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const s
         return;
     }
     auto p = m_pending.find(env.replyTo);
+    if (p == m_pending.end() && !env.ok && env.replyTo.empty()) p = soleRequestTo({userId, daemonId}, env);
     if (p == m_pending.end() || p->second.daemon != DaemonKey{userId, daemonId}) {
         log::debug("daemon " + daemonId + " answered unknown request " + env.replyTo + " (agent gone?)");
         return;

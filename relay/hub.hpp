@@ -92,6 +92,10 @@ private:
     /// Answers UNAVAILABLE to every request in flight to `key`.
     void failPending(const DaemonKey& key, const std::string& why);
     void releaseSlot(const Peer* agent);
+    /// The request a daemon's error without a usable reply_to answers: the
+    /// only one in flight to that daemon, else none (logged).
+    std::unordered_map<std::string, Pending>::iterator soleRequestTo(const DaemonKey& key,
+                                                                     const protocol::Envelope& error);
     /// Rewrites payload.channel of an agent's pty.* request to the daemon's
     /// number. False (with the error sent) when the channel is not the agent's.
     bool mapAgentChannel(Peer& agent, const DaemonKey& daemon, protocol::Envelope& env);

@@ -123,6 +123,59 @@ TEST_F(HubTest, AnswersMalformedAgentFramesWithAProtocolError) {
     }
 }
 
+TEST_F(HubTest, AnswersANumberTooLargeForADoubleItselfAndFreesTheSlot) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    m_hub->onAgentText(m_alice, agent,
+                       R"({"v":1,"type":"exec","id":"big","daemon_id":"d1","payload":{"argv":["x"],"timeout_s":1e999}})");
+    ASSERT_EQ(agent->sent.size(), 1u);
+    EXPECT_EQ(agent->last().errorCode, ErrorCode::BadRequest);
+    EXPECT_EQ(agent->last().replyTo, "big");
+    EXPECT_TRUE(daemon->sent.empty()) << "nothing the daemon could not read is forwarded";
+    EXPECT_EQ(m_hub->pendingCount(), 0u);
+}
+
+TEST_F(HubTest, AnswersTheAgentWhenTheDaemonRefusesAFrameWithoutItsId) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    m_hub->onAgentText(m_alice, agent, R"({"v":1,"type":"exec","id":"mine","daemon_id":"d1","payload":{}})");
+    ASSERT_EQ(m_hub->pendingCount(), 1u);
+    m_hub->onDaemonText(1, "d1", daemon, protocol::makeError({}, ErrorCode::BadRequest, "not valid JSON"));
+    ASSERT_EQ(agent->sent.size(), 1u);
+    EXPECT_EQ(agent->last().errorCode, ErrorCode::BadRequest);
+    EXPECT_EQ(agent->last().replyTo, "mine");
+    EXPECT_EQ(m_hub->pendingCount(), 0u);
+}
+
+TEST_F(HubTest, DoesNotGuessWhoseFrameTheDaemonRefusedWhenSeveralAreInFlight) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    m_hub->onAgentText(m_alice, agent, R"({"v":1,"type":"exec","id":"a","daemon_id":"d1","payload":{}})");
+    m_hub->onAgentText(m_alice, agent, R"({"v":1,"type":"exec","id":"b","daemon_id":"d1","payload":{}})");
+    m_hub->onDaemonText(1, "d1", daemon, protocol::makeError({}, ErrorCode::BadRequest, "not valid JSON"));
+    EXPECT_TRUE(agent->sent.empty());
+    EXPECT_EQ(m_hub->pendingCount(), 2u);
+}
+
+TEST_F(HubTest, ARequestThatGrowsPastTheLimitWhenAddressedIsAnsweredHere) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    std::string head = R"({"v":1,"type":"exec","id":"huge","daemon_id":"d1","payload":{"s":")";
+    std::string tail = R"("}})";
+    std::string text = head + std::string(protocol::kMaxEnvelopeBytes - head.size() - tail.size(), 'x') + tail;
+    ASSERT_EQ(text.size(), protocol::kMaxEnvelopeBytes);
+    m_hub->onAgentText(m_alice, agent, text);
+    ASSERT_EQ(agent->sent.size(), 1u);
+    EXPECT_EQ(agent->last().errorCode, ErrorCode::BadRequest);
+    EXPECT_EQ(agent->last().replyTo, "huge");
+    EXPECT_TRUE(daemon->sent.empty());
+    EXPECT_EQ(m_hub->pendingCount(), 0u);
+}
+
 TEST_F(HubTest, AcknowledgesCallbacksAndFlagsRetriesAsDuplicates) {
     auto daemon = std::make_shared<RecordingPeer>();
     m_hub->attachDaemon(1, "d1", daemon);

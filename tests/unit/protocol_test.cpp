@@ -69,6 +69,25 @@ TEST(Envelope, RefusesTextThatIsNotJson) {
     EXPECT_EQ(errorOf("\xff\xfe").code, ErrorCode::BadRequest);
 }
 
+TEST(Envelope, RefusesNumbersADoubleCannotHoldUnderTheRequestsId) {
+    // 1e999 parses as infinity, which no peer could read back once forwarded.
+    auto err = errorOf(R"({"v":1,"type":"exec","id":"q1","payload":{"timeout_s":1e999}})");
+    EXPECT_EQ(err.code, ErrorCode::BadRequest);
+    EXPECT_EQ(err.replyTo, "q1");
+    EXPECT_EQ(errorOf(R"({"v":1,"type":"exec","id":"q2","payload":{"a":[1,{"b":-1e999}]}})").replyTo, "q2");
+    EXPECT_EQ(envelopeOf(R"({"v":1,"type":"exec","id":"q3","payload":{"t":1e-999,"u":1e300}})").id, "q3");
+}
+
+TEST(Envelope, AnswersAFrameThatIsNotJsonUnderTheIdItCouldRead) {
+    EXPECT_EQ(errorOf(R"({"v":1,"type":"exec","id":"q7","payload":{"timeout_s":Infinity}})").replyTo, "q7");
+    EXPECT_EQ(errorOf(R"({"v":1,"id":"q8","payload":{"a":"b"},)").replyTo, "q8");
+    // Only a top-level id that came before the fault, and only a valid one.
+    EXPECT_EQ(errorOf(R"({"v":1,"payload":{"id":"inner"},"x":Infinity,"id":"late"})").replyTo, "");
+    EXPECT_EQ(errorOf(R"({"v":1,"id":")" + std::string(200, 'a') + R"(","x":nope})").replyTo, "");
+    EXPECT_EQ(errorOf(R"({"v":1,"id":42,"x":nope})").replyTo, "");
+    EXPECT_EQ(errorOf(R"({"payload":{"k":[1,2]},"id":"q9","x":nope})").replyTo, "q9");
+}
+
 TEST(Envelope, RefusesJsonThatIsNotAnObject) {
     EXPECT_NE(errorOf("[1,2]").message.find("object"), std::string::npos);
     EXPECT_NE(errorOf("42").message.find("object"), std::string::npos);
