@@ -3,7 +3,7 @@
 # with systemd-nspawn, with an ordinary user whose systemd user manager runs
 # because lingering is on.
 #
-#   systemd-container.sh rootfs                      builds (or finds) the cached rootfs; prints its tarball
+#   systemd-container.sh rootfs [--skip-unless-root] builds (or finds) the cached rootfs; prints its tarball
 #   systemd-container.sh start DIR [--bind-ro PATH]... [--skip-unless-root]
 #                                                    unpacks it into DIR, boots it, waits until the system
 #                                                    and the user's manager run
@@ -115,8 +115,12 @@ boot() {
       [[ -d /sys/fs/cgroup/$hier/$cg ]] && echo $BASHPID >"/sys/fs/cgroup/$hier/$cg/cgroup.procs"
     done
     export SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1
+    # nspawn's own seccomp filter refuses Landlock (EPERM); a real host
+    # has it, and the daemon confines commands with it where it can.
     exec systemd-nspawn -D "$dir/root" --boot --register=no --keep-unit --link-journal=no \
-      --console=passive --machine="$cg" "${binds[@]}" </dev/null >"$dir/console.log" 2>&1
+      --console=passive --machine="$cg" "${binds[@]}" \
+      --system-call-filter='landlock_create_ruleset landlock_add_rule landlock_restrict_self' \
+      </dev/null >"$dir/console.log" 2>&1
   ) &
   echo $! >"$dir/nspawn.pid"
   wait_ready "$dir"
@@ -190,7 +194,7 @@ as_user() {  # $1: dir, $2: command; with a logind session (pam_systemd via runu
 cmd=${1:-}; shift || true
 case $cmd in
   rootfs)
-    need_root 0
+    need_root "$([[ ${1:-} == --skip-unless-root ]] && echo 1 || echo 0)"
     build_rootfs
     ;;
   start)

@@ -17,6 +17,9 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <unistd.h>
+
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -62,6 +65,30 @@ bool recoverPid(JobRecord& job) {
     job.startedAt = static_cast<double>(st.st_mtim.tv_sec) + static_cast<double>(st.st_mtim.tv_nsec) / 1e9;
     if (runsWrapper(pid, job.dir + "/wrapper")) job.pidStart = processStartTime(pid);
     return true;
+}
+
+/// Under systemd: sends `sig` to every process in the job's scope, which
+/// holds what left the job's process group (setsid, double forks). Through
+/// `systemctl --user kill` (beside systemd-run), a child reaped from the loop.
+void signalScope(asio::io_context& ioc, const LocalConfig& config, const std::string& jobId, int sig) {
+    if (config.systemdRun.empty()) return;
+    std::filesystem::path systemctl = std::filesystem::path(config.systemdRun).parent_path() / "systemctl";
+    SpawnOptions o;
+    o.argv = {::access(systemctl.c_str(), X_OK) == 0 ? systemctl.string() : std::string("systemctl"), "--user",
+              "kill", "--kill-whom=all", std::string("--signal=") + (sig == SIGKILL ? "SIGKILL" : "SIGTERM"),
+              "hpc-job-" + jobId + ".scope"};
+    o.in = Stdio::Null;
+    o.out = Stdio::Null;
+    o.err = Stdio::Null;
+    try {
+        auto child = spawn(o);
+        ExitWatch::watch(ioc, child.pid, true, [jobId](std::optional<ExitStatus> status) {
+            if (status && status->code.value_or(1) != 0)
+                log::debug("systemctl --user kill of hpc-job-" + jobId + ".scope failed (the scope may be gone)");
+        });
+    } catch (const std::system_error& e) {
+        log::warning("cannot signal the scope of job " + jobId + ": " + e.what());
+    }
 }
 
 }  // namespace
@@ -166,12 +193,14 @@ void LocalScheduler::cancel(const JobRecord& job) {
     auto r = it->second;
     if (job.cancelRequested) r->job.cancelRequested = true;
     ::kill(-static_cast<pid_t>(r->job.pid), SIGTERM);
+    signalScope(m_ioc, m_config, job.jobId, SIGTERM);
     r->grace.expires_after(m_config.killGrace);
     r->grace.async_wait([this, id = job.jobId](boost::system::error_code ec) {
         auto it = m_running.find(id);
         if (ec || it == m_running.end()) return;
         log::info("job " + id + " outlived its grace period: SIGKILL");
         ::kill(-static_cast<pid_t>(it->second->job.pid), SIGKILL);
+        signalScope(m_ioc, m_config, id, SIGKILL);
     });
 }
 
@@ -181,8 +210,10 @@ void LocalScheduler::ended(const std::string& jobId, std::optional<ExitStatus> s
     auto r = it->second;
     m_running.erase(it);
     r->deadline.cancel();
-    // Processes the script left in its group go with it.
+    // Processes the script left in its group (and, under systemd, in its
+    // scope) go with it.
     ::kill(-static_cast<pid_t>(r->job.pid), SIGKILL);
+    signalScope(m_ioc, m_config, jobId, SIGKILL);
     JobRecord job = r->job;
     job.endedAt = nowEpochSeconds();
     bool hadFile = settleFromExitFile(job, "it ended without writing its exit status");

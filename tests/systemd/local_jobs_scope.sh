@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Issue 11, item 7: under systemd each local job runs in a transient scope of
+# its own (systemd-run --user --scope, the real one), outside the daemon's
+# unit; cancelling the job ends everything in the scope, including children
+# that called setsid or double-forked.
+source "$(dirname "$0")/lib.sh"
+boot
+install_build
+start_relay
+setup_profile cluster
+u 'LOCAL_MODE=1 hpc-daemonctl start'
+wait_for 'hpc-daemonctl status | grep -q "link: *connected"' "the link"
+
+job=$(agent submit cluster - --name escapers <<'JOB'
+setsid sleep 4242 </dev/null >/dev/null 2>&1 &
+( (sleep 4343 </dev/null >/dev/null 2>&1 &) & )
+nohup sh -c 'trap "" TERM HUP; sleep 4444' </dev/null >/dev/null 2>&1 &
+echo children started
+sleep 4545
+JOB
+)
+log "job $job: waiting for its four sleeps"
+wait_for 'test $(pgrep -u hpcuser -fc "^sleep (4242|4343|4444|4545)$") = 4' "the job's processes" 300
+for p in $(r 'pgrep -u hpcuser -f "^sleep (4242|4343|4444|4545)$"'); do
+  cg=$(r "cat /proc/$p/cgroup")
+  expect "$cg" "/hpc-job-$job\\.scope\$" "cgroup of pid $p"
+done
+expect "$(u "systemctl --user show -p ActiveState --value hpc-job-$job.scope")" '^active$' "the job's scope"
+
+log "cancel"
+agent cancel cluster "$job"
+wait_for '! pgrep -u hpcuser -f "^sleep (4242|4343|4444|4545)$"' "every process of the job to end" 300
+result=$(agent wait cluster "$job" 2>&1 || true)
+expect "$result" 'CANCELLED' "agent wait after cancel"
+wait_for "test \"\$(systemctl --user show -p ActiveState --value hpc-job-$job.scope)\" = inactive" "the scope to go" 100
+# The daemon itself is untouched.
+wait_for 'hpc-daemonctl status | grep -q "link: *connected"' "the daemon after the cancel"
+log "PASS"
