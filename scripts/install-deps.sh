@@ -51,4 +51,9 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update -qq
 "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# systemd-container may bring libnss-mymachines, which adds itself to this
+# machine's /etc/nsswitch.conf (and asks a machined that is not there).
+if dpkg-query -W -f='${Status}' libnss-mymachines 2>/dev/null | grep -q '^install ok installed$'; then
+  "${SUDO[@]}" apt-get purge -y -qq libnss-mymachines
+fi
 echo "install-deps: done"
