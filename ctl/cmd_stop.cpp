@@ -5,6 +5,7 @@
 
 #include <signal.h>
 
+#include <fstream>
 #include <iostream>
 #include <thread>
 
@@ -12,15 +13,29 @@ namespace hpc::ctl {
 
 namespace {
 
-bool gone(const Target& t) { return !livePid(t.paths) && !DaemonClient::find(t.paths.home, t.profile.daemonId); }
+/// Whether `pid` still runs (a zombie has ended: it only waits to be reaped).
+bool running(pid_t pid) {
+    if (::kill(pid, 0) != 0) return false;
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    auto close = line.rfind(')');
+    return close == std::string::npos || close + 2 >= line.size() || line[close + 2] != 'Z';
+}
 
-bool waitGone(const Target& t, std::chrono::seconds limit) {
+/// Gone: no pid file naming a live process, no bus name, and the process
+/// that ran when stop began has ended (its pid file goes before its exit).
+bool gone(const Target& t, std::optional<pid_t> pid) {
+    return !livePid(t.paths) && !DaemonClient::find(t.paths.home, t.profile.daemonId) && !(pid && running(*pid));
+}
+
+bool waitGone(const Target& t, std::optional<pid_t> pid, std::chrono::seconds limit) {
     auto deadline = std::chrono::steady_clock::now() + limit;
     while (std::chrono::steady_clock::now() < deadline) {
-        if (gone(t)) return true;
+        if (gone(t, pid)) return true;
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    return gone(t);
+    return gone(t, pid);
 }
 
 /// nohup mode: Stop over D-Bus; a daemon that does not answer (frozen,
@@ -28,11 +43,12 @@ bool waitGone(const Target& t, std::chrono::seconds limit) {
 int stopDetached(const Target& t) {
     const auto& id = t.profile.daemonId;
     std::string why;
+    const auto initialPid = livePid(t.paths);
     if (auto client = DaemonClient::find(t.paths.home, id)) {
         client->setTimeout(std::chrono::seconds(5));
         try {
             client->stop();
-            if (waitGone(t, std::chrono::seconds(15))) {
+            if (waitGone(t, initialPid, std::chrono::seconds(15))) {
                 std::cout << "stopped daemon " << id << "\n";
                 return kExitOk;
             }
@@ -45,7 +61,7 @@ int stopDetached(const Target& t) {
     }
     auto pid = livePid(t.paths);
     if (!pid) {
-        if (waitGone(t, std::chrono::seconds(5))) {
+        if (waitGone(t, initialPid, std::chrono::seconds(5))) {
             std::cout << "stopped daemon " << id << "\n";
             return kExitOk;
         }
@@ -56,13 +72,13 @@ int stopDetached(const Target& t) {
     std::cerr << "daemon " << id << ": " << why << "; sending SIGTERM to pid " << *pid << "\n";
     ::kill(*pid, SIGTERM);
     ::kill(*pid, SIGCONT);  // a stopped process handles SIGTERM only once continued
-    if (waitGone(t, std::chrono::seconds(10))) {
+    if (waitGone(t, pid, std::chrono::seconds(10))) {
         std::cout << "stopped daemon " << id << " (pid " << *pid << ", by SIGTERM)\n";
         return kExitOk;
     }
     std::cerr << "daemon " << id << " (pid " << *pid << ") ignored SIGTERM for 10 s; sending SIGKILL\n";
     ::kill(*pid, SIGKILL);
-    if (waitGone(t, std::chrono::seconds(5))) {
+    if (waitGone(t, pid, std::chrono::seconds(5))) {
         std::cout << "stopped daemon " << id << " (pid " << *pid << ", by SIGKILL)\n";
         return kExitOk;
     }
@@ -83,7 +99,7 @@ int stopDaemon(const Target& t) {
         // across reboots.
         if (systemctlUser({"disable", "--now", unitName(id)}, &out) != 0)
             throw Error(ErrorCode::Internal, "systemctl --user disable --now " + unitName(id) + " failed: " + out);
-        if (waitGone(t, std::chrono::seconds(30))) {
+        if (waitGone(t, std::nullopt, std::chrono::seconds(30))) {
             std::cout << "stopped daemon " << id << " (systemctl --user disable --now " << unitName(id) << ")\n";
             return kExitOk;
         }
@@ -91,7 +107,7 @@ int stopDaemon(const Target& t) {
                   << ")\n";
         return kExitFailure;
     }
-    if (gone(t)) {
+    if (gone(t, std::nullopt)) {
         std::cout << "daemon " << id << " was not running\n";
         return kExitOk;
     }

@@ -1,4 +1,3 @@
-#include "exit_watch.hpp"
 #include "daemon.hpp"
 
 #include "bus/bus_service.hpp"
@@ -7,6 +6,7 @@
 #include "dispatch.hpp"
 #include "errors.hpp"
 #include "exec.hpp"
+#include "exit_watch.hpp"
 #include "guard/landlock.hpp"
 #include "guard/shell_guard.hpp"
 #include "jobs/job_service.hpp"
@@ -23,10 +23,14 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
+#include <fstream>
 
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
@@ -41,23 +45,68 @@ std::string hostName() {
 }
 
 /// Written once the instance is known to be the only one; removed on exit.
-class PidFile {
+/// One daemon per profile: the pid file is locked (flock) for the daemon's
+/// life, so a second start for the same profile (nohup mode twice, or two
+/// login nodes sharing $HOME) fails with the first one's pid instead of
+/// taking its bus socket and its link.
+class InstanceLock {
 public:
-    explicit PidFile(fs::path path) : m_path(std::move(path)) {
-        int fd = ::open(m_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (fd < 0) throw std::runtime_error("cannot write pid file " + m_path.string());
+    explicit InstanceLock(fs::path path) : m_path(std::move(path)) {
+        // A lock on a file another daemon just unlinked protects nothing:
+        // retry until the locked file is the one at the path.
+        for (int attempt = 0;; ++attempt) {
+            m_fd = ::open(m_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+            if (m_fd < 0) throw std::runtime_error("cannot open pid file " + m_path.string() + ": " + std::strerror(errno));
+            if (::flock(m_fd, LOCK_EX | LOCK_NB) != 0) {
+                int err = errno;
+                std::string holder = readHolder();
+                ::close(m_fd);
+                m_fd = -1;
+                if (err == EWOULDBLOCK)
+                    throw std::runtime_error("this profile's daemon already runs" +
+                                             (holder.empty() ? std::string() : " (pid " + holder + ")") +
+                                             "; its lock is " + m_path.string() +
+                                             ". Stop it first: hpc-daemonctl stop");
+                // A file system without locks (some Lustre mounts): go on unlocked.
+                log::warning("cannot lock " + m_path.string() + " (" + std::strerror(err) +
+                             "): a second daemon for this profile would not be refused");
+                break;
+            }
+            struct stat held {}, atPath {};
+            if (::fstat(m_fd, &held) == 0 && ::stat(m_path.c_str(), &atPath) == 0 && held.st_ino == atPath.st_ino &&
+                held.st_dev == atPath.st_dev)
+                break;
+            ::close(m_fd);
+            m_fd = -1;
+            if (attempt >= 10) throw std::runtime_error("the pid file " + m_path.string() + " keeps being replaced");
+        }
         std::string pid = std::to_string(::getpid()) + "\n";
-        bool ok = ::write(fd, pid.data(), pid.size()) == static_cast<ssize_t>(pid.size());
-        ::close(fd);
-        if (!ok) throw std::runtime_error("cannot write pid file " + m_path.string());
+        if (m_fd >= 0 && (::ftruncate(m_fd, 0) != 0 || ::pwrite(m_fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())))
+            throw std::runtime_error("cannot write pid file " + m_path.string());
+        if (m_fd < 0) {
+            std::ofstream out(m_path, std::ios::trunc);
+            out << pid;
+        }
     }
-    ~PidFile() {
+    ~InstanceLock() {
         std::error_code ec;
-        fs::remove(m_path, ec);
+        fs::remove(m_path, ec);  // before the lock goes: a waiting daemon then retries on a new file
+        if (m_fd >= 0) ::close(m_fd);
     }
+    InstanceLock(const InstanceLock&) = delete;
+    InstanceLock& operator=(const InstanceLock&) = delete;
 
 private:
+    std::string readHolder() const {
+        char buf[32] = {};
+        ssize_t n = ::pread(m_fd, buf, sizeof buf - 1, 0);
+        std::string s(buf, n > 0 ? static_cast<std::size_t>(n) : 0);
+        while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+        return s.find_first_not_of("0123456789") == std::string::npos ? s : std::string();
+    }
+
     fs::path m_path;
+    int m_fd = -1;
 };
 
 class Daemon {
@@ -104,8 +153,8 @@ public:
 
     void run() {
         warnIfUnrestricted();
+        m_instanceLock = std::make_unique<InstanceLock>(m_store.dir() / (m_profile.daemonId + ".pid"));
         startBus();
-        m_pidFile = std::make_unique<PidFile>(m_store.dir() / (m_profile.daemonId + ".pid"));
         m_signals.add(SIGINT);
         m_signals.add(SIGTERM);
         m_signals.async_wait([this](boost::system::error_code ec, int sig) {
@@ -355,6 +404,9 @@ private:
     DaemonOptions m_options;
     Store m_store;
     Profile m_profile;
+    // Destroyed after everything below: while the pid file exists and is
+    // locked, ctl waits and no second daemon starts on the same bus socket.
+    std::unique_ptr<InstanceLock> m_instanceLock;
     ExecService m_exec;
     Notifier m_notifier;
     asio::signal_set m_signals;
@@ -365,8 +417,6 @@ private:
     std::unique_ptr<Dispatcher> m_dispatcher;
     std::unique_ptr<PtyService> m_pty;
     std::unique_ptr<JobService> m_jobs;
-    // Destroyed last: while the pid file exists, ctl waits for the rest.
-    std::unique_ptr<PidFile> m_pidFile;
     std::unique_ptr<PrivateBus> m_privateBus;
     std::unique_ptr<BusService> m_bus;
     std::unique_ptr<Link> m_link;

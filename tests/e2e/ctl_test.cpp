@@ -122,6 +122,32 @@ TEST_F(CtlTest, StartStatusListStopWithoutASessionBus) {
     EXPECT_EQ(ctl("d1", {"stop"}).status, 0) << "stopping a stopped daemon is not an error";
 }
 
+TEST_F(CtlTest, ASecondDaemonForTheSameProfileIsRefusedAndTheFirstCarriesOn) {
+    setup("d1", "w");
+    auto r = ctl("d1", {"start"});
+    ASSERT_EQ(r.status, 0) << r.out << r.err;
+    ASSERT_TRUE(waitLinkConnected("d1")) << ctl("d1", {"logs"}).out;
+    auto first = status("d1");
+    auto pid = static_cast<long>(first.at("pid").to_number<double>());
+
+    // As a second `start` on another login node sharing $HOME would: the
+    // daemon itself, not ctl's "already running" check.
+    std::vector<std::string> env = m_h.baseEnv();
+    env.push_back("HPC_DAEMON_HOME=" + m_h.home("d1").string());
+    env.push_back("DBUS_SESSION_BUS_ADDRESS=");
+    auto second = runCommand({Harness::binary("hpc-daemond"), "--daemon-id", "d1"}, {}, env);
+    EXPECT_EQ(second.status, 1) << second.out << second.err;
+    EXPECT_NE(second.err.find("already runs (pid " + std::to_string(pid) + ")"), std::string::npos) << second.err;
+
+    // The first one kept its bus socket and its link.
+    auto after = status("d1");
+    EXPECT_TRUE(after.at("running").as_bool());
+    EXPECT_EQ(static_cast<long>(after.at("pid").to_number<double>()), pid);
+    EXPECT_EQ(after.at("link_state").as_string(), "connected");
+    EXPECT_EQ(after.at("connected_since"), first.at("connected_since")) << "the link was not displaced";
+    EXPECT_EQ(ctl("d1", {"stop"}).status, 0);
+}
+
 TEST_F(CtlTest, StartStatusStopOnASessionBus) {
     m_h.startSessionBus();
     setup("d2", "w");
