@@ -8,6 +8,7 @@
 #   - copies this release to PREFIX/lib/hpc-daemon/VERSION and points
 #     PREFIX/lib/hpc-daemon/current at it (the previous version is kept, older
 #     ones removed);
+#   - points the D-Bus activation files of existing profiles at this install;
 #   - links hpc-daemond, hpc-daemonctl, hpc-agent and hpc-relay into PREFIX/bin;
 #   - installs the systemd user unit hpc-daemon@.service into
 #     ${XDG_CONFIG_HOME:-~/.config}/systemd/user (and reloads the user manager
@@ -47,7 +48,7 @@ prefix=${prefix%/}
 say() { [ "$quiet" = 1 ] || echo "$@"; }
 die() { echo "install.sh: $*" >&2; exit 1; }
 
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")" && pwd -P)
 libroot=$prefix/lib/hpc-daemon
 unitdir=${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user
 programs="hpc-daemond hpc-daemonctl hpc-agent hpc-relay"
@@ -112,7 +113,6 @@ out=$("$here/bin/hpc-daemonctl" --version 2>&1) ||
   die "the release does not run on this machine: $out"
 
 # 2. Check the destination: writable, and no foreign files where links go.
-[ "$here" != "$libroot/$version" ] || die "run install.sh from the unpacked tarball, not from $here"
 for p in $programs; do
   link=$prefix/bin/$p
   if [ -e "$link" ] || [ -L "$link" ]; then
@@ -126,17 +126,22 @@ mkdir -p "$libroot" "$prefix/bin" 2>/dev/null || die "cannot create $libroot and
 [ -w "$libroot" ] && [ -w "$prefix/bin" ] || die "$libroot or $prefix/bin is not writable; try --prefix DIR"
 previous=$(readlink "$libroot/current" 2>/dev/null || true)
 
-# 3. Copy to a staging directory, then move it into place.
+# 3. Copy to a staging directory, then move it into place (unless this is an
+#    installed version run again, e.g. to roll back).
 stage=$libroot/.install-$$
 trap 'rm -rf "$stage"' EXIT INT TERM
-rm -rf "$stage"
-cp -a "$here/." "$stage" 2>/dev/null || die "could not copy the release to $libroot (no space or read-only?); nothing was installed"
-if [ -e "$libroot/$version" ]; then
-  mv "$libroot/$version" "$libroot/.old-$$" || die "cannot replace $libroot/$version"
-  mv "$stage" "$libroot/$version" || { mv "$libroot/.old-$$" "$libroot/$version"; die "cannot move the release into $libroot"; }
-  rm -rf "$libroot/.old-$$"
+if [ "$here" = "$(cd "$libroot" && pwd -P)/$version" ]; then
+  say "hpc-daemon $version is already in $libroot; making it the current version"
 else
-  mv "$stage" "$libroot/$version" || die "cannot move the release into $libroot"
+  rm -rf "$stage"
+  cp -a "$here/." "$stage" 2>/dev/null || die "could not copy the release to $libroot (no space or read-only?); nothing was installed"
+  if [ -e "$libroot/$version" ]; then
+    mv "$libroot/$version" "$libroot/.old-$$" || die "cannot replace $libroot/$version"
+    mv "$stage" "$libroot/$version" || { mv "$libroot/.old-$$" "$libroot/$version"; die "cannot move the release into $libroot"; }
+    rm -rf "$libroot/.old-$$"
+  else
+    mv "$stage" "$libroot/$version" || die "cannot move the release into $libroot"
+  fi
 fi
 # Atomically where mv has -T (GNU), else by replacing the link.
 rm -f "$libroot/current.new"
@@ -159,6 +164,13 @@ if mkdir -p "$unitdir" 2>/dev/null; then
 else
   say "note: could not write $unitdir; hpc-daemonctl start will run the daemon detached (nohup mode)"
 fi
+# Profiles set up before (by another install, or another prefix): their D-Bus
+# activation files start this install's daemon from now on.
+for f in "${XDG_DATA_HOME:-$HOME/.local/share}"/dbus-1/services/org.tiptree.HpcDaemon.*.service; do
+  [ -f "$f" ] || continue
+  sed "s|^\(Exec=.* \)[^ ]*/hpc-daemond |\1$libroot/current/bin/hpc-daemond |" "$f" >"$f.new" && mv -f "$f.new" "$f" &&
+    say "pointed the D-Bus activation file $f at this install"
+done
 if [ -d "$libroot/current/share/man/man1" ]; then
   mkdir -p "$prefix/share/man/man1" && cp "$libroot/current/share/man/man1/"*.1 "$prefix/share/man/man1/" &&
     say "installed man pages in $prefix/share/man/man1"

@@ -100,6 +100,18 @@ out=$("$bin/hpc-agent" wait it "$job" --timeout 120) || fail "the job's callback
 expect "job after upgrade" COMPLETED "$out"
 expect "job after upgrade" after-upgrade-go "$out"
 
+step "the activation file survives upgrades"
+activation=$(echo "$HOME"/.local/share/dbus-1/services/org.tiptree.HpcDaemon.*.service)
+grep -q "^Exec=.* $prefix/lib/hpc-daemon/current/bin/hpc-daemond " "$activation" ||
+  fail "the activation file does not run the current version: $(grep Exec= "$activation" 2>&1)"
+
+step "roll back to the previous version"
+out=$("$prefix/lib/hpc-daemon/$version/install.sh" 2>&1) || fail "rollback: $out"
+expect rollback "restarting daemon it on $version" "$out"
+[ "$(readlink "$prefix/lib/hpc-daemon/current")" = "$version" ] || fail "current does not point at $version after the rollback"
+new_pid=$("$bin/hpc-daemonctl" status --daemon-id it --json | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
+tr '\0' ' ' <"/proc/$new_pid/cmdline" | grep -q "/lib/hpc-daemon/$version/" || fail "the daemon does not run $version after the rollback"
+
 step "uninstall"
 out=$("$prefix/lib/hpc-daemon/current/install.sh" --uninstall 2>&1) || fail "uninstall: $out"
 echo "$out"
