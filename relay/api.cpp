@@ -109,12 +109,38 @@ ApiResponse Api::signin(const ApiRequest& r) {
     if (!body) return failure(400, "BAD_REQUEST", "body must be a JSON object {\"email\": ...}");
     std::string email = stringField(*body, "email");
     if (!plausibleEmail(email)) return failure(400, "BAD_REQUEST", "\"email\" must be an email address");
+    if (!admitSignin(r.remote)) {
+        log::warning("sign-in code refused to " + r.remote + ": over its limit of " +
+                     std::to_string(m_signinLimitPerClient) + " per 10 minutes");
+        return failure(429, "LIMIT", "too many sign-in codes requested from this address; wait 10 minutes");
+    }
     Secret code = sixDigitCode();
     auto token = m_db.startSignin(email, code);
     if (!token) return failure(429, "LIMIT", "too many sign-in codes requested; wait 10 minutes");
     m_sender(email, code);
     log::info("sign-in code sent to " + email);
     return success("a sign-in code was sent to " + email, {{"token", token->reveal()}});
+}
+
+bool Api::admitSignin(const std::string& remote) {
+    if (m_signinLimitPerClient == 0) return true;
+    // "address:port" (IPv6 too): the port changes with every connection.
+    std::string client = remote.substr(0, remote.rfind(':'));
+    double now = nowEpochSeconds();
+    double horizon = now - RelayDb::kCodeLifetime;
+    auto expire = [horizon](std::deque<double>& times) {
+        while (!times.empty() && times.front() <= horizon) times.pop_front();
+    };
+    if (m_signinsByClient.size() > 4096)
+        for (auto it = m_signinsByClient.begin(); it != m_signinsByClient.end();) {
+            expire(it->second);
+            it = it->second.empty() ? m_signinsByClient.erase(it) : std::next(it);
+        }
+    auto& times = m_signinsByClient[client];
+    expire(times);
+    if (times.size() >= m_signinLimitPerClient) return false;
+    times.push_back(now);
+    return true;
 }
 
 ApiResponse Api::verify(const ApiRequest& r) {

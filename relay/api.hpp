@@ -5,9 +5,11 @@
 #include "hub.hpp"
 #include "relay_db.hpp"
 
+#include <deque>
 #include <functional>
 #include <optional>
 #include <string>
+#include <unordered_map>
 
 namespace hpc::relay {
 
@@ -37,6 +39,11 @@ public:
     bool isRegistered(std::int64_t userId, const std::string& daemonId) {
         return m_db.daemon(userId, daemonId).has_value();
     }
+    /// Sign-in codes one client address may request per code lifetime (10
+    /// minutes), whatever the email: with the per-email limit, this bounds how
+    /// many users one client can lock out of sign-in. 0: no limit.
+    void setSigninLimitPerClient(std::size_t limit) { m_signinLimitPerClient = limit; }
+    static constexpr std::size_t kDefaultSigninLimitPerClient = 20;
 
 private:
     ApiResponse signin(const ApiRequest& r);
@@ -44,10 +51,15 @@ private:
     ApiResponse createApiKey(const ApiRequest& r);
     ApiResponse daemons(const ApiRequest& r, const std::string& daemonId);
     boost::json::object describe(std::int64_t userId, const Registration& reg) const;
+    /// Counts a code request from `remote`; false when its client is over the limit.
+    bool admitSignin(const std::string& remote);
 
     RelayDb& m_db;
     Hub& m_hub;
     CodeSender m_sender;
+    std::size_t m_signinLimitPerClient = kDefaultSigninLimitPerClient;
+    /// Recent code requests by client address (without the port).
+    std::unordered_map<std::string, std::deque<double>> m_signinsByClient;
 };
 
 }  // namespace hpc::relay

@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -53,6 +54,17 @@ relay::CodeSender fileSender(std::string path) {
     };
 }
 
+/// Every connection is a descriptor: take all the kernel allows this process
+/// (soft up to hard) rather than the 1024 a login shell usually sets.
+void raiseOpenFileLimit() {
+    struct rlimit lim{};
+    if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= lim.rlim_max) return;
+    rlim_t before = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &lim) == 0)
+        log::debug("open-file limit raised from " + std::to_string(before) + " to " + std::to_string(lim.rlim_max));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -88,6 +100,11 @@ int main(int argc, char** argv) {
     app.add_option("--ws-idle-seconds", config.wsIdleSeconds, "close a WebSocket silent for this long")
         ->check(CLI::Range(5, 3600))
         ->capture_default_str();
+    std::size_t signinLimit = relay::Api::kDefaultSigninLimitPerClient;
+    app.add_option("--signin-limit", signinLimit,
+                   "sign-in codes one client address may request per 10 minutes, whatever the email (0: no limit; "
+                   "raise it behind a proxy that hides client addresses)")
+        ->capture_default_str();
     app.add_option("--log-file", logFile, "log to this file instead of stderr");
     app.add_flag("-v,--verbose", verbose, "log debug lines too");
     CLI11_PARSE(app, argc, argv);
@@ -104,10 +121,12 @@ int main(int argc, char** argv) {
         sa.sa_flags = SA_NOCLDWAIT;
         ::sigaction(SIGCHLD, &sa, nullptr);
 
+        raiseOpenFileLimit();
         ensurePrivateDir(dataDir);
         relay::RelayDb db((std::filesystem::path(dataDir) / "relay.db").string());
         relay::Hub hub(db);
         relay::Api api(db, hub, otpCommand.empty() ? fileSender(otpFile) : commandSender(otpCommand));
+        api.setSigninLimitPerClient(signinLimit);
         return relay::runServer(config, api, hub);
     } catch (const std::exception& e) {
         std::cerr << "hpc-relay: " << e.what() << "\n";

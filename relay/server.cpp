@@ -18,6 +18,7 @@
 #include <boost/beast/websocket.hpp>
 #include <boost/beast/websocket/ssl.hpp>
 
+#include <algorithm>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -329,6 +330,7 @@ public:
     void stop() {
         beast::error_code ec;
         m_acceptor.close(ec);
+        m_retry.cancel();
     }
 
 private:
@@ -336,8 +338,33 @@ private:
         m_acceptor.async_accept(m_ioc, [self = shared_from_this()](beast::error_code ec,
                                                                                      tcp::socket socket) {
             if (ec == asio::error::operation_aborted) return;
-            if (!ec) self->onAccept(std::move(socket));
+            if (isResourceShortage(ec)) return self->pauseAccepting(ec);
+            if (!ec) {
+                if (self->m_pause != std::chrono::milliseconds::zero())
+                    log::notice("accepting connections again");
+                self->m_pause = std::chrono::milliseconds::zero();
+                self->onAccept(std::move(socket));
+            }
             self->doAccept();
+        });
+    }
+
+    /// Out of descriptors (or kernel memory): the pending connection stays in
+    /// the backlog and the listening socket stays readable, so accepting again
+    /// at once would spin. Wait, doubling from 50 ms to 1 s, while the
+    /// connections already open carry on.
+    static bool isResourceShortage(const beast::error_code& ec) {
+        return ec == asio::error::no_descriptors || ec == beast::error_code(ENFILE, beast::system_category()) ||
+               ec == asio::error::no_buffer_space || ec == asio::error::no_memory;
+    }
+
+    void pauseAccepting(const beast::error_code& ec) {
+        if (m_pause == std::chrono::milliseconds::zero())
+            log::warning("cannot accept connections: " + ec.message() + "; retrying with backoff up to 1 s");
+        m_pause = std::clamp(m_pause * 2, std::chrono::milliseconds(50), std::chrono::milliseconds(1000));
+        m_retry.expires_after(m_pause);
+        m_retry.async_wait([self = shared_from_this()](beast::error_code ec) {
+            if (!ec && self->m_acceptor.is_open()) self->doAccept();
         });
     }
 
@@ -364,6 +391,8 @@ private:
     ssl::context* m_tls;
     Context& m_ctx;
     tcp::acceptor m_acceptor;
+    asio::steady_timer m_retry{m_ioc};
+    std::chrono::milliseconds m_pause{0};
 };
 
 void writePortFile(const std::string& path, unsigned short port) {

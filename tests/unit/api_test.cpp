@@ -91,6 +91,23 @@ TEST_F(ApiTest, SignInRequestsAreRateLimitedPerEmail) {
     EXPECT_EQ(call("POST", "/otp/signin", {{"email", "b@example.org"}}).status, 200);
 }
 
+TEST_F(ApiTest, OneClientCannotRequestCodesForEveryAddress) {
+    auto from = [this](const std::string& remote, const std::string& email) {
+        return m_api->handle({"POST", "/otp/signin", "", json::serialize(json::object{{"email", email}}), remote}).status;
+    };
+    for (std::size_t i = 0; i < Api::kDefaultSigninLimitPerClient; ++i)
+        EXPECT_EQ(from("192.0.2.7:" + std::to_string(40000 + i), "victim" + std::to_string(i) + "@example.org"), 200);
+    EXPECT_EQ(from("192.0.2.7:41000", "one-more@example.org"), 429) << "a new port is the same client";
+    EXPECT_EQ(m_codes.size(), Api::kDefaultSigninLimitPerClient) << "no code sent past the limit";
+    EXPECT_EQ(from("198.51.100.2:40000", "one-more@example.org"), 200) << "other clients still get codes";
+
+    m_api->setSigninLimitPerClient(1);
+    EXPECT_EQ(from("2001:db8::1:40000", "v6@example.org"), 200);
+    EXPECT_EQ(from("2001:db8::1:40001", "v6b@example.org"), 429) << "IPv6 clients are told apart by address too";
+    m_api->setSigninLimitPerClient(0);
+    EXPECT_EQ(from("2001:db8::1:40002", "v6b@example.org"), 200) << "0 means no per-client limit";
+}
+
 TEST_F(ApiTest, ExpiredCodesAreRefused) {
     auto r = call("POST", "/otp/signin", {{"email", "a@example.org"}});
     std::string token(bodyOf(r).at("payload").at("token").as_string());
