@@ -40,8 +40,12 @@ expect "$environ" '^SLURM_CONF=/etc/slurm-site/slurm.conf$' "the daemon's enviro
 [[ -e $W/c/root$UHOME/alt-home/state.db && ! -e $W/c/root$UHOME/.hpc_daemon/state.db ]] ||
   fail "the profile is not (only) in HPC_DAEMON_HOME"
 
-log "LOCAL_MODE=1 hpc-daemonctl restart: the unit now runs local jobs"
-u "$SITE_ENV LOCAL_MODE=1 hpc-daemonctl restart"
+log "LOCAL_MODE=1 hpc-daemonctl restart: the unit now runs local jobs (and gets an awkward SLURM_CONF verbatim)"
+# A value with a space, quotes, a backslash and a dollar reaches the daemon unchanged.
+AWKWARD='/etc/slurm site/"a" \b $c ${d}.conf'
+u "$SITE_ENV export SLURM_CONF='$AWKWARD'; LOCAL_MODE=1 hpc-daemonctl restart"
+environ=$(r "tr '\\0' '\\n' </proc/$(main_pid cluster)/environ")
+grep -qxF "SLURM_CONF=$AWKWARD" <<<"$environ" || fail "SLURM_CONF in the daemon's environment: $(grep SLURM_CONF <<<"$environ")"
 wait_for "$SITE_ENV hpc-daemonctl status | grep -q 'link: *connected'" "the restarted daemon's link"
 status=$(u "$SITE_ENV hpc-daemonctl status")
 expect "$status" '^  scheduler: +local — LOCAL_MODE=1$' "status after LOCAL_MODE=1 restart"
