@@ -2,7 +2,8 @@
 # Issue 11, item 8 (first part): with lingering off and no login session (no
 # user manager, no XDG_RUNTIME_DIR, no session bus), `hpc-daemonctl start`
 # chooses nohup mode, and status says why; the daemon serves D-Bus on its
-# private socket and stop ends it.
+# private socket and stop ends it. From a login session instead, start turns
+# lingering on by itself and uses systemd.
 source "$(dirname "$0")/lib.sh"
 boot
 install_build
@@ -32,4 +33,11 @@ expect "$(u_bare "$CTL logs -n 50")" 'starting: daemon cluster' "hpc-daemonctl l
 pid=$(u_bare 'cat ~/.hpc_daemon/cluster.pid')
 u_bare "$CTL stop"
 r "test ! -e /proc/$pid" || fail "the nohup daemon $pid is still running after stop"
+
+log "from a login session, lingering off: start turns it on (polkit lets users linger themselves) and uses systemd"
+out=$(u 'hpc-daemonctl start')
+echo "$out"
+expect "$out" 'in systemd mode: systemd user manager; lingering was off and has been turned on' "start in a login session"
+expect "$(r 'loginctl show-user hpcuser -p Linger')" '^Linger=yes$' "lingering after start"
+expect "$(u 'hpc-daemonctl status')" '^  mode: +systemd' "status"
 log "PASS"
