@@ -14,6 +14,7 @@
 #include <cctype>
 #include <deque>
 #include <fstream>
+#include <regex>
 #include <vector>
 
 namespace fs = std::filesystem;
@@ -204,6 +205,15 @@ fs::path writeEnvironmentFile(const Paths& paths) {
     text += "HPC_DAEMON_HOME=" + quoted(paths.home.string()) + "\n";
     for (const char* name : {"PATH", "SLURM_CONF", "LOCAL_MODE"})
         if (const char* v = std::getenv(name); v && *v) text += std::string(name) + "=" + quoted(v) + "\n";
+    // Limits for each local job's scope (systemd-run -p MemoryMax=/TasksMax=).
+    static const std::regex kLimit("[0-9]+[KMGT]?|[0-9]+%|infinity");
+    for (const char* name : {"HPC_JOB_MEMORY_MAX", "HPC_JOB_TASKS_MAX"})
+        if (const char* v = std::getenv(name); v && *v) {
+            if (!std::regex_match(v, kLimit))
+                throw Error(ErrorCode::BadRequest, std::string(name) + "=" + v +
+                                                       " is not a limit systemd takes (e.g. 4G, 50%, 512, infinity)");
+            text += std::string(name) + "=" + quoted(v) + "\n";
+        }
     fs::path file = environmentFile(paths.daemonId);
     writeFileAtomically(file, text, fs::perms::owner_read | fs::perms::owner_write);
     return file;

@@ -62,8 +62,9 @@ UnitState unitState(const std::string& daemonId);
 std::filesystem::path environmentFile(const std::string& daemonId);
 
 /// Writes the environment file from this process's environment:
-/// HPC_DAEMON_HOME, PATH (where sbatch is found), and SLURM_CONF and
-/// LOCAL_MODE when set. A user manager reads neither ~/.profile nor the
+/// HPC_DAEMON_HOME, PATH (where sbatch is found), and SLURM_CONF,
+/// LOCAL_MODE, HPC_JOB_MEMORY_MAX and HPC_JOB_TASKS_MAX (limits of each local
+/// job's scope; throws hpc::Error(BadRequest) when not a systemd limit) when set. A user manager reads neither ~/.profile nor the
 /// caller's environment, so without this a `module load slurm` or a
 /// LOCAL_MODE=1 would not reach the unit. Returns its path.
 std::filesystem::path writeEnvironmentFile(const Paths& paths);

@@ -19,6 +19,7 @@
 
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -113,17 +114,27 @@ LocalScheduler::~LocalScheduler() {
 void LocalScheduler::submit(JobRecord job, const SubmitOptions& options, Submitted done) {
     SpawnOptions o;
     o.argv = {defaultShell(), job.dir + "/wrapper"};
-    if (!m_config.systemdRun.empty())
-        // The scope takes over this very process (same pid), then runs the wrapper.
-        o.argv.insert(o.argv.begin(), {m_config.systemdRun, "--user", "--scope", "--quiet", "--collect",
-                                       "--unit=hpc-job-" + job.jobId, "--"});
-    o.cwd = job.cwd;
     o.envOverrides = options.env;
+    // Inside the scope: systemd-run runs first, outside the confinement.
+    if (options.confinement) options.confinement->apply(o, {job.dir});
+    if (!m_config.systemdRun.empty()) {
+        // The scope takes over this very process (same pid), then runs the wrapper.
+        std::vector<std::string> run = {m_config.systemdRun, "--user", "--scope", "--quiet", "--collect",
+                                        "--unit=hpc-job-" + job.jobId};
+        // Per-job limits on the scope, from the unit's environment file
+        // (hpc-daemonctl writes them from HPC_JOB_MEMORY_MAX/HPC_JOB_TASKS_MAX).
+        for (auto [variable, property] : {std::pair{"HPC_JOB_MEMORY_MAX", "MemoryMax"},
+                                          std::pair{"HPC_JOB_TASKS_MAX", "TasksMax"}})
+            if (const char* value = std::getenv(variable); value && *value)
+                run.insert(run.end(), {"--property", std::string(property) + "=" + value});
+        run.push_back("--");
+        o.argv.insert(o.argv.begin(), run.begin(), run.end());
+    }
+    o.cwd = job.cwd;
     o.newSession = true;
     o.in = Stdio::Null;
     o.out = Stdio::Null;
     o.err = Stdio::Null;
-    o.landlockRuleset = options.landlockRuleset;
     SpawnedProcess child;
     try {
         child = spawn(o);

@@ -2,13 +2,19 @@
 # Issue 11, item 7: under systemd each local job runs in a transient scope of
 # its own (systemd-run --user --scope, the real one), outside the daemon's
 # unit; cancelling the job ends everything in the scope, including children
-# that called setsid or double-forked.
+# that called setsid or double-forked. MemoryMax=/TasksMax= from
+# HPC_JOB_MEMORY_MAX/HPC_JOB_TASKS_MAX (kept in the unit's environment file)
+# are set on the scope (not enforced in this container: the controllers stay
+# on the host's cgroup v1 hierarchies).
 source "$(dirname "$0")/lib.sh"
 boot
 install_build
 start_relay
 setup_profile cluster
-u 'LOCAL_MODE=1 hpc-daemonctl start'
+out=$(u 'HPC_JOB_TASKS_MAX=lots LOCAL_MODE=1 hpc-daemonctl start 2>&1; echo "rc=$?"')
+expect "$out" 'HPC_JOB_TASKS_MAX=lots is not a limit systemd takes' "start with a bad limit"
+expect "$out" 'rc=[1-9]' "start with a bad limit"
+u 'HPC_JOB_MEMORY_MAX=512M HPC_JOB_TASKS_MAX=64 LOCAL_MODE=1 hpc-daemonctl start'
 wait_for 'hpc-daemonctl status | grep -q "link: *connected"' "the link"
 
 job=$(agent submit cluster - --name escapers <<'JOB'
@@ -26,6 +32,9 @@ for p in $(r 'pgrep -u hpcuser -f "^sleep (4242|4343|4444|4545)$"'); do
   expect "$cg" "/hpc-job-$job\\.scope\$" "cgroup of pid $p"
 done
 expect "$(u "systemctl --user show -p ActiveState --value hpc-job-$job.scope")" '^active$' "the job's scope"
+limits=$(u "systemctl --user show -p MemoryMax -p TasksMax hpc-job-$job.scope")
+expect "$limits" '^MemoryMax=536870912$' "the scope's limits"
+expect "$limits" '^TasksMax=64$' "the scope's limits"
 
 log "cancel"
 agent cancel cluster "$job"
