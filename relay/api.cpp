@@ -5,6 +5,8 @@
 
 #include <sys/random.h>
 
+#include <algorithm>
+
 namespace json = boost::json;
 
 namespace hpc::relay {
@@ -32,9 +34,19 @@ std::string stringField(const json::object& o, std::string_view key) {
     return v && v->is_string() ? std::string(v->get_string()) : std::string();
 }
 
+/// Request text quoted back in a message: JSON strings must be UTF-8, and a
+/// log line must stay one line.
+std::string printable(std::string_view s) {
+    std::string out;
+    for (char c : s.substr(0, 200)) out.push_back(c >= 0x20 && c <= 0x7e ? c : '?');
+    return out;
+}
+
 bool plausibleEmail(const std::string& e) {
     auto at = e.find('@');
-    return e.size() <= 254 && at != std::string::npos && at > 0 && at + 1 < e.size() &&
+    return e.size() <= 254 && isValidUtf8(e) &&
+           std::none_of(e.begin(), e.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }) &&
+           at != std::string::npos && at > 0 && at + 1 < e.size() &&
            e.find_first_of(" \t\r\n<>\"'") == std::string::npos && e.find('@', at + 1) == std::string::npos;
 }
 
@@ -97,9 +109,9 @@ ApiResponse Api::handle(const ApiRequest& r) {
                 return failure(400, "BAD_REQUEST", "daemon ids are 1-64 characters of A-Z a-z 0-9 . _ -");
             return daemons(r, id);
         }
-        return failure(404, "NOT_FOUND", "no route " + r.method + " " + path);
+        return failure(404, "NOT_FOUND", "no route " + printable(r.method) + " " + printable(path));
     } catch (const std::exception& e) {
-        log::error("internal error on " + r.method + " " + path + ": " + e.what());
+        log::error("internal error on " + printable(r.method) + " " + printable(path) + ": " + e.what());
         return failure(500, "INTERNAL", "internal error");
     }
 }

@@ -272,7 +272,10 @@ private:
             if (!m_ctx.api.isRegistered(who->userId, role.daemonId))
                 return reject(404, "daemon " + role.daemonId + " is not registered; run hpc-daemonctl setup");
         } else {
-            return reject(404, "no WebSocket route " + path);
+            // Quoted back in JSON: only printable ASCII of it.
+            std::string shown = path.substr(0, 200);
+            std::replace_if(shown.begin(), shown.end(), [](char c) { return c < 0x20 || c > 0x7e; }, '?');
+            return reject(404, "no WebSocket route " + shown);
         }
         role.principal = *who;
         auto session = std::make_shared<WsSession<Stream>>(std::move(m_stream), m_ctx, std::move(role), m_remote);

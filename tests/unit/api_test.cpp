@@ -167,3 +167,12 @@ TEST_F(ApiTest, UnknownRoutesAre404) {
     EXPECT_EQ(r.status, 404);
     EXPECT_EQ(bodyOf(r).at("status").as_string(), "error");
 }
+
+TEST_F(ApiTest, AnswersAreJsonWhateverBytesTheRequestCarried) {
+    // Found by api_fuzz: a path that is not UTF-8 was quoted into the answer.
+    auto r = call("POST", "/auth/api-k\x8b\xdfeys\n");
+    EXPECT_EQ(r.status, 404);
+    EXPECT_EQ(bodyOf(r).at("code").as_string(), "NOT_FOUND");
+    auto e = call("POST", "/otp/signin", {{"email", "a\x01@example.org"}});
+    EXPECT_EQ(e.status, 400) << "control characters are no part of an email address";
+}

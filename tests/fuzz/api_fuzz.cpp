@@ -1,0 +1,105 @@
+// libFuzzer target: the relay's HTTP API (routes, bodies, credentials), on a
+// real database. The input is "METHOD\nTARGET\nAUTHORIZATION\nBODY"; in the
+// authorization, @ACCESS@ and @KEY@ become a valid access token and API key,
+// so the routes behind sign-in are reached too. Every answer must be a JSON
+// object with a status the route table allows, errors must carry a code, and
+// nothing may end in an internal error.
+#include "api.hpp"
+#include "hub.hpp"
+#include "log.hpp"
+#include "relay_db.hpp"
+
+#include <stdlib.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using namespace hpc;
+using namespace hpc::relay;
+
+namespace {
+
+void require(bool ok) {
+    if (!ok) std::abort();
+}
+
+struct World {
+    fs::path dir;
+    std::unique_ptr<RelayDb> db;
+    std::unique_ptr<Hub> hub;
+    std::unique_ptr<Api> api;
+    std::string access;
+    std::string key;
+
+    World() {
+        // A RAM-backed directory when there is one: the fuzzer signs in a lot.
+        std::string base = fs::is_directory("/dev/shm") ? "/dev/shm" : "/tmp";
+        std::string tmpl = base + "/hpc-api-fuzz-XXXXXX";
+        if (!::mkdtemp(tmpl.data())) std::abort();
+        dir = tmpl;
+        db = std::make_unique<RelayDb>((dir / "relay.db").string());
+        hub = std::make_unique<Hub>(*db);
+        api = std::make_unique<Api>(*db, *hub, [](const std::string&, const Secret&) {});
+        api->setSigninLimitPerClient(0);  // the per-email limits still apply
+        auto token = db->startSignin("fuzz@example.org", Secret("123456"));
+        std::int64_t userId = 0;
+        require(token && db->verifyCode(*token, Secret("123456"), userId) == VerifyOutcome::Ok);
+        access = db->issueCredential(userId, "access", RelayDb::kAccessTokenLifetime).second.reveal();
+        key = db->issueCredential(userId, "api_key", std::nullopt).second.reveal();
+    }
+    ~World() {
+        std::error_code ec;
+        fs::remove_all(dir, ec);
+    }
+};
+
+std::string nextLine(std::string_view& in) {
+    auto nl = in.find('\n');
+    std::string line(in.substr(0, nl));
+    in.remove_prefix(nl == std::string_view::npos ? in.size() : nl + 1);
+    return line;
+}
+
+void replaceAll(std::string& s, std::string_view what, const std::string& with) {
+    for (auto at = s.find(what); at != std::string::npos; at = s.find(what, at + with.size()))
+        s.replace(at, what.size(), with);
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+    log::init({}, log::Level::Error);
+    return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    static World world;
+    std::string_view in(reinterpret_cast<const char*>(data), size);
+    ApiRequest r;
+    r.method = nextLine(in);
+    r.target = nextLine(in);
+    r.authorization = nextLine(in);
+    replaceAll(r.authorization, "@ACCESS@", world.access);
+    replaceAll(r.authorization, "@KEY@", world.key);
+    r.body = std::string(in);
+    r.remote = "192.0.2.1:40000";
+
+    auto res = world.api->handle(r);
+    static const int kStatuses[] = {200, 201, 400, 401, 404, 405, 429};
+    require(std::find(std::begin(kStatuses), std::end(kStatuses), res.status) != std::end(kStatuses));
+    json::error_code ec;
+    auto body = json::parse(res.body, ec);
+    require(!ec && body.is_object());
+    if (res.status >= 400) {
+        const auto* status = body.as_object().if_contains("status");
+        const auto* code = body.as_object().if_contains("code");
+        require(status && status->is_string() && status->get_string() == "error");
+        require(code && code->is_string() && !code->get_string().empty());
+    }
+    return 0;
+}

@@ -1,0 +1,69 @@
+// What the dispatch fuzz target links instead of the daemon's process code:
+// requests that pass validation are checked and answered here, never run (a
+// fuzzer's exec would run arbitrary programs). Everything up to these calls
+// — envelope, payload fields, allowed directories — is the real code.
+#include "exec.hpp"
+#include "guard/shell_guard.hpp"
+#include "jobs/job_service.hpp"
+#include "pty.hpp"
+
+#include <cstdlib>
+
+namespace hpc::daemon {
+namespace {
+void require(bool ok) {
+    if (!ok) std::abort();
+}
+void checkEnv(const std::vector<std::string>& env) {
+    for (const auto& e : env) require(e.find('=') != std::string::npos && e.front() != '=');
+}
+}  // namespace
+
+ExecService::~ExecService() = default;
+
+void ExecService::start(ExecRequest request, std::function<void(ExecResult)> done) {
+    // What validation promises the code that runs the command.
+    require(!request.argv.empty() && !request.argv.front().empty());
+    for (const auto& a : request.argv) require(a.find('\0') == std::string::npos);
+    require(request.timeout.count() > 0 && request.timeout <= std::chrono::hours(7 * 24));
+    require(request.killGrace.count() >= 0 && request.killGrace <= std::chrono::minutes(10));
+    require(request.maxOutputBytes <= 4 * 1024 * 1024);
+    require(!request.cwd.empty() && request.cwd.front() == '/');
+    checkEnv(request.env);
+    ExecResult r;
+    r.exitCode = 0;
+    done(std::move(r));
+}
+
+PtyService::PtyService(boost::asio::io_context& ioc, PtyLimits limits, SendText sendText, SendOutput sendOutput)
+    : m_ioc(ioc), m_limits(limits), m_sendText(std::move(sendText)), m_sendOutput(std::move(sendOutput)) {}
+PtyService::~PtyService() = default;
+
+PtyInfo PtyService::open(const PtyOpenRequest& request) {
+    require(request.cols >= 1 && request.cols <= 10000 && request.rows >= 1 && request.rows <= 10000);
+    require(!request.argv.empty() && !request.argv.front().empty());
+    require(!request.cwd.empty() && request.cwd.front() == '/');
+    checkEnv(request.env);
+    return PtyInfo{1, 1, request.agentId, request.cwd, 0};
+}
+void PtyService::input(std::uint32_t, const char*, std::size_t) {}
+void PtyService::resize(std::uint32_t channel, unsigned cols, unsigned rows, const std::string&) {
+    require(channel >= 1 && cols >= 1 && cols <= 10000 && rows >= 1 && rows <= 10000);
+}
+void PtyService::close(std::uint32_t channel, int signal, const std::string&) {
+    require(channel >= 1 && signal >= 1 && signal <= 64);
+}
+void PtyService::ack(std::uint32_t channel, std::uint64_t bytes, const std::string&) {
+    require(channel >= 1 && bytes >= 1 && bytes <= (1ULL << 30));
+}
+void PtyService::detach(std::uint32_t channel) { require(channel >= 1); }
+
+// Jobs are not attached (they need the store and a scheduler): job.* types
+// get UNKNOWN_TYPE, but the dispatcher still refers to these.
+bool JobService::handle(const protocol::Envelope&, const std::string&, const Reply&) { std::abort(); }
+bool Outbox::onResponse(const protocol::Envelope&) { std::abort(); }
+
+// The guard's rc file is not needed to validate a request.
+std::vector<std::string> guardedShell(const std::string& shell, const std::filesystem::path&) { return {shell}; }
+
+}  // namespace hpc::daemon
