@@ -115,6 +115,19 @@ TEST_F(DispatchTest, AnswersEveryMalformedFrameAndKeepsGoing) {
     EXPECT_EQ(lastReply().type, "pong");
 }
 
+TEST_F(DispatchTest, AnswersAFrameItCannotParseUnderTheIdItCouldRead) {
+    // The platform can then answer the agent's request instead of holding it.
+    for (const char* bad : {R"({"v":1,"type":"exec","id":"n1","payload":{"argv":["true"],"timeout_s":1e999}})",
+                            R"({"v":1,"type":"exec","id":"n1","payload":{"argv":["true"],"timeout_s":Infinity}})",
+                            R"({"v":1,"type":"exec","id":"n1","payload":{"argv":["true"],)"}) {
+        std::size_t before = m_sent.size();
+        m_dispatch->onText(bad);
+        ASSERT_EQ(m_sent.size(), before + 1) << "no answer to " << bad;
+        EXPECT_EQ(lastReply().errorCode, ErrorCode::BadRequest) << bad;
+        EXPECT_EQ(lastReply().replyTo, "n1") << bad;
+    }
+}
+
 TEST_F(DispatchTest, AnswersAnUnknownTypeWithUnknownType) {
     m_dispatch->onText(protocol::makeMessage("job.frobnicate", "u1"));
     auto r = lastReply();
