@@ -30,6 +30,22 @@ int runLogs(const std::string& daemonId, bool follow, int lines, const std::stri
     bool haveFile = std::filesystem::exists(t.paths.logFile(), ec);
     bool journal = unit.running() || unit.fileState == "enabled" || (!unit.load.empty() && !haveFile);
     if (journal) {
+        // Where the journal is volatile (no /var/log/journal), journald keeps
+        // no per-user file, and a user may read nothing at all: say so rather
+        // than print journalctl's hint.
+        std::string probe;
+        if (runCommand({"journalctl", "--user", "-u", unitName(t.profile.daemonId), "-n", "1", "-q", "--no-pager"},
+                       &probe) != 0) {
+            std::string why = probe.substr(0, probe.find('\n'));
+            if (!why.empty() && why.back() == '.') why.pop_back();
+            throw Error(ErrorCode::Internal,
+                        "you cannot read the journal here (" + why +
+                            "): the journal is probably kept in memory only (no /var/log/journal), which only "
+                            "the groups adm and systemd-journal may read. Ask an administrator for a persistent "
+                            "journal (mkdir /var/log/journal; systemctl restart systemd-journald) or to add you "
+                            "to systemd-journal, or run the daemon in nohup mode, which logs to a file: "
+                            "hpc-daemonctl stop && HPC_DAEMONCTL_MODE=nohup hpc-daemonctl start");
+        }
         std::vector<std::string> argv = {"journalctl", "--user", "-u", unitName(t.profile.daemonId), "-n",
                                          std::to_string(lines), "--no-pager"};
         if (!priority.empty()) argv.insert(argv.end(), {"-p", priority});

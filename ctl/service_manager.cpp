@@ -58,6 +58,8 @@ std::string userName() {
 
 }  // namespace
 
+int runCommand(const std::vector<std::string>& argv, std::string* out) { return runQuiet(argv, out); }
+
 int systemctlUser(const std::vector<std::string>& args, std::string* out) {
     std::vector<std::string> argv = {"systemctl", "--user"};
     argv.insert(argv.end(), args.begin(), args.end());

@@ -39,6 +39,9 @@ std::string daemonBinary();
 /// Starts hpc-daemond detached from this terminal. Returns its pid.
 pid_t startDetached(const Paths& paths, const std::string& modeReason);
 
+/// Runs `argv` (stdout and stderr in `out`, 30 s at most); returns its exit code.
+int runCommand(const std::vector<std::string>& argv, std::string* out = nullptr);
+
 /// Runs `systemctl --user ARGS...`; returns its exit code, output in `out`.
 int systemctlUser(const std::vector<std::string>& args, std::string* out = nullptr);
 
