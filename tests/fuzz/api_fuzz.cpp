@@ -9,15 +9,12 @@
 #include "log.hpp"
 #include "relay_db.hpp"
 
-#include <stdlib.h>
-
 #include <cstdint>
+#include <algorithm>
 #include <cstdlib>
-#include <filesystem>
 #include <memory>
 #include <string>
 
-namespace fs = std::filesystem;
 namespace json = boost::json;
 using namespace hpc;
 using namespace hpc::relay;
@@ -29,32 +26,21 @@ void require(bool ok) {
 }
 
 struct World {
-    fs::path dir;
-    std::unique_ptr<RelayDb> db;
-    std::unique_ptr<Hub> hub;
-    std::unique_ptr<Api> api;
+    // In memory: the fuzzer signs in a lot, and nothing is left behind
+    // however the run ends.
+    RelayDb db{":memory:"};
+    Hub hub{db};
+    Api api{db, hub, [](const std::string&, const Secret&) {}};
     std::string access;
     std::string key;
 
     World() {
-        // A RAM-backed directory when there is one: the fuzzer signs in a lot.
-        std::string base = fs::is_directory("/dev/shm") ? "/dev/shm" : "/tmp";
-        std::string tmpl = base + "/hpc-api-fuzz-XXXXXX";
-        if (!::mkdtemp(tmpl.data())) std::abort();
-        dir = tmpl;
-        db = std::make_unique<RelayDb>((dir / "relay.db").string());
-        hub = std::make_unique<Hub>(*db);
-        api = std::make_unique<Api>(*db, *hub, [](const std::string&, const Secret&) {});
-        api->setSigninLimitPerClient(0);  // the per-email limits still apply
-        auto token = db->startSignin("fuzz@example.org", Secret("123456"));
+        api.setSigninLimitPerClient(0);  // the per-email limits still apply
+        auto token = db.startSignin("fuzz@example.org", Secret("123456"));
         std::int64_t userId = 0;
-        require(token && db->verifyCode(*token, Secret("123456"), userId) == VerifyOutcome::Ok);
-        access = db->issueCredential(userId, "access", RelayDb::kAccessTokenLifetime).second.reveal();
-        key = db->issueCredential(userId, "api_key", std::nullopt).second.reveal();
-    }
-    ~World() {
-        std::error_code ec;
-        fs::remove_all(dir, ec);
+        require(token && db.verifyCode(*token, Secret("123456"), userId) == VerifyOutcome::Ok);
+        access = db.issueCredential(userId, "access", RelayDb::kAccessTokenLifetime).second.reveal();
+        key = db.issueCredential(userId, "api_key", std::nullopt).second.reveal();
     }
 };
 
@@ -89,7 +75,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     r.body = std::string(in);
     r.remote = "192.0.2.1:40000";
 
-    auto res = world.api->handle(r);
+    auto res = world.api.handle(r);
     static const int kStatuses[] = {200, 201, 400, 401, 404, 405, 429};
     require(std::find(std::begin(kStatuses), std::end(kStatuses), res.status) != std::end(kStatuses));
     json::error_code ec;
