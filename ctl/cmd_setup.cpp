@@ -240,7 +240,9 @@ int runSetup(SetupOptions o) {
     fs::path activation = writeActivationFile(store.dir(), daemonId);
     // The unit (started by hand, by D-Bus activation or after a reboot) gets
     // the environment this setup ran in: where sbatch is, LOCAL_MODE, the home.
-    fs::path environment = writeEnvironmentFile(Paths{store.dir(), daemonId});
+    // Only where a user manager runs: elsewhere there is no unit to read it.
+    fs::path environment;
+    if (systemctlUser({"show-environment"}) == 0) environment = writeEnvironmentFile(Paths{store.dir(), daemonId});
     std::string reloaded;
     if (auto running = DaemonClient::find(store.dir(), daemonId))
         reloaded = running->reload() ? "reloaded (reconnected)" : "reloaded";
