@@ -166,12 +166,18 @@ poweroff() {
     kill -TERM "$npid"  # nspawn turns it into a clean poweroff of the container
     for ((i = 0; i < 300; i++)); do kill -0 "$npid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$npid" 2>/dev/null; then
-      say "nspawn $npid did not stop within 30 s; killing it"
+      say "nspawn $npid did not stop within 30 s; killing it and everything in its cgroup"
       kill -KILL "$npid" 2>/dev/null || true
     fi
   fi
   rm -f "$dir/nspawn.pid"
   local cg hier; cg=$(cgroup_name "$dir")
+  # Whatever is left in the container's cgroups (its init, once nspawn was
+  # killed, is re-parented to the host's init and would run on).
+  for hier in systemd unified; do
+    [[ -d /sys/fs/cgroup/$hier/$cg ]] || continue
+    find "/sys/fs/cgroup/$hier/$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+  done
   for hier in systemd unified; do
     local top=/sys/fs/cgroup/$hier/$cg
     [[ -d $top ]] || continue

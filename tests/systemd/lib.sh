@@ -39,6 +39,10 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+# A test stopped from outside (ctest's timeout, Ctrl-C) still powers its
+# container off and stops its relay.
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 log() { echo "[$TEST_NAME $(date +%T)] $*"; }
 fail() { echo "FAIL: $TEST_NAME: $*" >&2; exit 1; }
@@ -53,8 +57,8 @@ r() { "$CONTAINER" root "$W/c" "$1"; }
 boot() {
   local binds=(--bind-ro "$SRC")
   [[ $BUILD == "$SRC"/* ]] || binds+=(--bind-ro "$BUILD")
+  BOOTED=1  # before: a test stopped while it boots still stops what started
   "$CONTAINER" start "$W/c" "${binds[@]}"
-  BOOTED=1
 }
 
 reboot_container() { "$CONTAINER" reboot "$W/c"; }
