@@ -7,7 +7,7 @@
 #include "errors.hpp"
 #include "exec.hpp"
 #include "exit_watch.hpp"
-#include "guard/landlock.hpp"
+#include "guard/confinement.hpp"
 #include "guard/shell_guard.hpp"
 #include "jobs/job_service.hpp"
 #include "link.hpp"
@@ -230,31 +230,13 @@ private:
         return limits;
     }
 
-    /// Builds the kernel layer from the profile's allowed directories (the
-    /// same list the cwd check uses) and hands it to the dispatcher.
+    /// Builds the confinement (mount namespace, Landlock, TMPDIR) and the
+    /// advisory shell wrappers from the profile's allowed directories (the
+    /// same list the cwd check uses) and hands them to every place that
+    /// starts a process for an agent.
     void applyConfinement() {
-        m_landlock.reset();
-        std::vector<std::string> env;
-        if (!m_profile.allowedDirs.empty() && !m_options.noLandlock) {
-            fs::path tmp = m_store.dir() / "tmp" / m_profile.daemonId;
-            ensurePrivateDir(tmp.parent_path());
-            ensurePrivateDir(tmp);
-            std::string why;
-            m_landlock = LandlockPolicy::build(m_profile.allowedDirs, tmp.string(), why);
-            if (m_landlock) {
-                env = {"TMPDIR=" + tmp.string()};
-                log::info("commands are confined by " + m_landlock->describe() + ": writes only under " +
-                          AllowedDirs(m_profile.allowedDirs).describe() + " and " + tmp.string());
-            } else if (!m_landlockWarned) {
-                m_landlockWarned = true;
-                log::warning("kernel confinement is off: " + why + "; only the working-directory check applies");
-            }
-        } else if (m_options.noLandlock) {
-            log::notice("Landlock is disabled by --no-landlock");
-        }
-        m_jobs->setPolicy(JobPolicy{AllowedDirs(m_profile.allowedDirs), jobWorkdir(), m_landlock ? m_landlock->fd() : -1, env});
-        m_dispatcher->setConfinement(m_landlock ? m_landlock->fd() : -1, std::move(env));
-        // The advisory layer for interactive bash, from the same list.
+        // The advisory layer for interactive bash, from the same list; first,
+        // so the namespace can show it while hiding the rest of the state.
         m_shellGuard.clear();
         if (!m_profile.allowedDirs.empty()) {
             fs::path guard = m_store.dir() / (m_profile.daemonId + ".guard.bash");
@@ -265,6 +247,34 @@ private:
                 log::warning(std::string("shell wrappers are off: ") + e.what());
             }
         }
+        Confinement::Params params;
+        if (!m_profile.allowedDirs.empty()) {
+            fs::path tmp = m_store.dir() / "tmp" / m_profile.daemonId;
+            ensurePrivateDir(tmp.parent_path());
+            ensurePrivateDir(tmp);
+            params.allowedDirs = m_profile.allowedDirs;
+            params.privateTmp = tmp.string();
+            params.stateDir = m_store.dir().string();
+            if (!m_shellGuard.empty()) params.shown.push_back(m_shellGuard.string());
+            if (const char* runtime = std::getenv("XDG_RUNTIME_DIR"); runtime && *runtime) params.runtimeDir = runtime;
+            params.landlock = !m_options.noLandlock;
+            if (!m_options.noMountNamespace) params.confineProgram = Confinement::findProgram();
+        }
+        std::vector<std::string> notes;
+        m_confinement = Confinement::build(params, notes);
+        if (m_confinement->active()) {
+            std::string layers;
+            for (const auto& l : m_confinement->layers()) layers += (layers.empty() ? "" : ", ") + l;
+            log::info("commands are confined by " + layers + ": writes only under " +
+                      AllowedDirs(m_profile.allowedDirs).describe() + " and " + params.privateTmp);
+        }
+        if (m_options.noLandlock) notes.push_back("Landlock is disabled by --no-landlock");
+        if (m_options.noMountNamespace) notes.push_back("the mount namespace is disabled by --no-mount-namespace");
+        if (!m_profile.allowedDirs.empty() && !m_confinementWarned)
+            for (const auto& n : notes) log::warning("confinement: " + n);
+        m_confinementWarned = !notes.empty();
+        m_jobs->setPolicy(JobPolicy{AllowedDirs(m_profile.allowedDirs), jobWorkdir(), m_confinement});
+        m_dispatcher->setConfinement(m_confinement);
         m_dispatcher->setShellGuard(m_shellGuard);
     }
 
@@ -356,7 +366,7 @@ private:
         s.allowedDirs = m_profile.allowedDirs;
         if (!m_profile.allowedDirs.empty()) s.guardLayers = {"cwd-check"};
         if (!m_shellGuard.empty()) s.guardLayers.push_back("shell-wrappers (bash, advisory)");
-        if (m_landlock) s.guardLayers.push_back(m_landlock->describe());
+        for (auto& layer : m_confinement->layers()) s.guardLayers.push_back(layer);
         s.processWatch = ExitWatch::method();
         s.runningExecs = static_cast<unsigned>(m_exec.running());
         s.activeSessions = static_cast<unsigned>(m_pty->count());
@@ -411,9 +421,9 @@ private:
     Notifier m_notifier;
     asio::signal_set m_signals;
     asio::steady_timer m_shutdownTimer;
-    std::unique_ptr<LandlockPolicy> m_landlock;
+    std::shared_ptr<const Confinement> m_confinement = std::make_shared<Confinement>();
     fs::path m_shellGuard;
-    bool m_landlockWarned = false;
+    bool m_confinementWarned = false;
     std::unique_ptr<Dispatcher> m_dispatcher;
     std::unique_ptr<PtyService> m_pty;
     std::unique_ptr<JobService> m_jobs;

@@ -20,6 +20,8 @@ struct DaemonOptions {
     std::string modeReason;
     /// Leave Landlock off even where the kernel has it (diagnosis, tests).
     bool noLandlock = false;
+    /// Leave the mount namespace (hpc-confine) off even where user namespaces exist.
+    bool noMountNamespace = false;
     /// How long a shell outlives the agent that opened it.
     std::chrono::seconds ptyDetachGrace{std::chrono::seconds(30)};
     /// The SLURM monitor's interval: this right after a change, growing to

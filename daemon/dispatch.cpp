@@ -110,11 +110,7 @@ ExecRequest Dispatcher::parseExec(const json::object& p) const {
     if (auto g = protocol::optNumber(p, "kill_grace_s", 0, 600))
         req.killGrace = std::chrono::milliseconds(static_cast<long long>(*g * 1000));
     if (auto m = protocol::optInt(p, "max_output_bytes", 0, kMaxOutputCap)) req.maxOutputBytes = static_cast<std::size_t>(*m);
-    if (m_landlockRuleset >= 0) {
-        req.landlockRuleset = m_landlockRuleset;
-        // Ours first so the request's own env can still override them.
-        req.env.insert(req.env.begin(), m_confinedEnv.begin(), m_confinedEnv.end());
-    }
+    req.confinement = m_confinement;
     return req;
 }
 
@@ -148,10 +144,7 @@ bool Dispatcher::handlePty(const protocol::Envelope& env) {
         r.rows = static_cast<unsigned>(protocol::optInt(p, "rows", 1, 10000).value_or(24));
         r.cwd = m_dirs.resolveCwd(protocol::optString(p, "cwd", 4096), m_fallbackCwd).string();
         r.env = protocol::optEnv(p, "env");
-        if (m_landlockRuleset >= 0) {
-            r.landlockRuleset = m_landlockRuleset;
-            r.env.insert(r.env.begin(), m_confinedEnv.begin(), m_confinedEnv.end());
-        }
+        r.confinement = m_confinement;
         const char* userShell = std::getenv("SHELL");
         std::string shell = protocol::optString(p, "shell", 4096)
                                 .value_or(userShell && *userShell ? userShell : defaultShell());

@@ -36,12 +36,8 @@ public:
     void attachJobs(JobService& jobs) { m_jobs = &jobs; }
     /// Enables the pty.* messages and binary input.
     void attachPty(PtyService& pty) { m_pty = &pty; }
-    /// Kernel confinement for commands from now on: a Landlock ruleset fd (or
-    /// -1) and environment entries confined commands get (TMPDIR).
-    void setConfinement(int landlockRuleset, std::vector<std::string> env) {
-        m_landlockRuleset = landlockRuleset;
-        m_confinedEnv = std::move(env);
-    }
+    /// Confinement for commands and shells from now on (null: none).
+    void setConfinement(std::shared_ptr<const Confinement> confinement) { m_confinement = std::move(confinement); }
     /// The bash rc file with the advisory wrappers; empty for none.
     void setShellGuard(std::filesystem::path file) { m_shellGuard = std::move(file); }
     void onBinary(std::string_view data);
@@ -63,8 +59,7 @@ private:
     PtyService* m_pty = nullptr;
     JobService* m_jobs = nullptr;
     std::function<void(Store::AuditEntry)> m_audit;
-    int m_landlockRuleset = -1;
-    std::vector<std::string> m_confinedEnv;
+    std::shared_ptr<const Confinement> m_confinement;
     std::filesystem::path m_shellGuard;
 };
 

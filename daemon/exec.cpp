@@ -44,7 +44,7 @@ public:
         o.in = m_req.stdinData ? Stdio::Pipe : Stdio::Null;
         o.out = Stdio::Pipe;
         o.err = Stdio::Pipe;
-        o.landlockRuleset = m_req.landlockRuleset;
+        if (m_req.confinement) m_req.confinement->apply(o);
         SpawnedProcess child;
         try {
             child = spawn(o);

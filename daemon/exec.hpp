@@ -3,6 +3,8 @@
 /// enforce a timeout on the whole process group, report how it ended.
 /// Asynchronous on the daemon's io_context: many run at once.
 
+#include "guard/confinement.hpp"
+
 #include <boost/asio/io_context.hpp>
 
 #include <chrono>
@@ -23,7 +25,7 @@ struct ExecRequest {
     std::chrono::milliseconds timeout{std::chrono::minutes(5)};
     std::chrono::milliseconds killGrace{std::chrono::seconds(2)};
     std::size_t maxOutputBytes = 1024 * 1024;  ///< per stream
-    int landlockRuleset = -1;                  ///< confine the command with this ruleset
+    std::shared_ptr<const Confinement> confinement;  ///< applied at spawn; null: unconfined
 };
 
 struct ExecResult {

@@ -61,6 +61,9 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_flag("--no-landlock", options.noLandlock,
                  "do not confine commands with Landlock even where the kernel supports it (diagnosis)");
+    app.add_flag("--no-mount-namespace", options.noMountNamespace,
+                 "do not run commands in a mount namespace (read-only outside the allowed directories, the "
+                 "daemon's state hidden) even where user namespaces are available (diagnosis)");
     app.add_flag("-v,--verbose", verbose, "log debug lines too");
     CLI11_PARSE(app, argc, argv);
 

@@ -283,7 +283,7 @@ PtyInfo PtyService::open(const PtyOpenRequest& r) {
     o.envOverrides.insert(o.envOverrides.end(), r.env.begin(), r.env.end());
     o.newSession = true;
     o.controllingTerminal = slave.get();
-    o.landlockRuleset = r.landlockRuleset;
+    if (r.confinement) r.confinement->apply(o);
     SpawnedProcess child;
     try {
         child = spawn(o);

@@ -10,6 +10,8 @@
 /// kernel's PTY buffer fills and the program blocks: a slow agent slows the
 /// program, never the daemon's memory.
 
+#include "guard/confinement.hpp"
+
 #include <boost/asio/io_context.hpp>
 #include <boost/json.hpp>
 
@@ -40,7 +42,7 @@ struct PtyOpenRequest {
     std::vector<std::string> argv;   ///< the shell and its arguments
     std::string agentId;
     std::uint64_t credit = 0;        ///< 0: the default
-    int landlockRuleset = -1;
+    std::shared_ptr<const Confinement> confinement;  ///< applied at spawn; null: unconfined
 };
 
 struct PtyInfo {

@@ -33,7 +33,7 @@ dbus_daemon=$(command -v dbus-daemon || true)
 [[ -n $dbus_daemon ]] || { echo "make-release: dbus-daemon is missing (apt-get install dbus-daemon)" >&2; exit 1; }
 
 echo "make-release: building in $build" >&2
-targets=(hpc-launcher hpc-daemond hpc-daemonctl hpc-relay hpc-agent)
+targets=(hpc-launcher hpc-confine hpc-daemond hpc-daemonctl hpc-relay hpc-agent)
 grep -q '^HELP2MAN:FILEPATH=/' "$build/CMakeCache.txt" && targets+=(man_pages)
 cmake --build "$build" --target "${targets[@]}" >&2
 version=$(sed -n 's/^CMAKE_PROJECT_VERSION:STATIC=//p' "$build/CMakeCache.txt")
@@ -59,6 +59,8 @@ elfs+=("$stage/lib/bin/dbus-daemon")
 strip -o "$stage/lib/launcher" "$build/release/hpc-launcher"
 for p in "${programs[@]}"; do ln "$stage/lib/launcher" "$stage/bin/${p#*/}"; done
 ln "$stage/lib/launcher" "$stage/libexec/dbus-daemon"
+# The commands' mount-namespace wrapper is static: it runs as it is.
+strip -o "$stage/libexec/hpc-confine" "$build/daemon/hpc-confine"
 
 # Every library the programs load, then all of the C library (its NSS, resolver
 # and thread libraries are loaded on demand, never listed by ldd).

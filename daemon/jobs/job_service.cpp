@@ -116,10 +116,8 @@ void JobService::submit(const protocol::Envelope& env, const std::string& agentI
     if (!isPrintableName(job.name)) throw Error(ErrorCode::BadRequest, "\"name\" must be printable text");
     job.cwd = m_policy.dirs.resolveCwd(protocol::optString(p, "cwd", 4096), m_policy.jobWorkdir).string();
     SubmitOptions options;
-    options.landlockRuleset = m_policy.landlockRuleset;
-    options.env = m_policy.landlockRuleset >= 0 ? m_policy.confinedEnv : std::vector<std::string>{};
-    auto requestEnv = protocol::optEnv(p, "env");
-    options.env.insert(options.env.end(), requestEnv.begin(), requestEnv.end());
+    options.confinement = m_policy.confinement;
+    options.env = protocol::optEnv(p, "env");
     if (const auto* args = p.if_contains("sbatch_args"); args && !args->is_null()) {
         if (!args->is_array()) throw Error(ErrorCode::BadRequest, "\"sbatch_args\" must be an array of strings");
         for (const auto& a : args->get_array()) {

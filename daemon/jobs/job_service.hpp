@@ -9,11 +9,11 @@
 #include "protocol.hpp"
 #include "scheduler.hpp"
 
-#include <map>
 #include <boost/asio/io_context.hpp>
 
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,8 +25,7 @@ namespace hpc::daemon {
 struct JobPolicy {
     AllowedDirs dirs{{}};
     std::filesystem::path jobWorkdir;  ///< resolved; jobs' directories go below it
-    int landlockRuleset = -1;
-    std::vector<std::string> confinedEnv;
+    std::shared_ptr<const Confinement> confinement;  ///< for local jobs
 };
 
 class JobService {

@@ -27,7 +27,7 @@ namespace hpc::daemon {
 struct SubmitOptions {
     std::vector<std::string> schedulerArgs;  ///< validated sbatch options
     std::vector<std::string> env;            ///< "NAME=value"
-    int landlockRuleset = -1;                ///< local jobs: confine with this
+    std::shared_ptr<const Confinement> confinement;  ///< local jobs: applied at spawn
 };
 
 class Scheduler {

@@ -264,9 +264,16 @@ TEST_F(EndToEnd, EveryMalformedMessageGetsAProtocolErrorAndTheLinkStaysUp) {
 
 TEST_F(EndToEnd, ASecondConnectionOfTheSameDaemonReplacesTheFirst) {
     startDaemon();
+    // The same profile from another home (a second machine with a copy of
+    // it): on a shared home the pid-file lock refuses the second daemon.
+    fs::path otherHome = m_h->dir() / "other-home";
+    fs::create_directories(otherHome);
+    fs::permissions(otherHome, fs::perms::owner_all, fs::perm_options::replace);
+    for (const auto& e : fs::directory_iterator(m_h->home("d1")))
+        if (e.path().filename().string().rfind("state.db", 0) == 0) fs::copy_file(e.path(), otherHome / e.path().filename());
     SpawnOptions o;
     o.argv = {Harness::binary("hpc-daemond"), "--daemon-id", "d1", "--unauthorized-retry-seconds", "60"};
-    o.envOverrides = {"HPC_DAEMON_HOME=" + m_h->home("d1").string()};
+    o.envOverrides = {"HPC_DAEMON_HOME=" + otherHome.string()};
     o.outputFile = (m_h->dir() / "second.log").string();
     ChildGuard second(spawn(o).pid);
     EXPECT_TRUE(waitUntil([&] { return m_h->relayLog().find("replacing its previous connection") != std::string::npos; },

@@ -39,7 +39,8 @@ protected:
         fs::create_directories(m_o / "emptydir");
         std::ofstream(m_o / "existing") << "original";
         std::ofstream(m_w / "in") << "inside";
-        std::vector<std::string> extra = {"--pty-detach-grace-seconds", "1"};
+        // These layers alone: the mount namespace is tested in guard_test.
+        std::vector<std::string> extra = {"--pty-detach-grace-seconds", "1", "--no-mount-namespace"};
         if (!landlock) extra.push_back("--no-landlock");
         m_h.startDaemon("sg", extra);
         auto token = m_h.login("sg@example.org");

@@ -82,6 +82,11 @@ host|enosys)
     echo "enosys: ok (process exits by SIGCHLD, no Landlock layer claimed)"
   else
     grep -q '"process_watch":"pidfd"' <<<"$status" || { echo "FAIL: status does not say exits are followed by pidfd: $status"; exit 1; }
+    # The release's static hpc-confine: commands ran in the mount namespace
+    # wherever this user may make one.
+    if "${run_as[@]}" unshare --user --map-root-user --mount true 2>/dev/null; then
+      grep -q 'mount-namespace' <<<"$status" || { echo "FAIL: no mount-namespace layer from the release: $status"; exit 1; }
+    fi
     # (Traces go to the allowed directory: commands may write only there.)
     # Every process the bundle started loaded only the bundle's libraries.
     traced=0 programs=""
