@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -149,6 +150,24 @@ void ensurePrivateDir(const fs::path& dir) {
                                  "); refusing to keep secrets there");
     if ((st.st_mode & 07777) != 0700 && ::chmod(dir.c_str(), 0700) != 0)
         throw std::runtime_error("cannot set mode 0700 on " + dir.string() + ": " + std::strerror(errno));
+}
+
+std::vector<std::string> repairPrivateModes(const fs::path& dir) {
+    std::vector<std::string> repaired;
+    auto repair = [&](const fs::path& p, const std::string& name) {
+        struct stat st{};
+        if (::lstat(p.c_str(), &st) != 0 || S_ISLNK(st.st_mode) || (st.st_mode & 077) == 0) return;
+        char was[8];
+        std::snprintf(was, sizeof was, "%04o", st.st_mode & 07777);
+        if (::chmod(p.c_str(), st.st_mode & 0700) == 0)
+            repaired.push_back(name + " was " + was);
+        else
+            repaired.push_back(name + " is " + was + " and cannot be repaired: " + std::strerror(errno));
+    };
+    repair(dir, dir.string());
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) repair(e.path(), e.path().filename().string());
+    return repaired;
 }
 
 Store Store::open(const fs::path& dir) {

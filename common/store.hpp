@@ -22,6 +22,12 @@ std::filesystem::path homeDir();
 /// mode to 0700. Throws std::runtime_error with a sentence for the user.
 void ensurePrivateDir(const std::filesystem::path& dir);
 
+/// Takes group and other access off `dir` (0700) and everything directly in
+/// it (files 0600, directories 0700): the state directory holds the API key.
+/// Returns one line per entry it had to repair ("state.db was 0644"); throws
+/// nothing (an entry it cannot repair is reported as such).
+std::vector<std::string> repairPrivateModes(const std::filesystem::path& dir);
+
 struct Profile {
     std::string daemonId;
     std::string platformUrl;

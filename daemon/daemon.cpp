@@ -113,7 +113,7 @@ class Daemon {
 public:
     Daemon(asio::io_context& ioc, const DaemonOptions& options)
         : m_ioc(ioc), m_options(options), m_store(Store::open()), m_exec(ioc), m_notifier(ioc), m_signals(ioc),
-          m_shutdownTimer(ioc) {
+          m_shutdownTimer(ioc), m_stateCheck(ioc) {
         m_profile = selectProfile(m_store, options.daemonId);
         m_startedAt = nowEpochSeconds();
         m_systemd = std::getenv("INVOCATION_ID") != nullptr || m_notifier.active();
@@ -165,6 +165,7 @@ public:
                     m_profile.platformUrl + ", allowed directories " + AllowedDirs(m_profile.allowedDirs).describe() +
                     ", mode " + mode());
         m_jobs->adoptLive();
+        checkStateModes();
         m_notifier.ready("connecting to " + m_profile.platformUrl);
         m_link->start();
         // A handler that throws is a bug; it must not take the daemon (and
@@ -276,6 +277,18 @@ private:
         m_jobs->setPolicy(JobPolicy{AllowedDirs(m_profile.allowedDirs), jobWorkdir(), m_confinement});
         m_dispatcher->setConfinement(m_confinement);
         m_dispatcher->setShellGuard(m_shellGuard);
+    }
+
+    /// The state directory holds the API key: group or other access on it or
+    /// anything in it (a chmod by hand, a restored backup, a umask) is taken
+    /// off at start and every few minutes, with a warning.
+    void checkStateModes() {
+        for (const auto& r : repairPrivateModes(m_store.dir()))
+            log::warning("state directory " + m_store.dir().string() + ": " + r + "; set back to owner-only");
+        m_stateCheck.expires_after(m_options.stateCheckInterval);
+        m_stateCheck.async_wait([this](boost::system::error_code ec) {
+            if (!ec && !m_stopping) checkStateModes();
+        });
     }
 
     void warnIfUnrestricted() {
@@ -421,6 +434,7 @@ private:
     Notifier m_notifier;
     asio::signal_set m_signals;
     asio::steady_timer m_shutdownTimer;
+    asio::steady_timer m_stateCheck;
     std::shared_ptr<const Confinement> m_confinement = std::make_shared<Confinement>();
     fs::path m_shellGuard;
     bool m_confinementWarned = false;

@@ -22,6 +22,8 @@ struct DaemonOptions {
     bool noLandlock = false;
     /// Leave the mount namespace (hpc-confine) off even where user namespaces exist.
     bool noMountNamespace = false;
+    /// How often the state directory's modes are checked (and repaired).
+    std::chrono::seconds stateCheckInterval{std::chrono::seconds(300)};
     /// How long a shell outlives the agent that opened it.
     std::chrono::seconds ptyDetachGrace{std::chrono::seconds(30)};
     /// The SLURM monitor's interval: this right after a change, growing to

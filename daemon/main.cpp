@@ -61,6 +61,11 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_flag("--no-landlock", options.noLandlock,
                  "do not confine commands with Landlock even where the kernel supports it (diagnosis)");
+    double stateCheck = 300;
+    app.add_option("--state-check-seconds", stateCheck,
+                   "how often the state directory's modes are checked and group/other access taken off")
+        ->check(CLI::Range(1.0, 86400.0))
+        ->capture_default_str();
     app.add_flag("--no-mount-namespace", options.noMountNamespace,
                  "do not run commands in a mount namespace (read-only outside the allowed directories, the "
                  "daemon's state hidden) even where user namespaces are available (diagnosis)");
@@ -72,6 +77,7 @@ int main(int argc, char** argv) {
     options.reconnectMax = ms(reconnectMaxSeconds);
     options.unauthorizedDelay = ms(unauthorizedSeconds);
     options.ptyDetachGrace = std::chrono::seconds(static_cast<long long>(detachGrace));
+    options.stateCheckInterval = std::chrono::seconds(static_cast<long long>(stateCheck));
     options.jobPollMin = ms(pollMin);
     options.jobPollMax = ms(pollMax);
     options.slurmCommandTimeout = ms(slurmTimeout);

@@ -6,6 +6,7 @@
 #include "store.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -280,6 +281,21 @@ TEST_F(EndToEnd, ASecondConnectionOfTheSameDaemonReplacesTheFirst) {
                           10s))
         << m_h->relayLog();
     second.terminate();
+}
+
+TEST_F(EndToEnd, LoosenedModesInTheStateDirectoryAreSetBack) {
+    startDaemon({"--state-check-seconds", "1"});
+    fs::path home = m_h->home("d1");
+    auto modeOf = [](const fs::path& p) {
+        struct stat st {};
+        return ::stat(p.c_str(), &st) == 0 ? st.st_mode & 07777 : 07777u;
+    };
+    ASSERT_EQ(modeOf(home / "state.db"), 0600u);
+    ASSERT_EQ(::chmod((home / "state.db").c_str(), 0644), 0);
+    ASSERT_EQ(::chmod(home.c_str(), 0755), 0);
+    EXPECT_TRUE(waitUntil([&] { return modeOf(home / "state.db") == 0600u && modeOf(home) == 0700u; }, 30s))
+        << std::oct << modeOf(home / "state.db") << " " << modeOf(home);
+    EXPECT_EQ(sh("echo still-up").out, "still-up\n");
 }
 
 TEST_F(EndToEnd, DaemonExitsCleanlyOnSigterm) {
