@@ -352,6 +352,9 @@ std::vector<std::string> optEnv(const json::object& o, std::string_view key) {
     for (const auto& [k, v] : env->get_object()) {
         if (!isValidEnvName(k)) throw Error(ErrorCode::BadRequest, "invalid environment name \"" + std::string(k) + "\"");
         if (!v.is_string()) throw Error(ErrorCode::BadRequest, "environment value of " + std::string(k) + " must be a string");
+        // execve would silently cut the value at the NUL.
+        if (v.get_string().find('\0') != json::string::npos)
+            throw Error(ErrorCode::BadRequest, "environment value of " + std::string(k) + " contains a NUL byte");
         out.push_back(std::string(k) + "=" + std::string(v.get_string()));
     }
     return out;

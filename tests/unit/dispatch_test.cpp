@@ -99,6 +99,9 @@ TEST_F(DispatchTest, RefusesMalformedExecPayloads) {
     EXPECT_EQ(errorFor({{"command", "true"}, {"max_output_bytes", 1e12}}), ErrorCode::BadRequest);
     EXPECT_EQ(errorFor({{"command", "true"}, {"env", json::object{{"BAD NAME", "x"}}}}), ErrorCode::BadRequest);
     EXPECT_EQ(errorFor({{"command", "true"}, {"env", json::object{{"OK", 1}}}}), ErrorCode::BadRequest);
+    // A NUL would cut the value short at execve: refused, not truncated.
+    EXPECT_EQ(errorFor({{"command", "true"}, {"env", json::object{{"OK", std::string("a\0b", 3)}}}}),
+              ErrorCode::BadRequest);
     EXPECT_EQ(errorFor({{"command", "true"}, {"stdin", 5}}), ErrorCode::BadRequest);
     EXPECT_EQ(errorFor({{"argv", json::array{"/no/such/program"}}}), ErrorCode::NotFound);
 }
