@@ -1,7 +1,9 @@
 #include "log.hpp"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -9,6 +11,7 @@
 #include <cstring>
 #include <ctime>
 #include <stdexcept>
+#include <vector>
 
 namespace hpc::log {
 namespace {
@@ -17,6 +20,9 @@ struct State {
     int fd = 2;
     bool journal = false;
     Level threshold = Level::Info;
+    int journalSocket = -1;           ///< journald's native socket, when fields are set
+    std::string identifier;           ///< SYSLOG_IDENTIFIER
+    std::vector<std::string> fields;  ///< "NAME=value" added to every entry
 };
 State g_state;
 
@@ -31,10 +37,39 @@ std::string_view levelName(Level l) {
     return "info";
 }
 
+/// journald's native protocol: one datagram of NAME=value lines. False when
+/// it could not be sent (the caller writes the line to stderr instead).
+bool sendNative(Level level, std::string_view message) {
+    std::string entry = "PRIORITY=" + std::to_string(static_cast<int>(level)) + "\nSYSLOG_IDENTIFIER=" +
+                        g_state.identifier + "\nMESSAGE=";
+    for (char c : message) entry += (c == '\n' || c == '\r') ? ' ' : c;
+    entry += '\n';
+    for (const auto& f : g_state.fields) entry += f + '\n';
+    return ::send(g_state.journalSocket, entry.data(), entry.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(entry.size());
+}
+
 }  // namespace
+
+void addJournalFields(const std::string& identifier, std::vector<std::string> fields) {
+    if (!g_state.journal || fields.empty()) return;
+    int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return;
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, "/run/systemd/journal/socket", sizeof addr.sun_path - 1);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        ::close(fd);
+        return;
+    }
+    if (g_state.journalSocket >= 0) ::close(g_state.journalSocket);
+    g_state.journalSocket = fd;
+    g_state.identifier = identifier;
+    g_state.fields = std::move(fields);
+}
 
 void init(const std::string& filePath, Level threshold) {
     if (g_state.fd > 2) ::close(g_state.fd);
+    if (g_state.journalSocket >= 0) ::close(g_state.journalSocket);
     g_state = State{};
     g_state.threshold = threshold;
     if (!filePath.empty()) {
@@ -53,6 +88,7 @@ bool enabled(Level level) { return static_cast<int>(level) <= static_cast<int>(g
 
 void write(Level level, std::string_view message) {
     if (!enabled(level)) return;
+    if (g_state.journalSocket >= 0 && sendNative(level, message)) return;
     std::string line;
     line.reserve(message.size() + 48);
     if (g_state.journal) {

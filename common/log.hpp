@@ -7,6 +7,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace hpc::log {
 
@@ -17,6 +18,11 @@ enum class Level { Error = 3, Warning = 4, Notice = 5, Info = 6, Debug = 7 };
 /// file is given. Safe to call again (the last call wins).
 void init(const std::string& filePath = {}, Level threshold = Level::Info);
 void setThreshold(Level threshold);
+/// Under systemd: entries go to journald's native socket with these extra
+/// "NAME=value" fields (e.g. USER_UNIT=hpc-daemon.service, so a bare
+/// `journalctl --user -u hpc-daemon` finds an instance's lines), falling back
+/// to stderr lines when the socket is not there. No effect outside journal mode.
+void addJournalFields(const std::string& identifier, std::vector<std::string> fields);
 bool enabled(Level level);
 void write(Level level, std::string_view message);
 

@@ -84,6 +84,9 @@ int main(int argc, char** argv) {
     ::signal(SIGPIPE, SIG_IGN);
     try {
         hpc::log::init(logFile, verbose ? hpc::log::Level::Debug : hpc::log::Level::Info);
+        // Under systemd, every instance's lines also carry the template's name,
+        // so the literal `journalctl --user -u hpc-daemon` finds them.
+        if (std::getenv("INVOCATION_ID")) hpc::log::addJournalFields("hpc-daemond", {"USER_UNIT=hpc-daemon.service"});
         return hpc::daemon::runDaemon(options);
     } catch (const std::exception& e) {
         hpc::log::error(e.what());

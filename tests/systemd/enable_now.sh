@@ -51,6 +51,8 @@ journal=$(u 'journalctl --user -u hpc-daemon@cluster --no-pager')
 expect "$journal" 'hpc-daemond\[[0-9]+\]: hpc-daemond .* starting: daemon cluster' "journalctl --user -u hpc-daemon@cluster"
 expect "$journal" 'Started hpc-daemon@cluster.service' "journalctl --user -u hpc-daemon@cluster"
 expect "$(u 'journalctl --user -u hpc-daemon.slice --no-pager')" 'hpc-daemond\[[0-9]+\]: hpc-daemond .* starting: daemon cluster' "journalctl --user -u hpc-daemon.slice"
+# The used-by line, literally: the template's name finds every instance's lines.
+expect "$(u 'journalctl --user -u hpc-daemon --no-pager')" 'hpc-daemond\[[0-9]+\]: hpc-daemond .* starting: daemon cluster' "journalctl --user -u hpc-daemon"
 priorities=$(u 'journalctl --user -u hpc-daemon@cluster -o json --no-pager _COMM=hpc-daemond' | grep -o '"PRIORITY":"[0-9]"' | sort -u)
 expect "$priorities" '"PRIORITY":"5"' "journal priorities (notice)"
 expect "$priorities" '"PRIORITY":"6"' "journal priorities (info)"
