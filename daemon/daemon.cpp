@@ -116,7 +116,10 @@ public:
           m_shutdownTimer(ioc), m_stateCheck(ioc) {
         m_profile = selectProfile(m_store, options.daemonId);
         m_startedAt = nowEpochSeconds();
-        m_systemd = std::getenv("INVOCATION_ID") != nullptr || m_notifier.active();
+        // systemd sets INVOCATION_ID for every service it starts. NOTIFY_SOCKET
+        // alone is any supervisor (a test harness too) asking for READY: it
+        // gets the notify protocol in nohup mode as well.
+        m_systemd = std::getenv("INVOCATION_ID") != nullptr;
         m_dispatcher = std::make_unique<Dispatcher>(m_exec, AllowedDirs(m_profile.allowedDirs), fallbackCwd(),
                                                     [this](std::string text) { reply(std::move(text)); });
         m_pty = std::make_unique<PtyService>(

@@ -1,7 +1,8 @@
 #pragma once
 /// The systemd notify protocol (sd_notify): READY once the store is open and
 /// the bus name owned, STATUS with the link state, WATCHDOG from a loop timer,
-/// STOPPING at shutdown. Does nothing when NOTIFY_SOCKET is unset.
+/// STOPPING at shutdown, in either mode (a supervisor other than systemd, such
+/// as the test harness, may ask for it). Does nothing when NOTIFY_SOCKET is unset.
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -13,7 +14,7 @@ namespace hpc::daemon {
 class Notifier {
 public:
     explicit Notifier(boost::asio::io_context& ioc);
-    /// True when started by systemd with a notify socket.
+    /// True when a supervisor gave a notify socket (NOTIFY_SOCKET).
     bool active() const { return m_active; }
     void ready(const std::string& status);
     void status(const std::string& status);
