@@ -256,6 +256,7 @@ private:
             fs::path tmp = m_store.dir() / "tmp" / m_profile.daemonId;
             ensurePrivateDir(tmp.parent_path());
             ensurePrivateDir(tmp);
+        params.reaperProgram = Confinement::findProgram();
             params.allowedDirs = m_profile.allowedDirs;
             params.privateTmp = tmp.string();
             params.stateDir = m_store.dir().string();

@@ -10,6 +10,8 @@
  *   --show PATH     a path inside a hidden directory shown again, read-only
  *   --landlock-fd N after the mounts, restrict itself with this Landlock
  *                   ruleset (mounts are refused once Landlock applies)
+ *   --no-namespace  no namespace and no mounts (Landlock and --subreaper only)
+ *   --subreaper     stay outside as the job's reaper (see reap() below)
  *   --probe         set everything up, then exit 0 instead of running PROGRAM
  *
  * It makes a user namespace (mapping the caller's own uid and gid) and a
@@ -36,6 +38,9 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
+#include <dirent.h>
+#include <signal.h>
 #include <unistd.h>
 
 #define MAX_PATHS 64
@@ -195,35 +200,8 @@ static void open_path(struct path_arg* a) {
     a->dir = S_ISDIR(st.st_mode);
 }
 
-int main(int argc, char** argv) {
-    int landlock = -1, probe = 0, i = 1;
-    for (; i < argc; ++i) {
-        const char* a = argv[i];
-        int more = i + 1 < argc;
-        if (strcmp(a, "--") == 0) {
-            ++i;
-            break;
-        } else if (strcmp(a, "--probe") == 0) {
-            probe = 1;
-        } else if (more && strcmp(a, "--rw") == 0 && nrw < MAX_PATHS) {
-            rw[nrw++].path = argv[++i];
-        } else if (more && strcmp(a, "--show") == 0 && nshown < MAX_PATHS) {
-            shown[nshown++].path = argv[++i];
-        } else if (more && strcmp(a, "--hide") == 0 && nhidden < MAX_PATHS) {
-            hidden[nhidden++] = argv[++i];
-        } else if (more && strcmp(a, "--landlock-fd") == 0) {
-            landlock = atoi(argv[++i]);
-        } else {
-            die("bad argument %s (usage: hpc-confine [--rw P]... [--hide D]... [--show P]... [--landlock-fd N] "
-                "[--probe] -- PROGRAM [ARGS...])", a);
-        }
-    }
-    if (!probe && i >= argc) die("no program to run");
-    for (int k = 0; k < nrw; ++k)
-        if (rw[k].path[0] != '/') die("%s is not an absolute path", rw[k].path);
-    for (int k = 0; k < nshown; ++k)
-        if (shown[k].path[0] != '/') die("%s is not an absolute path", shown[k].path);
-
+/* Makes the namespace and its mounts (see the top of this file). */
+static void confine_mounts(void) {
     /* The working directory is on the mounts as they were: entered again by
      * its path once the new ones are in place. */
     char cwd[4096];
@@ -267,6 +245,138 @@ int main(int argc, char** argv) {
     remount_read_only();
     if (chdir(cwd) != 0) die("cannot enter %s: %s", cwd, strerror(errno));
     drop_capabilities();
+}
+
+/* --subreaper: the process the daemon follows stays outside the namespace,
+ * adopts every orphan of the job (setsid, double fork), and when the job's
+ * main process ends, for whatever reason (done, or cancelled: the daemon
+ * signals the job's process group), ends everything left: SIGTERM, then
+ * SIGKILL after a grace period. It exits as the main process did. */
+static pid_t main_child;
+
+static void descendants_signal(pid_t root, int sig) {
+    /* Repeated passes: a process may fork while we look. */
+    for (int pass = 0; pass < 3; ++pass) {
+        DIR* proc = opendir("/proc");
+        if (!proc) return;
+        struct dirent* e;
+        while ((e = readdir(proc))) {
+            pid_t pid = (pid_t)atoi(e->d_name);
+            if (pid <= 0 || pid == root) continue;
+            /* Walk up the parents; a descendant reaches root. */
+            for (pid_t p = pid, hops = 0; p > 1 && hops < 64; ++hops) {
+                char path[64], buf[512];
+                snprintf(path, sizeof path, "/proc/%d/stat", (int)p);
+                int fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0) break;
+                ssize_t n = read(fd, buf, sizeof buf - 1);
+                close(fd);
+                if (n <= 0) break;
+                buf[n] = '\0';
+                char* close_paren = strrchr(buf, ')');
+                int ppid = 0;
+                if (!close_paren || sscanf(close_paren + 2, "%*c %d", &ppid) != 1) break;
+                if (ppid == root) {
+                    kill(pid, sig);
+                    break;
+                }
+                p = (pid_t)ppid;
+            }
+        }
+        closedir(proc);
+    }
+}
+
+static volatile sig_atomic_t grace_over;
+
+static void on_alarm(int sig) {
+    (void)sig;
+    grace_over = 1;
+}
+
+static int reap(void) {
+    int status = 0, main_status = -1;
+    for (;;) {
+        pid_t pid = waitpid(-1, &status, 0);
+        if (pid < 0 && errno == EINTR) {
+            if (grace_over) { /* the grace period is over; again each second until all are gone */
+                grace_over = 0;
+                descendants_signal(getpid(), SIGKILL);
+                alarm(1);
+            }
+            continue;
+        }
+        if (pid < 0) break; /* ECHILD: nothing left */
+        if (pid != main_child) continue;
+        main_status = status;
+        /* The job is over: end whatever it left behind, with 3 s to go
+         * (less than the daemon's 10 s before its SIGKILL of the group). */
+        descendants_signal(getpid(), SIGTERM);
+        descendants_signal(getpid(), SIGCONT);
+        alarm(3);
+    }
+    if (main_status < 0) return 126;
+    if (WIFSIGNALED(main_status)) {
+        signal(WTERMSIG(main_status), SIG_DFL);
+        kill(getpid(), WTERMSIG(main_status));
+        return 128 + WTERMSIG(main_status);
+    }
+    return WEXITSTATUS(main_status);
+}
+
+int main(int argc, char** argv) {
+    int landlock = -1, probe = 0, subreaper = 0, mounts = 1, i = 1;
+    for (; i < argc; ++i) {
+        const char* a = argv[i];
+        int more = i + 1 < argc;
+        if (strcmp(a, "--") == 0) {
+            ++i;
+            break;
+        } else if (strcmp(a, "--probe") == 0) {
+            probe = 1;
+        } else if (strcmp(a, "--subreaper") == 0) {
+            subreaper = 1;
+        } else if (strcmp(a, "--no-namespace") == 0) {
+            mounts = 0;
+        } else if (more && strcmp(a, "--rw") == 0 && nrw < MAX_PATHS) {
+            rw[nrw++].path = argv[++i];
+        } else if (more && strcmp(a, "--show") == 0 && nshown < MAX_PATHS) {
+            shown[nshown++].path = argv[++i];
+        } else if (more && strcmp(a, "--hide") == 0 && nhidden < MAX_PATHS) {
+            hidden[nhidden++] = argv[++i];
+        } else if (more && strcmp(a, "--landlock-fd") == 0) {
+            landlock = atoi(argv[++i]);
+        } else {
+            die("bad argument %s (usage: hpc-confine [--rw P]... [--hide D]... [--show P]... [--landlock-fd N] "
+                "[--no-namespace] [--subreaper] [--probe] -- PROGRAM [ARGS...])", a);
+        }
+    }
+    if (!probe && i >= argc) die("no program to run");
+    for (int k = 0; k < nrw; ++k)
+        if (rw[k].path[0] != '/') die("%s is not an absolute path", rw[k].path);
+    for (int k = 0; k < nshown; ++k)
+        if (shown[k].path[0] != '/') die("%s is not an absolute path", shown[k].path);
+
+    if (subreaper && !probe) {
+        if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0) die("cannot become a subreaper: %s", strerror(errno));
+        /* The daemon's cancel signals the whole process group: the main
+         * process takes it; this one outlives it to clean up. */
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
+        signal(SIGHUP, SIG_IGN);
+        signal(SIGALRM, on_alarm);
+        main_child = fork();
+        if (main_child < 0) die("cannot fork: %s", strerror(errno));
+        if (main_child > 0) {
+            if (landlock >= 0) close(landlock);
+            return reap();
+        }
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGINT, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
+        signal(SIGALRM, SIG_DFL);
+    }
+    if (mounts) confine_mounts();
     if (landlock >= 0) {
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("cannot set no_new_privs: %s", strerror(errno));
         if (syscall(SYS_landlock_restrict_self, landlock, 0) != 0) die("cannot apply Landlock: %s", strerror(errno));

@@ -100,16 +100,25 @@ std::vector<std::string> Confinement::wrapper(const std::vector<std::string>& wr
     return argv;
 }
 
-void Confinement::apply(SpawnOptions& o, const std::vector<std::string>& writable) const {
-    if (!active()) return;
+void Confinement::apply(SpawnOptions& o, const std::vector<std::string>& writable, Reap reap) const {
+    bool reaper = reap == Reap::Descendants && !m_params.reaperProgram.empty();
+    if (!active() && !reaper) return;
     o.envOverrides.insert(o.envOverrides.begin(), m_env.begin(), m_env.end());
+    std::vector<std::string> prefix;
     if (m_namespace) {
-        auto prefix = wrapper(writable, m_landlock != nullptr);
-        o.argv.insert(o.argv.begin(), prefix.begin(), prefix.end());
-        if (m_landlock) o.extraFds.emplace_back(m_landlock->fd(), kLandlockFd);
-    } else if (m_landlock) {
-        o.landlockRuleset = m_landlock->fd();
+        prefix = wrapper(writable, m_landlock != nullptr);
+    } else if (reaper) {
+        prefix = {m_params.reaperProgram, "--no-namespace"};
+        if (m_landlock) prefix.insert(prefix.end(), {"--landlock-fd", std::to_string(kLandlockFd)});
+        prefix.push_back("--");
     }
+    if (prefix.empty()) {
+        if (m_landlock) o.landlockRuleset = m_landlock->fd();
+        return;
+    }
+    if (reaper) prefix.insert(prefix.begin() + 1, "--subreaper");
+    o.argv.insert(o.argv.begin(), prefix.begin(), prefix.end());
+    if (m_landlock) o.extraFds.emplace_back(m_landlock->fd(), kLandlockFd);
 }
 
 std::vector<std::string> Confinement::layers() const {

@@ -27,6 +27,7 @@ public:
         std::vector<std::string> shown;        ///< files under stateDir commands read (the shell guard)
         std::string runtimeDir;                ///< $XDG_RUNTIME_DIR, hidden too ("" for none)
         std::string confineProgram;            ///< hpc-confine; "" turns the namespace layer off
+        std::string reaperProgram;             ///< hpc-confine for Reap::Descendants, whatever the layers
         bool landlock = true;
     };
 
@@ -36,12 +37,17 @@ public:
     /// that could not be had, with the reason.
     static std::shared_ptr<const Confinement> build(const Params& params, std::vector<std::string>& notes);
 
+    /// Descendants: the process (a local job without a systemd scope) runs
+    /// under hpc-confine --subreaper, which adopts its orphans (setsid,
+    /// double fork) and ends them when its main process ends or is cancelled.
+    enum class Reap { No, Descendants };
+
     /// Applies every layer to a process about to be spawned: its environment
     /// first (the request's own entries, after, may override), then either
     /// the hpc-confine wrapper in front of argv (which applies Landlock after
     /// its mounts) or Landlock directly. `writable` adds paths for this one
     /// process (a local job's directory).
-    void apply(SpawnOptions& options, const std::vector<std::string>& writable = {}) const;
+    void apply(SpawnOptions& options, const std::vector<std::string>& writable = {}, Reap reap = Reap::No) const;
 
     bool active() const { return m_namespace || m_landlock; }
     /// The active kernel layers, for status.

@@ -116,7 +116,10 @@ void LocalScheduler::submit(JobRecord job, const SubmitOptions& options, Submitt
     o.argv = {defaultShell(), job.dir + "/wrapper"};
     o.envOverrides = options.env;
     // Inside the scope: systemd-run runs first, outside the confinement.
-    if (options.confinement) options.confinement->apply(o, {job.dir});
+    // Without a scope, a subreaper ends what the job leaves behind.
+    if (options.confinement)
+        options.confinement->apply(o, {job.dir},
+                                   m_config.systemdRun.empty() ? Confinement::Reap::Descendants : Confinement::Reap::No);
     if (!m_config.systemdRun.empty()) {
         // The scope takes over this very process (same pid), then runs the wrapper.
         std::vector<std::string> run = {m_config.systemdRun, "--user", "--scope", "--quiet", "--collect",

@@ -275,6 +275,51 @@ INSTANTIATE_TEST_SUITE_P(Backends, Jobs, ::testing::Values("local", "slurm"),
 class LocalJobs : public Jobs {};
 
 TEST_P(LocalJobs, ATimeLimitEndsTheJobAsTimeout) {
+/// Whether `pid` has ended (gone, or a zombie not yet reaped).
+bool ended(pid_t pid) {
+    if (::kill(pid, 0) != 0) return true;
+    std::string stat = readFile("/proc/" + std::to_string(pid) + "/stat");
+    auto close = stat.rfind(')');
+    return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 'Z';
+}
+
+TEST_P(LocalJobs, ACancelEndsWhatTheJobLeftBehind) {
+    // Without a systemd scope (nohup mode): a daemonized child (setsid) and a
+    // double-forked one escape the job's process group.
+    auto id = str(submit("setsid sleep 1000 </dev/null >/dev/null 2>&1 &\necho $! > leftover1\n"
+                         "( sleep 1001 </dev/null >/dev/null 2>&1 & echo $! > leftover2 )\n"
+                         "echo started\nsleep 1000\n"),
+                  "job_id");
+    pid_t left1 = 0, left2 = 0;
+    ASSERT_TRUE(waitUntil([&] {
+        try {
+            left1 = std::stoi(readFile(m_work / "leftover1"));
+            left2 = std::stoi(readFile(m_work / "leftover2"));
+        } catch (const std::exception&) {
+            return false;
+        }
+        return left1 > 0 && left2 > 0;
+    }, 30s));
+    m_agent->cancelJob("j", id);
+    auto cb = waitFor(id);
+    EXPECT_EQ(cb.state, "CANCELLED");
+    EXPECT_TRUE(waitUntil([&] { return ended(left1) && ended(left2); }, 20s))
+        << "left behind: " << left1 << " " << left2;
+    if (!ended(left1)) ::kill(left1, SIGKILL);
+    if (!ended(left2)) ::kill(left2, SIGKILL);
+}
+
+TEST_P(LocalJobs, AJobThatEndsTakesWhatItLeftBehindWithIt) {
+    auto id = str(submit("setsid sleep 1000 </dev/null >/dev/null 2>&1 &\necho $! > leftover\necho done\n"),
+                  "job_id");
+    auto cb = waitFor(id);
+    EXPECT_EQ(cb.state, "COMPLETED");
+    pid_t left = std::stoi(readFile(m_work / "leftover"));
+    // The callback comes once the job's reaper has ended everything.
+    EXPECT_TRUE(ended(left)) << "left behind: " << left;
+    if (!ended(left)) ::kill(left, SIGKILL);
+}
+
     agent::JobSpec spec;
     spec.script = "echo start\nsleep 60\n";
     spec.timeLimitSeconds = 1;
