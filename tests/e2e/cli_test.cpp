@@ -34,7 +34,7 @@ TEST_F(CliTest, SetupStoresAPrivateProfileAndRegistersTheDaemon) {
     ASSERT_EQ(r.status, 0) << r.err;
     EXPECT_NE(r.err.find("[5/5]"), std::string::npos) << "progress is shown";
     EXPECT_TRUE(fs::is_directory(work)) << "the allowed directory is created";
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::stat((m_h->home("lab.server-1") / "state.db").c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0600u);
     ASSERT_EQ(::stat(m_h->home("lab.server-1").c_str(), &st), 0);
@@ -54,7 +54,8 @@ TEST_F(CliTest, RerunningSetupUpdatesInsteadOfDuplicating) {
     ASSERT_EQ(store.profiles().size(), 1u);
     EXPECT_EQ(store.profiles()[0].allowedDirs, std::vector<std::string>{fs::canonical(m_h->dir() / "w2").string()});
     auto token = m_h->login("a@example.org");
-    EXPECT_EQ(net::PlatformClient(*parseUrl(m_h->url()), net::ClientOptions{m_h->caFile()}).listDaemons(token).size(), 1u);
+    EXPECT_EQ(net::PlatformClient(*parseUrl(m_h->url()), net::ClientOptions{m_h->caFile()}).listDaemons(token).size(),
+              1u);
 }
 
 TEST_F(CliTest, SetupWarnsLoudlyWithoutAllowedDirectories) {
@@ -101,11 +102,13 @@ TEST_F(CliTest, SetupWithoutTheCaFileExplainsTheUntrustedCertificate) {
 TEST_F(CliTest, SetupRefusesBadInputBeforeContactingThePlatform) {
     auto ctl = Harness::binary("hpc-daemonctl");
     auto env = std::vector<std::string>{"HPC_DAEMON_HOME=" + (m_h->dir() / "h").string()};
-    auto r = runCommand({ctl, "setup", "--no-interview", "--email", "a@example.org", "--url", m_h->url(),
-                         "--daemon-id", "bad/id"}, "", env);
+    auto r = runCommand(
+        {ctl, "setup", "--no-interview", "--email", "a@example.org", "--url", m_h->url(), "--daemon-id", "bad/id"}, "",
+        env);
     EXPECT_EQ(r.status, 2);
     EXPECT_NE(r.err.find("invalid"), std::string::npos);
-    r = runCommand({ctl, "setup", "--no-interview", "--email", "a@example.org", "--url", "http://example.org"}, "", env);
+    r = runCommand({ctl, "setup", "--no-interview", "--email", "a@example.org", "--url", "http://example.org"}, "",
+                   env);
     EXPECT_EQ(r.status, 2);
     EXPECT_NE(r.err.find("https"), std::string::npos);
     r = runCommand({ctl, "setup", "--bogus-flag"}, "", env);
@@ -141,24 +144,32 @@ TEST(RelayCli, DeliversCodesThroughTheConfiguredCommandWithoutACommandLineSecret
     Harness h;  // for the certificate and a scratch directory
     auto sink = h.dir() / "delivered.txt";
     SpawnOptions o;
-    o.argv = {Harness::binary("hpc-relay"), "--port", "0", "--port-file", (h.dir() / "p").string(), "--cert",
-              (h.dir() / "tls" / "cert.pem").string(), "--key", (h.dir() / "tls" / "key.pem").string(), "--data-dir",
-              (h.dir() / "r").string(), "--otp-command",
+    o.argv = {Harness::binary("hpc-relay"),
+              "--port",
+              "0",
+              "--ready-fd",
+              "3",
+              "--cert",
+              (h.dir() / "tls" / "cert.pem").string(),
+              "--key",
+              (h.dir() / "tls" / "key.pem").string(),
+              "--data-dir",
+              (h.dir() / "r").string(),
+              "--otp-command",
               "printf '%s %s\\n' \"$HPC_OTP_EMAIL\" \"$HPC_OTP_CODE\" >> " + sink.string()};
     o.outputFile = (h.dir() / "relay-cmd.log").string();
-    ChildGuard relay(spawn(o).pid);
-    ASSERT_TRUE(waitUntil([&] { return fs::exists(h.dir() / "p"); }, 10s));
-    std::ifstream portIn(h.dir() / "p");
-    int port = 0;
-    portIn >> port;
+    auto relay = spawnReady(o, 3, 60s, o.outputFile);
+    int port = std::stoi(relay.line);
     net::PlatformClient platform(*parseUrl("https://127.0.0.1:" + std::to_string(port)),
                                  net::ClientOptions{h.caFile()});
     Secret signin = platform.requestCode("c@example.org");
     std::string line;
-    ASSERT_TRUE(waitUntil([&] {
-        std::ifstream in(sink);
-        return static_cast<bool>(std::getline(in, line));
-    }, 10s));
+    ASSERT_TRUE(waitUntil(
+        [&] {
+            std::ifstream in(sink);
+            return static_cast<bool>(std::getline(in, line));
+        },
+        10s));
     ASSERT_EQ(line.rfind("c@example.org ", 0), 0u) << line;
     std::string code = line.substr(line.find(' ') + 1);
     EXPECT_EQ(code.size(), 6u);
@@ -174,20 +185,27 @@ TEST(RelayCli, RefusesPlainHttpExceptOnLoopback) {
                          "--data-dir", (h.dir() / "r").string(), "--otp-file", (h.dir() / "c").string()});
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.err.find("loopback"), std::string::npos) << r.err;
-    r = runCommand({Harness::binary("hpc-relay"), "--port", "0", "--data-dir", (h.dir() / "r").string(),
-                    "--otp-file", (h.dir() / "c").string()});
+    r = runCommand({Harness::binary("hpc-relay"), "--port", "0", "--data-dir", (h.dir() / "r").string(), "--otp-file",
+                    (h.dir() / "c").string()});
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.err.find("--cert"), std::string::npos) << r.err;
 
     SpawnOptions o;
-    o.argv = {Harness::binary("hpc-relay"), "--listen", "127.0.0.1", "--port", "0", "--insecure-http", "--port-file",
-              (h.dir() / "p").string(), "--data-dir", (h.dir() / "r").string(), "--otp-file", (h.dir() / "c").string()};
+    o.argv = {Harness::binary("hpc-relay"),
+              "--listen",
+              "127.0.0.1",
+              "--port",
+              "0",
+              "--insecure-http",
+              "--ready-fd",
+              "3",
+              "--data-dir",
+              (h.dir() / "r").string(),
+              "--otp-file",
+              (h.dir() / "c").string()};
     o.outputFile = (h.dir() / "plain.log").string();
-    ChildGuard relay(spawn(o).pid);
-    ASSERT_TRUE(waitUntil([&] { return fs::exists(h.dir() / "p"); }, 10s));
-    std::ifstream portIn(h.dir() / "p");
-    int port = 0;
-    portIn >> port;
+    auto relay = spawnReady(o, 3, 60s, o.outputFile);
+    int port = std::stoi(relay.line);
     auto res = net::httpRequest(*parseUrl("http://127.0.0.1:" + std::to_string(port)), "GET", "/health", "", "");
     EXPECT_EQ(res.status, 200);
 }

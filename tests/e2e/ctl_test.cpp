@@ -4,10 +4,10 @@
 #include "sqlite.hpp"
 #include "store.hpp"
 
-#include <boost/json.hpp>
 #include <gtest/gtest.h>
 #include <sdbus-c++/sdbus-c++.h>
 #include <sys/stat.h>
+#include <boost/json.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -48,17 +48,19 @@ protected:
     }
 
     bool waitLinkConnected(const std::string& id) {
-        return waitUntil([&] {
-            auto s = status(id);
-            return s.at("running").as_bool() && s.at("link_state").as_string() == "connected";
-        }, 20s);
+        return waitUntil(
+            [&] {
+                auto s = status(id);
+                return s.at("running").as_bool() && s.at("link_state").as_string() == "connected";
+            },
+            20s);
     }
 
     Harness m_h;
 };
 
 mode_t modeOf(const fs::path& p) {
-    struct stat st{};
+    struct stat st {};
     return ::stat(p.c_str(), &st) == 0 ? st.st_mode & 0777 : 0;
 }
 
@@ -74,7 +76,7 @@ std::string allProcessCommandLines() {
 }  // namespace
 
 TEST_F(CtlTest, StartStatusListStopWithoutASessionBus) {
-    setup("d1", "w");
+    ASSERT_NO_FATAL_FAILURE(setup("d1", "w"));
     auto r = ctl("d1", {"status"});
     EXPECT_EQ(r.status, 3) << "not running yet";
     EXPECT_NE(r.out.find("not running"), std::string::npos);
@@ -123,7 +125,7 @@ TEST_F(CtlTest, StartStatusListStopWithoutASessionBus) {
 }
 
 TEST_F(CtlTest, ASecondDaemonForTheSameProfileIsRefusedAndTheFirstCarriesOn) {
-    setup("d1", "w");
+    ASSERT_NO_FATAL_FAILURE(setup("d1", "w"));
     auto r = ctl("d1", {"start"});
     ASSERT_EQ(r.status, 0) << r.out << r.err;
     ASSERT_TRUE(waitLinkConnected("d1")) << ctl("d1", {"logs"}).out;
@@ -150,7 +152,7 @@ TEST_F(CtlTest, ASecondDaemonForTheSameProfileIsRefusedAndTheFirstCarriesOn) {
 
 TEST_F(CtlTest, StartStatusStopOnASessionBus) {
     m_h.startSessionBus();
-    setup("d2", "w");
+    ASSERT_NO_FATAL_FAILURE(setup("d2", "w"));
     ASSERT_EQ(ctl("d2", {"start"}).status, 0);
     ASSERT_TRUE(waitLinkConnected("d2"));
     EXPECT_EQ(status("d2").at("bus_address").as_string(), m_h.sessionBusAddress());
@@ -164,7 +166,7 @@ TEST_F(CtlTest, StartStatusStopOnASessionBus) {
 }
 
 TEST_F(CtlTest, RerunningSetupReloadsTheRunningDaemon) {
-    setup("d3", "first");
+    ASSERT_NO_FATAL_FAILURE(setup("d3", "first"));
     ASSERT_EQ(ctl("d3", {"start"}).status, 0);
     ASSERT_TRUE(waitLinkConnected("d3"));
     auto r = m_h.setupDaemon("d3", "alice@example.org", {(m_h.dir() / "second").string()});
@@ -179,7 +181,7 @@ TEST_F(CtlTest, RerunningSetupReloadsTheRunningDaemon) {
 
 TEST_F(CtlTest, CallingTheBusNameActivatesTheDaemon) {
     m_h.startSessionBus();
-    setup("d4", "w");
+    ASSERT_NO_FATAL_FAILURE(setup("d4", "w"));
     auto activation = m_h.xdgDataHome() / "dbus-1" / "services" / "org.tiptree.HpcDaemon.d4.service";
     ASSERT_TRUE(fs::exists(activation)) << "setup writes the activation file";
     EXPECT_EQ(ctl("d4", {"status"}).status, 3);
@@ -193,7 +195,7 @@ TEST_F(CtlTest, CallingTheBusNameActivatesTheDaemon) {
 }
 
 TEST_F(CtlTest, TheApiKeyAppearsInNoCommandLineLogOrStatus) {
-    setup("d5", "w");
+    ASSERT_NO_FATAL_FAILURE(setup("d5", "w"));
     ASSERT_EQ(ctl("d5", {"start"}).status, 0);
     ASSERT_TRUE(waitLinkConnected("d5"));
     std::string key = Store::open(m_h.home("d5")).profile("d5")->apiKey.reveal();
@@ -207,7 +209,7 @@ TEST_F(CtlTest, TheApiKeyAppearsInNoCommandLineLogOrStatus) {
 }
 
 TEST_F(CtlTest, SeveralProfilesNeedADaemonId) {
-    setup("d6", "w");
+    ASSERT_NO_FATAL_FAILURE(setup("d6", "w"));
     // A second profile in the same state directory.
     auto store = Store::open(m_h.home("d6"));
     auto p = *store.profile("d6");
@@ -229,11 +231,11 @@ TEST_F(CtlTest, TheInterviewAsksEachQuestionInOrder) {
     // directory, the default job directory, instructions, a cluster name.
     auto r = m_h.runTypingCode({Harness::binary("hpc-daemonctl"), "setup", "--email", "alice@example.org", "--url",
                                 m_h.url(), "--daemon-id", "iv", "--ca-file", m_h.caFile()},
-                               env, "alice@example.org",
-                               "yes\n2\n" + work.string() + "\n\nUse the GPU queue.\nMila\n");
+                               env, "alice@example.org", "yes\n2\n" + work.string() + "\n\nUse the GPU queue.\nMila\n");
     ASSERT_EQ(r.status, 0) << r.err;
-    auto order = {"Enter the code", "REMOTE CODE EXECUTION", "Creating an API key", "Skill", "Allowed directories",
-                  "Working directory for jobs", "Instructions", "Cluster name", "Registering daemon"};
+    auto order = {"Enter the code", "REMOTE CODE EXECUTION", "Creating an API key",
+                  "Skill",          "Allowed directories",   "Working directory for jobs",
+                  "Instructions",   "Cluster name",          "Registering daemon"};
     std::size_t at = 0;
     for (const char* step : order) {
         auto p = r.err.find(step, at);
@@ -263,14 +265,14 @@ TEST_F(CtlTest, DecliningTheDisclaimerSavesNothing) {
 TEST_F(CtlTest, AnExpiredCodeIsRefused) {
     std::vector<std::string> env = m_h.baseEnv();
     env.push_back("HPC_DAEMON_HOME=" + m_h.home("ex").string());
-    auto r = m_h.runTypingCode({Harness::binary("hpc-daemonctl"), "setup", "--no-interview", "--email",
-                                "alice@example.org", "--url", m_h.url(), "--daemon-id", "ex", "--ca-file",
-                                m_h.caFile()},
-                               env, "alice@example.org", {}, [&] {
-                                   // Ten minutes pass before the user types the code.
-                                   auto db = sqlite::Db::open((m_h.dir() / "relay" / "relay.db").string());
-                                   db.exec("UPDATE signins SET expires_at = 0");
-                               });
+    auto r =
+        m_h.runTypingCode({Harness::binary("hpc-daemonctl"), "setup", "--no-interview", "--email", "alice@example.org",
+                           "--url", m_h.url(), "--daemon-id", "ex", "--ca-file", m_h.caFile()},
+                          env, "alice@example.org", {}, [&] {
+                              // Ten minutes pass before the user types the code.
+                              auto db = sqlite::Db::open((m_h.dir() / "relay" / "relay.db").string());
+                              db.exec("UPDATE signins SET expires_at = 0");
+                          });
     EXPECT_EQ(r.status, 6);
     EXPECT_NE(r.err.find("expired"), std::string::npos) << r.err;
 }

@@ -6,8 +6,8 @@
 #include "store.hpp"
 
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <filesystem>
@@ -79,7 +79,7 @@ int countOf(const std::string& haystack, const std::string& needle) {
 TEST_F(EndToEnd, ACommandSeesOnlyItsOwnDescriptors) {
     // Not the daemon's platform link, its D-Bus connection or anything its
     // starter left open: a command could shut the link down through them.
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     agent::ExecSpec spec;
     spec.argv = {"ls", "-l", "/proc/self/fd"};
     auto r = m_agent->exec("d1", spec, 60s);
@@ -92,7 +92,7 @@ TEST_F(EndToEnd, ACommandSeesOnlyItsOwnDescriptors) {
 }
 
 TEST_F(EndToEnd, ExecReturnsOutputAndExitCode) {
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     auto r = sh("echo hello; echo warn >&2; exit 3");
     EXPECT_EQ(r.out, "hello\n");
     EXPECT_EQ(r.err, "warn\n");
@@ -105,7 +105,7 @@ TEST_F(EndToEnd, ExecReturnsOutputAndExitCode) {
 }
 
 TEST_F(EndToEnd, ExecRunsInTheAllowedDirectoryAndRefusesOthers) {
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     EXPECT_EQ(sh("pwd").out, fs::canonical(m_work).string() + "\n");
     agent::ExecSpec spec;
     spec.argv = {"pwd"};
@@ -121,7 +121,7 @@ TEST_F(EndToEnd, ExecRunsInTheAllowedDirectoryAndRefusesOthers) {
 }
 
 TEST_F(EndToEnd, ExecReportsASignalExit) {
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     auto r = sh("kill -KILL $$");
     EXPECT_FALSE(r.exitCode);
     EXPECT_EQ(r.signal, SIGKILL);
@@ -129,7 +129,7 @@ TEST_F(EndToEnd, ExecReportsASignalExit) {
 }
 
 TEST_F(EndToEnd, ExecPassesStdinAndCapsOutput) {
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     agent::ExecSpec spec;
     spec.argv = {"sort"};
     spec.stdinData = "b\na\nc\n";
@@ -143,7 +143,7 @@ TEST_F(EndToEnd, ExecPassesStdinAndCapsOutput) {
 }
 
 TEST_F(EndToEnd, TimeoutKillsTheWholeProcessGroup) {
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     auto pidFile = m_work / "grandchild.pid";
     auto r = sh("(trap '' TERM; sleep 120) & echo $! > " + pidFile.string() + "; sleep 120", 0.5);
     EXPECT_TRUE(r.timedOut);
@@ -155,7 +155,7 @@ TEST_F(EndToEnd, TimeoutKillsTheWholeProcessGroup) {
 }
 
 TEST_F(EndToEnd, ManyExecsRunConcurrently) {
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     // Twenty one-second commands at once: sent together, answered together.
     std::set<std::string> ids;
     for (int i = 0; i < 20; ++i) {
@@ -179,7 +179,7 @@ TEST_F(EndToEnd, ManyExecsRunConcurrently) {
 }
 
 TEST_F(EndToEnd, AnAgentCannotReachAnotherUsersDaemon) {
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     auto bobToken = m_h->login("bob@example.org");
     auto bob = m_h->agent(bobToken);
     agent::ExecSpec spec;
@@ -196,8 +196,7 @@ TEST_F(EndToEnd, AnAgentCannotReachAnotherUsersDaemon) {
 TEST_F(EndToEnd, ABadApiKeyIsRefusedAndRetriedSlowly) {
     m_h->editProfile("d1", [](Profile& p) { p.apiKey = Secret("hpcd_not_a_real_key"); });
     m_h->startDaemon("d1", {"--reconnect-max-seconds", "0.2"});
-    ASSERT_TRUE(waitUntil([&] { return m_h->daemonLog("d1").find("refused") != std::string::npos; }, 10s))
-        << m_h->daemonLog("d1");
+    ASSERT_TRUE(m_h->waitLinkState("d1", "unauthorized", 10s)) << m_h->daemonLog("d1");
     std::this_thread::sleep_for(2s);
     EXPECT_EQ(countOf(m_h->relayLog(), "bad or missing API key"), 1)
         << "a refused key must not be retried in a tight loop";
@@ -206,10 +205,13 @@ TEST_F(EndToEnd, ABadApiKeyIsRefusedAndRetriedSlowly) {
 }
 
 TEST_F(EndToEnd, DaemonReconnectsAfterTheRelayRestarts) {
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     ASSERT_EQ(sh("echo before").out, "before\n");
     m_h->killRelay();
-    ASSERT_TRUE(waitUntil([&] { return m_h->daemonLog("d1").find("retrying") != std::string::npos; }, 10s));
+    // The daemon saw its link drop (it may go through backoff too fast to be seen).
+    ASSERT_TRUE(m_h->waitStatus(
+        "d1", [](const json::object& s) { return s.at("link_state").as_string() != "connected"; }, 10s))
+        << m_h->daemonLog("d1");
     m_h->startRelay(m_h->port());
     // Backoff is capped at 1 s here: the daemon must be back well within that.
     ASSERT_TRUE(m_h->waitConnected(m_token, "d1", 15s)) << m_h->daemonLog("d1");
@@ -218,18 +220,20 @@ TEST_F(EndToEnd, DaemonReconnectsAfterTheRelayRestarts) {
 }
 
 TEST_F(EndToEnd, ADeadLinkIsDetectedWithinThreeHeartbeats) {
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     // A frozen relay keeps the TCP connection open but answers nothing: only
     // the heartbeat can tell.
+    ASSERT_TRUE(m_h->waitLinkState("d1", "connected", 10s));
     ::kill(m_h->relayPid(), SIGSTOP);
-    bool detected = waitUntil([&] { return m_h->daemonLog("d1").find("the link is dead") != std::string::npos; }, 10s);
+    bool detected = m_h->waitStatus(
+        "d1", [](const json::object& s) { return s.at("link_state").as_string() != "connected"; }, 10s);
     ::kill(m_h->relayPid(), SIGCONT);
     EXPECT_TRUE(detected) << m_h->daemonLog("d1");
     EXPECT_TRUE(m_h->waitConnected(m_token, "d1", 15s));
 }
 
 TEST_F(EndToEnd, EveryMalformedMessageGetsAProtocolErrorAndTheLinkStaysUp) {
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     struct Case {
         std::string frame;
         ErrorCode expected;
@@ -264,27 +268,29 @@ TEST_F(EndToEnd, EveryMalformedMessageGetsAProtocolErrorAndTheLinkStaysUp) {
 }
 
 TEST_F(EndToEnd, ASecondConnectionOfTheSameDaemonReplacesTheFirst) {
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     // The same profile from another home (a second machine with a copy of
     // it): on a shared home the pid-file lock refuses the second daemon.
     fs::path otherHome = m_h->dir() / "other-home";
     fs::create_directories(otherHome);
     fs::permissions(otherHome, fs::perms::owner_all, fs::perm_options::replace);
     for (const auto& e : fs::directory_iterator(m_h->home("d1")))
-        if (e.path().filename().string().rfind("state.db", 0) == 0) fs::copy_file(e.path(), otherHome / e.path().filename());
+        if (e.path().filename().string().rfind("state.db", 0) == 0)
+            fs::copy_file(e.path(), otherHome / e.path().filename());
     SpawnOptions o;
     o.argv = {Harness::binary("hpc-daemond"), "--daemon-id", "d1", "--unauthorized-retry-seconds", "60"};
     o.envOverrides = {"HPC_DAEMON_HOME=" + otherHome.string()};
     o.outputFile = (m_h->dir() / "second.log").string();
+    o.dieWithParent = true;  // nothing the test starts outlives it
     ChildGuard second(spawn(o).pid);
-    EXPECT_TRUE(waitUntil([&] { return m_h->relayLog().find("replacing its previous connection") != std::string::npos; },
-                          10s))
+    EXPECT_TRUE(
+        waitUntil([&] { return m_h->relayLog().find("replacing its previous connection") != std::string::npos; }, 10s))
         << m_h->relayLog();
     second.terminate();
 }
 
 TEST_F(EndToEnd, LoosenedModesInTheStateDirectoryAreSetBack) {
-    startDaemon({"--state-check-seconds", "1"});
+    ASSERT_NO_FATAL_FAILURE(startDaemon({"--state-check-seconds", "1"}));
     fs::path home = m_h->home("d1");
     auto modeOf = [](const fs::path& p) {
         struct stat st {};
@@ -299,7 +305,7 @@ TEST_F(EndToEnd, LoosenedModesInTheStateDirectoryAreSetBack) {
 }
 
 TEST_F(EndToEnd, DaemonExitsCleanlyOnSigterm) {
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     pid_t pid = m_h->daemonPid("d1");
     ASSERT_GT(pid, 0);
     ::kill(pid, SIGTERM);
@@ -312,7 +318,7 @@ TEST_F(EndToEnd, DaemonExitsCleanlyOnSigterm) {
 }
 
 TEST_F(EndToEnd, EveryExecIsInTheAuditLogWithItsAgentAndExitCode) {
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     sh("echo audited; exit 4");
     agent::ExecSpec spec;
     spec.argv = {"true"};

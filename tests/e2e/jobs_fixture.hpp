@@ -38,7 +38,7 @@ protected:
         ASSERT_EQ(m_h.setupDaemon("j", "j@example.org", {m_work.string()}).status, 0);
         m_token = m_h.login("j@example.org");
         beforeDaemonStart();
-        startDaemon();
+        ASSERT_NO_FATAL_FAILURE(startDaemon());
         m_agent = m_h.agent(m_token);
     }
 
@@ -53,7 +53,10 @@ protected:
     }
 
     void startDaemon() {
-        m_h.startDaemon("j", {"--job-poll-min-seconds", "1", "--job-poll-max-seconds", "2"}, daemonEnv());
+        // A relay that comes back is found within 2 s, not after a backoff of up to 30 s.
+        m_h.startDaemon("j",
+                        {"--job-poll-min-seconds", "1", "--job-poll-max-seconds", "2", "--reconnect-max-seconds", "2"},
+                        daemonEnv());
         ASSERT_TRUE(m_h.waitConnected(m_token, "j")) << m_h.daemonLog("j");
     }
 
@@ -89,8 +92,6 @@ protected:
     std::unique_ptr<agent::AgentClient> m_agent;
 };
 
-
-
 /// Every squeue, scontrol and sacct call the daemon makes goes through a
 /// wrapper that logs it and runs the real program.
 class SlurmJobs : public Jobs {
@@ -115,6 +116,5 @@ protected:
         return runCommand(argv, {}, {"SLURM_CONF=" + slurmConf()}, 30s);
     }
 };
-
 
 }  // namespace hpc::test::jobs

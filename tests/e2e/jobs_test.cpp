@@ -37,7 +37,8 @@ TEST_P(Jobs, ACompletedJobCallsBackOnceWithItsOutputAndContext) {
     EXPECT_EQ(stateOf(id), "COMPLETED");
     // Exactly one callback reached the platform, and the daemon's outbox is empty once acknowledged.
     EXPECT_EQ(m_agent->storedCallbacks("j", id).size(), 1u);
-    ASSERT_TRUE(waitUntil([&] { return m_h.daemonLog("j").find("acknowledged by the platform") != std::string::npos; }, 10s));
+    EXPECT_TRUE(m_h.waitStatus(
+        "j", [](const json::object& s) { return s.at("pending_callbacks").to_number<int>() == 0; }, 10s));
 }
 
 TEST_P(Jobs, AJobSeesOnlyItsOwnDescriptors) {
@@ -135,7 +136,7 @@ TEST_P(Jobs, ADaemonKilledMidJobDeliversExactlyOneCallbackAfterRestart) {
     m_h.killDaemon("j");
     // The job ends while no daemon watches it.
     ASSERT_TRUE(waitUntil([&] { return fs::exists(m_work / ".hpc-daemon/jobs" / id / "exit_status"); }, 60s));
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     auto cb = waitFor(id);
     EXPECT_EQ(cb.state, "FAILED");
     EXPECT_EQ(cb.exitCode, 5);
@@ -149,7 +150,7 @@ TEST_P(Jobs, ARunningJobIsFollowedAgainAfterADaemonRestart) {
     auto id = str(submit("sleep 3\necho done\n"), "job_id");
     ASSERT_TRUE(waitState(id, "RUNNING"));
     m_h.killDaemon("j");
-    startDaemon();  // the job is still running: re-adopted, not settled early
+    ASSERT_NO_FATAL_FAILURE(startDaemon());  // the job is still running: re-adopted, not settled early
     auto cb = waitFor(id);
     EXPECT_EQ(cb.state, "COMPLETED");
     EXPECT_EQ(cb.stdoutTail, "done\n");
@@ -159,8 +160,9 @@ TEST_P(Jobs, ACallbackMadeWhileTheRelayIsDownArrivesWhenItReturns) {
     auto id = str(submit("sleep 2\necho finished\n"), "job_id");
     m_h.stopRelay();
     ASSERT_TRUE(waitUntil([&] { return fs::exists(m_work / ".hpc-daemon/jobs" / id / "exit_status"); }, 60s));
-    ASSERT_TRUE(waitUntil([&] { return m_h.daemonLog("j").find("callback") != std::string::npos &&
-                                       m_h.daemonLog("j").find("queued") != std::string::npos; }, 30s));
+    ASSERT_TRUE(m_h.waitStatus(
+        "j", [](const json::object& s) { return s.at("pending_callbacks").to_number<int>() == 1; }, 30s))
+        << m_h.daemonLog("j");
     // The user sees it waiting.
     std::vector<std::string> ctlEnv = m_h.baseEnv();
     ctlEnv.push_back("HPC_DAEMON_HOME=" + m_h.home("j").string());
@@ -201,6 +203,7 @@ TEST_P(Jobs, WaitRidesOutAPlatformRestart) {
         return n;
     };
     std::size_t before = agentsConnected();
+    o.dieWithParent = true;  // nothing the test starts outlives it
     ChildGuard waiter(spawn(o).pid);
     ASSERT_TRUE(waitUntil([&] { return agentsConnected() > before; }, 30s));
     m_h.stopRelay();
@@ -274,7 +277,6 @@ INSTANTIATE_TEST_SUITE_P(Backends, Jobs, ::testing::Values("local", "slurm"),
 
 class LocalJobs : public Jobs {};
 
-TEST_P(LocalJobs, ATimeLimitEndsTheJobAsTimeout) {
 /// Whether `pid` has ended (gone, or a zombie not yet reaped).
 bool ended(pid_t pid) {
     if (::kill(pid, 0) != 0) return true;
@@ -291,15 +293,17 @@ TEST_P(LocalJobs, ACancelEndsWhatTheJobLeftBehind) {
                          "echo started\nsleep 1000\n"),
                   "job_id");
     pid_t left1 = 0, left2 = 0;
-    ASSERT_TRUE(waitUntil([&] {
-        try {
-            left1 = std::stoi(readFile(m_work / "leftover1"));
-            left2 = std::stoi(readFile(m_work / "leftover2"));
-        } catch (const std::exception&) {
-            return false;
-        }
-        return left1 > 0 && left2 > 0;
-    }, 30s));
+    ASSERT_TRUE(waitUntil(
+        [&] {
+            try {
+                left1 = std::stoi(readFile(m_work / "leftover1"));
+                left2 = std::stoi(readFile(m_work / "leftover2"));
+            } catch (const std::exception&) {
+                return false;
+            }
+            return left1 > 0 && left2 > 0;
+        },
+        30s));
     m_agent->cancelJob("j", id);
     auto cb = waitFor(id);
     EXPECT_EQ(cb.state, "CANCELLED");
@@ -310,8 +314,7 @@ TEST_P(LocalJobs, ACancelEndsWhatTheJobLeftBehind) {
 }
 
 TEST_P(LocalJobs, AJobThatEndsTakesWhatItLeftBehindWithIt) {
-    auto id = str(submit("setsid sleep 1000 </dev/null >/dev/null 2>&1 &\necho $! > leftover\necho done\n"),
-                  "job_id");
+    auto id = str(submit("setsid sleep 1000 </dev/null >/dev/null 2>&1 &\necho $! > leftover\necho done\n"), "job_id");
     auto cb = waitFor(id);
     EXPECT_EQ(cb.state, "COMPLETED");
     pid_t left = std::stoi(readFile(m_work / "leftover"));
@@ -320,6 +323,7 @@ TEST_P(LocalJobs, AJobThatEndsTakesWhatItLeftBehindWithIt) {
     if (!ended(left)) ::kill(left, SIGKILL);
 }
 
+TEST_P(LocalJobs, ATimeLimitEndsTheJobAsTimeout) {
     agent::JobSpec spec;
     spec.script = "echo start\nsleep 60\n";
     spec.timeLimitSeconds = 1;
@@ -336,13 +340,14 @@ TEST_P(LocalJobs, AJobWhosePidNeverReachedTheStoreIsFoundByItsPidFile) {
     // As if the daemon had been killed between starting the job and recording it.
     {
         auto db = sqlite::Db::open((m_h.home("j") / Store::kFileName).string());
-        auto st = db.prepare("UPDATE jobs SET state = 'SUBMITTING', pid = 0, pid_start = 0, scheduler_id = '', "
-                             "started_at = 0 WHERE job_id = ?1");
+        auto st = db.prepare(
+            "UPDATE jobs SET state = 'SUBMITTING', pid = 0, pid_start = 0, scheduler_id = '', "
+            "started_at = 0 WHERE job_id = ?1");
         st.bind(1, id);
         st.run();
         ASSERT_EQ(db.changes(), 1);
     }
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     // Followed again (not reported FAILED while it runs), then ends as it should.
     ASSERT_TRUE(waitState(id, "RUNNING"));
     auto cb = waitFor(id);
@@ -381,7 +386,7 @@ TEST_P(LocalJobs, UnderSystemdEachJobGetsItsOwnScope) {
     m_h.killDaemon("j");
     m_pathPrefix = bin.string();
     m_extraEnv = {"INVOCATION_ID=0123456789abcdef0123456789abcdef"};  // what systemd sets for its services
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     m_agent = m_h.agent(m_token);
     auto id = str(submit("echo scoped\n"), "job_id");
     auto cb = waitFor(id);

@@ -6,12 +6,12 @@
 #include "relay_db.hpp"
 #include "store.hpp"
 
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <termios.h>
-#include <signal.h>
 
 #include <filesystem>
 #include <fstream>
@@ -85,11 +85,10 @@ protected:
     std::unique_ptr<agent::AgentClient> m_agent;
 };
 
-
 }  // namespace
 
 TEST_F(PtyTest, RunsCommandsInAShellInTheAllowedDirectory) {
-    start();
+    ASSERT_NO_FATAL_FAILURE(start());
     auto pty = open();
     EXPECT_GT(pty.pid, 0);
     m_agent->ptyInput(pty.channel, "echo hello-$((40+2)); pwd\r");
@@ -99,7 +98,7 @@ TEST_F(PtyTest, RunsCommandsInAShellInTheAllowedDirectory) {
 }
 
 TEST_F(PtyTest, FiftyMegabytesArriveByteExact) {
-    start();
+    ASSERT_NO_FATAL_FAILURE(start());
     agent::ExecSpec make;
     make.command = "head -c 37500000 /dev/urandom | base64 -w 0 > data.b64 && sha256sum data.b64 | cut -d' ' -f1";
     auto made = m_agent->exec("p", make, 60s);
@@ -119,7 +118,7 @@ TEST_F(PtyTest, FiftyMegabytesArriveByteExact) {
 }
 
 TEST_F(PtyTest, AShellSeesOnlyItsOwnDescriptors) {
-    start();
+    ASSERT_NO_FATAL_FAILURE(start());
     auto pty = open();
     m_agent->ptyInput(pty.channel, "ls -l /proc/$$/fd; echo END-OF-$((1+1))\r");
     auto out = readUntil(pty.channel, contains("END-OF-2"));
@@ -135,7 +134,7 @@ TEST_F(PtyTest, AShellSeesOnlyItsOwnDescriptors) {
 }
 
 TEST_F(PtyTest, SttySizeShowsTheOpenedAndTheResizedSize) {
-    start();
+    ASSERT_NO_FATAL_FAILURE(start());
     auto pty = open(100, 30);
     m_agent->ptyInput(pty.channel, "stty size\r");
     EXPECT_NE(readUntil(pty.channel, contains("30 100")).find("30 100"), std::string::npos);
@@ -145,7 +144,7 @@ TEST_F(PtyTest, SttySizeShowsTheOpenedAndTheResizedSize) {
 }
 
 TEST_F(PtyTest, CtrlCReachesTheForegroundProgram) {
-    start();
+    ASSERT_NO_FATAL_FAILURE(start());
     auto pty = open();
     m_agent->ptyInput(pty.channel, "sleep 100; echo after-sleep\r");
     std::this_thread::sleep_for(500ms);
@@ -157,17 +156,19 @@ TEST_F(PtyTest, CtrlCReachesTheForegroundProgram) {
 }
 
 TEST_F(PtyTest, ReportsExitCodesAndSignalExits) {
-    start();
+    ASSERT_NO_FATAL_FAILURE(start());
     auto a = open();
     m_agent->ptyInput(a.channel, "exit 7\r");
     std::optional<agent::PtyEvent> exit;
-    readUntil(a.channel, [](const std::string&) { return false; }, 10s, &exit);
+    readUntil(
+        a.channel, [](const std::string&) { return false; }, 10s, &exit);
     ASSERT_TRUE(exit);
     EXPECT_EQ(exit->exitCode, 7);
     auto b = open();
     m_agent->ptyInput(b.channel, "kill -KILL $$\r");
     exit.reset();
-    readUntil(b.channel, [](const std::string&) { return false; }, 10s, &exit);
+    readUntil(
+        b.channel, [](const std::string&) { return false; }, 10s, &exit);
     ASSERT_TRUE(exit);
     EXPECT_FALSE(exit->exitCode);
     EXPECT_EQ(exit->signal, SIGKILL);
@@ -176,7 +177,7 @@ TEST_F(PtyTest, ReportsExitCodesAndSignalExits) {
 }
 
 TEST_F(PtyTest, WithoutCreditTheProgramBlocksAndTheDaemonDoesNotGrow) {
-    start();
+    ASSERT_NO_FATAL_FAILURE(start());
     agent::PtySpec spec;
     spec.shell = "/bin/bash";
     spec.credit = 64 * 1024;
@@ -214,7 +215,7 @@ TEST_F(PtyTest, WithoutCreditTheProgramBlocksAndTheDaemonDoesNotGrow) {
 
 TEST_F(PtyTest, TheSessionLimitIsEnforcedWithAClearError) {
     m_h.editProfile("p", [](Profile& p) { p.maxSessions = 2; });
-    start();
+    ASSERT_NO_FATAL_FAILURE(start());
     open();
     open();
     try {
@@ -227,16 +228,17 @@ TEST_F(PtyTest, TheSessionLimitIsEnforcedWithAClearError) {
 }
 
 TEST_F(PtyTest, AnAgentsDisconnectClosesItsShellsAfterTheGracePeriod) {
-    start({"--pty-detach-grace-seconds", "1"});
+    ASSERT_NO_FATAL_FAILURE(start({"--pty-detach-grace-seconds", "1"}));
     auto pty = open();
     ASSERT_GT(pty.pid, 0);
     EXPECT_EQ(::kill(pty.pid, 0), 0);
     m_agent.reset();  // the agent goes away
-    EXPECT_TRUE(waitUntil([&] { return ::kill(pty.pid, 0) != 0; }, 15s)) << "shell " << pty.pid << " outlived its agent";
+    EXPECT_TRUE(waitUntil([&] { return ::kill(pty.pid, 0) != 0; }, 15s))
+        << "shell " << pty.pid << " outlived its agent";
 }
 
 TEST_F(PtyTest, ShellsAreConfinedByLandlockToo) {
-    start();
+    ASSERT_NO_FATAL_FAILURE(start());
     auto pty = open();
     auto outside = m_h.dir() / "outside-pty";
     fs::create_directories(outside);
@@ -246,7 +248,7 @@ TEST_F(PtyTest, ShellsAreConfinedByLandlockToo) {
 }
 
 TEST_F(PtyTest, AgentShellIsAnInteractiveTerminalLikeSsh) {
-    start();
+    ASSERT_NO_FATAL_FAILURE(start());
     // A terminal for hpc-agent itself, as a person's would be.
     UniqueFd master(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
     ASSERT_TRUE(master);
@@ -265,21 +267,24 @@ TEST_F(PtyTest, AgentShellIsAnInteractiveTerminalLikeSsh) {
     o.envOverrides = {"HPC_AGENT_URL=" + m_h.url(), "HPC_AGENT_TOKEN=" + m_token.reveal(),
                       "HPC_AGENT_CA=" + m_h.caFile(), "TERM=dumb"};
     o.controllingTerminal = slave.get();
+    o.dieWithParent = true;  // nothing the test starts outlives it
     ChildGuard agentProcess(spawn(o).pid);
     slave.reset();
 
     std::string screen;
     auto readFor = [&](const std::string& needle) {
-        return waitUntil([&] {
-            char buf[4096];
-            pollfd p{master.get(), POLLIN, 0};
-            while (::poll(&p, 1, 20) > 0) {
-                ssize_t n = ::read(master.get(), buf, sizeof buf);
-                if (n <= 0) break;
-                screen.append(buf, static_cast<std::size_t>(n));
-            }
-            return screen.find(needle) != std::string::npos;
-        }, 15s);
+        return waitUntil(
+            [&] {
+                char buf[4096];
+                pollfd p{master.get(), POLLIN, 0};
+                while (::poll(&p, 1, 20) > 0) {
+                    ssize_t n = ::read(master.get(), buf, sizeof buf);
+                    if (n <= 0) break;
+                    screen.append(buf, static_cast<std::size_t>(n));
+                }
+                return screen.find(needle) != std::string::npos;
+            },
+            15s);
     };
     auto type = [&](const std::string& s) { ASSERT_EQ(::write(master.get(), s.data(), s.size()), (ssize_t)s.size()); };
 
@@ -301,7 +306,7 @@ TEST_F(PtyTest, AgentShellIsAnInteractiveTerminalLikeSsh) {
 }
 
 TEST_F(PtyTest, ShellLinesAreInTheAuditLog) {
-    start();
+    ASSERT_NO_FATAL_FAILURE(start());
     auto pty = open();
     m_agent->ptyInput(pty.channel, "echo audited-line\r");
     readUntil(pty.channel, contains("audited-line\r\n"));
@@ -310,10 +315,13 @@ TEST_F(PtyTest, ShellLinesAreInTheAuditLog) {
     readUntil(pty.channel, contains("done-42\r\n"));
     std::vector<std::string> env = {"HPC_DAEMON_HOME=" + m_h.home("p").string()};
     std::string out;
-    ASSERT_TRUE(waitUntil([&] {
-        out = runCommand({Harness::binary("hpc-daemonctl"), "audit", "--json"}, {}, env).out;
-        return out.find("done-$((6*7))") != std::string::npos;
-    }, 10s)) << out;
+    ASSERT_TRUE(waitUntil(
+        [&] {
+            out = runCommand({Harness::binary("hpc-daemonctl"), "audit", "--json"}, {}, env).out;
+            return out.find("done-$((6*7))") != std::string::npos;
+        },
+        10s))
+        << out;
     auto entries = boost::json::parse(out).as_array();
     ASSERT_EQ(entries.size(), 3u) << out;
     EXPECT_EQ(entries[0].at("command").as_string(), "echo audited-line");
@@ -326,7 +334,7 @@ TEST_F(PtyTest, ShellLinesAreInTheAuditLog) {
 
 TEST_F(PtyTest, AnIdleShellIsHungUpAfterTheProfilesTimeout) {
     m_h.editProfile("p", [](Profile& p) { p.idleTimeoutSeconds = 2; });
-    start();
+    ASSERT_NO_FATAL_FAILURE(start());
     auto pty = open();
     // Activity keeps it open past the timeout...
     for (int i = 0; i < 3; ++i) {
@@ -337,7 +345,8 @@ TEST_F(PtyTest, AnIdleShellIsHungUpAfterTheProfilesTimeout) {
     EXPECT_EQ(::kill(pty.pid, 0), 0) << "hung up while in use";
     // ...silence ends it.
     std::optional<agent::PtyEvent> exit;
-    readUntil(pty.channel, [](const std::string&) { return false; }, 15s, &exit);
+    readUntil(
+        pty.channel, [](const std::string&) { return false; }, 15s, &exit);
     ASSERT_TRUE(exit);
     EXPECT_EQ(exit->signal, SIGHUP);
 }

@@ -99,14 +99,25 @@ public:
     RelayProcess(const fs::path& dir, const std::string& nofile) : m_dir(dir) {
         fs::create_directories(dir);
         SpawnOptions o;
-        o.argv = {"prlimit", "--nofile=" + nofile, "--", Harness::binary("hpc-relay"), "--listen", "127.0.0.1",
-                  "--port", "0", "--insecure-http", "--port-file", (dir / "port").string(), "--data-dir",
-                  (dir / "data").string(), "--otp-command", "echo \"$HPC_OTP_EMAIL\" >> " + (dir / "sent").string()};
+        o.argv = {"prlimit",
+                  "--nofile=" + nofile,
+                  "--",
+                  Harness::binary("hpc-relay"),
+                  "--listen",
+                  "127.0.0.1",
+                  "--port",
+                  "0",
+                  "--insecure-http",
+                  "--ready-fd",
+                  "3",
+                  "--data-dir",
+                  (dir / "data").string(),
+                  "--otp-command",
+                  "echo \"$HPC_OTP_EMAIL\" >> " + (dir / "sent").string()};
         o.outputFile = (dir / "relay.log").string();
-        m_relay = ChildGuard(spawn(o).pid);
-        if (!waitUntil([&] { return fs::exists(dir / "port") || m_relay.poll(); }, 10s) || !m_relay.running())
-            throw std::runtime_error("hpc-relay did not start: " + log());
-        m_port = std::stoi(readFile(dir / "port"));
+        auto ready = spawnReady(o, 3, 60s, o.outputFile);
+        m_relay = std::move(ready.child);
+        m_port = std::stoi(ready.line);
     }
     int port() const { return m_port; }
     pid_t pid() const { return m_relay.pid(); }
@@ -172,8 +183,10 @@ TEST_F(RelayLimits, OutOfDescriptorsTheRelayBacksOffAndKeepsServingItsConnection
     long ticksPerSecond = ::sysconf(_SC_CLK_TCK);
     std::cout << "relay CPU while out of descriptors: " << used << " of " << 2 * ticksPerSecond
               << " ticks in a 2 s window, " << answered << " health checks answered\n";
-    EXPECT_LT(used, ticksPerSecond / 4) << "relay used " << used << " ticks of CPU in a 2 s window while out of "
-                                           "descriptors (" << answered << " health checks answered)";
+    EXPECT_LT(used, ticksPerSecond / 4) << "relay used " << used
+                                        << " ticks of CPU in a 2 s window while out of "
+                                           "descriptors ("
+                                        << answered << " health checks answered)";
 
     flood.clear();
     EXPECT_TRUE(waitUntil(
@@ -182,7 +195,8 @@ TEST_F(RelayLimits, OutOfDescriptorsTheRelayBacksOffAndKeepsServingItsConnection
             return fresh && httpCall(fresh.get(), "GET", "/health") == 200;
         },
         20s))
-        << "new connections are served once descriptors are free again\n" << relay.log();
+        << "new connections are served once descriptors are free again\n"
+        << relay.log();
 }
 
 TEST_F(RelayLimits, SignInDeliveryCommandsLeaveNoChildBehind) {

@@ -36,7 +36,8 @@ TEST_P(SlurmJobs, FiftyJobsAreFollowedWithOneSqueuePerCycle) {
     // One call per monitor cycle: the daemon counted its cycles in its log.
     std::string log = m_h.daemonLog("j");
     std::size_t cycles = 0;
-    for (auto pos = log.find("monitor cycle"); pos != std::string::npos; pos = log.find("monitor cycle", pos + 1)) ++cycles;
+    for (auto pos = log.find("monitor cycle"); pos != std::string::npos; pos = log.find("monitor cycle", pos + 1))
+        ++cycles;
     EXPECT_EQ(squeues.size(), cycles);
     EXPECT_LT(squeues.size(), 50u) << "as many squeue calls as jobs";
     EXPECT_NE(log.find("monitor cycle: 50 jobs"), std::string::npos);
@@ -64,7 +65,7 @@ TEST_P(SlurmJobs, AJobTheSchedulerForgotIsSettledFromItsExitFile) {
             return out.status != 0 && out.err.find("Invalid job id") != std::string::npos;
         },
         200s));
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     m_agent = m_h.agent(m_token);  // the old connection sat unread past the relay's idle limit
     auto cb = waitFor(id);
     EXPECT_EQ(cb.state, "FAILED");
@@ -97,8 +98,9 @@ TEST_P(SlurmJobs, AnSbatchThatTimesOutIsResolvedFromTheQueue) {
     writeExecutable(slow / "sbatch", "#!/bin/sh\n/usr/bin/sbatch \"$@\"\nsleep 30\n");
     m_h.killDaemon("j");
     m_pathPrefix = slow.string() + ":" + m_pathPrefix;
-    m_h.startDaemon("j", {"--job-poll-min-seconds", "1", "--job-poll-max-seconds", "2", "--slurm-command-timeout-seconds", "2"},
-                    daemonEnv());
+    m_h.startDaemon(
+        "j", {"--job-poll-min-seconds", "1", "--job-poll-max-seconds", "2", "--slurm-command-timeout-seconds", "2"},
+        daemonEnv());
     ASSERT_TRUE(m_h.waitConnected(m_token, "j"));
     m_agent = m_h.agent(m_token);
     agent::JobSpec spec;
@@ -119,7 +121,7 @@ TEST_P(SlurmJobs, ADaemonKilledWhileSbatchRunsFindsTheJobInsteadOfSubmittingItAg
     m_h.killDaemon("j");
     std::string wrappers = m_pathPrefix;
     m_pathPrefix = slow.string() + ":" + wrappers;
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     m_agent = m_h.agent(m_token);
     agent::JobSpec spec;
     spec.script = "echo ran >> runs.txt\n";
@@ -134,11 +136,11 @@ TEST_P(SlurmJobs, ADaemonKilledWhileSbatchRunsFindsTheJobInsteadOfSubmittingItAg
     ASSERT_TRUE(waitUntil(
         [&] {
             std::this_thread::sleep_for(200ms);
-            return slurmCommand({"squeue", "--me", "--noheader", "--states=all", "--format=%k"}).out.find("hpc-daemon:" + id) !=
-                   std::string::npos;
+            return slurmCommand({"squeue", "--me", "--noheader", "--states=all", "--format=%k"})
+                       .out.find("hpc-daemon:" + id) != std::string::npos;
         },
         30s));
-    startDaemon();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
     m_agent = m_h.agent(m_token);
     auto cb = waitFor(id);
     EXPECT_EQ(cb.state, "COMPLETED");
@@ -169,23 +171,26 @@ TEST_P(UnprivilegedSlurmJobs, AJobRunsAsTheDaemonsUser) {
     auto cb = waitFor(id);
     EXPECT_EQ(cb.state, "COMPLETED") << cb.stderrTail;
     EXPECT_EQ(cb.stdoutTail, std::string(kUser) + "\n");
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::stat((m_work / "mine").c_str(), &st), 0);
     EXPECT_EQ(st.st_uid, ::getpwnam(kUser)->pw_uid);
 }
 
-INSTANTIATE_TEST_SUITE_P(Slurm, UnprivilegedSlurmJobs, ::testing::Values("slurm"), [](const auto& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(Slurm, UnprivilegedSlurmJobs, ::testing::Values("slurm"),
+                         [](const auto& info) { return info.param; });
 
 /// Stops the cluster's controller: ctest runs this suite alone (RUN_SERIAL),
 /// and the controller is started again however the test ends.
 class SlurmControllerDown : public SlurmJobs {
 protected:
     void TearDown() override {
-        if (m_stopped) runCommand({std::string(HPC_SOURCE_DIR) + "/scripts/slurm-cluster.sh", "start-controller", HPC_SLURM_DIR});
+        if (m_stopped)
+            runCommand({std::string(HPC_SOURCE_DIR) + "/scripts/slurm-cluster.sh", "start-controller", HPC_SLURM_DIR});
     }
     void controller(bool up) {
         auto r = runCommand({std::string(HPC_SOURCE_DIR) + "/scripts/slurm-cluster.sh",
-                             up ? "start-controller" : "stop-controller", HPC_SLURM_DIR}, {}, {}, 60s);
+                             up ? "start-controller" : "stop-controller", HPC_SLURM_DIR},
+                            {}, {}, 60s);
         ASSERT_EQ(r.status, 0) << r.err;
         m_stopped = !up;
     }
@@ -195,7 +200,7 @@ protected:
 TEST_P(SlurmControllerDown, NoJobIsReportedEndedWhileTheControllerIsDown) {
     auto id = str(submit("sleep 12\necho survived\n"), "job_id");
     ASSERT_TRUE(waitState(id, "RUNNING"));
-    controller(false);
+    ASSERT_NO_FATAL_FAILURE(controller(false));
     // Several monitor cycles fail meanwhile; the job stays RUNNING, no callback.
     std::size_t before = calls("squeue").size();
     ASSERT_TRUE(waitUntil([&] { return calls("squeue").size() >= before + 3; }, 60s));
@@ -203,12 +208,13 @@ TEST_P(SlurmControllerDown, NoJobIsReportedEndedWhileTheControllerIsDown) {
     EXPECT_EQ(stateOf(id), "RUNNING");
     EXPECT_FALSE(m_agent->nextCallback(1s).has_value());
     EXPECT_NE(m_h.daemonLog("j").find("squeue failed"), std::string::npos);
-    controller(true);
+    ASSERT_NO_FATAL_FAILURE(controller(true));
     auto cb = waitFor(id, 120s);
     EXPECT_EQ(cb.state, "COMPLETED");
     EXPECT_EQ(cb.stdoutTail, "survived\n");
 }
 
-INSTANTIATE_TEST_SUITE_P(Slurm, SlurmControllerDown, ::testing::Values("slurm"), [](const auto& info) { return info.param; });
+INSTANTIATE_TEST_SUITE_P(Slurm, SlurmControllerDown, ::testing::Values("slurm"),
+                         [](const auto& info) { return info.param; });
 
 }  // namespace

@@ -24,8 +24,9 @@ TEST(SystemdUnit, PassesSystemdAnalyzeVerifyWithoutAWarning) {
     fs::copy_file(HPC_UNIT_FILE, dir / "hpc-daemon@.service");
     fs::create_symlink(dir / "hpc-daemon@.service", dir / "hpc-daemon@lab-1.service");
     fs::create_directories(h.dir() / "run");
-    auto r = runCommand({"systemd-analyze", "--user", "verify", "--man=no", (dir / "hpc-daemon@lab-1.service").string()},
-                        {}, {"HOME=" + h.dir().string(), "XDG_RUNTIME_DIR=" + (h.dir() / "run").string()});
+    auto r =
+        runCommand({"systemd-analyze", "--user", "verify", "--man=no", (dir / "hpc-daemon@lab-1.service").string()}, {},
+                   {"HOME=" + h.dir().string(), "XDG_RUNTIME_DIR=" + (h.dir() / "run").string()});
     EXPECT_EQ(r.status, 0) << r.err;
     EXPECT_EQ(r.err, "") << "systemd-analyze only warns about bad keys";
 }
@@ -59,6 +60,7 @@ TEST(SystemdNotify, SendsReadyStatusWatchdogAndStopping) {
     o.envOverrides = {"HPC_DAEMON_HOME=" + h.home("n1").string(), "NOTIFY_SOCKET=" + socketPath.string(),
                       "WATCHDOG_USEC=200000"};
     o.outputFile = (h.dir() / "notify-daemon.log").string();
+    o.dieWithParent = true;  // nothing the test starts outlives it
     ChildGuard daemon(spawn(o).pid);
 
     std::vector<std::string> messages;
@@ -72,11 +74,31 @@ TEST(SystemdNotify, SendsReadyStatusWatchdogAndStopping) {
             if (m.find(what) != std::string::npos) return true;
         return false;
     };
-    EXPECT_TRUE(waitUntil([&] { receive(); return seen("READY=1"); }, 10s));
-    EXPECT_TRUE(waitUntil([&] { receive(); return seen("STATUS=link connected"); }, 10s));
-    EXPECT_TRUE(waitUntil([&] { receive(); return seen("WATCHDOG=1"); }, 10s));
+    EXPECT_TRUE(waitUntil(
+        [&] {
+            receive();
+            return seen("READY=1");
+        },
+        10s));
+    EXPECT_TRUE(waitUntil(
+        [&] {
+            receive();
+            return seen("STATUS=link connected");
+        },
+        10s));
+    EXPECT_TRUE(waitUntil(
+        [&] {
+            receive();
+            return seen("WATCHDOG=1");
+        },
+        10s));
     daemon.signal(SIGTERM);
-    EXPECT_TRUE(waitUntil([&] { receive(); return seen("STOPPING=1"); }, 10s));
+    EXPECT_TRUE(waitUntil(
+        [&] {
+            receive();
+            return seen("STOPPING=1");
+        },
+        10s));
     auto status = daemon.waitFor(10s);
     ASSERT_TRUE(status);
     EXPECT_EQ(status->code, 0);

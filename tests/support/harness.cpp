@@ -1,14 +1,23 @@
 #include "harness.hpp"
 
+#include "bus_name.hpp"
 #include "errors.hpp"
 #include "platform_client.hpp"
 #include "store.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <sdbus-c++/sdbus-c++.h>
+
+#include <cstring>
 
 #include <fstream>
 #include <sstream>
@@ -16,6 +25,7 @@
 #include <thread>
 
 namespace fs = std::filesystem;
+namespace json = boost::json;
 using Clock = std::chrono::steady_clock;
 
 namespace hpc::test {
@@ -81,6 +91,7 @@ CommandResult runFed(const std::vector<std::string>& argv, const std::vector<std
     o.in = Stdio::Pipe;
     o.out = Stdio::Pipe;
     o.err = Stdio::Pipe;
+    o.dieWithParent = true;
     auto p = spawn(o);
     ChildGuard guard(p.pid);
     auto deadline = Clock::now() + timeout;
@@ -119,9 +130,42 @@ CommandResult runFed(const std::vector<std::string>& argv, const std::vector<std
 
 }  // namespace
 
+ReadyProcess spawnReady(SpawnOptions options, int childFd, std::chrono::milliseconds timeout, const fs::path& logFile) {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error(std::string("pipe2: ") + std::strerror(errno));
+    UniqueFd readEnd(fds[0]), writeEnd(fds[1]);
+    options.extraFds.emplace_back(writeEnd.get(), childFd);
+    options.dieWithParent = true;
+    ReadyProcess ready{ChildGuard(spawn(options).pid), {}};
+    writeEnd.reset();  // so the child's exit or close is end-of-file here
+    auto failure = [&](const std::string& why) {
+        ready.child.terminate(std::chrono::milliseconds(1000));
+        std::string text = options.argv.front() + " " + why;
+        if (!logFile.empty()) text += ":\n" + readFile(logFile);
+        return std::runtime_error(text);
+    };
+    auto deadline = Clock::now() + timeout;
+    while (ready.line.find('\n') == std::string::npos) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        if (left.count() <= 0) throw failure("was not ready within " + std::to_string(timeout.count()) + " ms");
+        pollfd p{readEnd.get(), POLLIN, 0};
+        int r = ::poll(&p, 1, static_cast<int>(left.count()));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) continue;
+        char buf[512];
+        ssize_t n = ::read(readEnd.get(), buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) throw failure("exited or closed its readiness pipe before it was ready");
+        ready.line.append(buf, static_cast<std::size_t>(n));
+    }
+    ready.line.resize(ready.line.find('\n'));
+    return ready;
+}
+
 CommandResult runCommand(const std::vector<std::string>& argv, const std::string& input,
                          const std::vector<std::string>& env, std::chrono::milliseconds timeout) {
-    return runFed(argv, env, [&input] { return input; }, timeout);
+    return runFed(
+        argv, env, [&input] { return input; }, timeout);
 }
 
 std::string Harness::binary(const std::string& name) {
@@ -173,6 +217,8 @@ std::vector<std::string> Harness::baseEnv() const {
 void Harness::startSessionBus() {
     fs::create_directories(xdgDataHome() / "dbus-1" / "services");
     auto socket = m_dir / "session.bus";
+    std::error_code ec;
+    fs::remove(socket, ec);
     {
         std::ofstream conf(m_dir / "session.conf");
         conf << "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n"
@@ -183,29 +229,41 @@ void Harness::startSessionBus() {
                 "<allow eavesdrop=\"true\"/><allow own=\"*\"/></policy></busconfig>\n";
     }
     SpawnOptions o;
-    o.argv = {"dbus-daemon", "--config-file=" + (m_dir / "session.conf").string(), "--nofork", "--nopidfile"};
+    constexpr int kAddressFd = 3;
+    o.argv = {"dbus-daemon", "--config-file=" + (m_dir / "session.conf").string(), "--nofork", "--nopidfile",
+              "--print-address=" + std::to_string(kAddressFd)};
     o.outputFile = (m_dir / "dbus.log").string();
-    m_bus = ChildGuard(spawn(o).pid);
-    if (!waitUntil([&] { return fs::exists(socket); }, std::chrono::seconds(10)))
-        throw std::runtime_error("dbus-daemon did not start");
-    m_busAddress = "unix:path=" + socket.string();
+    // The address is printed once the bus listens: then clients can connect.
+    auto ready = spawnReady(o, kAddressFd, std::chrono::seconds(60), m_dir / "dbus.log");
+    m_bus = std::move(ready.child);
+    m_busAddress = ready.line;
 }
 
 void Harness::startRelay(int port) {
     if (port == 0) port = m_port;
-    fs::remove(m_dir / "relay.port");
+    constexpr int kReadyFd = 3;
     SpawnOptions o;
-    o.argv = {binary("hpc-relay"), "--port", std::to_string(port), "--port-file", (m_dir / "relay.port").string(),
-              "--cert", (m_dir / "tls" / "cert.pem").string(), "--key", (m_dir / "tls" / "key.pem").string(),
-              "--data-dir", (m_dir / "relay").string(), "--otp-file", (m_dir / "codes.txt").string(),
-              "--ws-idle-seconds", "10", "-v"};
+    o.argv = {binary("hpc-relay"),
+              "--port",
+              std::to_string(port),
+              "--ready-fd",
+              std::to_string(kReadyFd),
+              "--cert",
+              (m_dir / "tls" / "cert.pem").string(),
+              "--key",
+              (m_dir / "tls" / "key.pem").string(),
+              "--data-dir",
+              (m_dir / "relay").string(),
+              "--otp-file",
+              (m_dir / "codes.txt").string(),
+              "--ws-idle-seconds",
+              "10",
+              "-v"};
     o.outputFile = (m_dir / "relay.log").string();
-    m_relay = ChildGuard(spawn(o).pid);
-    if (!waitUntil([&] { return fs::exists(m_dir / "relay.port") || !m_relay.running() || m_relay.poll(); },
-                   std::chrono::seconds(10)) ||
-        !m_relay.running())
-        throw std::runtime_error("hpc-relay did not start: " + relayLog());
-    m_port = std::stoi(readFile(m_dir / "relay.port"));
+    // The port is written once the relay listens.
+    auto ready = spawnReady(o, kReadyFd, std::chrono::seconds(60), m_dir / "relay.log");
+    m_relay = std::move(ready.child);
+    m_port = std::stoi(ready.line);
 }
 
 void Harness::stopRelay() { m_relay.terminate(std::chrono::milliseconds(3000)); }
@@ -252,8 +310,9 @@ void writeExecutable(const fs::path& file, const std::string& content) {
 
 CommandResult Harness::setupDaemon(const std::string& daemonId, const std::string& email,
                                    const std::vector<std::string>& allowedDirs, const std::vector<std::string>& extra) {
-    std::vector<std::string> argv = {binary("hpc-daemonctl"), "setup", "--no-interview", "--email", email,
-                                     "--url", url(), "--daemon-id", daemonId, "--ca-file", caFile()};
+    std::vector<std::string> argv = {
+        binary("hpc-daemonctl"), "setup",  "--no-interview", "--email", email, "--url", url(),
+        "--daemon-id",           daemonId, "--ca-file",      caFile()};
     for (const auto& d : allowedDirs) {
         argv.push_back("--allowed-dirs");
         argv.push_back(d);
@@ -285,6 +344,27 @@ void Harness::editProfile(const std::string& daemonId, const std::function<void(
     store.saveProfile(profile);
 }
 
+namespace {
+
+/// A datagram socket for the notify protocol (sd_notify), writable by any
+/// user: a daemon may run as another user (setDaemonUser).
+UniqueFd bindNotifySocket(const fs::path& path) {
+    UniqueFd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!fd) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.string().size() >= sizeof addr.sun_path) throw std::runtime_error("notify socket path too long");
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    std::error_code ec;
+    fs::remove(path, ec);
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+        throw std::runtime_error("bind " + path.string() + ": " + std::strerror(errno));
+    ::chmod(path.c_str(), 0666);
+    return fd;
+}
+
+}  // namespace
+
 void Harness::startDaemon(const std::string& daemonId, const std::vector<std::string>& extra,
                           const std::vector<std::string>& env) {
     SpawnOptions o;
@@ -295,15 +375,54 @@ void Harness::startDaemon(const std::string& daemonId, const std::vector<std::st
         for (const auto& entry : fs::recursive_directory_iterator(home(daemonId)))
             if (::lchown(entry.path().c_str(), pw->pw_uid, pw->pw_gid) != 0) throw std::runtime_error("chown failed");
         if (::chown(home(daemonId).c_str(), pw->pw_uid, pw->pw_gid) != 0) throw std::runtime_error("chown failed");
-        o.argv.insert(o.argv.begin(), {"setpriv", "--reuid=" + std::to_string(pw->pw_uid),
-                                       "--regid=" + std::to_string(pw->pw_gid), "--init-groups", "--"});
+        // A change of user clears the parent-death signal: setpriv sets it again.
+        o.argv.insert(o.argv.begin(),
+                      {"setpriv", "--reuid=" + std::to_string(pw->pw_uid), "--regid=" + std::to_string(pw->pw_gid),
+                       "--init-groups", "--pdeathsig=TERM", "--"});
     }
     o.argv.insert(o.argv.end(), extra.begin(), extra.end());
+    auto notifyPath = m_dir / ("notify-" + daemonId + ".sock");
+    UniqueFd& notify = m_notifySockets[daemonId];
+    notify = bindNotifySocket(notifyPath);
     o.envOverrides = baseEnv();
     o.envOverrides.push_back("HPC_DAEMON_HOME=" + home(daemonId).string());
+    o.envOverrides.push_back("NOTIFY_SOCKET=" + notifyPath.string());
     o.envOverrides.insert(o.envOverrides.end(), env.begin(), env.end());
     o.outputFile = (m_dir / ("daemon-" + daemonId + ".log")).string();
-    m_daemons[daemonId] = ChildGuard(spawn(o).pid);
+    o.dieWithParent = true;
+    ChildGuard& daemon = m_daemons[daemonId];
+    daemon = ChildGuard(spawn(o).pid);
+    UniqueFd exited = openPidFd(daemon.pid());
+
+    // READY=1 comes once the store is open and the bus name owned; a daemon
+    // that fails first exits, which the pidfd shows at once.
+    constexpr std::chrono::seconds kTimeout{60};
+    auto deadline = Clock::now() + kTimeout;
+    while (true) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        if (left.count() <= 0) {
+            daemon.terminate(std::chrono::milliseconds(1000));
+            throw std::runtime_error("hpc-daemond " + daemonId + " sent no READY=1 within " +
+                                     std::to_string(kTimeout.count()) + " s:\n" + daemonLog(daemonId));
+        }
+        pollfd p[2] = {{notify.get(), POLLIN, 0}, {exited.get(), POLLIN, 0}};
+        int r = ::poll(p, 2, static_cast<int>(left.count()));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) continue;
+        if (p[0].revents & POLLIN) {
+            char buf[4096];
+            ssize_t n = ::recv(notify.get(), buf, sizeof buf, 0);
+            if (n > 0 && std::string(buf, static_cast<std::size_t>(n)).find("READY=1") != std::string::npos) return;
+            continue;
+        }
+        if (p[1].revents & POLLIN) {
+            auto status = daemon.waitFor(std::chrono::milliseconds(1000));
+            throw std::runtime_error(
+                "hpc-daemond " + daemonId + " exited before it was ready" +
+                (status && status->code ? " (exit status " + std::to_string(*status->code) + ")" : std::string()) +
+                ":\n" + daemonLog(daemonId));
+        }
+    }
 }
 
 void Harness::stopDaemon(const std::string& daemonId) {
@@ -324,6 +443,63 @@ pid_t Harness::daemonPid(const std::string& daemonId) const {
 
 std::string Harness::daemonLog(const std::string& daemonId) const {
     return readFile(m_dir / ("daemon-" + daemonId + ".log"));
+}
+
+json::object Harness::daemonStatus(const std::string& daemonId) const {
+    std::string address = m_busAddress.empty() ? bus::privateBusAddress(home(daemonId), daemonId) : m_busAddress;
+    try {
+        auto connection = sdbus::createSessionBusConnectionWithAddress(address);
+        connection->setMethodCallTimeout(std::chrono::seconds(10));
+        auto proxy = sdbus::createProxy(*connection, bus::busNameFor(daemonId), bus::kObjectPath);
+        std::map<std::string, sdbus::Variant> status;
+        proxy->callMethod("GetStatus").onInterface(bus::kInterface).storeResultsTo(status);
+        json::object out;
+        for (const auto& [key, value] : status) {
+            auto type = value.peekValueType();
+            if (type == "s")
+                out[key] = value.get<std::string>();
+            else if (type == "u")
+                out[key] = value.get<std::uint32_t>();
+            else if (type == "d")
+                out[key] = value.get<double>();
+            else if (type == "b")
+                out[key] = value.get<bool>();
+            else if (type == "as") {
+                json::array a;
+                for (const auto& item : value.get<std::vector<std::string>>()) a.emplace_back(item);
+                out[key] = std::move(a);
+            }
+        }
+        return out;
+    } catch (const sdbus::Error& e) {
+        throw Error(ErrorCode::Unavailable, "GetStatus of " + daemonId + ": " + e.getMessage());
+    }
+}
+
+bool Harness::waitStatus(const std::string& daemonId, const std::function<bool(const json::object&)>& pred,
+                         std::chrono::milliseconds timeout) const {
+    return waitUntil(
+        [&] {
+            try {
+                if (pred(daemonStatus(daemonId))) return true;
+            } catch (const Error&) {
+                // Not answering (yet): starting, restarting or stopped.
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            return false;
+        },
+        timeout);
+}
+
+bool Harness::waitLinkState(const std::string& daemonId, const std::string& state,
+                            std::chrono::milliseconds timeout) const {
+    return waitStatus(
+        daemonId,
+        [&](const json::object& s) {
+            const auto* v = s.if_contains("link_state");
+            return v && v->is_string() && v->get_string() == state;
+        },
+        timeout);
 }
 
 Secret Harness::login(const std::string& email) {

@@ -2,12 +2,18 @@
 /// Runs the real system on 127.0.0.1 for end-to-end tests and benchmarks: a
 /// certificate made now, hpc-relay, profiles made by `hpc-daemonctl setup`,
 /// hpc-daemond, and agent connections. Every process started here is stopped
-/// by pid when the harness is destroyed.
+/// by pid when the harness is destroyed, and gets SIGTERM if the test process
+/// dies first (PR_SET_PDEATHSIG). Readiness is a handshake, never a file
+/// appearing: dbus-daemon prints its address on a pipe, hpc-relay writes its
+/// port on one (--ready-fd), hpc-daemond sends READY=1 on a notify socket the
+/// harness owns. Failures throw, which stops the test.
 
 #include "agent_client.hpp"
 #include "process.hpp"
 #include "secret.hpp"
 #include "store.hpp"
+
+#include <boost/json.hpp>
 
 #include <chrono>
 #include <filesystem>
@@ -35,6 +41,20 @@ void writeExecutable(const std::filesystem::path& file, const std::string& conte
 
 /// Polls `pred` every 10 ms until it holds or `timeout` passes.
 bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
+
+/// A child started with a readiness pipe, and the first line it wrote there.
+struct ReadyProcess {
+    ChildGuard child;
+    std::string line;
+};
+
+/// Starts `options` with the write end of a pipe as the child's descriptor
+/// `childFd` and waits for the first line the child writes there (dbus-daemon
+/// --print-address, hpc-relay --ready-fd). Throws std::runtime_error, with
+/// `logFile`'s content when given, if the child closes the pipe or exits
+/// first, or after `timeout`.
+ReadyProcess spawnReady(SpawnOptions options, int childFd, std::chrono::milliseconds timeout,
+                        const std::filesystem::path& logFile = {});
 
 /// Output of a finished command.
 struct CommandResult {
@@ -88,7 +108,9 @@ public:
     std::filesystem::path home(const std::string& daemonId) const { return m_dir / ("home-" + daemonId); }
 
     /// Starts hpc-daemond for a profile made by setupDaemon, with `env`
-    /// ("NAME=value") over the harness's environment.
+    /// ("NAME=value") over the harness's environment, and returns once it
+    /// sent READY=1 (store open, bus name owned; not yet connected) on the
+    /// harness's notify socket. Throws if it exits or is not ready in 60 s.
     void startDaemon(const std::string& daemonId, const std::vector<std::string>& extra = {},
                      const std::vector<std::string>& env = {});
     /// SIGKILL, no clean-up: a crash.
@@ -99,6 +121,18 @@ public:
     void stopDaemon(const std::string& daemonId);
     pid_t daemonPid(const std::string& daemonId) const;
     std::string daemonLog(const std::string& daemonId) const;
+    /// The daemon's D-Bus GetStatus as JSON (keys as in
+    /// dbus/org.tiptree.HpcDaemon.xml), on the harness's session bus or the
+    /// daemon's private bus. Throws hpc::Error when it does not answer.
+    boost::json::object daemonStatus(const std::string& daemonId) const;
+    /// Waits until the daemon's GetStatus satisfies `pred`. Returns false after
+    /// `timeout`; while the daemon does not answer, `pred` is not called.
+    bool waitStatus(const std::string& daemonId, const std::function<bool(const boost::json::object&)>& pred,
+                    std::chrono::milliseconds timeout = std::chrono::seconds(20)) const;
+    /// Waits until the daemon's link_state is `state` (connecting, connected,
+    /// backoff, unauthorized, stopping).
+    bool waitLinkState(const std::string& daemonId, const std::string& state,
+                       std::chrono::milliseconds timeout = std::chrono::seconds(20)) const;
 
     /// Signs in as `email` over HTTP and returns an access token.
     Secret login(const std::string& email);
@@ -125,6 +159,7 @@ private:
     ChildGuard m_bus;
     std::string m_busAddress;
     std::map<std::string, ChildGuard> m_daemons;
+    std::map<std::string, UniqueFd> m_notifySockets;
     std::string m_daemonUser;
 };
 
