@@ -1,12 +1,23 @@
 #include "sqlite.hpp"
 
+#include <cerrno>
+#include <cstring>
 #include <stdexcept>
 
 namespace hpc::sqlite {
 namespace {
 
 [[noreturn]] void fail(sqlite3* db, std::string_view what) {
-    throw std::runtime_error(std::string(what) + ": " + (db ? sqlite3_errmsg(db) : "out of memory"));
+    std::string msg = std::string(what) + ": " + (db ? sqlite3_errmsg(db) : "out of memory");
+    // SQLite says "disk I/O error" for EDQUOT: name the system's reason, so
+    // a full quota is recognisable (isDiskFull) and clear to the user.
+    if (db) {
+        int code = sqlite3_errcode(db);
+        int sys = sqlite3_system_errno(db);
+        if ((code == SQLITE_FULL || code == SQLITE_IOERR || code == SQLITE_CANTOPEN) && sys != 0)
+            msg += std::string(" (") + std::strerror(sys) + ")";
+    }
+    throw std::runtime_error(msg);
 }
 
 }  // namespace
@@ -84,9 +95,8 @@ void Db::exec(std::string_view sql) {
     std::string s(sql);
     char* err = nullptr;
     if (sqlite3_exec(m_db.get(), s.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
-        std::string msg = err ? err : "unknown error";
         sqlite3_free(err);
-        throw std::runtime_error("sqlite exec: " + msg);
+        fail(m_db.get(), "sqlite exec");
     }
 }
 
@@ -115,6 +125,28 @@ void Transaction::commit() {
 }
 
 void migrate(Db& db, const std::vector<std::string_view>& migrations, std::string_view what) {
+    migrate(db, std::vector<Migration>(migrations.begin(), migrations.end()), what);
+}
+
+std::int64_t Db::queryInt(std::string_view sql) {
+    auto st = prepare(sql);
+    return st.step() ? st.int64(0) : 0;
+}
+
+std::int64_t usedBytes(Db& db) {
+    return (db.queryInt("PRAGMA page_count") - db.queryInt("PRAGMA freelist_count")) * db.queryInt("PRAGMA page_size");
+}
+
+std::int64_t freePages(Db& db) { return db.queryInt("PRAGMA freelist_count"); }
+
+bool isDiskFull(const std::exception& e) {
+    std::string_view m = e.what();
+    return m.find("database or disk is full") != std::string_view::npos ||
+           m.find(std::strerror(ENOSPC)) != std::string_view::npos ||
+           m.find(std::strerror(EDQUOT)) != std::string_view::npos;
+}
+
+void migrate(Db& db, const std::vector<Migration>& migrations, std::string_view what) {
     int have = db.userVersion();
     int want = static_cast<int>(migrations.size());
     if (have > want)
@@ -122,8 +154,14 @@ void migrate(Db& db, const std::vector<std::string_view>& migrations, std::strin
                                  ", newer than this program's " + std::to_string(want) +
                                  "; upgrade hpc-daemon or use the matching version");
     for (int v = have; v < want; ++v) {
+        const Migration& m = migrations[static_cast<std::size_t>(v)];
+        if (m.outsideTransaction) {
+            db.exec(m.sql);
+            db.setUserVersion(v + 1);
+            continue;
+        }
         Transaction tx(db);
-        db.exec(migrations[static_cast<std::size_t>(v)]);
+        db.exec(m.sql);
         db.setUserVersion(v + 1);
         tx.commit();
     }

@@ -52,6 +52,8 @@ public:
     static Db open(const std::string& path, std::chrono::milliseconds busyTimeout = std::chrono::milliseconds(5000));
 
     void exec(std::string_view sql);
+    /// A single-value PRAGMA or SELECT, as an integer.
+    std::int64_t queryInt(std::string_view sql);
     Statement prepare(std::string_view sql) { return Statement(m_db.get(), sql); }
     std::int64_t lastInsertRowid() const { return sqlite3_last_insert_rowid(m_db.get()); }
     int changes() const { return sqlite3_changes(m_db.get()); }
@@ -98,9 +100,28 @@ private:
     bool m_done = false;
 };
 
+/// One schema step. Most run inside a transaction; a step that SQLite refuses
+/// inside one (VACUUM, changing auto_vacuum on a database with tables) sets
+/// outsideTransaction, and its version is written after it succeeded.
+struct Migration {
+    Migration(std::string_view s, bool outside = false) : sql(s), outsideTransaction(outside) {}
+    Migration(const char* s, bool outside = false) : sql(s), outsideTransaction(outside) {}
+    std::string_view sql;
+    bool outsideTransaction = false;
+};
+
 /// Applies migrations[i] for every i >= the stored user_version, each in its
 /// own transaction, so a database at any older version falls through to the
 /// newest. Refuses a database newer than this program knows.
+void migrate(Db& db, const std::vector<Migration>& migrations, std::string_view what);
 void migrate(Db& db, const std::vector<std::string_view>& migrations, std::string_view what);
+
+/// Bytes the database's pages hold (page_count - freelist_count, times the
+/// page size): what the rows take, whatever the file's size on disk.
+std::int64_t usedBytes(Db& db);
+/// Pages on the freelist: space the file could give back.
+std::int64_t freePages(Db& db);
+/// True when `e` (from this layer) says the disk or the quota is full.
+bool isDiskFull(const std::exception& e);
 
 }  // namespace hpc::sqlite

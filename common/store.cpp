@@ -22,7 +22,7 @@ namespace hpc {
 namespace {
 
 // Index i brings the schema from version i to i+1. Never edit a shipped entry.
-const std::vector<std::string_view> kMigrations = {
+const std::vector<sqlite::Migration> kMigrations = {
     R"sql(
     CREATE TABLE profiles (
         daemon_id     TEXT PRIMARY KEY,
@@ -90,6 +90,23 @@ const std::vector<std::string_view> kMigrations = {
     );
     CREATE INDEX outbox_by_daemon ON outbox(daemon_id, seq);
     )sql",
+    // Settings users change with `hpc-daemonctl config` (common/settings.hpp);
+    // the index lets retention find the oldest ended jobs without a scan.
+    R"sql(
+    CREATE TABLE settings (
+        daemon_id  TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (daemon_id, key)
+    );
+    CREATE INDEX jobs_by_end ON jobs(daemon_id, ended_at);
+    )sql",
+    // Pruned pages go back to the file system (PRAGMA incremental_vacuum,
+    // run by the pruner) instead of staying in the file forever. Changing
+    // auto_vacuum on a database that has tables takes a VACUUM, which SQLite
+    // refuses inside a transaction.
+    {"PRAGMA auto_vacuum=INCREMENTAL; VACUUM;", true},
 };
 
 void tighten(const fs::path& file) {
@@ -185,6 +202,7 @@ Store Store::open(const fs::path& dir) {
 }
 
 int Store::latestSchemaVersion() { return static_cast<int>(kMigrations.size()); }
+const std::vector<sqlite::Migration>& Store::migrations() { return kMigrations; }
 
 std::optional<Profile> Store::profile(const std::string& daemonId) {
     auto st = m_db.prepare(std::string(kSelect) + " WHERE daemon_id = ?1");

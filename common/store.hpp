@@ -73,6 +73,8 @@ public:
 
     int schemaVersion() { return m_db.userVersion(); }
     static int latestSchemaVersion();
+    /// The schema's steps (for tests that make a state file of an older version).
+    static const std::vector<sqlite::Migration>& migrations();
     const std::filesystem::path& dir() const { return m_dir; }
     sqlite::Db& db() { return m_db; }
 

@@ -143,7 +143,7 @@ TEST(Migrations, FallThroughFromAnyOlderVersion) {
                                            "CREATE TABLE b (z INTEGER);"};
     {
         auto db = sqlite::Db::open(path);
-        sqlite::migrate(db, {steps.begin(), steps.begin() + 1}, "test");
+        sqlite::migrate(db, std::vector<std::string_view>(steps.begin(), steps.begin() + 1), "test");
         EXPECT_EQ(db.userVersion(), 1);
         db.exec("INSERT INTO a (x) VALUES (7)");
     }
