@@ -382,8 +382,16 @@ void Harness::startDaemon(const std::string& daemonId, const std::vector<std::st
     }
     o.argv.insert(o.argv.end(), extra.begin(), extra.end());
     auto notifyPath = m_dir / ("notify-" + daemonId + ".sock");
-    UniqueFd& notify = m_notifySockets[daemonId];
-    notify = bindNotifySocket(notifyPath);
+    // Closed and removed once READY=1 came: a socket nobody reads fills up,
+    // and the daemon's next sd_notify would block; one that is gone fails at once.
+    UniqueFd notify = bindNotifySocket(notifyPath);
+    struct Unlink {
+        fs::path path;
+        ~Unlink() {
+            std::error_code ec;
+            fs::remove(path, ec);
+        }
+    } unlinkNotify{notifyPath};
     o.envOverrides = baseEnv();
     o.envOverrides.push_back("HPC_DAEMON_HOME=" + home(daemonId).string());
     o.envOverrides.push_back("NOTIFY_SOCKET=" + notifyPath.string());

@@ -159,7 +159,6 @@ private:
     ChildGuard m_bus;
     std::string m_busAddress;
     std::map<std::string, ChildGuard> m_daemons;
-    std::map<std::string, UniqueFd> m_notifySockets;
     std::string m_daemonUser;
 };
 
