@@ -136,6 +136,9 @@ private:
     std::optional<bool> m_accounting;  ///< does sacct work here (unknown until tried)
     std::map<std::string, JobRecord> m_jobs;  ///< by our job id
     std::set<std::string> m_settling;
+    /// The jobs known when the squeue in flight started: a job submitted
+    /// meanwhile is not in its answer and must not be taken for one that left.
+    std::set<std::string> m_polled;
 };
 
 }  // namespace hpc::daemon

@@ -320,6 +320,8 @@ void SlurmScheduler::schedulePoll(std::chrono::milliseconds delay) {
 void SlurmScheduler::poll() {
     if (m_jobs.empty() || m_polling) return;
     m_polling = true;
+    m_polled.clear();
+    for (const auto& [id, job] : m_jobs) m_polled.insert(id);
     log::debug("monitor cycle: " + std::to_string(m_jobs.size()) + " jobs");
     // One call for all of this daemon's jobs: --states=all keeps jobs that
     // just ended (for MinJobAge) in the answer with their final state, exit
@@ -356,6 +358,11 @@ void SlurmScheduler::pollDone(const ExecResult& r) {
         if (m_settling.count(id)) continue;
         auto q = queue.find(job.schedulerId);
         if (q == queue.end()) {
+            // Submitted while this squeue ran: the next one shows it.
+            if (!m_polled.count(id)) {
+                changed = true;
+                continue;
+            }
             missing.push_back(id);
             continue;
         }
