@@ -4,4 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh "$@"
 cmake --preset default >/dev/null
-cmake --build --preset default
+# HPC_BUILD_LOCK=FILE: hold this flock(1) lock while building (a shared machine).
+if [[ -n ${HPC_BUILD_LOCK:-} ]]; then
+  flock "$HPC_BUILD_LOCK" cmake --build --preset default
+else
+  cmake --build --preset default
+fi

@@ -13,6 +13,8 @@ packages=(
   # The tests use these programs: systemd-analyze (unit check), python3 (the
   # confinement suites run interpreters), dbus-send (the idle benchmark).
   systemd python3 dbus-bin
+  # scripts/test.sh runs tiers a second time with both cores busy (stress-ng).
+  stress-ng
   # The release (scripts/make-release.sh) is packed with xz; its chroot test
   # runs it beside a static busybox and nothing else.
   xz-utils busybox-static
