@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -23,6 +24,10 @@ struct State {
     int journalSocket = -1;           ///< journald's native socket, when fields are set
     std::string identifier;           ///< SYSLOG_IDENTIFIER
     std::vector<std::string> fields;  ///< "NAME=value" added to every entry
+    std::string path;                 ///< the log file, when there is one
+    std::uint64_t size = 0;           ///< its size, as written through here
+    std::uint64_t maxBytes = 0;       ///< rotate past this; 0: never
+    int files = 0;
 };
 State g_state;
 
@@ -48,7 +53,33 @@ bool sendNative(Level level, std::string_view message) {
     return ::send(g_state.journalSocket, entry.data(), entry.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(entry.size());
 }
 
+int openLogFile(const std::string& path) {
+    int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd >= 0) ::fchmod(fd, 0600);
+    return fd;
+}
+
+/// <file>.N-1 -> <file>.N ... <file> -> <file>.1, then a fresh <file>. When
+/// the new file cannot be opened (a full disk) the old descriptor is kept.
+void rotate() {
+    const std::string& p = g_state.path;
+    for (int n = g_state.files - 1; n >= 1; --n) {
+        std::string from = n == 1 ? p : p + "." + std::to_string(n - 1);
+        ::rename(from.c_str(), (p + "." + std::to_string(n)).c_str());
+    }
+    int fd = openLogFile(p);
+    if (fd < 0) return;
+    ::close(g_state.fd);
+    g_state.fd = fd;
+    g_state.size = 0;
+}
+
 }  // namespace
+
+void setRotation(std::uint64_t maxBytes, int files) {
+    g_state.maxBytes = maxBytes;
+    g_state.files = std::max(files, 2);
+}
 
 void addJournalFields(const std::string& identifier, std::vector<std::string> fields) {
     if (!g_state.journal || fields.empty()) return;
@@ -73,10 +104,12 @@ void init(const std::string& filePath, Level threshold) {
     g_state = State{};
     g_state.threshold = threshold;
     if (!filePath.empty()) {
-        int fd = ::open(filePath.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        int fd = openLogFile(filePath);
         if (fd < 0) throw std::runtime_error("cannot open log file " + filePath + ": " + std::strerror(errno));
-        ::fchmod(fd, 0600);
         g_state.fd = fd;
+        g_state.path = filePath;
+        struct stat st{};
+        if (::fstat(fd, &st) == 0) g_state.size = static_cast<std::uint64_t>(st.st_size);
         return;
     }
     g_state.journal = std::getenv("JOURNAL_STREAM") != nullptr;
@@ -110,6 +143,10 @@ void write(Level level, std::string_view message) {
     // One event is one line: newlines inside a message would split it.
     for (char c : message) line += (c == '\n' || c == '\r') ? ' ' : c;
     line += '\n';
+    if (g_state.maxBytes > 0 && !g_state.path.empty() && g_state.size > 0 &&
+        g_state.size + line.size() > g_state.maxBytes)
+        rotate();
+    g_state.size += line.size();
     const char* p = line.data();
     std::size_t left = line.size();
     while (left > 0) {

@@ -3,6 +3,7 @@
 #include "daemon_client.hpp"
 #include "exit_codes.hpp"
 
+#include <cstdio>
 #include <ctime>
 #include <iostream>
 
@@ -38,6 +39,13 @@ std::string list(const json::object& o, const char* key, const char* empty) {
     return out.empty() ? empty : out;
 }
 
+std::string sizeText(double bytes) {
+    char buf[32];
+    if (bytes >= 1024.0 * 1024) std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / 1024 / 1024);
+    else std::snprintf(buf, sizeof buf, "%.1f KiB", bytes / 1024);
+    return buf;
+}
+
 int runStatus(const std::string& daemonId, bool asJson) {
     Target t = resolveTarget(daemonId);
     auto client = DaemonClient::find(t.paths.home, t.profile.daemonId);
@@ -71,6 +79,12 @@ int runStatus(const std::string& daemonId, bool asJson) {
               << static_cast<long>(num(s, "active_sessions")) << " shells, "
               << static_cast<long>(num(s, "active_jobs")) << " jobs, "
               << static_cast<long>(num(s, "pending_callbacks")) << " job callbacks waiting for the platform\n"
+              << "  state:      " << sizeText(num(s, "state_bytes")) << " of state_max_bytes "
+              << sizeText(num(s, "state_max_bytes")) << "; last prune: "
+              << (num(s, "last_prune_at") > 0 ? when(num(s, "last_prune_at")) + ", " + str(s, "last_prune")
+                                                : std::string("none yet"))
+              << "\n"
+              << (str(s, "state_warning").empty() ? "" : "  WARNING:    " + str(s, "state_warning") + "\n")
               << "  bus:        " << client->address() << "\n";
     if (str(s, "mode") == "systemd") {
         std::cout << "  unit:       " << unitName(t.profile.daemonId) << " ("

@@ -26,6 +26,7 @@ Command addListCommand(CLI::App& parent);
 Command addLogsCommand(CLI::App& parent);
 Command addAuditCommand(CLI::App& parent);
 Command addJobsCommand(CLI::App& parent);
+Command addConfigCommand(CLI::App& parent);
 
 /// The profile a command acts on (--daemon-id, or the only one) and its files.
 struct Target {

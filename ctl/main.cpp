@@ -14,7 +14,8 @@ int main(int argc, char** argv) {
     using namespace hpc::ctl;
     std::vector<Command> commands{addSetupCommand(app),  addStartCommand(app), addStopCommand(app),
                                   addRestartCommand(app), addStatusCommand(app), addListCommand(app),
-                                  addLogsCommand(app),  addAuditCommand(app), addJobsCommand(app)};
+                                  addLogsCommand(app),  addAuditCommand(app), addJobsCommand(app),
+                                  addConfigCommand(app)};
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

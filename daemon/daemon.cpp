@@ -15,6 +15,8 @@
 #include "notify.hpp"
 #include "pty.hpp"
 #include "scheduler_choice.hpp"
+#include "settings.hpp"
+#include "state_keeper.hpp"
 #include "status.hpp"
 #include "store.hpp"
 #include "util.hpp"
@@ -115,6 +117,7 @@ public:
         : m_ioc(ioc), m_options(options), m_store(Store::open()), m_exec(ioc), m_notifier(ioc), m_signals(ioc),
           m_shutdownTimer(ioc), m_stateCheck(ioc) {
         m_profile = selectProfile(m_store, options.daemonId);
+        m_stateKeeper = std::make_unique<StateKeeper>(ioc, m_store, m_profile.daemonId);
         m_startedAt = nowEpochSeconds();
         // systemd sets INVOCATION_ID for every service it starts. NOTIFY_SOCKET
         // alone is any supervisor (a test harness too) asking for READY: it
@@ -169,6 +172,7 @@ public:
                     ", mode " + mode());
         m_jobs->adoptLive();
         checkStateModes();
+        applySettings();
         m_notifier.ready("connecting to " + m_profile.platformUrl);
         m_link->start();
         // A handler that throws is a bug; it must not take the daemon (and
@@ -295,6 +299,15 @@ private:
         });
     }
 
+    /// Retention and size caps (issue 21): a prune pass now and on a timer.
+    void applySettings() {
+        try {
+            m_stateKeeper->apply(loadSettings(m_store, m_profile.daemonId));
+        } catch (const std::exception& e) {
+            log::error(std::string("cannot read the settings; keeping the previous ones: ") + e.what());
+        }
+    }
+
     void warnIfUnrestricted() {
         if (m_profile.allowedDirs.empty())
             log::warning("daemon " + m_profile.daemonId + " has no allowed directories: commands may write anywhere");
@@ -391,6 +404,15 @@ private:
         s.pendingCallbacks = static_cast<unsigned>(m_jobs->pendingCallbacks());
         s.busAddress = m_bus ? m_bus->address() : "";
         s.startedAt = m_startedAt;
+        s.stateBytes = m_stateKeeper->stateBytes();
+        s.stateMaxBytes = m_stateKeeper->settings().stateMaxBytes;
+        s.stateWarning = m_stateKeeper->warning();
+        if (const auto& last = m_stateKeeper->lastPrune()) {
+            s.lastPruneAt = last->finishedAt;
+            s.lastPruneAuditRows = last->auditRows;
+            s.lastPruneJobs = last->jobs;
+            s.lastPruneSummary = last->summary();
+        }
         return s;
     }
 
@@ -403,6 +425,7 @@ private:
         m_pty->setLimits(ptyLimits());
         applyConfinement();
         warnIfUnrestricted();
+        applySettings();
         log::notice("profile reloaded: allowed directories " + AllowedDirs(m_profile.allowedDirs).describe() +
                     (relink ? "; reconnecting with the new platform settings" : ""));
         if (relink) {
@@ -418,6 +441,7 @@ private:
         m_stopping = true;
         log::notice("stopping (" + why + ")");
         m_notifier.stopping();
+        m_stateKeeper->stop();
         m_exec.killAll();
         m_pty->closeAll();
         m_link->stop();
@@ -439,6 +463,7 @@ private:
     asio::signal_set m_signals;
     asio::steady_timer m_shutdownTimer;
     asio::steady_timer m_stateCheck;
+    std::unique_ptr<StateKeeper> m_stateKeeper;  ///< retention: prunes state.db on a timer
     std::shared_ptr<const Confinement> m_confinement = std::make_shared<Confinement>();
     fs::path m_shellGuard;
     bool m_confinementWarned = false;

@@ -71,7 +71,14 @@ private:
                 {"active_jobs", static_cast<uint32_t>(s.activeJobs)},
                 {"pending_callbacks", static_cast<uint32_t>(s.pendingCallbacks)},
                 {"bus_address", s.busAddress},
-                {"started_at", s.startedAt}};
+                {"started_at", s.startedAt},
+                {"state_bytes", static_cast<double>(s.stateBytes)},
+                {"state_max_bytes", static_cast<double>(s.stateMaxBytes)},
+                {"state_warning", s.stateWarning},
+                {"last_prune_at", s.lastPruneAt},
+                {"last_prune_audit_rows", static_cast<uint32_t>(s.lastPruneAuditRows)},
+                {"last_prune_jobs", static_cast<uint32_t>(s.lastPruneJobs)},
+                {"last_prune", s.lastPruneSummary}};
     }
 
     void Stop() override {
