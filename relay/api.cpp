@@ -92,6 +92,7 @@ std::optional<Principal> Api::authenticate(const std::string& authorization) {
 }
 
 ApiResponse Api::handle(const ApiRequest& r) {
+    m_db.maybePrune(nowEpochSeconds());  // at most once per interval; never throws
     std::string path = r.target.substr(0, r.target.find('?'));
     while (path.size() > 1 && path.back() == '/') path.pop_back();
     try {

@@ -3,6 +3,7 @@
 #include "api.hpp"
 #include "hub.hpp"
 #include "log.hpp"
+#include "settings.hpp"
 #include "process.hpp"
 #include "relay_db.hpp"
 #include "server.hpp"
@@ -105,6 +106,16 @@ int main(int argc, char** argv) {
                    "sign-in codes one client address may request per 10 minutes, whatever the email (0: no limit; "
                    "raise it behind a proxy that hides client addresses)")
         ->capture_default_str();
+    std::string callbackRetention = "7d", expiredRetention = "1d", pruneInterval = "10m";
+    app.add_option("--callback-retention", callbackRetention,
+                   "acknowledged job callbacks are deleted this long after the agent acknowledged them "
+                   "(90d, 12h, 30m, 45s)")
+        ->capture_default_str();
+    app.add_option("--expired-retention", expiredRetention,
+                   "sign-in codes and access tokens are deleted this long after they expired")
+        ->capture_default_str();
+    app.add_option("--prune-interval", pruneInterval, "at most one prune pass this often (on the next request)")
+        ->capture_default_str();
     app.add_option("--log-file", logFile, "log to this file instead of stderr");
     app.add_flag("-v,--verbose", verbose, "log debug lines too");
     CLI11_PARSE(app, argc, argv);
@@ -123,7 +134,20 @@ int main(int argc, char** argv) {
 
         raiseOpenFileLimit();
         ensurePrivateDir(dataDir);
+        relay::RelayRetention retention;
+        for (auto [flag, text, out] : {std::tuple{"--callback-retention", &callbackRetention, &retention.callbackSeconds},
+                                       std::tuple{"--expired-retention", &expiredRetention, &retention.expiredSeconds},
+                                       std::tuple{"--prune-interval", &pruneInterval, &retention.intervalSeconds}}) {
+            auto d = parseDuration(*text);
+            if (!d) {
+                std::cerr << "hpc-relay: " << flag << " \"" << *text << "\" is not a duration (90d, 12h, 30m, 45s)\n";
+                return 2;
+            }
+            *out = static_cast<double>(d->count());
+        }
         relay::RelayDb db((std::filesystem::path(dataDir) / "relay.db").string());
+        db.setRetention(retention);
+        db.maybePrune(nowEpochSeconds());
         relay::Hub hub(db);
         relay::Api api(db, hub, otpCommand.empty() ? fileSender(otpFile) : commandSender(otpCommand));
         api.setSigninLimitPerClient(signinLimit);

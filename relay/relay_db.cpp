@@ -1,5 +1,6 @@
 #include "relay_db.hpp"
 
+#include "log.hpp"
 #include "util.hpp"
 
 #include <openssl/evp.h>
@@ -9,7 +10,7 @@ namespace json = boost::json;
 namespace hpc::relay {
 namespace {
 
-const std::vector<std::string_view> kMigrations = {
+const std::vector<sqlite::Migration> kMigrations = {
     R"sql(
     CREATE TABLE users (
         id INTEGER PRIMARY KEY,
@@ -59,6 +60,13 @@ const std::vector<std::string_view> kMigrations = {
     ALTER TABLE callbacks ADD COLUMN acked_at REAL;
     CREATE INDEX callbacks_by_agent ON callbacks(user_id, agent_id, acked_at);
     )sql",
+    // Issue 21: pruning by age needs these; freed pages go back to the disk.
+    R"sql(
+    CREATE INDEX signins_by_expiry ON signins(expires_at);
+    CREATE INDEX credentials_by_expiry ON credentials(expires_at);
+    CREATE INDEX callbacks_by_ack ON callbacks(acked_at);
+    )sql",
+    {"PRAGMA auto_vacuum=INCREMENTAL; VACUUM;", true},
 };
 
 Registration readRegistration(sqlite::Statement& st) {
@@ -89,6 +97,56 @@ std::string sha256Hex(const std::string& data) {
 
 RelayDb::RelayDb(const std::string& path) : m_db(sqlite::Db::open(path)) {
     sqlite::migrate(m_db, kMigrations, path);
+}
+
+RelayPruneReport RelayDb::prune(double now) {
+    RelayPruneReport report;
+    auto batched = [&](const std::string& sql, double before) {
+        std::int64_t total = 0;
+        for (;;) {
+            sqlite::Transaction tx(m_db);
+            auto st = m_db.prepare(sql);
+            st.bind(1, before);
+            st.run();
+            int n = m_db.changes();
+            tx.commit();
+            total += n;
+            if (n < 500) return total;
+        }
+    };
+    double expired = now - m_retention.expiredSeconds;
+    report.signins = batched(
+        "DELETE FROM signins WHERE rowid IN (SELECT rowid FROM signins WHERE expires_at < ?1 LIMIT 500)", expired);
+    // Only access tokens expire; API keys (expires_at NULL) stay until deleted.
+    report.credentials = batched(
+        "DELETE FROM credentials WHERE id IN (SELECT id FROM credentials WHERE expires_at IS NOT NULL AND "
+        "expires_at < ?1 LIMIT 500)",
+        expired);
+    report.callbacks = batched(
+        "DELETE FROM callbacks WHERE rowid IN (SELECT rowid FROM callbacks WHERE acked_at IS NOT NULL AND "
+        "acked_at < ?1 LIMIT 500)",
+        now - m_retention.callbackSeconds);
+    while (sqlite::freePages(m_db) > 0) {
+        auto before = sqlite::freePages(m_db);
+        m_db.exec("PRAGMA incremental_vacuum(256)");
+        if (sqlite::freePages(m_db) >= before) break;
+    }
+    m_db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+    return report;
+}
+
+void RelayDb::maybePrune(double now) {
+    if (now - m_lastPrune < m_retention.intervalSeconds) return;
+    m_lastPrune = now;
+    try {
+        auto r = prune(now);
+        if (r.signins + r.credentials + r.callbacks > 0)
+            log::info("relay.db pruned: " + std::to_string(r.signins) + " sign-in codes, " +
+                      std::to_string(r.credentials) + " expired tokens, " + std::to_string(r.callbacks) +
+                      " acknowledged callbacks");
+    } catch (const std::exception& e) {
+        log::warning(std::string("pruning relay.db failed, will retry: ") + e.what());
+    }
 }
 
 std::optional<Secret> RelayDb::startSignin(const std::string& email, const Secret& code) {

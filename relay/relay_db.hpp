@@ -42,6 +42,20 @@ struct CallbackQuery {
     bool unackedOnly = false;
 };
 
+/// What the relay keeps, and for how long (hpc-relay --callback-retention...).
+struct RelayRetention {
+    double callbackSeconds = 7 * 86400;  ///< acknowledged callbacks, after their acknowledgement
+    double expiredSeconds = 86400;       ///< sign-in codes and tokens, after they expired
+    double intervalSeconds = 600;        ///< at most one pass this often (maybePrune)
+};
+
+/// What one prune pass removed.
+struct RelayPruneReport {
+    std::int64_t signins = 0;
+    std::int64_t credentials = 0;
+    std::int64_t callbacks = 0;
+};
+
 enum class VerifyOutcome { Ok, WrongCode, Expired, TooManyAttempts, UnknownToken };
 
 class RelayDb {
@@ -80,11 +94,23 @@ public:
     /// callback is addressed to that agent.
     bool ackCallback(std::int64_t userId, const std::string& agentId, const std::string& callbackId);
 
+    void setRetention(const RelayRetention& r) { m_retention = r; }
+    /// Deletes sign-in codes and access tokens that expired longer ago than
+    /// the retention, and acknowledged callbacks older than theirs, in
+    /// batches of 500 rows (one short transaction each), then gives the
+    /// pages back. Unacknowledged callbacks and API keys (no expiry) stay.
+    RelayPruneReport prune(double now);
+    /// prune() when the last pass is older than the interval; cheap otherwise.
+    /// Errors are logged, never thrown (a full disk must not fail a request).
+    void maybePrune(double now);
+
     /// For tests that need to age rows.
     sqlite::Db& rawDb() { return m_db; }
 
 private:
     sqlite::Db m_db;
+    RelayRetention m_retention;
+    double m_lastPrune = 0;
 };
 
 /// Lower-case hex SHA-256.

@@ -275,3 +275,49 @@ TEST(Settings, ABadKeyOrValueIsRefusedAndNothingChanges) {
 }
 
 }  // namespace
+
+// The relay's database: expired codes and tokens, and callbacks the agent
+// acknowledged, go; API keys and unacknowledged callbacks stay.
+#include "relay_db.hpp"
+#include "util.hpp"
+
+namespace {
+
+TEST(RelayRetentionTest, PrunesExpiredCodesAndTokensAndAcknowledgedCallbacksOnly) {
+    char tmpl[] = "/tmp/hpc-relay-retention-XXXXXX";
+    ASSERT_TRUE(::mkdtemp(tmpl));
+    std::string path = std::string(tmpl) + "/relay.db";
+    {
+        relay::RelayDb db(path);
+        EXPECT_EQ(db.rawDb().queryInt("PRAGMA auto_vacuum"), 2);
+        for (int i = 0; i < 3; ++i) ASSERT_TRUE(db.startSignin("u" + std::to_string(i) + "@example.org", Secret("123456")));
+        auto user = db.rawDb().queryInt("SELECT id FROM users WHERE email = 'u0@example.org'");
+        auto access = db.issueCredential(user, "access", relay::RelayDb::kAccessTokenLifetime);
+        auto apiKey = db.issueCredential(user, "api_key", std::nullopt);
+        for (int i = 0; i < 1200; ++i)
+            ASSERT_TRUE(db.recordCallback(user, "d1", "cb-" + std::to_string(i),
+                                          {{"agent_id", "agent-1"}, {"job_id", "j" + std::to_string(i)}}));
+        for (int i = 0; i < 1100; ++i) ASSERT_TRUE(db.ackCallback(user, "agent-1", "cb-" + std::to_string(i)));
+
+        double now = nowEpochSeconds();
+        relay::RelayRetention r;  // defaults: 7 d after acknowledgement, 1 d after expiry
+        db.setRetention(r);
+        auto nothing = db.prune(now);
+        EXPECT_EQ(nothing.signins + nothing.credentials + nothing.callbacks, 0) << "nothing is old enough yet";
+
+        auto report = db.prune(now + 30 * 86400.0);
+        EXPECT_EQ(report.signins, 3);
+        EXPECT_EQ(report.credentials, 1) << "the access token; the API key has no expiry";
+        EXPECT_EQ(report.callbacks, 1100) << "in batches of 500";
+        EXPECT_FALSE(db.authenticate(access.second));
+        EXPECT_TRUE(db.authenticate(apiKey.second));
+        auto left = db.callbacks(user, relay::CallbackQuery{});
+        ASSERT_EQ(left.size(), 100u);
+        for (const auto& c : left) EXPECT_FALSE(c.acked) << "only acknowledged callbacks were pruned";
+        EXPECT_EQ(db.rawDb().queryInt("PRAGMA freelist_count"), 0);
+        EXPECT_EQ(db.rawDb().prepare("PRAGMA integrity_check").step(), true);
+    }
+    fs::remove_all(tmpl);
+}
+
+}  // namespace
