@@ -16,9 +16,9 @@ namespace hpc {
 
 struct Settings {
     /// Audit rows older than this are pruned.
-    std::chrono::seconds auditRetention{std::chrono::hours(24 * 7)};
+    std::chrono::seconds auditRetention{std::chrono::hours(24 * 5)};
     /// Jobs that ended longer ago than this are pruned (never a live job).
-    std::chrono::seconds jobRetention{std::chrono::hours(24 * 30)};
+    std::chrono::seconds jobRetention{std::chrono::hours(24 * 14)};
     /// The rows of state.db beyond this are pruned oldest-first, even inside
     /// the retention windows (never a live job or an unacknowledged callback).
     std::uint64_t stateMaxBytes = 64ull << 20;
