@@ -256,11 +256,11 @@ private:
             }
         }
         Confinement::Params params;
+        params.reaperProgram = Confinement::findProgram();
         if (!m_profile.allowedDirs.empty()) {
             fs::path tmp = m_store.dir() / "tmp" / m_profile.daemonId;
             ensurePrivateDir(tmp.parent_path());
             ensurePrivateDir(tmp);
-        params.reaperProgram = Confinement::findProgram();
             params.allowedDirs = m_profile.allowedDirs;
             params.privateTmp = tmp.string();
             params.stateDir = m_store.dir().string();
