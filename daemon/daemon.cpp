@@ -32,7 +32,6 @@
 
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
@@ -83,12 +82,8 @@ public:
             if (attempt >= 10) throw std::runtime_error("the pid file " + m_path.string() + " keeps being replaced");
         }
         std::string pid = std::to_string(::getpid()) + "\n";
-        if (m_fd >= 0 && (::ftruncate(m_fd, 0) != 0 || ::pwrite(m_fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size())))
+        if (::ftruncate(m_fd, 0) != 0 || ::pwrite(m_fd, pid.data(), pid.size(), 0) != static_cast<ssize_t>(pid.size()))
             throw std::runtime_error("cannot write pid file " + m_path.string());
-        if (m_fd < 0) {
-            std::ofstream out(m_path, std::ios::trunc);
-            out << pid;
-        }
     }
     ~InstanceLock() {
         std::error_code ec;

@@ -50,13 +50,25 @@ std::shared_ptr<const Confinement> Confinement::build(const Params& params, std:
     auto c = std::make_shared<Confinement>();
     c->m_params = params;
     if (params.allowedDirs.empty()) return c;
+    std::vector<std::string> writable;  // existing allowed directories and the private TMPDIR
     for (const auto& d : params.allowedDirs) {
         std::error_code ec;
         fs::path real = fs::canonical(d, ec);
-        if (!ec) c->m_writable.push_back(real.string());
+        if (!ec) writable.push_back(real.string());
     }
-    if (!params.privateTmp.empty()) c->m_writable.push_back(params.privateTmp);
-    if (!params.privateTmp.empty()) c->m_env = {"TMPDIR=" + params.privateTmp};
+    if (!params.privateTmp.empty()) {
+        writable.push_back(params.privateTmp);
+        c->m_env = {"TMPDIR=" + params.privateTmp};
+    }
+    // The wrapper's fixed arguments, once: no file-system checks per command.
+    c->m_fixedArgs = {params.confineProgram};
+    for (const auto& w : writable) c->m_fixedArgs.insert(c->m_fixedArgs.end(), {"--rw", w});
+    if (!params.stateDir.empty()) c->m_fixedArgs.insert(c->m_fixedArgs.end(), {"--hide", params.stateDir});
+    std::error_code ec;
+    if (!params.runtimeDir.empty() && fs::is_directory(params.runtimeDir, ec))
+        c->m_fixedArgs.insert(c->m_fixedArgs.end(), {"--hide", params.runtimeDir});
+    for (const auto& s : params.shown)
+        if (fs::exists(s, ec)) c->m_fixedArgs.insert(c->m_fixedArgs.end(), {"--show", s});
 
     if (params.landlock) {
         std::string why;
@@ -86,15 +98,8 @@ std::shared_ptr<const Confinement> Confinement::build(const Params& params, std:
 }
 
 std::vector<std::string> Confinement::wrapper(const std::vector<std::string>& writable, bool withLandlock) const {
-    std::vector<std::string> argv = {m_params.confineProgram};
-    for (const auto& w : m_writable) argv.insert(argv.end(), {"--rw", w});
+    std::vector<std::string> argv = m_fixedArgs;
     for (const auto& w : writable) argv.insert(argv.end(), {"--rw", w});
-    if (!m_params.stateDir.empty()) argv.insert(argv.end(), {"--hide", m_params.stateDir});
-    std::error_code ec;
-    if (!m_params.runtimeDir.empty() && fs::is_directory(m_params.runtimeDir, ec))
-        argv.insert(argv.end(), {"--hide", m_params.runtimeDir});
-    for (const auto& s : m_params.shown)
-        if (fs::exists(s, ec)) argv.insert(argv.end(), {"--show", s});
     if (withLandlock) argv.insert(argv.end(), {"--landlock-fd", std::to_string(kLandlockFd)});
     argv.push_back("--");
     return argv;

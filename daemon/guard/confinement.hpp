@@ -62,7 +62,7 @@ private:
     std::vector<std::string> wrapper(const std::vector<std::string>& writable, bool withLandlock) const;
 
     Params m_params;
-    std::vector<std::string> m_writable;  ///< existing allowed directories and privateTmp
+    std::vector<std::string> m_fixedArgs;  ///< hpc-confine and its per-profile options, made by build()
     bool m_namespace = false;
     std::shared_ptr<LandlockPolicy> m_landlock;
     std::vector<std::string> m_env;
