@@ -101,6 +101,18 @@ EOF
 
 start_munge() {
     stop_pid "$dir/munge/run/munged.pid"
+    # munged (and a test's unprivileged job user) must be able to traverse to
+    # the state directory: a clone in a private directory (mktemp -d, 0700)
+    # gets the search bit, nothing more, on each ancestor that lacks it.
+    local p
+    p=$(cd "$dir" && pwd)
+    while [ "$p" != / ]; do
+        if [ "$(stat -c %A "$p" | cut -c10)" != x ] && [ "$(stat -c %A "$p" | cut -c10)" != t ]; then
+            echo "slurm-cluster: chmod o+x $p (munged must reach $dir)" >&2
+            chmod o+x "$p"
+        fi
+        p=$(dirname "$p")
+    done
     if [ ! -f "$dir/munge/munge.key" ]; then
         mungekey --create --keyfile="$dir/munge/munge.key" >/dev/null
     fi
