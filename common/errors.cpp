@@ -21,6 +21,7 @@ constexpr std::array kErrorTable{
     ErrorRow{ErrorCode::Timeout, "TIMEOUT", "org.tiptree.HpcDaemon.Error.Timeout"},
     ErrorRow{ErrorCode::Unavailable, "UNAVAILABLE", "org.tiptree.HpcDaemon.Error.Unavailable"},
     ErrorRow{ErrorCode::Unauthorized, "UNAUTHORIZED", "org.tiptree.HpcDaemon.Error.Unauthorized"},
+    ErrorRow{ErrorCode::StorageFull, "STORAGE_FULL", "org.tiptree.HpcDaemon.Error.StorageFull"},
     ErrorRow{ErrorCode::Internal, "INTERNAL", "org.tiptree.HpcDaemon.Error.Internal"},
 };
 

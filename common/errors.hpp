@@ -22,6 +22,7 @@ enum class ErrorCode {
     Timeout,
     Unavailable,
     Unauthorized,
+    StorageFull,
     Internal,
 };
 

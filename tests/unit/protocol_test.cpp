@@ -181,7 +181,7 @@ TEST(ChannelFrame, RefusesAFrameShorterThanItsHeader) {
 TEST(ErrorTable, MapsEveryCodeBothWays) {
     for (auto c : {ErrorCode::BadRequest, ErrorCode::UnknownType, ErrorCode::NotFound, ErrorCode::PathNotAllowed,
                    ErrorCode::NotOwner, ErrorCode::Limit, ErrorCode::Timeout, ErrorCode::Unavailable,
-                   ErrorCode::Unauthorized, ErrorCode::Internal}) {
+                   ErrorCode::Unauthorized, ErrorCode::StorageFull, ErrorCode::Internal}) {
         EXPECT_EQ(errorCodeFromProtocol(toProtocolCode(c)), c);
         EXPECT_EQ(errorCodeFromDbusName(toDbusName(c)), c);
     }
