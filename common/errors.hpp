@@ -1,8 +1,8 @@
 #pragma once
 /// The closed error set shared by every part of hpc-daemon.
 ///
-/// One enum, one table: the protocol code (wire), the D-Bus error name and a
-/// short description. Anything that is not one of these becomes Internal at
+/// One enum, one table: the protocol code (wire), the D-Bus error name and the
+/// HTTP status. Anything that is not one of these becomes Internal at
 /// the boundary, with the detail logged, never sent.
 
 #include <optional>
@@ -30,6 +30,8 @@ enum class ErrorCode {
 std::string_view toProtocolCode(ErrorCode code);
 /// The D-Bus error name, e.g. "org.tiptree.HpcDaemon.Error.PathNotAllowed".
 std::string_view toDbusName(ErrorCode code);
+/// The HTTP status the relay answers an error with, e.g. 403 for PathNotAllowed.
+int toHttpStatus(ErrorCode code);
 /// Parses a wire code; nullopt when it is not in the closed set.
 std::optional<ErrorCode> errorCodeFromProtocol(std::string_view code);
 /// Parses a D-Bus error name; nullopt when it is not one of ours.

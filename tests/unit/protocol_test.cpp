@@ -135,14 +135,16 @@ TEST(Envelope, RefusesMalformedResponses) {
 }
 
 TEST(Envelope, RefusesHugeFramesWithoutParsingThem) {
-    std::string huge = R"({"v":1,"type":"exec","id":"a","payload":{"stdin":")" + std::string(kMaxEnvelopeBytes, 'x') + "\"}}";
+    std::string huge =
+        R"({"v":1,"type":"exec","id":"a","payload":{"stdin":")" + std::string(kMaxEnvelopeBytes, 'x') + "\"}}";
     EXPECT_NE(errorOf(huge).message.find("limit"), std::string::npos);
     // The same frame is fine where responses are expected.
     EXPECT_TRUE(std::holds_alternative<Envelope>(parse(huge, kMaxResponseBytes)));
 }
 
 TEST(Envelope, RefusesDeepNesting) {
-    std::string deep = R"({"v":1,"type":"exec","id":"a","payload":)" + std::string(100, '[') + std::string(100, ']') + "}";
+    std::string deep =
+        R"({"v":1,"type":"exec","id":"a","payload":)" + std::string(100, '[') + std::string(100, ']') + "}";
     EXPECT_EQ(errorOf(deep).code, ErrorCode::BadRequest);
 }
 
@@ -187,6 +189,20 @@ TEST(ErrorTable, MapsEveryCodeBothWays) {
     }
     EXPECT_EQ(toProtocolCode(ErrorCode::PathNotAllowed), "PATH_NOT_ALLOWED");
     EXPECT_FALSE(errorCodeFromProtocol("NOPE"));
+}
+
+TEST(ErrorTable, GivesEachCodeTheHttpStatusItsClientsExpect) {
+    EXPECT_EQ(toHttpStatus(ErrorCode::BadRequest), 400);
+    EXPECT_EQ(toHttpStatus(ErrorCode::UnknownType), 400);
+    EXPECT_EQ(toHttpStatus(ErrorCode::NotFound), 404);
+    EXPECT_EQ(toHttpStatus(ErrorCode::PathNotAllowed), 403);
+    EXPECT_EQ(toHttpStatus(ErrorCode::NotOwner), 403);
+    EXPECT_EQ(toHttpStatus(ErrorCode::Limit), 429);
+    EXPECT_EQ(toHttpStatus(ErrorCode::Timeout), 504);
+    EXPECT_EQ(toHttpStatus(ErrorCode::Unavailable), 503);
+    EXPECT_EQ(toHttpStatus(ErrorCode::Unauthorized), 401);
+    EXPECT_EQ(toHttpStatus(ErrorCode::StorageFull), 507);
+    EXPECT_EQ(toHttpStatus(ErrorCode::Internal), 500);
 }
 
 TEST(PayloadFields, NameTheFieldInTheirErrors) {
