@@ -18,8 +18,14 @@ ApiResponse success(std::string message, json::object payload, int status = 200)
     return reply(status, {{"status", "success"}, {"message", std::move(message)}, {"payload", std::move(payload)}});
 }
 
-ApiResponse failure(int status, std::string_view code, std::string message) {
-    return reply(status, {{"status", "error"}, {"code", code}, {"message", std::move(message)}});
+/// A route asked with a method it does not take. The wire code stays
+/// BAD_REQUEST (the closed set has no code for it); HTTP says 405, which is
+/// what curl users and proxies expect.
+ApiResponse wrongMethod(std::string message) {
+    constexpr int kMethodNotAllowed = 405;
+    auto r = errorResponse(ErrorCode::BadRequest, std::move(message));
+    r.status = kMethodNotAllowed;
+    return r;
 }
 
 std::optional<json::object> bodyObject(const ApiRequest& r) {
@@ -61,10 +67,9 @@ Secret sixDigitCode() {
 /// Fields a daemon registration may carry, each with its JSON kind.
 bool validRegistration(const json::object& o, std::string& why) {
     static const std::pair<std::string_view, json::kind> kFields[] = {
-        {"hostname", json::kind::string},      {"cluster_name", json::kind::string},
-        {"skill", json::kind::string},         {"allowed_dirs", json::kind::array},
-        {"job_workdir", json::kind::string},   {"instructions", json::kind::string},
-        {"scheduler", json::kind::string},     {"version", json::kind::string},
+        {"hostname", json::kind::string},    {"cluster_name", json::kind::string}, {"skill", json::kind::string},
+        {"allowed_dirs", json::kind::array}, {"job_workdir", json::kind::string},  {"instructions", json::kind::string},
+        {"scheduler", json::kind::string},   {"version", json::kind::string},
     };
     for (const auto& [name, kind] : kFields) {
         auto* v = o.if_contains(name);
@@ -84,6 +89,11 @@ bool validRegistration(const json::object& o, std::string& why) {
 
 }  // namespace
 
+ApiResponse errorResponse(ErrorCode code, std::string message) {
+    return reply(toHttpStatus(code),
+                 {{"status", "error"}, {"code", toProtocolCode(code)}, {"message", std::move(message)}});
+}
+
 std::optional<Principal> Api::authenticate(const std::string& authorization) {
     static constexpr std::string_view kPrefix = "Bearer ";
     if (authorization.size() <= kPrefix.size() || authorization.compare(0, kPrefix.size(), kPrefix) != 0)
@@ -97,39 +107,41 @@ ApiResponse Api::handle(const ApiRequest& r) {
     while (path.size() > 1 && path.back() == '/') path.pop_back();
     try {
         if (path == "/health" && r.method == "GET") return success("ok", {{"version", HPC_VERSION}});
-        if (path == "/otp/signin") return r.method == "POST" ? signin(r) : failure(405, "BAD_REQUEST", "use POST");
-        if (path == "/auth/otp/signin/verify")
-            return r.method == "POST" ? verify(r) : failure(405, "BAD_REQUEST", "use POST");
-        if (path == "/auth/api-keys")
-            return r.method == "POST" ? createApiKey(r) : failure(405, "BAD_REQUEST", "use POST");
+        if (path == "/otp/signin") return r.method == "POST" ? signin(r) : wrongMethod("use POST");
+        if (path == "/auth/otp/signin/verify") return r.method == "POST" ? verify(r) : wrongMethod("use POST");
+        if (path == "/auth/api-keys") return r.method == "POST" ? createApiKey(r) : wrongMethod("use POST");
         static constexpr std::string_view kDaemons = "/hpc/daemons";
         if (path == kDaemons) return daemons(r, {});
         if (path.rfind(std::string(kDaemons) + "/", 0) == 0) {
             std::string id = path.substr(kDaemons.size() + 1);
             if (!isValidDaemonId(id))
-                return failure(400, "BAD_REQUEST", "daemon ids are 1-64 characters of A-Z a-z 0-9 . _ -");
+                return errorResponse(ErrorCode::BadRequest, "daemon ids are 1-64 characters of A-Z a-z 0-9 . _ -");
             return daemons(r, id);
         }
-        return failure(404, "NOT_FOUND", "no route " + printable(r.method) + " " + printable(path));
+        return errorResponse(ErrorCode::NotFound, "no route " + printable(r.method) + " " + printable(path));
     } catch (const std::exception& e) {
+        // A code from the closed set answers with its own status (a full
+        // disk: 507); anything else is a bug, its detail for the log only.
+        auto* known = dynamic_cast<const Error*>(&e);
+        if (known && known->code() != ErrorCode::Internal) return errorResponse(known->code(), e.what());
         log::error("internal error on " + printable(r.method) + " " + printable(path) + ": " + e.what());
-        return failure(500, "INTERNAL", "internal error");
+        return errorResponse(ErrorCode::Internal, "internal error");
     }
 }
 
 ApiResponse Api::signin(const ApiRequest& r) {
     auto body = bodyObject(r);
-    if (!body) return failure(400, "BAD_REQUEST", "body must be a JSON object {\"email\": ...}");
+    if (!body) return errorResponse(ErrorCode::BadRequest, "body must be a JSON object {\"email\": ...}");
     std::string email = stringField(*body, "email");
-    if (!plausibleEmail(email)) return failure(400, "BAD_REQUEST", "\"email\" must be an email address");
+    if (!plausibleEmail(email)) return errorResponse(ErrorCode::BadRequest, "\"email\" must be an email address");
     if (!admitSignin(r.remote)) {
         log::warning("sign-in code refused to " + r.remote + ": over its limit of " +
                      std::to_string(m_signinLimitPerClient) + " per 10 minutes");
-        return failure(429, "LIMIT", "too many sign-in codes requested from this address; wait 10 minutes");
+        return errorResponse(ErrorCode::Limit, "too many sign-in codes requested from this address; wait 10 minutes");
     }
     Secret code = sixDigitCode();
     auto token = m_db.startSignin(email, code);
-    if (!token) return failure(429, "LIMIT", "too many sign-in codes requested; wait 10 minutes");
+    if (!token) return errorResponse(ErrorCode::Limit, "too many sign-in codes requested; wait 10 minutes");
     m_sender(email, code);
     log::info("sign-in code sent to " + email);
     return success("a sign-in code was sent to " + email, {{"token", token->reveal()}});
@@ -158,19 +170,22 @@ bool Api::admitSignin(const std::string& remote) {
 
 ApiResponse Api::verify(const ApiRequest& r) {
     auto body = bodyObject(r);
-    if (!body) return failure(400, "BAD_REQUEST", "body must be a JSON object {\"token\", \"otp\"}");
+    if (!body) return errorResponse(ErrorCode::BadRequest, "body must be a JSON object {\"token\", \"otp\"}");
     Secret token(stringField(*body, "token"));
     Secret otp(stringField(*body, "otp"));
-    if (token.empty() || otp.empty()) return failure(400, "BAD_REQUEST", "\"token\" and \"otp\" are required");
+    if (token.empty() || otp.empty()) return errorResponse(ErrorCode::BadRequest, "\"token\" and \"otp\" are required");
     std::int64_t userId = 0;
     switch (m_db.verifyCode(token, otp, userId)) {
-        case VerifyOutcome::Ok: break;
-        case VerifyOutcome::WrongCode: return failure(401, "UNAUTHORIZED", "wrong code");
-        case VerifyOutcome::Expired: return failure(401, "UNAUTHORIZED", "the code has expired; request a new one");
+        case VerifyOutcome::Ok:
+            break;
+        case VerifyOutcome::WrongCode:
+            return errorResponse(ErrorCode::Unauthorized, "wrong code");
+        case VerifyOutcome::Expired:
+            return errorResponse(ErrorCode::Unauthorized, "the code has expired; request a new one");
         case VerifyOutcome::TooManyAttempts:
-            return failure(429, "LIMIT", "too many wrong codes; request a new one");
+            return errorResponse(ErrorCode::Limit, "too many wrong codes; request a new one");
         case VerifyOutcome::UnknownToken:
-            return failure(401, "UNAUTHORIZED", "unknown or already used sign-in; request a new code");
+            return errorResponse(ErrorCode::Unauthorized, "unknown or already used sign-in; request a new code");
     }
     auto [id, access] = m_db.issueCredential(userId, "access", RelayDb::kAccessTokenLifetime);
     log::info("user " + std::to_string(userId) + " signed in (credential " + std::to_string(id) + ")");
@@ -182,10 +197,11 @@ ApiResponse Api::verify(const ApiRequest& r) {
 ApiResponse Api::createApiKey(const ApiRequest& r) {
     auto who = authenticate(r.authorization);
     if (!who || who->kind != "access")
-        return failure(401, "UNAUTHORIZED", "an access token from sign-in is required");
+        return errorResponse(ErrorCode::Unauthorized, "an access token from sign-in is required");
     auto [id, key] = m_db.issueCredential(who->userId, "api_key", std::nullopt);
     log::info("user " + std::to_string(who->userId) + " created API key " + std::to_string(id));
-    return reply(201, {{"id", id}, {"api_key", key.reveal()}, {"created_at", nowEpochSeconds()}, {"expires_at", nullptr}});
+    return reply(201,
+                 {{"id", id}, {"api_key", key.reveal()}, {"created_at", nowEpochSeconds()}, {"expires_at", nullptr}});
 }
 
 json::object Api::describe(std::int64_t userId, const Registration& reg) const {
@@ -201,23 +217,23 @@ json::object Api::describe(std::int64_t userId, const Registration& reg) const {
 
 ApiResponse Api::daemons(const ApiRequest& r, const std::string& daemonId) {
     auto who = authenticate(r.authorization);
-    if (!who) return failure(401, "UNAUTHORIZED", "a valid bearer token or API key is required");
+    if (!who) return errorResponse(ErrorCode::Unauthorized, "a valid bearer token or API key is required");
     if (daemonId.empty()) {
-        if (r.method != "GET") return failure(405, "BAD_REQUEST", "use GET on /hpc/daemons");
+        if (r.method != "GET") return wrongMethod("use GET on /hpc/daemons");
         json::array list;
         for (const auto& reg : m_db.daemons(who->userId)) list.push_back(describe(who->userId, reg));
         return success("ok", {{"daemons", std::move(list)}});
     }
     if (r.method == "GET") {
         auto reg = m_db.daemon(who->userId, daemonId);
-        if (!reg) return failure(404, "NOT_FOUND", "no daemon " + daemonId);
+        if (!reg) return errorResponse(ErrorCode::NotFound, "no daemon " + daemonId);
         return success("ok", describe(who->userId, *reg));
     }
     if (r.method == "PUT") {
         auto body = bodyObject(r);
-        if (!body) return failure(400, "BAD_REQUEST", "body must be a JSON object");
+        if (!body) return errorResponse(ErrorCode::BadRequest, "body must be a JSON object");
         std::string why;
-        if (!validRegistration(*body, why)) return failure(400, "BAD_REQUEST", why);
+        if (!validRegistration(*body, why)) return errorResponse(ErrorCode::BadRequest, why);
         bool created = m_db.putDaemon(who->userId, daemonId, *body);
         log::info("daemon " + daemonId + " (user " + std::to_string(who->userId) + ") " +
                   (created ? "registered" : "registration updated"));
@@ -225,11 +241,12 @@ ApiResponse Api::daemons(const ApiRequest& r, const std::string& daemonId) {
                        created ? 201 : 200);
     }
     if (r.method == "DELETE") {
-        if (!m_db.deleteDaemon(who->userId, daemonId)) return failure(404, "NOT_FOUND", "no daemon " + daemonId);
+        if (!m_db.deleteDaemon(who->userId, daemonId))
+            return errorResponse(ErrorCode::NotFound, "no daemon " + daemonId);
         log::info("daemon " + daemonId + " (user " + std::to_string(who->userId) + ") unregistered");
         return success("deleted", {{"daemon_id", daemonId}});
     }
-    return failure(405, "BAD_REQUEST", "use GET, PUT or DELETE on /hpc/daemons/{id}");
+    return wrongMethod("use GET, PUT or DELETE on /hpc/daemons/{id}");
 }
 
 }  // namespace hpc::relay

@@ -2,6 +2,7 @@
 /// hpc-relay's HTTP routes (docs/protocol.md, "HTTP routes"), independent of
 /// the transport: the server hands each request over as an ApiRequest.
 
+#include "errors.hpp"
 #include "hub.hpp"
 #include "relay_db.hpp"
 
@@ -18,13 +19,18 @@ struct ApiRequest {
     std::string target;         ///< path and query
     std::string authorization;  ///< the raw Authorization header
     std::string body;
-    std::string remote;         ///< peer address, for rate limits and logs
+    std::string remote;  ///< peer address, for rate limits and logs
 };
 
 struct ApiResponse {
     int status = 200;
     std::string body;  ///< JSON
 };
+
+/// An error answer, `{"status": "error", "code", "message"}`, with the HTTP
+/// status and the code of `code`'s row in the closed error table. The message
+/// is shown to the client as it is: never a detail meant for the log.
+ApiResponse errorResponse(ErrorCode code, std::string message);
 
 /// Delivers a one-time code to a user (a command, or a file for local use).
 using CodeSender = std::function<void(const std::string& email, const Secret& code)>;

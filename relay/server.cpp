@@ -235,8 +235,12 @@ private:
             return;
         }
         if (ec) {
-            if (ec == http::error::body_limit || ec == http::error::header_limit)
-                writeResponse(413, R"({"status":"error","code":"BAD_REQUEST","message":"request too large"})", false);
+            if (ec == http::error::body_limit || ec == http::error::header_limit) {
+                // BAD_REQUEST on the wire; HTTP has a status of its own for it.
+                auto res = errorResponse(ErrorCode::BadRequest, "request too large");
+                res.status = static_cast<int>(http::status::payload_too_large);
+                writeResponse(std::move(res), false);
+            }
             return;
         }
         auto req = m_parser->release();
@@ -246,8 +250,7 @@ private:
         }
         ApiRequest api{std::string(req.method_string()), std::string(req.target()),
                        std::string(req[http::field::authorization]), std::move(req.body()), m_remote};
-        auto res = m_ctx.api.handle(api);
-        writeResponse(res.status, std::move(res.body), req.keep_alive());
+        writeResponse(m_ctx.api.handle(api), req.keep_alive());
     }
 
     void upgrade(http::request<http::string_body> req) {
@@ -257,44 +260,41 @@ private:
         static const std::string kDaemonPrefix = "/hpc/daemons/";
         static const std::string kDaemonSuffix = "/ws";
         if (path == "/hpc/agent/ws") {
-            if (!who) return reject(401, "a valid bearer token or API key is required");
+            if (!who) return reject(ErrorCode::Unauthorized, "a valid bearer token or API key is required");
         } else if (path.rfind(kDaemonPrefix, 0) == 0 && path.size() > kDaemonPrefix.size() + kDaemonSuffix.size() &&
                    path.compare(path.size() - kDaemonSuffix.size(), kDaemonSuffix.size(), kDaemonSuffix) == 0) {
             role.daemon = true;
             role.daemonId = path.substr(kDaemonPrefix.size(),
                                         path.size() - kDaemonPrefix.size() - kDaemonSuffix.size());
-            if (!isValidDaemonId(role.daemonId)) return reject(400, "invalid daemon id");
+            if (!isValidDaemonId(role.daemonId)) return reject(ErrorCode::BadRequest, "invalid daemon id");
             if (!who || who->kind != "api_key") {
                 log::warning("daemon " + role.daemonId + " from " + m_remote + " refused: bad or missing API key");
-                return reject(401, "a valid API key is required");
+                return reject(ErrorCode::Unauthorized, "a valid API key is required");
             }
             // Registration is what makes a daemon id the user's.
             if (!m_ctx.api.isRegistered(who->userId, role.daemonId))
-                return reject(404, "daemon " + role.daemonId + " is not registered; run hpc-daemonctl setup");
+                return reject(ErrorCode::NotFound,
+                              "daemon " + role.daemonId + " is not registered; run hpc-daemonctl setup");
         } else {
             // Quoted back in JSON: only printable ASCII of it.
             std::string shown = path.substr(0, 200);
             std::replace_if(shown.begin(), shown.end(), [](char c) { return c < 0x20 || c > 0x7e; }, '?');
-            return reject(404, "no WebSocket route " + shown);
+            return reject(ErrorCode::NotFound, "no WebSocket route " + shown);
         }
         role.principal = *who;
         auto session = std::make_shared<WsSession<Stream>>(std::move(m_stream), m_ctx, std::move(role), m_remote);
         session->accept(std::move(req));
     }
 
-    void reject(int status, const std::string& message) {
-        writeResponse(status,
-                      boost::json::serialize(boost::json::object{
-                          {"status", "error"}, {"code", status == 401 ? "UNAUTHORIZED" : "NOT_FOUND"}, {"message", message}}),
-                      false);
-    }
+    /// Refuses an upgrade with a plain HTTP error answer (docs/protocol.md, 2).
+    void reject(ErrorCode code, std::string message) { writeResponse(errorResponse(code, std::move(message)), false); }
 
-    void writeResponse(int status, std::string body, bool keepAlive) {
-        auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), 11);
+    void writeResponse(ApiResponse answer, bool keepAlive) {
+        auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(answer.status), 11);
         res->set(http::field::server, "hpc-relay/" HPC_VERSION);
         res->set(http::field::content_type, "application/json");
         res->keep_alive(keepAlive);
-        res->body() = std::move(body);
+        res->body() = std::move(answer.body);
         res->prepare_payload();
         http::async_write(m_stream, *res,
                           [self = this->shared_from_this(), res, keepAlive](beast::error_code ec, std::size_t) {

@@ -93,7 +93,8 @@ TEST_F(ApiTest, SignInRequestsAreRateLimitedPerEmail) {
 
 TEST_F(ApiTest, OneClientCannotRequestCodesForEveryAddress) {
     auto from = [this](const std::string& remote, const std::string& email) {
-        return m_api->handle({"POST", "/otp/signin", "", json::serialize(json::object{{"email", email}}), remote}).status;
+        return m_api->handle({"POST", "/otp/signin", "", json::serialize(json::object{{"email", email}}), remote})
+            .status;
     };
     for (std::size_t i = 0; i < Api::kDefaultSigninLimitPerClient; ++i)
         EXPECT_EQ(from("192.0.2.7:" + std::to_string(40000 + i), "victim" + std::to_string(i) + "@example.org"), 200);
@@ -120,7 +121,10 @@ TEST_F(ApiTest, ExpiredCodesAreRefused) {
 TEST_F(ApiTest, RefusesBadSignInInput) {
     EXPECT_EQ(call("POST", "/otp/signin", {{"email", "not-an-email"}}).status, 400);
     EXPECT_EQ(m_api->handle({"POST", "/otp/signin", "", "{broken", "t"}).status, 400);
-    EXPECT_EQ(call("GET", "/otp/signin").status, 405);
+    auto wrongMethod = call("GET", "/otp/signin");
+    EXPECT_EQ(wrongMethod.status, 405);
+    EXPECT_EQ(bodyOf(wrongMethod).at("code").as_string(), "BAD_REQUEST")
+        << "405 is HTTP's word; the code stays in the set";
     EXPECT_TRUE(m_codes.empty());
 }
 
@@ -170,9 +174,37 @@ TEST_F(ApiTest, UnknownRoutesAre404) {
 
 TEST_F(ApiTest, AnswersAreJsonWhateverBytesTheRequestCarried) {
     // Found by api_fuzz: a path that is not UTF-8 was quoted into the answer.
-    auto r = call("POST", "/auth/api-k\x8b\xdfeys\n");
+    auto r = call("POST", "/auth/api-k\x8b\xdf\x65ys\n");
     EXPECT_EQ(r.status, 404);
     EXPECT_EQ(bodyOf(r).at("code").as_string(), "NOT_FOUND");
     auto e = call("POST", "/otp/signin", {{"email", "a\x01@example.org"}});
     EXPECT_EQ(e.status, 400) << "control characters are no part of an email address";
+}
+
+TEST(ApiErrors, AnswerWithTheStatusAndCodeOfTheErrorTable) {
+    for (auto c : {ErrorCode::BadRequest, ErrorCode::UnknownType, ErrorCode::NotFound, ErrorCode::PathNotAllowed,
+                   ErrorCode::NotOwner, ErrorCode::Limit, ErrorCode::Timeout, ErrorCode::Unavailable,
+                   ErrorCode::Unauthorized, ErrorCode::StorageFull, ErrorCode::Internal}) {
+        auto r = errorResponse(c, "why");
+        EXPECT_EQ(r.status, toHttpStatus(c));
+        auto body = json::parse(r.body).as_object();
+        EXPECT_EQ(body.at("status").as_string(), "error");
+        EXPECT_EQ(body.at("code").as_string(), toProtocolCode(c));
+        EXPECT_EQ(body.at("message").as_string(), "why");
+    }
+}
+
+TEST_F(ApiTest, AnErrorFromTheClosedSetAnswersWithItsOwnStatusAndABugWithout) {
+    auto refusingWith = [this](Error e) {
+        Api api(*m_db, *m_hub, [e](const std::string&, const Secret&) { throw e; });
+        return api.handle({"POST", "/otp/signin", "", json::serialize(json::object{{"email", "a@example.org"}}), "t"});
+    };
+    auto full = refusingWith(Error(ErrorCode::StorageFull, "the disk is full"));
+    EXPECT_EQ(full.status, 507);
+    EXPECT_EQ(bodyOf(full).at("code").as_string(), "STORAGE_FULL");
+    EXPECT_EQ(bodyOf(full).at("message").as_string(), "the disk is full");
+    auto bug = refusingWith(Error(ErrorCode::Internal, "detail for the log at /srv/relay"));
+    EXPECT_EQ(bug.status, 500);
+    EXPECT_EQ(bodyOf(bug).at("code").as_string(), "INTERNAL");
+    EXPECT_EQ(bug.body.find("/srv/relay"), std::string::npos) << bug.body;
 }
