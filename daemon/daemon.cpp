@@ -130,7 +130,8 @@ public:
         m_schedulerReason = choice.reason;
         log::info("scheduler " + choice.backend + ": " + choice.reason);
         m_jobs = std::make_unique<JobService>(ioc, m_store, m_profile.daemonId, makeScheduler(choice.backend),
-                                              [this](std::string text) { return m_link && m_link->sendText(std::move(text)); });
+                                              [this](std::string text) { return m_link && m_link->sendText(std::move(text)); },
+                                              options.jobIoTimeout);
         m_jobs->setSchedulerFactory([this](const std::string& backend) -> std::unique_ptr<Scheduler> {
             if (backend == "slurm" && findInPath("squeue").empty()) return nullptr;
             if (backend != "slurm" && backend != "local") return nullptr;

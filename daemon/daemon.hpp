@@ -31,6 +31,9 @@ struct DaemonOptions {
     std::chrono::milliseconds jobPollMin{std::chrono::seconds(3)};
     std::chrono::milliseconds jobPollMax{std::chrono::seconds(60)};
     std::chrono::milliseconds slurmCommandTimeout{std::chrono::seconds(30)};
+    /// How long a read or write in a job directory (NFS, Lustre) may take
+    /// before the request that needs it is answered with an error.
+    std::chrono::milliseconds jobIoTimeout{std::chrono::seconds(30)};
 };
 
 /// Runs until SIGTERM, SIGINT or a D-Bus Stop; returns the exit code (0 on a

@@ -59,6 +59,12 @@ int main(int argc, char** argv) {
                    "how long sbatch, squeue, scontrol and sacct may take before they are killed and retried")
         ->check(CLI::Range(1.0, 3600.0))
         ->capture_default_str();
+    double jobIoTimeout = 30;
+    app.add_option("--job-io-timeout-seconds", jobIoTimeout,
+                   "how long a read or write in a job directory (often NFS or Lustre) may take before the request "
+                   "that needs it is answered with an error; the daemon never waits on it meanwhile")
+        ->check(CLI::Range(0.1, 3600.0))
+        ->capture_default_str();
     app.add_flag("--no-landlock", options.noLandlock,
                  "do not confine commands with Landlock even where the kernel supports it (diagnosis)");
     double stateCheck = 300;
@@ -81,6 +87,7 @@ int main(int argc, char** argv) {
     options.jobPollMin = ms(pollMin);
     options.jobPollMax = ms(pollMax);
     options.slurmCommandTimeout = ms(slurmTimeout);
+    options.jobIoTimeout = ms(jobIoTimeout);
     ::signal(SIGPIPE, SIG_IGN);
     try {
         hpc::log::init(logFile, verbose ? hpc::log::Level::Debug : hpc::log::Level::Info);

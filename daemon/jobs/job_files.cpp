@@ -1,5 +1,6 @@
 #include "job_files.hpp"
 
+#include "fd.hpp"
 #include "util.hpp"
 
 #include <fcntl.h>
@@ -12,29 +13,68 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <system_error>
 
 namespace fs = std::filesystem;
 
 namespace hpc::daemon {
 namespace {
 
+[[noreturn]] void fail(const std::string& what, int err) {
+    throw std::system_error(err, std::generic_category(), what);
+}
+
 void writePrivate(const std::string& path, std::string_view content, mode_t mode) {
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
-    if (fd < 0) throw std::runtime_error("cannot create " + path + ": " + std::strerror(errno));
+    UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode));
+    if (!fd) fail("cannot create " + path, errno);
     std::size_t done = 0;
     while (done < content.size()) {
-        ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+        ssize_t n = ::write(fd.get(), content.data() + done, content.size() - done);
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) {
-            int err = errno;
-            ::close(fd);
-            throw std::runtime_error("cannot write " + path + ": " + std::strerror(err));
-        }
+        if (n <= 0) fail("cannot write " + path, n < 0 ? errno : EIO);
         done += static_cast<std::size_t>(n);
     }
-    if (::fsync(fd) != 0 || ::close(fd) != 0)
-        throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
+    if (::fsync(fd.get()) != 0) fail("cannot write " + path, errno);
+    if (::close(fd.release()) != 0) fail("cannot write " + path, errno);
 }
+
+/// Opens a regular file the job may have written, for reading: never
+/// through a symlink (the daemon must not read, for the agent, what the
+/// job's confinement hides) and never a FIFO or device (which could block a
+/// worker for ever). Invalid when it is neither there nor a regular file.
+UniqueFd openJobFile(const std::string& path) {
+    UniqueFd at(::open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+    struct stat st {};
+    if (!at || ::fstat(at.get(), &st) != 0 || !S_ISREG(st.st_mode)) return UniqueFd();
+    // Reopened through /proc: the very file checked, now for reading.
+    UniqueFd fd(::open(("/proc/self/fd/" + std::to_string(at.get())).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd && errno == ENOENT) fd = UniqueFd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    return fd;
+}
+
+}  // namespace
+
+/// All of a small file, or up to its last `maxBytes` bytes; "" when unreadable.
+std::string readJobFile(const std::string& path, std::size_t maxBytes, std::size_t* startOut) {
+    UniqueFd fd = openJobFile(path);
+    struct stat st {};
+    if (!fd || ::fstat(fd.get(), &st) != 0) return {};
+    auto size = static_cast<std::size_t>(std::max<off_t>(0, st.st_size));
+    std::size_t start = size > maxBytes ? size - maxBytes : 0;
+    std::string out(size - start, '\0');
+    std::size_t got = 0;
+    while (got < out.size()) {
+        ssize_t n = ::pread(fd.get(), out.data() + got, out.size() - got, static_cast<off_t>(start + got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += static_cast<std::size_t>(n);
+    }
+    out.resize(got);
+    if (startOut) *startOut = start;
+    return out;
+}
+
+namespace {
 
 /// The `#SBATCH` lines of the script's first comment block (where sbatch
 /// itself would look for them).
@@ -70,9 +110,8 @@ void writeJobFiles(const JobRecord& job, std::string_view script, bool slurm) {
     fs::path dir(job.dir);
     std::error_code ec;
     fs::create_directories(dir.parent_path(), ec);
-    if (ec) throw std::runtime_error("cannot create " + dir.parent_path().string() + ": " + ec.message());
-    if (::mkdir(dir.c_str(), 0700) != 0)
-        throw std::runtime_error("cannot create " + dir.string() + ": " + std::strerror(errno));
+    if (ec) fail("cannot create " + dir.parent_path().string(), ec.value());
+    if (::mkdir(dir.c_str(), 0700) != 0) fail("cannot create " + dir.string(), errno);
     std::string scriptPath = job.dir + "/script";
     writePrivate(scriptPath, script, 0700);
     std::string quotedDir = shellQuote(job.dir);
@@ -96,7 +135,7 @@ void writeJobFiles(const JobRecord& job, std::string_view script, bool slurm) {
 }
 
 bool settleFromExitFile(JobRecord& job, const std::string& noFileReason) {
-    std::ifstream in(job.exitStatusPath());
+    std::istringstream in(readJobFile(job.exitStatusPath(), 64));
     int code = 0;
     if (in >> code) {
         job.exitCode = code;
@@ -111,15 +150,8 @@ bool settleFromExitFile(JobRecord& job, const std::string& noFileReason) {
 }
 
 std::string readTail(const std::string& path, std::size_t maxBytes) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return {};
-    in.seekg(0, std::ios::end);
-    auto size = static_cast<std::size_t>(std::max<std::streamoff>(0, in.tellg()));
-    std::size_t start = size > maxBytes ? size - maxBytes : 0;
-    in.seekg(static_cast<std::streamoff>(start));
-    std::string out(size - start, '\0');
-    in.read(out.data(), static_cast<std::streamsize>(out.size()));
-    out.resize(static_cast<std::size_t>(in.gcount()));
+    std::size_t start = 0;
+    std::string out = readJobFile(path, maxBytes, &start);
     // Do not start inside a UTF-8 sequence (the tail would not be text).
     std::size_t skip = 0;
     while (start > 0 && skip < 3 && skip < out.size() && (static_cast<unsigned char>(out[skip]) & 0xC0) == 0x80) ++skip;

@@ -5,7 +5,10 @@
 #include "scheduler_choice.hpp"
 #include "util.hpp"
 
+#include <cerrno>
 #include <cstdlib>
+#include <system_error>
+#include <tuple>
 
 namespace json = boost::json;
 namespace fs = std::filesystem;
@@ -16,6 +19,14 @@ namespace {
 constexpr std::size_t kMaxScriptBytes = 512 * 1024;
 constexpr std::size_t kMaxContextBytes = 64 * 1024;
 constexpr double kMaxTimeLimit = 365.0 * 24 * 3600;
+
+/// The output's tails in a reply or callback, and why they are missing when
+/// the job directory did not answer.
+void putTails(json::object& o, const JobService::Tails& tails) {
+    protocol::putBytes(o, "stdout_tail", tails.out);
+    protocol::putBytes(o, "stderr_tail", tails.err);
+    if (!tails.error.empty()) o["tail_error"] = tails.error;
+}
 
 bool isPrintableName(std::string_view s) {
     for (unsigned char c : s)
@@ -28,12 +39,13 @@ bool isPrintableName(std::string_view s) {
 std::string detectBackend() { return chooseScheduler().backend; }
 
 JobService::JobService(boost::asio::io_context& ioc, Store& store, std::string daemonId,
-                       std::unique_ptr<Scheduler> scheduler, Outbox::Send send)
-    : m_jobs(store),
+                       std::unique_ptr<Scheduler> scheduler, Outbox::Send send, std::chrono::milliseconds ioTimeout)
+    : m_io(ioc, ioTimeout),
+      m_jobs(store),
       m_daemonId(std::move(daemonId)),
       m_scheduler(std::move(scheduler)),
       m_outbox(ioc, m_jobs, m_daemonId, std::move(send)) {
-    m_scheduler->setOnChange([this](const JobRecord& job) { onChange(job); });
+    m_scheduler->attach([this](const JobRecord& job) { onChange(job); }, m_io);
 }
 
 Scheduler* JobService::schedulerFor(const std::string& backend) {
@@ -41,7 +53,7 @@ Scheduler* JobService::schedulerFor(const std::string& backend) {
     if (auto it = m_others.find(backend); it != m_others.end()) return it->second.get();
     auto made = m_factory ? m_factory(backend) : nullptr;
     if (!made) return nullptr;
-    made->setOnChange([this](const JobRecord& job) { onChange(job); });
+    made->attach([this](const JobRecord& job) { onChange(job); }, m_io);
     return m_others.emplace(backend, std::move(made)).first->second.get();
 }
 
@@ -72,12 +84,13 @@ bool JobService::handle(const protocol::Envelope& env, const std::string& agentI
         submit(env, agentId, reply);
     } else if (env.type == "job.status") {
         JobRecord job = owned(env.payload, agentId);
-        json::object o = job.toJson();
         std::size_t tail = static_cast<std::size_t>(
             protocol::optInt(env.payload, "tail_bytes", 0, 1 << 20).value_or(static_cast<std::int64_t>(kTailBytes)));
-        protocol::putBytes(o, "stdout_tail", readTail(job.stdoutPath(), tail));
-        protocol::putBytes(o, "stderr_tail", readTail(job.stderrPath(), tail));
-        reply(protocol::makeOk(env.id, std::move(o)));
+        readTails(job, tail, [id = env.id, reply, job](Tails tails) {
+            json::object o = job.toJson();
+            putTails(o, tails);
+            reply(protocol::makeOk(id, std::move(o)));
+        });
     } else if (env.type == "job.cancel") {
         JobRecord job = owned(env.payload, agentId);
         if (!job.final() && !job.cancelRequested) {
@@ -150,22 +163,51 @@ void JobService::submit(const protocol::Envelope& env, const std::string& agentI
     job.backend = std::string(m_scheduler->name());
     job.dir = (root / job.jobId).string();
     job.submittedAt = nowEpochSeconds();
-    try {
-        writeJobFiles(job, *script, job.backend == "slurm");
-    } catch (const std::exception& e) {
-        throw Error(ErrorCode::Internal, std::string("cannot write the job's files: ") + e.what());
-    }
-    m_jobs.insert(job);
-    if (m_audit) {
-        constexpr std::size_t kAuditScriptBytes = 4096;
-        std::string command = script->substr(0, kAuditScriptBytes);
-        if (script->size() > kAuditScriptBytes) command += "\n… (" + std::to_string(script->size()) + " bytes in all)";
-        m_audit(Store::AuditEntry{job.submittedAt, m_daemonId, agentId, "job:" + job.jobId, job.cwd, command,
-                                  std::nullopt});
-    }
+    constexpr std::size_t kAuditScriptBytes = 4096;
+    std::string auditCommand = script->substr(0, kAuditScriptBytes);
+    if (script->size() > kAuditScriptBytes)
+        auditCommand += "\n… (" + std::to_string(script->size()) + " bytes in all)";
     ++m_submitting;
-    log::info("job " + job.jobId + " from " + agentId + " submitted to " + job.backend + " in " + job.cwd);
-    m_scheduler->submit(job, options, [this, id = env.id, reply](JobRecord job, std::optional<Error> error) {
+    // The job's directory is often on NFS or Lustre: written off the loop.
+    m_io.run<std::optional<Error>>(
+        "writing the files of job " + job.jobId + " in " + job.dir,
+        [job, script = std::move(*script)]() -> std::optional<Error> {
+            try {
+                writeJobFiles(job, script, job.backend == "slurm");
+                return std::nullopt;
+            } catch (const std::system_error& e) {
+                int err = e.code().value();
+                return Error(err == ENOSPC || err == EDQUOT ? ErrorCode::StorageFull : ErrorCode::Internal,
+                             std::string("cannot write the job's files: ") + e.what());
+            }
+        },
+        [this, job, options, id = env.id, agentId, reply, auditCommand](std::optional<std::optional<Error>> written,
+                                                                        const std::string& timeout) {
+            std::optional<Error> error = written ? *written : Error(ErrorCode::Timeout, timeout);
+            if (error) {
+                --m_submitting;
+                log::warning("job " + job.jobId + " was not accepted: " + error->what());
+                reply(protocol::makeError(id, error->code(), error->what()));
+                return;
+            }
+            try {
+                m_jobs.insert(job);
+            } catch (const std::exception& e) {
+                --m_submitting;
+                log::error("cannot record job " + job.jobId + ": " + e.what());
+                reply(protocol::makeError(id, ErrorCode::Internal, "cannot record the job"));
+                return;
+            }
+            if (m_audit)
+                m_audit(Store::AuditEntry{job.submittedAt, m_daemonId, agentId, "job:" + job.jobId, job.cwd,
+                                          auditCommand, std::nullopt});
+            log::info("job " + job.jobId + " from " + agentId + " submitted to " + job.backend + " in " + job.cwd);
+            start(job, options, id, reply);
+        });
+}
+
+void JobService::start(const JobRecord& job, const SubmitOptions& options, const std::string& id, const Reply& reply) {
+    m_scheduler->submit(job, options, [this, id, reply](JobRecord job, std::optional<Error> error) {
         --m_submitting;
         if (error) {
             job.state = "FAILED";
@@ -199,13 +241,24 @@ void JobService::onChange(const JobRecord& job) {
             m_jobs.update(job);
             return;
         }
+    } catch (const std::exception& e) {
+        log::error("cannot record the state of job " + job.jobId + ": " + e.what());
+        return;
+    }
+    // The final state and its callback are written once the output's tails
+    // are read (off the loop); until then the job is live in the store, so a
+    // daemon that dies meanwhile settles it again when it starts.
+    readTails(job, kTailBytes, [this, job](Tails tails) { recordFinal(job, tails); });
+}
+
+void JobService::recordFinal(const JobRecord& job, const Tails& tails) {
+    try {
         json::object payload = job.toJson();
         std::string callbackId = randomHex(16);
         payload["callback_id"] = callbackId;
         payload["daemon_id"] = m_daemonId;
         payload["agent_id"] = job.agentId;
-        protocol::putBytes(payload, "stdout_tail", readTail(job.stdoutPath(), kTailBytes));
-        protocol::putBytes(payload, "stderr_tail", readTail(job.stderrPath(), kTailBytes));
+        putTails(payload, tails);
         if (m_jobs.finish(job, payload, callbackId)) {
             log::info("job " + job.jobId + " ended " + job.state + ": callback " + callbackId + " queued");
             m_outbox.kick();
@@ -214,6 +267,19 @@ void JobService::onChange(const JobRecord& job) {
         // The job stays live in the store: a restart settles it again.
         log::error("cannot record the state of job " + job.jobId + ": " + e.what());
     }
+}
+
+void JobService::readTails(const JobRecord& job, std::size_t bytes, std::function<void(Tails)> done) {
+    using Pair = std::pair<std::string, std::string>;
+    m_io.run<Pair>(
+        "reading the output of job " + job.jobId,
+        [out = job.stdoutPath(), err = job.stderrPath(), bytes] { return Pair{readTail(out, bytes), readTail(err, bytes)}; },
+        [done = std::move(done)](std::optional<Pair> read, const std::string& error) {
+            Tails t;
+            if (read) std::tie(t.out, t.err) = std::move(*read);
+            t.error = error;
+            done(std::move(t));
+        });
 }
 
 }  // namespace hpc::daemon

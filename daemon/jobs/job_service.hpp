@@ -4,6 +4,7 @@
 /// outbox. Only the submitting agent may see or cancel a job (NOT_OWNER).
 
 #include "allowed_dirs.hpp"
+#include "job_dir_io.hpp"
 #include "job_store.hpp"
 #include "outbox.hpp"
 #include "protocol.hpp"
@@ -32,8 +33,10 @@ class JobService {
 public:
     using Reply = std::function<void(std::string text)>;
 
+    /// `ioTimeout`: how long a read or write in a job directory may take
+    /// before the request that needs it is answered with an error.
     JobService(boost::asio::io_context& ioc, Store& store, std::string daemonId, std::unique_ptr<Scheduler> scheduler,
-               Outbox::Send send);
+               Outbox::Send send, std::chrono::milliseconds ioTimeout = std::chrono::seconds(30));
 
     /// Makes a scheduler for another backend ("local", "slurm"), or nullptr
     /// when it cannot run here: jobs submitted before a restart that changed
@@ -65,13 +68,25 @@ public:
 
     static constexpr std::size_t kTailBytes = 4096;
 
+    /// The ends of a job's output; `error` says why they are empty when the
+    /// job directory did not answer in time.
+    struct Tails {
+        std::string out, err, error;
+    };
+
 private:
     void submit(const protocol::Envelope& env, const std::string& agentId, const Reply& reply);
     JobRecord owned(const boost::json::object& payload, const std::string& agentId);
+    /// Starts a job whose files are written and whose row is stored.
+    void start(const JobRecord& job, const SubmitOptions& options, const std::string& id, const Reply& reply);
     void onChange(const JobRecord& job);
+    void recordFinal(const JobRecord& job, const Tails& tails);
+    /// Reads the ends of the job's stdout and stderr off the loop.
+    void readTails(const JobRecord& job, std::size_t bytes, std::function<void(Tails)> done);
     /// The scheduler that follows jobs of `backend`; nullptr when none can.
     Scheduler* schedulerFor(const std::string& backend);
 
+    JobDirIo m_io;  ///< first: outlives the schedulers that use it
     JobStore m_jobs;
     std::string m_daemonId;
     std::unique_ptr<Scheduler> m_scheduler;  ///< takes new submissions

@@ -56,7 +56,7 @@ bool runsWrapper(long long pid, const std::string& wrapper) {
 /// pid, and its start time when that process is still this job's wrapper.
 /// False when the wrapper never ran.
 bool recoverPid(JobRecord& job) {
-    std::ifstream in(job.pidPath());
+    std::istringstream in(readJobFile(job.pidPath(), 64));
     long long pid = 0;
     struct stat st {};
     if (!(in >> pid) || pid <= 0 || ::stat(job.pidPath().c_str(), &st) != 0) return false;
@@ -154,26 +154,50 @@ void LocalScheduler::submit(JobRecord job, const SubmitOptions& options, Submitt
     done(std::move(job), std::nullopt);
 }
 
-void LocalScheduler::adopt(const JobRecord& recorded) {
-    JobRecord job = recorded;
-    bool recovered = job.pid <= 0 && recoverPid(job);
-    if (job.pid > 0 && job.pidStart != 0 && processStartTime(job.pid) == job.pidStart) {
-        log::info("job " + job.jobId + " (pid " + std::to_string(job.pid) + ") is still running: following it again");
-        watch(job, false);
-        if (recovered)  // the store learns the pid it missed
-            asio::post(m_ioc, [this, job] {
-                if (m_onChange) m_onChange(job);
-            });
-        return;
-    }
-    // It ended while no daemon was watching (or never started).
-    JobRecord settled = job;
-    settled.endedAt = nowEpochSeconds();
-    settleFromExitFile(settled, job.pid > 0 ? "it ended while the daemon was down and left no exit status"
+namespace {
+
+/// What a restarted daemon finds of a job it had started (read off the loop).
+struct Found {
+    JobRecord job;
+    bool recovered = false;  ///< the pid came from the job's pid file
+    bool running = false;    ///< else `job` is settled
+};
+
+Found findJob(JobRecord job) {
+    Found f;
+    f.recovered = job.pid <= 0 && recoverPid(job);
+    f.running = job.pid > 0 && job.pidStart != 0 && processStartTime(job.pid) == job.pidStart;
+    if (!f.running) {
+        // It ended while no daemon was watching (or never started).
+        job.endedAt = nowEpochSeconds();
+        settleFromExitFile(job, job.pid > 0 ? "it ended while the daemon was down and left no exit status"
                                             : "the daemon stopped before the job started");
-    asio::post(m_ioc, [this, settled] {
-        if (m_onChange) m_onChange(settled);
-    });
+    }
+    f.job = std::move(job);
+    return f;
+}
+
+}  // namespace
+
+void LocalScheduler::adopt(const JobRecord& recorded) {
+    ++m_adopting;
+    m_io->run<Found>(
+        "reading the directory of job " + recorded.jobId, [recorded] { return findJob(recorded); },
+        [this, recorded](std::optional<Found> found, const std::string& error) {
+            --m_adopting;
+            if (!found) {
+                // Unknown for now: the job stays live in the store, and the next start looks again.
+                log::warning("job " + recorded.jobId + " is not followed: " + error);
+                return;
+            }
+            if (found->running) {
+                log::info("job " + recorded.jobId + " (pid " + std::to_string(found->job.pid) +
+                          ") is still running: following it again");
+                watch(found->job, false);
+                if (!found->recovered) return;  // else the store learns the pid it missed
+            }
+            if (m_onChange) m_onChange(found->job);
+        });
 }
 
 void LocalScheduler::watch(JobRecord job, bool ourChild) {
@@ -230,15 +254,41 @@ void LocalScheduler::ended(const std::string& jobId, std::optional<ExitStatus> s
     signalScope(m_ioc, m_config, jobId, SIGKILL);
     JobRecord job = r->job;
     job.endedAt = nowEpochSeconds();
-    bool hadFile = settleFromExitFile(job, "it ended without writing its exit status");
-    if (r->timedOut) {
-        job.state = "TIMEOUT";
-        job.reason = "time limit of " + std::to_string(job.timeLimitSeconds) + " s reached";
-    } else if (!hadFile && status && status->signal && !job.cancelRequested) {
-        job.signal = status->signal;
-        job.reason = "killed by signal " + std::to_string(*status->signal);
-    }
-    if (m_onChange) m_onChange(job);
+    ++m_adopting;  // still ours until the exit status is read
+    settleEnded(std::move(job), r->timedOut, status, 1);
+}
+
+void LocalScheduler::settleEnded(JobRecord job, bool timedOut, std::optional<ExitStatus> status, int attempt) {
+    using Settled = std::pair<JobRecord, bool>;
+    m_io->run<Settled>(
+        "reading the exit status of job " + job.jobId,
+        [job]() mutable {
+            bool hadFile = settleFromExitFile(job, "it ended without writing its exit status");
+            return Settled{std::move(job), hadFile};
+        },
+        [this, job, timedOut, status, attempt](std::optional<Settled> settled, const std::string& error) {
+            // A job directory that does not answer is asked again (an NFS
+            // server that comes back), up to a bound; then the job is FAILED.
+            constexpr int kAttempts = 5;
+            if (!settled && attempt < kAttempts) return settleEnded(job, timedOut, status, attempt + 1);
+            --m_adopting;
+            JobRecord final = job;
+            bool hadFile = settled && settled->second;
+            if (settled) {
+                final = std::move(settled->first);
+            } else {
+                final.state = job.cancelRequested ? "CANCELLED" : "FAILED";
+                final.reason = error;
+            }
+            if (timedOut) {
+                final.state = "TIMEOUT";
+                final.reason = "time limit of " + std::to_string(final.timeLimitSeconds) + " s reached";
+            } else if (!hadFile && status && status->signal && !final.cancelRequested) {
+                final.signal = status->signal;
+                final.reason = "killed by signal " + std::to_string(*status->signal);
+            }
+            if (m_onChange) m_onChange(final);
+        });
 }
 
 }  // namespace hpc::daemon

@@ -7,6 +7,7 @@
 
 #include "errors.hpp"
 #include "exec.hpp"
+#include "job_dir_io.hpp"
 #include "job_store.hpp"
 #include "process.hpp"
 
@@ -47,10 +48,16 @@ public:
     /// Asks the job to end; the change to CANCELLED comes through OnChange.
     virtual void cancel(const JobRecord& job) = 0;
     virtual std::size_t tracked() const = 0;
-    void setOnChange(OnChange onChange) { m_onChange = std::move(onChange); }
+    /// Where changes go, and the worker that reads job directories (exit
+    /// status, pid) off the loop. Set once, before the first call.
+    void attach(OnChange onChange, JobDirIo& io) {
+        m_onChange = std::move(onChange);
+        m_io = &io;
+    }
 
 protected:
     OnChange m_onChange;
+    JobDirIo* m_io = nullptr;
 };
 
 /// Maps a SLURM state word ("CANCELLED by 1001", "OUT_OF_MEMORY",
@@ -81,17 +88,20 @@ public:
     void submit(JobRecord job, const SubmitOptions& options, Submitted done) override;
     void adopt(const JobRecord& job) override;
     void cancel(const JobRecord& job) override;
-    std::size_t tracked() const override { return m_running.size(); }
+    std::size_t tracked() const override { return m_running.size() + m_adopting; }
 
     struct Running;
 
 private:
     void watch(JobRecord job, bool ourChild);
     void ended(const std::string& jobId, std::optional<ExitStatus> status);
+    /// Reads the exit status of an ended job (off the loop) and reports it.
+    void settleEnded(JobRecord job, bool timedOut, std::optional<ExitStatus> status, int attempt);
 
     boost::asio::io_context& m_ioc;
     LocalConfig m_config;
     std::map<std::string, std::shared_ptr<Running>> m_running;
+    std::size_t m_adopting = 0;  ///< jobs whose directory is being read
 };
 
 struct SlurmConfig {

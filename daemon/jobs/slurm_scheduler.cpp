@@ -443,10 +443,22 @@ void SlurmScheduler::settleFromScontrol(const std::string& jobId) {
                            return;
                        }
                        job.endedAt = nowEpochSeconds();
-                       settleFromExitFile(job, "the scheduler no longer knows the job and it left no exit status");
-                       log::info("job " + jobId + " (slurm " + job.schedulerId +
-                                 ") is forgotten by the scheduler: settled from its exit-status file as " + job.state);
-                       finishSettle(std::move(job));
+                       m_io->run<JobRecord>(
+                           "reading the exit status of job " + jobId,
+                           [job]() mutable {
+                               settleFromExitFile(job, "the scheduler no longer knows the job and it left no exit status");
+                               return job;
+                           },
+                           [this, jobId](std::optional<JobRecord> settled, const std::string&) {
+                               if (!settled || !m_jobs.contains(jobId)) {
+                                   m_settling.erase(jobId);  // the next cycle tries again
+                                   return;
+                               }
+                               log::info("job " + jobId + " (slurm " + settled->schedulerId +
+                                         ") is forgotten by the scheduler: settled from its exit-status file as " +
+                                         settled->state);
+                               finishSettle(std::move(*settled));
+                           });
                        return;
                    }
                    std::string state = applyScontrol(job, r.out);

@@ -54,9 +54,10 @@ protected:
 
     void startDaemon() {
         // A relay that comes back is found within 2 s, not after a backoff of up to 30 s.
-        m_h.startDaemon("j",
-                        {"--job-poll-min-seconds", "1", "--job-poll-max-seconds", "2", "--reconnect-max-seconds", "2"},
-                        daemonEnv());
+        std::vector<std::string> args = {"--job-poll-min-seconds", "1", "--job-poll-max-seconds", "2",
+                                         "--reconnect-max-seconds", "2"};
+        args.insert(args.end(), m_extraArgs.begin(), m_extraArgs.end());
+        m_h.startDaemon("j", args, daemonEnv());
         ASSERT_TRUE(m_h.waitConnected(m_token, "j")) << m_h.daemonLog("j");
     }
 
@@ -89,6 +90,7 @@ protected:
     Secret m_token;
     std::string m_pathPrefix;
     std::vector<std::string> m_extraEnv;
+    std::vector<std::string> m_extraArgs;  ///< more hpc-daemond options
     std::unique_ptr<agent::AgentClient> m_agent;
 };
 

@@ -4,6 +4,10 @@
 // test runs once per backend; SLURM-only tests are in slurm_jobs_test.cpp.
 #include "jobs_fixture.hpp"
 
+#include <fcntl.h>
+#include <signal.h>
+
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -401,6 +405,83 @@ TEST_P(LocalJobs, UnderSystemdEachJobGetsItsOwnScope) {
     ASSERT_GE(calls.size(), wrapper.size());
     EXPECT_EQ(calls.substr(calls.size() - wrapper.size()), wrapper) << calls;
     EXPECT_EQ(calls.find("--unit", scope.size()), std::string::npos) << "one scope: " << calls;
+}
+
+/// A file whose every open for reading blocks until the lease is given up,
+/// as a file on a hung NFS server does: a write lease that ignores breaks.
+class StalledFile {
+public:
+    explicit StalledFile(const fs::path& path) {
+        ::signal(SIGIO, SIG_IGN);  // the kernel's lease-break notice
+        fs::remove(path);          // the job's own open descriptor keeps the old file
+        m_fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (m_fd < 0) return;
+        if (::write(m_fd, "held\n", 5) == 5 && ::fcntl(m_fd, F_SETLEASE, F_WRLCK) == 0) m_held = true;
+    }
+    ~StalledFile() { release(); }
+    bool held() const { return m_held; }
+    void release() {
+        if (m_fd >= 0) ::close(m_fd);  // gives the lease up: the blocked opens go on
+        m_fd = -1;
+    }
+
+private:
+    int m_fd = -1;
+    bool m_held = false;
+};
+
+TEST_P(LocalJobs, AJobDirectoryThatDoesNotAnswerStallsNothingElse) {
+    m_h.killDaemon("j");
+    m_extraArgs = {"--job-io-timeout-seconds", "2"};
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
+    m_agent = m_h.agent(m_token);
+    auto submitted = submit("echo started\nsleep 600\n");
+    auto id = str(submitted, "job_id");
+    ASSERT_TRUE(waitState(id, "RUNNING"));
+    double connectedSince = m_h.daemonStatus("j").at("connected_since").to_number<double>();
+
+    StalledFile stalled(str(submitted, "stdout_path"));
+    if (!stalled.held()) GTEST_SKIP() << "no file leases on this file system: " << std::strerror(errno);
+
+    // job.status needs the stalled file: answered at the deadline, without the tail.
+    auto status = m_agent->jobStatus("j", id);
+    EXPECT_EQ(str(status, "state"), "RUNNING");
+    EXPECT_EQ(str(status, "stdout_tail"), "");
+    EXPECT_NE(str(status, "tail_error").find("did not answer within 2 s"), std::string::npos)
+        << boost::json::serialize(status);
+
+    // With that read still blocked: commands, shells and D-Bus answer, and
+    // the link never dropped.
+    agent::ExecSpec echo;
+    echo.command = "echo alive";
+    EXPECT_EQ(m_agent->exec("j", echo).out, "alive\n");
+    auto pty = m_agent->openPty("j", agent::PtySpec{});
+    m_agent->ptyInput(pty.channel, "echo shell-$((40+2))\r");
+    std::string shell;
+    EXPECT_TRUE(waitUntil(
+        [&] {
+            if (auto e = m_agent->nextPtyEvent(200ms); e && e->kind == agent::PtyEvent::Kind::Output) {
+                shell += e->data;
+                m_agent->ptyAck("j", pty.channel, e->data.size());
+            }
+            return shell.find("shell-42") != std::string::npos;
+        },
+        20s))
+        << shell;
+    m_agent->ptyClose("j", pty.channel);
+    auto bus = m_h.daemonStatus("j");
+    EXPECT_EQ(str(bus, "link_state"), "connected");
+    EXPECT_EQ(bus.at("connected_since").to_number<double>(), connectedSince);
+
+    // The job's end is recorded and called back though its output cannot be read.
+    m_agent->cancelJob("j", id);
+    auto cb = waitFor(id);
+    EXPECT_EQ(cb.state, "CANCELLED");
+    EXPECT_NE(str(cb.raw, "tail_error").find("did not answer"), std::string::npos) << boost::json::serialize(cb.raw);
+
+    // Once the file answers again, so does job.status.
+    stalled.release();
+    EXPECT_EQ(str(m_agent->jobStatus("j", id), "stdout_tail"), "held\n");
 }
 
 INSTANTIATE_TEST_SUITE_P(Local, LocalJobs, ::testing::Values("local"), [](const auto& info) { return info.param; });
