@@ -227,10 +227,16 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
         bool text = c->visit([](auto& ws) { return ws.got_text(); });
         std::string data = beast::buffers_to_string(c->readBuffer.data());
         c->readBuffer.consume(c->readBuffer.size());
-        if (text) {
-            if (handlers.onText) handlers.onText(data);
-        } else if (handlers.onBinary) {
-            handlers.onBinary(data);
+        // A handler that throws is a bug: the message is lost, the link is not
+        // (no reconnect, the next read goes on).
+        try {
+            if (text) {
+                if (handlers.onText) handlers.onText(data);
+            } else if (handlers.onBinary) {
+                handlers.onBinary(data);
+            }
+        } catch (const std::exception& e) {
+            log::error(std::string("internal error handling a message from the platform, continuing: ") + e.what());
         }
         if (c == conn && c->open) doRead(c);
     }

@@ -135,15 +135,21 @@ private:
         std::string text = beast::buffers_to_string(m_buffer.data());
         m_buffer.consume(m_buffer.size());
         auto self = this->shared_from_this();
-        if (!m_ws.got_text()) {
-            if (m_role.daemon)
-                m_ctx.hub.onDaemonBinary(m_role.principal.userId, m_role.daemonId, std::move(text));
-            else
-                m_ctx.hub.onAgentBinary(self, std::move(text));
-        } else if (m_role.daemon) {
-            m_ctx.hub.onDaemonText(m_role.principal.userId, m_role.daemonId, self, text);
-        } else {
-            m_ctx.hub.onAgentText(m_role.principal, self, text);
+        // A bug in routing one message costs that message, not this peer's
+        // connection (nor, through ioc.run, every other one).
+        try {
+            if (!m_ws.got_text()) {
+                if (m_role.daemon)
+                    m_ctx.hub.onDaemonBinary(m_role.principal.userId, m_role.daemonId, std::move(text));
+                else
+                    m_ctx.hub.onAgentBinary(self, std::move(text));
+            } else if (m_role.daemon) {
+                m_ctx.hub.onDaemonText(m_role.principal.userId, m_role.daemonId, self, text);
+            } else {
+                m_ctx.hub.onAgentText(m_role.principal, self, text);
+            }
+        } catch (const std::exception& e) {
+            log::error("internal error routing a message from " + m_remote + ", continuing: " + e.what());
         }
         doRead();
     }
@@ -454,7 +460,16 @@ int runServer(const ServerConfig& config, Api& api, Hub& hub) {
         shutdownTimer.expires_after(std::chrono::milliseconds(300));
         shutdownTimer.async_wait([&ioc](beast::error_code) { ioc.stop(); });
     });
-    ioc.run();
+    // Each chain catches its own errors; this is the last guard, so one
+    // missed does not stop every user's connections.
+    for (;;) {
+        try {
+            ioc.run();
+            break;
+        } catch (const std::exception& e) {
+            log::error(std::string("internal error, continuing: ") + e.what());
+        }
+    }
     // Sessions still referenced by the hub use this io_context: drop them now.
     hub.closeAll();
     return 0;
