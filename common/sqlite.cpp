@@ -7,25 +7,30 @@
 namespace hpc::sqlite {
 namespace {
 
-[[noreturn]] void fail(sqlite3* db, std::string_view what) {
+[[noreturn]] void fail(sqlite3* db, std::string_view what, const DiskFullHook* onDiskFull = nullptr) {
     std::string msg = std::string(what) + ": " + (db ? sqlite3_errmsg(db) : "out of memory");
-    // SQLite says "disk I/O error" for EDQUOT: name the system's reason, so
-    // a full quota is recognisable (isDiskFull) and clear to the user.
-    if (db) {
-        int code = sqlite3_errcode(db);
-        int sys = sqlite3_system_errno(db);
-        if ((code == SQLITE_FULL || code == SQLITE_IOERR || code == SQLITE_CANTOPEN) && sys != 0)
-            msg += std::string(" (") + std::strerror(sys) + ")";
-    }
-    throw std::runtime_error(msg);
+    if (!db) throw std::runtime_error(msg);
+    // SQLite says "disk I/O error" for EDQUOT (and for ENOSPC met while
+    // growing its shared-memory file): name the system's reason, so the
+    // error is clear to the user.
+    int code = sqlite3_extended_errcode(db) & 0xff;
+    int sys = sqlite3_system_errno(db);
+    if ((code == SQLITE_FULL || code == SQLITE_IOERR || code == SQLITE_CANTOPEN) && sys != 0)
+        msg += std::string(" (") + std::strerror(sys) + ")";
+    bool full = code == SQLITE_FULL || ((code == SQLITE_IOERR || code == SQLITE_CANTOPEN) &&
+                                        (sys == ENOSPC || sys == EDQUOT));
+    if (!full) throw std::runtime_error(msg);
+    if (onDiskFull && *onDiskFull) (*onDiskFull)(msg);
+    throw DiskFull(msg);
 }
 
 }  // namespace
 
-Statement::Statement(sqlite3* db, std::string_view sql) : m_db(db) {
+Statement::Statement(sqlite3* db, std::string_view sql, const DiskFullHook* onDiskFull)
+    : m_db(db), m_onDiskFull(onDiskFull) {
     sqlite3_stmt* stmt = nullptr;
     if (sqlite3_prepare_v2(db, sql.data(), static_cast<int>(sql.size()), &stmt, nullptr) != SQLITE_OK)
-        fail(db, "sqlite prepare");
+        fail(db, "sqlite prepare", m_onDiskFull);
     m_stmt.reset(stmt);
 }
 
@@ -55,7 +60,7 @@ bool Statement::step() {
     int rc = sqlite3_step(m_stmt.get());
     if (rc == SQLITE_ROW) return true;
     if (rc == SQLITE_DONE) return false;
-    fail(m_db, "sqlite step");
+    fail(m_db, "sqlite step", m_onDiskFull);
 }
 
 void Statement::run() {
@@ -96,7 +101,7 @@ void Db::exec(std::string_view sql) {
     char* err = nullptr;
     if (sqlite3_exec(m_db.get(), s.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
         sqlite3_free(err);
-        fail(m_db.get(), "sqlite exec");
+        fail(m_db.get(), "sqlite exec", m_onDiskFull.get());
     }
 }
 
@@ -139,12 +144,7 @@ std::int64_t usedBytes(Db& db) {
 
 std::int64_t freePages(Db& db) { return db.queryInt("PRAGMA freelist_count"); }
 
-bool isDiskFull(const std::exception& e) {
-    std::string_view m = e.what();
-    return m.find("database or disk is full") != std::string_view::npos ||
-           m.find(std::strerror(ENOSPC)) != std::string_view::npos ||
-           m.find(std::strerror(EDQUOT)) != std::string_view::npos;
-}
+bool isDiskFull(const std::exception& e) { return dynamic_cast<const DiskFull*>(&e) != nullptr; }
 
 void migrate(Db& db, const std::vector<Migration>& migrations, std::string_view what) {
     int have = db.userVersion();

@@ -1,13 +1,16 @@
 #pragma once
 /// A thin RAII layer over sqlite3: a connection, prepared statements, and
 /// transactions. Errors throw std::runtime_error with SQLite's message (which
-/// never contains bound values, so secrets stay out of error text).
+/// never contains bound values, so secrets stay out of error text); a write
+/// refused because the disk or the quota is full throws DiskFull.
 
 #include <sqlite3.h>
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <stdexcept>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -15,9 +18,23 @@
 
 namespace hpc::sqlite {
 
+/// A write failed because the file system or the user's quota is full:
+/// SQLITE_FULL, or an I/O error whose system errno is ENOSPC or EDQUOT.
+/// SQLite has rolled the statement (or its transaction) back: the database
+/// is as it was before, and the same write can be tried again later.
+class DiskFull : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+/// Called with the error's text when a statement on a connection fails with
+/// DiskFull, before it is thrown. It must not use the connection.
+using DiskFullHook = std::function<void(const std::string& error)>;
+
 class Statement {
 public:
-    Statement(sqlite3* db, std::string_view sql);
+    /// `onDiskFull` (may be null) must outlive the statement.
+    Statement(sqlite3* db, std::string_view sql, const DiskFullHook* onDiskFull = nullptr);
 
     Statement& bind(int index, std::string_view text);
     Statement& bind(int index, std::int64_t value);
@@ -43,6 +60,7 @@ public:
 
 private:
     sqlite3* m_db;
+    const DiskFullHook* m_onDiskFull;
     std::unique_ptr<sqlite3_stmt, decltype(&sqlite3_finalize)> m_stmt{nullptr, &sqlite3_finalize};
 };
 
@@ -54,16 +72,21 @@ public:
     void exec(std::string_view sql);
     /// A single-value PRAGMA or SELECT, as an integer.
     std::int64_t queryInt(std::string_view sql);
-    Statement prepare(std::string_view sql) { return Statement(m_db.get(), sql); }
+    Statement prepare(std::string_view sql) { return Statement(m_db.get(), sql, m_onDiskFull.get()); }
     std::int64_t lastInsertRowid() const { return sqlite3_last_insert_rowid(m_db.get()); }
     int changes() const { return sqlite3_changes(m_db.get()); }
     int userVersion();
     void setUserVersion(int version);
     sqlite3* raw() const { return m_db.get(); }
+    /// Told of every DiskFull on this connection (the store's full-disk
+    /// state, issue 21). Replaces the previous hook; null clears it.
+    void setOnDiskFull(DiskFullHook hook) { *m_onDiskFull = std::move(hook); }
 
 private:
     explicit Db(sqlite3* db) : m_db(db, &sqlite3_close_v2) {}
     std::unique_ptr<sqlite3, decltype(&sqlite3_close_v2)> m_db;
+    /// On the heap: statements point at it, and a moved Db keeps it.
+    std::unique_ptr<DiskFullHook> m_onDiskFull = std::make_unique<DiskFullHook>();
 };
 
 /// While alive, commits are synced to disk (synchronous=FULL) rather than
@@ -121,7 +144,7 @@ void migrate(Db& db, const std::vector<std::string_view>& migrations, std::strin
 std::int64_t usedBytes(Db& db);
 /// Pages on the freelist: space the file could give back.
 std::int64_t freePages(Db& db);
-/// True when `e` (from this layer) says the disk or the quota is full.
+/// True when `e` is a DiskFull from this layer.
 bool isDiskFull(const std::exception& e);
 
 }  // namespace hpc::sqlite

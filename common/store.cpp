@@ -1,12 +1,14 @@
 #include "store.hpp"
 
 #include "errors.hpp"
+#include "log.hpp"
 #include "util.hpp"
 
 #include <boost/json.hpp>
 #include <fcntl.h>
 #include <pwd.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -201,6 +203,11 @@ Store Store::open(const fs::path& dir) {
     return Store(dir, std::move(db));
 }
 
+Store::Store(fs::path dir, sqlite::Db db)
+    : m_dir(std::move(dir)), m_db(std::move(db)), m_health(std::make_unique<StorageHealth>(m_dir / kFileName)) {
+    m_db.setOnDiskFull([health = m_health.get()](const std::string& error) { health->noteFull(error); });
+}
+
 int Store::latestSchemaVersion() { return static_cast<int>(kMigrations.size()); }
 const std::vector<sqlite::Migration>& Store::migrations() { return kMigrations; }
 
@@ -246,6 +253,27 @@ void Store::saveProfile(const Profile& p) {
 }
 
 void Store::addAudit(const AuditEntry& e) {
+    if (m_health->full()) {
+        keepAudit(e);
+        return;
+    }
+    try {
+        insertAudit(e);
+    } catch (const sqlite::DiskFull&) {
+        keepAudit(e);
+    }
+}
+
+void Store::keepAudit(const AuditEntry& e) {
+    constexpr std::size_t kMaxPendingAudit = 10000;
+    if (m_pendingAudit.size() >= kMaxPendingAudit) {
+        m_pendingAudit.pop_front();
+        ++m_droppedAudit;
+    }
+    m_pendingAudit.push_back(e);
+}
+
+void Store::insertAudit(const AuditEntry& e) {
     auto st = m_db.prepare(
         "INSERT INTO audit (time, daemon_id, agent, session, cwd, command, exit_code) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
     st.bind(1, e.time).bind(2, e.daemonId).bind(3, e.agent).bind(4, e.session).bind(5, e.cwd).bind(6, e.command);
@@ -275,6 +303,97 @@ bool Store::removeProfile(const std::string& daemonId) {
     st.bind(1, daemonId);
     st.run();
     return m_db.changes() > 0;
+}
+
+bool Store::probeSpace(bool force) {
+    if (!m_health->full()) return true;
+    auto now = std::chrono::steady_clock::now();
+    if (!force && now - m_lastProbe < std::chrono::seconds(1)) return false;
+    m_lastProbe = now;
+    if (!m_health->spaceAvailable()) return false;
+    try {
+        // A real write too (page 1 rewritten as it is): the WAL must grow.
+        sqlite::Transaction tx(m_db);
+        m_db.setUserVersion(m_db.userVersion());
+        for (const auto& e : m_pendingAudit) insertAudit(e);
+        tx.commit();
+    } catch (const sqlite::DiskFull&) {
+        return false;  // not enough yet: the rows stay queued
+    } catch (const std::exception& e) {
+        log::error("cannot write " + std::to_string(m_pendingAudit.size()) +
+                   " audit rows kept while the disk was full; they are dropped: " + e.what());
+    }
+    if (m_droppedAudit > 0)
+        log::warning(std::to_string(m_droppedAudit) +
+                     " audit rows were dropped while the disk was full (only the newest 10000 are kept)");
+    m_pendingAudit.clear();
+    m_droppedAudit = 0;
+    m_health->noteWritable();
+    return true;
+}
+
+void Store::requireWritable() {
+    if (!m_health->full()) {
+        auto free = m_health->freeBytes();
+        if (!free || *free >= StorageHealth::kProbeBytes) return;
+        m_health->noteFull("only " + std::to_string(*free) + " bytes are left on the file system");
+    }
+    if (probeSpace()) return;
+    throw Error(ErrorCode::StorageFull, m_health->message());
+}
+
+std::string StorageHealth::message() const {
+    return "the disk or quota holding " + m_file.string() + " is full (" + m_reason +
+           "), so this daemon cannot record new work; jobs it already runs and their callbacks are kept and "
+           "recorded once space is freed there, with no restart needed";
+}
+
+void StorageHealth::noteFull(const std::string& error) {
+    if (full()) return;
+    m_fullSince = nowEpochSeconds();
+    // The system's own words when it gave them ("No space left on device",
+    // "Disk quota exceeded"), else SQLite's.
+    m_reason = error;
+    if (auto open = error.rfind(" ("); open != std::string::npos && error.back() == ')')
+        m_reason = error.substr(open + 2, error.size() - open - 3);
+    else if (auto colon = error.find(": "); colon != std::string::npos)
+        m_reason = error.substr(colon + 2);
+    log::warning(m_file.string() + ": the disk or quota is full (" + m_reason +
+                 "); new jobs, shells and commands are refused until space is freed, running jobs and "
+                 "unacknowledged callbacks are kept");
+    if (m_listener) m_listener(true);
+}
+
+void StorageHealth::noteWritable() {
+    if (!full()) return;
+    double lasted = nowEpochSeconds() - m_fullSince;
+    m_fullSince = 0;
+    m_reason.clear();
+    log::notice(m_file.string() + " is writable again after " + std::to_string(static_cast<long long>(lasted)) +
+                " s of a full disk or quota: new work is accepted");
+    if (m_listener) m_listener(false);
+}
+
+std::optional<std::uint64_t> StorageHealth::freeBytes() const {
+    struct statvfs st {};
+    if (::statvfs(m_file.parent_path().c_str(), &st) != 0) return std::nullopt;
+    return static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize;
+}
+
+bool StorageHealth::spaceAvailable() const {
+    if (auto free = freeBytes(); free && *free < kProbeBytes) return false;
+    // A quota shows in no statvfs: only a write tells.
+    fs::path probe = m_file.parent_path() / ".space-probe";
+    int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) return false;
+    static const std::string kZeros(64 * 1024, '\0');
+    bool ok = true;
+    for (std::uint64_t written = 0; ok && written < kProbeBytes; written += kZeros.size())
+        ok = ::write(fd, kZeros.data(), kZeros.size()) == static_cast<ssize_t>(kZeros.size());
+    ok = ok && ::fsync(fd) == 0;
+    ::close(fd);
+    ::unlink(probe.c_str());
+    return ok;
 }
 
 Profile selectProfile(Store& store, const std::string& daemonId) {

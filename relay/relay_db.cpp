@@ -1,9 +1,12 @@
 #include "relay_db.hpp"
 
+#include "errors.hpp"
 #include "log.hpp"
 #include "util.hpp"
 
 #include <openssl/evp.h>
+
+#include <exception>
 
 namespace json = boost::json;
 
@@ -95,8 +98,45 @@ std::string sha256Hex(const std::string& data) {
     return out;
 }
 
-RelayDb::RelayDb(const std::string& path) : m_db(sqlite::Db::open(path)) {
+RelayDb::RelayDb(const std::string& path) : m_path(path), m_db(sqlite::Db::open(path)) {
     sqlite::migrate(m_db, kMigrations, path);
+}
+
+/// Around each write: the first one that changes rows after a full disk
+/// says the disk is writable again.
+class RelayDb::Writing {
+public:
+    explicit Writing(RelayDb& db)
+        : m_db(db), m_changes(sqlite3_total_changes(db.m_db.raw())), m_exceptions(std::uncaught_exceptions()) {}
+    ~Writing() {
+        if (m_db.m_fullSince == 0 || std::uncaught_exceptions() != m_exceptions ||
+            sqlite3_total_changes(m_db.m_db.raw()) == m_changes)
+            return;
+        log::notice(m_db.m_path + " is writable again after " +
+                    std::to_string(static_cast<long long>(nowEpochSeconds() - m_db.m_fullSince)) +
+                    " s of a full disk or quota");
+        m_db.m_fullSince = 0;
+    }
+    Writing(const Writing&) = delete;
+    Writing& operator=(const Writing&) = delete;
+
+private:
+    RelayDb& m_db;
+    int m_changes;
+    int m_exceptions;
+};
+
+void RelayDb::refuseFull(const sqlite::DiskFull& e) {
+    if (m_fullSince == 0) {
+        m_fullSince = nowEpochSeconds();
+        log::warning(m_path + ": the disk or quota is full (" + e.what() +
+                     "); sign-ins, new credentials, registrations and callbacks are refused (HTTP 507, "
+                     "STORAGE_FULL) until space is freed there");
+    }
+    // The path is for the operator's log, not for every client.
+    throw Error(ErrorCode::StorageFull,
+                "the relay's disk or quota is full, so it cannot record this now; nothing was changed, try again "
+                "later");
 }
 
 RelayPruneReport RelayDb::prune(double now) {
@@ -149,7 +189,8 @@ void RelayDb::maybePrune(double now) {
     }
 }
 
-std::optional<Secret> RelayDb::startSignin(const std::string& email, const Secret& code) {
+std::optional<Secret> RelayDb::startSignin(const std::string& email, const Secret& code) try {
+    Writing writing(*this);
     double now = nowEpochSeconds();
     sqlite::Transaction tx(m_db);
     auto ins = m_db.prepare("INSERT INTO users (email, created_at) VALUES (?1, ?2) ON CONFLICT(email) DO NOTHING");
@@ -173,9 +214,12 @@ std::optional<Secret> RelayDb::startSignin(const std::string& email, const Secre
         .run();
     tx.commit();
     return token;
+} catch (const sqlite::DiskFull& e) {
+    refuseFull(e);
 }
 
-VerifyOutcome RelayDb::verifyCode(const Secret& token, const Secret& code, std::int64_t& userId) {
+VerifyOutcome RelayDb::verifyCode(const Secret& token, const Secret& code, std::int64_t& userId) try {
+    Writing writing(*this);
     double now = nowEpochSeconds();
     sqlite::Transaction tx(m_db);
     auto sel = m_db.prepare(
@@ -198,10 +242,13 @@ VerifyOutcome RelayDb::verifyCode(const Secret& token, const Secret& code, std::
     if (!match) return attempts + 1 >= kMaxVerifyAttempts ? VerifyOutcome::TooManyAttempts : VerifyOutcome::WrongCode;
     userId = user;
     return VerifyOutcome::Ok;
+} catch (const sqlite::DiskFull& e) {
+    refuseFull(e);
 }
 
 std::pair<std::int64_t, Secret> RelayDb::issueCredential(std::int64_t userId, const std::string& kind,
-                                                         std::optional<double> lifetime) {
+                                                         std::optional<double> lifetime) try {
+    Writing writing(*this);
     double now = nowEpochSeconds();
     Secret secret((kind == "api_key" ? "hpcd_" : "hpca_") + randomHex(32));
     auto st = m_db.prepare(
@@ -213,6 +260,8 @@ std::pair<std::int64_t, Secret> RelayDb::issueCredential(std::int64_t userId, co
         st.bindNull(5);
     st.run();
     return {m_db.lastInsertRowid(), std::move(secret)};
+} catch (const sqlite::DiskFull& e) {
+    refuseFull(e);
 }
 
 std::optional<Principal> RelayDb::authenticate(const Secret& bearer) {
@@ -224,7 +273,8 @@ std::optional<Principal> RelayDb::authenticate(const Secret& bearer) {
     return Principal{st.int64(1), st.int64(0), st.text(2)};
 }
 
-bool RelayDb::putDaemon(std::int64_t userId, const std::string& daemonId, const json::object& info) {
+bool RelayDb::putDaemon(std::int64_t userId, const std::string& daemonId, const json::object& info) try {
+    Writing writing(*this);
     double now = nowEpochSeconds();
     bool existed = daemon(userId, daemonId).has_value();
     auto st = m_db.prepare(
@@ -232,6 +282,8 @@ bool RelayDb::putDaemon(std::int64_t userId, const std::string& daemonId, const 
         "ON CONFLICT(user_id, daemon_id) DO UPDATE SET info = ?3, updated_at = ?4");
     st.bind(1, userId).bind(2, daemonId).bind(3, json::serialize(info)).bind(4, now).run();
     return !existed;
+} catch (const sqlite::DiskFull& e) {
+    refuseFull(e);
 }
 
 std::vector<Registration> RelayDb::daemons(std::int64_t userId) {
@@ -251,14 +303,18 @@ std::optional<Registration> RelayDb::daemon(std::int64_t userId, const std::stri
     return readRegistration(st);
 }
 
-bool RelayDb::deleteDaemon(std::int64_t userId, const std::string& daemonId) {
+bool RelayDb::deleteDaemon(std::int64_t userId, const std::string& daemonId) try {
+    Writing writing(*this);
     auto st = m_db.prepare("DELETE FROM daemons WHERE user_id = ?1 AND daemon_id = ?2");
     st.bind(1, userId).bind(2, daemonId).run();
     return m_db.changes() > 0;
+} catch (const sqlite::DiskFull& e) {
+    refuseFull(e);
 }
 
 bool RelayDb::recordCallback(std::int64_t userId, const std::string& daemonId, const std::string& callbackId,
-                             const json::object& payload) {
+                             const json::object& payload) try {
+    Writing writing(*this);
     auto field = [&payload](const char* name) {
         const auto* v = payload.if_contains(name);
         return v && v->is_string() ? std::string(v->get_string()) : std::string();
@@ -271,6 +327,8 @@ bool RelayDb::recordCallback(std::int64_t userId, const std::string& daemonId, c
     st.bind(6, field("agent_id")).bind(7, field("job_id"));
     st.run();
     return m_db.changes() > 0;
+} catch (const sqlite::DiskFull& e) {
+    refuseFull(e);
 }
 
 std::vector<StoredCallback> RelayDb::callbacks(std::int64_t userId, const CallbackQuery& q) {
@@ -289,12 +347,15 @@ std::vector<StoredCallback> RelayDb::callbacks(std::int64_t userId, const Callba
     return out;
 }
 
-bool RelayDb::ackCallback(std::int64_t userId, const std::string& agentId, const std::string& callbackId) {
+bool RelayDb::ackCallback(std::int64_t userId, const std::string& agentId, const std::string& callbackId) try {
+    Writing writing(*this);
     auto st = m_db.prepare(
         "UPDATE callbacks SET acked_at = COALESCE(acked_at, ?4) WHERE user_id = ?1 AND agent_id = ?2 AND callback_id = ?3");
     st.bind(1, userId).bind(2, agentId).bind(3, callbackId).bind(4, nowEpochSeconds());
     st.run();
     return m_db.changes() > 0;
+} catch (const sqlite::DiskFull& e) {
+    refuseFull(e);
 }
 
 }  // namespace hpc::relay

@@ -58,6 +58,10 @@ struct RelayPruneReport {
 
 enum class VerifyOutcome { Ok, WrongCode, Expired, TooManyAttempts, UnknownToken };
 
+/// A write refused because the disk or the quota is full throws
+/// Error(StorageFull) (HTTP 507), logged once per episode with the file's
+/// path; reads keep working, and the first write that works again says so
+/// in the log. Nothing else is needed to recover.
 class RelayDb {
 public:
     static constexpr double kCodeLifetime = 600;       ///< seconds
@@ -66,6 +70,8 @@ public:
     static constexpr double kAccessTokenLifetime = 7 * 24 * 3600;
 
     explicit RelayDb(const std::string& path);
+    RelayDb(const RelayDb&) = delete;
+    RelayDb& operator=(const RelayDb&) = delete;
 
     /// Creates the user when new. Returns nullopt when the email has asked for
     /// too many codes recently; else the token that identifies this sign-in.
@@ -106,9 +112,16 @@ public:
 
     /// For tests that need to age rows.
     sqlite::Db& rawDb() { return m_db; }
+    /// Since when writes fail for a full disk or quota (epoch seconds); 0: they work.
+    double fullSince() const { return m_fullSince; }
 
 private:
+    class Writing;
+    [[noreturn]] void refuseFull(const sqlite::DiskFull& e);
+
+    std::string m_path;
     sqlite::Db m_db;
+    double m_fullSince = 0;
     RelayRetention m_retention;
     double m_lastPrune = 0;
 };

@@ -1,4 +1,5 @@
 #include "errors.hpp"
+#include "relay_db.hpp"
 #include "sqlite.hpp"
 #include "store.hpp"
 
@@ -167,4 +168,118 @@ TEST(Migrations, AFailedStepLeavesTheVersionUnchanged) {
     EXPECT_THROW(sqlite::migrate(db, steps, "test"), std::runtime_error);
     EXPECT_EQ(db.userVersion(), 1);
     fs::remove_all(tmpl);
+}
+
+namespace {
+
+/// Fills the database up to its page limit (PRAGMA max_page_count: SQLite's
+/// own SQLITE_FULL, the code a full disk gives) with audit rows.
+void fillToTheLimit(Store& store) {
+    store.db().exec("PRAGMA max_page_count = " + std::to_string(store.db().queryInt("PRAGMA page_count") + 2));
+    auto insert = [&store] {
+        auto st = store.db().prepare(
+            "INSERT INTO audit (time, daemon_id, agent, session, cwd, command) VALUES (0, 'filler', 'a', 'exec', '/', ?1)");
+        st.bind(1, std::string(3000, 'x'));
+        st.run();
+    };
+    for (int i = 0; i < 100; ++i) insert();
+}
+
+}  // namespace
+
+TEST_F(StoreTest, AWriteRefusedForAFullDiskThrowsDiskFullAndMarksTheStoreFullOnce) {
+    auto store = Store::open(m_home);
+    std::vector<bool> told;
+    store.health().setListener([&told](bool full) { told.push_back(full); });
+    try {
+        fillToTheLimit(store);
+        FAIL() << "no SQLITE_FULL";
+    } catch (const sqlite::DiskFull& e) {
+        EXPECT_TRUE(sqlite::isDiskFull(e));
+    }
+    EXPECT_TRUE(store.health().full());
+    EXPECT_GT(store.health().fullSince(), 0);
+    EXPECT_THROW(fillToTheLimit(store), sqlite::DiskFull);
+    EXPECT_EQ(told, std::vector<bool>{true}) << "one episode, told once";
+    EXPECT_FALSE(sqlite::isDiskFull(std::runtime_error("database or disk is full"))) << "by type, not by wording";
+}
+
+TEST_F(StoreTest, WhileFullNewWorkIsRefusedWithStorageFullNamingTheFile) {
+    auto store = Store::open(m_home);
+    EXPECT_NO_THROW(store.requireWritable());
+    EXPECT_THROW(fillToTheLimit(store), sqlite::DiskFull);
+    // Waits for room, so the probe inside requireWritable finds none.
+    store.addAudit({1.0, "d", "agent", "exec", "/", std::string(4000, 'w'), 0});
+    try {
+        store.requireWritable();
+        FAIL() << "not refused";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::StorageFull);
+        EXPECT_NE(std::string(e.what()).find((m_home / "state.db").string()), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("full"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(store.profiles().size(), 0u) << "reads keep working";
+}
+
+TEST_F(StoreTest, AuditRowsKeptWhileFullAreWrittenWhenSpaceReturns) {
+    auto store = Store::open(m_home);
+    EXPECT_THROW(fillToTheLimit(store), sqlite::DiskFull);
+    std::vector<bool> told;
+    store.health().setListener([&told](bool full) { told.push_back(full); });
+    for (int i = 0; i < 3; ++i)
+        EXPECT_NO_THROW(store.addAudit({1.0 + i, "d", "agent", "exec", "/", "echo " + std::to_string(i), 0}));
+    EXPECT_EQ(store.pendingAudit(), 3u);
+    EXPECT_EQ(store.audit("d", 10).size(), 0u);
+
+    store.db().exec("PRAGMA max_page_count = 1073741823");  // space is back
+    EXPECT_TRUE(store.probeSpace(true));
+    EXPECT_FALSE(store.health().full());
+    EXPECT_EQ(told, std::vector<bool>{false});
+    EXPECT_EQ(store.pendingAudit(), 0u);
+    auto rows = store.audit("d", 10);
+    ASSERT_EQ(rows.size(), 3u);
+    EXPECT_EQ(rows[2].command, "echo 2");
+    EXPECT_NO_THROW(store.requireWritable());
+    auto check = store.db().prepare("PRAGMA integrity_check");
+    ASSERT_TRUE(check.step());
+    EXPECT_EQ(check.text(0), "ok");
+}
+
+TEST_F(StoreTest, AProbeThatFindsNoSpaceLeavesTheStoreFull) {
+    auto store = Store::open(m_home);
+    EXPECT_THROW(fillToTheLimit(store), sqlite::DiskFull);
+    store.addAudit({1.0, "d", "agent", "exec", "/", "echo " + std::string(4000, 'k'), 0});
+    // The file system has room, the database still has none: the audit
+    // row cannot be written, so the store is not writable yet.
+    EXPECT_FALSE(store.probeSpace(true));
+    EXPECT_TRUE(store.health().full());
+    EXPECT_EQ(store.pendingAudit(), 1u);
+    EXPECT_FALSE(fs::exists(m_home / ".space-probe")) << "the probe file is removed";
+}
+
+TEST_F(StoreTest, TheRelayRefusesWritesToAFullDiskWithStorageFullAndRecordsThemOnceThereIsRoom) {
+    fs::create_directories(m_root);
+    relay::RelayDb db((m_root / "relay.db").string());
+    db.rawDb().exec("PRAGMA max_page_count = " + std::to_string(db.rawDb().queryInt("PRAGMA page_count") + 2));
+    boost::json::object payload{{"job_id", "j1"}, {"agent_id", "a"}, {"padding", std::string(3000, 'p')}};
+    std::optional<ErrorCode> refused;
+    int recorded = 0;
+    for (; recorded < 100 && !refused; ++recorded) {
+        try {
+            db.recordCallback(1, "d", "cb" + std::to_string(recorded), payload);
+        } catch (const Error& e) {
+            refused = e.code();
+            EXPECT_NE(std::string(e.what()).find("full"), std::string::npos) << e.what();
+            EXPECT_EQ(std::string(e.what()).find(m_root.string()), std::string::npos) << "no server path to clients";
+        }
+    }
+    ASSERT_EQ(refused, ErrorCode::StorageFull);
+    EXPECT_GT(db.fullSince(), 0);
+    EXPECT_EQ(toHttpStatus(ErrorCode::StorageFull), 507);
+    EXPECT_EQ(db.callbacks(1, {}).size(), static_cast<std::size_t>(recorded - 1)) << "reads keep working";
+
+    db.rawDb().exec("PRAGMA max_page_count = 1073741823");  // space is back
+    EXPECT_TRUE(db.recordCallback(1, "d", "late", payload));
+    EXPECT_EQ(db.fullSince(), 0);
+    EXPECT_EQ(db.callbacks(1, {}).size(), static_cast<std::size_t>(recorded));
 }
