@@ -20,6 +20,9 @@ constexpr std::size_t kMaxArgs = 4096;
 constexpr std::size_t kMaxOutputCap = 4 * 1024 * 1024;
 constexpr double kMaxTimeoutSeconds = 7 * 24 * 3600;
 
+/// Requests that write new rows (audit, jobs) before or after their work.
+bool writesNewState(std::string_view type) { return type == "exec" || type == "pty.open" || type == "job.submit"; }
+
 std::string agentOf(const protocol::Envelope& env) {
     if (auto* id = env.agent.if_contains("id"); id && id->is_string()) return std::string(id->get_string());
     return "unknown";
@@ -42,6 +45,7 @@ void Dispatcher::onText(std::string_view text) {
         return;
     }
     try {
+        if (m_store && writesNewState(env.type)) m_store->requireWritable();
         if (env.type == "exec") {
             handleExec(env);
         } else if (handlePty(env)) {
@@ -60,6 +64,11 @@ void Dispatcher::onText(std::string_view text) {
     } catch (const Error& e) {
         m_send(protocol::makeError(env.id, e.code(), e.what()));
     } catch (const std::exception& e) {
+        if (sqlite::isDiskFull(e) && m_store) {
+            // Logged once by the store, not once per request.
+            m_send(protocol::makeError(env.id, ErrorCode::StorageFull, m_store->health().message()));
+            return;
+        }
         log::error("internal error handling " + env.type + " " + env.id + ": " + e.what());
         m_send(protocol::makeError(env.id, ErrorCode::Internal, "internal error"));
     }

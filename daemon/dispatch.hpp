@@ -36,6 +36,9 @@ public:
     void attachJobs(JobService& jobs) { m_jobs = &jobs; }
     /// Enables the pty.* messages and binary input.
     void attachPty(PtyService& pty) { m_pty = &pty; }
+    /// New work (exec, pty.open, job.submit) is refused with STORAGE_FULL
+    /// while this store's disk or quota is full (Store::requireWritable).
+    void attachStore(Store& store) { m_store = &store; }
     /// Confinement for commands and shells from now on (null: none).
     void setConfinement(std::shared_ptr<const Confinement> confinement) { m_confinement = std::move(confinement); }
     /// The bash rc file with the advisory wrappers; empty for none.
@@ -58,6 +61,7 @@ private:
     Send m_send;
     PtyService* m_pty = nullptr;
     JobService* m_jobs = nullptr;
+    Store* m_store = nullptr;
     std::function<void(Store::AuditEntry)> m_audit;
     std::shared_ptr<const Confinement> m_confinement;
     std::filesystem::path m_shellGuard;

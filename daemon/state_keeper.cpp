@@ -6,14 +6,100 @@
 #include <boost/asio/post.hpp>
 
 #include <algorithm>
+#include <ctime>
 
 namespace asio = boost::asio;
 
 namespace hpc::daemon {
+namespace {
+
+std::string isoTime(double epochSeconds) {
+    std::time_t t = static_cast<std::time_t>(epochSeconds);
+    std::tm tm{};
+    ::gmtime_r(&t, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
+    return buf;
+}
+
+}  // namespace
 
 StateKeeper::StateKeeper(asio::io_context& ioc, Store& store, std::string daemonId)
-    : m_ioc(ioc), m_store(store), m_daemonId(std::move(daemonId)), m_pruner(store, m_daemonId), m_timer(ioc) {}
+    : m_ioc(ioc), m_store(store), m_daemonId(std::move(daemonId)), m_pruner(store, m_daemonId), m_timer(ioc),
+      m_probe(ioc) {
+    // Told from inside a failing statement: act on the next turn of the loop.
+    m_store.health().setListener([this](bool full) {
+        asio::post(m_ioc, [this, full] { full ? onFull() : onWritable(); });
+    });
+    if (m_store.health().full()) onFull();
+}
 
+StateKeeper::~StateKeeper() { m_store.health().setListener({}); }
+
+std::string StateKeeper::warning() const {
+    const auto& health = m_store.health();
+    if (!health.full()) return m_warning;
+    std::string w = "disk full since " + isoTime(health.fullSince()) + ": " + health.message();
+    return m_warning.empty() ? w : w + "; " + m_warning;
+}
+
+void StateKeeper::jobEnded(const std::string& jobId) {
+    // Checked later (once written, or at the next pass): the end is written
+    // after the scheduler's report, perhaps after reading the job's output.
+    m_ended[jobId] = 0;
+}
+
+std::vector<JobRecord> StateKeeper::unsettled() {
+    std::vector<JobRecord> out;
+    JobStore jobs(m_store);
+    for (auto it = m_ended.begin(); it != m_ended.end();) {
+        std::optional<JobRecord> stored;
+        try {
+            stored = jobs.get(m_daemonId, it->first);
+        } catch (const std::exception& e) {
+            log::debug("cannot read job " + it->first + ": " + e.what());
+            ++it;
+            continue;
+        }
+        if (stored && !stored->final()) out.push_back(*stored);
+        if (!stored || stored->final() || ++it->second >= 3)
+            it = m_ended.erase(it);  // settled; or not for many passes: left to a restart
+        else
+            ++it;
+    }
+    return out;
+}
+
+void StateKeeper::onFull() {
+    if (!m_store.health().full() || m_probing || m_stopped) return;
+    m_probing = true;
+    m_probeDelay = std::chrono::milliseconds(500);
+    armProbe();
+}
+
+void StateKeeper::armProbe() {
+    m_probe.expires_after(m_probeDelay);
+    m_probe.async_wait([this](boost::system::error_code ec) {
+        if (ec || m_stopped) return;
+        if (m_store.probeSpace(true)) return;  // onWritable comes through the listener
+        m_probeDelay = std::min<std::chrono::milliseconds>(m_probeDelay * 2, kMaxProbeInterval);
+        armProbe();
+    });
+}
+
+void StateKeeper::onWritable() {
+    if (m_store.health().full() || m_stopped) return;
+    m_probing = false;
+    m_probe.cancel();
+    // Jobs whose end was lost to the full disk: their scheduler finds it
+    // again (the exit status file, sacct) and the store records it now.
+    for (const auto& job : unsettled()) {
+        log::info("job " + job.jobId + " ended while the disk was full: recording its end now");
+        if (m_resettle) m_resettle(job);
+    }
+    if (m_onWritable) m_onWritable();
+    if (!m_pruner.active()) startPass();
+}
 std::chrono::milliseconds StateKeeper::interval() const {
     auto shortest = std::min(m_settings.auditRetention, m_settings.jobRetention);
     auto tenth = std::chrono::duration_cast<std::chrono::milliseconds>(shortest) / 10;
@@ -34,6 +120,7 @@ void StateKeeper::apply(const Settings& settings) {
 void StateKeeper::stop() {
     m_stopped = true;
     m_timer.cancel();
+    m_probe.cancel();
 }
 
 void StateKeeper::startPass() {
@@ -51,8 +138,9 @@ void StateKeeper::stepSoon() {
             more = m_pruner.step();
         } catch (const std::exception& e) {
             // A full disk makes deletes fail too (the WAL must grow first):
-            // say it once, and try again at the next pass.
-            if (!m_failing) log::warning(std::string("pruning state.db failed, will retry: ") + e.what());
+            // the store has said so; other errors once; try again later.
+            if (!m_failing && !sqlite::isDiskFull(e))
+                log::warning(std::string("pruning state.db failed, will retry: ") + e.what());
             m_failing = true;
             arm();
             return;
@@ -66,6 +154,12 @@ void StateKeeper::stepSoon() {
 
 void StateKeeper::finishPass() {
     m_failing = false;
+    if (!m_store.health().full()) {
+        // Ends that never reached the store without a full disk (another
+        // error) are left to a restart; forget those that did reach it.
+        for (const auto& job : unsettled())
+            log::debug("job " + job.jobId + " ended but its end is not in the store yet");
+    }
     const PruneReport& r = m_pruner.report();
     m_last = r;
     if (r.auditRows > 0 || r.jobs > 0) log::info("state.db pruned: " + r.summary());
@@ -94,7 +188,11 @@ void StateKeeper::arm() {
     if (m_stopped) return;
     m_timer.expires_after(interval());
     m_timer.async_wait([this](boost::system::error_code ec) {
-        if (!ec && !m_stopped && !m_pruner.active()) startPass();
+        if (ec || m_stopped || m_pruner.active()) return;
+        if (m_store.health().full())
+            arm();  // nothing can be deleted without room for the WAL; space back starts a pass
+        else
+            startPass();
     });
 }
 

@@ -3,7 +3,14 @@
 /// pass at start, on a timer and whenever the settings change, done as short
 /// batches (common/retention.hpp), each its own turn of the event loop, so
 /// shells and links are served between them.
+///
+/// And gets the daemon through a full disk or quota: while the store is full
+/// (Store::health()) it probes for space on a timer, and once space is back
+/// it has what waited written: jobs whose end could not be recorded are
+/// handed back to their scheduler (setResettle), the outbox is told
+/// (setOnWritable), and a prune pass runs.
 
+#include "jobs/job_store.hpp"
 #include "retention.hpp"
 #include "settings.hpp"
 #include "store.hpp"
@@ -12,6 +19,8 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
+#include <functional>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -20,6 +29,9 @@ namespace hpc::daemon {
 class StateKeeper {
 public:
     StateKeeper(boost::asio::io_context& ioc, Store& store, std::string daemonId);
+    ~StateKeeper();
+    StateKeeper(const StateKeeper&) = delete;
+    StateKeeper& operator=(const StateKeeper&) = delete;
 
     /// (Re)applies settings and starts a pass now (or right after the one
     /// running). Also sets the log file's rotation size.
@@ -31,9 +43,21 @@ public:
     std::int64_t stateBytes() const { return m_pruner.fileBytes(); }
     /// The last finished pass, if any.
     const std::optional<PruneReport>& lastPrune() const { return m_last; }
-    /// Set while the size cap forces pruning inside retention (or cannot be
-    /// met): a sentence for status and the log.
-    const std::string& warning() const { return m_warning; }
+    /// Set while the disk or quota is full, or the size cap forces pruning
+    /// inside retention (or cannot be met): a sentence for status.
+    std::string warning() const;
+
+    /// A scheduler reported that `jobId` ended. If its end never reaches the
+    /// store (the write failed: a full disk), the job is settled again once
+    /// the store is writable.
+    void jobEnded(const std::string& jobId);
+    /// How a job is settled again: `stored` is its row, still live; hand it
+    /// to its scheduler (Scheduler::adopt), which finds the end anew.
+    void setResettle(std::function<void(const JobRecord& stored)> resettle) { m_resettle = std::move(resettle); }
+    /// Told once the store is writable again after a full disk or quota.
+    void setOnWritable(std::function<void()> onWritable) { m_onWritable = std::move(onWritable); }
+    /// How often a full store is probed for space, at most.
+    static constexpr std::chrono::seconds kMaxProbeInterval{5};
     /// How long between passes: a tenth of the shortest retention, within
     /// [1 s, 10 min], so short retentions (tests, strict sites) stay close.
     std::chrono::milliseconds interval() const;
@@ -43,6 +67,11 @@ private:
     void stepSoon();
     void finishPass();
     void arm();
+    void onFull();
+    void onWritable();
+    void armProbe();
+    /// Forgets ended jobs whose end is in the store; returns those whose end is not.
+    std::vector<JobRecord> unsettled();
 
     boost::asio::io_context& m_ioc;
     Store& m_store;
@@ -55,6 +84,12 @@ private:
     bool m_passQueued = false;
     bool m_stopped = false;
     bool m_failing = false;  ///< the last pass failed: log the next failure at debug only
+    boost::asio::steady_timer m_probe;
+    std::chrono::milliseconds m_probeDelay{0};
+    bool m_probing = false;
+    std::map<std::string, int> m_ended;  ///< ended jobs not known to be stored: passes that found them live
+    std::function<void(const JobRecord&)> m_resettle;
+    std::function<void()> m_onWritable;
 };
 
 }  // namespace hpc::daemon
