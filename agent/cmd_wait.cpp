@@ -1,6 +1,8 @@
 // hpc-agent wait: blocks until a job's callback arrives, across reconnections.
 #include "commands.hpp"
 
+#include "job_state.hpp"
+
 #include <algorithm>
 #include <iostream>
 #include <memory>
@@ -49,7 +51,7 @@ int runWait(const WaitOptions& o) {
         std::cout << describe(*cb) << "\n" << cb->stdoutTail << std::flush;
         std::cerr << cb->stderrTail << std::flush;
     }
-    return cb->state == "COMPLETED" ? 0 : 1;
+    return jobStateFromWireName(cb->state) == JobState::Completed ? 0 : 1;
 }
 
 }  // namespace

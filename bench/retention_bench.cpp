@@ -47,7 +47,7 @@ struct Run {
         j.context = R"({"step":3,"run":"exp-42"})";
         j.submittedAt = now;
         jobs.insert(j);
-        j.state = "COMPLETED";
+        j.state = JobState::Completed;
         j.exitCode = 0;
         j.endedAt = now + 1;
         jobs.finish(j, j.toJson(), "cb-" + j.jobId);

@@ -1,5 +1,6 @@
 #include "retention.hpp"
 
+#include "job_state.hpp"
 #include "util.hpp"
 
 #include <sys/stat.h>
@@ -9,8 +10,6 @@
 namespace hpc {
 namespace {
 
-constexpr const char* kFinal = "('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'OUT_OF_MEMORY', 'NODE_FAIL', 'PREEMPTED')";
-
 std::int64_t statSize(const std::string& path) {
     struct stat st{};
     return ::stat(path.c_str(), &st) == 0 ? static_cast<std::int64_t>(st.st_size) : 0;
@@ -18,7 +17,7 @@ std::int64_t statSize(const std::string& path) {
 
 /// The prunable jobs of a daemon: ended, with no callback waiting for the platform.
 std::string prunableJobs(const std::string& extra, const std::string& order) {
-    return std::string("SELECT job_id FROM jobs WHERE daemon_id = ?1 AND state IN ") + kFinal +
+    return std::string("SELECT job_id FROM jobs WHERE daemon_id = ?1 AND state IN ") + finalStatesSqlList() +
            " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = jobs.job_id AND o.daemon_id = jobs.daemon_id)" +
            extra + " ORDER BY " + order + " LIMIT ?3";
 }

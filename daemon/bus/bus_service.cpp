@@ -113,8 +113,8 @@ private:
         if (!m_controls.jobs) return out;
         try {
             for (const auto& j : m_controls.jobs())
-                out.emplace_back(j.jobId, j.state, j.backend, j.schedulerId, j.name, j.agentId, j.exitCode.value_or(-1),
-                                 j.submittedAt);
+                out.emplace_back(j.jobId, std::string(toWireName(j.state)), j.backend, j.schedulerId, j.name, j.agentId,
+                                 j.exitCode.value_or(-1), j.submittedAt);
         } catch (...) {
             rethrowAsDbus();
         }
@@ -169,9 +169,9 @@ BusService::~BusService() {
     m_impl->adaptor.reset();
 }
 
-void BusService::jobChanged(const std::string& jobId, const std::string& state) {
+void BusService::jobChanged(const std::string& jobId, JobState state) {
     try {
-        m_impl->adaptor->announceJob(jobId, state);
+        m_impl->adaptor->announceJob(jobId, std::string(toWireName(state)));
         m_impl->pump->kick();
     } catch (const std::exception& e) {
         log::warning(std::string("cannot announce a job change on D-Bus: ") + e.what());

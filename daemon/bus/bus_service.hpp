@@ -37,7 +37,7 @@ public:
     /// Emits LinkStateChanged and PropertiesChanged(LinkState, ConnectedSince).
     void linkStateChanged(const std::string& state);
     /// Emits JobChanged and PropertiesChanged(ActiveJobs).
-    void jobChanged(const std::string& jobId, const std::string& state);
+    void jobChanged(const std::string& jobId, JobState state);
     const std::string& address() const { return m_address; }
 
     struct Impl;

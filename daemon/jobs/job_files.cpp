@@ -139,12 +139,12 @@ bool settleFromExitFile(JobRecord& job, const std::string& noFileReason) {
     int code = 0;
     if (in >> code) {
         job.exitCode = code;
-        job.state = code == 0 ? "COMPLETED" : "FAILED";
-        if (job.cancelRequested && code != 0) job.state = "CANCELLED";
-        if (job.state == "FAILED" && job.reason.empty()) job.reason = "exit code " + std::to_string(code);
+        job.state = code == 0 ? JobState::Completed : JobState::Failed;
+        if (job.cancelRequested && code != 0) job.state = JobState::Cancelled;
+        if (job.state == JobState::Failed && job.reason.empty()) job.reason = "exit code " + std::to_string(code);
         return true;
     }
-    job.state = job.cancelRequested ? "CANCELLED" : "FAILED";
+    job.state = job.cancelRequested ? JobState::Cancelled : JobState::Failed;
     if (!job.cancelRequested) job.reason = noFileReason;
     return false;
 }

@@ -99,7 +99,8 @@ bool JobService::handle(const protocol::Envelope& env, const std::string& agentI
             log::info("job " + job.jobId + " cancelled by " + agentId);
             if (Scheduler* s = schedulerFor(job.backend)) s->cancel(job);
         }
-        reply(protocol::makeOk(env.id, {{"job_id", job.jobId}, {"state", job.state}, {"cancel_requested", true}}));
+        reply(protocol::makeOk(env.id,
+                               {{"job_id", job.jobId}, {"state", toWireName(job.state)}, {"cancel_requested", true}}));
     } else if (env.type == "job.list") {
         int limit = static_cast<int>(protocol::optInt(env.payload, "limit", 1, 10000).value_or(100));
         json::array jobs;
@@ -210,7 +211,7 @@ void JobService::start(const JobRecord& job, const SubmitOptions& options, const
     m_scheduler->submit(job, options, [this, id, reply](JobRecord job, std::optional<Error> error) {
         --m_submitting;
         if (error) {
-            job.state = "FAILED";
+            job.state = JobState::Failed;
             job.reason = error->what();
             job.endedAt = nowEpochSeconds();
             m_jobs.update(job);  // no callback: the agent gets the error now
@@ -228,7 +229,7 @@ void JobService::start(const JobRecord& job, const SubmitOptions& options, const
         reply(protocol::makeOk(id, {{"job_id", job.jobId},
                                     {"backend", job.backend},
                                     {"scheduler_id", job.schedulerId},
-                                    {"state", job.state},
+                                    {"state", toWireName(job.state)},
                                     {"stdout_path", job.stdoutPath()},
                                     {"stderr_path", job.stderrPath()}}));
     });
@@ -260,7 +261,8 @@ void JobService::recordFinal(const JobRecord& job, const Tails& tails) {
         payload["agent_id"] = job.agentId;
         putTails(payload, tails);
         if (m_jobs.finish(job, payload, callbackId)) {
-            log::info("job " + job.jobId + " ended " + job.state + ": callback " + callbackId + " queued");
+            log::info("job " + job.jobId + " ended " + std::string(toWireName(job.state)) + ": callback " + callbackId +
+                      " queued");
             m_outbox.kick();
         }
     } catch (const std::exception& e) {

@@ -1,5 +1,6 @@
 #include "job_store.hpp"
 
+#include "log.hpp"
 #include "sqlite.hpp"
 #include "util.hpp"
 
@@ -14,7 +15,7 @@ constexpr const char* kColumns =
 
 void bindJob(sqlite::Statement& st, const JobRecord& j) {
     st.bind(1, j.jobId).bind(2, j.daemonId).bind(3, j.agentId).bind(4, j.backend).bind(5, j.schedulerId);
-    st.bind(6, j.name).bind(7, j.state).bind(8, j.reason);
+    st.bind(6, j.name).bind(7, toWireName(j.state)).bind(8, j.reason);
     j.exitCode ? st.bind(9, *j.exitCode) : st.bindNull(9);
     j.signal ? st.bind(10, *j.signal) : st.bindNull(10);
     st.bind(11, j.dir).bind(12, j.cwd).bind(13, j.context);
@@ -31,8 +32,15 @@ JobRecord readJob(const sqlite::Statement& st) {
     j.backend = st.text(3);
     j.schedulerId = st.text(4);
     j.name = st.text(5);
-    j.state = st.text(6);
     j.reason = st.text(7);
+    if (auto state = jobStateFromWireName(st.text(6))) {
+        j.state = *state;
+    } else {
+        // Only this program writes the column: a word it does not know is damage, not a live job.
+        log::warning("job " + j.jobId + " has an unknown state \"" + st.text(6) + "\" in the store: taken as FAILED");
+        j.state = JobState::Failed;
+        if (j.reason.empty()) j.reason = "unknown state \"" + st.text(6) + "\" in the store";
+    }
     if (!st.isNull(8)) j.exitCode = static_cast<int>(st.int64(8));
     if (!st.isNull(9)) j.signal = static_cast<int>(st.int64(9));
     j.dir = st.text(10);
@@ -52,11 +60,6 @@ std::string selectJobs(std::string_view where) { return std::string("SELECT ") +
 
 }  // namespace
 
-bool isFinalState(std::string_view s) {
-    return s == "COMPLETED" || s == "FAILED" || s == "CANCELLED" || s == "TIMEOUT" || s == "OUT_OF_MEMORY" ||
-           s == "NODE_FAIL" || s == "PREEMPTED";
-}
-
 json::object JobRecord::toJson() const {
     json::error_code ec;
     json::value ctx = json::parse(context, ec);
@@ -64,7 +67,7 @@ json::object JobRecord::toJson() const {
             {"name", name},
             {"backend", backend},
             {"scheduler_id", schedulerId},
-            {"state", state},
+            {"state", toWireName(state)},
             {"reason", reason},
             {"exit_code", exitCode ? json::value(*exitCode) : json::value(nullptr)},
             {"signal", signal ? json::value(*signal) : json::value(nullptr)},
@@ -86,16 +89,20 @@ void JobStore::insert(const JobRecord& job) {
 }
 
 namespace {
-constexpr const char* kUpdate =
-    "UPDATE jobs SET daemon_id = ?2, agent_id = ?3, backend = ?4, scheduler_id = ?5, name = ?6, state = ?7, "
-    "reason = ?8, exit_code = ?9, signal = ?10, dir = ?11, cwd = ?12, context = ?13, time_limit_s = ?14, pid = ?15, "
-    "pid_start = ?16, cancel_requested = ?17, submitted_at = ?18, started_at = ?19, ended_at = ?20, updated_at = ?21 "
-    "WHERE job_id = ?1 AND state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'OUT_OF_MEMORY', "
-    "'NODE_FAIL', 'PREEMPTED')";
+/// Writes a job unless its row is already final: an end is never overwritten.
+const std::string& updateSql() {
+    static const std::string sql =
+        "UPDATE jobs SET daemon_id = ?2, agent_id = ?3, backend = ?4, scheduler_id = ?5, name = ?6, state = ?7, "
+        "reason = ?8, exit_code = ?9, signal = ?10, dir = ?11, cwd = ?12, context = ?13, time_limit_s = ?14, "
+        "pid = ?15, pid_start = ?16, cancel_requested = ?17, submitted_at = ?18, started_at = ?19, "
+        "ended_at = ?20, updated_at = ?21 WHERE job_id = ?1 AND state NOT IN " +
+        finalStatesSqlList();
+    return sql;
 }
+}  // namespace
 
 void JobStore::update(const JobRecord& job) {
-    auto st = m_store.db().prepare(kUpdate);
+    auto st = m_store.db().prepare(updateSql());
     bindJob(st, job);
     st.run();
 }
@@ -103,7 +110,7 @@ void JobStore::update(const JobRecord& job) {
 bool JobStore::finish(const JobRecord& job, const json::object& callback, const std::string& callbackId) {
     sqlite::Durable durable(m_store.db());
     sqlite::Transaction tx(m_store.db());
-    auto st = m_store.db().prepare(kUpdate);
+    auto st = m_store.db().prepare(updateSql());
     bindJob(st, job);
     st.run();
     if (m_store.db().changes() == 0) return false;
@@ -125,8 +132,7 @@ std::optional<JobRecord> JobStore::get(const std::string& daemonId, const std::s
 
 std::vector<JobRecord> JobStore::live(const std::string& daemonId) {
     auto st = m_store.db().prepare(
-        selectJobs("WHERE daemon_id = ?1 AND state NOT IN ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', "
-                   "'OUT_OF_MEMORY', 'NODE_FAIL', 'PREEMPTED') ORDER BY submitted_at"));
+        selectJobs("WHERE daemon_id = ?1 AND state NOT IN " + finalStatesSqlList() + " ORDER BY submitted_at"));
     st.bind(1, daemonId);
     std::vector<JobRecord> out;
     while (st.step()) out.push_back(readJob(st));

@@ -6,6 +6,7 @@
 /// in one SQLite transaction, so a crash can lose neither: the callback row
 /// stays in the outbox until the platform acknowledges it.
 
+#include "job_state.hpp"
 #include "store.hpp"
 
 #include <boost/json.hpp>
@@ -16,11 +17,6 @@
 
 namespace hpc::daemon {
 
-/// Job states. Final: COMPLETED, FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY,
-/// NODE_FAIL, PREEMPTED. Live: SUBMITTING (row written, not yet accepted by
-/// the scheduler), PENDING, RUNNING, SUSPENDED.
-bool isFinalState(std::string_view state);
-
 struct JobRecord {
     std::string jobId;
     std::string daemonId;
@@ -28,7 +24,7 @@ struct JobRecord {
     std::string backend;  ///< "slurm" or "local"
     std::string schedulerId;
     std::string name;
-    std::string state = "SUBMITTING";
+    JobState state = JobState::Submitting;
     std::string reason;
     std::optional<int> exitCode;
     std::optional<int> signal;
@@ -48,7 +44,7 @@ struct JobRecord {
     std::string exitStatusPath() const { return dir + "/exit_status"; }
     /// Local jobs: the wrapper's pid, written by the wrapper itself first thing.
     std::string pidPath() const { return dir + "/pid"; }
-    bool final() const { return isFinalState(state); }
+    bool final() const { return isFinal(state); }
     /// For job.status, job.list and job.completed (no output tails).
     boost::json::object toJson() const;
 };

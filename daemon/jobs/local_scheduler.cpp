@@ -62,7 +62,7 @@ bool recoverPid(JobRecord& job) {
     if (!(in >> pid) || pid <= 0 || ::stat(job.pidPath().c_str(), &st) != 0) return false;
     job.pid = pid;
     job.schedulerId = std::to_string(pid);
-    job.state = "RUNNING";
+    job.state = JobState::Running;
     job.startedAt = static_cast<double>(st.st_mtim.tv_sec) + static_cast<double>(st.st_mtim.tv_nsec) / 1e9;
     if (runsWrapper(pid, job.dir + "/wrapper")) job.pidStart = processStartTime(pid);
     return true;
@@ -148,7 +148,7 @@ void LocalScheduler::submit(JobRecord job, const SubmitOptions& options, Submitt
     job.pid = child.pid;
     job.pidStart = processStartTime(child.pid);
     job.schedulerId = std::to_string(child.pid);
-    job.state = "RUNNING";
+    job.state = JobState::Running;
     job.startedAt = nowEpochSeconds();
     watch(job, true);
     done(std::move(job), std::nullopt);
@@ -277,11 +277,11 @@ void LocalScheduler::settleEnded(JobRecord job, bool timedOut, std::optional<Exi
             if (settled) {
                 final = std::move(settled->first);
             } else {
-                final.state = job.cancelRequested ? "CANCELLED" : "FAILED";
+                final.state = job.cancelRequested ? JobState::Cancelled : JobState::Failed;
                 final.reason = error;
             }
             if (timedOut) {
-                final.state = "TIMEOUT";
+                final.state = JobState::Timeout;
                 final.reason = "time limit of " + std::to_string(final.timeLimitSeconds) + " s reached";
             } else if (!hadFile && status && status->signal && !final.cancelRequested) {
                 final.signal = status->signal;

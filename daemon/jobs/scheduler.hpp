@@ -61,16 +61,16 @@ protected:
 };
 
 /// Maps a SLURM state word ("CANCELLED by 1001", "OUT_OF_MEMORY",
-/// "REQUEUED", …) to ours; "" for a word we do not know.
-std::string mapSlurmState(std::string_view slurm);
+/// "REQUEUED", …) to ours; nullopt for a word we do not know.
+std::optional<JobState> mapSlurmState(std::string_view slurm);
 
 /// Applies `sacct --noheader --parsable2 --allocations
 /// --format=JobIDRaw,State,ExitCode,Start,End,Reason` output to `job` (by its
 /// scheduler id): true when its row shows a final state.
 bool applySacct(JobRecord& job, std::string_view output);
 /// Applies `scontrol show job --oneliner` output to `job` when it shows a
-/// final state; returns the mapped state ("" when unknown).
-std::string applyScontrol(JobRecord& job, std::string_view output);
+/// final state; returns the mapped state (nullopt when unknown).
+std::optional<JobState> applyScontrol(JobRecord& job, std::string_view output);
 
 struct LocalConfig {
     std::chrono::milliseconds killGrace{std::chrono::seconds(10)};

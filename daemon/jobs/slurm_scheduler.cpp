@@ -107,22 +107,22 @@ void applyWaitStatus(JobRecord& job, std::string_view text) {
 
 }  // namespace
 
-std::string mapSlurmState(std::string_view slurm) {
+std::optional<JobState> mapSlurmState(std::string_view slurm) {
     std::string s = trim(slurm);
     if (auto space = s.find(' '); space != std::string::npos) s.resize(space);  // "CANCELLED by 1001"
     if (auto plus = s.find('+'); plus != std::string::npos) s.resize(plus);     // "CANCELLED+"
-    if (s == "COMPLETED" || s == "FAILED" || s == "CANCELLED" || s == "TIMEOUT" || s == "OUT_OF_MEMORY" ||
-        s == "NODE_FAIL" || s == "PREEMPTED" || s == "PENDING" || s == "RUNNING" || s == "SUSPENDED")
-        return s;
-    if (s == "CONFIGURING" || s == "REQUEUED" || s == "REQUEUE_HOLD" || s == "REQUEUE_FED" || s == "RESV_DEL_HOLD")
-        return "PENDING";
-    if (s == "COMPLETING" || s == "SIGNALING" || s == "STAGE_OUT" || s == "RESIZING") return "RUNNING";
-    if (s == "STOPPED") return "SUSPENDED";
-    if (s == "BOOT_FAIL") return "NODE_FAIL";
-    if (s == "DEADLINE") return "TIMEOUT";
-    if (s == "SPECIAL_EXIT") return "FAILED";
-    if (s == "REVOKED") return "CANCELLED";
-    return {};
+    // Slurm's words that are not ours; every word of ours (but SUBMITTING) is also Slurm's.
+    static const std::map<std::string_view, JobState> kSlurmOnly = {
+        {"CONFIGURING", JobState::Pending}, {"REQUEUED", JobState::Pending},      {"REQUEUE_HOLD", JobState::Pending},
+        {"REQUEUE_FED", JobState::Pending}, {"RESV_DEL_HOLD", JobState::Pending}, {"COMPLETING", JobState::Running},
+        {"SIGNALING", JobState::Running},   {"STAGE_OUT", JobState::Running},     {"RESIZING", JobState::Running},
+        {"STOPPED", JobState::Suspended},   {"BOOT_FAIL", JobState::NodeFail},    {"DEADLINE", JobState::Timeout},
+        {"SPECIAL_EXIT", JobState::Failed}, {"REVOKED", JobState::Cancelled},
+    };
+    if (auto it = kSlurmOnly.find(s); it != kSlurmOnly.end()) return it->second;
+    auto ours = jobStateFromWireName(s);
+    if (ours == JobState::Submitting) return std::nullopt;
+    return ours;
 }
 
 bool applySacct(JobRecord& job, std::string_view output) {
@@ -130,25 +130,25 @@ bool applySacct(JobRecord& job, std::string_view output) {
     for (std::string line; std::getline(lines, line);) {
         auto f = splitOn(line, '|');
         if (f.size() < 6 || trim(f[0]) != job.schedulerId) continue;
-        std::string state = mapSlurmState(f[1]);
-        if (!isFinalState(state)) return false;
-        job.state = state;
+        auto state = mapSlurmState(f[1]);
+        if (!state || !isFinal(*state)) return false;
+        job.state = *state;
         applyExitCode(job, f[2]);
         if (double t = parseSlurmTime(f[3])) job.startedAt = t;
         job.endedAt = parseSlurmTime(f[4]);
         if (job.endedAt == 0) job.endedAt = nowEpochSeconds();
         // "CANCELLED by 1001" says who; otherwise Slurm's reason.
-        job.reason = trim(f[1]) != state ? trim(f[1]) : (trim(f[5]) == "None" ? "" : trim(f[5]));
+        job.reason = trim(f[1]) != toWireName(*state) ? trim(f[1]) : (trim(f[5]) == "None" ? "" : trim(f[5]));
         return true;
     }
     return false;
 }
 
-std::string applyScontrol(JobRecord& job, std::string_view output) {
+std::optional<JobState> applyScontrol(JobRecord& job, std::string_view output) {
     auto fields = parseScontrol(output);
-    std::string state = mapSlurmState(fields["JobState"]);
-    if (!isFinalState(state)) return state;
-    job.state = state;
+    auto state = mapSlurmState(fields["JobState"]);
+    if (!state || !isFinal(*state)) return state;
+    job.state = *state;
     applyExitCode(job, fields["ExitCode"]);
     if (double t = parseSlurmTime(fields["StartTime"])) job.startedAt = t;
     job.endedAt = parseSlurmTime(fields["EndTime"]);
@@ -242,7 +242,7 @@ void SlurmScheduler::submit(JobRecord job, const SubmitOptions& options, Submitt
             return;
         }
         job.schedulerId = out.substr(0, out.find(';'));
-        job.state = "PENDING";
+        job.state = JobState::Pending;
         m_jobs[job.jobId] = job;
         m_interval = m_config.minInterval;
         schedulePoll(m_config.minInterval);
@@ -275,7 +275,7 @@ void SlurmScheduler::adopt(const JobRecord& job) {
                        if (f.size() >= 2 && trim(f[1]) == commentFor(job.jobId)) {
                            JobRecord found = job;
                            found.schedulerId = trim(f[0]);
-                           found.state = "PENDING";
+                           found.state = JobState::Pending;
                            log::info("job " + job.jobId + " whose submission was not confirmed is in the queue: "
                                      "SLURM job " + found.schedulerId);
                            m_jobs[found.jobId] = found;
@@ -286,7 +286,7 @@ void SlurmScheduler::adopt(const JobRecord& job) {
                    }
                    JobRecord settled = job;
                    settled.endedAt = nowEpochSeconds();
-                   settled.state = "FAILED";
+                   settled.state = JobState::Failed;
                    settled.reason =
                        "its submission was cut short (daemon restart or sbatch timeout) and SLURM has no such job";
                    if (m_onChange) m_onChange(settled);
@@ -367,22 +367,22 @@ void SlurmScheduler::pollDone(const ExecResult& r) {
             continue;
         }
         const Row& row = q->second;
-        std::string state = mapSlurmState(row.state);
+        auto state = mapSlurmState(row.state);
         std::string reason = row.reason == "None" ? "" : row.reason;
-        if (isFinalState(state)) {
-            job.state = state;
+        if (state && isFinal(*state)) {
+            job.state = *state;
             job.reason = reason;
             applyWaitStatus(job, row.exitStatus);
             if (double t = parseSlurmTime(row.start)) job.startedAt = t;
             job.endedAt = parseSlurmTime(row.end);
             if (job.endedAt == 0) job.endedAt = nowEpochSeconds();
             ended.push_back(id);
-        } else if (!state.empty() && (state != job.state || reason != job.reason)) {
-            log::info("job " + id + " (slurm " + job.schedulerId + "): " + job.state + " → " + state +
-                      (reason.empty() ? "" : " (" + reason + ")"));
-            job.state = state;
+        } else if (state && (*state != job.state || reason != job.reason)) {
+            log::info("job " + id + " (slurm " + job.schedulerId + "): " + std::string(toWireName(job.state)) + " → " +
+                      std::string(toWireName(*state)) + (reason.empty() ? "" : " (" + reason + ")"));
+            job.state = *state;
             job.reason = reason;
-            if (state == "RUNNING" && job.startedAt == 0) job.startedAt = nowEpochSeconds();
+            if (*state == JobState::Running && job.startedAt == 0) job.startedAt = nowEpochSeconds();
             changed = true;
             if (m_onChange) m_onChange(job);
         }
@@ -456,17 +456,17 @@ void SlurmScheduler::settleFromScontrol(const std::string& jobId) {
                                }
                                log::info("job " + jobId + " (slurm " + settled->schedulerId +
                                          ") is forgotten by the scheduler: settled from its exit-status file as " +
-                                         settled->state);
+                                         std::string(toWireName(settled->state)));
                                finishSettle(std::move(*settled));
                            });
                        return;
                    }
-                   std::string state = applyScontrol(job, r.out);
-                   if (!isFinalState(state)) {
+                   auto state = applyScontrol(job, r.out);
+                   if (!state || !isFinal(*state)) {
                        // Still live (requeued, or squeue raced with it): follow it.
                        m_settling.erase(jobId);
-                       if (!state.empty() && state != it->second.state) {
-                           it->second.state = state;
+                       if (state && *state != it->second.state) {
+                           it->second.state = *state;
                            if (m_onChange) m_onChange(it->second);
                        }
                        return;
@@ -478,7 +478,7 @@ void SlurmScheduler::settleFromScontrol(const std::string& jobId) {
 void SlurmScheduler::finishSettle(JobRecord job) {
     m_settling.erase(job.jobId);
     m_jobs.erase(job.jobId);
-    log::info("job " + job.jobId + " (slurm " + job.schedulerId + ") ended: " + job.state +
+    log::info("job " + job.jobId + " (slurm " + job.schedulerId + ") ended: " + std::string(toWireName(job.state)) +
               (job.exitCode ? " exit " + std::to_string(*job.exitCode) : "") +
               (job.signal ? " signal " + std::to_string(*job.signal) : ""));
     if (m_onChange) m_onChange(job);

@@ -168,7 +168,7 @@ TEST_F(BusServiceTest, ListsAreEmptyUntilSessionsAndJobsExist) {
 
 TEST_F(BusServiceTest, JobChangesAreSignalledAndListed) {
     m_proxy->getProxy().finishRegistration();
-    boost::asio::post(m_ioc, [this] { m_service->jobChanged("j1", "RUNNING"); });
+    boost::asio::post(m_ioc, [this] { m_service->jobChanged("j1", JobState::Running); });
     EXPECT_TRUE(test::waitUntil([&] { return !m_proxy->jobs().empty(); }, 5s));
     ASSERT_FALSE(m_proxy->jobs().empty());
     EXPECT_EQ(m_proxy->jobs().back(), "j1 RUNNING");

@@ -16,11 +16,17 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 using namespace hpc;
 using namespace hpc::daemon;
 namespace fs = std::filesystem;
 namespace json = boost::json;
+
+namespace hpc {
+// Failures name the state, not its number.
+void PrintTo(JobState state, std::ostream* os) { *os << toWireName(state); }
+}  // namespace hpc
 
 namespace {
 
@@ -49,22 +55,37 @@ protected:
 };
 
 TEST(SlurmStates, MapToOurStates) {
-    EXPECT_EQ(mapSlurmState("COMPLETED"), "COMPLETED");
-    EXPECT_EQ(mapSlurmState("CANCELLED by 1001"), "CANCELLED");
-    EXPECT_EQ(mapSlurmState("CANCELLED+"), "CANCELLED");
-    EXPECT_EQ(mapSlurmState(" TIMEOUT\n"), "TIMEOUT");
-    EXPECT_EQ(mapSlurmState("OUT_OF_MEMORY"), "OUT_OF_MEMORY");
-    EXPECT_EQ(mapSlurmState("NODE_FAIL"), "NODE_FAIL");
-    EXPECT_EQ(mapSlurmState("BOOT_FAIL"), "NODE_FAIL");
-    EXPECT_EQ(mapSlurmState("PREEMPTED"), "PREEMPTED");
+    EXPECT_EQ(mapSlurmState("COMPLETED"), JobState::Completed);
+    EXPECT_EQ(mapSlurmState("CANCELLED by 1001"), JobState::Cancelled);
+    EXPECT_EQ(mapSlurmState("CANCELLED+"), JobState::Cancelled);
+    EXPECT_EQ(mapSlurmState(" TIMEOUT\n"), JobState::Timeout);
+    EXPECT_EQ(mapSlurmState("OUT_OF_MEMORY"), JobState::OutOfMemory);
+    EXPECT_EQ(mapSlurmState("NODE_FAIL"), JobState::NodeFail);
+    EXPECT_EQ(mapSlurmState("BOOT_FAIL"), JobState::NodeFail);
+    EXPECT_EQ(mapSlurmState("PREEMPTED"), JobState::Preempted);
     // Requeued jobs are followed, not reported as ended.
-    EXPECT_EQ(mapSlurmState("REQUEUED"), "PENDING");
-    EXPECT_EQ(mapSlurmState("COMPLETING"), "RUNNING");
-    EXPECT_EQ(mapSlurmState("CONFIGURING"), "PENDING");
-    EXPECT_EQ(mapSlurmState("WHATEVER"), "");
-    EXPECT_TRUE(isFinalState("PREEMPTED"));
-    EXPECT_FALSE(isFinalState("PENDING"));
-    EXPECT_FALSE(isFinalState("SUBMITTING"));
+    EXPECT_EQ(mapSlurmState("REQUEUED"), JobState::Pending);
+    EXPECT_EQ(mapSlurmState("COMPLETING"), JobState::Running);
+    EXPECT_EQ(mapSlurmState("CONFIGURING"), JobState::Pending);
+    EXPECT_EQ(mapSlurmState("WHATEVER"), std::nullopt);
+    EXPECT_EQ(mapSlurmState("SUBMITTING"), std::nullopt) << "ours, not Slurm's";
+}
+
+TEST(JobStates, EveryStateHasOneWireNameThatReadsBack) {
+    std::set<std::string_view> names, finals;
+    for (int i = 0; i <= static_cast<int>(JobState::Preempted); ++i) {
+        auto state = static_cast<JobState>(i);
+        EXPECT_EQ(jobStateFromWireName(toWireName(state)), state) << toWireName(state);
+        names.insert(toWireName(state));
+        if (isFinal(state)) finals.insert(toWireName(state));
+    }
+    EXPECT_EQ(names.size(), static_cast<std::size_t>(JobState::Preempted) + 1);
+    EXPECT_EQ(finals, (std::set<std::string_view>{"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY",
+                                                  "NODE_FAIL", "PREEMPTED"}));
+    EXPECT_EQ(finalStatesSqlList(),
+              "('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'OUT_OF_MEMORY', 'NODE_FAIL', 'PREEMPTED')");
+    EXPECT_EQ(jobStateFromWireName("completed"), std::nullopt);
+    EXPECT_EQ(jobStateFromWireName(""), std::nullopt);
 }
 
 TEST(SlurmAnswers, SacctRowsSettleAJobWithWhoCancelledIt) {
@@ -74,7 +95,7 @@ TEST(SlurmAnswers, SacctRowsSettleAJobWithWhoCancelledIt) {
     std::string out = "153|FAILED|3:0|2026-11-30T00:35:04|2026-11-30T00:35:04|NonZeroExitCode\n"
                       "154|CANCELLED by 1001|0:15|2026-11-30T00:35:14|2026-11-30T00:35:16|None\n";
     ASSERT_TRUE(applySacct(job, out));
-    EXPECT_EQ(job.state, "CANCELLED");
+    EXPECT_EQ(job.state, JobState::Cancelled);
     EXPECT_EQ(job.reason, "CANCELLED by 1001");
     EXPECT_EQ(job.signal, 15);
     EXPECT_FALSE(job.exitCode.has_value());
@@ -82,7 +103,7 @@ TEST(SlurmAnswers, SacctRowsSettleAJobWithWhoCancelledIt) {
     JobRecord failed;
     failed.schedulerId = "153";
     ASSERT_TRUE(applySacct(failed, out));
-    EXPECT_EQ(failed.state, "FAILED");
+    EXPECT_EQ(failed.state, JobState::Failed);
     EXPECT_EQ(failed.exitCode, 3);
     EXPECT_EQ(failed.reason, "NonZeroExitCode");
     // Still running in the database, or not there: not settled.
@@ -90,7 +111,7 @@ TEST(SlurmAnswers, SacctRowsSettleAJobWithWhoCancelledIt) {
     running.schedulerId = "155";
     EXPECT_FALSE(applySacct(running, "155|RUNNING|0:0|2026-11-30T00:35:14|Unknown|None\n"));
     EXPECT_FALSE(applySacct(running, ""));
-    EXPECT_EQ(running.state, "SUBMITTING");
+    EXPECT_EQ(running.state, JobState::Submitting);
 }
 
 TEST(SlurmAnswers, ScontrolLinesSettleFinalJobsOnly) {
@@ -98,16 +119,16 @@ TEST(SlurmAnswers, ScontrolLinesSettleFinalJobsOnly) {
     std::string timeout =
         "JobId=9 JobName=wrapper UserId=root(0) JobState=TIMEOUT Reason=TimeLimit Dependency=(null) ExitCode=0:15 "
         "RunTime=00:01:14 TimeLimit=00:01:00 StartTime=2026-11-30T00:10:00 EndTime=2026-11-30T00:11:14";
-    EXPECT_EQ(applyScontrol(job, timeout), "TIMEOUT");
-    EXPECT_EQ(job.state, "TIMEOUT");
+    EXPECT_EQ(applyScontrol(job, timeout), JobState::Timeout);
+    EXPECT_EQ(job.state, JobState::Timeout);
     EXPECT_EQ(job.reason, "TimeLimit");
     EXPECT_EQ(job.signal, 15);
     EXPECT_DOUBLE_EQ(job.endedAt - job.startedAt, 74);
     JobRecord requeued;
-    EXPECT_EQ(applyScontrol(requeued, "JobId=10 JobState=REQUEUED Reason=BeginTime ExitCode=0:0"), "PENDING");
-    EXPECT_EQ(requeued.state, "SUBMITTING");  // followed, not ended
+    EXPECT_EQ(applyScontrol(requeued, "JobId=10 JobState=REQUEUED Reason=BeginTime ExitCode=0:0"), JobState::Pending);
+    EXPECT_EQ(requeued.state, JobState::Submitting);  // followed, not ended
     JobRecord failed;
-    EXPECT_EQ(applyScontrol(failed, "JobId=11 JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0"), "FAILED");
+    EXPECT_EQ(applyScontrol(failed, "JobId=11 JobState=FAILED Reason=NonZeroExitCode ExitCode=3:0"), JobState::Failed);
     EXPECT_EQ(failed.exitCode, 3);
 }
 
@@ -143,19 +164,19 @@ TEST_F(JobsUnit, TheWrapperRunsTheScriptAndRecordsItsExitStatus) {
     EXPECT_EQ(test::readFile(local.stdoutPath()), "out\n");
     EXPECT_EQ(test::readFile(local.stderrPath()), "err\n");
     EXPECT_TRUE(settleFromExitFile(local, "none"));
-    EXPECT_EQ(local.state, "FAILED");
+    EXPECT_EQ(local.state, JobState::Failed);
     EXPECT_EQ(local.exitCode, 6);
 }
 
 TEST_F(JobsUnit, WithoutAnExitFileAJobIsCancelledOrFailed) {
     auto j = job("j2");
     EXPECT_FALSE(settleFromExitFile(j, "vanished"));
-    EXPECT_EQ(j.state, "FAILED");
+    EXPECT_EQ(j.state, JobState::Failed);
     EXPECT_EQ(j.reason, "vanished");
     auto c = job("j3");
     c.cancelRequested = true;
     EXPECT_FALSE(settleFromExitFile(c, "vanished"));
-    EXPECT_EQ(c.state, "CANCELLED");
+    EXPECT_EQ(c.state, JobState::Cancelled);
 }
 
 TEST_F(JobsUnit, TailsStartOnACharacterBoundary) {
@@ -171,7 +192,7 @@ TEST_F(JobsUnit, AFinalStateAndItsCallbackAreWrittenOnceTogether) {
     auto j = job("j4");
     jobs.insert(j);
     EXPECT_EQ(jobs.live("d").size(), 1u);
-    j.state = "COMPLETED";
+    j.state = JobState::Completed;
     j.exitCode = 0;
     EXPECT_TRUE(jobs.finish(j, {{"job_id", "j4"}}, "cb-a"));
     // A second settlement of the same job (a race, a restart) adds nothing.
@@ -183,11 +204,26 @@ TEST_F(JobsUnit, AFinalStateAndItsCallbackAreWrittenOnceTogether) {
     EXPECT_EQ(jobs.pendingCallbackCount("d"), 1u);
     EXPECT_EQ(jobs.pendingCallbackCount("other"), 0u);
     // update() cannot move a final job back.
-    j.state = "RUNNING";
+    j.state = JobState::Running;
     jobs.update(j);
-    EXPECT_EQ(jobs.get("d", "j4")->state, "COMPLETED");
+    EXPECT_EQ(jobs.get("d", "j4")->state, JobState::Completed);
+    // The column holds the wire name, as it did before the enum.
+    auto column = store.db().prepare("SELECT state FROM jobs WHERE job_id = 'j4'");
+    ASSERT_TRUE(column.step());
+    EXPECT_EQ(column.text(0), "COMPLETED");
     jobs.acknowledge("cb-a");
     EXPECT_TRUE(jobs.pendingCallbacks("d").empty());
+}
+
+TEST_F(JobsUnit, AStateTheStoreDoesNotKnowReadsAsFailedNotAsALiveJob) {
+    auto store = Store::open(m_dir / "home");
+    JobStore jobs(store);
+    jobs.insert(job("j5"));
+    store.db().exec("UPDATE jobs SET state = 'EXPLODED' WHERE job_id = 'j5'");
+    auto read = jobs.get("d", "j5");
+    ASSERT_TRUE(read);
+    EXPECT_EQ(read->state, JobState::Failed);
+    EXPECT_NE(read->reason.find("EXPLODED"), std::string::npos) << read->reason;
 }
 
 TEST_F(JobsUnit, TheOutboxResendsUntilAcknowledgedAndOnEveryReconnect) {
@@ -196,7 +232,7 @@ TEST_F(JobsUnit, TheOutboxResendsUntilAcknowledgedAndOnEveryReconnect) {
     for (const char* id : {"ja", "jb"}) {
         auto j = job(id);
         jobs.insert(j);
-        j.state = "COMPLETED";
+        j.state = JobState::Completed;
         jobs.finish(j, {{"job_id", id}, {"callback_id", std::string("cb-") + id}}, std::string("cb-") + id);
     }
     boost::asio::io_context ioc;

@@ -40,24 +40,24 @@ protected:
     static void addAudit(Store& s, double time, const std::string& id = "mila", std::size_t commandBytes = 40) {
         s.addAudit(Store::AuditEntry{time, id, "agent-1", "exec", "/tmp", std::string(commandBytes, 'x'), 0});
     }
-    static JobRecord job(const std::string& jobId, const std::string& state, double endedAt) {
+    static JobRecord job(const std::string& jobId, JobState state, double endedAt) {
         JobRecord j;
         j.jobId = jobId;
         j.daemonId = "mila";
         j.agentId = "agent-1";
         j.backend = "local";
-        j.state = state == "COMPLETED" || state == "FAILED" ? "RUNNING" : state;
+        j.state = isFinal(state) ? JobState::Running : state;
         j.dir = "/tmp/j/" + jobId;
         j.cwd = "/tmp";
         j.submittedAt = endedAt - 10;
         return j;
     }
     /// Inserts a job and, for a final state, finishes it (which queues its callback).
-    static void addJob(Store& s, const std::string& jobId, const std::string& state, double endedAt, bool ack) {
+    static void addJob(Store& s, const std::string& jobId, JobState state, double endedAt, bool ack) {
         JobStore jobs(s);
         JobRecord j = job(jobId, state, endedAt);
         jobs.insert(j);
-        if (state == "COMPLETED" || state == "FAILED") {
+        if (isFinal(state)) {
             j.state = state;
             j.endedAt = endedAt;
             ASSERT_TRUE(jobs.finish(j, {{"job_id", jobId}}, "cb-" + jobId));
@@ -75,10 +75,10 @@ TEST_F(Retention, PrunesOnlyAuditRowsAndEndedJobsOutsideTheirWindow) {
     for (int i = 0; i < 500; ++i) addAudit(store, kNow - 3601 - i);  // older than 1 h
     for (int i = 0; i < 30; ++i) addAudit(store, kNow - 60 - i);      // inside
     addAudit(store, kNow - 7200, "other");                            // another profile's: not ours to prune
-    addJob(store, "old-done", "COMPLETED", kNow - 7200, true);
-    addJob(store, "new-done", "COMPLETED", kNow - 60, true);
-    addJob(store, "old-running", "RUNNING", kNow - 7200, false);
-    addJob(store, "old-unacked", "FAILED", kNow - 7200, false);
+    addJob(store, "old-done", JobState::Completed, kNow - 7200, true);
+    addJob(store, "new-done", JobState::Completed, kNow - 60, true);
+    addJob(store, "old-running", JobState::Running, kNow - 7200, false);
+    addJob(store, "old-unacked", JobState::Failed, kNow - 7200, false);
 
     Settings s;
     s.auditRetention = 1h;
@@ -144,9 +144,9 @@ TEST_F(Retention, TheFileShrinksAfterAPrune) {
 TEST_F(Retention, TheSizeCapPrunesOldestFirstInsideRetentionButNeverLiveState) {
     auto store = Store::open(m_root);
     store.saveProfile(profile());
-    addJob(store, "ancient-running", "RUNNING", kNow - 86400, false);
-    addJob(store, "ancient-unacked", "COMPLETED", kNow - 86400, false);
-    for (int i = 0; i < 50; ++i) addJob(store, "done-" + std::to_string(i), "COMPLETED", kNow - 5000 + i, true);
+    addJob(store, "ancient-running", JobState::Running, kNow - 86400, false);
+    addJob(store, "ancient-unacked", JobState::Completed, kNow - 86400, false);
+    for (int i = 0; i < 50; ++i) addJob(store, "done-" + std::to_string(i), JobState::Completed, kNow - 5000 + i, true);
     for (int i = 0; i < 8000; ++i) addAudit(store, kNow - 4000 + i * 0.1, "mila", 300);  // ~3 MB, all recent
     Settings s;  // default retention: everything is inside it
     s.stateMaxBytes = 512 << 10;
@@ -178,7 +178,7 @@ TEST_F(Retention, OverTheCapWithOnlyLiveStateSaysSoAndDeletesNothing) {
     auto store = Store::open(m_root);
     for (int i = 0; i < 200; ++i) {
         JobStore jobs(store);
-        JobRecord j = job("run-" + std::to_string(i), "RUNNING", kNow);
+        JobRecord j = job("run-" + std::to_string(i), JobState::Running, kNow);
         j.context = "\"" + std::string(2000, 'c') + "\"";
         jobs.insert(j);
     }
@@ -209,7 +209,7 @@ TEST_F(Retention, AStateFileOfThePreviousSchemaIsMigratedAndKeepsItsJobs) {
     EXPECT_EQ(store.db().queryInt("PRAGMA auto_vacuum"), 2);
     JobStore jobs(store);
     ASSERT_TRUE(jobs.get("mila", "j1"));
-    EXPECT_EQ(jobs.get("mila", "j1")->state, "RUNNING");
+    EXPECT_EQ(jobs.get("mila", "j1")->state, JobState::Running);
     EXPECT_EQ(jobs.pendingCallbackCount("mila"), 1u);
     // And the converted file gives space back.
     std::int64_t before = StatePruner(store, "mila").fileBytes();
