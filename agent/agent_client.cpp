@@ -72,7 +72,7 @@ ExecOutcome ExecOutcome::fromResult(const json::object& r) {
 
 std::unique_ptr<AgentClient> AgentClient::connect(const AgentOptions& options) {
     auto ws = net::WsClient::connect(options.url, "/hpc/agent/ws", options.token.reveal(),
-                                     net::ClientOptions{options.caFile, options.connectTimeout});
+                                     net::ClientOptions{options.caFile, options.connectTimeout, options.proxy});
     return std::unique_ptr<AgentClient>(new AgentClient(std::move(ws)));
 }
 

@@ -27,6 +27,9 @@ struct AgentOptions {
     std::string caFile;
     std::chrono::milliseconds connectTimeout{std::chrono::seconds(15)};
 };
+    /// "" : the environment's proxy (HTTPS_PROXY, NO_PROXY...); "direct";
+    /// or an http:// proxy URL.
+    std::string proxy{};
 
 /// What an exec request asks for (protocol `exec` payload).
 struct ExecSpec {

@@ -17,7 +17,7 @@ struct DaemonsOptions {
 
 int runDaemons(const DaemonsOptions& o) {
     auto opts = agentOptions(o.platform);
-    net::PlatformClient platform(opts.url, net::ClientOptions{opts.caFile});
+    net::PlatformClient platform(opts.url, net::ClientOptions{opts.caFile, std::chrono::seconds(15), opts.proxy});
     auto list = platform.listDaemons(opts.token);
     if (o.asJson) {
         std::cout << boost::json::serialize(list) << "\n";

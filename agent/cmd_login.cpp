@@ -20,7 +20,9 @@ struct LoginOptions {
 };
 
 int runLogin(const LoginOptions& o) {
-    net::PlatformClient platform(platformUrl(o.platform), net::ClientOptions{caFile(o.platform)});
+    net::PlatformClient platform(
+        platformUrl(o.platform),
+        net::ClientOptions{caFile(o.platform), std::chrono::seconds(15), proxySetting(o.platform)});
     Secret signin = platform.requestCode(o.email);
     if (::isatty(STDIN_FILENO)) std::cerr << "Enter the code sent to " << o.email << ": " << std::flush;
     std::string code;

@@ -40,11 +40,12 @@ Command addCancelCommand(CLI::App& parent);
 Command addWaitCommand(CLI::App& parent);
 Command addEventsCommand(CLI::App& parent);
 
-/// --url, --token-file, --ca-file, each with its environment variable.
+/// --url, --token-file, --ca-file, --proxy, each with its environment variable.
 struct PlatformOptions {
     std::string url;
     std::string tokenFile;
     std::string caFile;
+    std::string proxy;
 };
 
 /// Adds the platform options to a subcommand, after its own.
@@ -53,6 +54,9 @@ void addPlatformOptions(CLI::App* app, PlatformOptions& options);
 Url platformUrl(const PlatformOptions& options);
 /// The CA file to verify the platform with; empty: the system CAs.
 std::string caFile(const PlatformOptions& options);
+/// The proxy setting (--proxy, else HPC_AGENT_PROXY, else "": HTTPS_PROXY and
+/// NO_PROXY decide). Throws hpc::Error(BadRequest) when it is not a proxy URL.
+std::string proxySetting(const PlatformOptions& options);
 /// URL, token and CA for AgentClient::connect. Throws hpc::Error(BadRequest)
 /// when the URL or the token is missing or unreadable.
 AgentOptions agentOptions(const PlatformOptions& options);

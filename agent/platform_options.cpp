@@ -2,6 +2,7 @@
 #include "commands.hpp"
 
 #include "errors.hpp"
+#include "proxy.hpp"
 
 #include <cstdlib>
 #include <fstream>
@@ -35,6 +36,9 @@ void addPlatformOptions(CLI::App* app, PlatformOptions& o) {
     app->add_option("--url", o.url, "platform URL (or HPC_AGENT_URL)");
     app->add_option("--token-file", o.tokenFile, "file holding the access token (or HPC_AGENT_TOKEN)");
     app->add_option("--ca-file", o.caFile, "CA certificate of the platform (or HPC_AGENT_CA; default: system CAs)");
+    app->add_option("--proxy", o.proxy,
+                    "HTTP proxy (http://[user:password@]host:port) or \"direct\" (or HPC_AGENT_PROXY; default: "
+                    "HTTPS_PROXY/ALL_PROXY and NO_PROXY)");
 }
 
 Url platformUrl(const PlatformOptions& o) {
@@ -48,6 +52,12 @@ Url platformUrl(const PlatformOptions& o) {
 
 std::string caFile(const PlatformOptions& o) { return envOr("HPC_AGENT_CA", o.caFile); }
 
-AgentOptions agentOptions(const PlatformOptions& o) { return AgentOptions{platformUrl(o), token(o), caFile(o)}; }
+std::string proxySetting(const PlatformOptions& o) { return validateProxySetting(envOr("HPC_AGENT_PROXY", o.proxy)); }
+
+AgentOptions agentOptions(const PlatformOptions& o) {
+    AgentOptions a{platformUrl(o), token(o), caFile(o)};
+    a.proxy = proxySetting(o);
+    return a;
+}
 
 }  // namespace hpc::agent

@@ -109,6 +109,8 @@ const std::vector<sqlite::Migration> kMigrations = {
     // auto_vacuum on a database that has tables takes a VACUUM, which SQLite
     // refuses inside a transaction.
     {"PRAGMA auto_vacuum=INCREMENTAL; VACUUM;", true},
+    // The profile's explicit proxy (hpc-daemonctl setup --proxy).
+    "ALTER TABLE profiles ADD COLUMN proxy TEXT NOT NULL DEFAULT '';",
 };
 
 void tighten(const fs::path& file) {
@@ -135,12 +137,13 @@ Profile readProfile(sqlite::Statement& st) {
     p.updatedAt = st.real(10);
     p.maxSessions = static_cast<int>(st.int64(11));
     p.idleTimeoutSeconds = static_cast<int>(st.int64(12));
+    p.proxy = st.text(13);
     return p;
 }
 
 constexpr const char* kSelect =
     "SELECT daemon_id, platform_url, api_key, cluster_name, skill, allowed_dirs, job_workdir, instructions, "
-    "ca_file, created_at, updated_at, max_sessions, idle_timeout_s FROM profiles";
+    "ca_file, created_at, updated_at, max_sessions, idle_timeout_s, proxy FROM profiles";
 
 }  // namespace
 
@@ -232,11 +235,11 @@ void Store::saveProfile(const Profile& p) {
     double now = nowEpochSeconds();
     auto st = m_db.prepare(
         "INSERT INTO profiles (daemon_id, platform_url, api_key, cluster_name, skill, allowed_dirs, job_workdir, "
-        "instructions, ca_file, created_at, updated_at, max_sessions, idle_timeout_s) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
-        "?7, ?8, ?9, ?10, ?10, ?11, ?12) "
+        "instructions, ca_file, created_at, updated_at, max_sessions, idle_timeout_s, proxy) VALUES (?1, ?2, ?3, ?4, "
+        "?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13) "
         "ON CONFLICT(daemon_id) DO UPDATE SET platform_url = ?2, api_key = ?3, cluster_name = ?4, skill = ?5, "
         "allowed_dirs = ?6, job_workdir = ?7, instructions = ?8, ca_file = ?9, updated_at = ?10, max_sessions = ?11, "
-        "idle_timeout_s = ?12");
+        "idle_timeout_s = ?12, proxy = ?13");
     st.bind(1, p.daemonId)
         .bind(2, p.platformUrl)
         .bind(3, p.apiKey.reveal())
@@ -248,7 +251,8 @@ void Store::saveProfile(const Profile& p) {
         .bind(9, p.caFile)
         .bind(10, now)
         .bind(11, p.maxSessions)
-        .bind(12, p.idleTimeoutSeconds);
+        .bind(12, p.idleTimeoutSeconds)
+        .bind(13, p.proxy);
     st.run();
 }
 

@@ -43,6 +43,9 @@ struct Profile {
     std::string jobWorkdir;
     std::string instructions;
     std::string caFile;  ///< empty: the system CAs
+    /// "" : the proxy the environment names; "direct": none; else an http://
+    /// proxy URL, which may hold credentials (kept here like the API key).
+    std::string proxy;
     int maxSessions = 16;                ///< PTY shells open at once
     int idleTimeoutSeconds = 12 * 3600;  ///< a silent shell is hung up after this
     double createdAt = 0;

@@ -28,7 +28,7 @@ int runList(bool asJson) {
             try {
                 auto url = parseUrl(p.platformUrl);
                 if (!url) throw Error(ErrorCode::BadRequest, "bad URL");
-                net::PlatformClient platform(*url, net::ClientOptions{p.caFile, std::chrono::seconds(5)});
+                net::PlatformClient platform(*url, net::ClientOptions{p.caFile, std::chrono::seconds(5), p.proxy});
                 registries[key] = platform.listDaemons(p.apiKey);
             } catch (const Error& e) {
                 registries[key] = json::value(std::string(e.what()));

@@ -12,6 +12,7 @@
 
 #include "log.hpp"
 #include "platform_client.hpp"
+#include "proxy.hpp"
 #include "scheduler_choice.hpp"
 #include "store.hpp"
 #include "util.hpp"
@@ -35,6 +36,7 @@ struct SetupOptions {
     std::string daemonId;
     std::vector<std::string> allowedDirs;
     std::string caFile;
+    std::string proxy;
     std::string clusterName;
     std::string skill;
     std::string jobDir;
@@ -177,6 +179,9 @@ int runSetup(SetupOptions o) {
         if (!fs::is_regular_file(o.caFile, ec)) throw Error(ErrorCode::BadRequest, "--ca-file " + o.caFile + " is not a file");
         caFile = fs::canonical(o.caFile).string();
     }
+    // Checked before any network call; the route is the one the daemon will take.
+    std::string proxy = validateProxySetting(o.proxy);
+    ProxyRoute route = resolveProxyRoute(proxy, *url);
     if (!o.skill.empty() && builtinSkill(o.skill).empty() && o.skill.find(' ') == std::string::npos)
         throw Error(ErrorCode::BadRequest, "--skill " + o.skill + " is not a built-in skill (" +
                                                [] {
@@ -190,10 +195,11 @@ int runSetup(SetupOptions o) {
     // Open the store first: a store problem should stop us before the user
     // types a code.
     Store store = Store::open();
-    net::PlatformClient platform(*url, net::ClientOptions{caFile, std::chrono::seconds(20)});
+    net::PlatformClient platform(*url, net::ClientOptions{caFile, std::chrono::seconds(20), proxy});
     Progress progress(5, o.json);
 
-    progress.step("Requesting a sign-in code for " + o.email + " from " + url->str());
+    progress.step("Requesting a sign-in code for " + o.email + " from " + url->str() +
+                  (route.proxy ? " " + route.describe() : std::string()));
     Secret signin = platform.requestCode(o.email);
     Secret code = ask.code(o.email);
     progress.step("Verifying the code");
@@ -214,6 +220,7 @@ int runSetup(SetupOptions o) {
     profile.daemonId = daemonId;
     profile.platformUrl = url->str();
     profile.caFile = caFile;
+    profile.proxy = proxy;
     profile.clusterName = o.clusterName.empty() ? hostName() : o.clusterName;
     profile.skill = o.skill;
     profile.instructions = o.instructions;
@@ -250,6 +257,7 @@ int runSetup(SetupOptions o) {
     if (o.json) {
         std::cout << json::serialize(json::object{{"daemon_id", daemonId},
                                                   {"platform_url", profile.platformUrl},
+                                                  {"route", route.describe()},
                                                   {"allowed_dirs", dirs},
                                                   {"job_workdir", profile.jobWorkdir},
                                                   {"skill", profile.skill},
@@ -293,6 +301,9 @@ Command addSetupCommand(CLI::App& parent) {
     app->add_option("--allowed-dirs", o->allowedDirs,
                     "directories agents may write in (created if missing); none means unrestricted");
     app->add_option("--ca-file", o->caFile, "CA certificate that signs the platform's certificate (default: system CAs)");
+    app->add_option("--proxy", o->proxy,
+                    "HTTP proxy to reach the platform through (http://[user:password@]host:port), or \"direct\"; "
+                    "default: HTTPS_PROXY/ALL_PROXY and NO_PROXY of the daemon's environment");
     app->add_option("--cluster-name", o->clusterName, "cluster name shown to agents (default: the hostname)");
     app->add_option("--skill", o->skill,
                     "built-in skill (mila-hpc, generic-slurm, plain-server) or a description of this server");

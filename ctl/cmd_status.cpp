@@ -70,6 +70,7 @@ int runStatus(const std::string& daemonId, bool asJson) {
               << "  mode:       " << str(s, "mode") << " — " << str(s, "mode_reason") << "\n"
               << "  link:       " << link << "\n"
               << "  platform:   " << str(s, "platform_url") << "\n"
+              << "  route:      " << (str(s, "route").empty() ? std::string("direct") : str(s, "route")) << "\n"
               << "  allowed:    " << list(s, "allowed_dirs", "(unrestricted: agents may write anywhere)") << "\n"
               << "  guards:     " << list(s, "guard_layers", "none") << "\n"
               << "  processes:  exits followed by " << str(s, "process_watch") << "\n"

@@ -2,6 +2,7 @@
 
 #include "errors.hpp"
 #include "process.hpp"
+#include "proxy.hpp"
 #include "util.hpp"
 
 #include <unit_template.hpp>
@@ -207,6 +208,12 @@ fs::path writeEnvironmentFile(const Paths& paths) {
     text += "HPC_DAEMON_HOME=" + quoted(paths.home.string()) + "\n";
     for (const char* name : {"PATH", "SLURM_CONF", "LOCAL_MODE"})
         if (const char* v = std::getenv(name); v && *v) text += std::string(name) + "=" + quoted(v) + "\n";
+    // The proxy this shell reaches the internet through (the file is 0600:
+    // a proxy URL may hold a password).
+    for (const auto& entry : proxyEnvironment()) {
+        auto eq = entry.find('=');
+        text += entry.substr(0, eq) + "=" + quoted(entry.substr(eq + 1)) + "\n";
+    }
     // Limits for each local job's scope (systemd-run -p MemoryMax=/TasksMax=).
     static const std::regex kLimit("[0-9]+[KMGT]?|[0-9]+%|infinity");
     for (const char* name : {"HPC_JOB_MEMORY_MAX", "HPC_JOB_TASKS_MAX"})

@@ -3,6 +3,7 @@
 
 #include "log.hpp"
 #include "protocol.hpp"
+#include "proxy_tunnel.hpp"
 #include "tls_client.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
@@ -99,6 +100,8 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
     Clock::time_point lastReceived;
     std::uint64_t pingSeq = 0;
     bool tlsReady = false;
+    bool routeLogged = false;
+    std::string lastFailure;  ///< the cause last logged as a warning; "" once connected
 
     void setState(LinkState s) {
         if (s == state) return;
@@ -114,9 +117,16 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
 
     // ---- the connect chain: one handler per step ----
 
+    const ProxyEndpoint* proxy() const { return config.route.proxy ? &*config.route.proxy : nullptr; }
+    std::string via() const { return proxy() ? " via proxy " + proxy()->display() : std::string(); }
+
     void connect() {
         if (stopped) return;
         if (config.url.tls() && !tlsReady) prepareTls();
+        if (!routeLogged) {
+            routeLogged = true;
+            log::info("route to " + config.url.str() + ": " + config.route.describe());
+        }
         setState(LinkState::Connecting);
         auto c = std::make_shared<Conn>();
         if (config.url.tls())
@@ -124,7 +134,9 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
         else
             c->ws = std::make_unique<PlainWs>(ioc);
         conn = c;
-        resolver.async_resolve(config.url.host, config.url.port,
+        const std::string& host = proxy() ? proxy()->host : config.url.host;
+        const std::string& port = proxy() ? proxy()->port : config.url.port;
+        resolver.async_resolve(host, port,
                                [self = shared_from_this(), c](beast::error_code ec, tcp::resolver::results_type r) {
                                    self->onResolve(c, ec, std::move(r));
                                });
@@ -132,7 +144,7 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
 
     void onResolve(const std::shared_ptr<Conn>& c, beast::error_code ec, tcp::resolver::results_type results) {
         if (c != conn) return;
-        if (ec) return fail(c, "resolve " + config.url.host, ec);
+        if (ec) return fail(c, proxy() ? "resolve the proxy " + proxy()->host : "resolve " + config.url.host, ec);
         c->tcpStream().expires_after(config.connectTimeout);
         c->tcpStream().async_connect(results, [self = shared_from_this(), c](beast::error_code ec,
                                                                             const tcp::endpoint&) {
@@ -142,9 +154,25 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
 
     void onConnect(const std::shared_ptr<Conn>& c, beast::error_code ec) {
         if (c != conn) return;
-        if (ec) return fail(c, "connect", ec);
+        if (ec) return fail(c, proxy() ? "connect to the proxy" : "connect", ec);
         beast::error_code ignored;
         c->tcpStream().socket().set_option(tcp::no_delay(true), ignored);
+        if (!proxy()) return startTls(c);
+        c->tcpStream().expires_after(config.connectTimeout);
+        proxy::asyncOpenTunnel(c->tcpStream(), *proxy(), config.url.host, config.url.port,
+                               [self = shared_from_this(), c](beast::error_code ec, std::string refused) {
+                                   self->onTunnel(c, ec, refused);
+                               });
+    }
+
+    void onTunnel(const std::shared_ptr<Conn>& c, beast::error_code ec, const std::string& refused) {
+        if (c != conn) return;
+        if (ec) return fail(c, "CONNECT through the proxy", ec);
+        if (!refused.empty()) return fail(c, "CONNECT", beast::error_code{}, refused);
+        startTls(c);
+    }
+
+    void startTls(const std::shared_ptr<Conn>& c) {
         if (auto* tlsWs = std::get_if<std::unique_ptr<TlsWs>>(&c->ws)) {
             auto& stream = (*tlsWs)->next_layer();
             if (!hpc::tls::expectPeer(stream, config.url.host)) return fail(c, "TLS setup", beast::error_code{}, "cannot set SNI");
@@ -199,9 +227,10 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
         }
         c->open = true;
         backoff.reset();
+        lastFailure.clear();
         connectedSince = nowEpochSeconds();
         lastReceived = Clock::now();
-        log::notice("connected to " + config.url.str() + " as daemon " + config.daemonId);
+        log::notice("connected to " + config.url.str() + via() + " as daemon " + config.daemonId);
         setState(LinkState::Connected);
         boost::json::object hello = config.hello;
         hello["daemon_id"] = config.daemonId;
@@ -307,8 +336,17 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
         conn.reset();
         if (why.empty()) why = ec.message();
         auto delay = backoff.next();
-        log::warning(std::string(wasOpen ? "link to " : "cannot connect to ") + config.url.str() + ": " + step +
-                     ": " + why + "; retrying in " + std::to_string(delay.count()) + " ms");
+        // One warning per cause: a proxy or platform that stays down does not
+        // fill the journal; the retries go on at debug level.
+        std::string cause = std::string(wasOpen ? "link to " : "cannot connect to ") + config.url.str() + via() + ": " +
+                            step + ": " + why;
+        std::string line = cause + "; retrying in " + std::to_string(delay.count()) + " ms";
+        if (cause == lastFailure) {
+            log::debug(line);
+        } else {
+            log::warning(line);
+            lastFailure = cause;
+        }
         setState(LinkState::Backoff);
         scheduleRetry(delay);
     }
@@ -386,6 +424,7 @@ bool Link::sendChannelData(std::uint32_t channel, const char* data, std::size_t 
                                        static_cast<std::int64_t>(channel)});
 }
 LinkState Link::state() const { return m_impl->state; }
+std::string Link::route() const { return m_impl->config.route.describe(); }
 double Link::connectedSince() const { return m_impl->connectedSince; }
 
 }  // namespace hpc::daemon

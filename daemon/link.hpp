@@ -1,14 +1,17 @@
 #pragma once
 /// The daemon's connection to the platform (design: "link").
 ///
-/// Resolve, TCP, TLS (peer verified, SNI), WebSocket upgrade with the API key
+/// Resolve, TCP (to the platform, or to a proxy and CONNECT through it), TLS
+/// (peer verified, SNI), WebSocket upgrade with the API key
 /// as bearer, then `hello`. A heartbeat `ping` goes out every period; a link
 /// that has received nothing for three periods is dead and is replaced.
 /// Reconnects forever with capped exponential backoff and full jitter; a
-/// refused key (401/403) is retried slowly. One write in flight, a bounded
+/// refused key (401/403) is retried slowly. A failure is logged as a warning
+/// when its cause changes, at debug level while it repeats. One write in flight, a bounded
 /// queue behind it. Everything runs on the caller's io_context; nothing blocks.
 
 #include "backoff.hpp"
+#include "proxy.hpp"
 #include "secret.hpp"
 #include "util.hpp"
 
@@ -32,6 +35,10 @@ struct LinkConfig {
     std::string daemonId;
     Secret apiKey;
     std::string caFile;
+    /// Direct, or through an HTTP proxy (CONNECT, then TLS to the platform
+    /// inside the tunnel). A proxy that is down or refuses is a connect
+    /// failure like any other: the link never goes direct instead.
+    ProxyRoute route;
     std::chrono::milliseconds heartbeat{std::chrono::seconds(20)};
     std::chrono::milliseconds backoffBase{std::chrono::milliseconds(500)};
     std::chrono::milliseconds backoffCap{std::chrono::seconds(30)};
@@ -67,6 +74,8 @@ public:
     bool sendChannelData(std::uint32_t channel, const char* data, std::size_t size);
 
     LinkState state() const;
+    /// How the link reaches the platform (ProxyRoute::describe, no secrets).
+    std::string route() const;
     /// Epoch seconds of the current connection, 0 when not connected.
     double connectedSince() const;
 

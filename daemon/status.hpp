@@ -16,6 +16,7 @@ struct DaemonStatus {
     std::string linkState;
     double connectedSince = 0;
     std::string platformUrl;
+    std::string route;  ///< "direct", "via proxy http://host:port (HTTPS_PROXY)": never credentials
     std::string scheduler;
     std::string schedulerReason;  ///< why that scheduler (LOCAL_MODE, where sbatch is)
     std::vector<std::string> allowedDirs;

@@ -5,6 +5,7 @@
 #include "ws_client.hpp"
 
 #include "errors.hpp"
+#include "proxy_tunnel.hpp"
 #include "tls_client.hpp"
 
 #include <boost/asio/connect.hpp>
@@ -33,11 +34,12 @@ namespace {
 using TlsStream = beast::ssl_stream<beast::tcp_stream>;
 using PlainStream = beast::tcp_stream;
 
-[[noreturn]] void unreachable(const Url& base, const std::string& step, const std::string& why) {
+[[noreturn]] void unreachable(const Url& base, const std::string& step, const std::string& why,
+                              const std::string& via = {}) {
     std::string hint;
     if (why.find("certificate verify failed") != std::string::npos)
         hint = " (the platform's certificate is not trusted: pass its CA with --ca-file)";
-    throw Error(ErrorCode::Unavailable, "cannot reach " + base.str() + ": " + step + " failed: " + why + hint);
+    throw Error(ErrorCode::Unavailable, "cannot reach " + base.str() + via + ": " + step + " failed: " + why + hint);
 }
 
 /// Runs the io_context until `done` or the deadline; on timeout closes the
@@ -64,31 +66,53 @@ void configureTls(ssl::context& ctx, const ClientOptions& options, const Url& ba
     }
 }
 
-/// TCP connect (+ TLS handshake with SNI and host-name verification).
+/// TCP connect, to the platform or to the proxy the route names (then a
+/// CONNECT tunnel through it), then the TLS handshake with SNI and host-name
+/// verification against the platform.
 template <class Stream>
-void openStream(asio::io_context& ioc, Stream& stream, const Url& base, Clock::time_point deadline) {
+void openStream(asio::io_context& ioc, Stream& stream, const Url& base, const ClientOptions& options,
+                Clock::time_point deadline) {
+    ProxyRoute route = resolveProxyRoute(options.proxy, base);
+    const std::string via = route.proxy ? " via proxy " + route.proxy->display() : "";
+    const std::string& host = route.proxy ? route.proxy->host : base.host;
+    const std::string& port = route.proxy ? route.proxy->port : base.port;
+    const std::string lookupStep = route.proxy ? "name lookup of the proxy" : "name lookup";
+    const std::string connectStep = route.proxy ? "connect to the proxy" : "connect";
     tcp::resolver resolver(ioc);
     beast::error_code ec;
-    auto endpoints = resolver.resolve(base.host, base.port, ec);
-    if (ec) unreachable(base, "name lookup", ec.message());
+    auto endpoints = resolver.resolve(host, port, ec);
+    if (ec) unreachable(base, lookupStep, ec.message(), via);
     auto& tcpStream = beast::get_lowest_layer(stream);
     bool done = false;
     tcpStream.async_connect(endpoints, [&](beast::error_code e, const tcp::endpoint&) {
         ec = e;
         done = true;
     });
-    if (!runUntil(ioc, done, deadline, tcpStream.socket())) unreachable(base, "connect", "timed out");
-    if (ec) unreachable(base, "connect", ec.message());
+    if (!runUntil(ioc, done, deadline, tcpStream.socket())) unreachable(base, connectStep, "timed out", via);
+    if (ec) unreachable(base, connectStep, ec.message(), via);
     tcpStream.socket().set_option(tcp::no_delay(true), ec);
+    if (route.proxy) {
+        std::string refused;
+        done = false;
+        proxy::asyncOpenTunnel(tcpStream, *route.proxy, base.host, base.port,
+                               [&](beast::error_code e, std::string why) {
+                                   ec = e;
+                                   refused = std::move(why);
+                                   done = true;
+                               });
+        if (!runUntil(ioc, done, deadline, tcpStream.socket())) unreachable(base, "CONNECT", "timed out", via);
+        if (ec) unreachable(base, "CONNECT", ec.message(), via);
+        if (!refused.empty()) throw Error(ErrorCode::Unavailable, "cannot reach " + base.str() + ": " + refused);
+    }
     if constexpr (std::is_same_v<Stream, TlsStream>) {
-        if (!tls::expectPeer(stream, base.host)) unreachable(base, "TLS setup", "cannot set SNI");
+        if (!tls::expectPeer(stream, base.host)) unreachable(base, "TLS setup", "cannot set SNI", via);
         done = false;
         stream.async_handshake(ssl::stream_base::client, [&](beast::error_code e) {
             ec = e;
             done = true;
         });
-        if (!runUntil(ioc, done, deadline, tcpStream.socket())) unreachable(base, "TLS handshake", "timed out");
-        if (ec) unreachable(base, "TLS handshake", ec.message());
+        if (!runUntil(ioc, done, deadline, tcpStream.socket())) unreachable(base, "TLS handshake", "timed out", via);
+        if (ec) unreachable(base, "TLS handshake", ec.message(), via);
     }
 }
 
@@ -101,8 +125,8 @@ std::string hostHeader(const Url& base) {
 template <class Stream>
 HttpResponse doHttp(asio::io_context& ioc, Stream& stream, const Url& base, const std::string& method,
                     const std::string& path, const std::string& body, const std::string& bearer,
-                    Clock::time_point deadline) {
-    openStream(ioc, stream, base, deadline);
+                    const ClientOptions& options, Clock::time_point deadline) {
+    openStream(ioc, stream, base, options, deadline);
     http::request<http::string_body> req{http::string_to_verb(method), base.path + path, 11};
     req.set(http::field::host, hostHeader(base));
     req.set(http::field::user_agent, "hpc-daemon/" HPC_VERSION);
@@ -152,10 +176,10 @@ HttpResponse httpRequest(const Url& base, const std::string& method, const std::
         ssl::context ctx(ssl::context::tls_client);
         configureTls(ctx, options, base);
         TlsStream stream(ioc, ctx);
-        return doHttp(ioc, stream, base, method, path, body, bearer, deadline);
+        return doHttp(ioc, stream, base, method, path, body, bearer, options, deadline);
     }
     PlainStream stream(ioc);
-    return doHttp(ioc, stream, base, method, path, body, bearer, deadline);
+    return doHttp(ioc, stream, base, method, path, body, bearer, options, deadline);
 }
 
 // ---------------------------------------------------------------- WebSocket
@@ -201,7 +225,7 @@ std::unique_ptr<WsClient> WsClient::connect(const Url& base, const std::string& 
         impl->ws = std::make_unique<websocket::stream<PlainStream>>(impl->ioc);
     }
     impl->visit([&](auto& ws) {
-        openStream(impl->ioc, ws.next_layer(), base, deadline);
+        openStream(impl->ioc, ws.next_layer(), base, options, deadline);
         ws.set_option(websocket::stream_base::decorator([&bearer](websocket::request_type& req) {
             req.set(http::field::user_agent, "hpc-daemon/" HPC_VERSION);
             if (!bearer.empty()) req.set(http::field::authorization, "Bearer " + bearer);

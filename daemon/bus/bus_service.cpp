@@ -61,6 +61,7 @@ private:
                 {"link_state", s.linkState},
                 {"connected_since", s.connectedSince},
                 {"platform_url", s.platformUrl},
+                {"route", s.route},
                 {"scheduler", s.scheduler},
                 {"scheduler_reason", s.schedulerReason},
                 {"allowed_dirs", s.allowedDirs},
