@@ -13,6 +13,9 @@ packages=(
   # The tests use these programs: systemd-analyze (unit check), python3 (the
   # confinement suites run interpreters), dbus-send (the idle benchmark).
   systemd python3 dbus-bin
+  # The proxy tests and benchmark run a real HTTP proxy (tinyproxy -d, as a
+  # child of the test); -bin is the program without the system service.
+  tinyproxy-bin
   # scripts/test.sh runs tiers a second time with both cores busy (stress-ng).
   stress-ng
   # The release (scripts/make-release.sh) is packed with xz; its chroot test
