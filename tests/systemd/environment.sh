@@ -17,6 +17,9 @@ r 'mkdir -p /opt/slurm/bin /etc/slurm-site && for p in sbatch squeue scancel sac
      printf "#!/bin/sh\necho \"$p is a stand-in\" >&2; exit 1\n" >/opt/slurm/bin/$p; chmod 755 /opt/slurm/bin/$p; done
    echo "ClusterName=test" >/etc/slurm-site/slurm.conf'
 SITE_ENV='export PATH=/opt/slurm/bin:$PATH SLURM_CONF=/etc/slurm-site/slurm.conf HPC_DAEMON_HOME=$HOME/alt-home;'
+# The site's proxy (issue 14 item 1) reaches the unit too; NO_PROXY exempts
+# the relay on 127.0.0.1, so the route says the unit saw both.
+SITE_ENV+=' export HTTPS_PROXY=http://site:pw@proxy.invalid:3128 NO_PROXY=127.0.0.1,localhost;'
 
 log "setup and start from a shell with sbatch on PATH, SLURM_CONF and HPC_DAEMON_HOME"
 setup_profile cluster "$SITE_ENV"
@@ -29,14 +32,19 @@ envfile=$(u 'cat ~/.config/hpc-daemon/cluster.env')
 expect "$envfile" "^HPC_DAEMON_HOME=\"$UHOME/alt-home\"$" "environment file"
 expect "$envfile" '^SLURM_CONF="/etc/slurm-site/slurm.conf"$' "environment file"
 expect "$envfile" '^PATH="/opt/slurm/bin:' "environment file"
+expect "$envfile" '^HTTPS_PROXY="http://site:pw@proxy.invalid:3128"$' "environment file"
+expect "$envfile" '^NO_PROXY="127.0.0.1,localhost"$' "environment file"
+[[ $(u 'stat -c %a ~/.config/hpc-daemon/cluster.env') == 600 ]] || fail "the environment file is not 0600"
 status=$(u "$SITE_ENV hpc-daemonctl status")
 echo "$status"
 expect "$status" '^  scheduler: +slurm — sbatch at /opt/slurm/bin/sbatch, SLURM_CONF=/etc/slurm-site/slurm.conf$' "status"
 expect "$status" "^  env file: +$UHOME/.config/hpc-daemon/cluster.env$" "status"
+expect "$status" '^  route: +direct \(NO_PROXY\)$' "status"
 # What the daemon process itself has, from /proc.
 environ=$(r "tr '\\0' '\\n' </proc/$(main_pid cluster)/environ")
 expect "$environ" "^HPC_DAEMON_HOME=$UHOME/alt-home$" "the daemon's environment"
 expect "$environ" '^SLURM_CONF=/etc/slurm-site/slurm.conf$' "the daemon's environment"
+expect "$environ" '^HTTPS_PROXY=http://site:pw@proxy.invalid:3128$' "the daemon's environment"
 [[ -e $W/c/root$UHOME/alt-home/state.db && ! -e $W/c/root$UHOME/.hpc_daemon/state.db ]] ||
   fail "the profile is not (only) in HPC_DAEMON_HOME"
 
