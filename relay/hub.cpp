@@ -366,7 +366,15 @@ void Hub::answerDaemonRequest(const DaemonKey& key, Peer& daemon, const Envelope
         }
         // Stored before the acknowledgement: once acknowledged the daemon
         // forgets it, so the platform must not.
-        bool isNew = m_db.recordCallback(key.first, key.second, std::string(callbackId->get_string()), env.payload);
+        bool isNew = false;
+        try {
+            isNew = m_db.recordCallback(key.first, key.second, std::string(callbackId->get_string()), env.payload);
+        } catch (const Error& e) {
+            // Not acknowledged: the daemon keeps the callback and sends it
+            // again (a full disk here: STORAGE_FULL, logged once by the db).
+            daemon.sendText(protocol::makeError(env.id, e.code(), e.what()));
+            return;
+        }
         log::info("daemon " + key.second + " callback " + std::string(callbackId->get_string()) +
                   (isNew ? " recorded" : " was a retry"));
         daemon.sendText(protocol::makeOk(env.id, {{"duplicate", !isNew}}));

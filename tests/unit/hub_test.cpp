@@ -190,6 +190,26 @@ TEST_F(HubTest, AcknowledgesCallbacksAndFlagsRetriesAsDuplicates) {
     EXPECT_EQ(m_db->callbacks(1, q).size(), 1u);
 }
 
+TEST_F(HubTest, ACallbackThatCannotBeStoredIsRefusedNotAcknowledged) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    // A full disk: SQLite refuses to grow the file (as with ENOSPC).
+    auto& raw = m_db->rawDb();
+    raw.exec("PRAGMA max_page_count = " + std::to_string(raw.queryInt("PRAGMA page_count")));
+    std::string big(64 * 1024, 'x');
+    std::string msg = R"({"v":1,"type":"job.completed","id":"c1","payload":{"callback_id":"cb-8","job_id":"j","pad":")" +
+                      big + R"("}})";
+    m_hub->onDaemonText(1, "d1", daemon, msg);
+    ASSERT_FALSE(daemon->sent.empty());
+    EXPECT_FALSE(daemon->last().ok);
+    EXPECT_EQ(daemon->last().errorCode, ErrorCode::StorageFull) << daemon->last().errorMessage;
+    // Space is back: the daemon's retry is stored and acknowledged.
+    raw.exec("PRAGMA max_page_count = 1073741823");
+    m_hub->onDaemonText(1, "d1", daemon, msg);
+    EXPECT_TRUE(daemon->last().ok);
+    EXPECT_FALSE(daemon->last().result.at("duplicate").as_bool());
+}
+
 TEST_F(HubTest, DeliversCallbacksToTheSubmitterUntilItAcknowledges) {
     auto daemon = std::make_shared<RecordingPeer>();
     m_hub->attachDaemon(1, "d1", daemon);
