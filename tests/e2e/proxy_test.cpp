@@ -167,7 +167,7 @@ TEST_F(Proxy, SetupTheDaemonsLinkAndHpcAgentAllGoThroughIt) {
 }
 
 TEST_F(Proxy, TheEnvironmentsProxyWithCredentialsCarriesTheLinkAndNeverShowsThePassword) {
-    TinyProxy proxy(h.dir() / "proxy", "alice s3cret-Pw");
+    TinyProxy proxy(h.dir() / "proxy", "BasicAuth alice s3cret-Pw");
     std::string withCredentials = "http://alice:s3cret-Pw@127.0.0.1:" + std::to_string(proxy.port());
     std::vector<std::string> env = {"HTTPS_PROXY=" + withCredentials};
     auto setup = h.runTypingCode(setupArgv("c", "c@example.org"), homeEnv("c", env), "c@example.org");
@@ -218,6 +218,13 @@ TEST_F(Proxy, ADeadProxyIsAClearErrorAndTheLinkNeverGoesDirect) {
     EXPECT_EQ(std::string(h.daemonStatus("d").at("link_state").as_string()), "backoff");
     auto log = h.daemonLog("d");
     EXPECT_NE(log.find("via proxy " + deadUrl + ": connect to the proxy"), std::string::npos) << log;
+    auto count = [&log](const std::string& needle) {
+        int n = 0;
+        for (auto p = log.find(needle); p != std::string::npos; p = log.find(needle, p + 1)) ++n;
+        return n;
+    };
+    EXPECT_GE(count("connect to the proxy: Connection refused"), 2) << "it retried through the proxy";
+    EXPECT_EQ(count("warning: cannot connect"), 1) << "one warning per cause, the retries at debug level";
 
     // setup and hpc-agent say the same.
     // setup fails before it asks for a code.
@@ -249,4 +256,21 @@ TEST_F(Proxy, AProfileSetToDirectIgnoresTheEnvironmentsProxy) {
     h.startDaemon("x", {}, {"HTTPS_PROXY=http://127.0.0.1:" + std::to_string(dead)});
     ASSERT_TRUE(h.waitLinkState("x", "connected")) << h.daemonLog("x");
     EXPECT_EQ(std::string(h.daemonStatus("x").at("route").as_string()), "direct (--proxy direct)");
+}
+
+TEST_F(Proxy, AProxyThatForbidsThePlatformsPortIsAClearErrorForTheLinkAndTheAgent) {
+    // tinyproxy answers 403 to a CONNECT to a port its ConnectPort lines do not list.
+    TinyProxy proxy(h.dir() / "proxy", "ConnectPort 443");
+    ASSERT_EQ(h.setupDaemon("f", "f@example.org", {h.dir().string()}).status, 0);
+    h.startDaemon("f", {}, {"HTTPS_PROXY=" + proxy.url()});
+    ASSERT_TRUE(h.waitLinkState("f", "backoff")) << h.daemonLog("f");
+    Secret token = h.login("f@example.org");
+    EXPECT_FALSE(h.waitConnected(token, "f", 1s));
+    EXPECT_EQ(peersOf(h.port())["127.0.0.1"], 0);
+    EXPECT_NE(h.daemonLog("f").find("refused the tunnel to " + target() + " (HTTP 403"), std::string::npos)
+        << h.daemonLog("f");
+    auto agent = agentExec("f", token, {"--proxy", proxy.url()}, {}, "true");
+    EXPECT_EQ(agent.status, 255);
+    EXPECT_NE(agent.err.find("HTTP 403"), std::string::npos) << agent.err;
+    EXPECT_NE(agent.err.find("its rules forbid this destination or port"), std::string::npos) << agent.err;
 }

@@ -69,9 +69,10 @@ inline std::map<std::string, int> peersOf(int port) {
 
 class TinyProxy {
 public:
-    /// Starts it in `dir`; `basicAuth` ("user password") makes it ask for
-    /// credentials. Throws std::runtime_error when it does not listen in 10 s.
-    explicit TinyProxy(const std::filesystem::path& dir, const std::string& basicAuth = {}) : m_dir(dir) {
+    /// Starts it in `dir`; `extraConfig` lines go at the end of its config
+    /// ("BasicAuth user password", "ConnectPort 443"). Throws
+    /// std::runtime_error when it does not listen in 10 s.
+    explicit TinyProxy(const std::filesystem::path& dir, const std::string& extraConfig = {}) : m_dir(dir) {
         using namespace std::chrono_literals;
         std::filesystem::create_directories(dir);
         // Port 0 is not a tinyproxy setting: take a free port, and another if
@@ -82,7 +83,7 @@ public:
                 std::ofstream conf(dir / "tinyproxy.conf");
                 conf << "Port " << m_port << "\nListen 127.0.0.1\nBind 127.0.0.2\nTimeout 600\n"
                      << "LogFile \"" << log().string() << "\"\nLogLevel Connect\nMaxClients 100\n"
-                     << (basicAuth.empty() ? "" : "BasicAuth " + basicAuth + "\n");
+                     << extraConfig << "\n";
             }
             SpawnOptions o;
             o.argv = {"tinyproxy", "-d", "-c", (dir / "tinyproxy.conf").string()};
