@@ -34,27 +34,6 @@ std::optional<int> optionalInt(const json::object& r, const char* name) {
 
 }  // namespace
 
-json::object ExecSpec::toPayload() const {
-    json::object p;
-    if (!command.empty()) {
-        p["command"] = command;
-    } else {
-        json::array a;
-        for (const auto& s : argv) a.emplace_back(s);
-        p["argv"] = std::move(a);
-    }
-    if (cwd) p["cwd"] = *cwd;
-    if (stdinData) p["stdin"] = *stdinData;
-    if (timeoutSeconds) p["timeout_s"] = *timeoutSeconds;
-    if (maxOutputBytes) p["max_output_bytes"] = *maxOutputBytes;
-    if (!env.empty()) {
-        json::object e;
-        for (const auto& [k, v] : env) e[k] = v;
-        p["env"] = std::move(e);
-    }
-    return p;
-}
-
 ExecOutcome ExecOutcome::fromResult(const json::object& r) {
     ExecOutcome o;
     o.exitCode = optionalInt(r, "exit_code");
@@ -123,11 +102,7 @@ PtyHandle AgentClient::openPty(const std::string& daemonId, const PtySpec& spec,
     if (spec.cwd) p["cwd"] = *spec.cwd;
     if (spec.shell) p["shell"] = *spec.shell;
     if (spec.credit) p["credit"] = spec.credit;
-    if (!spec.env.empty()) {
-        json::object e;
-        for (const auto& [k, v] : spec.env) e[k] = v;
-        p["env"] = std::move(e);
-    }
+    protocol::putEnv(p, "env", spec.env);
     auto r = request(daemonId, "pty.open", std::move(p), timeout);
     return PtyHandle{static_cast<std::uint32_t>(r.at("channel").as_int64()), optionalInt(r, "pid").value_or(0)};
 }
@@ -197,25 +172,6 @@ std::optional<PtyEvent> AgentClient::nextPtyEvent(std::chrono::milliseconds time
 
 ExecOutcome AgentClient::exec(const std::string& daemonId, const ExecSpec& spec, std::chrono::milliseconds timeout) {
     return ExecOutcome::fromResult(request(daemonId, "exec", spec.toPayload(), timeout));
-}
-
-json::object JobSpec::toPayload() const {
-    json::object p{{"script", script}};
-    if (name) p["name"] = *name;
-    if (cwd) p["cwd"] = *cwd;
-    if (!sbatchArgs.empty()) {
-        json::array a;
-        for (const auto& s : sbatchArgs) a.emplace_back(s);
-        p["sbatch_args"] = std::move(a);
-    }
-    if (!env.empty()) {
-        json::object e;
-        for (const auto& [k, v] : env) e[k] = v;
-        p["env"] = std::move(e);
-    }
-    if (timeLimitSeconds) p["time_limit"] = *timeLimitSeconds;
-    if (context) p["callback"] = json::object{{"context", *context}};
-    return p;
 }
 
 JobCallback JobCallback::fromPayload(const std::string& daemonId, const json::object& p) {

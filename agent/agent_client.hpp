@@ -5,6 +5,7 @@
 
 #include "secret.hpp"
 #include "util.hpp"
+#include "wire.hpp"
 #include "ws_client.hpp"
 
 #include <boost/json.hpp>
@@ -26,22 +27,13 @@ struct AgentOptions {
     Secret token;  ///< access token or API key
     std::string caFile;
     std::chrono::milliseconds connectTimeout{std::chrono::seconds(15)};
-};
     /// "" : the environment's proxy (HTTPS_PROXY, NO_PROXY...); "direct";
     /// or an http:// proxy URL.
     std::string proxy{};
-
-/// What an exec request asks for (protocol `exec` payload).
-struct ExecSpec {
-    std::vector<std::string> argv;  ///< or
-    std::string command;            ///< a shell command line
-    std::optional<std::string> cwd;
-    std::optional<std::string> stdinData;
-    std::optional<double> timeoutSeconds;
-    std::optional<std::int64_t> maxOutputBytes;
-    std::vector<std::pair<std::string, std::string>> env;
-    boost::json::object toPayload() const;
 };
+
+/// What an exec request asks for (protocol `exec` payload), shared with the daemon.
+using hpc::ExecSpec;
 
 /// An exec result with its output decoded.
 struct ExecOutcome {
@@ -84,17 +76,8 @@ struct PtyEvent {
     std::string error;             ///< Exit: set when the session was lost, not ended
 };
 
-/// What job.submit asks for.
-struct JobSpec {
-    std::string script;
-    std::optional<std::string> name;
-    std::optional<std::string> cwd;
-    std::vector<std::string> sbatchArgs;
-    std::vector<std::pair<std::string, std::string>> env;
-    std::optional<double> timeLimitSeconds;
-    std::optional<boost::json::value> context;  ///< returned in the job's callback
-    boost::json::object toPayload() const;
-};
+/// What job.submit asks for, shared with the daemon.
+using hpc::JobSpec;
 
 /// A job's wake-on-complete callback, as the platform delivers it.
 struct JobCallback {

@@ -33,6 +33,7 @@ int runExec(const ExecOptions& o) {
     if (o.timeout > 0) spec.timeoutSeconds = o.timeout;
     if (o.passStdin)
         spec.stdinData = std::string((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+    ExecSpec::fromPayload(spec.toPayload());  // the daemon's own checks and messages, before connecting
     auto client = AgentClient::connect(agentOptions(o.platform));
     double wait = spec.timeoutSeconds.value_or(300) + 60;
     auto outcome = client->exec(o.daemonId, spec, std::chrono::milliseconds(static_cast<long long>(wait * 1000)));

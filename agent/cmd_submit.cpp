@@ -54,6 +54,7 @@ int runSubmit(const SubmitOptions& o) {
         spec.context = boost::json::parse(o.contextJson, ec);
         if (ec) throw Error(ErrorCode::BadRequest, "--context is not JSON: " + ec.message());
     }
+    JobSpec::fromPayload(spec.toPayload());  // the daemon's own checks and messages, before connecting
     auto client = AgentClient::connect(agentOptions(o.platform));
     auto r = client->submitJob(o.daemonId, spec);
     if (o.asJson)

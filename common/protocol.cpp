@@ -344,8 +344,8 @@ bool isValidEnvName(std::string_view n) {
 }
 }  // namespace
 
-std::vector<std::string> optEnv(const json::object& o, std::string_view key) {
-    std::vector<std::string> out;
+EnvVars optEnvVars(const json::object& o, std::string_view key) {
+    EnvVars out;
     const auto* env = o.if_contains(key);
     if (!env || env->is_null()) return out;
     if (!env->is_object()) throw Error(ErrorCode::BadRequest, "\"" + std::string(key) + "\" must be an object of strings");
@@ -355,9 +355,25 @@ std::vector<std::string> optEnv(const json::object& o, std::string_view key) {
         // execve would silently cut the value at the NUL.
         if (v.get_string().find('\0') != json::string::npos)
             throw Error(ErrorCode::BadRequest, "environment value of " + std::string(k) + " contains a NUL byte");
-        out.push_back(std::string(k) + "=" + std::string(v.get_string()));
+        out.emplace_back(std::string(k), std::string(v.get_string()));
     }
     return out;
+}
+
+std::vector<std::string> envEntries(const EnvVars& env) {
+    std::vector<std::string> out;
+    out.reserve(env.size());
+    for (const auto& [name, value] : env) out.push_back(name + "=" + value);
+    return out;
+}
+
+std::vector<std::string> optEnv(const json::object& o, std::string_view key) { return envEntries(optEnvVars(o, key)); }
+
+void putEnv(json::object& o, std::string_view key, const EnvVars& env) {
+    if (env.empty()) return;
+    json::object e;
+    for (const auto& [name, value] : env) e[name] = value;
+    o[key] = std::move(e);
 }
 
 void putBytes(json::object& o, std::string_view name, std::string_view data) {

@@ -14,6 +14,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -92,9 +93,19 @@ std::optional<std::int64_t> optInt(const boost::json::object& o, std::string_vie
 std::optional<double> optNumber(const boost::json::object& o, std::string_view key, double min, double max);
 std::optional<bool> optBool(const boost::json::object& o, std::string_view key);
 
-/// An optional object of environment variables as "NAME=value" entries.
-/// Throws hpc::Error(BadRequest) for a bad name or a value that is not a string.
+/// Environment variables as (name, value).
+using EnvVars = std::vector<std::pair<std::string, std::string>>;
+
+/// An optional object of environment variables. Throws
+/// hpc::Error(BadRequest) for a bad name, or a value that is not a string or
+/// holds a NUL byte.
+EnvVars optEnvVars(const boost::json::object& o, std::string_view key);
+/// The same as "NAME=value" entries, as execve takes them.
 std::vector<std::string> optEnv(const boost::json::object& o, std::string_view key);
+/// "NAME=value" entries.
+std::vector<std::string> envEntries(const EnvVars& env);
+/// Puts `env` under `key` as an object; nothing when it is empty.
+void putEnv(boost::json::object& o, std::string_view key, const EnvVars& env);
 
 /// Puts bytes under `name` with `name`_encoding: the text itself when it is
 /// UTF-8 (JSON strings must be), else base64.

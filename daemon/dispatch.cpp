@@ -16,10 +16,6 @@ namespace json = boost::json;
 namespace hpc::daemon {
 namespace {
 
-constexpr std::size_t kMaxArgs = 4096;
-constexpr std::size_t kMaxOutputCap = 4 * 1024 * 1024;
-constexpr double kMaxTimeoutSeconds = 7 * 24 * 3600;
-
 /// Requests that write new rows (audit, jobs) before or after their work.
 bool writesNewState(std::string_view type) { return type == "exec" || type == "pty.open" || type == "job.submit"; }
 
@@ -91,34 +87,17 @@ void Dispatcher::onBinary(std::string_view data) {
     }
 }
 
-ExecRequest Dispatcher::parseExec(const json::object& p) const {
+ExecRequest Dispatcher::toRequest(const ExecSpec& spec) const {
     ExecRequest req;
-    const auto* argv = p.if_contains("argv");
-    auto command = protocol::optString(p, "command");
-    if ((argv != nullptr && !argv->is_null()) == command.has_value())
-        throw Error(ErrorCode::BadRequest, "exec needs exactly one of \"argv\" (array of strings) or \"command\" (string)");
-    if (command) {
-        if (command->empty()) throw Error(ErrorCode::BadRequest, "\"command\" is empty");
-        req.argv = {defaultShell(), "-c", *command};
-    } else {
-        if (!argv->is_array() || argv->get_array().empty() || argv->get_array().size() > kMaxArgs)
-            throw Error(ErrorCode::BadRequest, "\"argv\" must be a non-empty array of at most 4096 strings");
-        for (const auto& a : argv->get_array()) {
-            if (!a.is_string()) throw Error(ErrorCode::BadRequest, "\"argv\" must contain only strings");
-            if (a.get_string().find('\0') != json::string::npos)
-                throw Error(ErrorCode::BadRequest, "\"argv\" entries must not contain NUL bytes");
-            req.argv.emplace_back(a.get_string());
-        }
-        if (req.argv.front().empty()) throw Error(ErrorCode::BadRequest, "\"argv\"[0] is empty");
-    }
-    req.cwd = m_dirs.resolveCwd(protocol::optString(p, "cwd", 4096), m_fallbackCwd).string();
-    req.env = protocol::optEnv(p, "env");
-    req.stdinData = protocol::optString(p, "stdin");
-    if (auto t = protocol::optNumber(p, "timeout_s", 0.001, kMaxTimeoutSeconds))
-        req.timeout = std::chrono::milliseconds(static_cast<long long>(*t * 1000));
-    if (auto g = protocol::optNumber(p, "kill_grace_s", 0, 600))
-        req.killGrace = std::chrono::milliseconds(static_cast<long long>(*g * 1000));
-    if (auto m = protocol::optInt(p, "max_output_bytes", 0, kMaxOutputCap)) req.maxOutputBytes = static_cast<std::size_t>(*m);
+    req.argv = spec.command.empty() ? spec.argv : std::vector<std::string>{defaultShell(), "-c", spec.command};
+    req.cwd = m_dirs.resolveCwd(spec.cwd, m_fallbackCwd).string();
+    req.env = protocol::envEntries(spec.env);
+    req.stdinData = spec.stdinData;
+    if (spec.timeoutSeconds)
+        req.timeout = std::chrono::milliseconds(static_cast<long long>(*spec.timeoutSeconds * 1000));
+    if (spec.killGraceSeconds)
+        req.killGrace = std::chrono::milliseconds(static_cast<long long>(*spec.killGraceSeconds * 1000));
+    if (spec.maxOutputBytes) req.maxOutputBytes = static_cast<std::size_t>(*spec.maxOutputBytes);
     req.confinement = m_confinement;
     return req;
 }
@@ -185,16 +164,14 @@ bool Dispatcher::handlePty(const protocol::Envelope& env) {
 }
 
 void Dispatcher::handleExec(const protocol::Envelope& env) {
-    ExecRequest req = parseExec(env.payload);
+    ExecSpec spec = ExecSpec::fromPayload(env.payload);
+    ExecRequest req = toRequest(spec);
     std::string id = env.id;
     std::string agent = agentOf(env);
     log::debug("exec " + id + " from " + agent + " in " + req.cwd + ": " + req.argv.front());
-    Store::AuditEntry entry{nowEpochSeconds(), {}, agent, "exec", req.cwd, {}, std::nullopt};
-    if (auto command = protocol::optString(env.payload, "command")) {
-        entry.command = *command;
-    } else {
+    Store::AuditEntry entry{nowEpochSeconds(), {}, agent, "exec", req.cwd, spec.command, std::nullopt};
+    if (spec.command.empty())
         for (const auto& a : req.argv) entry.command += (entry.command.empty() ? "" : " ") + a;
-    }
     m_exec.start(std::move(req), [send = m_send, audit = m_audit, entry, id, agent](ExecResult result) mutable {
         if (audit) {
             entry.exitCode = result.exitCode ? *result.exitCode : 128 + result.signal.value_or(0);

@@ -9,6 +9,7 @@
 #include "protocol.hpp"
 #include "pty.hpp"
 #include "store.hpp"
+#include "wire.hpp"
 
 #include <filesystem>
 #include <functional>
@@ -45,13 +46,14 @@ public:
     void setShellGuard(std::filesystem::path file) { m_shellGuard = std::move(file); }
     void onBinary(std::string_view data);
 
-    /// Turns an exec payload into a request. Throws hpc::Error(BadRequest,
-    /// PathNotAllowed, NotFound). Public for tests.
-    ExecRequest parseExec(const boost::json::object& payload) const;
     static boost::json::object toJson(const ExecResult& result);
 
 private:
     void handleExec(const protocol::Envelope& env);
+    /// What ExecService runs for `spec` here: its cwd resolved in the allowed
+    /// directories, a command line given to the shell, the confinement.
+    /// Throws hpc::Error(PathNotAllowed, NotFound).
+    ExecRequest toRequest(const ExecSpec& spec) const;
     /// pty.*; returns false when `type` is not a PTY message.
     bool handlePty(const protocol::Envelope& env);
 

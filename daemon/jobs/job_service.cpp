@@ -4,6 +4,7 @@
 #include "log.hpp"
 #include "scheduler_choice.hpp"
 #include "util.hpp"
+#include "wire.hpp"
 
 #include <cerrno>
 #include <cstdlib>
@@ -16,22 +17,12 @@ namespace fs = std::filesystem;
 namespace hpc::daemon {
 namespace {
 
-constexpr std::size_t kMaxScriptBytes = 512 * 1024;
-constexpr std::size_t kMaxContextBytes = 64 * 1024;
-constexpr double kMaxTimeLimit = 365.0 * 24 * 3600;
-
 /// The output's tails in a reply or callback, and why they are missing when
 /// the job directory did not answer.
 void putTails(json::object& o, const JobService::Tails& tails) {
     protocol::putBytes(o, "stdout_tail", tails.out);
     protocol::putBytes(o, "stderr_tail", tails.err);
     if (!tails.error.empty()) o["tail_error"] = tails.error;
-}
-
-bool isPrintableName(std::string_view s) {
-    for (unsigned char c : s)
-        if (c < 0x20 || c == 0x7f) return false;
-    return true;
 }
 
 }  // namespace
@@ -122,35 +113,19 @@ JobRecord JobService::owned(const json::object& payload, const std::string& agen
 }
 
 void JobService::submit(const protocol::Envelope& env, const std::string& agentId, const Reply& reply) {
-    const auto& p = env.payload;
-    auto script = protocol::optString(p, "script", kMaxScriptBytes);
-    if (!script || script->empty()) throw Error(ErrorCode::BadRequest, "\"script\" is required");
+    JobSpec spec = JobSpec::fromPayload(env.payload);
     JobRecord job;
-    job.name = protocol::optString(p, "name", 128).value_or("");
-    if (!isPrintableName(job.name)) throw Error(ErrorCode::BadRequest, "\"name\" must be printable text");
-    job.cwd = m_policy.dirs.resolveCwd(protocol::optString(p, "cwd", 4096), m_policy.jobWorkdir).string();
+    job.name = spec.name.value_or("");
+    job.cwd = m_policy.dirs.resolveCwd(spec.cwd, m_policy.jobWorkdir).string();
     SubmitOptions options;
     options.confinement = m_policy.confinement;
-    options.env = protocol::optEnv(p, "env");
-    if (const auto* args = p.if_contains("sbatch_args"); args && !args->is_null()) {
-        if (!args->is_array()) throw Error(ErrorCode::BadRequest, "\"sbatch_args\" must be an array of strings");
-        for (const auto& a : args->get_array()) {
-            if (!a.is_string()) throw Error(ErrorCode::BadRequest, "\"sbatch_args\" must contain only strings");
-            options.schedulerArgs.emplace_back(a.get_string());
-        }
-        if (!options.schedulerArgs.empty() && m_scheduler->name() != "slurm")
-            throw Error(ErrorCode::BadRequest, "\"sbatch_args\" need the SLURM backend; this daemon runs jobs locally");
-        SlurmScheduler::validateArgs(options.schedulerArgs);
-    }
-    if (auto t = protocol::optNumber(p, "time_limit", 1, kMaxTimeLimit)) job.timeLimitSeconds = static_cast<long long>(*t);
-    if (const auto* cb = p.if_contains("callback"); cb && !cb->is_null()) {
-        if (!cb->is_object()) throw Error(ErrorCode::BadRequest, "\"callback\" must be an object");
-        if (const auto* ctx = cb->get_object().if_contains("context")) {
-            job.context = json::serialize(*ctx);
-            if (job.context.size() > kMaxContextBytes)
-                throw Error(ErrorCode::BadRequest, "\"callback.context\" is larger than 64 KiB");
-        }
-    }
+    options.env = protocol::envEntries(spec.env);
+    options.schedulerArgs = std::move(spec.sbatchArgs);
+    if (!options.schedulerArgs.empty() && m_scheduler->name() != "slurm")
+        throw Error(ErrorCode::BadRequest, "\"sbatch_args\" need the SLURM backend; this daemon runs jobs locally");
+    SlurmScheduler::validateArgs(options.schedulerArgs);
+    if (spec.timeLimitSeconds) job.timeLimitSeconds = static_cast<long long>(*spec.timeLimitSeconds);
+    if (spec.context) job.context = json::serialize(*spec.context);
     // The job's own directory must be writable for the job: inside the allowed dirs.
     fs::path root = m_policy.jobWorkdir / ".hpc-daemon" / "jobs";
     if (!m_policy.dirs.unrestricted() && !m_policy.dirs.allows(m_policy.jobWorkdir))
@@ -165,14 +140,14 @@ void JobService::submit(const protocol::Envelope& env, const std::string& agentI
     job.dir = (root / job.jobId).string();
     job.submittedAt = nowEpochSeconds();
     constexpr std::size_t kAuditScriptBytes = 4096;
-    std::string auditCommand = script->substr(0, kAuditScriptBytes);
-    if (script->size() > kAuditScriptBytes)
-        auditCommand += "\n… (" + std::to_string(script->size()) + " bytes in all)";
+    std::string auditCommand = spec.script.substr(0, kAuditScriptBytes);
+    if (spec.script.size() > kAuditScriptBytes)
+        auditCommand += "\n… (" + std::to_string(spec.script.size()) + " bytes in all)";
     ++m_submitting;
     // The job's directory is often on NFS or Lustre: written off the loop.
     m_io.run<std::optional<Error>>(
         "writing the files of job " + job.jobId + " in " + job.dir,
-        [job, script = std::move(*script)]() -> std::optional<Error> {
+        [job, script = std::move(spec.script)]() -> std::optional<Error> {
             try {
                 writeJobFiles(job, script, job.backend == "slurm");
                 return std::nullopt;

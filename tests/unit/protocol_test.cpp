@@ -1,9 +1,11 @@
 #include "protocol.hpp"
+#include "wire.hpp"
 
 #include <gtest/gtest.h>
 
 using namespace hpc;
 using namespace hpc::protocol;
+namespace json = boost::json;
 
 namespace {
 
@@ -217,4 +219,118 @@ TEST(PayloadFields, NameTheFieldInTheirErrors) {
     EXPECT_THROW(optBool(o, "b"), Error);
     EXPECT_FALSE(optString(o, "missing"));
     EXPECT_THROW(optInt(boost::json::object{{"n", 11}}, "n", 0, 10), Error);
+}
+
+namespace {
+
+/// The BAD_REQUEST message fromPayload gives, or "" when it accepts the payload.
+template <typename Spec>
+std::string refusal(const boost::json::object& payload) {
+    try {
+        Spec::fromPayload(payload);
+        return "";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::BadRequest) << e.what();
+        return e.what();
+    }
+}
+
+}  // namespace
+
+TEST(ExecWire, WhatTheAgentSendsTheDaemonReadsBack) {
+    ExecSpec spec;
+    spec.argv = {"printf", "%s", "a b"};
+    spec.cwd = "sub";
+    spec.stdinData = "input";
+    spec.timeoutSeconds = 2.5;
+    spec.killGraceSeconds = 1;
+    spec.maxOutputBytes = 4096;
+    spec.env = {{"A", "1"}, {"B_2", "x=y"}};
+    auto back = ExecSpec::fromPayload(spec.toPayload());
+    EXPECT_EQ(back.argv, spec.argv);
+    EXPECT_TRUE(back.command.empty());
+    EXPECT_EQ(back.cwd, spec.cwd);
+    EXPECT_EQ(back.stdinData, spec.stdinData);
+    EXPECT_EQ(back.timeoutSeconds, spec.timeoutSeconds);
+    EXPECT_EQ(back.killGraceSeconds, spec.killGraceSeconds);
+    EXPECT_EQ(back.maxOutputBytes, spec.maxOutputBytes);
+    EXPECT_EQ(back.env, spec.env);
+    EXPECT_EQ(envEntries(back.env), (std::vector<std::string>{"A=1", "B_2=x=y"}));
+
+    ExecSpec shell;
+    shell.command = "echo hi | tr h H";
+    auto line = ExecSpec::fromPayload(shell.toPayload());
+    EXPECT_EQ(line.command, shell.command);
+    EXPECT_TRUE(line.argv.empty());
+    EXPECT_FALSE(line.cwd || line.timeoutSeconds || line.maxOutputBytes);
+}
+
+TEST(ExecWire, RefusesWhatTheDaemonCannotRunWithTheFieldNamed) {
+    using namespace std::string_literals;
+    EXPECT_EQ(refusal<ExecSpec>({}), "exec needs exactly one of \"argv\" (array of strings) or \"command\" (string)");
+    EXPECT_EQ(refusal<ExecSpec>({{"argv", json::array{"a"}}, {"command", "b"}}),
+              "exec needs exactly one of \"argv\" (array of strings) or \"command\" (string)");
+    EXPECT_EQ(refusal<ExecSpec>({{"command", ""}}), "\"command\" is empty");
+    EXPECT_EQ(refusal<ExecSpec>({{"argv", json::array{}}}),
+              "\"argv\" must be a non-empty array of at most 4096 strings");
+    EXPECT_EQ(refusal<ExecSpec>({{"argv", json::array{1}}}), "\"argv\" must contain only strings");
+    EXPECT_EQ(refusal<ExecSpec>({{"argv", json::array{"a\0b"s}}}), "\"argv\" entries must not contain NUL bytes");
+    EXPECT_EQ(refusal<ExecSpec>({{"argv", json::array{""}}}), "\"argv\"[0] is empty");
+    json::array tooMany(ExecSpec::kMaxArgs + 1, json::value("x"));
+    EXPECT_NE(refusal<ExecSpec>({{"argv", tooMany}}), "");
+    EXPECT_NE(refusal<ExecSpec>({{"command", "true"}, {"timeout_s", 0}}).find("timeout_s"), std::string::npos);
+    EXPECT_NE(refusal<ExecSpec>({{"command", "true"}, {"kill_grace_s", 601}}).find("kill_grace_s"), std::string::npos);
+    EXPECT_NE(
+        refusal<ExecSpec>({{"command", "true"}, {"max_output_bytes", 4 * 1024 * 1024 + 1}}).find("max_output_bytes"),
+        std::string::npos);
+    EXPECT_EQ(refusal<ExecSpec>({{"command", "true"}, {"env", json::object{{"BAD NAME", "x"}}}}),
+              "invalid environment name \"BAD NAME\"");
+    EXPECT_EQ(refusal<ExecSpec>({{"command", "true"}, {"max_output_bytes", 4 * 1024 * 1024}}), "");
+}
+
+TEST(JobWire, WhatTheAgentSendsTheDaemonReadsBack) {
+    JobSpec spec;
+    spec.script = "#!/bin/bash\necho hi\n";
+    spec.name = "a job";
+    spec.cwd = "/scratch/run";
+    spec.sbatchArgs = {"--partition=debug", "-N", "1"};
+    spec.env = {{"RUN", "7"}};
+    spec.timeLimitSeconds = 60;
+    spec.context = json::object{{"step", 3}};
+    auto back = JobSpec::fromPayload(spec.toPayload());
+    EXPECT_EQ(back.script, spec.script);
+    EXPECT_EQ(back.name, spec.name);
+    EXPECT_EQ(back.cwd, spec.cwd);
+    EXPECT_EQ(back.sbatchArgs, spec.sbatchArgs);
+    EXPECT_EQ(back.env, spec.env);
+    EXPECT_EQ(back.timeLimitSeconds, spec.timeLimitSeconds);
+    ASSERT_TRUE(back.context);
+    EXPECT_EQ(*back.context, *spec.context);
+
+    JobSpec bare;
+    bare.script = "true\n";
+    auto plain = JobSpec::fromPayload(bare.toPayload());
+    EXPECT_FALSE(plain.name || plain.cwd || plain.timeLimitSeconds || plain.context);
+    EXPECT_TRUE(plain.sbatchArgs.empty() && plain.env.empty());
+}
+
+TEST(JobWire, RefusesWhatTheDaemonCannotSubmitWithTheFieldNamed) {
+    EXPECT_EQ(refusal<JobSpec>({}), "\"script\" is required");
+    EXPECT_EQ(refusal<JobSpec>({{"script", ""}}), "\"script\" is required");
+    EXPECT_EQ(refusal<JobSpec>({{"script", 7}}), "\"script\" must be a string");
+    EXPECT_NE(refusal<JobSpec>({{"script", std::string(JobSpec::kMaxScriptBytes + 1, 'x')}}), "");
+    EXPECT_EQ(refusal<JobSpec>({{"script", "true"}, {"name", "a\nb"}}), "\"name\" must be printable text");
+    EXPECT_EQ(refusal<JobSpec>({{"script", "true"}, {"sbatch_args", "-p x"}}),
+              "\"sbatch_args\" must be an array of strings");
+    EXPECT_EQ(refusal<JobSpec>({{"script", "true"}, {"sbatch_args", json::array{1}}}),
+              "\"sbatch_args\" must contain only strings");
+    EXPECT_NE(refusal<JobSpec>({{"script", "true"}, {"time_limit", -1}}).find("time_limit"), std::string::npos);
+    EXPECT_EQ(refusal<JobSpec>({{"script", "true"}, {"callback", "x"}}), "\"callback\" must be an object");
+    EXPECT_EQ(refusal<JobSpec>({{"script", "true"},
+                                {"callback", json::object{{"context", std::string(JobSpec::kMaxContextBytes, 'x')}}}}),
+              "\"callback.context\" is larger than 64 KiB");
+    EXPECT_EQ(refusal<JobSpec>({{"script", "true"}, {"env", json::object{{"1BAD", "x"}}}}),
+              "invalid environment name \"1BAD\"");
+    // The daemon's policy (allowed directories, the backend, sbatch options) is its own, checked after.
+    EXPECT_EQ(refusal<JobSpec>({{"script", "true"}, {"cwd", "/etc"}, {"sbatch_args", json::array{"--output=x"}}}), "");
 }
