@@ -179,6 +179,12 @@ std::string Harness::binary(const std::string& name) {
 }
 
 Harness::Harness() {
+    // Everything here talks to 127.0.0.1, and the programs honour the proxy
+    // variables as curl does: a developer's or CI's HTTPS_PROXY would send
+    // the tests through a real proxy. Tests that want one pass it themselves.
+    for (const char* name : {"https_proxy", "HTTPS_PROXY", "http_proxy", "all_proxy", "ALL_PROXY", "no_proxy",
+                             "NO_PROXY", "HPC_AGENT_PROXY"})
+        ::unsetenv(name);
     char tmpl[] = "/tmp/hpc-e2e-XXXXXX";
     if (!::mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
     m_dir = tmpl;
