@@ -274,3 +274,22 @@ TEST_F(Proxy, AProxyThatForbidsThePlatformsPortIsAClearErrorForTheLinkAndTheAgen
     EXPECT_NE(agent.err.find("HTTP 403"), std::string::npos) << agent.err;
     EXPECT_NE(agent.err.find("its rules forbid this destination or port"), std::string::npos) << agent.err;
 }
+
+TEST_F(Proxy, AProxyOfAKindItCannotUseEndsTheDaemonWithASentenceInsteadOfGoingDirect) {
+    ASSERT_EQ(h.setupDaemon("s", "s@example.org", {h.dir().string()}).status, 0);
+    // It is ready (store open, bus name owned) before it builds its link; then it exits.
+    h.startDaemon("s", {}, {"ALL_PROXY=socks5://user:hunter2@127.0.0.1:1080"});
+    auto stat = "/proc/" + std::to_string(h.daemonPid("s")) + "/stat";
+    EXPECT_TRUE(waitUntil(
+        [&] {
+            auto text = readFile(stat);
+            auto close = text.rfind(')');
+            return close == std::string::npos || text.substr(close + 2, 1) == "Z";
+        },
+        10s))
+        << "the daemon did not exit";
+    auto log = h.daemonLog("s");
+    EXPECT_NE(log.find("ALL_PROXY is a socks5:// proxy, which is not supported"), std::string::npos) << log;
+    EXPECT_EQ(log.find("hunter2"), std::string::npos) << log;
+    EXPECT_EQ(peersOf(h.port())["127.0.0.1"], 0);
+}
