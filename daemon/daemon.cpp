@@ -129,26 +129,25 @@ public:
         SchedulerChoice choice = chooseScheduler();
         m_schedulerReason = choice.reason;
         log::info("scheduler " + choice.backend + ": " + choice.reason);
-        m_jobs = std::make_unique<JobService>(ioc, m_store, m_profile.daemonId, remembered(makeScheduler(choice.backend)),
+        m_jobs = std::make_unique<JobService>(ioc, m_store, m_profile.daemonId, makeScheduler(choice.backend),
                                               [this](std::string text) { return m_link && m_link->sendText(std::move(text)); },
                                               options.jobIoTimeout);
         m_jobs->setSchedulerFactory([this](const std::string& backend) -> std::unique_ptr<Scheduler> {
             if (backend == "slurm" && findInPath("squeue").empty()) return nullptr;
             if (backend != "slurm" && backend != "local") return nullptr;
-            return remembered(makeScheduler(backend));
+            return makeScheduler(backend);
         });
         m_dispatcher->attachJobs(*m_jobs);
         m_dispatcher->attachStore(m_store);
-        // A full disk or quota (issue 21): ends it could not record are found
-        // again by their scheduler once space is back, and callbacks go out.
-        m_stateKeeper->setResettle([this](const JobRecord& job) {
-            if (auto it = m_schedulers.find(job.backend); it != m_schedulers.end()) it->second->adopt(job);
+        // A full disk or quota (issue 21): once space is back, the job ends it
+        // could not record are written and their callbacks go out.
+        m_stateKeeper->setOnWritable([this] {
+            m_jobs->recordUnrecorded();
+            m_jobs->outbox().kick();
         });
-        m_stateKeeper->setOnWritable([this] { m_jobs->outbox().kick(); });
         m_jobs->setAudit([this](const Store::AuditEntry& e) { audit(e); });
         m_jobs->setOnJobChange([this](const JobRecord& job) {
             if (m_bus) m_bus->jobChanged(job.jobId, job.state);
-            if (job.final()) m_stateKeeper->jobEnded(job.jobId);
         });
         m_pty->setAudit([this](const PtyInfo& session, const std::string& cwd, const std::string& command, int status) {
             audit(Store::AuditEntry{nowEpochSeconds(), m_profile.daemonId, session.agentId,
@@ -207,13 +206,6 @@ private:
             if (c.systemdRun.empty()) log::warning("systemd-run is missing: local jobs run without a systemd scope");
         }
         return std::make_unique<LocalScheduler>(m_ioc, c);
-    }
-
-    /// Every scheduler m_jobs owns, by backend: a job whose end was lost to a
-    /// full disk is handed back to its own.
-    std::unique_ptr<Scheduler> remembered(std::unique_ptr<Scheduler> s) {
-        if (s) m_schedulers[std::string(s->name())] = s.get();
-        return s;
     }
 
     /// Where jobs' directories go: the profile's job directory, else the
@@ -484,7 +476,6 @@ private:
     std::unique_ptr<Dispatcher> m_dispatcher;
     std::unique_ptr<PtyService> m_pty;
     std::unique_ptr<JobService> m_jobs;
-    std::map<std::string, Scheduler*> m_schedulers;  ///< by backend; owned by m_jobs
     std::unique_ptr<PrivateBus> m_privateBus;
     std::unique_ptr<BusService> m_bus;
     std::unique_ptr<Link> m_link;

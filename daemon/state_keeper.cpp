@@ -43,33 +43,6 @@ std::string StateKeeper::warning() const {
     return m_warning.empty() ? w : w + "; " + m_warning;
 }
 
-void StateKeeper::jobEnded(const std::string& jobId) {
-    // Checked later (once written, or at the next pass): the end is written
-    // after the scheduler's report, perhaps after reading the job's output.
-    m_ended[jobId] = 0;
-}
-
-std::vector<JobRecord> StateKeeper::unsettled() {
-    std::vector<JobRecord> out;
-    JobStore jobs(m_store);
-    for (auto it = m_ended.begin(); it != m_ended.end();) {
-        std::optional<JobRecord> stored;
-        try {
-            stored = jobs.get(m_daemonId, it->first);
-        } catch (const std::exception& e) {
-            log::debug("cannot read job " + it->first + ": " + e.what());
-            ++it;
-            continue;
-        }
-        if (stored && !stored->final()) out.push_back(*stored);
-        if (!stored || stored->final() || ++it->second >= 3)
-            it = m_ended.erase(it);  // settled; or not for many passes: left to a restart
-        else
-            ++it;
-    }
-    return out;
-}
-
 void StateKeeper::onFull() {
     if (!m_store.health().full() || m_probing || m_stopped) return;
     m_probing = true;
@@ -91,12 +64,6 @@ void StateKeeper::onWritable() {
     if (m_store.health().full() || m_stopped) return;
     m_probing = false;
     m_probe.cancel();
-    // Jobs whose end was lost to the full disk: their scheduler finds it
-    // again (the exit status file, sacct) and the store records it now.
-    for (const auto& job : unsettled()) {
-        log::info("job " + job.jobId + " ended while the disk was full: recording its end now");
-        if (m_resettle) m_resettle(job);
-    }
     if (m_onWritable) m_onWritable();
     if (!m_pruner.active()) startPass();
 }
@@ -154,12 +121,6 @@ void StateKeeper::stepSoon() {
 
 void StateKeeper::finishPass() {
     m_failing = false;
-    if (!m_store.health().full()) {
-        // Ends that never reached the store without a full disk (another
-        // error) are left to a restart; forget those that did reach it.
-        for (const auto& job : unsettled())
-            log::debug("job " + job.jobId + " ended but its end is not in the store yet");
-    }
     const PruneReport& r = m_pruner.report();
     m_last = r;
     if (r.auditRows > 0 || r.jobs > 0) log::info("state.db pruned: " + r.summary());

@@ -6,11 +6,9 @@
 ///
 /// And gets the daemon through a full disk or quota: while the store is full
 /// (Store::health()) it probes for space on a timer, and once space is back
-/// it has what waited written: jobs whose end could not be recorded are
-/// handed back to their scheduler (setResettle), the outbox is told
-/// (setOnWritable), and a prune pass runs.
+/// it has what waited written (setOnWritable: the job ends that could not be
+/// recorded, the outbox) and a prune pass runs.
 
-#include "jobs/job_store.hpp"
 #include "retention.hpp"
 #include "settings.hpp"
 #include "store.hpp"
@@ -20,7 +18,6 @@
 
 #include <chrono>
 #include <functional>
-#include <map>
 #include <optional>
 #include <string>
 
@@ -47,13 +44,6 @@ public:
     /// inside retention (or cannot be met): a sentence for status.
     std::string warning() const;
 
-    /// A scheduler reported that `jobId` ended. If its end never reaches the
-    /// store (the write failed: a full disk), the job is settled again once
-    /// the store is writable.
-    void jobEnded(const std::string& jobId);
-    /// How a job is settled again: `stored` is its row, still live; hand it
-    /// to its scheduler (Scheduler::adopt), which finds the end anew.
-    void setResettle(std::function<void(const JobRecord& stored)> resettle) { m_resettle = std::move(resettle); }
     /// Told once the store is writable again after a full disk or quota.
     void setOnWritable(std::function<void()> onWritable) { m_onWritable = std::move(onWritable); }
     /// How often a full store is probed for space, at most.
@@ -70,8 +60,6 @@ private:
     void onFull();
     void onWritable();
     void armProbe();
-    /// Forgets ended jobs whose end is in the store; returns those whose end is not.
-    std::vector<JobRecord> unsettled();
 
     boost::asio::io_context& m_ioc;
     Store& m_store;
@@ -87,8 +75,6 @@ private:
     boost::asio::steady_timer m_probe;
     std::chrono::milliseconds m_probeDelay{0};
     bool m_probing = false;
-    std::map<std::string, int> m_ended;  ///< ended jobs not known to be stored: passes that found them live
-    std::function<void(const JobRecord&)> m_resettle;
     std::function<void()> m_onWritable;
 };
 

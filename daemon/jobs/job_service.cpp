@@ -2,6 +2,7 @@
 
 #include "job_files.hpp"
 #include "log.hpp"
+#include "sqlite.hpp"
 #include "scheduler_choice.hpp"
 #include "util.hpp"
 #include "wire.hpp"
@@ -32,6 +33,7 @@ std::string detectBackend() { return chooseScheduler().backend; }
 JobService::JobService(boost::asio::io_context& ioc, Store& store, std::string daemonId,
                        std::unique_ptr<Scheduler> scheduler, Outbox::Send send, std::chrono::milliseconds ioTimeout)
     : m_io(ioc, ioTimeout),
+      m_store(store),
       m_jobs(store),
       m_daemonId(std::move(daemonId)),
       m_scheduler(std::move(scheduler)),
@@ -86,7 +88,15 @@ bool JobService::handle(const protocol::Envelope& env, const std::string& agentI
         JobRecord job = owned(env.payload, agentId);
         if (!job.final() && !job.cancelRequested) {
             job.cancelRequested = true;
-            m_jobs.update(job);
+            try {
+                m_jobs.update(job);
+            } catch (const std::exception& e) {
+                // A full disk does not keep running a job its agent stopped:
+                // the scheduler still ends it, and its end is recorded once
+                // there is room.
+                if (!sqlite::isDiskFull(e)) throw;
+                logStoreFailure("cannot record the cancel of job " + job.jobId, e);
+            }
             log::info("job " + job.jobId + " cancelled by " + agentId);
             if (Scheduler* s = schedulerFor(job.backend)) s->cancel(job);
         }
@@ -170,8 +180,10 @@ void JobService::submit(const protocol::Envelope& env, const std::string& agentI
                 m_jobs.insert(job);
             } catch (const std::exception& e) {
                 --m_submitting;
-                log::error("cannot record job " + job.jobId + ": " + e.what());
-                reply(protocol::makeError(id, ErrorCode::Internal, "cannot record the job"));
+                logStoreFailure("cannot record job " + job.jobId, e);
+                reply(sqlite::isDiskFull(e)
+                          ? protocol::makeError(id, ErrorCode::StorageFull, m_store.health().message())
+                          : protocol::makeError(id, ErrorCode::Internal, "cannot record the job"));
                 return;
             }
             if (m_audit)
@@ -185,11 +197,21 @@ void JobService::submit(const protocol::Envelope& env, const std::string& agentI
 void JobService::start(const JobRecord& job, const SubmitOptions& options, const std::string& id, const Reply& reply) {
     m_scheduler->submit(job, options, [this, id, reply](JobRecord job, std::optional<Error> error) {
         --m_submitting;
+        // The row was stored before the start; a write that fails now (a
+        // full disk) leaves it SUBMITTING, and the job is found again by its
+        // pid file or the queue, so the agent is answered either way.
+        auto record = [&] {
+            try {
+                m_jobs.update(job);
+            } catch (const std::exception& e) {
+                logStoreFailure("cannot record the start of job " + job.jobId, e);
+            }
+        };
         if (error) {
             job.state = JobState::Failed;
             job.reason = error->what();
             job.endedAt = nowEpochSeconds();
-            m_jobs.update(job);  // no callback: the agent gets the error now
+            record();  // no callback: the agent gets the error now
             log::warning("job " + job.jobId + " was not accepted: " + error->what());
             reply(protocol::makeError(id, error->code(), error->what()));
             return;
@@ -199,7 +221,7 @@ void JobService::start(const JobRecord& job, const SubmitOptions& options, const
             job.cancelRequested = true;
             m_scheduler->cancel(job);
         }
-        m_jobs.update(job);
+        record();
         if (m_listener) m_listener(job);
         reply(protocol::makeOk(id, {{"job_id", job.jobId},
                                     {"backend", job.backend},
@@ -218,7 +240,7 @@ void JobService::onChange(const JobRecord& job) {
             return;
         }
     } catch (const std::exception& e) {
-        log::error("cannot record the state of job " + job.jobId + ": " + e.what());
+        logStoreFailure("cannot record the state of job " + job.jobId, e);
         return;
     }
     // The final state and its callback are written once the output's tails
@@ -241,8 +263,18 @@ void JobService::recordFinal(const JobRecord& job, const Tails& tails) {
             m_outbox.kick();
         }
     } catch (const std::exception& e) {
-        // The job stays live in the store: a restart settles it again.
-        log::error("cannot record the state of job " + job.jobId + ": " + e.what());
+        // The job stays live in the store: a restart settles it again, and
+        // after a full disk so does recordUnrecorded, with what is known now.
+        logStoreFailure("cannot record the state of job " + job.jobId, e);
+        if (sqlite::isDiskFull(e)) m_unrecorded.insert_or_assign(job.jobId, std::pair{job, tails});
+    }
+}
+
+void JobService::recordUnrecorded() {
+    auto pending = std::exchange(m_unrecorded, {});
+    for (const auto& [id, ended] : pending) {
+        log::info("job " + id + " ended while the disk was full: recording its end now");
+        recordFinal(ended.first, ended.second);
     }
 }
 

@@ -59,6 +59,10 @@ public:
     bool handle(const protocol::Envelope& env, const std::string& agentId, const Reply& reply);
 
     Outbox& outbox() { return m_outbox; }
+    /// Writes the final states (and callbacks) that a full disk or quota
+    /// refused, once the store is writable again; they were kept meanwhile,
+    /// the cancel and the output's tails with them.
+    void recordUnrecorded();
     std::string_view backend() const { return m_scheduler->name(); }
     std::size_t active() const;
     /// Callbacks written and not yet acknowledged by the platform.
@@ -87,6 +91,7 @@ private:
     Scheduler* schedulerFor(const std::string& backend);
 
     JobDirIo m_io;  ///< first: outlives the schedulers that use it
+    Store& m_store;
     JobStore m_jobs;
     std::string m_daemonId;
     std::unique_ptr<Scheduler> m_scheduler;  ///< takes new submissions
@@ -95,6 +100,7 @@ private:
     Outbox m_outbox;
     JobPolicy m_policy;
     std::size_t m_submitting = 0;
+    std::map<std::string, std::pair<JobRecord, Tails>> m_unrecorded;  ///< by job id: ends a full disk refused
     std::function<void(const JobRecord&)> m_listener;
     std::function<void(const Store::AuditEntry&)> m_audit;
 };

@@ -185,4 +185,11 @@ void JobStore::acknowledge(const std::string& callbackId) {
     st.run();
 }
 
+void logStoreFailure(const std::string& what, const std::exception& e) {
+    if (sqlite::isDiskFull(e))
+        log::debug(what + ": " + e.what());
+    else
+        log::error(what + ": " + e.what());
+}
+
 }  // namespace hpc::daemon

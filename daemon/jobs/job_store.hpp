@@ -84,4 +84,9 @@ private:
     Store& m_store;
 };
 
+/// Logs a write the store refused: an error, or only a debug line when the
+/// disk or quota is full (the store says that once; one line per job or
+/// callback would flood the log while it lasts).
+void logStoreFailure(const std::string& what, const std::exception& e);
+
 }  // namespace hpc::daemon

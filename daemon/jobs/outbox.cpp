@@ -78,7 +78,8 @@ bool Outbox::onResponse(const protocol::Envelope& response) {
         m_jobs.acknowledge(callbackId);
         log::info("callback " + callbackId + " acknowledged by the platform");
     } catch (const std::exception& e) {
-        log::error("cannot remove acknowledged callback " + callbackId + ": " + e.what());
+        // Sent again later and dropped by the platform as a retry.
+        logStoreFailure("cannot remove acknowledged callback " + callbackId, e);
     }
     if (m_inFlight.empty()) m_backoff.reset();
     return true;

@@ -136,7 +136,11 @@ TEST_F(DiskFullE2E, AFullStateDiskRefusesNewWorkKeepsRunningJobsAndRecoversWhenS
     // Before the fill: three jobs running, and a shell open.
     std::vector<std::string> jobs;
     for (int i = 0; i < 3; ++i) jobs.push_back(submitWaitingJob(i));
-    ASSERT_TRUE(m_h.waitStatus("d1", [](const json::object& s) { return num(s, "active_jobs") == 3; }))
+    agent::JobSpec sleeper;  // cancelled while the disk is full
+    sleeper.script = "sleep 600\n";
+    sleeper.cwd = m_work.string();
+    std::string cancelled = str(m_agent->submitJob("d1", sleeper), "job_id");
+    ASSERT_TRUE(m_h.waitStatus("d1", [](const json::object& s) { return num(s, "active_jobs") == 4; }))
         << m_h.daemonLog("d1");
     auto shell = m_agent->openPty("d1", agent::PtySpec{});
     double connectedSince = num(status(), "connected_since");
@@ -154,8 +158,12 @@ TEST_F(DiskFullE2E, AFullStateDiskRefusesNewWorkKeepsRunningJobsAndRecoversWhenS
     // the jobs stay live in the store, and the daemon knows the disk is full.
     std::ofstream(m_work / "go").put('\n');
     ASSERT_TRUE(m_h.waitStatus("d1", [](const json::object& s) {
-        return num(s, "active_jobs") == 0 && str(s, "state_warning").find("disk full") != std::string::npos;
+        return num(s, "active_jobs") == 1 && str(s, "state_warning").find("disk full") != std::string::npos;
     })) << m_h.daemonLog("d1");
+    // A cancel cannot be written, and still ends the job.
+    EXPECT_NO_THROW(m_agent->cancelJob("d1", cancelled));
+    ASSERT_TRUE(m_h.waitStatus("d1", [](const json::object& s) { return num(s, "active_jobs") == 0; }))
+        << m_h.daemonLog("d1");
     for (const auto& id : jobs) EXPECT_EQ(str(m_agent->jobStatus("d1", id), "state"), "RUNNING") << id;
     EXPECT_EQ(num(status(), "pending_callbacks"), 0);
 
@@ -172,7 +180,7 @@ TEST_F(DiskFullE2E, AFullStateDiskRefusesNewWorkKeepsRunningJobsAndRecoversWhenS
     }
 
     // What needs no write is still served: reads, and the shell opened before.
-    EXPECT_EQ(m_agent->listJobs("d1").size(), 3u);
+    EXPECT_EQ(m_agent->listJobs("d1").size(), 4u);
     m_agent->ptyInput(shell.channel, "echo alive-$((6*7))\n");
     std::string output;
     ASSERT_TRUE(waitUntil(
@@ -197,6 +205,9 @@ TEST_F(DiskFullE2E, AFullStateDiskRefusesNewWorkKeepsRunningJobsAndRecoversWhenS
         EXPECT_EQ(cb->exitCode, 0);
         EXPECT_NE(cb->stdoutTail.find("finished-" + std::to_string(i)), std::string::npos) << cb->stdoutTail;
     }
+    auto cancelledCb = m_agent->waitForJob("d1", cancelled, 60s);
+    ASSERT_TRUE(cancelledCb) << m_h.daemonLog("d1");
+    EXPECT_EQ(cancelledCb->state, "CANCELLED");
     ASSERT_TRUE(m_h.waitStatus("d1", [](const json::object& st) {
         return str(st, "state_warning").empty() && num(st, "pending_callbacks") == 0;
     })) << m_h.daemonLog("d1");
