@@ -4,6 +4,10 @@
 #include "exit_codes.hpp"
 
 #include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <ctime>
 #include <iostream>
@@ -69,8 +73,32 @@ int startDaemon(const Target& t) {
     return kExitFailure;
 }
 
+/// Runs the daemon in this terminal (logging to stderr) until it stops:
+/// this process becomes hpc-daemond, so Ctrl-C and SIGTERM reach it.
+int runInForeground(const Target& t) {
+    const auto& id = t.profile.daemonId;
+    if (auto client = DaemonClient::find(t.paths.home, id)) {
+        std::cerr << "daemon " << id << " is already running (pid " << client->status()["pid"].as_uint64()
+                  << "); stop it first to run it in the foreground\n";
+        return kExitFailure;
+    }
+    std::string program = daemonBinary();
+    std::vector<std::string> args = {"hpc-daemond", "--daemon-id", id, "--mode-reason",
+                                     "in the foreground of a terminal (start --foreground)"};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    std::cout.flush();
+    if (program.find('/') != std::string::npos)
+        ::execv(program.c_str(), argv.data());
+    else
+        ::execvp(program.c_str(), argv.data());
+    throw Error(ErrorCode::NotFound, "cannot run " + program + ": " + std::strerror(errno));
+}
+
 Command addStartCommand(CLI::App& parent) {
     auto id = std::make_shared<std::string>();
+    auto foreground = std::make_shared<bool>(false);
     auto* app = parent.add_subcommand("start", "Start the daemon (systemd user unit, or detached in nohup mode)");
     app->footer(
         "Uses `systemctl --user enable --now hpc-daemon@ID` when a systemd user manager is reachable and\n"
@@ -79,10 +107,15 @@ Command addStartCommand(CLI::App& parent) {
         "installing the unit to ~/.config/systemd/user when the user manager does not know it.\n"
         "Otherwise starts hpc-daemond detached (nohup mode)\n"
         "with its pid file and log in $HPC_DAEMON_HOME (default ~/.hpc_daemon). Waits until the daemon\n"
-        "answers on D-Bus. Starting a running daemon is not an error.\n\n" +
+        "answers on D-Bus. Starting a running daemon is not an error.\n"
+        "With --foreground, runs the daemon in this terminal instead, logging to it, until Ctrl-C\n"
+        "(as tasc-hpc-daemon's start does); it is then neither a unit nor detached.\n\n" +
         std::string(kExitCodeHelp));
     app->add_option("--daemon-id", *id, "profile to start (default: the only one)");
-    return Command{app, [id] { return startDaemon(resolveTarget(*id)); }};
+    app->add_flag("--foreground", *foreground, "run the daemon in this terminal until Ctrl-C, logging to it");
+    return Command{app, [id, foreground] {
+                       return *foreground ? runInForeground(resolveTarget(*id)) : startDaemon(resolveTarget(*id));
+                   }};
 }
 
 }  // namespace hpc::ctl

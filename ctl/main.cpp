@@ -1,14 +1,19 @@
-// hpc-daemonctl: the control client.
+// hpc-daemonctl (also installed as hpc-daemon, the name the Python
+// tasc-hpc-daemon's users type): the control client.
 #include "util.hpp"
 #include "commands.hpp"
 #include "exit_codes.hpp"
 
 #include <iostream>
+#include <string>
 
 int main(int argc, char** argv) {
     hpc::adoptProgramName(argc > 0 ? argv[0] : nullptr);
-    CLI::App app{"hpc-daemonctl: set up and control hpc-daemond, the daemon that lets agents work on this machine."};
-    app.set_version_flag("--version", "hpc-daemonctl " HPC_VERSION);
+    std::string self = argc > 0 ? argv[0] : "";
+    self = self.substr(self.rfind('/') == std::string::npos ? 0 : self.rfind('/') + 1);
+    const std::string name = self == "hpc-daemon" ? self : "hpc-daemonctl";
+    CLI::App app{name + ": set up and control hpc-daemond, the daemon that lets agents work on this machine.", name};
+    app.set_version_flag("--version", name + " " HPC_VERSION);
     app.footer(hpc::ctl::kExitCodeHelp);
     app.require_subcommand(1);
     using namespace hpc::ctl;
@@ -27,10 +32,10 @@ int main(int argc, char** argv) {
         try {
             return c.run();
         } catch (const hpc::Error& e) {
-            std::cerr << "hpc-daemonctl " << c.app->get_name() << ": " << e.what() << "\n";
+            std::cerr << name << " " << c.app->get_name() << ": " << e.what() << "\n";
             return hpc::ctl::exitCodeFor(e.code());
         } catch (const std::exception& e) {
-            std::cerr << "hpc-daemonctl " << c.app->get_name() << ": " << e.what() << "\n";
+            std::cerr << name << " " << c.app->get_name() << ": " << e.what() << "\n";
             return hpc::ctl::kExitFailure;
         }
     }

@@ -124,6 +124,32 @@ TEST_F(CtlTest, StartStatusListStopWithoutASessionBus) {
     EXPECT_EQ(ctl("d1", {"stop"}).status, 0) << "stopping a stopped daemon is not an error";
 }
 
+TEST_F(CtlTest, HpcDaemonIsTheSameClientAndStartsInTheForeground) {
+    // The name tasc-hpc-daemon's users type, beside hpc-daemonctl.
+    std::string hpcDaemon = (fs::path(Harness::binary("hpc-daemonctl")).parent_path() / "hpc-daemon").string();
+    auto version = runCommand({hpcDaemon, "--version"}, {}, m_h.baseEnv());
+    EXPECT_EQ(version.out, std::string("hpc-daemon ") + HPC_VERSION + "\n") << version.err;
+    ASSERT_NO_FATAL_FAILURE(setup("d7", "w"));
+
+    // start --foreground: this very process becomes the daemon, logs to its
+    // terminal, and ends on SIGTERM (Ctrl-C) with the daemon.
+    SpawnOptions o;
+    o.argv = {hpcDaemon, "start", "--foreground", "--daemon-id", "d7"};
+    o.envOverrides = m_h.baseEnv();
+    o.envOverrides.insert(o.envOverrides.end(), {"HPC_DAEMON_HOME=" + m_h.home("d7").string(), "LOCAL_MODE=1"});
+    o.outputFile = (m_h.dir() / "foreground.log").string();
+    o.dieWithParent = true;  // nothing the test starts outlives it
+    ChildGuard foreground(spawn(o).pid, false);
+    ASSERT_TRUE(waitLinkConnected("d7")) << readFile(m_h.dir() / "foreground.log");
+    auto s = status("d7");
+    EXPECT_EQ(s.at("pid").to_number<pid_t>(), foreground.pid());
+    EXPECT_NE(std::string(s.at("mode_reason").as_string()).find("foreground"), std::string::npos) << json::serialize(s);
+    ::kill(foreground.pid(), SIGTERM);
+    auto ended = foreground.waitFor(30s);
+    ASSERT_TRUE(ended.has_value());
+    EXPECT_EQ(ended->code, 0) << readFile(m_h.dir() / "foreground.log");
+}
+
 TEST_F(CtlTest, ASecondDaemonForTheSameProfileIsRefusedAndTheFirstCarriesOn) {
     ASSERT_NO_FATAL_FAILURE(setup("d1", "w"));
     auto r = ctl("d1", {"start"});
