@@ -48,6 +48,8 @@ echo "relay: $url (log: $demo/relay.log)"
 
 say "hpc-daemonctl setup (the sign-in code is typed from the relay's code file)"
 export HPC_DAEMON_HOME=$demo/daemon-home
+# The relay is on this machine: never through a proxy the shell may name.
+export NO_PROXY="127.0.0.1,localhost${NO_PROXY:+,$NO_PROXY}" no_proxy="127.0.0.1,localhost${no_proxy:+,$no_proxy}"
 mkdir -p "$demo/workspace"
 n=$(lines)
 ( code_for researcher@example.org "$n" ) | "$bin/ctl/hpc-daemonctl" setup --no-interview \
