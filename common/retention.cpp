@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include <cstdio>
+#include <iterator>
 
 namespace hpc {
 namespace {
@@ -16,8 +17,8 @@ std::int64_t statSize(const std::string& path) {
 }
 
 /// The prunable jobs of a daemon: ended, with no callback waiting for the platform.
-std::string prunableJobs(const std::string& extra, const std::string& order) {
-    return std::string("SELECT job_id FROM jobs WHERE daemon_id = ?1 AND state IN ") + finalStatesSqlList() +
+std::string prunableJobs(const std::string& extra, const std::string& order, const std::string& columns = "job_id") {
+    return "SELECT " + columns + " FROM jobs WHERE daemon_id = ?1 AND state IN " + finalStatesSqlList() +
            " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = jobs.job_id AND o.daemon_id = jobs.daemon_id)" +
            extra + " ORDER BY " + order + " LIMIT ?3";
 }
@@ -31,6 +32,12 @@ std::string PruneReport::summary() const {
     if (capForced())
         s += " (" + std::to_string(capAuditRows) + " audit rows and " + std::to_string(capJobs) +
              " jobs inside their retention, to keep under state_max_bytes)";
+    if (jobDirs > 0) {
+        char dirs[96];
+        std::snprintf(dirs, sizeof dirs, "; %lld job directories removed (%.1f KiB)", static_cast<long long>(jobDirs),
+                      static_cast<double>(jobDirBytes) / 1024);
+        s += dirs;
+    }
     char sizes[96];
     std::snprintf(sizes, sizeof sizes, "; state %.1f KiB -> %.1f KiB", static_cast<double>(bytesBefore) / 1024,
                   static_cast<double>(bytesAfter) / 1024);
@@ -50,6 +57,7 @@ void StatePruner::begin(const Settings& settings, double now) {
     m_report.bytesBefore = fileBytes();
     m_phase = Phase::AuditAge;
     m_lastFree = -1;
+    // m_jobDirs stays: those of a pass that failed after some batches go with the next.
 }
 
 std::int64_t StatePruner::deleteAudit(double before) {
@@ -60,12 +68,20 @@ std::int64_t StatePruner::deleteAudit(double before) {
     return m_store.db().changes();
 }
 
-std::int64_t StatePruner::deleteJobs(double before) {
-    auto st = m_store.db().prepare("DELETE FROM jobs WHERE job_id IN (" +
-                                   prunableJobs(std::string(" AND ") + kEnd + " < ?2", kEnd) + ")");
-    st.bind(1, m_daemonId).bind(2, before).bind(3, kBatchRows);
-    st.run();
-    return m_store.db().changes();
+std::vector<PrunedJobDir> StatePruner::deleteJobs(double before) {
+    // The rows are read, then deleted one by one, in the caller's
+    // transaction: the directories handed on are exactly the rows deleted.
+    auto select = m_store.db().prepare(prunableJobs(std::string(" AND ") + kEnd + " < ?2", kEnd, "job_id, dir"));
+    select.bind(1, m_daemonId).bind(2, before).bind(3, kBatchRows);
+    std::vector<PrunedJobDir> batch;
+    while (select.step()) batch.push_back(PrunedJobDir{select.text(0), select.text(1)});
+    auto del = m_store.db().prepare("DELETE FROM jobs WHERE daemon_id = ?1 AND job_id = ?2");
+    for (const auto& job : batch) {
+        del.bind(1, m_daemonId).bind(2, job.jobId);
+        del.run();
+        del.reset();
+    }
+    return batch;
 }
 
 bool StatePruner::step() {
@@ -82,9 +98,11 @@ bool StatePruner::step() {
             }
             case Phase::JobAge: {
                 sqlite::Transaction tx(db);
-                auto n = deleteJobs(m_now - static_cast<double>(m_settings.jobRetention.count()));
+                auto batch = deleteJobs(m_now - static_cast<double>(m_settings.jobRetention.count()));
                 tx.commit();
+                auto n = static_cast<std::int64_t>(batch.size());
                 m_report.jobs += n;
+                std::move(batch.begin(), batch.end(), std::back_inserter(m_jobDirs));
                 if (n < kBatchRows) m_phase = Phase::Cap;
                 return true;
             }
@@ -125,9 +143,13 @@ bool StatePruner::step() {
                     m_report.capAuditRows += n;
                 } else {
                     double until = haveAudit ? auditTime + 1 : m_now + 1;
-                    auto n = deleteJobs(until);
+                    auto batch = deleteJobs(until);
+                    tx.commit();
+                    auto n = static_cast<std::int64_t>(batch.size());
                     m_report.jobs += n;
                     m_report.capJobs += n;
+                    std::move(batch.begin(), batch.end(), std::back_inserter(m_jobDirs));
+                    return true;
                 }
                 tx.commit();
                 return true;

@@ -14,8 +14,17 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace hpc {
+
+/// The directory of a job whose row a pass deleted: the daemon removes it
+/// (off its loop) once the row is gone, so job output does not outlive it.
+struct PrunedJobDir {
+    std::string jobId;
+    std::string dir;  ///< as recorded: <job_workdir>/.hpc-daemon/jobs/<job_id>
+};
 
 /// What one pass (a run of step() until it returns false) did.
 struct PruneReport {
@@ -27,6 +36,8 @@ struct PruneReport {
     std::int64_t capJobs = 0;       ///< of jobs: inside retention, taken by the size cap
     std::int64_t bytesBefore = 0;   ///< state.db and its WAL on disk
     std::int64_t bytesAfter = 0;
+    std::int64_t jobDirs = 0;      ///< directories of the deleted jobs removed (by the daemon, after the pass)
+    std::int64_t jobDirBytes = 0;  ///< the size of the files in them
     bool capForced() const { return capAuditRows > 0 || capJobs > 0; }
     /// Above the cap with nothing left that may be deleted.
     bool overCapWithNothingPrunable = false;
@@ -48,6 +59,10 @@ public:
     bool step();
     const PruneReport& report() const { return m_report; }
     bool active() const { return m_phase != Phase::Done; }
+    /// The directories of the jobs deleted (committed deletions only) since
+    /// the last call, handed over once: the pruner itself touches no job
+    /// directory.
+    std::vector<PrunedJobDir> takeJobDirs() { return std::exchange(m_jobDirs, {}); }
 
     /// state.db plus its -wal on disk.
     std::int64_t fileBytes() const;
@@ -55,7 +70,8 @@ public:
 private:
     enum class Phase { AuditAge, JobAge, Cap, Vacuum, Checkpoint, Done };
     std::int64_t deleteAudit(double before);
-    std::int64_t deleteJobs(double before);
+    /// Deletes a batch of prunable jobs; returns their directories.
+    std::vector<PrunedJobDir> deleteJobs(double before);
 
     Store& m_store;
     std::string m_daemonId;
@@ -64,6 +80,7 @@ private:
     Phase m_phase = Phase::Done;
     PruneReport m_report;
     std::int64_t m_lastFree = -1;
+    std::vector<PrunedJobDir> m_jobDirs;
 };
 
 /// Runs a whole pass at once (ctl, tests, the relay-less tools).

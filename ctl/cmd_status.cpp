@@ -85,6 +85,11 @@ int runStatus(const std::string& daemonId, bool asJson) {
               << (num(s, "last_prune_at") > 0 ? when(num(s, "last_prune_at")) + ", " + str(s, "last_prune")
                                                 : std::string("none yet"))
               << "\n"
+              << (num(s, "job_dirs_removed") > 0
+                      ? "  job dirs:   " + std::to_string(static_cast<long long>(num(s, "job_dirs_removed"))) +
+                            " directories of pruned jobs removed since start (" +
+                            sizeText(num(s, "job_dir_bytes_removed")) + ")\n"
+                      : std::string())
               << (str(s, "state_warning").empty() ? "" : "  WARNING:    " + str(s, "state_warning") + "\n")
               << "  bus:        " << client->address() << "\n";
     if (str(s, "mode") == "systemd") {

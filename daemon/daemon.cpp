@@ -145,6 +145,11 @@ public:
             m_jobs->recordUnrecorded();
             m_jobs->outbox().kick();
         });
+        // Retention (issue 21): a pruned job's directory goes with its row.
+        m_stateKeeper->setJobDirRemover(
+            [this](std::vector<PrunedJobDir> dirs, std::function<void(std::int64_t, std::int64_t)> done) {
+                m_jobs->removeJobDirs(std::move(dirs), std::move(done));
+            });
         m_jobs->setAudit([this](const Store::AuditEntry& e) { audit(e); });
         m_jobs->setOnJobChange([this](const JobRecord& job) {
             if (m_bus) m_bus->jobChanged(job.jobId, job.state);
@@ -417,7 +422,11 @@ private:
             s.lastPruneAuditRows = last->auditRows;
             s.lastPruneJobs = last->jobs;
             s.lastPruneSummary = last->summary();
+            s.lastPruneJobDirs = last->jobDirs;
+            s.lastPruneJobDirBytes = last->jobDirBytes;
         }
+        s.jobDirsRemoved = m_stateKeeper->jobDirsRemoved();
+        s.jobDirBytesRemoved = m_stateKeeper->jobDirBytesRemoved();
         return s;
     }
 

@@ -65,7 +65,7 @@ void StateKeeper::onWritable() {
     m_probing = false;
     m_probe.cancel();
     if (m_onWritable) m_onWritable();
-    if (!m_pruner.active()) startPass();
+    if (!busy()) startPass();
 }
 std::chrono::milliseconds StateKeeper::interval() const {
     auto shortest = std::min(m_settings.auditRetention, m_settings.jobRetention);
@@ -77,7 +77,7 @@ void StateKeeper::apply(const Settings& settings) {
     m_settings = settings;
     log::setRotation(settings.logMaxBytes, Settings::kLogFiles);
     m_stopped = false;
-    if (m_pruner.active()) {
+    if (busy()) {
         m_passQueued = true;  // the running pass has the old settings
         return;
     }
@@ -122,8 +122,6 @@ void StateKeeper::stepSoon() {
 void StateKeeper::finishPass() {
     m_failing = false;
     const PruneReport& r = m_pruner.report();
-    m_last = r;
-    if (r.auditRows > 0 || r.jobs > 0) log::info("state.db pruned: " + r.summary());
     std::string cap = formatSize(m_settings.stateMaxBytes);
     if (r.capForced()) {
         m_warning = "state.db reached state_max_bytes (" + cap + "): " + std::to_string(r.capAuditRows) +
@@ -139,6 +137,27 @@ void StateKeeper::finishPass() {
     } else {
         m_warning.clear();
     }
+    auto dirs = m_pruner.takeJobDirs();
+    if (dirs.empty() || !m_removeJobDirs) {
+        publish(r);
+        return;
+    }
+    // The rows are gone for good: their directories go too, off the loop.
+    m_removingDirs = true;
+    m_removeJobDirs(std::move(dirs), [this, report = r](std::int64_t removed, std::int64_t bytes) mutable {
+        m_removingDirs = false;
+        report.jobDirs = removed;
+        report.jobDirBytes = bytes;
+        m_jobDirsRemoved += removed;
+        m_jobDirBytesRemoved += bytes;
+        publish(report);
+    });
+}
+
+void StateKeeper::publish(const PruneReport& report) {
+    m_last = report;
+    if (report.auditRows > 0 || report.jobs > 0) log::info("state.db pruned: " + report.summary());
+    if (m_stopped) return;
     if (m_passQueued)
         startPass();
     else
@@ -149,7 +168,7 @@ void StateKeeper::arm() {
     if (m_stopped) return;
     m_timer.expires_after(interval());
     m_timer.async_wait([this](boost::system::error_code ec) {
-        if (ec || m_stopped || m_pruner.active()) return;
+        if (ec || m_stopped || busy()) return;
         if (m_store.health().full())
             arm();  // nothing can be deleted without room for the WAL; space back starts a pass
         else

@@ -20,6 +20,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace hpc::daemon {
 
@@ -44,6 +45,16 @@ public:
     /// inside retention (or cannot be met): a sentence for status.
     std::string warning() const;
 
+    /// Removes the directories of the jobs a pass deleted (off the loop) and
+    /// calls back with how many went and their bytes; the pass's report
+    /// (lastPrune) is published once it has.
+    using JobDirRemover =
+        std::function<void(std::vector<PrunedJobDir>, std::function<void(std::int64_t, std::int64_t)>)>;
+    void setJobDirRemover(JobDirRemover remover) { m_removeJobDirs = std::move(remover); }
+    /// Job directories removed since the daemon started, and their bytes.
+    std::int64_t jobDirsRemoved() const { return m_jobDirsRemoved; }
+    std::int64_t jobDirBytesRemoved() const { return m_jobDirBytesRemoved; }
+
     /// Told once the store is writable again after a full disk or quota.
     void setOnWritable(std::function<void()> onWritable) { m_onWritable = std::move(onWritable); }
     /// How often a full store is probed for space, at most.
@@ -54,8 +65,12 @@ public:
 
 private:
     void startPass();
+    /// A pass runs, or its job directories are being removed.
+    bool busy() const { return m_pruner.active() || m_removingDirs; }
     void stepSoon();
     void finishPass();
+    /// The pass and its job directories are done: report, then the next pass.
+    void publish(const PruneReport& report);
     void arm();
     void onFull();
     void onWritable();
@@ -70,6 +85,10 @@ private:
     std::optional<PruneReport> m_last;
     std::string m_warning;
     bool m_passQueued = false;
+    bool m_removingDirs = false;  ///< the last pass's job directories are being removed
+    JobDirRemover m_removeJobDirs;
+    std::int64_t m_jobDirsRemoved = 0;
+    std::int64_t m_jobDirBytesRemoved = 0;
     bool m_stopped = false;
     bool m_failing = false;  ///< the last pass failed: log the next failure at debug only
     boost::asio::steady_timer m_probe;

@@ -35,6 +35,10 @@ struct DaemonStatus {
     long long lastPruneAuditRows = 0;
     long long lastPruneJobs = 0;
     std::string lastPruneSummary;
+    long long lastPruneJobDirs = 0;  ///< directories of the pruned jobs removed by the last pass
+    long long lastPruneJobDirBytes = 0;
+    long long jobDirsRemoved = 0;  ///< the same, since the daemon started
+    long long jobDirBytesRemoved = 0;
 };
 
 }  // namespace hpc::daemon

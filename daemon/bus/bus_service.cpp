@@ -79,7 +79,11 @@ private:
                 {"last_prune_at", s.lastPruneAt},
                 {"last_prune_audit_rows", static_cast<uint32_t>(s.lastPruneAuditRows)},
                 {"last_prune_jobs", static_cast<uint32_t>(s.lastPruneJobs)},
-                {"last_prune", s.lastPruneSummary}};
+                {"last_prune", s.lastPruneSummary},
+                {"last_prune_job_dirs", static_cast<uint32_t>(s.lastPruneJobDirs)},
+                {"last_prune_job_dir_bytes", static_cast<double>(s.lastPruneJobDirBytes)},
+                {"job_dirs_removed", static_cast<double>(s.jobDirsRemoved)},
+                {"job_dir_bytes_removed", static_cast<double>(s.jobDirBytesRemoved)}};
     }
 
     void Stop() override {

@@ -71,7 +71,7 @@ std::size_t JobDirIo::busy() const {
     return m_shared->threads;
 }
 
-void JobDirIo::run(std::string what, std::function<void()> work, Done done) {
+void JobDirIo::run(std::string what, std::function<void()> work, Done done, bool quiet) {
     std::uint64_t id = ++m_next;
     auto timer = std::make_unique<asio::steady_timer>(m_ioc, m_deadline);
     timer->async_wait([this, id](boost::system::error_code ec) {
@@ -84,10 +84,13 @@ void JobDirIo::run(std::string what, std::function<void()> work, Done done) {
         std::string within = ms % 1000 == 0 ? std::to_string(ms / 1000) + " s" : std::to_string(ms) + " ms";
         std::string message =
             p.what + ": the job directory did not answer within " + within + " (a slow or hung file system?)";
-        log::warning(message);
+        if (p.quiet)
+            log::debug(message);
+        else
+            log::warning(message);
         p.done(message);
     });
-    m_pending.emplace(id, Pending{std::move(what), std::move(done), std::move(timer)});
+    m_pending.emplace(id, Pending{std::move(what), std::move(done), std::move(timer), quiet});
     std::lock_guard lock(m_shared->mutex);
     m_shared->queue.push_back(Shared::Task{id, std::move(work)});
     if (m_shared->threads >= m_shared->maxThreads) return;  // a running worker takes it next

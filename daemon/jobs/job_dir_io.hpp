@@ -36,19 +36,22 @@ public:
     JobDirIo& operator=(const JobDirIo&) = delete;
 
     /// Runs `work` on a worker; `done` runs on the loop exactly once. `what`
-    /// names the work in the timeout message ("reading job j1's output").
-    void run(std::string what, std::function<void()> work, Done done);
+    /// names the work in the timeout message ("reading job j1's output"),
+    /// logged as a warning unless `quiet` (work nobody waits for: debug).
+    void run(std::string what, std::function<void()> work, Done done, bool quiet = false);
 
     /// The same with a result: `done(value, "")`, or `done(nullopt, error)`.
     template <class T>
-    void run(std::string what, std::function<T()> work, std::function<void(std::optional<T>, const std::string&)> done) {
+    void run(std::string what, std::function<T()> work, std::function<void(std::optional<T>, const std::string&)> done,
+             bool quiet = false) {
         auto result = std::make_shared<std::optional<T>>();
         run(
             std::move(what), [result, work = std::move(work)] { *result = work(); },
             [result, done = std::move(done)](const std::string& error) {
                 if (error.empty()) done(std::move(*result), error);
                 else done(std::nullopt, error);
-            });
+            },
+            quiet);
     }
 
     std::chrono::milliseconds deadline() const { return m_deadline; }
@@ -62,6 +65,7 @@ private:
         std::string what;
         Done done;
         std::unique_ptr<boost::asio::steady_timer> timer;
+        bool quiet = false;
     };
     void finish(std::uint64_t id, std::exception_ptr error);
     static void workerLoop(const std::shared_ptr<Shared>& s);

@@ -3,14 +3,17 @@
 #include "fd.hpp"
 #include "util.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <system_error>
@@ -156,6 +159,130 @@ std::string readTail(const std::string& path, std::size_t maxBytes) {
     std::size_t skip = 0;
     while (start > 0 && skip < 3 && skip < out.size() && (static_cast<unsigned char>(out[skip]) & 0xC0) == 0x80) ++skip;
     return out.substr(skip);
+}
+
+}  // namespace hpc::daemon
+
+namespace hpc::daemon {
+namespace {
+
+constexpr int kMaxRemoveDepth = 64;
+
+bool validJobId(const std::string& id) {
+    if (id.empty() || id.size() > 64 || id[0] == '.' || id[0] == '-') return false;
+    for (char c : id)
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-')) return false;
+    return true;
+}
+
+/// Absolute, and no empty, `.` or `..` component: the path means what it says.
+bool plainAbsolute(const std::string& path) {
+    if (path.empty() || path[0] != '/') return false;
+    std::size_t start = 1;
+    while (start <= path.size()) {
+        std::size_t end = path.find('/', start);
+        if (end == std::string::npos) end = path.size();
+        std::string_view part(path.data() + start, end - start);
+        if (part.empty() || part == "." || part == "..") return false;
+        start = end + 1;
+    }
+    return true;
+}
+
+std::string errnoText(const std::string& what, int err) { return what + ": " + std::strerror(err); }
+
+/// Removes `name` (a directory) under `parent` and everything in it, through
+/// descriptors only. False (with `error`) when something stayed.
+bool removeTree(int parent, const std::string& name, dev_t dev, int depth, std::int64_t& bytes, std::string& error) {
+    int fd = ::openat(parent, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        error = errnoText("cannot open " + name, errno);
+        return false;
+    }
+    std::unique_ptr<DIR, decltype(&::closedir)> d(::fdopendir(fd), &::closedir);
+    if (!d) {
+        error = errnoText("cannot read " + name, errno);
+        ::close(fd);
+        return false;
+    }
+    struct stat self {};
+    if (::fstat(fd, &self) != 0 || self.st_dev != dev) {
+        error = name + " is on another file system: left alone";
+        return false;
+    }
+    bool ok = true;
+    while (dirent* e = ::readdir(d.get())) {
+        std::string entry = e->d_name;
+        if (entry == "." || entry == "..") continue;
+        struct stat st {};
+        if (::fstatat(fd, entry.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;  // gone meanwhile
+        if (S_ISDIR(st.st_mode)) {
+            if (depth >= kMaxRemoveDepth) {
+                error = "more than " + std::to_string(kMaxRemoveDepth) + " levels of directories: left alone";
+                ok = false;
+            } else if (!removeTree(fd, entry, dev, depth + 1, bytes, error)) {
+                ok = false;
+            }
+            continue;
+        }
+        // Files, symlinks (the link itself), FIFOs: unlinked, never opened.
+        if (::unlinkat(fd, entry.c_str(), 0) == 0) {
+            bytes += static_cast<std::int64_t>(st.st_size);
+        } else if (errno != ENOENT) {
+            error = errnoText("cannot remove " + entry, errno);
+            ok = false;
+        }
+    }
+    d.reset();
+    if (!ok) return false;
+    if (::unlinkat(parent, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) {
+        error = errnoText("cannot remove " + name, errno);
+        return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+JobDirRemoval removeJobDir(const std::string& dir, const std::string& jobId) {
+    JobDirRemoval out;
+    const std::string suffix = "/.hpc-daemon/jobs/" + jobId;
+    if (!validJobId(jobId) || !plainAbsolute(dir) || dir.size() <= suffix.size() ||
+        dir.compare(dir.size() - suffix.size(), suffix.size(), suffix) != 0) {
+        out.error = "refused: " + dir + " is not a job directory <dir>" + suffix;
+        return out;
+    }
+    std::string workdir = dir.substr(0, dir.size() - suffix.size());
+    if (workdir.empty()) workdir = "/";
+    UniqueFd work(::open(workdir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!work) {
+        out.error = errnoText("cannot open " + workdir, errno);
+        return out;
+    }
+    constexpr int kWalk = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+    UniqueFd hidden(::openat(work.get(), ".hpc-daemon", kWalk));
+    UniqueFd jobs(hidden ? ::openat(hidden.get(), "jobs", kWalk) : -1);
+    if (!jobs) {
+        out.error = errnoText("cannot open " + workdir + "/.hpc-daemon/jobs (a symlink is not followed)", errno);
+        return out;
+    }
+    struct stat st {};
+    if (::fstatat(jobs.get(), jobId.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        out.error = errnoText(dir, errno);
+        return out;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        // Replaced by a file or a symlink: the entry goes, its target stays.
+        if (::unlinkat(jobs.get(), jobId.c_str(), 0) != 0) {
+            out.error = errnoText("cannot remove " + dir, errno);
+            return out;
+        }
+        out.removed = true;
+        out.bytes = static_cast<std::int64_t>(st.st_size);
+        return out;
+    }
+    out.removed = removeTree(jobs.get(), jobId, st.st_dev, 0, out.bytes, out.error);
+    return out;
 }
 
 }  // namespace hpc::daemon

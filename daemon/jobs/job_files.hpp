@@ -6,6 +6,7 @@
 
 #include "job_store.hpp"
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -32,6 +33,25 @@ std::string readTail(const std::string& path, std::size_t maxBytes);
 /// ("" when missing or not a regular file; symlinks are not followed);
 /// `startOut` gets the offset read from.
 std::string readJobFile(const std::string& path, std::size_t maxBytes, std::size_t* startOut = nullptr);
+
+/// What removing a pruned job's directory did.
+struct JobDirRemoval {
+    bool removed = false;    ///< the directory is gone (removed by this call)
+    std::int64_t bytes = 0;  ///< the size of the files removed
+    std::string error;       ///< why not all of it went (refused, already gone, not removable)
+};
+
+/// Removes the directory of a job whose row was pruned. `dir` is taken
+/// exactly as recorded and must be absolute, without `.`, `..` or empty
+/// components, and end in `/.hpc-daemon/jobs/<jobId>`; anything else is
+/// refused with nothing touched. From the job directory's workdir (which may
+/// be a symlink the user chose) `.hpc-daemon` and `jobs` are opened with
+/// O_NOFOLLOW, and the tree below is removed with openat/unlinkat under those
+/// descriptors: a symlink in it is removed, never followed, a path swapped
+/// meanwhile cannot lead out, nothing on another file system (a mount inside)
+/// is entered, and at most 64 levels are descended. Never throws. Blocks on
+/// the file system: call it off the loop (JobDirIo).
+JobDirRemoval removeJobDir(const std::string& dir, const std::string& jobId);
 
 /// `text` as one single-quoted shell word.
 std::string shellQuote(std::string_view text);

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <system_error>
 #include <tuple>
+#include <utility>
 
 namespace json = boost::json;
 namespace fs = std::filesystem;
@@ -276,6 +277,67 @@ void JobService::recordUnrecorded() {
         log::info("job " + id + " ended while the disk was full: recording its end now");
         recordFinal(ended.first, ended.second);
     }
+}
+
+struct JobService::DirRemoval {
+    std::vector<PrunedJobDir> dirs;
+    std::size_t next = 0;
+    std::int64_t removed = 0;
+    std::int64_t bytes = 0;
+    std::function<void(std::int64_t, std::int64_t)> done;
+};
+
+void JobService::removeJobDirs(std::vector<PrunedJobDir> dirs, std::function<void(std::int64_t, std::int64_t)> done) {
+    removeNextDirs(std::make_shared<DirRemoval>(DirRemoval{std::move(dirs), 0, 0, 0, std::move(done)}));
+}
+
+void JobService::removeNextDirs(const std::shared_ptr<DirRemoval>& r) {
+    std::vector<PrunedJobDir> batch;
+    while (r->next < r->dirs.size() && batch.size() < kRemoveBatch) {
+        auto& job = r->dirs[r->next++];
+        // Only once its row is gone: never the directory of a job this daemon still has.
+        bool hasRow = true;
+        try {
+            hasRow = m_jobs.get(m_daemonId, job.jobId).has_value();
+        } catch (const std::exception& e) {
+            log::debug("cannot look up pruned job " + job.jobId + ": " + e.what());
+        }
+        if (hasRow) {
+            log::debug("job " + job.jobId + " still has a row: its directory " + job.dir + " is kept");
+            continue;
+        }
+        batch.push_back(std::move(job));
+    }
+    if (batch.empty()) {
+        if (r->done) std::exchange(r->done, nullptr)(r->removed, r->bytes);
+        return;
+    }
+    // One batch in flight at a time: a hung file system holds one worker.
+    using Results = std::vector<std::pair<std::string, JobDirRemoval>>;
+    std::size_t count = batch.size();
+    m_io.run<Results>(
+        "removing the directories of " + std::to_string(count) + " pruned jobs",
+        [batch = std::move(batch)] {
+            Results out;
+            for (const auto& job : batch) out.emplace_back(job.jobId, removeJobDir(job.dir, job.jobId));
+            return out;
+        },
+        [this, r](std::optional<Results> results, const std::string& error) {
+            if (!results) {
+                log::debug(error + "; the directories of " + std::to_string(r->dirs.size() - r->next) +
+                           " more pruned jobs are left as they are");
+                r->next = r->dirs.size();
+            } else {
+                for (const auto& [jobId, result] : *results) {
+                    if (result.removed) ++r->removed;
+                    r->bytes += result.bytes;
+                    if (!result.error.empty())
+                        log::debug("the directory of pruned job " + jobId + " was not removed: " + result.error);
+                }
+            }
+            removeNextDirs(r);
+        },
+        true);
 }
 
 void JobService::readTails(const JobRecord& job, std::size_t bytes, std::function<void(Tails)> done) {

@@ -8,6 +8,7 @@
 #include "job_store.hpp"
 #include "outbox.hpp"
 #include "protocol.hpp"
+#include "retention.hpp"
 #include "scheduler.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -63,6 +64,16 @@ public:
     /// refused, once the store is writable again; they were kept meanwhile,
     /// the cancel and the output's tails with them.
     void recordUnrecorded();
+    /// Removes the directories of jobs whose rows a prune pass deleted, off
+    /// the loop (JobDirIo), a batch at a time, each through removeJobDir (a
+    /// recorded path that is not a job directory is refused); a directory
+    /// whose job still has a row is left alone. One that cannot be removed
+    /// (gone already, refused, the file system not answering) is logged at
+    /// debug and forgotten; after a batch that did not answer the rest are
+    /// forgotten too. `done(directories removed, bytes)` runs on the loop,
+    /// exactly once.
+    void removeJobDirs(std::vector<PrunedJobDir> dirs, std::function<void(std::int64_t, std::int64_t)> done);
+    static constexpr std::size_t kRemoveBatch = 200;
     std::string_view backend() const { return m_scheduler->name(); }
     std::size_t active() const;
     /// Callbacks written and not yet acknowledged by the platform.
@@ -85,6 +96,8 @@ private:
     void start(const JobRecord& job, const SubmitOptions& options, const std::string& id, const Reply& reply);
     void onChange(const JobRecord& job);
     void recordFinal(const JobRecord& job, const Tails& tails);
+    struct DirRemoval;
+    void removeNextDirs(const std::shared_ptr<DirRemoval>& r);
     /// Reads the ends of the job's stdout and stderr off the loop.
     void readTails(const JobRecord& job, std::size_t bytes, std::function<void(Tails)> done);
     /// The scheduler that follows jobs of `backend`; nullptr when none can.

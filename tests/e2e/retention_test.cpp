@@ -43,6 +43,7 @@ protected:
         env.push_back("HPC_DAEMONCTL_MODE=nohup");
         env.push_back("DBUS_SESSION_BUS_ADDRESS=");
         env.push_back("XDG_RUNTIME_DIR=");
+        env.push_back("LOCAL_MODE=1");  // the daemon started by `start` runs jobs locally, SLURM or not
         return runCommand(args, {}, env);
     }
     json::object status() {
@@ -167,6 +168,53 @@ TEST_F(RetentionE2E, TheSizeCapPrunesEarlyAndSaysSoInStatusAndLog) {
     EXPECT_NE(logs.find("warning: state.db reached state_max_bytes"), std::string::npos) << logs;
     auto text = ctl({"status"});
     EXPECT_NE(text.out.find("WARNING"), std::string::npos) << text.out;
+}
+
+TEST_F(RetentionE2E, APrunedJobsDirectoryGoesWithItsRowAndARunningJobsStays) {
+    JobSpec ended;
+    ended.script = "echo finished\n";
+    auto a = m_agent->submitJob("d1", ended);
+    std::string endedId(a.at("job_id").as_string());
+    fs::path endedDir = fs::path(std::string(a.at("stdout_path").as_string())).parent_path();
+    JobSpec running;
+    running.script = "sleep 90\n";  // never outlives the test by much, whatever happens to it
+    auto b = m_agent->submitJob("d1", running);
+    std::string runningId(b.at("job_id").as_string());
+    fs::path runningDir = fs::path(std::string(b.at("stdout_path").as_string())).parent_path();
+    ASSERT_EQ(endedDir.parent_path(), m_h.dir() / "w" / ".hpc-daemon" / "jobs");
+
+    ASSERT_TRUE(m_agent->waitForJob("d1", endedId, 60s));
+    // Prunable once the daemon has its callback acknowledged.
+    ASSERT_TRUE(waitUntil([&] { return num(status(), "pending_callbacks") == 0; }, 30s)) << ctl({"logs"}).out;
+    ASSERT_TRUE(
+        waitUntil([&] { return m_agent->jobStatus("d1", runningId).at("state").as_string() == "RUNNING"; }, 30s));
+    // Links out of the ended job's directory (a job can make them): removed, never followed.
+    fs::path precious = m_h.dir() / "precious";
+    { std::ofstream(precious) << "the user's own work"; }
+    fs::create_directories(m_h.dir() / "mine");
+    { std::ofstream(m_h.dir() / "mine" / "data") << "data"; }
+    fs::create_symlink(precious, endedDir / "escape");
+    fs::create_directory_symlink(m_h.dir() / "mine", endedDir / "escape-dir");
+    EXPECT_EQ(num(status(), "job_dirs_removed"), 0);
+
+    ASSERT_EQ(ctl({"config", "set", "job_retention", "1s"}).status, 0);
+    ASSERT_TRUE(waitUntil([&] { return num(status(), "job_dirs_removed") >= 1; }, 30s)) << ctl({"logs"}).out;
+    auto s = status();
+    EXPECT_EQ(num(s, "job_dirs_removed"), 1);
+    EXPECT_GT(num(s, "job_dir_bytes_removed"), 0);
+    EXPECT_FALSE(fs::exists(fs::symlink_status(endedDir)));
+    EXPECT_THROW(m_agent->jobStatus("d1", endedId), Error) << "its row went first";
+    EXPECT_TRUE(fs::exists(runningDir / "wrapper")) << "a running job's directory is never touched";
+    EXPECT_EQ(m_agent->jobStatus("d1", runningId).at("state").as_string(), "RUNNING");
+    EXPECT_EQ(readFile(precious), "the user's own work");
+    EXPECT_EQ(readFile(m_h.dir() / "mine" / "data"), "data");
+    EXPECT_NE(ctl({"status"}).out.find("directories of pruned jobs removed"), std::string::npos);
+
+    // Once it has ended (and its callback is acknowledged), its directory goes too.
+    m_agent->cancelJob("d1", runningId);
+    ASSERT_TRUE(m_agent->waitForJob("d1", runningId, 60s));
+    EXPECT_TRUE(waitUntil([&] { return num(status(), "job_dirs_removed") >= 2; }, 30s)) << ctl({"logs"}).out;
+    EXPECT_FALSE(fs::exists(fs::symlink_status(runningDir)));
 }
 
 TEST_F(RetentionE2E, TheLogFileRotatesAtLogMaxBytesAndLogsFollowsAcrossIt) {

@@ -186,6 +186,63 @@ TEST_F(JobsUnit, TailsStartOnACharacterBoundary) {
     EXPECT_EQ(readTail((m_dir / "nothing").string(), 3), "");
 }
 
+TEST_F(JobsUnit, RemovingAPrunedJobsDirectoryNeverFollowsASymlinkOutOfIt) {
+    fs::path outside = m_dir / "outside";
+    fs::create_directories(outside / "keep");
+    std::ofstream(outside / "precious") << "the user's own work";
+    std::ofstream(outside / "keep" / "more") << "more";
+    fs::path dir = m_dir / "work" / ".hpc-daemon" / "jobs" / "j1";
+    fs::create_directories(dir / "sub" / "deeper");
+    std::ofstream(dir / "stdout") << std::string(1000, 'o');
+    std::ofstream(dir / "sub" / "deeper" / "result") << std::string(24, 'r');
+    // Planted by the job: links out of its directory, to a directory and a file.
+    fs::create_directory_symlink(outside, dir / "escape");
+    fs::create_directory_symlink(outside, dir / "sub" / "escape");
+    fs::create_symlink(outside / "precious", dir / "stderr");
+
+    auto r = removeJobDir(dir.string(), "j1");
+    EXPECT_TRUE(r.removed) << r.error;
+    EXPECT_GE(r.bytes, 1024);
+    EXPECT_FALSE(fs::exists(fs::symlink_status(dir)));
+    EXPECT_TRUE(fs::exists(dir.parent_path())) << "only the job's own directory goes";
+    EXPECT_EQ(test::readFile((outside / "precious").string()), "the user's own work");
+    EXPECT_EQ(test::readFile((outside / "keep" / "more").string()), "more");
+
+    auto again = removeJobDir(dir.string(), "j1");
+    EXPECT_FALSE(again.removed) << "gone already";
+    EXPECT_FALSE(again.error.empty());
+}
+
+TEST_F(JobsUnit, ARecordedDirectoryThatIsNotAJobsOwnIsRefused) {
+    fs::path work = m_dir / "work";
+    fs::path dir = work / ".hpc-daemon" / "jobs" / "j1";
+    fs::create_directories(dir);
+    std::ofstream(dir / "stdout") << "out";
+    fs::create_directories(work / "data" / "j1");
+    std::ofstream(work / "data" / "j1" / "results") << "results";
+    // Another workdir whose .hpc-daemon is a symlink to the first one's.
+    fs::create_directories(m_dir / "other");
+    fs::create_directory_symlink(work / ".hpc-daemon", m_dir / "other" / ".hpc-daemon");
+
+    for (const auto& [path, id] : std::vector<std::pair<std::string, std::string>>{
+             {(work / "data" / "j1").string(), "j1"},                                  // not under .hpc-daemon/jobs
+             {dir.string(), "j2"},                                                     // another job's id
+             {dir.string() + "/", "j1"},                                               // not exactly as recorded
+             {(work / ".hpc-daemon" / "jobs" / ".." / "jobs" / "j1").string(), "j1"},  // ..
+             {(work / "." / ".hpc-daemon" / "jobs" / "j1").string(), "j1"},            // .
+             {".hpc-daemon/jobs/j1", "j1"},                                            // relative
+             {(work / ".hpc-daemon" / "jobs" / "..").string(), ".."},
+             {(work / ".hpc-daemon" / "jobs").string() + "/", ""},
+             {(m_dir / "other" / ".hpc-daemon" / "jobs" / "j1").string(), "j1"}}) {  // through a symlink
+        auto r = removeJobDir(path, id);
+        EXPECT_FALSE(r.removed) << path;
+        EXPECT_FALSE(r.error.empty()) << path;
+    }
+    EXPECT_EQ(test::readFile((dir / "stdout").string()), "out");
+    EXPECT_EQ(test::readFile((work / "data" / "j1" / "results").string()), "results");
+    EXPECT_TRUE(removeJobDir(dir.string(), "j1").removed) << "the job's own path, as recorded, does go";
+}
+
 TEST_F(JobsUnit, AFinalStateAndItsCallbackAreWrittenOnceTogether) {
     auto store = Store::open(m_dir / "home");
     JobStore jobs(store);

@@ -102,6 +102,36 @@ TEST_F(Retention, PrunesOnlyAuditRowsAndEndedJobsOutsideTheirWindow) {
     EXPECT_EQ(jobs.pendingCallbacks("mila")[0].callbackId, "cb-old-unacked");
 }
 
+TEST_F(Retention, ThePrunedJobsDirectoriesAreHandedOnOnceAndNoLiveJobs) {
+    auto store = Store::open(m_root);
+    store.saveProfile(profile());
+    addJob(store, "old-done", JobState::Completed, kNow - 7200, true);
+    addJob(store, "new-done", JobState::Completed, kNow - 60, true);
+    addJob(store, "old-running", JobState::Running, kNow - 7200, false);
+    addJob(store, "old-unacked", JobState::Failed, kNow - 7200, false);
+    Settings s;
+    s.jobRetention = 1h;
+    StatePruner pruner(store, "mila");
+    pruner.begin(s, kNow);
+    while (pruner.step()) {
+    }
+    auto dirs = pruner.takeJobDirs();
+    ASSERT_EQ(dirs.size(), 1u);
+    EXPECT_EQ(dirs[0].jobId, "old-done");
+    EXPECT_EQ(dirs[0].dir, "/tmp/j/old-done") << "exactly as recorded";
+    EXPECT_TRUE(pruner.takeJobDirs().empty()) << "handed on once";
+
+    // The cap takes ended jobs inside their retention: theirs go too.
+    s.stateMaxBytes = 1;
+    pruner.begin(s, kNow);
+    while (pruner.step()) {
+    }
+    dirs = pruner.takeJobDirs();
+    ASSERT_EQ(dirs.size(), 1u);
+    EXPECT_EQ(dirs[0].jobId, "new-done");
+    EXPECT_EQ(pruner.report().capJobs, 1);
+}
+
 TEST_F(Retention, WorksInBatchesThatEachEndInACommit) {
     auto store = Store::open(m_root);
     for (int i = 0; i < 3 * StatePruner::kBatchRows + 7; ++i) addAudit(store, kNow - 7200 - i);
