@@ -9,7 +9,8 @@
 #     PREFIX/lib/hpc-daemon/current at it (the previous version is kept, older
 #     ones removed);
 #   - points the D-Bus activation files of existing profiles at this install;
-#   - links hpc-daemond, hpc-daemonctl, hpc-agent and hpc-relay into PREFIX/bin;
+#   - links hpc-daemond, hpc-daemonctl (also as hpc-daemon), hpc-agent and
+#     hpc-relay into PREFIX/bin;
 #   - installs the systemd user unit hpc-daemon@.service into
 #     ${XDG_CONFIG_HOME:-~/.config}/systemd/user (and reloads the user manager
 #     when one runs), the activation template and skills under
@@ -51,7 +52,7 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 here=$(cd "$(dirname "$0")" && pwd -P)
 libroot=$prefix/lib/hpc-daemon
 unitdir=${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user
-programs="hpc-daemond hpc-daemonctl hpc-agent hpc-relay"
+programs="hpc-daemond hpc-daemonctl hpc-daemon hpc-agent hpc-relay"
 has_user_manager() { command -v systemctl >/dev/null 2>&1 && systemctl --user show-environment >/dev/null 2>&1; }
 
 # The profiles whose daemon runs, from hpc-daemonctl list --json.

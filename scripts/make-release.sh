@@ -58,6 +58,9 @@ elfs+=("$stage/lib/bin/dbus-daemon")
 # The launcher: one file, hard-linked under every program's name.
 strip -o "$stage/lib/launcher" "$build/release/hpc-launcher"
 for p in "${programs[@]}"; do ln "$stage/lib/launcher" "$stage/bin/${p#*/}"; done
+# hpc-daemon: hpc-daemonctl under the name tasc-hpc-daemon's users type.
+ln "$stage/lib/launcher" "$stage/bin/hpc-daemon"
+ln -s hpc-daemonctl "$stage/lib/bin/hpc-daemon"
 ln "$stage/lib/launcher" "$stage/libexec/dbus-daemon"
 # The commands' mount-namespace wrapper is static: it runs as it is.
 strip -o "$stage/libexec/hpc-confine" "$build/daemon/hpc-confine"

@@ -57,7 +57,7 @@ echo "$out"
 expect install "installed hpc-daemon $version" "$out"
 expect install "is not on your PATH" "$out"
 expect install "next: hpc-daemonctl setup" "$out"
-for p in hpc-daemond hpc-daemonctl hpc-agent hpc-relay; do
+for p in hpc-daemond hpc-daemonctl hpc-daemon hpc-agent hpc-relay; do
   [ -L "$bin/$p" ] || fail "no link $bin/$p"
   expect "$p --version" "$p $version" "$("$bin/$p" --version)"
 done
