@@ -1,4 +1,5 @@
-// hpc-agent daemons: the user's daemons and whether they are connected.
+// hpc-agent daemons: the user's daemons, whether they are connected, and
+// what a connected one warns of.
 #include "commands.hpp"
 
 #include "platform_client.hpp"
@@ -33,6 +34,9 @@ int runDaemons(const DaemonsOptions& o) {
         bool up = obj.if_contains("connected") && obj.at("connected").is_bool() && obj.at("connected").get_bool();
         std::printf("%-24s %-10s %-20s %s\n", str("daemon_id").c_str(), up ? "connected" : "offline",
                     str("cluster_name").c_str(), str("hostname").c_str());
+        // The daemon's own warning: its state cut short by its size cap, or its disk full.
+        if (auto* w = obj.if_contains("warning"); w && w->is_string() && !w->get_string().empty())
+            std::printf("  WARNING: %s\n", std::string(w->get_string()).c_str());
     }
     return 0;
 }

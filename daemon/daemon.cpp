@@ -150,6 +150,8 @@ public:
             [this](std::vector<PrunedJobDir> dirs, std::function<void(std::int64_t, std::int64_t)> done) {
                 m_jobs->removeJobDirs(std::move(dirs), std::move(done));
             });
+        // The state's warning (size cap, full disk) reaches the platform too.
+        m_stateKeeper->setOnWarning([this](const std::string& warning) { sendWarning(warning); });
         m_jobs->setAudit([this](const Store::AuditEntry& e) { audit(e); });
         m_jobs->setOnJobChange([this](const JobRecord& job) {
             if (m_bus) m_bus->jobChanged(job.jobId, job.state);
@@ -377,10 +379,28 @@ private:
         log::debug("link state: " + state);
         m_notifier.status("link " + state + " (" + m_profile.platformUrl + ")");
         if (m_bus) m_bus->linkStateChanged(state);
-        if (s == LinkState::Connected)
+        if (s == LinkState::Connected) {
             m_jobs->outbox().connected();
-        else
+            // A platform starts each connection with no warning: say it again.
+            if (std::string w = m_stateKeeper->warning(); !w.empty()) sendWarning(std::move(w));
+        } else {
             m_jobs->outbox().disconnected();
+        }
+    }
+
+    /// `daemon.warning` to the platform, which shows it in its daemons list:
+    /// on every change ("" when it clears) and on every (re)connect.
+    void sendWarning(std::string warning) {
+        if (!m_link || m_link->state() != LinkState::Connected) return;  // sent on connect
+        // The protocol's limit is 4096 bytes: cut on a character boundary below it.
+        constexpr std::size_t kMaxBytes = 4000;
+        if (warning.size() > kMaxBytes) {
+            std::size_t cut = kMaxBytes;
+            while (cut > 0 && (static_cast<unsigned char>(warning[cut]) & 0xC0) == 0x80) --cut;
+            warning = warning.substr(0, cut) + "…";
+        }
+        m_link->sendText(protocol::makeMessage("daemon.warning", "warn-" + std::to_string(++m_warningSeq),
+                                               {{"warning", std::move(warning)}}));
     }
 
     void reply(std::string text) {
@@ -492,6 +512,7 @@ private:
     bool m_systemd = false;
     std::string m_schedulerReason;
     bool m_stopping = false;
+    std::uint64_t m_warningSeq = 0;
 };
 
 }  // namespace

@@ -36,7 +36,10 @@ void Dispatcher::onText(std::string_view text) {
     const auto& env = std::get<protocol::Envelope>(parsed);
     if (env.isResponse()) {
         if (m_jobs && m_jobs->outbox().onResponse(env)) return;
-        if (!env.ok)
+        // A platform that does not take daemon.warning does not show it: no more to say.
+        if (!env.ok && env.errorCode == ErrorCode::UnknownType && env.replyTo.rfind("warn-", 0) == 0)
+            log::debug("the platform does not take daemon.warning: " + env.errorMessage);
+        else if (!env.ok)
             log::warning("the platform refused request " + env.replyTo + ": " + env.errorMessage);
         return;
     }

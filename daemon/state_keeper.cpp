@@ -43,7 +43,15 @@ std::string StateKeeper::warning() const {
     return m_warning.empty() ? w : w + "; " + m_warning;
 }
 
+void StateKeeper::noteWarning() {
+    std::string now = warning();
+    if (now == m_toldWarning) return;
+    m_toldWarning = now;
+    if (m_onWarning) m_onWarning(now);
+}
+
 void StateKeeper::onFull() {
+    noteWarning();
     if (!m_store.health().full() || m_probing || m_stopped) return;
     m_probing = true;
     m_probeDelay = std::chrono::milliseconds(500);
@@ -64,6 +72,7 @@ void StateKeeper::onWritable() {
     if (m_store.health().full() || m_stopped) return;
     m_probing = false;
     m_probe.cancel();
+    noteWarning();
     if (m_onWritable) m_onWritable();
     if (!busy()) startPass();
 }
@@ -137,6 +146,7 @@ void StateKeeper::finishPass() {
     } else {
         m_warning.clear();
     }
+    noteWarning();
     auto dirs = m_pruner.takeJobDirs();
     if (dirs.empty() || !m_removeJobDirs) {
         publish(r);

@@ -55,6 +55,10 @@ public:
     std::int64_t jobDirsRemoved() const { return m_jobDirsRemoved; }
     std::int64_t jobDirBytesRemoved() const { return m_jobDirBytesRemoved; }
 
+    /// Told with warning() each time it changes ("" when it clears), on the
+    /// loop: the daemon passes it on to the platform.
+    void setOnWarning(std::function<void(const std::string&)> onWarning) { m_onWarning = std::move(onWarning); }
+
     /// Told once the store is writable again after a full disk or quota.
     void setOnWritable(std::function<void()> onWritable) { m_onWritable = std::move(onWritable); }
     /// How often a full store is probed for space, at most.
@@ -75,6 +79,8 @@ private:
     void onFull();
     void onWritable();
     void armProbe();
+    /// Tells setOnWarning's listener when warning() differs from what it was last told.
+    void noteWarning();
 
     boost::asio::io_context& m_ioc;
     Store& m_store;
@@ -95,6 +101,8 @@ private:
     std::chrono::milliseconds m_probeDelay{0};
     bool m_probing = false;
     std::function<void()> m_onWritable;
+    std::function<void(const std::string&)> m_onWarning;
+    std::string m_toldWarning;
 };
 
 }  // namespace hpc::daemon

@@ -212,6 +212,9 @@ json::object Api::describe(std::int64_t userId, const Registration& reg) const {
     auto since = m_hub.connectedSince(userId, reg.daemonId);
     o["connected"] = since.has_value();
     o["connected_since"] = since ? json::value(*since) : json::value(nullptr);
+    // What the daemon warns of (its state cut short by state_max_bytes, a
+    // full disk): "" when nothing, or when it is not connected.
+    o["warning"] = m_hub.warning(userId, reg.daemonId);
     return o;
 }
 

@@ -83,7 +83,7 @@ void Hub::attachDaemon(std::int64_t userId, const std::string& daemonId, std::sh
     } else {
         log::info("daemon " + daemonId + " (user " + std::to_string(userId) + ") connected");
     }
-    m_daemons[key] = DaemonLink{std::move(peer), nowEpochSeconds()};
+    m_daemons[key] = DaemonLink{std::move(peer), nowEpochSeconds(), {}};
 }
 
 void Hub::detachDaemon(std::int64_t userId, const std::string& daemonId, const Peer* peer) {
@@ -355,6 +355,8 @@ void Hub::answerDaemonRequest(const DaemonKey& key, Peer& daemon, const Envelope
         daemon.sendText(protocol::makeMessage("pong", env.id));
     } else if (env.type == "pong") {
         // An answer to nothing we sent; harmless.
+    } else if (env.type == "daemon.warning") {
+        noteWarning(key, daemon, env);
     } else if (env.type == "pty.exit") {
         auto copy = env;
         routeDaemonEvent(key, copy);
@@ -383,6 +385,38 @@ void Hub::answerDaemonRequest(const DaemonKey& key, Peer& daemon, const Envelope
         daemon.sendText(protocol::makeError(env.id, ErrorCode::UnknownType,
                                             "the platform does not handle \"" + env.type + "\" from a daemon"));
     }
+}
+
+void Hub::noteWarning(const DaemonKey& key, Peer& daemon, const Envelope& env) {
+    std::optional<std::string> warning;
+    try {
+        warning = protocol::optString(env.payload, "warning", kMaxWarningBytes);
+    } catch (const Error& e) {
+        daemon.sendText(protocol::makeError(env.id, e.code(), std::string("daemon.warning: ") + e.what()));
+        return;
+    }
+    if (!warning) {
+        daemon.sendText(protocol::makeError(env.id, ErrorCode::BadRequest,
+                                            "daemon.warning needs \"warning\": a string, empty when it clears"));
+        return;
+    }
+    // Only the daemon's current connection speaks for it (not one being replaced).
+    if (auto it = m_daemons.find(key); it != m_daemons.end() && it->second.peer.get() == &daemon) {
+        if (it->second.warning != *warning) {
+            std::string who = "daemon " + key.second + " (user " + std::to_string(key.first) + ")";
+            if (warning->empty())
+                log::info(who + ": its warning has cleared");
+            else
+                log::notice(who + " warns: " + *warning);
+        }
+        it->second.warning = std::move(*warning);
+    }
+    daemon.sendText(protocol::makeOk(env.id));
+}
+
+std::string Hub::warning(std::int64_t userId, const std::string& daemonId) const {
+    auto it = m_daemons.find({userId, daemonId});
+    return it == m_daemons.end() ? std::string() : it->second.warning;
 }
 
 std::optional<double> Hub::connectedSince(std::int64_t userId, const std::string& daemonId) const {

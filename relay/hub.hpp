@@ -60,6 +60,11 @@ public:
 
     /// When the daemon connected, if it is connected now.
     std::optional<double> connectedSince(std::int64_t userId, const std::string& daemonId) const;
+    /// The latest `daemon.warning` of a connected daemon ("" when none, or
+    /// when it is not connected): kept in memory, forgotten when it leaves.
+    std::string warning(std::int64_t userId, const std::string& daemonId) const;
+    /// The longest warning a daemon may send; a longer one is BAD_REQUEST.
+    static constexpr std::size_t kMaxWarningBytes = 4096;
     std::size_t pendingCount() const { return m_pending.size(); }
     std::size_t channelCount() const { return m_routes.size(); }
 
@@ -68,6 +73,7 @@ private:
     struct DaemonLink {
         std::shared_ptr<Peer> peer;
         double since = 0;
+        std::string warning;  ///< its latest daemon.warning
     };
     struct Pending {
         std::weak_ptr<Peer> agent;
@@ -85,6 +91,7 @@ private:
     };
 
     void answerDaemonRequest(const DaemonKey& key, Peer& daemon, const protocol::Envelope& env);
+    void noteWarning(const DaemonKey& key, Peer& daemon, const protocol::Envelope& env);
     /// callback.ack and callback.list: answered by the platform itself.
     bool answerAgentCallbackRequest(const Principal& agent, Peer& peer, const protocol::Envelope& env);
     void deliverCallback(std::int64_t userId, const std::string& daemonId, const boost::json::object& payload);

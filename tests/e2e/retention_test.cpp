@@ -12,6 +12,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 using namespace hpc;
 using namespace hpc::test;
@@ -215,6 +216,64 @@ TEST_F(RetentionE2E, APrunedJobsDirectoryGoesWithItsRowAndARunningJobsStays) {
     ASSERT_TRUE(m_agent->waitForJob("d1", runningId, 60s));
     EXPECT_TRUE(waitUntil([&] { return num(status(), "job_dirs_removed") >= 2; }, 30s)) << ctl({"logs"}).out;
     EXPECT_FALSE(fs::exists(fs::symlink_status(runningDir)));
+}
+
+TEST_F(RetentionE2E, TheCapWarningReachesTheAgentsDaemonsListAfterEveryReconnectAndClears) {
+    Secret token = m_h.login("alice@example.org");
+    std::vector<std::string> env = {"HPC_AGENT_URL=" + m_h.url(), "HPC_AGENT_TOKEN=" + token.reveal(),
+                                    "HPC_AGENT_CA=" + m_h.caFile()};
+    // What `hpc-agent daemons --json` says of d1: connected, and its warning.
+    auto listed = [&]() -> std::optional<std::pair<bool, std::string>> {
+        auto r = runCommand({Harness::binary("hpc-agent"), "daemons", "--json"}, "", env);
+        json::error_code ec;
+        auto v = json::parse(r.out, ec);
+        if (ec || !v.is_array()) return std::nullopt;
+        for (const auto& d : v.as_array())
+            if (d.as_object().at("daemon_id") == "d1")
+                return std::pair{d.at("connected").as_bool(), std::string(d.at("warning").as_string())};
+        return std::nullopt;
+    };
+    auto warns = [&] {
+        auto d = listed();
+        return d && d->first && d->second.find("state_max_bytes") != std::string::npos;
+    };
+    ASSERT_TRUE(listed());
+    EXPECT_EQ(listed()->second, "");
+
+    {
+        // Another writer on the live file (WAL): 2000 recent rows, ~0.7 MB,
+        // and a cap that makes the daemon prune inside retention.
+        auto db = sqlite::Db::open((m_h.home("d1") / "state.db").string());
+        sqlite::Transaction tx(db);
+        for (int i = 0; i < 2000; ++i)
+            db.exec(
+                "INSERT INTO audit (time, daemon_id, agent, session, cwd, command) VALUES (strftime('%s','now'), "
+                "'d1', 'a', 'exec', '/', '" +
+                std::string(300, 'z') + "')");
+        tx.commit();
+    }
+    ASSERT_EQ(ctl({"config", "set", "state_max_bytes", "256KiB"}).status, 0);
+    ASSERT_TRUE(waitUntil([&] { return !status()["state_warning"].as_string().empty(); }, 30s)) << ctl({"logs"}).out;
+    ASSERT_TRUE(waitUntil(warns, 30s)) << m_h.relayLog();
+    EXPECT_EQ(listed()->second, std::string(status()["state_warning"].as_string()));
+    auto text = runCommand({Harness::binary("hpc-agent"), "daemons"}, "", env);
+    EXPECT_NE(text.out.find("WARNING: state.db reached state_max_bytes"), std::string::npos) << text.out;
+
+    // A platform restarted knows nothing of it: the daemon says it again on reconnecting.
+    m_h.stopRelay();
+    m_h.startRelay(m_h.port());
+    ASSERT_TRUE(waitUntil(warns, 60s)) << m_h.relayLog();
+
+    // Back under the cap: the next pass clears it, at the platform too.
+    ASSERT_EQ(ctl({"config", "unset", "state_max_bytes"}).status, 0);
+    ASSERT_TRUE(waitUntil(
+        [&] {
+            auto d = listed();
+            return d && d->first && d->second.empty();
+        },
+        30s))
+        << m_h.relayLog();
+    EXPECT_EQ(status()["state_warning"].as_string(), "");
 }
 
 TEST_F(RetentionE2E, TheLogFileRotatesAtLogMaxBytesAndLogsFollowsAcrossIt) {

@@ -331,3 +331,61 @@ TEST_F(HubTest, ADaemonsDisconnectEndsItsChannelsForTheAgent) {
     EXPECT_EQ(agent->last().payload.at("channel").as_int64(), mine);
     EXPECT_EQ(m_hub->channelCount(), 0u);
 }
+
+TEST_F(HubTest, KeepsADaemonsLatestWarningShowsItAndForgetsItWhenTheDaemonLeaves) {
+    // A user with a registered daemon, as GET /hpc/daemons sees them.
+    auto token = m_db->startSignin("a@example.org", Secret("123456"));
+    ASSERT_TRUE(token);
+    std::int64_t user = 0;
+    ASSERT_EQ(m_db->verifyCode(*token, Secret("123456"), user), VerifyOutcome::Ok);
+    auto [credential, key] = m_db->issueCredential(user, "access", 3600.0);
+    m_db->putDaemon(user, "d1", {{"hostname", "login-1"}});
+    Api api(*m_db, *m_hub, [](const std::string&, const Secret&) {});
+    auto listed = [&] {
+        auto r = api.handle({"GET", "/hpc/daemons", "Bearer " + key.reveal(), "", "test"});
+        EXPECT_EQ(r.status, 200) << r.body;
+        return json::parse(r.body).at("payload").at("daemons").at(0).as_object();
+    };
+    auto daemon = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(user, "d1", daemon);
+    EXPECT_EQ(listed().at("warning").as_string(), "");
+
+    auto warn = [&](const std::string& id, json::object payload) {
+        m_hub->onDaemonText(user, "d1", daemon,
+                            json::serialize(json::object{
+                                {"v", 1}, {"type", "daemon.warning"}, {"id", id}, {"payload", std::move(payload)}}));
+        return daemon->last();
+    };
+    auto ok = warn("w1", {{"warning", "state.db reached state_max_bytes (256KiB)"}});
+    EXPECT_TRUE(ok.ok);
+    EXPECT_EQ(ok.replyTo, "w1");
+    EXPECT_EQ(m_hub->warning(user, "d1"), "state.db reached state_max_bytes (256KiB)");
+    EXPECT_EQ(listed().at("warning").as_string(), "state.db reached state_max_bytes (256KiB)");
+    EXPECT_EQ(m_hub->warning(user + 1, "d1"), "") << "another user's daemon of the same name";
+
+    // Bad payloads: BAD_REQUEST, and the warning kept is the last good one.
+    for (auto bad : std::vector<json::object>{{},
+                                              {{"warning", nullptr}},
+                                              {{"warning", 42}},
+                                              {{"warning", json::array{"x"}}},
+                                              {{"warning", std::string(Hub::kMaxWarningBytes + 1, 'w')}}}) {
+        auto refused = warn("bad", bad);
+        EXPECT_FALSE(refused.ok) << json::serialize(bad);
+        EXPECT_EQ(refused.errorCode, ErrorCode::BadRequest) << json::serialize(bad);
+        EXPECT_EQ(refused.replyTo, "bad");
+    }
+    EXPECT_EQ(m_hub->warning(user, "d1"), "state.db reached state_max_bytes (256KiB)");
+    EXPECT_TRUE(warn("w2", {{"warning", std::string(Hub::kMaxWarningBytes, 'w')}}).ok) << "up to the limit";
+    EXPECT_EQ(m_hub->warning(user, "d1").size(), Hub::kMaxWarningBytes);
+
+    EXPECT_TRUE(warn("w3", {{"warning", ""}}).ok);
+    EXPECT_EQ(listed().at("warning").as_string(), "") << "cleared";
+
+    warn("w4", {{"warning", "disk full"}});
+    m_hub->detachDaemon(user, "d1", daemon.get());
+    EXPECT_EQ(listed().at("warning").as_string(), "") << "forgotten with the connection";
+    EXPECT_FALSE(listed().at("connected").as_bool());
+    auto again = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(user, "d1", again);
+    EXPECT_EQ(m_hub->warning(user, "d1"), "") << "a new connection starts without one";
+}
