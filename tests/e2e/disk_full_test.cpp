@@ -119,6 +119,18 @@ protected:
     }
 
     json::object status() const { return m_h.daemonStatus("d1"); }
+    /// d1's warning as the agent sees it: `hpc-agent daemons --json`.
+    std::string listedWarning() const {
+        auto r = runCommand(
+            {Harness::binary("hpc-agent"), "daemons", "--json"}, "",
+            {"HPC_AGENT_URL=" + m_h.url(), "HPC_AGENT_TOKEN=" + m_token.reveal(), "HPC_AGENT_CA=" + m_h.caFile()});
+        json::error_code ec;
+        auto v = json::parse(r.out, ec);
+        if (!ec && v.is_array())
+            for (const auto& d : v.as_array())
+                if (d.as_object().at("daemon_id") == "d1") return std::string(d.at("warning").as_string());
+        return "?";
+    }
     bool daemonAlive() const { return ::kill(m_pid, 0) == 0 && m_h.daemonPid("d1") == m_pid; }
 
     Harness m_h;
@@ -194,6 +206,9 @@ TEST_F(DiskFullE2E, AFullStateDiskRefusesNewWorkKeepsRunningJobsAndRecoversWhenS
     EXPECT_EQ(str(s, "link_state"), "connected");
     EXPECT_EQ(num(s, "connected_since"), connectedSince) << "the link never dropped";
     EXPECT_NE(str(s, "state_warning").find(stateFile), std::string::npos) << str(s, "state_warning");
+    // The platform shows it too: an agent sees that the daemon's disk is full.
+    EXPECT_TRUE(waitUntil([&] { return listedWarning().find("disk full") != std::string::npos; }, 20s))
+        << listedWarning();
 
     // Space returns: no restart, no command; the ends are recorded and every
     // callback is delivered, once.
@@ -211,6 +226,7 @@ TEST_F(DiskFullE2E, AFullStateDiskRefusesNewWorkKeepsRunningJobsAndRecoversWhenS
     ASSERT_TRUE(m_h.waitStatus("d1", [](const json::object& st) {
         return str(st, "state_warning").empty() && num(st, "pending_callbacks") == 0;
     })) << m_h.daemonLog("d1");
+    EXPECT_TRUE(waitUntil([&] { return listedWarning().empty(); }, 20s)) << listedWarning();
     for (const auto& id : jobs) {
         EXPECT_EQ(str(m_agent->jobStatus("d1", id), "state"), "COMPLETED") << id;
         EXPECT_EQ(m_agent->storedCallbacks("d1", id).size(), 1u) << id;
