@@ -123,7 +123,9 @@ TEST_F(BusServiceTest, GetStatusReturnsEveryDocumentedKey) {
     auto s = m_proxy->GetStatus();
     for (const char* key : {"daemon_id", "version", "pid", "mode", "mode_reason", "link_state", "connected_since",
                             "platform_url", "scheduler", "allowed_dirs", "guard_layers", "process_watch", "running_execs",
-                            "active_sessions", "active_jobs", "pending_callbacks", "bus_address", "started_at"})
+                            "active_sessions", "active_jobs", "pending_callbacks", "bus_address", "started_at",
+                            "last_prune_job_dirs", "last_prune_job_dir_bytes", "job_dirs_removed",
+                            "job_dir_bytes_removed"})
         EXPECT_TRUE(s.count(key)) << key;
     EXPECT_EQ(s["daemon_id"].get<std::string>(), "login-1.mila");
     EXPECT_EQ(s["pid"].get<uint32_t>(), 42u);
