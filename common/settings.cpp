@@ -36,7 +36,8 @@ std::optional<std::pair<std::uint64_t, std::string>> splitNumber(std::string_vie
 const std::vector<SettingInfo>& settingKeys() {
     static const std::vector<SettingInfo> keys = {
         {"audit_retention", "duration", "5d", "audit rows (commands agents ran) older than this are pruned"},
-        {"job_retention", "duration", "14d", "jobs that ended longer ago than this are pruned (live jobs never)"},
+        {"job_retention", "duration", "14d",
+         "jobs that ended longer ago than this are pruned, their directories with them (live jobs never)"},
         {"state_max_bytes", "size", "64MiB", "state.db's rows beyond this are pruned oldest-first, with a warning"},
         {"log_max_bytes", "size", "8MiB", "nohup mode: the log file rotates past this size (3 files kept)"},
     };
