@@ -199,7 +199,10 @@ bool removeTree(int parent, const std::string& name, dev_t dev, int depth, std::
         error = errnoText("cannot open " + name, errno);
         return false;
     }
-    std::unique_ptr<DIR, decltype(&::closedir)> d(::fdopendir(fd), &::closedir);
+    struct CloseDir {
+        void operator()(DIR* dir) const { ::closedir(dir); }
+    };
+    std::unique_ptr<DIR, CloseDir> d(::fdopendir(fd));
     if (!d) {
         error = errnoText("cannot read " + name, errno);
         ::close(fd);
