@@ -3,9 +3,8 @@
 # and TLS on 127.0.0.1), job tests on a single-node SLURM cluster that ctest
 # starts and stops, the systemd and release tiers, and short libFuzzer runs.
 # Then two more passes, because login nodes are shared and often saturated:
-#   - sanitizers: the asan preset (AddressSanitizer + UBSan) over the unit
-#     and D-Bus tiers; any report fails. (The end-to-end tier is not yet run
-#     under it: its one run here was on a tree rebuilt while files changed.)
+#   - sanitizers: the asan preset (AddressSanitizer + UBSan, warnings are
+#     errors) over the unit, D-Bus and end-to-end tiers; any report fails.
 #   - load: the D-Bus, end-to-end and job tiers again with both cores kept
 #     busy by `stress-ng --cpu 2` (bounded in time, stopped by its pid).
 # Each phase's wall time is printed at the end (the figures in bench/README.md).
@@ -67,11 +66,11 @@ if (( asan )); then
   # would otherwise be only in its log, and a test might not notice it die.
   reports="$PWD/build/asan/sanitizer-reports"
   rm -rf "$reports" && mkdir -p "$reports"
-  begin "asan: unit, dbus"
+  begin "asan: unit, dbus, e2e"
   ASAN_OPTIONS="log_path=$reports/asan:detect_leaks=0:abort_on_error=1" \
   UBSAN_OPTIONS="log_path=$reports/ubsan:print_stacktrace=1:halt_on_error=1" \
     ctest --preset asan -j2
-  end "asan: unit, dbus"
+  end "asan: unit, dbus, e2e"
   if compgen -G "$reports/*" >/dev/null; then
     echo "test.sh: sanitizer reports:" >&2
     head -n 60 "$reports"/* >&2
