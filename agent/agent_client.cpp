@@ -161,7 +161,8 @@ std::optional<PtyEvent> AgentClient::nextPtyEvent(std::chrono::milliseconds time
         if (env->type == "pty.exit") {
             PtyEvent e;
             e.kind = PtyEvent::Kind::Exit;
-            e.channel = static_cast<std::uint32_t>(protocol::optInt(env->payload, "channel", 0, UINT32_MAX).value_or(0));
+            e.channel =
+                static_cast<std::uint32_t>(protocol::optInt(env->payload, "channel", 0, UINT32_MAX).value_or(0));
             e.exitCode = optionalInt(env->payload, "exit_code");
             e.signal = optionalInt(env->payload, "signal");
             e.error = protocol::optString(env->payload, "error").value_or("");
@@ -188,7 +189,8 @@ JobCallback JobCallback::fromPayload(const std::string& daemonId, const json::ob
     return c;
 }
 
-json::object AgentClient::submitJob(const std::string& daemonId, const JobSpec& spec, std::chrono::milliseconds timeout) {
+json::object AgentClient::submitJob(const std::string& daemonId, const JobSpec& spec,
+                                    std::chrono::milliseconds timeout) {
     return request(daemonId, "job.submit", spec.toPayload(), timeout);
 }
 
@@ -214,8 +216,8 @@ std::vector<JobCallback> AgentClient::storedCallbacks(const std::string& daemonI
     if (auto* list = r.if_contains("callbacks"); list && list->is_array())
         for (const auto& v : list->get_array())
             if (v.is_object())
-                out.push_back(JobCallback::fromPayload(protocol::optString(v.get_object(), "daemon_id").value_or(daemonId),
-                                                       v.get_object()));
+                out.push_back(JobCallback::fromPayload(
+                    protocol::optString(v.get_object(), "daemon_id").value_or(daemonId), v.get_object()));
     return out;
 }
 
@@ -259,7 +261,9 @@ std::optional<JobCallback> AgentClient::nextCallback(std::chrono::milliseconds t
 
 std::optional<JobCallback> AgentClient::waitForJob(const std::string& daemonId, const std::string& jobId,
                                                    std::chrono::milliseconds timeout) {
-    auto matches = [&](const JobCallback& c) { return c.jobId == jobId && (daemonId.empty() || c.daemonId == daemonId); };
+    auto matches = [&](const JobCallback& c) {
+        return c.jobId == jobId && (daemonId.empty() || c.daemonId == daemonId);
+    };
     // Already pushed on this connection?
     for (auto it = m_callbacks.begin(); it != m_callbacks.end(); ++it)
         if (matches(*it)) {

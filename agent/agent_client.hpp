@@ -13,11 +13,11 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
-#include <set>
-#include <string_view>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace hpc::agent {
@@ -70,10 +70,10 @@ struct PtyHandle {
 struct PtyEvent {
     enum class Kind { Output, Exit } kind = Kind::Output;
     std::uint32_t channel = 0;
-    std::string data;              ///< Output
-    std::optional<int> exitCode;   ///< Exit
-    std::optional<int> signal;     ///< Exit
-    std::string error;             ///< Exit: set when the session was lost, not ended
+    std::string data;             ///< Output
+    std::optional<int> exitCode;  ///< Exit
+    std::optional<int> signal;    ///< Exit
+    std::string error;            ///< Exit: set when the session was lost, not ended
 };
 
 /// What job.submit asks for, shared with the daemon.

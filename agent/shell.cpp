@@ -77,7 +77,7 @@ int runShell(AgentClient& client, const std::string& daemonId, PtySpec spec) {
     auto pty = client.openPty(daemonId, spec);
 
     if (::pipe2(g_signalPipe, O_CLOEXEC | O_NONBLOCK) != 0) throw Error(ErrorCode::Internal, "pipe2 failed");
-    struct sigaction sa{};
+    struct sigaction sa {};
     sa.sa_handler = onSignal;
     for (int sig : {SIGWINCH, SIGTERM, SIGHUP}) ::sigaction(sig, &sa, nullptr);
 

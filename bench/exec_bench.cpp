@@ -18,8 +18,8 @@
 #include <iostream>
 #include <map>
 #include <numeric>
-#include <sstream>
 #include <set>
+#include <sstream>
 #include <thread>
 
 using namespace hpc;

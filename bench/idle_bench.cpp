@@ -14,8 +14,8 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <map>
 #include <iostream>
+#include <map>
 #include <thread>
 
 using namespace hpc;
@@ -65,8 +65,17 @@ struct BareTls {
         auto tls = std::filesystem::path(h.caFile()).parent_path();
         std::string port = std::to_string(freePort());
         SpawnOptions s;
-        s.argv = {"openssl", "s_server", "-quiet", "-naccept", "1", "-accept", "127.0.0.1:" + port,
-                  "-cert", (tls / "cert.pem").string(), "-key", (tls / "key.pem").string()};
+        s.argv = {"openssl",
+                  "s_server",
+                  "-quiet",
+                  "-naccept",
+                  "1",
+                  "-accept",
+                  "127.0.0.1:" + port,
+                  "-cert",
+                  (tls / "cert.pem").string(),
+                  "-key",
+                  (tls / "key.pem").string()};
         s.in = Stdio::Pipe;
         s.out = Stdio::Null;
         s.err = Stdio::Null;
@@ -134,8 +143,8 @@ int main(int argc, char** argv) {
     if (bareTls && bareTls->clientGuard.poll())
         std::cerr << "openssl s_client exited during the window: its row is not an idle connection\n";
 
-    std::printf("\nidle for %d s on 127.0.0.1\n\n%-42s %8s %8s %9s %8s %11s\n", window, "process", "RSS MiB",
-                "PSS MiB", "priv MiB", "CPU ms", "wake-ups/s");
+    std::printf("\nidle for %d s on 127.0.0.1\n\n%-42s %8s %8s %9s %8s %11s\n", window, "process", "RSS MiB", "PSS MiB",
+                "priv MiB", "CPU ms", "wake-ups/s");
     for (const auto& r : rows)
         std::printf("%-42s %8.2f %8.2f %9.2f %8.1f %11.2f\n", r.what.c_str(), r.after.rssKiB / 1024.0,
                     r.after.pssKiB / 1024.0, r.after.privateKiB / 1024.0,
@@ -166,7 +175,8 @@ int main(int argc, char** argv) {
     std::vector<double> ctl, raw;
     for (int i = 0; i < 50; ++i) {
         auto t0 = Clock::now();
-        runCommand({Harness::binary("hpc-daemonctl"), "status"}, {}, {home, "DBUS_SESSION_BUS_ADDRESS=", "XDG_RUNTIME_DIR="});
+        runCommand({Harness::binary("hpc-daemonctl"), "status"}, {},
+                   {home, "DBUS_SESSION_BUS_ADDRESS=", "XDG_RUNTIME_DIR="});
         ctl.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
         t0 = Clock::now();
         runCommand({"dbus-send", "--bus=" + address, "--print-reply", "--dest=org.tiptree.HpcDaemon.idle",

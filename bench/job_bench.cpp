@@ -28,9 +28,7 @@ namespace {
 
 double since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
-double wallNow() {
-    return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
+double wallNow() { return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
 struct Stats {
     double p50 = 0, p99 = 0, max = 0, total = 0;
@@ -77,8 +75,9 @@ int run(int argc, char** argv) {
     if (h.setupDaemon("jl", "jb@example.org", {work.string()}).status != 0) return 1;
     // squeue goes through a wrapper that logs each call with its duration.
     fs::path bin = h.dir() / "wrappers";
-    writeExecutable(bin / "squeue", "#!/bin/sh\nt0=$(date +%s.%N)\n/usr/bin/squeue \"$@\"\nrc=$?\necho \"$t0 $(date +%s.%N)\" >> " +
-                                        (h.dir() / "squeue.calls").string() + "\nexit $rc\n");
+    writeExecutable(bin / "squeue",
+                    "#!/bin/sh\nt0=$(date +%s.%N)\n/usr/bin/squeue \"$@\"\nrc=$?\necho \"$t0 $(date +%s.%N)\" >> " +
+                        (h.dir() / "squeue.calls").string() + "\nexit $rc\n");
     std::string poll = std::to_string(pollSeconds);
     h.startDaemon("jb", {"--job-poll-min-seconds", poll, "--job-poll-max-seconds", poll},
                   {std::string("SLURM_CONF=") + conf, "PATH=" + bin.string() + ":" + std::getenv("PATH")});
@@ -89,7 +88,8 @@ int run(int argc, char** argv) {
         return 1;
     }
     auto agent = h.agent(token);
-    std::printf("job_bench: SLURM (%s), hpc-daemond over TLS on 127.0.0.1, monitor interval %.0f s\n\n", conf, pollSeconds);
+    std::printf("job_bench: SLURM (%s), hpc-daemond over TLS on 127.0.0.1, monitor interval %.0f s\n\n", conf,
+                pollSeconds);
 
     // 1. Submissions: through the agent, and bare sbatch of the same script.
     std::string script = "#!/bin/bash\ntrue\n";
@@ -113,7 +113,8 @@ int run(int argc, char** argv) {
     auto a = stats(viaAgent), b = stats(bare);
     std::printf("1. %d submissions, sequential\n", submissions);
     std::printf("   %-36s %9s %9s %11s\n", "path", "p50 ms", "p99 ms", "total s");
-    std::printf("   %-36s %9.2f %9.2f %11.2f\n", "hpc-agent -> relay -> daemon -> sbatch", a.p50, a.p99, a.total / 1000);
+    std::printf("   %-36s %9.2f %9.2f %11.2f\n", "hpc-agent -> relay -> daemon -> sbatch", a.p50, a.p99,
+                a.total / 1000);
     std::printf("   %-36s %9.2f %9.2f %11.2f\n", "bare sbatch", b.p50, b.p99, b.total / 1000);
     std::printf("   ratio (agent / bare, p50): %.2fx  (target <= 2x)\n\n", b.p50 > 0 ? a.p50 / b.p50 : 0);
 
@@ -133,7 +134,8 @@ int run(int argc, char** argv) {
     std::size_t calls0 = countLines(h.dir() / "squeue.calls", " ");
     double cpu0 = procStats(daemon).cpuSeconds;
     int measureCycles = 5;
-    std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<long long>(pollSeconds * 1000 * measureCycles + 500)));
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(static_cast<long long>(pollSeconds * 1000 * measureCycles + 500)));
     std::size_t cycles = countLines(h.dir() / ("daemon-jb.log"), "monitor cycle") - cycles0;
     std::size_t calls = countLines(h.dir() / "squeue.calls", " ") - calls0;
     double cpu = procStats(daemon).cpuSeconds - cpu0;
@@ -156,9 +158,12 @@ int run(int argc, char** argv) {
     // 3. From a job's end to its callback at the agent. First let the
     // cancelled jobs' callbacks drain, and sign in afresh (a new agent
     // identity) so their backlog is not in the way.
-    waitUntil([&] { return countLines(h.dir() / "daemon-jb.log", "acknowledged by the platform") >=
-                           static_cast<std::size_t>(held); },
-              std::chrono::minutes(5));
+    waitUntil(
+        [&] {
+            return countLines(h.dir() / "daemon-jb.log", "acknowledged by the platform") >=
+                   static_cast<std::size_t>(held);
+        },
+        std::chrono::minutes(5));
     agent = h.agent(h.login("jb@example.org"));
     auto latency = [&](const std::string& daemonId) {
         std::vector<double> ms;

@@ -37,8 +37,8 @@ public:
         m_port = 20000 + static_cast<int>(::getpid() % 20000);
         std::ofstream conf(dir / "sshd_config");
         conf << "Port " << m_port << "\nListenAddress 127.0.0.1\nHostKey " << (dir / "host_key").string()
-             << "\nAuthorizedKeysFile " << (dir / "authorized_keys").string()
-             << "\nPidFile " << (dir / "sshd.pid").string()
+             << "\nAuthorizedKeysFile " << (dir / "authorized_keys").string() << "\nPidFile "
+             << (dir / "sshd.pid").string()
              << "\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
                 "KbdInteractiveAuthentication no\nLogLevel ERROR\n";
         conf.close();
@@ -47,10 +47,25 @@ public:
         o.outputFile = (dir / "sshd.log").string();
         m_sshd = ChildGuard(spawn(o).pid);
         std::string user = benchUser();
-        m_base = {"ssh", "-q", "-p", std::to_string(m_port), "-i", (dir / "client_key").string(),
-                  "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-                  "-o", "ControlMaster=auto", "-o", "ControlPath=" + (dir / "cm").string(), "-o",
-                  "ControlPersist=120", user + "@127.0.0.1"};
+        m_base = {"ssh",
+                  "-q",
+                  "-p",
+                  std::to_string(m_port),
+                  "-i",
+                  (dir / "client_key").string(),
+                  "-o",
+                  "StrictHostKeyChecking=no",
+                  "-o",
+                  "UserKnownHostsFile=/dev/null",
+                  "-o",
+                  "BatchMode=yes",
+                  "-o",
+                  "ControlMaster=auto",
+                  "-o",
+                  "ControlPath=" + (dir / "cm").string(),
+                  "-o",
+                  "ControlPersist=120",
+                  user + "@127.0.0.1"};
         // The first connection becomes the master; wait until it works.
         if (!waitUntil([&] { return run("true") == 0; }, std::chrono::seconds(15)))
             throw std::runtime_error("sshd did not accept the key: " + slurp(dir / "sshd.log"));

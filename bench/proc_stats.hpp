@@ -5,8 +5,8 @@
 
 #include <algorithm>
 #include <fstream>
-#include <map>
 #include <iterator>
+#include <map>
 #include <sstream>
 #include <string>
 #include <vector>

@@ -259,8 +259,10 @@ int main(int argc, char** argv) {
     };
     Figures a, b, c;
     if (runA) a = print("(a) local program reading the PTY", local(echoIterations, false), streamA);
-    if (sshd) b = print("(b) ssh -tt via ControlMaster", viaSsh(*sshd, echoIterations, false), streamB);
-    else if (runB) std::printf("%-44s not measured: %s\n", "(b) ssh -tt", sshProblem.c_str());
+    if (sshd)
+        b = print("(b) ssh -tt via ControlMaster", viaSsh(*sshd, echoIterations, false), streamB);
+    else if (runB)
+        std::printf("%-44s not measured: %s\n", "(b) ssh -tt", sshProblem.c_str());
     if (!runC) return 0;
     c = print("(c) hpc-agent -> hpc-relay -> hpc-daemond", viaHpc(h, token, echoIterations, false, cpu), streamC);
     std::printf("\nCPU per (c) stream: hpc-daemond %.2f s, hpc-relay %.2f s, the agent %.2f s\n", cpu.daemon / rounds,

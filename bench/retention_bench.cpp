@@ -71,9 +71,10 @@ int main(int argc, char** argv) {
     StatePruner pruner(on.store, "bench");
     double t0 = 2'000'000'000, nextPrune = t0 + 600;
     long step = std::max(1L, ops / 15);
-    std::printf("# %ld operations at %.0f a day (%.1f simulated days); retention audit %s, jobs %s, pass every 10 min\n",
-                ops, kOpsPerDay, static_cast<double>(ops) / kOpsPerDay, formatDuration(pruned.auditRetention).c_str(),
-                formatDuration(pruned.jobRetention).c_str());
+    std::printf(
+        "# %ld operations at %.0f a day (%.1f simulated days); retention audit %s, jobs %s, pass every 10 min\n", ops,
+        kOpsPerDay, static_cast<double>(ops) / kOpsPerDay, formatDuration(pruned.auditRetention).c_str(),
+        formatDuration(pruned.jobRetention).c_str());
     std::printf("%10s %8s %16s %16s %12s\n", "ops", "day", "unpruned MiB", "pruned MiB", "audit rows");
     StatePruner offSize(off.store, "bench");
     double pruneMs = 0;
@@ -104,20 +105,25 @@ int main(int argc, char** argv) {
     Settings d;
     double auditDays = static_cast<double>(d.auditRetention.count()) / 86400;
     double jobDays = static_cast<double>(d.jobRetention.count()) / 86400;
-    double auditRowBytes = static_cast<double>(off.store.db().queryInt("SELECT SUM(pgsize) FROM dbstat WHERE name IN ('audit', 'audit_by_daemon')")) /
+    double auditRowBytes = static_cast<double>(off.store.db().queryInt(
+                               "SELECT SUM(pgsize) FROM dbstat WHERE name IN ('audit', 'audit_by_daemon')")) /
                            static_cast<double>(ops);
-    double jobBytes = static_cast<double>(off.store.db().queryInt(
-                          "SELECT SUM(pgsize) FROM dbstat WHERE name IN ('jobs', 'jobs_by_daemon', 'jobs_by_end', 'sqlite_autoindex_jobs_1')")) /
-                      (static_cast<double>(ops) / 10);
-    std::printf("\nunpruned: %.0f bytes per operation (%.0f per audit row, %.0f per job); a year at 50,000 a day: %.1f GiB\n",
-                perOp, auditRowBytes, jobBytes, perOp * kOpsPerDay * 365 / (1 << 30));
-    std::printf("defaults (audit %s, jobs %s, cap %s): steady state %.1f MiB (audit %.1f + jobs %.1f), whatever the uptime\n",
-                formatDuration(d.auditRetention).c_str(), formatDuration(d.jobRetention).c_str(),
-                formatSize(d.stateMaxBytes).c_str(),
-                (auditRowBytes * kOpsPerDay * auditDays + jobBytes * kOpsPerDay / 10 * jobDays) / (1 << 20),
-                auditRowBytes * kOpsPerDay * auditDays / (1 << 20), jobBytes * kOpsPerDay / 10 * jobDays / (1 << 20));
-    std::printf("pruning: %ld passes, %.2f ms per pass on average (batches of %d rows, each its own loop turn in the daemon)\n",
-                passes, passes ? pruneMs / static_cast<double>(passes) : 0.0, StatePruner::kBatchRows);
+    double jobBytes =
+        static_cast<double>(off.store.db().queryInt("SELECT SUM(pgsize) FROM dbstat WHERE name IN ('jobs', "
+                                                    "'jobs_by_daemon', 'jobs_by_end', 'sqlite_autoindex_jobs_1')")) /
+        (static_cast<double>(ops) / 10);
+    std::printf(
+        "\nunpruned: %.0f bytes per operation (%.0f per audit row, %.0f per job); a year at 50,000 a day: %.1f GiB\n",
+        perOp, auditRowBytes, jobBytes, perOp * kOpsPerDay * 365 / (1 << 30));
+    std::printf(
+        "defaults (audit %s, jobs %s, cap %s): steady state %.1f MiB (audit %.1f + jobs %.1f), whatever the uptime\n",
+        formatDuration(d.auditRetention).c_str(), formatDuration(d.jobRetention).c_str(),
+        formatSize(d.stateMaxBytes).c_str(),
+        (auditRowBytes * kOpsPerDay * auditDays + jobBytes * kOpsPerDay / 10 * jobDays) / (1 << 20),
+        auditRowBytes * kOpsPerDay * auditDays / (1 << 20), jobBytes * kOpsPerDay / 10 * jobDays / (1 << 20));
+    std::printf(
+        "pruning: %ld passes, %.2f ms per pass on average (batches of %d rows, each its own loop turn in the daemon)\n",
+        passes, passes ? pruneMs / static_cast<double>(passes) : 0.0, StatePruner::kBatchRows);
     fs::remove_all(root);
     return 0;
 }

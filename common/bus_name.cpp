@@ -38,7 +38,7 @@ std::string sessionBusAddress() {
     if (const char* a = std::getenv("DBUS_SESSION_BUS_ADDRESS"); a && *a) return a;
     if (const char* rt = std::getenv("XDG_RUNTIME_DIR"); rt && *rt) {
         std::string path = std::string(rt) + "/bus";
-        struct stat st{};
+        struct stat st {};
         if (::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) return "unix:path=" + path;
     }
     return {};

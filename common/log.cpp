@@ -33,11 +33,16 @@ State g_state;
 
 std::string_view levelName(Level l) {
     switch (l) {
-        case Level::Error: return "error";
-        case Level::Warning: return "warning";
-        case Level::Notice: return "notice";
-        case Level::Info: return "info";
-        case Level::Debug: return "debug";
+        case Level::Error:
+            return "error";
+        case Level::Warning:
+            return "warning";
+        case Level::Notice:
+            return "notice";
+        case Level::Info:
+            return "info";
+        case Level::Debug:
+            return "debug";
     }
     return "info";
 }
@@ -45,12 +50,13 @@ std::string_view levelName(Level l) {
 /// journald's native protocol: one datagram of NAME=value lines. False when
 /// it could not be sent (the caller writes the line to stderr instead).
 bool sendNative(Level level, std::string_view message) {
-    std::string entry = "PRIORITY=" + std::to_string(static_cast<int>(level)) + "\nSYSLOG_IDENTIFIER=" +
-                        g_state.identifier + "\nMESSAGE=";
+    std::string entry = "PRIORITY=" + std::to_string(static_cast<int>(level)) +
+                        "\nSYSLOG_IDENTIFIER=" + g_state.identifier + "\nMESSAGE=";
     for (char c : message) entry += (c == '\n' || c == '\r') ? ' ' : c;
     entry += '\n';
     for (const auto& f : g_state.fields) entry += f + '\n';
-    return ::send(g_state.journalSocket, entry.data(), entry.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(entry.size());
+    return ::send(g_state.journalSocket, entry.data(), entry.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(entry.size());
 }
 
 int openLogFile(const std::string& path) {
@@ -108,7 +114,7 @@ void init(const std::string& filePath, Level threshold) {
         if (fd < 0) throw std::runtime_error("cannot open log file " + filePath + ": " + std::strerror(errno));
         g_state.fd = fd;
         g_state.path = filePath;
-        struct stat st{};
+        struct stat st {};
         if (::fstat(fd, &st) == 0) g_state.size = static_cast<std::uint64_t>(st.st_size);
         return;
     }

@@ -1,9 +1,9 @@
 #include "process.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/ioctl.h>
-#include <dirent.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -95,9 +95,9 @@ void closeDescriptorsFrom(int low, const int* keep, std::size_t keepCount) {
     };
     int dir = ::open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir < 0) {
-        struct rlimit rl{};
+        struct rlimit rl {};
         long max = ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? static_cast<long>(rl.rlim_cur)
-                                                                                       : 65536;
+                                                                                        : 65536;
         for (long fd = low; fd < max; ++fd)
             if (!kept(static_cast<int>(fd))) ::close(static_cast<int>(fd));
         return;
@@ -124,7 +124,7 @@ void closeDescriptorsFrom(int low, const int* keep, std::size_t keepCount) {
 [[noreturn]] void execPrepared(const SpawnOptions& o, const ChildStdio& io, char* const* argv, char* const* envp,
                                int errorPipe) {
     auto fail = [errorPipe](int err) { childFailed(errorPipe, err); };
-    struct sigaction dfl{};
+    struct sigaction dfl {};
     dfl.sa_handler = SIG_DFL;
     for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);
     sigset_t none;

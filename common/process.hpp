@@ -93,7 +93,11 @@ public:
     /// TERM, grace, KILL, reap. Returns the exit status if it was running.
     std::optional<ExitStatus> terminate(std::chrono::milliseconds grace = std::chrono::milliseconds(3000));
     /// Forgets the child without signalling it.
-    pid_t release() { pid_t p = m_pid; m_pid = -1; return p; }
+    pid_t release() {
+        pid_t p = m_pid;
+        m_pid = -1;
+        return p;
+    }
 
 private:
     pid_t m_pid = -1;

@@ -26,14 +26,20 @@ ProtocolError bad(std::string message, std::string replyTo = {}) {
 
 std::string kindOf(const json::value& v) {
     switch (v.kind()) {
-        case json::kind::null: return "null";
-        case json::kind::bool_: return "a boolean";
+        case json::kind::null:
+            return "null";
+        case json::kind::bool_:
+            return "a boolean";
         case json::kind::int64:
         case json::kind::uint64:
-        case json::kind::double_: return "a number";
-        case json::kind::string: return "a string";
-        case json::kind::array: return "an array";
-        case json::kind::object: return "an object";
+        case json::kind::double_:
+            return "a number";
+        case json::kind::string:
+            return "a string";
+        case json::kind::array:
+            return "an array";
+        case json::kind::object:
+            return "an object";
     }
     return "unknown";
 }
@@ -44,14 +50,16 @@ bool isUsableId(std::string_view s) { return !s.empty() && s.size() <= kMaxIdLen
 /// infinity) would not survive serialization to the next peer: refuse it.
 bool hasNonFiniteNumber(const json::value& v) {
     switch (v.kind()) {
-        case json::kind::double_: return !std::isfinite(v.get_double());
+        case json::kind::double_:
+            return !std::isfinite(v.get_double());
         case json::kind::array:
             return std::any_of(v.get_array().begin(), v.get_array().end(),
                                [](const json::value& e) { return hasNonFiniteNumber(e); });
         case json::kind::object:
             return std::any_of(v.get_object().begin(), v.get_object().end(),
                                [](const json::key_value_pair& kv) { return hasNonFiniteNumber(kv.value()); });
-        default: return false;
+        default:
+            return false;
     }
 }
 
@@ -100,8 +108,10 @@ struct IdScanner {
 private:
     // Keys and ids longer than an id may be are never needed whole.
     static bool appendBounded(std::string& to, json::string_view s) {
-        if (to.size() + s.size() > kMaxIdLength + 1) to.resize(kMaxIdLength + 1);
-        else to.append(s.data(), s.size());
+        if (to.size() + s.size() > kMaxIdLength + 1)
+            to.resize(kMaxIdLength + 1);
+        else
+            to.append(s.data(), s.size());
         return true;
     }
     bool enter(int by) {
@@ -148,8 +158,7 @@ ParseResult parse(std::string_view text, std::size_t maxBytes) {
         std::string_view s = idv->get_string();
         if (isUsableId(s)) id = std::string(s);
     }
-    if (hasNonFiniteNumber(root))
-        return bad("a number is out of range (larger than a double can hold)", id);
+    if (hasNonFiniteNumber(root)) return bad("a number is out of range (larger than a double can hold)", id);
 
     const auto* vv = o.if_contains("v");
     if (!vv) return bad("missing \"v\" (protocol version)", id);
@@ -348,10 +357,13 @@ EnvVars optEnvVars(const json::object& o, std::string_view key) {
     EnvVars out;
     const auto* env = o.if_contains(key);
     if (!env || env->is_null()) return out;
-    if (!env->is_object()) throw Error(ErrorCode::BadRequest, "\"" + std::string(key) + "\" must be an object of strings");
+    if (!env->is_object())
+        throw Error(ErrorCode::BadRequest, "\"" + std::string(key) + "\" must be an object of strings");
     for (const auto& [k, v] : env->get_object()) {
-        if (!isValidEnvName(k)) throw Error(ErrorCode::BadRequest, "invalid environment name \"" + std::string(k) + "\"");
-        if (!v.is_string()) throw Error(ErrorCode::BadRequest, "environment value of " + std::string(k) + " must be a string");
+        if (!isValidEnvName(k))
+            throw Error(ErrorCode::BadRequest, "invalid environment name \"" + std::string(k) + "\"");
+        if (!v.is_string())
+            throw Error(ErrorCode::BadRequest, "environment value of " + std::string(k) + " must be a string");
         // execve would silently cut the value at the NUL.
         if (v.get_string().find('\0') != json::string::npos)
             throw Error(ErrorCode::BadRequest, "environment value of " + std::string(k) + " contains a NUL byte");

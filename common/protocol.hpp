@@ -89,7 +89,8 @@ std::optional<ChannelFrame> decodeChannelFrame(std::span<const char> frame);
 // ---- payload field helpers: throw hpc::Error(BadRequest) naming the field ----
 
 std::optional<std::string> optString(const boost::json::object& o, std::string_view key, std::size_t maxLen = 1 << 20);
-std::optional<std::int64_t> optInt(const boost::json::object& o, std::string_view key, std::int64_t min, std::int64_t max);
+std::optional<std::int64_t> optInt(const boost::json::object& o, std::string_view key, std::int64_t min,
+                                   std::int64_t max);
 std::optional<double> optNumber(const boost::json::object& o, std::string_view key, double min, double max);
 std::optional<bool> optBool(const boost::json::object& o, std::string_view key);
 

@@ -12,7 +12,7 @@ namespace hpc {
 namespace {
 
 std::int64_t statSize(const std::string& path) {
-    struct stat st{};
+    struct stat st {};
     return ::stat(path.c_str(), &st) == 0 ? static_cast<std::int64_t>(st.st_size) : 0;
 }
 
@@ -175,7 +175,8 @@ bool StatePruner::step() {
                 m_report.finishedAt = nowEpochSeconds();
                 return false;
             }
-            case Phase::Done: return false;
+            case Phase::Done:
+                return false;
         }
     } catch (...) {
         m_phase = Phase::Done;

@@ -55,12 +55,18 @@ std::optional<std::chrono::seconds> parseDuration(std::string_view text) {
     if (!parts) return std::nullopt;
     auto [n, unit] = *parts;
     std::uint64_t mult = 0;
-    if (unit.empty() || unit == "s" || unit == "sec") mult = 1;
-    else if (unit == "m" || unit == "min") mult = 60;
-    else if (unit == "h") mult = 3600;
-    else if (unit == "d") mult = 86400;
-    else if (unit == "w") mult = 7 * 86400;
-    else return std::nullopt;
+    if (unit.empty() || unit == "s" || unit == "sec")
+        mult = 1;
+    else if (unit == "m" || unit == "min")
+        mult = 60;
+    else if (unit == "h")
+        mult = 3600;
+    else if (unit == "d")
+        mult = 86400;
+    else if (unit == "w")
+        mult = 7 * 86400;
+    else
+        return std::nullopt;
     if (n > static_cast<std::uint64_t>(kMaxSeconds) / mult) return std::nullopt;
     return std::chrono::seconds(static_cast<std::int64_t>(n * mult));
 }
@@ -70,14 +76,22 @@ std::optional<std::uint64_t> parseSize(std::string_view text) {
     if (!parts) return std::nullopt;
     auto [n, unit] = *parts;
     std::uint64_t mult = 0;
-    if (unit.empty() || unit == "B") mult = 1;
-    else if (unit == "K" || unit == "KiB") mult = 1ull << 10;
-    else if (unit == "M" || unit == "MiB") mult = 1ull << 20;
-    else if (unit == "G" || unit == "GiB") mult = 1ull << 30;
-    else if (unit == "kB" || unit == "KB") mult = 1000;
-    else if (unit == "MB") mult = 1000 * 1000;
-    else if (unit == "GB") mult = 1000ull * 1000 * 1000;
-    else return std::nullopt;
+    if (unit.empty() || unit == "B")
+        mult = 1;
+    else if (unit == "K" || unit == "KiB")
+        mult = 1ull << 10;
+    else if (unit == "M" || unit == "MiB")
+        mult = 1ull << 20;
+    else if (unit == "G" || unit == "GiB")
+        mult = 1ull << 30;
+    else if (unit == "kB" || unit == "KB")
+        mult = 1000;
+    else if (unit == "MB")
+        mult = 1000 * 1000;
+    else if (unit == "GB")
+        mult = 1000ull * 1000 * 1000;
+    else
+        return std::nullopt;
     if (n > kMaxBytes / mult) return std::nullopt;
     return n * mult;
 }
@@ -107,7 +121,9 @@ std::string validateSetting(std::string_view key, std::string_view value) {
     std::string bad = "bad value \"" + std::string(value) + "\" for " + info->key + ": ";
     if (std::string_view(info->kind) == "duration") {
         auto d = parseDuration(value);
-        if (!d) throw Error(ErrorCode::BadRequest, bad + "give a duration such as 90d, 12h, 30m or 45s (at most 100 years)");
+        if (!d)
+            throw Error(ErrorCode::BadRequest,
+                        bad + "give a duration such as 90d, 12h, 30m or 45s (at most 100 years)");
         if (d->count() < 1) throw Error(ErrorCode::BadRequest, bad + "it must be at least 1s");
         return formatDuration(*d);
     }

@@ -17,8 +17,8 @@ namespace {
     int sys = sqlite3_system_errno(db);
     if ((code == SQLITE_FULL || code == SQLITE_IOERR || code == SQLITE_CANTOPEN) && sys != 0)
         msg += std::string(" (") + std::strerror(sys) + ")";
-    bool full = code == SQLITE_FULL || ((code == SQLITE_IOERR || code == SQLITE_CANTOPEN) &&
-                                        (sys == ENOSPC || sys == EDQUOT));
+    bool full =
+        code == SQLITE_FULL || ((code == SQLITE_IOERR || code == SQLITE_CANTOPEN) && (sys == ENOSPC || sys == EDQUOT));
     if (!full) throw std::runtime_error(msg);
     if (onDiskFull && *onDiskFull) (*onDiskFull)(msg);
     throw DiskFull(msg);
@@ -76,7 +76,8 @@ void Statement::reset() {
 std::string Statement::text(int column) const {
     const auto* p = sqlite3_column_text(m_stmt.get(), column);
     if (!p) return {};
-    return std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(sqlite3_column_bytes(m_stmt.get(), column)));
+    return std::string(reinterpret_cast<const char*>(p),
+                       static_cast<std::size_t>(sqlite3_column_bytes(m_stmt.get(), column)));
 }
 
 std::int64_t Statement::int64(int column) const { return sqlite3_column_int64(m_stmt.get(), column); }

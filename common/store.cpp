@@ -4,12 +4,12 @@
 #include "log.hpp"
 #include "util.hpp"
 
-#include <boost/json.hpp>
 #include <fcntl.h>
 #include <pwd.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
+#include <boost/json.hpp>
 
 #include <cerrno>
 #include <cstdio>
@@ -162,7 +162,7 @@ void ensurePrivateDir(const fs::path& dir) {
     fs::create_directories(dir.parent_path(), ec);
     if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
         throw std::runtime_error("cannot create " + dir.string() + ": " + std::strerror(errno));
-    struct stat st{};
+    struct stat st {};
     if (::lstat(dir.c_str(), &st) != 0)
         throw std::runtime_error("cannot inspect " + dir.string() + ": " + std::strerror(errno));
     if (!S_ISDIR(st.st_mode))
@@ -177,7 +177,7 @@ void ensurePrivateDir(const fs::path& dir) {
 std::vector<std::string> repairPrivateModes(const fs::path& dir) {
     std::vector<std::string> repaired;
     auto repair = [&](const fs::path& p, const std::string& name) {
-        struct stat st{};
+        struct stat st {};
         if (::lstat(p.c_str(), &st) != 0 || S_ISLNK(st.st_mode) || (st.st_mode & 077) == 0) return;
         char was[8];
         std::snprintf(was, sizeof was, "%04o", st.st_mode & 07777);
@@ -279,7 +279,8 @@ void Store::keepAudit(const AuditEntry& e) {
 
 void Store::insertAudit(const AuditEntry& e) {
     auto st = m_db.prepare(
-        "INSERT INTO audit (time, daemon_id, agent, session, cwd, command, exit_code) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+        "INSERT INTO audit (time, daemon_id, agent, session, cwd, command, exit_code) VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
+        "?7)");
     st.bind(1, e.time).bind(2, e.daemonId).bind(3, e.agent).bind(4, e.session).bind(5, e.cwd).bind(6, e.command);
     if (e.exitCode)
         st.bind(7, *e.exitCode);
@@ -290,7 +291,8 @@ void Store::insertAudit(const AuditEntry& e) {
 
 std::vector<Store::AuditEntry> Store::audit(const std::string& daemonId, int limit) {
     auto st = m_db.prepare(
-        "SELECT time, daemon_id, agent, session, cwd, command, exit_code FROM (SELECT * FROM audit WHERE daemon_id = ?1 "
+        "SELECT time, daemon_id, agent, session, cwd, command, exit_code FROM (SELECT * FROM audit WHERE daemon_id = "
+        "?1 "
         "ORDER BY id DESC LIMIT ?2) ORDER BY id");
     st.bind(1, daemonId).bind(2, limit);
     std::vector<AuditEntry> out;

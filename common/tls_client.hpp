@@ -6,10 +6,10 @@
 
 #include "util.hpp"
 
-#include <boost/asio/ssl.hpp>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <unistd.h>
+#include <boost/asio/ssl.hpp>
 
 #include <cstdlib>
 #include <string>

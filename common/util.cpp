@@ -52,7 +52,8 @@ std::optional<Url> parseUrl(std::string_view text, std::string* error) {
     };
     Url u;
     auto sep = text.find("://");
-    if (sep == std::string_view::npos) return failWith("URL must start with https:// (got \"" + std::string(text) + "\")");
+    if (sep == std::string_view::npos)
+        return failWith("URL must start with https:// (got \"" + std::string(text) + "\")");
     u.scheme = std::string(text.substr(0, sep));
     if (u.scheme == "wss") u.scheme = "https";
     if (u.scheme == "ws") u.scheme = "http";
@@ -81,7 +82,8 @@ std::optional<Url> parseUrl(std::string_view text, std::string* error) {
     if (u.port.empty()) u.port = u.tls() ? "443" : "80";
     for (char c : u.port)
         if (c < '0' || c > '9') return failWith("URL port must be a number");
-    if (u.port.size() > 5 || std::stoi(u.port) == 0 || std::stoi(u.port) > 65535) return failWith("URL port out of range");
+    if (u.port.size() > 5 || std::stoi(u.port) == 0 || std::stoi(u.port) > 65535)
+        return failWith("URL port out of range");
     auto q = path.find_first_of("?#");
     if (q != std::string_view::npos) path = path.substr(0, q);
     while (!path.empty() && path.back() == '/') path.remove_suffix(1);
@@ -106,8 +108,8 @@ bool isLoopbackHost(std::string_view host) {
 bool isValidDaemonId(std::string_view id) {
     if (id.empty() || id.size() > 64 || id.front() == '.' || id.front() == '-') return false;
     for (char c : id) {
-        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-                  c == '_' || c == '-';
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+                  c == '-';
         if (!ok) return false;
     }
     return true;
@@ -130,11 +132,21 @@ bool isValidUtf8(std::string_view s) {
         auto c = static_cast<unsigned char>(s[i]);
         std::size_t len;
         std::uint32_t cp;
-        if (c < 0x80) { ++i; continue; }
-        if ((c & 0xe0) == 0xc0) { len = 2; cp = c & 0x1f; }
-        else if ((c & 0xf0) == 0xe0) { len = 3; cp = c & 0x0f; }
-        else if ((c & 0xf8) == 0xf0) { len = 4; cp = c & 0x07; }
-        else return false;
+        if (c < 0x80) {
+            ++i;
+            continue;
+        }
+        if ((c & 0xe0) == 0xc0) {
+            len = 2;
+            cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            len = 3;
+            cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            len = 4;
+            cp = c & 0x07;
+        } else
+            return false;
         if (i + len > s.size()) return false;
         for (std::size_t k = 1; k < len; ++k) {
             auto cc = static_cast<unsigned char>(s[i + k]);
@@ -229,10 +241,10 @@ std::string bundledProgram(std::string_view relative) {
 }
 
 std::string signalName(int sig) {
-    static constexpr const char* kNames[] = {
-        nullptr, "HUP",  "INT",  "QUIT", "ILL",    "TRAP", "ABRT",   "BUS",  "FPE",  "KILL", "USR1",
-        "SEGV",  "USR2", "PIPE", "ALRM", "TERM",   "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN",
-        "TTOU",  "URG",  "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH",  "IO",   "PWR",  "SYS"};
+    static constexpr const char* kNames[] = {nullptr,  "HUP",  "INT",    "QUIT", "ILL",   "TRAP", "ABRT", "BUS",
+                                             "FPE",    "KILL", "USR1",   "SEGV", "USR2",  "PIPE", "ALRM", "TERM",
+                                             "STKFLT", "CHLD", "CONT",   "STOP", "TSTP",  "TTIN", "TTOU", "URG",
+                                             "XCPU",   "XFSZ", "VTALRM", "PROF", "WINCH", "IO",   "PWR",  "SYS"};
     if (sig > 0 && sig < static_cast<int>(std::size(kNames))) return std::string("SIG") + kNames[sig];
     return "SIG" + std::to_string(sig);
 }

@@ -45,12 +45,15 @@ Command addAuditCommand(CLI::App& parent) {
     auto lines = std::make_shared<int>(50);
     auto asJson = std::make_shared<bool>(false);
     auto* app = parent.add_subcommand("audit", "Show the commands agents ran through the daemon (newest last)");
-    app->footer("Every exec, shell command line and job script is recorded in $HPC_DAEMON_HOME/state.db with its\n"
-                "time, the agent's identity, session (exec, pty:N or job:ID), working directory, command and exit\n"
-                "status (128+N for signal N; none for jobs, see hpc-daemonctl jobs).\n\n" +
-                std::string(kExitCodeHelp));
+    app->footer(
+        "Every exec, shell command line and job script is recorded in $HPC_DAEMON_HOME/state.db with its\n"
+        "time, the agent's identity, session (exec, pty:N or job:ID), working directory, command and exit\n"
+        "status (128+N for signal N; none for jobs, see hpc-daemonctl jobs).\n\n" +
+        std::string(kExitCodeHelp));
     app->add_option("--daemon-id", *id, "profile (default: the only one)");
-    app->add_option("-n,--lines", *lines, "how many of the newest entries")->check(CLI::Range(1, 1000000))->capture_default_str();
+    app->add_option("-n,--lines", *lines, "how many of the newest entries")
+        ->check(CLI::Range(1, 1000000))
+        ->capture_default_str();
     app->add_flag("--json", *asJson, "print JSON");
     return Command{app, [id, lines, asJson] { return runAudit(*id, *lines, *asJson); }};
 }

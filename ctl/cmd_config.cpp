@@ -82,10 +82,11 @@ Command addConfigCommand(CLI::App& parent) {
     auto key = std::make_shared<std::string>();
     auto value = std::make_shared<std::string>();
     auto* app = parent.add_subcommand("config", "Show or change the profile's settings (retention, size caps)");
-    app->footer("Durations: 90d, 12h, 30m, 45s, 2w (or seconds). Sizes: 64MiB, 512KiB, 1GiB, 64M (binary), 64MB\n"
-                "(decimal), or bytes. A change is checked first (nothing changes when it is refused) and applied to\n"
-                "a running daemon at once. See docs/ctl.md, \"Settings\".\n\n" +
-                std::string(kExitCodeHelp));
+    app->footer(
+        "Durations: 90d, 12h, 30m, 45s, 2w (or seconds). Sizes: 64MiB, 512KiB, 1GiB, 64M (binary), 64MB\n"
+        "(decimal), or bytes. A change is checked first (nothing changes when it is refused) and applied to\n"
+        "a running daemon at once. See docs/ctl.md, \"Settings\".\n\n" +
+        std::string(kExitCodeHelp));
     app->add_option("--daemon-id", *id, "profile (default: the only one)");
     app->add_flag("--json", *asJson, "print JSON (key, value, default, set, description)");
     app->require_subcommand(0, 1);

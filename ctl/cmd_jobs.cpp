@@ -43,8 +43,8 @@ int runJobs(const std::string& daemonId, bool asJson) {
         const auto& o = v.as_object();
         std::string when = utcTime(o.at("submitted_at").to_number<double>());
         std::printf("%-19s %-10s %-5s %-7s %-10s %-20s %-12s %s\n", text(o, "job_id").c_str(), text(o, "state").c_str(),
-                    text(o, "exit_code").c_str(), text(o, "backend").c_str(), text(o, "scheduler_id").c_str(), when.c_str(),
-                    text(o, "agent_id").c_str(), text(o, "name").c_str());
+                    text(o, "exit_code").c_str(), text(o, "backend").c_str(), text(o, "scheduler_id").c_str(),
+                    when.c_str(), text(o, "agent_id").c_str(), text(o, "name").c_str());
     }
     return kExitOk;
 }
@@ -55,10 +55,11 @@ Command addJobsCommand(CLI::App& parent) {
     auto id = std::make_shared<std::string>();
     auto asJson = std::make_shared<bool>(false);
     auto* app = parent.add_subcommand("jobs", "List the daemon's batch jobs (every agent's, newest first)");
-    app->footer("Asks the running daemon over D-Bus (ListJobs): its newest 1000 jobs with their state (PENDING,\n"
-                "RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ...), exit code, backend (slurm or local) and\n"
-                "scheduler id (the SLURM job id or the local pid). Exit code 3 when the daemon is not running.\n\n" +
-                std::string(kExitCodeHelp));
+    app->footer(
+        "Asks the running daemon over D-Bus (ListJobs): its newest 1000 jobs with their state (PENDING,\n"
+        "RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ...), exit code, backend (slurm or local) and\n"
+        "scheduler id (the SLURM job id or the local pid). Exit code 3 when the daemon is not running.\n\n" +
+        std::string(kExitCodeHelp));
     app->add_option("--daemon-id", *id, "profile (default: the only one)");
     app->add_flag("--json", *asJson, "print JSON");
     return Command{app, [id, asJson] { return runJobs(*id, *asJson); }};

@@ -60,7 +60,7 @@ int runList(bool asJson) {
     std::printf("%-24s %-9s %-13s %-22s %s\n", "DAEMON", "LOCAL", "LINK", "PLATFORM", "URL");
     for (const auto& r : rows) {
         const auto& o = r.as_object();
-        std::string platform = o.at("registered").is_null() ? "unreachable"
+        std::string platform = o.at("registered").is_null()    ? "unreachable"
                                : !o.at("registered").as_bool() ? "not registered"
                                : o.at("connected").as_bool()   ? "registered, online"
                                                                : "registered, offline";

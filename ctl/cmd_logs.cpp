@@ -46,7 +46,7 @@ int runLogs(const std::string& daemonId, bool follow, int lines, const std::stri
                             "to systemd-journal, or run the daemon in nohup mode, which logs to a file: "
                             "hpc-daemonctl stop && HPC_DAEMONCTL_MODE=nohup hpc-daemonctl start");
         }
-        std::vector<std::string> argv = {"journalctl", "--user", "-u", unitName(t.profile.daemonId), "-n",
+        std::vector<std::string> argv = {"journalctl",          "--user",    "-u", unitName(t.profile.daemonId), "-n",
                                          std::to_string(lines), "--no-pager"};
         if (!priority.empty()) argv.insert(argv.end(), {"-p", priority});
         if (follow) argv.push_back("-f");
@@ -69,12 +69,16 @@ Command addLogsCommand(CLI::App& parent) {
     auto lines = std::make_shared<int>(100);
     auto priority = std::make_shared<std::string>();
     auto* app = parent.add_subcommand("logs", "Show the daemon's log (journald in systemd mode, else its log file)");
-    app->footer("In systemd mode this runs journalctl --user -u hpc-daemon@ID (the daemon logs with journal\n"
-                "priorities; every instance: journalctl --user -u hpc-daemon.slice); in nohup mode it reads\n"
-                "$HPC_DAEMON_HOME/ID.log.\n\n" + std::string(kExitCodeHelp));
+    app->footer(
+        "In systemd mode this runs journalctl --user -u hpc-daemon@ID (the daemon logs with journal\n"
+        "priorities; every instance: journalctl --user -u hpc-daemon.slice); in nohup mode it reads\n"
+        "$HPC_DAEMON_HOME/ID.log.\n\n" +
+        std::string(kExitCodeHelp));
     app->add_option("--daemon-id", *id, "profile (default: the only one)");
     app->add_flag("-f,--follow", *follow, "keep printing new lines");
-    app->add_option("-n,--lines", *lines, "how many of the last lines")->check(CLI::Range(1, 1000000))->capture_default_str();
+    app->add_option("-n,--lines", *lines, "how many of the last lines")
+        ->check(CLI::Range(1, 1000000))
+        ->capture_default_str();
     app->add_option("-p,--priority", *priority,
                     "journal only: lines of this priority or more urgent (err, warning, notice, info, debug)")
         ->check(CLI::IsMember({"emerg", "alert", "crit", "err", "warning", "notice", "info", "debug"}));

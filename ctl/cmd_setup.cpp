@@ -64,13 +64,17 @@ std::string prepareDir(const std::string& dir, const char* what) {
     fs::path p = fs::absolute(expandHome(dir));
     std::error_code ec;
     fs::create_directories(p, ec);
-    if (ec) throw Error(ErrorCode::BadRequest, std::string("cannot create ") + what + " " + p.string() + ": " + ec.message());
-    if (!fs::is_directory(p)) throw Error(ErrorCode::BadRequest, std::string(what) + " " + p.string() + " is not a directory");
+    if (ec)
+        throw Error(ErrorCode::BadRequest,
+                    std::string("cannot create ") + what + " " + p.string() + ": " + ec.message());
+    if (!fs::is_directory(p))
+        throw Error(ErrorCode::BadRequest, std::string(what) + " " + p.string() + " is not a directory");
     return fs::canonical(p).string();
 }
 
 std::string replaceAll(std::string text, const std::string& from, const std::string& to) {
-    for (auto p = text.find(from); p != std::string::npos; p = text.find(from, p + to.size())) text.replace(p, from.size(), to);
+    for (auto p = text.find(from); p != std::string::npos; p = text.find(from, p + to.size()))
+        text.replace(p, from.size(), to);
     return text;
 }
 
@@ -152,7 +156,8 @@ void interview(SetupOptions& o, Prompter& ask) {
         ask.say("\nAgents may write only inside the allowed directories (comma-separated; created if missing).");
         o.allowedDirs = splitList(ask.ask("Allowed directories", defaultWorkspace()));
     }
-    if (o.jobDir.empty()) o.jobDir = ask.ask("Working directory for jobs", o.allowedDirs.empty() ? "" : o.allowedDirs[0]);
+    if (o.jobDir.empty())
+        o.jobDir = ask.ask("Working directory for jobs", o.allowedDirs.empty() ? "" : o.allowedDirs[0]);
     if (o.instructions.empty()) o.instructions = ask.ask("Instructions for agents (optional)");
     if (o.clusterName.empty()) o.clusterName = ask.ask("Cluster name shown to agents", hostName());
 }
@@ -171,26 +176,26 @@ int runSetup(SetupOptions o) {
         throw Error(ErrorCode::BadRequest, "--url must use https (plain http is allowed only to a loopback address)");
     std::string daemonId = o.daemonId.empty() ? hostName() : o.daemonId;
     if (!isValidDaemonId(daemonId))
-        throw Error(ErrorCode::BadRequest, "daemon id \"" + daemonId +
-                                               "\" is invalid: use 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)");
+        throw Error(
+            ErrorCode::BadRequest,
+            "daemon id \"" + daemonId + "\" is invalid: use 1-64 of A-Z a-z 0-9 . _ - (not starting with . or -)");
     std::string caFile;
     if (!o.caFile.empty()) {
         std::error_code ec;
-        if (!fs::is_regular_file(o.caFile, ec)) throw Error(ErrorCode::BadRequest, "--ca-file " + o.caFile + " is not a file");
+        if (!fs::is_regular_file(o.caFile, ec))
+            throw Error(ErrorCode::BadRequest, "--ca-file " + o.caFile + " is not a file");
         caFile = fs::canonical(o.caFile).string();
     }
     // Checked before any network call; the route is the one the daemon will take.
     std::string proxy = validateProxySetting(o.proxy);
     ProxyRoute route = resolveProxyRoute(proxy, *url);
     if (!o.skill.empty() && builtinSkill(o.skill).empty() && o.skill.find(' ') == std::string::npos)
-        throw Error(ErrorCode::BadRequest, "--skill " + o.skill + " is not a built-in skill (" +
-                                               [] {
-                                                   std::string names;
-                                                   for (const auto& s : kBuiltinSkills)
-                                                       names += (names.empty() ? "" : ", ") + std::string(s.name);
-                                                   return names;
-                                               }() +
-                                               "); to describe a server in your own words use a phrase with spaces");
+        throw Error(
+            ErrorCode::BadRequest, "--skill " + o.skill + " is not a built-in skill (" + [] {
+                std::string names;
+                for (const auto& s : kBuiltinSkills) names += (names.empty() ? "" : ", ") + std::string(s.name);
+                return names;
+            }() + "); to describe a server in your own words use a phrase with spaces");
 
     // Open the store first: a store problem should stop us before the user
     // types a code.
@@ -226,8 +231,9 @@ int runSetup(SetupOptions o) {
     profile.instructions = o.instructions;
     for (const auto& d : o.allowedDirs) profile.allowedDirs.push_back(prepareDir(d, "allowed directory"));
     if (profile.allowedDirs.empty())
-        std::cerr << "\n*** WARNING: no allowed directories. Agents will be able to write ANYWHERE this user can. ***\n"
-                     "*** Re-run setup with --allowed-dirs DIR... to confine them.                              ***\n\n";
+        std::cerr
+            << "\n*** WARNING: no allowed directories. Agents will be able to write ANYWHERE this user can. ***\n"
+               "*** Re-run setup with --allowed-dirs DIR... to confine them.                              ***\n\n";
     if (!o.jobDir.empty())
         profile.jobWorkdir = prepareDir(o.jobDir, "job directory");
     else if (!profile.allowedDirs.empty())
@@ -238,9 +244,12 @@ int runSetup(SetupOptions o) {
     progress.step("Registering daemon " + daemonId + " with the platform");
     json::array dirs;
     for (const auto& d : profile.allowedDirs) dirs.emplace_back(d);
-    json::object info{{"hostname", hostName()},          {"cluster_name", profile.clusterName},
-                      {"skill", profile.skill},          {"allowed_dirs", dirs},
-                      {"job_workdir", profile.jobWorkdir}, {"instructions", profile.instructions},
+    json::object info{{"hostname", hostName()},
+                      {"cluster_name", profile.clusterName},
+                      {"skill", profile.skill},
+                      {"allowed_dirs", dirs},
+                      {"job_workdir", profile.jobWorkdir},
+                      {"instructions", profile.instructions},
                       {"scheduler", chooseScheduler().backend},
                       {"version", HPC_VERSION}};
     bool created = platform.registerDaemon(profile.apiKey, daemonId, info);
@@ -282,7 +291,8 @@ int runSetup(SetupOptions o) {
 
 Command addSetupCommand(CLI::App& parent) {
     auto o = std::make_shared<SetupOptions>();
-    auto* app = parent.add_subcommand("setup", "Sign in, create an API key, save this daemon's profile and register it");
+    auto* app =
+        parent.add_subcommand("setup", "Sign in, create an API key, save this daemon's profile and register it");
     app->footer(
         "The interview, in order: email and platform URL (unless given), the one-time code sent to the email\n"
         "(read from the terminal, or from standard input when it is not a terminal), the remote code execution\n"
@@ -300,7 +310,8 @@ Command addSetupCommand(CLI::App& parent) {
     app->add_option("--daemon-id", o->daemonId, "name of this daemon (default: the hostname)");
     app->add_option("--allowed-dirs", o->allowedDirs,
                     "directories agents may write in (created if missing); none means unrestricted");
-    app->add_option("--ca-file", o->caFile, "CA certificate that signs the platform's certificate (default: system CAs)");
+    app->add_option("--ca-file", o->caFile,
+                    "CA certificate that signs the platform's certificate (default: system CAs)");
     app->add_option("--proxy", o->proxy,
                     "HTTP proxy to reach the platform through (http://[user:password@]host:port), or \"direct\"; "
                     "default: HTTPS_PROXY/ALL_PROXY and NO_PROXY of the daemon's environment");

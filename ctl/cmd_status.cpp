@@ -15,7 +15,7 @@ namespace {
 std::string when(double epoch) {
     if (epoch <= 0) return "-";
     long ago = static_cast<long>(std::time(nullptr) - static_cast<time_t>(epoch));
-    std::string rel = ago < 120 ? std::to_string(ago) + " s ago"
+    std::string rel = ago < 120    ? std::to_string(ago) + " s ago"
                       : ago < 7200 ? std::to_string(ago / 60) + " min ago"
                                    : std::to_string(ago / 3600) + " h ago";
     return utcTime(epoch) + " UTC (" + rel + ")";
@@ -41,8 +41,10 @@ std::string list(const json::object& o, const char* key, const char* empty) {
 
 std::string sizeText(double bytes) {
     char buf[32];
-    if (bytes >= 1024.0 * 1024) std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / 1024 / 1024);
-    else std::snprintf(buf, sizeof buf, "%.1f KiB", bytes / 1024);
+    if (bytes >= 1024.0 * 1024)
+        std::snprintf(buf, sizeof buf, "%.1f MiB", bytes / 1024 / 1024);
+    else
+        std::snprintf(buf, sizeof buf, "%.1f KiB", bytes / 1024);
     return buf;
 }
 
@@ -77,13 +79,13 @@ int runStatus(const std::string& daemonId, bool asJson) {
               << "  scheduler:  " << str(s, "scheduler")
               << (str(s, "scheduler_reason").empty() ? "" : " — " + str(s, "scheduler_reason")) << "\n"
               << "  activity:   " << static_cast<long>(num(s, "running_execs")) << " commands, "
-              << static_cast<long>(num(s, "active_sessions")) << " shells, "
-              << static_cast<long>(num(s, "active_jobs")) << " jobs, "
-              << static_cast<long>(num(s, "pending_callbacks")) << " job callbacks waiting for the platform\n"
+              << static_cast<long>(num(s, "active_sessions")) << " shells, " << static_cast<long>(num(s, "active_jobs"))
+              << " jobs, " << static_cast<long>(num(s, "pending_callbacks"))
+              << " job callbacks waiting for the platform\n"
               << "  state:      " << sizeText(num(s, "state_bytes")) << " of state_max_bytes "
               << sizeText(num(s, "state_max_bytes")) << "; last prune: "
               << (num(s, "last_prune_at") > 0 ? when(num(s, "last_prune_at")) + ", " + str(s, "last_prune")
-                                                : std::string("none yet"))
+                                              : std::string("none yet"))
               << "\n"
               << (num(s, "job_dirs_removed") > 0
                       ? "  job dirs:   " + std::to_string(static_cast<long long>(num(s, "job_dirs_removed"))) +

@@ -117,11 +117,12 @@ int stopDaemon(const Target& t) {
 Command addStopCommand(CLI::App& parent) {
     auto id = std::make_shared<std::string>();
     auto* app = parent.add_subcommand("stop", "Stop the daemon");
-    app->footer("In systemd mode: systemctl --user disable --now hpc-daemon@ID (systemd ends a frozen daemon\n"
-                "after TimeoutStopSec). In nohup mode: Stop over D-Bus; a daemon that does not answer within 5 s\n"
-                "gets SIGTERM (and SIGCONT), then SIGKILL after 10 s. Waits until it is gone.\n"
-                "Stopping a daemon that is not running is not an error.\n\n" +
-                std::string(kExitCodeHelp));
+    app->footer(
+        "In systemd mode: systemctl --user disable --now hpc-daemon@ID (systemd ends a frozen daemon\n"
+        "after TimeoutStopSec). In nohup mode: Stop over D-Bus; a daemon that does not answer within 5 s\n"
+        "gets SIGTERM (and SIGCONT), then SIGKILL after 10 s. Waits until it is gone.\n"
+        "Stopping a daemon that is not running is not an error.\n\n" +
+        std::string(kExitCodeHelp));
     app->add_option("--daemon-id", *id, "profile to stop (default: the only one)");
     return Command{app, [id] { return stopDaemon(resolveTarget(*id)); }};
 }

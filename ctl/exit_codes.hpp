@@ -8,23 +8,28 @@ namespace hpc::ctl {
 
 enum ExitCode : int {
     kExitOk = 0,
-    kExitFailure = 1,        ///< anything not listed below
-    kExitUsage = 2,          ///< bad flags or arguments
-    kExitNotRunning = 3,     ///< the daemon is not running
-    kExitNotFound = 4,       ///< no such profile or daemon
-    kExitUnreachable = 5,    ///< the platform cannot be reached
-    kExitAuthFailed = 6,     ///< the platform refused the code, token or key
+    kExitFailure = 1,      ///< anything not listed below
+    kExitUsage = 2,        ///< bad flags or arguments
+    kExitNotRunning = 3,   ///< the daemon is not running
+    kExitNotFound = 4,     ///< no such profile or daemon
+    kExitUnreachable = 5,  ///< the platform cannot be reached
+    kExitAuthFailed = 6,   ///< the platform refused the code, token or key
 };
 
 inline int exitCodeFor(ErrorCode code) {
     switch (code) {
-        case ErrorCode::BadRequest: return kExitUsage;
-        case ErrorCode::NotFound: return kExitNotFound;
+        case ErrorCode::BadRequest:
+            return kExitUsage;
+        case ErrorCode::NotFound:
+            return kExitNotFound;
         case ErrorCode::Unavailable:
-        case ErrorCode::Timeout: return kExitUnreachable;
+        case ErrorCode::Timeout:
+            return kExitUnreachable;
         case ErrorCode::Unauthorized:
-        case ErrorCode::Limit: return kExitAuthFailed;
-        default: return kExitFailure;
+        case ErrorCode::Limit:
+            return kExitAuthFailed;
+        default:
+            return kExitFailure;
     }
 }
 

@@ -1,8 +1,8 @@
 // hpc-daemonctl (also installed as hpc-daemon, the name the Python
 // tasc-hpc-daemon's users type): the control client.
-#include "util.hpp"
 #include "commands.hpp"
 #include "exit_codes.hpp"
+#include "util.hpp"
 
 #include <iostream>
 #include <string>
@@ -17,9 +17,9 @@ int main(int argc, char** argv) {
     app.footer(hpc::ctl::kExitCodeHelp);
     app.require_subcommand(1);
     using namespace hpc::ctl;
-    std::vector<Command> commands{addSetupCommand(app),  addStartCommand(app), addStopCommand(app),
+    std::vector<Command> commands{addSetupCommand(app),   addStartCommand(app),  addStopCommand(app),
                                   addRestartCommand(app), addStatusCommand(app), addListCommand(app),
-                                  addLogsCommand(app),  addAuditCommand(app), addJobsCommand(app),
+                                  addLogsCommand(app),    addAuditCommand(app),  addJobsCommand(app),
                                   addConfigCommand(app)};
     try {
         app.parse(argc, argv);

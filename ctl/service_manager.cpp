@@ -80,10 +80,11 @@ ModeDecision decideMode() {
     if (fs::exists("/var/lib/systemd/linger/" + user)) return {true, "systemd user manager with lingering on"};
     if (runQuiet({"loginctl", "enable-linger", user}, &out) == 0)
         return {true, "systemd user manager; lingering was off and has been turned on"};
-    return {false, "lingering is off for " + user + " and cannot be turned on (loginctl enable-linger: " +
-                       out.substr(0, out.find('\n')) +
+    return {false, "lingering is off for " + user +
+                       " and cannot be turned on (loginctl enable-linger: " + out.substr(0, out.find('\n')) +
                        "), so a systemd unit would stop at logout; ask an administrator to run "
-                       "`loginctl enable-linger " + user + "`"};
+                       "`loginctl enable-linger " +
+                       user + "`"};
 }
 
 std::optional<pid_t> livePid(const Paths& paths) {
@@ -101,8 +102,8 @@ std::string daemonBinary() {
     std::error_code ec;
     fs::path self = fs::read_symlink("/proc/self/exe", ec);
     if (!ec) {
-        for (const fs::path& candidate : {self.parent_path() / "hpc-daemond",
-                                          self.parent_path().parent_path() / "daemon" / "hpc-daemond"})
+        for (const fs::path& candidate :
+             {self.parent_path() / "hpc-daemond", self.parent_path().parent_path() / "daemon" / "hpc-daemond"})
             if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
     }
     return "hpc-daemond";
@@ -110,8 +111,8 @@ std::string daemonBinary() {
 
 pid_t startDetached(const Paths& paths, const std::string& modeReason) {
     SpawnOptions o;
-    o.argv = {daemonBinary(), "--daemon-id", paths.daemonId, "--log-file", paths.logFile().string(),
-              "--mode-reason", modeReason};
+    o.argv = {daemonBinary(),           "--daemon-id",   paths.daemonId, "--log-file",
+              paths.logFile().string(), "--mode-reason", modeReason};
     o.newSession = true;  // no controlling terminal: a closed terminal does not end it
     o.in = Stdio::Null;
     o.out = Stdio::Null;
@@ -154,11 +155,16 @@ UnitState unitState(const std::string& daemonId) {
         auto eq = line.find('=');
         if (eq == std::string::npos) continue;
         std::string key = line.substr(0, eq), value = line.substr(eq + 1);
-        if (key == "LoadState") st.load = value;
-        else if (key == "ActiveState") st.active = value;
-        else if (key == "UnitFileState") st.fileState = value;
-        else if (key == "FragmentPath") st.fragment = value;
-        else if (key == "MainPID") st.mainPid = static_cast<pid_t>(std::atoi(value.c_str()));
+        if (key == "LoadState")
+            st.load = value;
+        else if (key == "ActiveState")
+            st.active = value;
+        else if (key == "UnitFileState")
+            st.fileState = value;
+        else if (key == "FragmentPath")
+            st.fragment = value;
+        else if (key == "MainPID")
+            st.mainPid = static_cast<pid_t>(std::atoi(value.c_str()));
     }
     return st;
 }
@@ -196,15 +202,13 @@ void writeFileAtomically(const fs::path& file, const std::string& text, fs::perm
 
 }  // namespace
 
-fs::path environmentFile(const std::string& daemonId) {
-    return userConfigDir() / "hpc-daemon" / (daemonId + ".env");
-}
+fs::path environmentFile(const std::string& daemonId) { return userConfigDir() / "hpc-daemon" / (daemonId + ".env"); }
 
 fs::path writeEnvironmentFile(const Paths& paths) {
     std::string text =
         "# Written by hpc-daemonctl setup/start from the environment it ran in; read by the unit\n"
-        "# hpc-daemon@" + paths.daemonId + " (EnvironmentFile=). Edit, then: systemctl --user restart " +
-        unitName(paths.daemonId) + "\n";
+        "# hpc-daemon@" +
+        paths.daemonId + " (EnvironmentFile=). Edit, then: systemctl --user restart " + unitName(paths.daemonId) + "\n";
     text += "HPC_DAEMON_HOME=" + quoted(paths.home.string()) + "\n";
     for (const char* name : {"PATH", "SLURM_CONF", "LOCAL_MODE"})
         if (const char* v = std::getenv(name); v && *v) text += std::string(name) + "=" + quoted(v) + "\n";
@@ -237,8 +241,8 @@ std::string ensureUnitInstalled(const std::string& daemonId) {
     for (auto p = text.find(placeholder); p != std::string::npos; p = text.find(placeholder, p))
         text.replace(p, placeholder.size(), daemonBinary());
     fs::path file = userConfigDir() / "systemd" / "user" / "hpc-daemon@.service";
-    writeFileAtomically(file, text, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
-                                        fs::perms::others_read);
+    writeFileAtomically(
+        file, text, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
     std::string out;
     if (systemctlUser({"daemon-reload"}, &out) != 0)
         throw Error(ErrorCode::Internal, "systemctl --user daemon-reload failed: " + out);

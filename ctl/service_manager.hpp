@@ -50,12 +50,14 @@ std::string unitName(const std::string& daemonId);
 
 /// What the user manager knows of a unit (`systemctl --user show`).
 struct UnitState {
-    std::string load;    ///< LoadState: "loaded", "not-found", ... ("" when systemctl failed)
-    std::string active;  ///< ActiveState: "active", "inactive", "failed", "activating", ...
+    std::string load;       ///< LoadState: "loaded", "not-found", ... ("" when systemctl failed)
+    std::string active;     ///< ActiveState: "active", "inactive", "failed", "activating", ...
     std::string fileState;  ///< UnitFileState: "enabled", "disabled", ...
     std::string fragment;   ///< FragmentPath: the unit file in use
     pid_t mainPid = 0;
-    bool running() const { return active == "active" || active == "activating" || active == "reloading" || active == "deactivating"; }
+    bool running() const {
+        return active == "active" || active == "activating" || active == "reloading" || active == "deactivating";
+    }
 };
 UnitState unitState(const std::string& daemonId);
 
@@ -67,9 +69,9 @@ std::filesystem::path environmentFile(const std::string& daemonId);
 /// Writes the environment file from this process's environment:
 /// HPC_DAEMON_HOME, PATH (where sbatch is found), and SLURM_CONF,
 /// LOCAL_MODE, HPC_JOB_MEMORY_MAX and HPC_JOB_TASKS_MAX (limits of each local
-/// job's scope; throws hpc::Error(BadRequest) when not a systemd limit) when set. A user manager reads neither ~/.profile nor the
-/// caller's environment, so without this a `module load slurm` or a
-/// LOCAL_MODE=1 would not reach the unit. Returns its path.
+/// job's scope; throws hpc::Error(BadRequest) when not a systemd limit) when set. A user manager reads neither
+/// ~/.profile nor the caller's environment, so without this a `module load slurm` or a LOCAL_MODE=1 would not reach the
+/// unit. Returns its path.
 std::filesystem::path writeEnvironmentFile(const Paths& paths);
 
 /// Installs the user unit template to $XDG_CONFIG_HOME/systemd/user (default

@@ -21,14 +21,14 @@
 #include "store.hpp"
 #include "util.hpp"
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <fcntl.h>
-#include <sys/file.h>
-#include <sys/stat.h>
-#include <signal.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -57,7 +57,8 @@ public:
         // retry until the locked file is the one at the path.
         for (int attempt = 0;; ++attempt) {
             m_fd = ::open(m_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-            if (m_fd < 0) throw std::runtime_error("cannot open pid file " + m_path.string() + ": " + std::strerror(errno));
+            if (m_fd < 0)
+                throw std::runtime_error("cannot open pid file " + m_path.string() + ": " + std::strerror(errno));
             if (::flock(m_fd, LOCK_EX | LOCK_NB) != 0) {
                 int err = errno;
                 std::string holder = readHolder();
@@ -73,7 +74,8 @@ public:
                              "): a second daemon for this profile would not be refused");
                 break;
             }
-            struct stat held {}, atPath {};
+            struct stat held {
+            }, atPath{};
             if (::fstat(m_fd, &held) == 0 && ::stat(m_path.c_str(), &atPath) == 0 && held.st_ino == atPath.st_ino &&
                 held.st_dev == atPath.st_dev)
                 break;
@@ -109,8 +111,14 @@ private:
 class Daemon {
 public:
     Daemon(asio::io_context& ioc, const DaemonOptions& options)
-        : m_ioc(ioc), m_options(options), m_store(Store::open()), m_exec(ioc), m_notifier(ioc), m_signals(ioc),
-          m_shutdownTimer(ioc), m_stateCheck(ioc) {
+        : m_ioc(ioc),
+          m_options(options),
+          m_store(Store::open()),
+          m_exec(ioc),
+          m_notifier(ioc),
+          m_signals(ioc),
+          m_shutdownTimer(ioc),
+          m_stateCheck(ioc) {
         m_profile = selectProfile(m_store, options.daemonId);
         m_stateKeeper = std::make_unique<StateKeeper>(ioc, m_store, m_profile.daemonId);
         m_startedAt = nowEpochSeconds();
@@ -129,9 +137,9 @@ public:
         SchedulerChoice choice = chooseScheduler();
         m_schedulerReason = choice.reason;
         log::info("scheduler " + choice.backend + ": " + choice.reason);
-        m_jobs = std::make_unique<JobService>(ioc, m_store, m_profile.daemonId, makeScheduler(choice.backend),
-                                              [this](std::string text) { return m_link && m_link->sendText(std::move(text)); },
-                                              options.jobIoTimeout);
+        m_jobs = std::make_unique<JobService>(
+            ioc, m_store, m_profile.daemonId, makeScheduler(choice.backend),
+            [this](std::string text) { return m_link && m_link->sendText(std::move(text)); }, options.jobIoTimeout);
         m_jobs->setSchedulerFactory([this](const std::string& backend) -> std::unique_ptr<Scheduler> {
             if (backend == "slurm" && findInPath("squeue").empty()) return nullptr;
             if (backend != "slurm" && backend != "local") return nullptr;
@@ -350,7 +358,8 @@ private:
         std::string urlError;
         auto url = parseUrl(m_profile.platformUrl, &urlError);
         if (!url)
-            throw Error(ErrorCode::BadRequest, "profile " + m_profile.daemonId + " has a bad platform URL: " + urlError);
+            throw Error(ErrorCode::BadRequest,
+                        "profile " + m_profile.daemonId + " has a bad platform URL: " + urlError);
         LinkConfig lc;
         lc.url = *url;
         lc.daemonId = m_profile.daemonId;

@@ -80,7 +80,8 @@ void Dispatcher::onBinary(std::string_view data) {
         return;
     }
     if (!m_pty) {
-        m_send(protocol::makeError({}, ErrorCode::NotFound, "channel " + std::to_string(frame->channel) + " is not open"));
+        m_send(
+            protocol::makeError({}, ErrorCode::NotFound, "channel " + std::to_string(frame->channel) + " is not open"));
         return;
     }
     try {
@@ -137,8 +138,8 @@ bool Dispatcher::handlePty(const protocol::Envelope& env) {
         r.env = protocol::optEnv(p, "env");
         r.confinement = m_confinement;
         const char* userShell = std::getenv("SHELL");
-        std::string shell = protocol::optString(p, "shell", 4096)
-                                .value_or(userShell && *userShell ? userShell : defaultShell());
+        std::string shell =
+            protocol::optString(p, "shell", 4096).value_or(userShell && *userShell ? userShell : defaultShell());
         if (shell.empty()) throw Error(ErrorCode::BadRequest, "\"shell\" is empty");
         r.argv = guardedShell(shell, m_shellGuard);
         r.agentId = agent;

@@ -5,10 +5,10 @@
 #include "log.hpp"
 #include "process.hpp"
 
+#include <signal.h>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
-#include <signal.h>
 
 #include <array>
 #include <system_error>
@@ -49,8 +49,7 @@ public:
         try {
             child = spawn(o);
         } catch (const std::system_error& e) {
-            if (e.code().value() == ENOENT)
-                throw Error(ErrorCode::NotFound, "no such program: " + m_req.argv.front());
+            if (e.code().value() == ENOENT) throw Error(ErrorCode::NotFound, "no such program: " + m_req.argv.front());
             if (e.code().value() == EACCES)
                 throw Error(ErrorCode::BadRequest, "permission denied running " + m_req.argv.front());
             throw Error(ErrorCode::Internal, std::string("cannot start the command: ") + e.what());
@@ -84,8 +83,8 @@ public:
     }
 
 private:
-    void readFrom(asio::posix::stream_descriptor& fd, std::array<char, 65536>& buf, std::string& sink,
-                  bool& truncated, bool& open) {
+    void readFrom(asio::posix::stream_descriptor& fd, std::array<char, 65536>& buf, std::string& sink, bool& truncated,
+                  bool& open) {
         open = true;
         fd.async_read_some(asio::buffer(buf), [self = shared_from_this(), &fd, &buf, &sink, &truncated, &open](
                                                   boost::system::error_code ec, std::size_t n) {
@@ -126,8 +125,8 @@ private:
     void onTimeout() {
         if (m_exited) return;
         m_result.timedOut = true;
-        log::info("exec pid " + std::to_string(m_pid) + " timed out after " +
-                  std::to_string(m_req.timeout.count()) + " ms: sending SIGTERM to its process group");
+        log::info("exec pid " + std::to_string(m_pid) + " timed out after " + std::to_string(m_req.timeout.count()) +
+                  " ms: sending SIGTERM to its process group");
         kill(SIGTERM);
         // KILL the group after the grace period even if the leader is gone:
         // children that ignored TERM are still in it.

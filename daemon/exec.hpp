@@ -24,7 +24,7 @@ struct ExecRequest {
     std::optional<std::string> stdinData;
     std::chrono::milliseconds timeout{std::chrono::minutes(5)};
     std::chrono::milliseconds killGrace{std::chrono::seconds(2)};
-    std::size_t maxOutputBytes = 1024 * 1024;  ///< per stream
+    std::size_t maxOutputBytes = 1024 * 1024;        ///< per stream
     std::shared_ptr<const Confinement> confinement;  ///< applied at spawn; null: unconfined
 };
 

@@ -58,7 +58,7 @@ void installSigchldHandler() {
     std::call_once(once, [] {
         if (::pipe2(g_sigchldPipe, O_CLOEXEC | O_NONBLOCK) != 0)
             throw std::system_error(errno, std::generic_category(), "pipe2");
-        struct sigaction sa{};
+        struct sigaction sa {};
         sa.sa_handler = onSigchld;
         sigemptyset(&sa.sa_mask);
         // SA_RESTART: the rest of the daemon never sees EINTR for it.

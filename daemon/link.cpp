@@ -6,6 +6,7 @@
 #include "proxy_tunnel.hpp"
 #include "tls_client.hpp"
 
+#include <openssl/ssl.h>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -14,7 +15,6 @@
 #include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
 #include <boost/beast/websocket/ssl.hpp>
-#include <openssl/ssl.h>
 
 #include <deque>
 #include <variant>
@@ -31,11 +31,16 @@ namespace hpc::daemon {
 
 std::string_view toString(LinkState state) {
     switch (state) {
-        case LinkState::Connecting: return "connecting";
-        case LinkState::Connected: return "connected";
-        case LinkState::Backoff: return "backoff";
-        case LinkState::Unauthorized: return "unauthorized";
-        case LinkState::Stopping: return "stopping";
+        case LinkState::Connecting:
+            return "connecting";
+        case LinkState::Connected:
+            return "connected";
+        case LinkState::Backoff:
+            return "backoff";
+        case LinkState::Unauthorized:
+            return "unauthorized";
+        case LinkState::Stopping:
+            return "stopping";
     }
     return "unknown";
 }
@@ -146,10 +151,9 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
         if (c != conn) return;
         if (ec) return fail(c, proxy() ? "resolve the proxy " + proxy()->host : "resolve " + config.url.host, ec);
         c->tcpStream().expires_after(config.connectTimeout);
-        c->tcpStream().async_connect(results, [self = shared_from_this(), c](beast::error_code ec,
-                                                                            const tcp::endpoint&) {
-            self->onConnect(c, ec);
-        });
+        c->tcpStream().async_connect(
+            results,
+            [self = shared_from_this(), c](beast::error_code ec, const tcp::endpoint&) { self->onConnect(c, ec); });
     }
 
     void onConnect(const std::shared_ptr<Conn>& c, beast::error_code ec) {
@@ -175,10 +179,12 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
     void startTls(const std::shared_ptr<Conn>& c) {
         if (auto* tlsWs = std::get_if<std::unique_ptr<TlsWs>>(&c->ws)) {
             auto& stream = (*tlsWs)->next_layer();
-            if (!hpc::tls::expectPeer(stream, config.url.host)) return fail(c, "TLS setup", beast::error_code{}, "cannot set SNI");
+            if (!hpc::tls::expectPeer(stream, config.url.host))
+                return fail(c, "TLS setup", beast::error_code{}, "cannot set SNI");
             c->tcpStream().expires_after(config.connectTimeout);
-            stream.async_handshake(ssl::stream_base::client,
-                                   [self = shared_from_this(), c](beast::error_code ec) { self->onTlsHandshake(c, ec); });
+            stream.async_handshake(ssl::stream_base::client, [self = shared_from_this(), c](beast::error_code ec) {
+                self->onTlsHandshake(c, ec);
+            });
             return;
         }
         onTlsHandshake(c, {});
@@ -204,7 +210,8 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
                 req.set(http::field::authorization, "Bearer " + key.reveal());
                 req.set(http::field::user_agent, "hpc-daemond/" HPC_VERSION);
             }));
-            std::string host = config.url.host.find(':') != std::string::npos ? "[" + config.url.host + "]" : config.url.host;
+            std::string host =
+                config.url.host.find(':') != std::string::npos ? "[" + config.url.host + "]" : config.url.host;
             ws.async_handshake(*response, host + ":" + config.url.port,
                                config.url.path + "/hpc/daemons/" + config.daemonId + "/ws",
                                [self = shared_from_this(), c, response](beast::error_code ec) {
@@ -223,7 +230,8 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
                            " (HTTP 404): run hpc-daemonctl setup to register it");
                 return unauthorized(c, status);
             }
-            return fail(c, "WebSocket upgrade" + (status ? " (HTTP " + std::to_string(status) + ")" : std::string()), ec);
+            return fail(c, "WebSocket upgrade" + (status ? " (HTTP " + std::to_string(status) + ")" : std::string()),
+                        ec);
         }
         c->open = true;
         backoff.reset();
@@ -243,9 +251,8 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
 
     void doRead(const std::shared_ptr<Conn>& c) {
         c->visit([&](auto& ws) {
-            ws.async_read(c->readBuffer, [self = shared_from_this(), c](beast::error_code ec, std::size_t) {
-                self->onRead(c, ec);
-            });
+            ws.async_read(c->readBuffer,
+                          [self = shared_from_this(), c](beast::error_code ec, std::size_t) { self->onRead(c, ec); });
         });
     }
 
@@ -403,7 +410,9 @@ Link::Link(asio::io_context& ioc, LinkConfig config, LinkHandlers handlers)
 
 Link::~Link() { m_impl->stop(); }
 
-void Link::start() { asio::post(m_impl->ioc, [impl = m_impl] { impl->connect(); }); }
+void Link::start() {
+    asio::post(m_impl->ioc, [impl = m_impl] { impl->connect(); });
+}
 void Link::stop() { m_impl->stop(); }
 bool Link::sendText(std::string text) { return m_impl->enqueue(m_impl->conn, Outgoing{std::move(text), false}); }
 

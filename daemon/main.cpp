@@ -1,11 +1,11 @@
 // hpc-daemond: the daemon. See `hpc-daemond --help`.
-#include "util.hpp"
 #include "daemon.hpp"
 #include "errors.hpp"
 #include "log.hpp"
+#include "util.hpp"
 
-#include <CLI/CLI.hpp>
 #include <signal.h>
+#include <CLI/CLI.hpp>
 
 #include <iostream>
 
@@ -24,8 +24,7 @@ int main(int argc, char** argv) {
     std::string logFile;
     bool verbose = false;
     app.add_option("--daemon-id", options.daemonId, "profile to run (default: the only one)");
-    app.add_option("--heartbeat-seconds", heartbeatSeconds,
-                   "ping period; a link silent for 3 periods is replaced")
+    app.add_option("--heartbeat-seconds", heartbeatSeconds, "ping period; a link silent for 3 periods is replaced")
         ->check(CLI::Range(0.05, 3600.0))
         ->capture_default_str();
     app.add_option("--reconnect-max-seconds", reconnectMaxSeconds, "cap of the reconnect backoff")

@@ -8,13 +8,13 @@
 #include "protocol.hpp"
 #include "util.hpp"
 
-#include <boost/asio/posix/stream_descriptor.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/write.hpp>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <termios.h>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
 
 #include <array>
 #include <cstdlib>
@@ -63,10 +63,11 @@ public:
     }
 
     void write(const char* data, std::size_t size) {
-        if (m_finished || m_eof) throw Error(ErrorCode::NotFound, "channel " + std::to_string(m_info.channel) + " has ended");
+        if (m_finished || m_eof)
+            throw Error(ErrorCode::NotFound, "channel " + std::to_string(m_info.channel) + " has ended");
         if (m_inputBytes + size > kMaxInputBacklog)
-            throw Error(ErrorCode::Limit, "input to channel " + std::to_string(m_info.channel) +
-                                              " is not being read; backlog full");
+            throw Error(ErrorCode::Limit,
+                        "input to channel " + std::to_string(m_info.channel) + " is not being read; backlog full");
         m_inputBytes += size;
         m_input.emplace_back(data, size);
         touch();
@@ -112,7 +113,8 @@ private:
             self->m_idleArmed = false;
             if (ec || self->m_finished) return;
             auto idleFor = std::chrono::steady_clock::now() - self->m_lastActivity;
-            auto limit = std::chrono::duration_cast<std::chrono::steady_clock::duration>(self->m_service.m_limits.idleTimeout);
+            auto limit =
+                std::chrono::duration_cast<std::chrono::steady_clock::duration>(self->m_service.m_limits.idleTimeout);
             if (idleFor < limit) {
                 self->armIdle(limit - idleFor);
                 return;
@@ -129,10 +131,9 @@ private:
         }
         m_reading = true;
         std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(m_buffer.size(), m_credit));
-        m_master.async_read_some(asio::buffer(m_buffer.data(), want),
-                                 [self = shared_from_this()](boost::system::error_code ec, std::size_t n) {
-                                     self->onRead(ec, n);
-                                 });
+        m_master.async_read_some(
+            asio::buffer(m_buffer.data(), want),
+            [self = shared_from_this()](boost::system::error_code ec, std::size_t n) { self->onRead(ec, n); });
     }
 
     void onRead(boost::system::error_code ec, std::size_t n) {
@@ -263,8 +264,7 @@ PtyInfo PtyService::open(const PtyOpenRequest& r) {
     if (!master || ::grantpt(master.get()) != 0 || ::unlockpt(master.get()) != 0)
         throw Error(ErrorCode::Internal, std::string("cannot allocate a PTY: ") + std::strerror(errno));
     char name[128];
-    if (::ptsname_r(master.get(), name, sizeof name) != 0)
-        throw Error(ErrorCode::Internal, "cannot name the PTY");
+    if (::ptsname_r(master.get(), name, sizeof name) != 0) throw Error(ErrorCode::Internal, "cannot name the PTY");
     UniqueFd slave(::open(name, O_RDWR | O_NOCTTY | O_CLOEXEC));
     if (!slave) throw Error(ErrorCode::Internal, std::string("cannot open ") + name + ": " + std::strerror(errno));
     setWindowSize(master.get(), r.cols, r.rows);

@@ -37,11 +37,11 @@ struct PtyLimits {
 
 struct PtyOpenRequest {
     unsigned cols = 80, rows = 24;
-    std::string cwd;                 ///< resolved and checked by the caller
-    std::vector<std::string> env;    ///< "NAME=value" over the daemon's environment
-    std::vector<std::string> argv;   ///< the shell and its arguments
+    std::string cwd;                ///< resolved and checked by the caller
+    std::vector<std::string> env;   ///< "NAME=value" over the daemon's environment
+    std::vector<std::string> argv;  ///< the shell and its arguments
     std::string agentId;
-    std::uint64_t credit = 0;        ///< 0: the default
+    std::uint64_t credit = 0;                        ///< 0: the default
     std::shared_ptr<const Confinement> confinement;  ///< applied at spawn; null: unconfined
 };
 
@@ -61,8 +61,8 @@ public:
     /// Sends output of a channel; false when the link cannot take it now.
     using SendOutput = std::function<bool(std::uint32_t channel, const char* data, std::size_t size)>;
     /// A command line the shell reported: (channel, agent, cwd, command, status).
-    using AuditLine = std::function<void(const PtyInfo& session, const std::string& cwd, const std::string& command,
-                                         int status)>;
+    using AuditLine =
+        std::function<void(const PtyInfo& session, const std::string& cwd, const std::string& command, int status)>;
     /// The descriptor number a shell writes its audit lines to (HPC_AUDIT_FD).
     static constexpr int kAuditFd = 9;
 

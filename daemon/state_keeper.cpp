@@ -25,12 +25,15 @@ std::string isoTime(double epochSeconds) {
 }  // namespace
 
 StateKeeper::StateKeeper(asio::io_context& ioc, Store& store, std::string daemonId)
-    : m_ioc(ioc), m_store(store), m_daemonId(std::move(daemonId)), m_pruner(store, m_daemonId), m_timer(ioc),
+    : m_ioc(ioc),
+      m_store(store),
+      m_daemonId(std::move(daemonId)),
+      m_pruner(store, m_daemonId),
+      m_timer(ioc),
       m_probe(ioc) {
     // Told from inside a failing statement: act on the next turn of the loop.
-    m_store.health().setListener([this](bool full) {
-        asio::post(m_ioc, [this, full] { full ? onFull() : onWritable(); });
-    });
+    m_store.health().setListener(
+        [this](bool full) { asio::post(m_ioc, [this, full] { full ? onFull() : onWritable(); }); });
     if (m_store.health().full()) onFull();
 }
 

@@ -28,10 +28,10 @@ struct DaemonStatus {
     unsigned pendingCallbacks = 0;  ///< job callbacks the platform has not acknowledged
     std::string busAddress;
     double startedAt = 0;
-    long long stateBytes = 0;          ///< state.db and its WAL on disk
+    long long stateBytes = 0;              ///< state.db and its WAL on disk
     unsigned long long stateMaxBytes = 0;  ///< the state_max_bytes setting
-    std::string stateWarning;          ///< set while the size cap prunes early (or cannot be met)
-    double lastPruneAt = 0;            ///< 0: no prune pass finished yet
+    std::string stateWarning;              ///< set while the size cap prunes early (or cannot be met)
+    double lastPruneAt = 0;                ///< 0: no prune pass finished yet
     long long lastPruneAuditRows = 0;
     long long lastPruneJobs = 0;
     std::string lastPruneSummary;

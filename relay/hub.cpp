@@ -38,8 +38,7 @@ void Hub::deliverCallback(std::int64_t userId, const std::string& daemonId, cons
     if (!agentId || !agentId->is_string()) return;
     auto [from, to] = m_agents.equal_range({userId, std::string(agentId->get_string())});
     for (auto it = from; it != to; ++it)
-        if (auto peer = it->second.lock())
-            peer->sendText(callbackEvent(m_nextEventId++, daemonId, payload));
+        if (auto peer = it->second.lock()) peer->sendText(callbackEvent(m_nextEventId++, daemonId, payload));
 }
 
 bool Hub::answerAgentCallbackRequest(const Principal& agent, Peer& peer, const Envelope& env) {
@@ -189,16 +188,16 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
         return;
     }
     if (env.daemonId.empty() || !isValidDaemonId(env.daemonId)) {
-        peer->sendText(protocol::makeError(env.id, ErrorCode::BadRequest,
-                                           "a request needs \"daemon_id\": the daemon it is for"));
+        peer->sendText(
+            protocol::makeError(env.id, ErrorCode::BadRequest, "a request needs \"daemon_id\": the daemon it is for"));
         return;
     }
     auto it = m_daemons.find({agent.userId, env.daemonId});
     if (it == m_daemons.end()) {
         // The same answer whether the daemon is offline or belongs to someone
         // else, so ids of other users' daemons cannot be probed.
-        peer->sendText(protocol::makeError(env.id, ErrorCode::Unavailable,
-                                           "daemon " + env.daemonId + " is not connected"));
+        peer->sendText(
+            protocol::makeError(env.id, ErrorCode::Unavailable, "daemon " + env.daemonId + " is not connected"));
         return;
     }
     if (pendingFor(peer.get()) >= kMaxPendingPerAgent) {
@@ -226,7 +225,7 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
 }
 
 std::unordered_map<std::string, Hub::Pending>::iterator Hub::soleRequestTo(const DaemonKey& key,
-                                                                          const Envelope& error) {
+                                                                           const Envelope& error) {
     auto found = m_pending.end();
     std::size_t count = 0;
     for (auto it = m_pending.begin(); it != m_pending.end(); ++it)
@@ -350,7 +349,8 @@ void Hub::routeDaemonEvent(const DaemonKey& key, Envelope& env) {
 void Hub::answerDaemonRequest(const DaemonKey& key, Peer& daemon, const Envelope& env) {
     if (env.type == "hello") {
         log::info("daemon " + key.second + " says hello: " + json::serialize(env.payload));
-        daemon.sendText(protocol::makeOk(env.id, {{"server", "hpc-relay"}, {"version", HPC_VERSION}, {"v", protocol::kVersion}}));
+        daemon.sendText(
+            protocol::makeOk(env.id, {{"server", "hpc-relay"}, {"version", HPC_VERSION}, {"v", protocol::kVersion}}));
     } else if (env.type == "ping") {
         daemon.sendText(protocol::makeMessage("pong", env.id));
     } else if (env.type == "pong") {

@@ -1,19 +1,19 @@
 // hpc-relay: the self-hostable reference platform.
-#include "util.hpp"
 #include "api.hpp"
 #include "hub.hpp"
 #include "log.hpp"
-#include "settings.hpp"
 #include "process.hpp"
 #include "relay_db.hpp"
 #include "server.hpp"
+#include "settings.hpp"
 #include "store.hpp"
+#include "util.hpp"
 
-#include <CLI/CLI.hpp>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <filesystem>
 #include <iostream>
@@ -58,7 +58,7 @@ relay::CodeSender fileSender(std::string path) {
 /// Every connection is a descriptor: take all the kernel allows this process
 /// (soft up to hard) rather than the 1024 a login shell usually sets.
 void raiseOpenFileLimit() {
-    struct rlimit lim{};
+    struct rlimit lim {};
     if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= lim.rlim_max) return;
     rlim_t before = lim.rlim_cur;
     lim.rlim_cur = lim.rlim_max;
@@ -127,7 +127,7 @@ int main(int argc, char** argv) {
             return 2;
         }
         // The delivery command's exit status is not needed: let the kernel reap it.
-        struct sigaction sa{};
+        struct sigaction sa {};
         sa.sa_handler = SIG_DFL;
         sa.sa_flags = SA_NOCLDWAIT;
         ::sigaction(SIGCHLD, &sa, nullptr);
@@ -135,9 +135,10 @@ int main(int argc, char** argv) {
         raiseOpenFileLimit();
         ensurePrivateDir(dataDir);
         relay::RelayRetention retention;
-        for (auto [flag, text, out] : {std::tuple{"--callback-retention", &callbackRetention, &retention.callbackSeconds},
-                                       std::tuple{"--expired-retention", &expiredRetention, &retention.expiredSeconds},
-                                       std::tuple{"--prune-interval", &pruneInterval, &retention.intervalSeconds}}) {
+        for (auto [flag, text, out] :
+             {std::tuple{"--callback-retention", &callbackRetention, &retention.callbackSeconds},
+              std::tuple{"--expired-retention", &expiredRetention, &retention.expiredSeconds},
+              std::tuple{"--prune-interval", &pruneInterval, &retention.intervalSeconds}}) {
             auto d = parseDuration(*text);
             if (!d) {
                 std::cerr << "hpc-relay: " << flag << " \"" << *text << "\" is not a duration (90d, 12h, 30m, 45s)\n";

@@ -222,8 +222,7 @@ VerifyOutcome RelayDb::verifyCode(const Secret& token, const Secret& code, std::
     Writing writing(*this);
     double now = nowEpochSeconds();
     sqlite::Transaction tx(m_db);
-    auto sel = m_db.prepare(
-        "SELECT user_id, code_hash, expires_at, attempts, used FROM signins WHERE token_hash = ?1");
+    auto sel = m_db.prepare("SELECT user_id, code_hash, expires_at, attempts, used FROM signins WHERE token_hash = ?1");
     std::string tokenHash = sha256Hex(token.reveal());
     sel.bind(1, tokenHash);
     if (!sel.step()) return VerifyOutcome::UnknownToken;
@@ -323,7 +322,11 @@ bool RelayDb::recordCallback(std::int64_t userId, const std::string& daemonId, c
     auto st = m_db.prepare(
         "INSERT INTO callbacks (user_id, daemon_id, callback_id, payload, received_at, agent_id, job_id) "
         "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING");
-    st.bind(1, userId).bind(2, daemonId).bind(3, callbackId).bind(4, json::serialize(payload)).bind(5, nowEpochSeconds());
+    st.bind(1, userId)
+        .bind(2, daemonId)
+        .bind(3, callbackId)
+        .bind(4, json::serialize(payload))
+        .bind(5, nowEpochSeconds());
     st.bind(6, field("agent_id")).bind(7, field("job_id"));
     st.run();
     return m_db.changes() > 0;
@@ -350,7 +353,8 @@ std::vector<StoredCallback> RelayDb::callbacks(std::int64_t userId, const Callba
 bool RelayDb::ackCallback(std::int64_t userId, const std::string& agentId, const std::string& callbackId) try {
     Writing writing(*this);
     auto st = m_db.prepare(
-        "UPDATE callbacks SET acked_at = COALESCE(acked_at, ?4) WHERE user_id = ?1 AND agent_id = ?2 AND callback_id = ?3");
+        "UPDATE callbacks SET acked_at = COALESCE(acked_at, ?4) WHERE user_id = ?1 AND agent_id = ?2 AND callback_id = "
+        "?3");
     st.bind(1, userId).bind(2, agentId).bind(3, callbackId).bind(4, nowEpochSeconds());
     st.run();
     return m_db.changes() > 0;

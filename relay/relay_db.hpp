@@ -64,9 +64,9 @@ enum class VerifyOutcome { Ok, WrongCode, Expired, TooManyAttempts, UnknownToken
 /// in the log. Nothing else is needed to recover.
 class RelayDb {
 public:
-    static constexpr double kCodeLifetime = 600;       ///< seconds
+    static constexpr double kCodeLifetime = 600;  ///< seconds
     static constexpr int kMaxVerifyAttempts = 5;
-    static constexpr int kMaxSigninsPerWindow = 5;     ///< per email, per code lifetime
+    static constexpr int kMaxSigninsPerWindow = 5;  ///< per email, per code lifetime
     static constexpr double kAccessTokenLifetime = 7 * 24 * 3600;
 
     explicit RelayDb(const std::string& path);

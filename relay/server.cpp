@@ -10,8 +10,8 @@
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/ssl.hpp>
@@ -122,9 +122,8 @@ private:
     }
 
     void doRead() {
-        m_ws.async_read(m_buffer, [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
-            self->onRead(ec);
-        });
+        m_ws.async_read(m_buffer,
+                        [self = this->shared_from_this()](beast::error_code ec, std::size_t) { self->onRead(ec); });
     }
 
     void onRead(beast::error_code ec) {
@@ -270,8 +269,8 @@ private:
         } else if (path.rfind(kDaemonPrefix, 0) == 0 && path.size() > kDaemonPrefix.size() + kDaemonSuffix.size() &&
                    path.compare(path.size() - kDaemonSuffix.size(), kDaemonSuffix.size(), kDaemonSuffix) == 0) {
             role.daemon = true;
-            role.daemonId = path.substr(kDaemonPrefix.size(),
-                                        path.size() - kDaemonPrefix.size() - kDaemonSuffix.size());
+            role.daemonId =
+                path.substr(kDaemonPrefix.size(), path.size() - kDaemonPrefix.size() - kDaemonSuffix.size());
             if (!isValidDaemonId(role.daemonId)) return reject(ErrorCode::BadRequest, "invalid daemon id");
             if (!who || who->kind != "api_key") {
                 log::warning("daemon " + role.daemonId + " from " + m_remote + " refused: bad or missing API key");
@@ -284,7 +283,8 @@ private:
         } else {
             // Quoted back in JSON: only printable ASCII of it.
             std::string shown = path.substr(0, 200);
-            std::replace_if(shown.begin(), shown.end(), [](char c) { return c < 0x20 || c > 0x7e; }, '?');
+            std::replace_if(
+                shown.begin(), shown.end(), [](char c) { return c < 0x20 || c > 0x7e; }, '?');
             return reject(ErrorCode::NotFound, "no WebSocket route " + shown);
         }
         role.principal = *who;
@@ -329,8 +329,9 @@ public:
         m_acceptor.set_option(asio::socket_base::reuse_address(true));
         beast::error_code ec;
         m_acceptor.bind(ep, ec);
-        if (ec) throw std::runtime_error("cannot listen on " + ep.address().to_string() + ":" +
-                                         std::to_string(ep.port()) + ": " + ec.message());
+        if (ec)
+            throw std::runtime_error("cannot listen on " + ep.address().to_string() + ":" + std::to_string(ep.port()) +
+                                     ": " + ec.message());
         m_acceptor.listen(asio::socket_base::max_listen_connections);
     }
 
@@ -344,13 +345,11 @@ public:
 
 private:
     void doAccept() {
-        m_acceptor.async_accept(m_ioc, [self = shared_from_this()](beast::error_code ec,
-                                                                                     tcp::socket socket) {
+        m_acceptor.async_accept(m_ioc, [self = shared_from_this()](beast::error_code ec, tcp::socket socket) {
             if (ec == asio::error::operation_aborted) return;
             if (isResourceShortage(ec)) return self->pauseAccepting(ec);
             if (!ec) {
-                if (self->m_pause != std::chrono::milliseconds::zero())
-                    log::notice("accepting connections again");
+                if (self->m_pause != std::chrono::milliseconds::zero()) log::notice("accepting connections again");
                 self->m_pause = std::chrono::milliseconds::zero();
                 self->onAccept(std::move(socket));
             }

@@ -22,11 +22,12 @@ packages=(
   # runs it beside a static busybox and nothing else.
   xz-utils busybox-static
 )
-# Optional extras: clang builds the libFuzzer target (--with-fuzz);
+# Optional extras: clang builds the libFuzzer target (--with-fuzz), and
+# clang-format checks the tree's format in scripts/test.sh;
 # openssh-server is the benchmark's peer (--with-bench); slurm-wlm and munge
 # make the single-node cluster of the job tests (--with-slurm).
 [[ " $* " == *" --with-bench "* ]] && packages+=(openssh-server openssh-client)
-[[ " $* " == *" --with-fuzz "* ]] && packages+=(clang)
+[[ " $* " == *" --with-fuzz "* ]] && packages+=(clang clang-format)
 [[ " $* " == *" --with-slurm "* ]] && packages+=(slurm-wlm munge)
 
 missing=()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds everything and runs every test: unit, end-to-end (real relay, daemon
 # and TLS on 127.0.0.1), job tests on a single-node SLURM cluster that ctest
-# starts and stops, the systemd and release tiers, and short libFuzzer runs.
+# starts and stops, the systemd and release tiers, and short libFuzzer runs;
+# the format of the C++ is checked too (scripts/format.sh --check).
 # Then two more passes, because login nodes are shared and often saturated:
 #   - sanitizers: the asan preset (AddressSanitizer + UBSan, warnings are
 #     errors) over the unit, D-Bus and end-to-end tiers; any report fails.
@@ -42,6 +43,7 @@ trap report EXIT
 if (( normal )); then
   begin "build (default, fuzz)"
   HPC_BUILD_LOCK=${HPC_BUILD_LOCK:-} scripts/build.sh --with-fuzz --with-slurm
+  scripts/format.sh --check
   # The fuzz targets need clang's libFuzzer: their own small build tree.
   cmake --preset fuzz >/dev/null
   build cmake --build --preset fuzz

@@ -8,6 +8,7 @@
 #include "proxy_tunnel.hpp"
 #include "tls_client.hpp"
 
+#include <openssl/ssl.h>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ssl.hpp>
@@ -16,7 +17,6 @@
 #include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
 #include <boost/beast/websocket/ssl.hpp>
-#include <openssl/ssl.h>
 
 #include <variant>
 
@@ -168,8 +168,8 @@ boost::json::value HttpResponse::json() const {
     return ec ? boost::json::value() : v;
 }
 
-HttpResponse httpRequest(const Url& base, const std::string& method, const std::string& path,
-                         const std::string& body, const std::string& bearer, const ClientOptions& options) {
+HttpResponse httpRequest(const Url& base, const std::string& method, const std::string& path, const std::string& body,
+                         const std::string& bearer, const ClientOptions& options) {
     asio::io_context ioc;
     auto deadline = Clock::now() + options.timeout;
     if (base.tls()) {
@@ -238,14 +238,13 @@ std::unique_ptr<WsClient> WsClient::connect(const Url& base, const std::string& 
             ec = e;
             done = true;
         });
-        if (!runUntil(impl->ioc, done, deadline, impl->socket()))
-            unreachable(base, "WebSocket upgrade", "timed out");
+        if (!runUntil(impl->ioc, done, deadline, impl->socket())) unreachable(base, "WebSocket upgrade", "timed out");
         if (ec) {
             auto status = res.result_int();
             std::string detail = res.body().empty() ? ec.message() : res.body();
             if (status == 401 || status == 403)
-                throw Error(ErrorCode::Unauthorized, "the platform refused the credentials (HTTP " +
-                                                         std::to_string(status) + ")");
+                throw Error(ErrorCode::Unauthorized,
+                            "the platform refused the credentials (HTTP " + std::to_string(status) + ")");
             if (status == 404) throw Error(ErrorCode::NotFound, "the platform has no WebSocket route " + path);
             unreachable(base, "WebSocket upgrade", status ? "HTTP " + std::to_string(status) : detail);
         }
@@ -341,9 +340,8 @@ void WsClient::close() {
     if (impl.closed) return;
     impl.closed = true;
     bool done = false;
-    impl.visit([&](auto& ws) {
-        ws.async_close(websocket::close_code::normal, [&](beast::error_code) { done = true; });
-    });
+    impl.visit(
+        [&](auto& ws) { ws.async_close(websocket::close_code::normal, [&](beast::error_code) { done = true; }); });
     runUntil(impl.ioc, done, Clock::now() + std::chrono::seconds(2), impl.socket());
 }
 

@@ -32,7 +32,7 @@ struct ClientOptions {
 /// not trusted; the message names the URL, the proxy as scheme://host:port
 /// and the cause, never the token or the proxy's credentials. Throws
 /// hpc::Error(BadRequest) when the proxy that applies is not a usable URL.
-HttpResponse httpRequest(const Url& base, const std::string& method, const std::string& path,
-                         const std::string& body, const std::string& bearer, const ClientOptions& options = {});
+HttpResponse httpRequest(const Url& base, const std::string& method, const std::string& path, const std::string& body,
+                         const std::string& bearer, const ClientOptions& options = {});
 
 }  // namespace hpc::net

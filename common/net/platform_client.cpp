@@ -17,7 +17,8 @@ std::string field(const json::object& o, std::string_view key, const std::string
 
 json::object PlatformClient::call(const std::string& method, const std::string& path, const json::object* body,
                                   const Secret& bearer) {
-    auto res = httpRequest(m_base, method, path, body ? json::serialize(*body) : std::string(), bearer.reveal(), m_options);
+    auto res =
+        httpRequest(m_base, method, path, body ? json::serialize(*body) : std::string(), bearer.reveal(), m_options);
     json::value v = res.json();
     std::string message;
     if (v.is_object())
@@ -30,16 +31,22 @@ json::object PlatformClient::call(const std::string& method, const std::string& 
     }
     std::string where = method + " " + m_base.str() + path;
     if (res.status == 404 && !v.is_object())
-        throw Error(ErrorCode::NotFound, m_base.str() + " has no " + path + " route (HTTP 404): is this the platform's "
-                                                                         "API address rather than its web site?");
+        throw Error(ErrorCode::NotFound, m_base.str() + " has no " + path +
+                                             " route (HTTP 404): is this the platform's "
+                                             "API address rather than its web site?");
     if (message.empty()) message = "HTTP " + std::to_string(res.status);
     switch (res.status) {
-        case 400: throw Error(ErrorCode::BadRequest, where + " refused the request: " + message);
+        case 400:
+            throw Error(ErrorCode::BadRequest, where + " refused the request: " + message);
         case 401:
-        case 403: throw Error(ErrorCode::Unauthorized, where + ": " + message);
-        case 404: throw Error(ErrorCode::NotFound, where + ": " + message);
-        case 429: throw Error(ErrorCode::Limit, where + ": " + message);
-        default: throw Error(ErrorCode::Unavailable, where + " failed: " + message);
+        case 403:
+            throw Error(ErrorCode::Unauthorized, where + ": " + message);
+        case 404:
+            throw Error(ErrorCode::NotFound, where + ": " + message);
+        case 429:
+            throw Error(ErrorCode::Limit, where + ": " + message);
+        default:
+            throw Error(ErrorCode::Unavailable, where + " failed: " + message);
     }
 }
 

@@ -112,7 +112,8 @@ private:
         }
         return out;
     }
-    using JobRow = sdbus::Struct<std::string, std::string, std::string, std::string, std::string, std::string, int32_t, double>;
+    using JobRow =
+        sdbus::Struct<std::string, std::string, std::string, std::string, std::string, std::string, int32_t, double>;
     std::vector<JobRow> ListJobs() override {
         std::vector<JobRow> out;
         if (!m_controls.jobs) return out;

@@ -44,8 +44,9 @@ PrivateBus::PrivateBus(const fs::path& home, const std::string& daemonId)
     std::string program = findInPath("dbus-daemon");
     if (program.empty()) program = bundledProgram("libexec/dbus-daemon");
     if (program.empty())
-        throw std::runtime_error("no dbus-daemon for the private bus: install the dbus package, or run the "
-                                 "release, which carries one");
+        throw std::runtime_error(
+            "no dbus-daemon for the private bus: install the dbus package, or run the "
+            "release, which carries one");
     // dbus-daemon writes its address to this pipe once it listens: that, not
     // the socket file appearing, is when clients can connect.
     int fds[2];
@@ -69,8 +70,9 @@ PrivateBus::PrivateBus(const fs::path& home, const std::string& daemonId)
     auto deadline = std::chrono::steady_clock::now() + kStartTimeout;
     while (printed.find('\n') == std::string::npos) {
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0) throw std::runtime_error("the private dbus-daemon did not start within " +
-                                                        std::to_string(kStartTimeout.count()) + " s");
+        if (left.count() <= 0)
+            throw std::runtime_error("the private dbus-daemon did not start within " +
+                                     std::to_string(kStartTimeout.count()) + " s");
         pollfd p{readEnd.get(), POLLIN, 0};
         int r = ::poll(&p, 1, static_cast<int>(left.count()));
         if (r < 0 && errno == EINTR) continue;
@@ -79,9 +81,9 @@ PrivateBus::PrivateBus(const fs::path& home, const std::string& daemonId)
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0 && r > 0) {
             auto status = m_child.waitFor(std::chrono::milliseconds(1000));
-            throw std::runtime_error("the private dbus-daemon exited before listening" +
-                                     (status && status->code ? " (exit status " + std::to_string(*status->code) + ")"
-                                                             : std::string()));
+            throw std::runtime_error(
+                "the private dbus-daemon exited before listening" +
+                (status && status->code ? " (exit status " + std::to_string(*status->code) + ")" : std::string()));
         }
         if (n > 0) printed.append(buf, static_cast<std::size_t>(n));
     }

@@ -128,8 +128,7 @@ void Confinement::apply(SpawnOptions& o, const std::vector<std::string>& writabl
 
 std::vector<std::string> Confinement::layers() const {
     std::vector<std::string> out;
-    if (m_namespace)
-        out.push_back("mount-namespace (read-only outside the allowed directories; daemon state hidden)");
+    if (m_namespace) out.push_back("mount-namespace (read-only outside the allowed directories; daemon state hidden)");
     if (m_landlock) out.push_back(m_landlock->describe());
     return out;
 }

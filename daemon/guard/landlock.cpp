@@ -40,7 +40,7 @@ bool addRule(int ruleset, const std::string& path, __u64 handled, std::string& w
         why = "cannot open " + path + ": " + std::strerror(errno);
         return false;
     }
-    struct stat st{};
+    struct stat st {};
     ::fstat(fd, &st);
     landlock_path_beneath_attr rule{};
     rule.parent_fd = fd;

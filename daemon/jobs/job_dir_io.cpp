@@ -24,9 +24,9 @@ struct JobDirIo::Shared {
     };
     std::mutex mutex;
     std::deque<Task> queue;
-    asio::io_context* ioc;   ///< null once the owner is gone (under mutex)
-    JobDirIo* owner;         ///< read and reset on the loop only
-    std::size_t threads = 0; ///< running workers (under mutex)
+    asio::io_context* ioc;    ///< null once the owner is gone (under mutex)
+    JobDirIo* owner;          ///< read and reset on the loop only
+    std::size_t threads = 0;  ///< running workers (under mutex)
     std::size_t maxThreads;
 };
 

@@ -48,8 +48,10 @@ public:
         run(
             std::move(what), [result, work = std::move(work)] { *result = work(); },
             [result, done = std::move(done)](const std::string& error) {
-                if (error.empty()) done(std::move(*result), error);
-                else done(std::nullopt, error);
+                if (error.empty())
+                    done(std::move(*result), error);
+                else
+                    done(std::nullopt, error);
             },
             quiet);
     }

@@ -132,7 +132,9 @@ void writeJobFiles(const JobRecord& job, std::string_view script, bool slurm) {
     wrapper += "export HPC_JOB_ID=" + shellQuote(job.jobId) + " HPC_JOB_DIR=\"$job_dir\"\n";
     wrapper += run + "\n";
     wrapper += "rc=$?\n";
-    wrapper += "printf '%d\\n' \"$rc\" >\"$job_dir/exit_status.tmp\" && mv -f \"$job_dir/exit_status.tmp\" \"$job_dir/exit_status\"\n";
+    wrapper +=
+        "printf '%d\\n' \"$rc\" >\"$job_dir/exit_status.tmp\" && mv -f \"$job_dir/exit_status.tmp\" "
+        "\"$job_dir/exit_status\"\n";
     wrapper += "exit \"$rc\"\n";
     writePrivate(job.dir + "/wrapper", wrapper, 0700);
 }

@@ -2,8 +2,8 @@
 
 #include "job_files.hpp"
 #include "log.hpp"
-#include "sqlite.hpp"
 #include "scheduler_choice.hpp"
+#include "sqlite.hpp"
 #include "util.hpp"
 #include "wire.hpp"
 
@@ -141,8 +141,8 @@ void JobService::submit(const protocol::Envelope& env, const std::string& agentI
     fs::path root = m_policy.jobWorkdir / ".hpc-daemon" / "jobs";
     if (!m_policy.dirs.unrestricted() && !m_policy.dirs.allows(m_policy.jobWorkdir))
         throw Error(ErrorCode::PathNotAllowed, "the job directory " + m_policy.jobWorkdir.string() +
-                                                   " is outside the allowed directories (" +
-                                                   m_policy.dirs.describe() + "); run hpc-daemonctl setup --job-dir");
+                                                   " is outside the allowed directories (" + m_policy.dirs.describe() +
+                                                   "); run hpc-daemonctl setup --job-dir");
 
     job.jobId = "j" + randomHex(8);
     job.daemonId = m_daemonId;
@@ -344,7 +344,9 @@ void JobService::readTails(const JobRecord& job, std::size_t bytes, std::functio
     using Pair = std::pair<std::string, std::string>;
     m_io.run<Pair>(
         "reading the output of job " + job.jobId,
-        [out = job.stdoutPath(), err = job.stderrPath(), bytes] { return Pair{readTail(out, bytes), readTail(err, bytes)}; },
+        [out = job.stdoutPath(), err = job.stderrPath(), bytes] {
+            return Pair{readTail(out, bytes), readTail(err, bytes)};
+        },
         [done = std::move(done)](std::optional<Pair> read, const std::string& error) {
             Tails t;
             if (read) std::tie(t.out, t.err) = std::move(*read);

@@ -26,7 +26,7 @@ namespace hpc::daemon {
 /// and the kernel confinement for local jobs.
 struct JobPolicy {
     AllowedDirs dirs{{}};
-    std::filesystem::path jobWorkdir;  ///< resolved; jobs' directories go below it
+    std::filesystem::path jobWorkdir;                ///< resolved; jobs' directories go below it
     std::shared_ptr<const Confinement> confinement;  ///< for local jobs
 };
 
@@ -107,7 +107,7 @@ private:
     Store& m_store;
     JobStore m_jobs;
     std::string m_daemonId;
-    std::unique_ptr<Scheduler> m_scheduler;  ///< takes new submissions
+    std::unique_ptr<Scheduler> m_scheduler;                      ///< takes new submissions
     std::map<std::string, std::unique_ptr<Scheduler>> m_others;  ///< follow jobs of other backends
     SchedulerFactory m_factory;
     Outbox m_outbox;

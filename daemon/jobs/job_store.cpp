@@ -56,7 +56,9 @@ JobRecord readJob(const sqlite::Statement& st) {
     return j;
 }
 
-std::string selectJobs(std::string_view where) { return std::string("SELECT ") + kColumns + " FROM jobs " + std::string(where); }
+std::string selectJobs(std::string_view where) {
+    return std::string("SELECT ") + kColumns + " FROM jobs " + std::string(where);
+}
 
 }  // namespace
 

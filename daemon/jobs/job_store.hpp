@@ -30,7 +30,7 @@ struct JobRecord {
     std::optional<int> signal;
     std::string dir;  ///< <job_workdir>/.hpc-daemon/jobs/<job_id>
     std::string cwd;
-    std::string context = "null";  ///< JSON: the submit's callback.context
+    std::string context = "null";    ///< JSON: the submit's callback.context
     long long timeLimitSeconds = 0;  ///< 0: none
     long long pid = 0;               ///< local jobs
     long long pidStart = 0;          ///< its start time in clock ticks after boot

@@ -13,9 +13,9 @@
 #include "process.hpp"
 #include "util.hpp"
 
-#include <boost/asio/post.hpp>
 #include <signal.h>
 #include <sys/stat.h>
+#include <boost/asio/post.hpp>
 
 #include <unistd.h>
 
@@ -75,8 +75,11 @@ void signalScope(asio::io_context& ioc, const LocalConfig& config, const std::st
     if (config.systemdRun.empty()) return;
     std::filesystem::path systemctl = std::filesystem::path(config.systemdRun).parent_path() / "systemctl";
     SpawnOptions o;
-    o.argv = {::access(systemctl.c_str(), X_OK) == 0 ? systemctl.string() : std::string("systemctl"), "--user",
-              "kill", "--kill-whom=all", std::string("--signal=") + (sig == SIGKILL ? "SIGKILL" : "SIGTERM"),
+    o.argv = {::access(systemctl.c_str(), X_OK) == 0 ? systemctl.string() : std::string("systemctl"),
+              "--user",
+              "kill",
+              "--kill-whom=all",
+              std::string("--signal=") + (sig == SIGKILL ? "SIGKILL" : "SIGTERM"),
               "hpc-job-" + jobId + ".scope"};
     o.in = Stdio::Null;
     o.out = Stdio::Null;
@@ -118,16 +121,16 @@ void LocalScheduler::submit(JobRecord job, const SubmitOptions& options, Submitt
     // Inside the scope: systemd-run runs first, outside the confinement.
     // Without a scope, a subreaper ends what the job leaves behind.
     if (options.confinement)
-        options.confinement->apply(o, {job.dir},
-                                   m_config.systemdRun.empty() ? Confinement::Reap::Descendants : Confinement::Reap::No);
+        options.confinement->apply(
+            o, {job.dir}, m_config.systemdRun.empty() ? Confinement::Reap::Descendants : Confinement::Reap::No);
     if (!m_config.systemdRun.empty()) {
         // The scope takes over this very process (same pid), then runs the wrapper.
-        std::vector<std::string> run = {m_config.systemdRun, "--user", "--scope", "--quiet", "--collect",
-                                        "--unit=hpc-job-" + job.jobId};
+        std::vector<std::string> run = {m_config.systemdRun, "--user",    "--scope",
+                                        "--quiet",           "--collect", "--unit=hpc-job-" + job.jobId};
         // Per-job limits on the scope, from the unit's environment file
         // (hpc-daemonctl writes them from HPC_JOB_MEMORY_MAX/HPC_JOB_TASKS_MAX).
-        for (auto [variable, property] : {std::pair{"HPC_JOB_MEMORY_MAX", "MemoryMax"},
-                                          std::pair{"HPC_JOB_TASKS_MAX", "TasksMax"}})
+        for (auto [variable, property] :
+             {std::pair{"HPC_JOB_MEMORY_MAX", "MemoryMax"}, std::pair{"HPC_JOB_TASKS_MAX", "TasksMax"}})
             if (const char* value = std::getenv(variable); value && *value)
                 run.insert(run.end(), {"--property", std::string(property) + "=" + value});
         run.push_back("--");

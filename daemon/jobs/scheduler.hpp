@@ -26,8 +26,8 @@
 namespace hpc::daemon {
 
 struct SubmitOptions {
-    std::vector<std::string> schedulerArgs;  ///< validated sbatch options
-    std::vector<std::string> env;            ///< "NAME=value"
+    std::vector<std::string> schedulerArgs;          ///< validated sbatch options
+    std::vector<std::string> env;                    ///< "NAME=value"
     std::shared_ptr<const Confinement> confinement;  ///< local jobs: applied at spawn
 };
 
@@ -143,7 +143,7 @@ private:
     std::chrono::milliseconds m_interval;
     bool m_polling = false;
     bool m_failing = false;
-    std::optional<bool> m_accounting;  ///< does sacct work here (unknown until tried)
+    std::optional<bool> m_accounting;         ///< does sacct work here (unknown until tried)
     std::map<std::string, JobRecord> m_jobs;  ///< by our job id
     std::set<std::string> m_settling;
     /// The jobs known when the squeue in flight started: a job submitted

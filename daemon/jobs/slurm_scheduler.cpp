@@ -12,8 +12,8 @@
 #include "log.hpp"
 #include "util.hpp"
 
-#include <boost/asio/post.hpp>
 #include <sys/wait.h>
+#include <boost/asio/post.hpp>
 
 #include <algorithm>
 #include <sstream>
@@ -158,9 +158,9 @@ std::optional<JobState> applyScontrol(JobRecord& job, std::string_view output) {
 }
 
 void SlurmScheduler::validateArgs(const std::vector<std::string>& args) {
-    static const std::vector<std::string> refused = {
-        "--output", "--error", "--chdir", "--parsable", "--wrap", "--array", "--wait", "--test-only",
-        "--usage", "--help", "--version", "--input", "--comment"};
+    static const std::vector<std::string> refused = {"--output",  "--error", "--chdir",     "--parsable", "--wrap",
+                                                     "--array",   "--wait",  "--test-only", "--usage",    "--help",
+                                                     "--version", "--input", "--comment"};
     static const std::string refusedShort = "oeDaWihVu";
     if (args.size() > 64) throw Error(ErrorCode::BadRequest, "at most 64 sbatch arguments");
     bool valueNext = false;
@@ -174,12 +174,14 @@ void SlurmScheduler::validateArgs(const std::vector<std::string>& args) {
         if (a.rfind("--", 0) == 0 && a.size() > 2) {
             std::string name = a.substr(0, a.find('='));
             if (std::find(refused.begin(), refused.end(), name) != refused.end())
-                throw Error(ErrorCode::BadRequest, "sbatch option " + name + " is set by the daemon and cannot be given");
+                throw Error(ErrorCode::BadRequest,
+                            "sbatch option " + name + " is set by the daemon and cannot be given");
             continue;
         }
         if (a.size() >= 2 && a[0] == '-' && a[1] != '-') {
             if (refusedShort.find(a[1]) != std::string::npos)
-                throw Error(ErrorCode::BadRequest, "sbatch option " + a.substr(0, 2) + " is set by the daemon and cannot be given");
+                throw Error(ErrorCode::BadRequest,
+                            "sbatch option " + a.substr(0, 2) + " is set by the daemon and cannot be given");
             valueNext = isValueOption(a);
             continue;
         }
@@ -216,8 +218,12 @@ void SlurmScheduler::runCommand(std::vector<std::string> argv, std::vector<std::
 void SlurmScheduler::submit(JobRecord job, const SubmitOptions& options, Submitted done) {
     // The comment names our job id, so a daemon killed before sbatch answered
     // can find the job after a restart instead of submitting it again.
-    std::vector<std::string> argv = {"sbatch", "--parsable", "--chdir=" + job.cwd, "--output=" + job.stdoutPath(),
-                                     "--error=" + job.stderrPath(), "--comment=" + commentFor(job.jobId)};
+    std::vector<std::string> argv = {"sbatch",
+                                     "--parsable",
+                                     "--chdir=" + job.cwd,
+                                     "--output=" + job.stdoutPath(),
+                                     "--error=" + job.stderrPath(),
+                                     "--comment=" + commentFor(job.jobId)};
     if (!job.name.empty()) argv.push_back("--job-name=" + job.name);
     if (job.timeLimitSeconds > 0) argv.push_back("--time=" + std::to_string((job.timeLimitSeconds + 59) / 60));
     // The agent's options go after ours; validateArgs refused any that
@@ -261,8 +267,10 @@ void SlurmScheduler::adopt(const JobRecord& job) {
     runCommand({"squeue", "--me", "--noheader", "--states=all", "--format=%i|%k"}, {},
                [this, job](const ExecResult& r) {
                    if (r.exitCode != 0) {
-                       log::warning("cannot ask squeue about job " + job.jobId + " (its submission was not "
-                                    "confirmed): " + trim(r.err) + "; asking again later");
+                       log::warning("cannot ask squeue about job " + job.jobId +
+                                    " (its submission was not "
+                                    "confirmed): " +
+                                    trim(r.err) + "; asking again later");
                        auto retry = std::make_shared<asio::steady_timer>(m_ioc, m_config.maxInterval);
                        retry->async_wait([this, job, retry](boost::system::error_code ec) {
                            if (!ec) adopt(job);
@@ -276,8 +284,10 @@ void SlurmScheduler::adopt(const JobRecord& job) {
                            JobRecord found = job;
                            found.schedulerId = trim(f[0]);
                            found.state = JobState::Pending;
-                           log::info("job " + job.jobId + " whose submission was not confirmed is in the queue: "
-                                     "SLURM job " + found.schedulerId);
+                           log::info("job " + job.jobId +
+                                     " whose submission was not confirmed is in the queue: "
+                                     "SLURM job " +
+                                     found.schedulerId);
                            m_jobs[found.jobId] = found;
                            if (m_onChange) m_onChange(found);
                            schedulePoll(std::chrono::milliseconds(0));
@@ -431,48 +441,48 @@ void SlurmScheduler::settle(const std::string& jobId) {
 void SlurmScheduler::settleFromScontrol(const std::string& jobId) {
     auto it = m_jobs.find(jobId);
     if (it == m_jobs.end()) return;
-    runCommand({"scontrol", "show", "job", "--oneliner", it->second.schedulerId}, {},
-               [this, jobId](const ExecResult& r) {
-                   auto it = m_jobs.find(jobId);
-                   if (it == m_jobs.end()) return;
-                   JobRecord job = it->second;
-                   if (r.exitCode != 0) {
-                       if (r.err.find("Invalid job id") == std::string::npos) {
-                           // The controller did not answer: nothing is known, try again later.
-                           m_settling.erase(jobId);
-                           return;
-                       }
-                       job.endedAt = nowEpochSeconds();
-                       m_io->run<JobRecord>(
-                           "reading the exit status of job " + jobId,
-                           [job]() mutable {
-                               settleFromExitFile(job, "the scheduler no longer knows the job and it left no exit status");
-                               return job;
-                           },
-                           [this, jobId](std::optional<JobRecord> settled, const std::string&) {
-                               if (!settled || !m_jobs.contains(jobId)) {
-                                   m_settling.erase(jobId);  // the next cycle tries again
-                                   return;
-                               }
-                               log::info("job " + jobId + " (slurm " + settled->schedulerId +
-                                         ") is forgotten by the scheduler: settled from its exit-status file as " +
-                                         std::string(toWireName(settled->state)));
-                               finishSettle(std::move(*settled));
-                           });
-                       return;
-                   }
-                   auto state = applyScontrol(job, r.out);
-                   if (!state || !isFinal(*state)) {
-                       // Still live (requeued, or squeue raced with it): follow it.
-                       m_settling.erase(jobId);
-                       if (state && *state != it->second.state) {
-                           it->second.state = *state;
-                           if (m_onChange) m_onChange(it->second);
-                       }
-                       return;
-                   }
-                   finishSettle(std::move(job));
-               });
+    runCommand(
+        {"scontrol", "show", "job", "--oneliner", it->second.schedulerId}, {}, [this, jobId](const ExecResult& r) {
+            auto it = m_jobs.find(jobId);
+            if (it == m_jobs.end()) return;
+            JobRecord job = it->second;
+            if (r.exitCode != 0) {
+                if (r.err.find("Invalid job id") == std::string::npos) {
+                    // The controller did not answer: nothing is known, try again later.
+                    m_settling.erase(jobId);
+                    return;
+                }
+                job.endedAt = nowEpochSeconds();
+                m_io->run<JobRecord>(
+                    "reading the exit status of job " + jobId,
+                    [job]() mutable {
+                        settleFromExitFile(job, "the scheduler no longer knows the job and it left no exit status");
+                        return job;
+                    },
+                    [this, jobId](std::optional<JobRecord> settled, const std::string&) {
+                        if (!settled || !m_jobs.contains(jobId)) {
+                            m_settling.erase(jobId);  // the next cycle tries again
+                            return;
+                        }
+                        log::info("job " + jobId + " (slurm " + settled->schedulerId +
+                                  ") is forgotten by the scheduler: settled from its exit-status file as " +
+                                  std::string(toWireName(settled->state)));
+                        finishSettle(std::move(*settled));
+                    });
+                return;
+            }
+            auto state = applyScontrol(job, r.out);
+            if (!state || !isFinal(*state)) {
+                // Still live (requeued, or squeue raced with it): follow it.
+                m_settling.erase(jobId);
+                if (state && *state != it->second.state) {
+                    it->second.state = *state;
+                    if (m_onChange) m_onChange(it->second);
+                }
+                return;
+            }
+            finishSettle(std::move(job));
+        });
 }
 
 void SlurmScheduler::finishSettle(JobRecord job) {

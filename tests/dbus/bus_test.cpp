@@ -4,11 +4,11 @@
 #include "errors.hpp"
 #include "harness.hpp"
 
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/post.hpp>
 #include <gtest/gtest.h>
 #include <hpc_daemon_proxy.h>
 #include <sdbus-c++/sdbus-c++.h>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/post.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -121,10 +121,27 @@ TEST(BusName, EscapesDotsDashesAndLeadingDigits) {
 
 TEST_F(BusServiceTest, GetStatusReturnsEveryDocumentedKey) {
     auto s = m_proxy->GetStatus();
-    for (const char* key : {"daemon_id", "version", "pid", "mode", "mode_reason", "link_state", "connected_since",
-                            "platform_url", "scheduler", "allowed_dirs", "guard_layers", "process_watch", "running_execs",
-                            "active_sessions", "active_jobs", "pending_callbacks", "bus_address", "started_at",
-                            "last_prune_job_dirs", "last_prune_job_dir_bytes", "job_dirs_removed",
+    for (const char* key : {"daemon_id",
+                            "version",
+                            "pid",
+                            "mode",
+                            "mode_reason",
+                            "link_state",
+                            "connected_since",
+                            "platform_url",
+                            "scheduler",
+                            "allowed_dirs",
+                            "guard_layers",
+                            "process_watch",
+                            "running_execs",
+                            "active_sessions",
+                            "active_jobs",
+                            "pending_callbacks",
+                            "bus_address",
+                            "started_at",
+                            "last_prune_job_dirs",
+                            "last_prune_job_dir_bytes",
+                            "job_dirs_removed",
                             "job_dir_bytes_removed"})
         EXPECT_TRUE(s.count(key)) << key;
     EXPECT_EQ(s["daemon_id"].get<std::string>(), "login-1.mila");

@@ -6,8 +6,8 @@
 #include "harness.hpp"
 #include "sqlite.hpp"
 
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>

@@ -208,8 +208,11 @@ INSTANTIATE_TEST_SUITE_P(EachLayer, Confinement,
                          ::testing::Values(Layers::CwdCheckOnly, Layers::Landlock, Layers::MountNamespace),
                          [](const auto& info) {
                              switch (info.param) {
-                                 case Layers::CwdCheckOnly: return "CwdCheckOnly";
-                                 case Layers::Landlock: return "Landlock";
-                                 default: return "MountNamespaceAndLandlock";
+                                 case Layers::CwdCheckOnly:
+                                     return "CwdCheckOnly";
+                                 case Layers::Landlock:
+                                     return "Landlock";
+                                 default:
+                                     return "MountNamespaceAndLandlock";
                              }
                          });

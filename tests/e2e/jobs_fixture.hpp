@@ -54,7 +54,7 @@ protected:
 
     void startDaemon() {
         // A relay that comes back is found within 2 s, not after a backoff of up to 30 s.
-        std::vector<std::string> args = {"--job-poll-min-seconds", "1", "--job-poll-max-seconds", "2",
+        std::vector<std::string> args = {"--job-poll-min-seconds",  "1", "--job-poll-max-seconds", "2",
                                          "--reconnect-max-seconds", "2"};
         args.insert(args.end(), m_extraArgs.begin(), m_extraArgs.end());
         m_h.startDaemon("j", args, daemonEnv());

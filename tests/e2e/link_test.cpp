@@ -1,12 +1,12 @@
 // The daemon's link (daemon/link.cpp) against a real relay over TLS: a
 // message handler that throws loses that message, never the link.
-#include "harness.hpp"
 #include "link.hpp"
+#include "harness.hpp"
 #include "protocol.hpp"
 #include "store.hpp"
 
-#include <boost/asio/post.hpp>
 #include <gtest/gtest.h>
+#include <boost/asio/post.hpp>
 
 #include <algorithm>
 #include <atomic>

@@ -30,8 +30,9 @@ protected:
         ASSERT_EQ(r.status, 0) << r.err;
         r = ctl({"start"});
         ASSERT_EQ(r.status, 0) << r.out << r.err;
-        ASSERT_TRUE(waitUntil([&] { return status().at("running").as_bool() &&
-                                          status().at("link_state").as_string() == "connected"; }, 30s))
+        ASSERT_TRUE(waitUntil(
+            [&] { return status().at("running").as_bool() && status().at("link_state").as_string() == "connected"; },
+            30s))
             << ctl({"logs"}).out;
         m_agent = m_h.agent(m_h.login("alice@example.org"));
     }
@@ -149,8 +150,10 @@ TEST_F(RetentionE2E, TheSizeCapPrunesEarlyAndSaysSoInStatusAndLog) {
         auto db = sqlite::Db::open((m_h.home("d1") / "state.db").string());
         sqlite::Transaction tx(db);
         for (int i = 0; i < 2000; ++i)
-            db.exec("INSERT INTO audit (time, daemon_id, agent, session, cwd, command) VALUES (strftime('%s','now'), "
-                    "'d1', 'a', 'exec', '/', '" + std::string(300, 'z') + "')");
+            db.exec(
+                "INSERT INTO audit (time, daemon_id, agent, session, cwd, command) VALUES (strftime('%s','now'), "
+                "'d1', 'a', 'exec', '/', '" +
+                std::string(300, 'z') + "')");
         tx.commit();
     }
     ASSERT_EQ(ctl({"config", "set", "state_max_bytes", "256KiB"}).status, 0);
@@ -316,7 +319,8 @@ TEST_F(RetentionE2E, TheLogFileRotatesAtLogMaxBytesAndLogsFollowsAcrossIt) {
     std::string older = read(log.string() + ".2");
     std::string oldLine = older.substr(0, older.find('\n') + 1);
     EXPECT_TRUE(waitUntil([&] { return read(followed).find(newest) != std::string::npos; }, 20s))
-        << "newest: " << newest << "followed:\n" << read(followed);
+        << "newest: " << newest << "followed:\n"
+        << read(followed);
     EXPECT_NE(read(followed).find(oldLine), std::string::npos) << oldLine;
     EXPECT_GE(reloads, 30);
     follower.terminate();

@@ -132,7 +132,8 @@ TEST_P(ShellGuard, BlockedActionsChangeNothingOutsideTheAllowedDirectory) {
         EXPECT_EQ(snapshotTree(m_o), before) << "escaped: " << c.command << "\n" << out;
         before = snapshotTree(m_o);  // report each escape once
         if (!c.kernelOnly) {
-            EXPECT_NE(out.find("hpc-daemon: blocked"), std::string::npos) << "no explanation for: " << c.command << "\n" << out;
+            EXPECT_NE(out.find("hpc-daemon: blocked"), std::string::npos) << "no explanation for: " << c.command << "\n"
+                                                                          << out;
         }
     }
     EXPECT_FALSE(fs::exists(homeFile));

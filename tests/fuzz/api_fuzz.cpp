@@ -9,8 +9,8 @@
 #include "log.hpp"
 #include "relay_db.hpp"
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <string>

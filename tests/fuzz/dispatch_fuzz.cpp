@@ -42,7 +42,8 @@ struct World {
         auto send = [this](std::string text) { sent.push_back(std::move(text)); };
         pty = std::make_unique<PtyService>(ioc, PtyLimits{}, send,
                                            [](std::uint32_t, const char*, std::size_t) { return true; });
-        dispatch = std::make_unique<Dispatcher>(exec, AllowedDirs({(root / "allowed").string()}), root / "allowed", send);
+        dispatch =
+            std::make_unique<Dispatcher>(exec, AllowedDirs({(root / "allowed").string()}), root / "allowed", send);
         dispatch->attachPty(*pty);
     }
     ~World() {

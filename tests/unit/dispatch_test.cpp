@@ -2,9 +2,9 @@
 
 #include "errors.hpp"
 
-#include <boost/asio/io_context.hpp>
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <boost/asio/io_context.hpp>
 
 #include <filesystem>
 

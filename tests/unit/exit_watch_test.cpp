@@ -5,8 +5,8 @@
 #include "exit_watch.hpp"
 #include "process.hpp"
 
-#include <boost/asio/io_context.hpp>
 #include <gtest/gtest.h>
+#include <boost/asio/io_context.hpp>
 
 #include <fcntl.h>
 #include <sys/wait.h>
@@ -83,9 +83,8 @@ TEST_P(ExitWatchBothWays, FollowsManyChildrenEndingAtOnce) {
     std::map<pid_t, int> codes;
     for (int i = 0; i < 20; ++i) {
         pid_t pid = start({"sh", "-c", "exit " + std::to_string(i)});
-        ExitWatch::watch(ioc, pid, true, [&codes, pid](std::optional<ExitStatus> s) {
-            codes[pid] = s && s->code ? *s->code : -1;
-        });
+        ExitWatch::watch(ioc, pid, true,
+                         [&codes, pid](std::optional<ExitStatus> s) { codes[pid] = s && s->code ? *s->code : -1; });
     }
     bool all = false;
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);

@@ -1,5 +1,5 @@
-#include "api.hpp"
 #include "hub.hpp"
+#include "api.hpp"
 #include "protocol.hpp"
 #include "relay_db.hpp"
 
@@ -52,7 +52,8 @@ TEST_F(HubTest, ForwardsARequestWithTheAgentsIdentityAndRoutesTheResponseBack) {
     auto daemon = std::make_shared<RecordingPeer>();
     auto agent = std::make_shared<RecordingPeer>();
     m_hub->attachDaemon(1, "d1", daemon);
-    m_hub->onAgentText(m_alice, agent, R"({"v":1,"type":"exec","id":"mine","daemon_id":"d1","payload":{"argv":["x"]}})");
+    m_hub->onAgentText(m_alice, agent,
+                       R"({"v":1,"type":"exec","id":"mine","daemon_id":"d1","payload":{"argv":["x"]}})");
     ASSERT_EQ(daemon->sent.size(), 1u);
     auto fwd = daemon->last();
     EXPECT_EQ(fwd.type, "exec");
@@ -127,8 +128,9 @@ TEST_F(HubTest, AnswersANumberTooLargeForADoubleItselfAndFreesTheSlot) {
     auto daemon = std::make_shared<RecordingPeer>();
     auto agent = std::make_shared<RecordingPeer>();
     m_hub->attachDaemon(1, "d1", daemon);
-    m_hub->onAgentText(m_alice, agent,
-                       R"({"v":1,"type":"exec","id":"big","daemon_id":"d1","payload":{"argv":["x"],"timeout_s":1e999}})");
+    m_hub->onAgentText(
+        m_alice, agent,
+        R"({"v":1,"type":"exec","id":"big","daemon_id":"d1","payload":{"argv":["x"],"timeout_s":1e999}})");
     ASSERT_EQ(agent->sent.size(), 1u);
     EXPECT_EQ(agent->last().errorCode, ErrorCode::BadRequest);
     EXPECT_EQ(agent->last().replyTo, "big");
@@ -197,8 +199,9 @@ TEST_F(HubTest, ACallbackThatCannotBeStoredIsRefusedNotAcknowledged) {
     auto& raw = m_db->rawDb();
     raw.exec("PRAGMA max_page_count = " + std::to_string(raw.queryInt("PRAGMA page_count")));
     std::string big(64 * 1024, 'x');
-    std::string msg = R"({"v":1,"type":"job.completed","id":"c1","payload":{"callback_id":"cb-8","job_id":"j","pad":")" +
-                      big + R"("}})";
+    std::string msg =
+        R"({"v":1,"type":"job.completed","id":"c1","payload":{"callback_id":"cb-8","job_id":"j","pad":")" + big +
+        R"("}})";
     m_hub->onDaemonText(1, "d1", daemon, msg);
     ASSERT_FALSE(daemon->sent.empty());
     EXPECT_FALSE(daemon->last().ok);
@@ -233,9 +236,11 @@ TEST_F(HubTest, DeliversCallbacksToTheSubmitterUntilItAcknowledges) {
     m_hub->attachAgent(Principal{1, 5, "access"}, again);
     ASSERT_EQ(again->sent.size(), 1u);
     // Only the addressee may acknowledge it.
-    m_hub->onAgentText(Principal{1, 6, "access"}, other, R"({"v":1,"type":"callback.ack","id":"k","payload":{"callback_id":"cb-1"}})");
+    m_hub->onAgentText(Principal{1, 6, "access"}, other,
+                       R"({"v":1,"type":"callback.ack","id":"k","payload":{"callback_id":"cb-1"}})");
     EXPECT_EQ(other->last().errorCode, ErrorCode::NotFound);
-    m_hub->onAgentText(Principal{1, 5, "access"}, again, R"({"v":1,"type":"callback.ack","id":"k","payload":{"callback_id":"cb-1"}})");
+    m_hub->onAgentText(Principal{1, 5, "access"}, again,
+                       R"({"v":1,"type":"callback.ack","id":"k","payload":{"callback_id":"cb-1"}})");
     EXPECT_TRUE(again->last().ok);
     auto third = std::make_shared<RecordingPeer>();
     m_hub->attachAgent(Principal{1, 5, "access"}, third);
@@ -304,9 +309,9 @@ TEST_F(HubTest, AnAgentCannotWriteToAnotherAgentsChannel) {
     m_hub->onAgentBinary(other, protocol::encodeChannelFrame(mine, "rm -rf ~\r"));
     EXPECT_TRUE(daemon->binary.empty());
     EXPECT_EQ(other->last().errorCode, ErrorCode::NotFound);
-    m_hub->onAgentText(m_alice, other,
-                       R"({"v":1,"type":"pty.close","id":"c","daemon_id":"d1","payload":{"channel":)" +
-                           std::to_string(mine) + "}}");
+    m_hub->onAgentText(
+        m_alice, other,
+        R"({"v":1,"type":"pty.close","id":"c","daemon_id":"d1","payload":{"channel":)" + std::to_string(mine) + "}}");
     EXPECT_EQ(other->last().errorCode, ErrorCode::NotFound);
 }
 

@@ -9,10 +9,10 @@
 #include "errors.hpp"
 #include "harness.hpp"
 
-#include <boost/asio/io_context.hpp>
 #include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <boost/asio/io_context.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -92,8 +92,9 @@ TEST(SlurmAnswers, SacctRowsSettleAJobWithWhoCancelledIt) {
     JobRecord job;
     job.schedulerId = "154";
     // The allocation's row; a step row or another job's row is ignored.
-    std::string out = "153|FAILED|3:0|2026-11-30T00:35:04|2026-11-30T00:35:04|NonZeroExitCode\n"
-                      "154|CANCELLED by 1001|0:15|2026-11-30T00:35:14|2026-11-30T00:35:16|None\n";
+    std::string out =
+        "153|FAILED|3:0|2026-11-30T00:35:04|2026-11-30T00:35:04|NonZeroExitCode\n"
+        "154|CANCELLED by 1001|0:15|2026-11-30T00:35:14|2026-11-30T00:35:16|None\n";
     ASSERT_TRUE(applySacct(job, out));
     EXPECT_EQ(job.state, JobState::Cancelled);
     EXPECT_EQ(job.reason, "CANCELLED by 1001");
@@ -133,11 +134,21 @@ TEST(SlurmAnswers, ScontrolLinesSettleFinalJobsOnly) {
 }
 
 TEST(SbatchArgs, OnlyOptionsTheDaemonDoesNotOwn) {
-    EXPECT_NO_THROW(SlurmScheduler::validateArgs({"--partition=debug", "-p", "debug", "--hold", "-N", "1", "--mem=1G"}));
+    EXPECT_NO_THROW(
+        SlurmScheduler::validateArgs({"--partition=debug", "-p", "debug", "--hold", "-N", "1", "--mem=1G"}));
     EXPECT_NO_THROW(SlurmScheduler::validateArgs({"-J", "a name; rm -rf /"}));  // argv, never a shell
-    for (std::vector<std::string> bad : std::vector<std::vector<std::string>>{
-             {"/tmp/other.sh"}, {"--hold", "x"}, {"--output=/tmp/o"}, {"-o", "/tmp/o"}, {"--wrap=id"}, {"--chdir=/"},
-             {"-D/"}, {"--array=1-3"}, {"--wait"}, {"-p"}, {"--x\n"}, {std::string("--a\0b", 5)}})
+    for (std::vector<std::string> bad : std::vector<std::vector<std::string>>{{"/tmp/other.sh"},
+                                                                              {"--hold", "x"},
+                                                                              {"--output=/tmp/o"},
+                                                                              {"-o", "/tmp/o"},
+                                                                              {"--wrap=id"},
+                                                                              {"--chdir=/"},
+                                                                              {"-D/"},
+                                                                              {"--array=1-3"},
+                                                                              {"--wait"},
+                                                                              {"-p"},
+                                                                              {"--x\n"},
+                                                                              {std::string("--a\0b", 5)}})
         EXPECT_THROW(SlurmScheduler::validateArgs(bad), Error) << bad.front();
 }
 
@@ -147,7 +158,7 @@ TEST_F(JobsUnit, TheWrapperRunsTheScriptAndRecordsItsExitStatus) {
     std::string wrapper = test::readFile(j.dir + "/wrapper");
     EXPECT_NE(wrapper.find("#SBATCH --mem=1G\n#SBATCH -c 2\n"), std::string::npos) << wrapper;
     EXPECT_EQ(wrapper.find("--ignored"), std::string::npos);
-    struct stat st{};
+    struct stat st {};
     ASSERT_EQ(::stat(j.dir.c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0700u);
 

@@ -1,7 +1,7 @@
 // Retention of state.db (issue 21): real SQLite files in a temporary directory.
+#include "retention.hpp"
 #include "errors.hpp"
 #include "jobs/job_store.hpp"
-#include "retention.hpp"
 #include "settings.hpp"
 #include "sqlite.hpp"
 #include "store.hpp"
@@ -73,8 +73,8 @@ TEST_F(Retention, PrunesOnlyAuditRowsAndEndedJobsOutsideTheirWindow) {
     auto store = Store::open(m_root);
     store.saveProfile(profile());
     for (int i = 0; i < 500; ++i) addAudit(store, kNow - 3601 - i);  // older than 1 h
-    for (int i = 0; i < 30; ++i) addAudit(store, kNow - 60 - i);      // inside
-    addAudit(store, kNow - 7200, "other");                            // another profile's: not ours to prune
+    for (int i = 0; i < 30; ++i) addAudit(store, kNow - 60 - i);     // inside
+    addAudit(store, kNow - 7200, "other");                           // another profile's: not ours to prune
     addJob(store, "old-done", JobState::Completed, kNow - 7200, true);
     addJob(store, "new-done", JobState::Completed, kNow - 60, true);
     addJob(store, "old-running", JobState::Running, kNow - 7200, false);
@@ -89,9 +89,9 @@ TEST_F(Retention, PrunesOnlyAuditRowsAndEndedJobsOutsideTheirWindow) {
     EXPECT_EQ(r.jobs, 1);
     EXPECT_FALSE(r.capForced());
     EXPECT_EQ(count(store, "SELECT COUNT(*) FROM audit WHERE daemon_id = 'mila'"), 30);
-    EXPECT_EQ(count(store, "SELECT COUNT(*) FROM audit WHERE daemon_id = 'mila' AND time < " +
-                               std::to_string(kNow - 3600)),
-              0);
+    EXPECT_EQ(
+        count(store, "SELECT COUNT(*) FROM audit WHERE daemon_id = 'mila' AND time < " + std::to_string(kNow - 3600)),
+        0);
     EXPECT_EQ(count(store, "SELECT COUNT(*) FROM audit WHERE daemon_id = 'other'"), 1);
     JobStore jobs(store);
     EXPECT_FALSE(jobs.get("mila", "old-done"));
@@ -226,13 +226,17 @@ TEST_F(Retention, AStateFileOfThePreviousSchemaIsMigratedAndKeepsItsJobs) {
         sqlite::migrate(db, std::vector<sqlite::Migration>(steps.begin(), steps.begin() + 3), "v3");
         ASSERT_EQ(db.userVersion(), 3);
         ASSERT_EQ(db.queryInt("PRAGMA auto_vacuum"), 0);
-        db.exec("INSERT INTO jobs (job_id, daemon_id, agent_id, backend, state, dir, cwd, submitted_at, updated_at) "
-                "VALUES ('j1', 'mila', 'a', 'local', 'RUNNING', '/tmp/j1', '/tmp', 1, 1)");
-        db.exec("INSERT INTO outbox (callback_id, daemon_id, job_id, payload, created_at) "
-                "VALUES ('cb-0', 'mila', 'j0', '{}', 1)");
+        db.exec(
+            "INSERT INTO jobs (job_id, daemon_id, agent_id, backend, state, dir, cwd, submitted_at, updated_at) "
+            "VALUES ('j1', 'mila', 'a', 'local', 'RUNNING', '/tmp/j1', '/tmp', 1, 1)");
+        db.exec(
+            "INSERT INTO outbox (callback_id, daemon_id, job_id, payload, created_at) "
+            "VALUES ('cb-0', 'mila', 'j0', '{}', 1)");
         for (int i = 0; i < 2000; ++i)
-            db.exec("INSERT INTO audit (time, daemon_id, agent, session, cwd, command) VALUES (1, 'mila', 'a', "
-                    "'exec', '/', '" + std::string(200, 'y') + "')");
+            db.exec(
+                "INSERT INTO audit (time, daemon_id, agent, session, cwd, command) VALUES (1, 'mila', 'a', "
+                "'exec', '/', '" +
+                std::string(200, 'y') + "')");
     }
     auto store = Store::open(m_root);
     EXPECT_EQ(store.schemaVersion(), Store::latestSchemaVersion());
@@ -278,16 +282,17 @@ TEST(Settings, ABadKeyOrValueIsRefusedAndNothingChanges) {
     {
         auto store = Store::open(tmpl);
         setSetting(store, "mila", "audit_retention", "90d");
-        for (auto [key, value] : std::vector<std::pair<std::string, std::string>>{
-                 {"audit_retention", "soon"}, {"audit_retention", "0"}, {"no_such_key", "1d"},
-                 {"state_max_bytes", "1KiB"}, {"log_max_bytes", "lots"}}) {
+        for (auto [key, value] : std::vector<std::pair<std::string, std::string>>{{"audit_retention", "soon"},
+                                                                                  {"audit_retention", "0"},
+                                                                                  {"no_such_key", "1d"},
+                                                                                  {"state_max_bytes", "1KiB"},
+                                                                                  {"log_max_bytes", "lots"}}) {
             try {
                 setSetting(store, "mila", key, value);
                 ADD_FAILURE() << key << "=" << value << " was accepted";
             } catch (const Error& e) {
                 EXPECT_EQ(e.code(), ErrorCode::BadRequest);
-                EXPECT_NE(std::string(e.what()).find(key == "no_such_key" ? "unknown setting" : key),
-                          std::string::npos)
+                EXPECT_NE(std::string(e.what()).find(key == "no_such_key" ? "unknown setting" : key), std::string::npos)
                     << e.what();
             }
         }
@@ -320,7 +325,8 @@ TEST(RelayRetentionTest, PrunesExpiredCodesAndTokensAndAcknowledgedCallbacksOnly
     {
         relay::RelayDb db(path);
         EXPECT_EQ(db.rawDb().queryInt("PRAGMA auto_vacuum"), 2);
-        for (int i = 0; i < 3; ++i) ASSERT_TRUE(db.startSignin("u" + std::to_string(i) + "@example.org", Secret("123456")));
+        for (int i = 0; i < 3; ++i)
+            ASSERT_TRUE(db.startSignin("u" + std::to_string(i) + "@example.org", Secret("123456")));
         auto user = db.rawDb().queryInt("SELECT id FROM users WHERE email = 'u0@example.org'");
         auto access = db.issueCredential(user, "access", relay::RelayDb::kAccessTokenLifetime);
         auto apiKey = db.issueCredential(user, "api_key", std::nullopt);

@@ -1,7 +1,7 @@
+#include "store.hpp"
 #include "errors.hpp"
 #include "relay_db.hpp"
 #include "sqlite.hpp"
-#include "store.hpp"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -25,7 +25,7 @@ protected:
     void TearDown() override { fs::remove_all(m_root); }
 
     static mode_t modeOf(const fs::path& p) {
-        struct stat st{};
+        struct stat st {};
         EXPECT_EQ(::stat(p.c_str(), &st), 0) << p;
         return st.st_mode & 07777;
     }
@@ -54,7 +54,10 @@ TEST_F(StoreTest, CreatesThePrivateDirectoryAndFile) {
 }
 
 TEST_F(StoreTest, TightensLoosePermissionsOnEveryOpen) {
-    { auto store = Store::open(m_home); store.saveProfile(sample()); }
+    {
+        auto store = Store::open(m_home);
+        store.saveProfile(sample());
+    }
     ::chmod(m_home.c_str(), 0755);
     ::chmod((m_home / "state.db").c_str(), 0644);
     auto store = Store::open(m_home);
@@ -132,7 +135,10 @@ TEST_F(StoreTest, MigratesAnEmptyDatabaseToTheLatestVersion) {
 }
 
 TEST_F(StoreTest, RefusesADatabaseFromANewerVersion) {
-    { auto store = Store::open(m_home); store.db().setUserVersion(Store::latestSchemaVersion() + 1); }
+    {
+        auto store = Store::open(m_home);
+        store.db().setUserVersion(Store::latestSchemaVersion() + 1);
+    }
     EXPECT_THROW(Store::open(m_home), std::runtime_error);
 }
 
@@ -178,7 +184,8 @@ void fillToTheLimit(Store& store) {
     store.db().exec("PRAGMA max_page_count = " + std::to_string(store.db().queryInt("PRAGMA page_count") + 2));
     auto insert = [&store] {
         auto st = store.db().prepare(
-            "INSERT INTO audit (time, daemon_id, agent, session, cwd, command) VALUES (0, 'filler', 'a', 'exec', '/', ?1)");
+            "INSERT INTO audit (time, daemon_id, agent, session, cwd, command) VALUES (0, 'filler', 'a', 'exec', '/', "
+            "?1)");
         st.bind(1, std::string(3000, 'x'));
         st.run();
     };

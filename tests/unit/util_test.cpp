@@ -68,8 +68,8 @@ TEST(Utf8, TellsValidFromInvalid) {
     EXPECT_TRUE(isValidUtf8("\xc3\xa9t\xc3\xa9"));
     EXPECT_FALSE(isValidUtf8("\xff"));
     EXPECT_FALSE(isValidUtf8("\xc3"));
-    EXPECT_FALSE(isValidUtf8("\xc0\xaf"));        // overlong
-    EXPECT_FALSE(isValidUtf8("\xed\xa0\x80"));    // surrogate
+    EXPECT_FALSE(isValidUtf8("\xc0\xaf"));      // overlong
+    EXPECT_FALSE(isValidUtf8("\xed\xa0\x80"));  // surrogate
 }
 
 TEST(Base64, RoundTripsEveryLength) {
