@@ -110,12 +110,18 @@ ApiResponse Api::handle(const ApiRequest& r) {
         if (path == "/otp/signin") return r.method == "POST" ? signin(r) : wrongMethod("use POST");
         if (path == "/auth/otp/signin/verify") return r.method == "POST" ? verify(r) : wrongMethod("use POST");
         if (path == "/auth/api-keys") return r.method == "POST" ? createApiKey(r) : wrongMethod("use POST");
+        if (path == "/auth/revoke") return r.method == "POST" ? revoke(r) : wrongMethod("use POST");
         static constexpr std::string_view kDaemons = "/hpc/daemons";
+        static constexpr std::string_view kRotate = "/rotate-key";
         if (path == kDaemons) return daemons(r, {});
         if (path.rfind(std::string(kDaemons) + "/", 0) == 0) {
             std::string id = path.substr(kDaemons.size() + 1);
+            bool rotate =
+                id.size() > kRotate.size() && id.compare(id.size() - kRotate.size(), kRotate.size(), kRotate) == 0;
+            if (rotate) id.resize(id.size() - kRotate.size());
             if (!isValidDaemonId(id))
                 return errorResponse(ErrorCode::BadRequest, "daemon ids are 1-64 characters of A-Z a-z 0-9 . _ -");
+            if (rotate) return r.method == "POST" ? rotateKey(r, id) : wrongMethod("use POST");
             return daemons(r, id);
         }
         return errorResponse(ErrorCode::NotFound, "no route " + printable(r.method) + " " + printable(path));
@@ -204,6 +210,33 @@ ApiResponse Api::createApiKey(const ApiRequest& r) {
                  {{"id", id}, {"api_key", key.reveal()}, {"created_at", nowEpochSeconds()}, {"expires_at", nullptr}});
 }
 
+ApiResponse Api::revoke(const ApiRequest& r) {
+    auto who = authenticate(r.authorization);
+    if (!who) return errorResponse(ErrorCode::Unauthorized, "a valid bearer token or API key is required");
+    m_db.revokeCredential(who->credentialId);
+    log::info("user " + std::to_string(who->userId) + " revoked " + (who->kind == "api_key" ? "API key " : "token ") +
+              std::to_string(who->credentialId));
+    m_hub.dropCredential(who->credentialId, "this credential was revoked");
+    return reply(200, {{"revoked", true}, {"id", who->credentialId}, {"kind", who->kind}});
+}
+
+ApiResponse Api::rotateKey(const ApiRequest& r, const std::string& daemonId) {
+    auto who = authenticate(r.authorization);
+    if (!who) return errorResponse(ErrorCode::Unauthorized, "a valid bearer token or API key is required");
+    if (!m_db.daemon(who->userId, daemonId)) return errorResponse(ErrorCode::NotFound, "no daemon " + daemonId);
+    // One daemon's key cannot take over another's registration.
+    auto bound = m_db.boundKey(who->userId, daemonId);
+    if (who->kind == "api_key" && bound && *bound != who->credentialId &&
+        !m_db.isSuperseded(who->userId, daemonId, who->credentialId))
+        return errorResponse(ErrorCode::NotOwner, "this API key is not daemon " + daemonId + "'s");
+    auto [id, key] = m_db.rotateDaemonKey(who->userId, daemonId, *who);
+    log::info("daemon " + daemonId + " (user " + std::to_string(who->userId) + ") got a new API key " +
+              std::to_string(id) + "; the previous one is revoked when the daemon connects with it");
+    return success("a new API key for daemon " + daemonId,
+                   {{"daemon_id", daemonId}, {"id", id}, {"api_key", key.reveal()}, {"created_at", nowEpochSeconds()}},
+                   201);
+}
+
 json::object Api::describe(std::int64_t userId, const Registration& reg) const {
     json::object o = reg.info;
     o["daemon_id"] = reg.daemonId;
@@ -237,17 +270,21 @@ ApiResponse Api::daemons(const ApiRequest& r, const std::string& daemonId) {
         if (!body) return errorResponse(ErrorCode::BadRequest, "body must be a JSON object");
         std::string why;
         if (!validRegistration(*body, why)) return errorResponse(ErrorCode::BadRequest, why);
-        bool created = m_db.putDaemon(who->userId, daemonId, *body);
+        bool created = m_db.putDaemon(who->userId, daemonId, *body, who->kind == "api_key" ? who->credentialId : 0);
         log::info("daemon " + daemonId + " (user " + std::to_string(who->userId) + ") " +
                   (created ? "registered" : "registration updated"));
         return success(created ? "registered" : "updated", {{"daemon_id", daemonId}, {"created", created}},
                        created ? 201 : 200);
     }
     if (r.method == "DELETE") {
-        if (!m_db.deleteDaemon(who->userId, daemonId))
-            return errorResponse(ErrorCode::NotFound, "no daemon " + daemonId);
-        log::info("daemon " + daemonId + " (user " + std::to_string(who->userId) + ") unregistered");
-        return success("deleted", {{"daemon_id", daemonId}});
+        auto revoked = m_db.deleteDaemon(who->userId, daemonId);
+        if (!revoked) return errorResponse(ErrorCode::NotFound, "no daemon " + daemonId);
+        log::info("daemon " + daemonId + " (user " + std::to_string(who->userId) + ") unregistered; " +
+                  std::to_string(revoked->size()) + " API key(s) revoked");
+        m_hub.dropDaemon(who->userId, daemonId, "this daemon was unregistered");
+        for (auto id : *revoked) m_hub.dropCredential(id, "this API key was revoked");
+        return success("deleted",
+                       {{"daemon_id", daemonId}, {"revoked_keys", static_cast<std::int64_t>(revoked->size())}});
     }
     return wrongMethod("use GET, PUT or DELETE on /hpc/daemons/{id}");
 }

@@ -56,6 +56,10 @@ private:
     ApiResponse verify(const ApiRequest& r);
     ApiResponse createApiKey(const ApiRequest& r);
     ApiResponse daemons(const ApiRequest& r, const std::string& daemonId);
+    /// POST /hpc/daemons/{id}/rotate-key: a new API key for the daemon.
+    ApiResponse rotateKey(const ApiRequest& r, const std::string& daemonId);
+    /// POST /auth/revoke: the bearer credential revokes itself.
+    ApiResponse revoke(const ApiRequest& r);
     boost::json::object describe(std::int64_t userId, const Registration& reg) const;
     /// Counts a code request from `remote`; false when its client is over the limit.
     bool admitSignin(const std::string& remote);

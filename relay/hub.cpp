@@ -26,6 +26,7 @@ std::string callbackEvent(std::uint64_t n, const std::string& daemonId, const js
 
 void Hub::attachAgent(const Principal& agent, const std::shared_ptr<Peer>& peer) {
     m_agents.emplace(std::make_pair(agent.userId, agentIdOf(agent)), peer);
+    m_agentsByCredential.emplace(agent.credentialId, peer);
     CallbackQuery q;
     q.agentId = agentIdOf(agent);
     q.unackedOnly = true;
@@ -67,7 +68,8 @@ bool Hub::answerAgentCallbackRequest(const Principal& agent, Peer& peer, const E
     return false;
 }
 
-void Hub::attachDaemon(std::int64_t userId, const std::string& daemonId, std::shared_ptr<Peer> peer) {
+void Hub::attachDaemon(std::int64_t userId, const std::string& daemonId, std::shared_ptr<Peer> peer,
+                       std::int64_t credentialId) {
     DaemonKey key{userId, daemonId};
     auto it = m_daemons.find(key);
     if (it != m_daemons.end()) {
@@ -82,7 +84,41 @@ void Hub::attachDaemon(std::int64_t userId, const std::string& daemonId, std::sh
     } else {
         log::info("daemon " + daemonId + " (user " + std::to_string(userId) + ") connected");
     }
-    m_daemons[key] = DaemonLink{std::move(peer), nowEpochSeconds(), {}};
+    m_daemons[key] = DaemonLink{std::move(peer), nowEpochSeconds(), {}, credentialId};
+    if (credentialId == 0) return;
+    // The daemon holds its new key (it just used it): the keys it replaces go.
+    try {
+        for (auto revoked : m_db.daemonConnected(userId, daemonId, credentialId)) {
+            log::notice("daemon " + daemonId + " (user " + std::to_string(userId) +
+                        ") connected with its new API key: revoked the key it replaced (credential " +
+                        std::to_string(revoked) + ")");
+            dropCredential(revoked, "this API key was replaced and is revoked");
+        }
+    } catch (const std::exception& e) {
+        // The old key stays valid; the next connection tries again.
+        log::warning("daemon " + daemonId + ": cannot revoke the API keys it replaced yet: " + e.what());
+    }
+}
+
+void Hub::dropDaemon(std::int64_t userId, const std::string& daemonId, const std::string& why) {
+    auto it = m_daemons.find({userId, daemonId});
+    if (it == m_daemons.end()) return;
+    auto peer = it->second.peer;
+    detachDaemon(userId, daemonId, peer.get());
+    peer->close(why);
+}
+
+void Hub::dropCredential(std::int64_t credentialId, const std::string& why) {
+    std::vector<DaemonKey> daemons;
+    for (const auto& [key, link] : m_daemons)
+        if (link.credentialId == credentialId) daemons.push_back(key);
+    for (const auto& key : daemons) dropDaemon(key.first, key.second, why);
+    auto [from, to] = m_agentsByCredential.equal_range(credentialId);
+    std::vector<std::shared_ptr<Peer>> agents;
+    for (auto it = from; it != to; ++it)
+        if (auto peer = it->second.lock()) agents.push_back(std::move(peer));
+    m_agentsByCredential.erase(from, to);
+    for (const auto& agent : agents) agent->close(why);
 }
 
 void Hub::detachDaemon(std::int64_t userId, const std::string& daemonId, const Peer* peer) {
@@ -128,10 +164,12 @@ void Hub::dropRoutesOf(const DaemonKey& key, const std::string& why) {
 }
 
 void Hub::detachAgent(const Peer* peer) {
-    std::erase_if(m_agents, [peer](const auto& kv) {
+    auto gone = [peer](const auto& kv) {
         auto p = kv.second.lock();
         return !p || p.get() == peer;
-    });
+    };
+    std::erase_if(m_agents, gone);
+    std::erase_if(m_agentsByCredential, gone);
     // The agent's shells: the daemon hangs them up after its grace period.
     for (auto it = m_routes.begin(); it != m_routes.end();) {
         if (it->second.agentKey != peer) {
@@ -158,6 +196,7 @@ void Hub::closeAll() {
     m_daemons.clear();
     m_pending.clear();
     m_agents.clear();
+    m_agentsByCredential.clear();
     m_pendingPerAgent.clear();
 }
 

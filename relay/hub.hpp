@@ -38,10 +38,19 @@ public:
     explicit Hub(RelayDb& db) : m_db(db) {}
 
     /// A daemon's WebSocket is up; an older connection of the same daemon is
-    /// closed and replaced.
-    void attachDaemon(std::int64_t userId, const std::string& daemonId, std::shared_ptr<Peer> peer);
+    /// closed and replaced. With the API key it authenticated with
+    /// (`credentialId`), the keys that key superseded are revoked now
+    /// (RelayDb::daemonConnected) and their connections closed.
+    void attachDaemon(std::int64_t userId, const std::string& daemonId, std::shared_ptr<Peer> peer,
+                      std::int64_t credentialId = 0);
     /// Forgets the daemon if `peer` is still its connection.
     void detachDaemon(std::int64_t userId, const std::string& daemonId, const Peer* peer);
+    /// Closes the daemon's connection, if any (its registration was deleted):
+    /// requests in flight fail and its shells end for their agents at once.
+    void dropDaemon(std::int64_t userId, const std::string& daemonId, const std::string& why);
+    /// Closes every connection, daemon or agent, authenticated with a
+    /// credential that was just revoked.
+    void dropCredential(std::int64_t credentialId, const std::string& why);
     /// An agent's WebSocket is up: it gets the job callbacks addressed to it
     /// that it has not acknowledged yet, then every new one as it arrives.
     void attachAgent(const Principal& agent, const std::shared_ptr<Peer>& peer);
@@ -74,6 +83,7 @@ private:
         std::shared_ptr<Peer> peer;
         double since = 0;
         std::string warning;  ///< its latest daemon.warning
+        std::int64_t credentialId = 0;
     };
     struct Pending {
         std::weak_ptr<Peer> agent;
@@ -119,6 +129,8 @@ private:
     std::uint32_t m_nextChannel = 1;
     /// Connected agents by (user, agent id): where callbacks go.
     std::multimap<std::pair<std::int64_t, std::string>, std::weak_ptr<Peer>> m_agents;
+    /// Connected agents by the credential they authenticated with (dropCredential).
+    std::multimap<std::int64_t, std::weak_ptr<Peer>> m_agentsByCredential;
     std::uint64_t m_nextEventId = 1;
 };
 

@@ -70,6 +70,20 @@ const std::vector<sqlite::Migration> kMigrations = {
     CREATE INDEX callbacks_by_ack ON callbacks(acked_at);
     )sql",
     {"PRAGMA auto_vacuum=INCREMENTAL; VACUUM;", true},
+    // Issue 14: a registration is bound to the API key that registered it
+    // (or its rotation); the keys it replaced stay valid until the daemon
+    // connects with the bound one, then they are revoked.
+    R"sql(
+    ALTER TABLE daemons ADD COLUMN credential_id INTEGER;
+    CREATE TABLE superseded_keys (
+        user_id INTEGER NOT NULL,
+        daemon_id TEXT NOT NULL,
+        credential_id INTEGER NOT NULL,
+        PRIMARY KEY (user_id, daemon_id, credential_id)
+    );
+    CREATE INDEX superseded_by_credential ON superseded_keys(credential_id);
+    CREATE INDEX daemons_by_credential ON daemons(credential_id);
+    )sql",
 };
 
 Registration readRegistration(sqlite::Statement& st) {
@@ -272,15 +286,114 @@ std::optional<Principal> RelayDb::authenticate(const Secret& bearer) {
     return Principal{st.int64(1), st.int64(0), st.text(2)};
 }
 
-bool RelayDb::putDaemon(std::int64_t userId, const std::string& daemonId, const json::object& info) try {
+bool RelayDb::putDaemon(std::int64_t userId, const std::string& daemonId, const json::object& info,
+                        std::int64_t apiKeyId) try {
     Writing writing(*this);
     double now = nowEpochSeconds();
+    sqlite::Transaction tx(m_db);
     bool existed = daemon(userId, daemonId).has_value();
     auto st = m_db.prepare(
         "INSERT INTO daemons (user_id, daemon_id, info, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) "
         "ON CONFLICT(user_id, daemon_id) DO UPDATE SET info = ?3, updated_at = ?4");
     st.bind(1, userId).bind(2, daemonId).bind(3, json::serialize(info)).bind(4, now).run();
+    if (apiKeyId != 0) bindKey(userId, daemonId, apiKeyId);
+    tx.commit();
     return !existed;
+} catch (const sqlite::DiskFull& e) {
+    refuseFull(e);
+}
+
+std::optional<std::int64_t> RelayDb::boundKey(std::int64_t userId, const std::string& daemonId) {
+    auto st = m_db.prepare("SELECT credential_id FROM daemons WHERE user_id = ?1 AND daemon_id = ?2");
+    st.bind(1, userId).bind(2, daemonId);
+    if (!st.step() || st.isNull(0)) return std::nullopt;
+    return st.int64(0);
+}
+
+bool RelayDb::isSuperseded(std::int64_t userId, const std::string& daemonId, std::int64_t credentialId) {
+    auto st =
+        m_db.prepare("SELECT 1 FROM superseded_keys WHERE user_id = ?1 AND daemon_id = ?2 AND credential_id = ?3");
+    st.bind(1, userId).bind(2, daemonId).bind(3, credentialId);
+    return st.step();
+}
+
+void RelayDb::bindKey(std::int64_t userId, const std::string& daemonId, std::int64_t keyId) {
+    auto bound = boundKey(userId, daemonId);
+    if (bound == keyId) return;
+    if (bound) {
+        auto keep = m_db.prepare(
+            "INSERT OR IGNORE INTO superseded_keys (user_id, daemon_id, credential_id) VALUES (?1, ?2, ?3)");
+        keep.bind(1, userId).bind(2, daemonId).bind(3, *bound).run();
+    }
+    auto forget =
+        m_db.prepare("DELETE FROM superseded_keys WHERE user_id = ?1 AND daemon_id = ?2 AND credential_id = ?3");
+    forget.bind(1, userId).bind(2, daemonId).bind(3, keyId).run();
+    auto st = m_db.prepare("UPDATE daemons SET credential_id = ?3 WHERE user_id = ?1 AND daemon_id = ?2");
+    st.bind(1, userId).bind(2, daemonId).bind(3, keyId).run();
+}
+
+std::pair<std::int64_t, Secret> RelayDb::rotateDaemonKey(std::int64_t userId, const std::string& daemonId,
+                                                         const Principal& by) try {
+    Writing writing(*this);
+    sqlite::Transaction tx(m_db);
+    // A key the registration was not bound to yet (registered before keys
+    // were bound, or by an access token) is replaced as well.
+    if (by.kind == "api_key" && !boundKey(userId, daemonId)) bindKey(userId, daemonId, by.credentialId);
+    auto issued = issueCredential(userId, "api_key", std::nullopt);
+    bindKey(userId, daemonId, issued.first);
+    tx.commit();
+    return issued;
+} catch (const sqlite::DiskFull& e) {
+    refuseFull(e);
+}
+
+std::vector<std::int64_t> RelayDb::daemonConnected(std::int64_t userId, const std::string& daemonId,
+                                                   std::int64_t credentialId) try {
+    auto bound = boundKey(userId, daemonId);
+    if (bound && *bound != credentialId) return {};  // an older key: the rotation is not finished
+    std::vector<std::int64_t> superseded;
+    auto st = m_db.prepare("SELECT credential_id FROM superseded_keys WHERE user_id = ?1 AND daemon_id = ?2");
+    st.bind(1, userId).bind(2, daemonId);
+    while (st.step()) superseded.push_back(st.int64(0));
+    if (bound && superseded.empty()) return {};
+    Writing writing(*this);
+    sqlite::Transaction tx(m_db);
+    if (!bound) bindKey(userId, daemonId, credentialId);
+    auto clear = m_db.prepare("DELETE FROM superseded_keys WHERE user_id = ?1 AND daemon_id = ?2");
+    clear.bind(1, userId).bind(2, daemonId).run();
+    auto revoked = revokeUnlessBound(superseded);
+    tx.commit();
+    return revoked;
+} catch (const sqlite::DiskFull& e) {
+    refuseFull(e);
+}
+
+std::vector<std::int64_t> RelayDb::revokeUnlessBound(const std::vector<std::int64_t>& keys) {
+    std::vector<std::int64_t> revoked;
+    for (auto id : keys) {
+        auto inUse = m_db.prepare("SELECT 1 FROM daemons WHERE credential_id = ?1");
+        inUse.bind(1, id);
+        if (inUse.step()) continue;  // another registration is bound to it (a key shared by hand)
+        if (deleteCredential(id)) revoked.push_back(id);
+    }
+    return revoked;
+}
+
+bool RelayDb::deleteCredential(std::int64_t credentialId) {
+    auto st = m_db.prepare("DELETE FROM credentials WHERE id = ?1");
+    st.bind(1, credentialId).run();
+    bool deleted = m_db.changes() > 0;
+    auto forget = m_db.prepare("DELETE FROM superseded_keys WHERE credential_id = ?1");
+    forget.bind(1, credentialId).run();
+    return deleted;
+}
+
+bool RelayDb::revokeCredential(std::int64_t credentialId) try {
+    Writing writing(*this);
+    sqlite::Transaction tx(m_db);
+    bool deleted = deleteCredential(credentialId);
+    tx.commit();
+    return deleted;
 } catch (const sqlite::DiskFull& e) {
     refuseFull(e);
 }
@@ -302,11 +415,22 @@ std::optional<Registration> RelayDb::daemon(std::int64_t userId, const std::stri
     return readRegistration(st);
 }
 
-bool RelayDb::deleteDaemon(std::int64_t userId, const std::string& daemonId) try {
+std::optional<std::vector<std::int64_t>> RelayDb::deleteDaemon(std::int64_t userId, const std::string& daemonId) try {
     Writing writing(*this);
+    sqlite::Transaction tx(m_db);
+    std::vector<std::int64_t> keys;
+    if (auto bound = boundKey(userId, daemonId)) keys.push_back(*bound);
+    auto sup = m_db.prepare("SELECT credential_id FROM superseded_keys WHERE user_id = ?1 AND daemon_id = ?2");
+    sup.bind(1, userId).bind(2, daemonId);
+    while (sup.step()) keys.push_back(sup.int64(0));
     auto st = m_db.prepare("DELETE FROM daemons WHERE user_id = ?1 AND daemon_id = ?2");
     st.bind(1, userId).bind(2, daemonId).run();
-    return m_db.changes() > 0;
+    if (m_db.changes() == 0) return std::nullopt;
+    auto clear = m_db.prepare("DELETE FROM superseded_keys WHERE user_id = ?1 AND daemon_id = ?2");
+    clear.bind(1, userId).bind(2, daemonId).run();
+    auto revoked = revokeUnlessBound(keys);
+    tx.commit();
+    return revoked;
 } catch (const sqlite::DiskFull& e) {
     refuseFull(e);
 }

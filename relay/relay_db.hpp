@@ -84,11 +84,37 @@ public:
                                                     std::optional<double> lifetime);
     std::optional<Principal> authenticate(const Secret& bearer);
 
-    /// Returns true when the registration is new.
-    bool putDaemon(std::int64_t userId, const std::string& daemonId, const boost::json::object& info);
+    /// Returns true when the registration is new. With `apiKeyId` (the API
+    /// key that registers it), the registration is bound to that key and the
+    /// key it was bound to before is superseded (see daemonConnected).
+    bool putDaemon(std::int64_t userId, const std::string& daemonId, const boost::json::object& info,
+                   std::int64_t apiKeyId = 0);
     std::vector<Registration> daemons(std::int64_t userId);
     std::optional<Registration> daemon(std::int64_t userId, const std::string& daemonId);
-    bool deleteDaemon(std::int64_t userId, const std::string& daemonId);
+    /// Deletes the registration and revokes its bound and superseded keys
+    /// (each unless another registration is bound to it). Returns the ids
+    /// revoked; nullopt when there was no such registration.
+    std::optional<std::vector<std::int64_t>> deleteDaemon(std::int64_t userId, const std::string& daemonId);
+
+    /// The API key a registration is bound to, if any.
+    std::optional<std::int64_t> boundKey(std::int64_t userId, const std::string& daemonId);
+    /// Whether `credentialId` is a key the registration was bound to before
+    /// and that is not revoked yet.
+    bool isSuperseded(std::int64_t userId, const std::string& daemonId, std::int64_t credentialId);
+    /// Issues a new API key for a registration and binds it; the key it was
+    /// bound to (or, unbound, `by`'s key) stays valid, superseded, until the
+    /// daemon connects with the new one. The caller checks `by` may do this.
+    std::pair<std::int64_t, Secret> rotateDaemonKey(std::int64_t userId, const std::string& daemonId,
+                                                    const Principal& by);
+    /// A daemon's WebSocket was accepted with API key `credentialId`. When it
+    /// is the bound key (or none was bound yet: it becomes bound), the
+    /// superseded keys are revoked: the daemon uses its new key. Returns the
+    /// ids revoked. Connecting with a superseded key changes nothing.
+    std::vector<std::int64_t> daemonConnected(std::int64_t userId, const std::string& daemonId,
+                                              std::int64_t credentialId);
+    /// Revokes a credential (logout, a key revoking itself). False when it
+    /// did not exist.
+    bool revokeCredential(std::int64_t credentialId);
 
     /// Records a callback from a daemon (its payload names the submitting
     /// agent and the job); false when it was seen before (a retry).
@@ -118,6 +144,11 @@ public:
 private:
     class Writing;
     [[noreturn]] void refuseFull(const sqlite::DiskFull& e);
+    /// Inside a transaction: binds the registration to `keyId`, superseding its previous key.
+    void bindKey(std::int64_t userId, const std::string& daemonId, std::int64_t keyId);
+    /// Inside a transaction: deletes each key no registration is bound to; returns those deleted.
+    std::vector<std::int64_t> revokeUnlessBound(const std::vector<std::int64_t>& keys);
+    bool deleteCredential(std::int64_t credentialId);
 
     std::string m_path;
     sqlite::Db m_db;

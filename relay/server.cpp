@@ -112,7 +112,8 @@ private:
         }
         m_open = true;
         if (m_role.daemon)
-            m_ctx.hub.attachDaemon(m_role.principal.userId, m_role.daemonId, this->shared_from_this());
+            m_ctx.hub.attachDaemon(m_role.principal.userId, m_role.daemonId, this->shared_from_this(),
+                                   m_role.principal.credentialId);
         else {
             log::info("agent connected from " + m_remote + " (user " + std::to_string(m_role.principal.userId) +
                       ", credential " + std::to_string(m_role.principal.credentialId) + ")");

@@ -86,4 +86,22 @@ json::array PlatformClient::listDaemons(const Secret& bearer) {
     throw Error(ErrorCode::Unavailable, "the platform's reply to /hpc/daemons has no daemon list");
 }
 
+Secret PlatformClient::rotateDaemonKey(const Secret& apiKey, const std::string& daemonId) {
+    std::string route = "/hpc/daemons/" + daemonId + "/rotate-key";
+    auto r = call("POST", route, nullptr, apiKey);
+    auto* payload = r.if_contains("payload");
+    if (!payload || !payload->is_object())
+        throw Error(ErrorCode::Unavailable, "the platform's reply to " + route + " has no payload");
+    return Secret(field(payload->get_object(), "api_key", route));
+}
+
+std::int64_t PlatformClient::deleteDaemon(const Secret& bearer, const std::string& daemonId) {
+    auto r = call("DELETE", "/hpc/daemons/" + daemonId, nullptr, bearer);
+    if (auto* p = r.if_contains("payload"); p && p->is_object())
+        if (auto* n = p->get_object().if_contains("revoked_keys"); n && n->is_int64()) return n->get_int64();
+    return 0;
+}
+
+void PlatformClient::revoke(const Secret& bearer) { call("POST", "/auth/revoke", nullptr, bearer); }
+
 }  // namespace hpc::net

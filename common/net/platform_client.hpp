@@ -25,6 +25,15 @@ public:
     bool registerDaemon(const Secret& apiKey, const std::string& daemonId, const boost::json::object& info);
     /// GET /hpc/daemons: the user's registrations, with "connected".
     boost::json::array listDaemons(const Secret& bearer);
+    /// POST /hpc/daemons/{id}/rotate-key (bearer: the daemon's API key):
+    /// returns a new API key. The old one stays valid until the daemon
+    /// connects with the new one; then the platform revokes it.
+    Secret rotateDaemonKey(const Secret& apiKey, const std::string& daemonId);
+    /// DELETE /hpc/daemons/{id}: unregisters the daemon; the platform revokes
+    /// its API keys and closes its link. Returns how many keys it revoked.
+    std::int64_t deleteDaemon(const Secret& bearer, const std::string& daemonId);
+    /// POST /auth/revoke: the bearer (an access token or API key) revokes itself.
+    void revoke(const Secret& bearer);
 
     const Url& base() const { return m_base; }
 

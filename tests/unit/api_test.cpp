@@ -208,3 +208,106 @@ TEST_F(ApiTest, AnErrorFromTheClosedSetAnswersWithItsOwnStatusAndABugWithout) {
     EXPECT_EQ(bodyOf(bug).at("code").as_string(), "INTERNAL");
     EXPECT_EQ(bug.body.find("/srv/relay"), std::string::npos) << bug.body;
 }
+
+namespace {
+
+/// A daemon or agent connection, for what the hub closes.
+struct ClosablePeer : Peer {
+    bool closed = false;
+    void sendText(std::string) override {}
+    void sendBinary(std::string) override {}
+    void close(std::string_view) override { closed = true; }
+};
+
+}  // namespace
+
+class KeyTest : public ApiTest {
+protected:
+    void SetUp() override {
+        ApiTest::SetUp();
+        m_access = signIn("a@example.org");
+        m_user = m_api->authenticate("Bearer " + m_access)->userId;
+    }
+    /// A new API key: its credential id and secret.
+    std::pair<std::int64_t, std::string> newKey() {
+        auto o = bodyOf(call("POST", "/auth/api-keys", {}, m_access));
+        return {o.at("id").as_int64(), std::string(o.at("api_key").as_string())};
+    }
+    std::pair<std::int64_t, std::string> rotate(const std::string& daemonId, const std::string& bearer) {
+        auto r = call("POST", "/hpc/daemons/" + daemonId + "/rotate-key", {}, bearer);
+        EXPECT_EQ(r.status, 201) << r.body;
+        auto p = bodyOf(r).at("payload");
+        return {p.at("id").as_int64(), std::string(p.at("api_key").as_string())};
+    }
+    bool accepted(const std::string& key) { return m_api->authenticate("Bearer " + key).has_value(); }
+
+    std::string m_access;
+    std::int64_t m_user = 0;
+};
+
+TEST_F(KeyTest, ARotatedKeyIsRevokedOnlyOnceTheDaemonConnectsWithItsSuccessor) {
+    auto [oldId, oldKey] = newKey();
+    ASSERT_EQ(call("PUT", "/hpc/daemons/d", {}, oldKey).status, 201);
+    auto onOld = std::make_shared<ClosablePeer>();
+    m_hub->attachDaemon(m_user, "d", onOld, oldId);
+    // An interrupted rotation (its key never stored) and a second one.
+    auto [lostId, lostKey] = rotate("d", oldKey);
+    auto [newId, newKey_] = rotate("d", oldKey);
+    EXPECT_TRUE(accepted(oldKey) && accepted(lostKey) && accepted(newKey_)) << "all valid until the daemon moves";
+    m_hub->attachDaemon(m_user, "d", onOld, oldId);  // a reconnect with the old key changes nothing
+    EXPECT_TRUE(accepted(oldKey));
+    auto onNew = std::make_shared<ClosablePeer>();
+    m_hub->attachDaemon(m_user, "d", onNew, newId);
+    EXPECT_FALSE(accepted(oldKey));
+    EXPECT_FALSE(accepted(lostKey)) << "the lost key of the interrupted rotation goes too";
+    EXPECT_TRUE(accepted(newKey_));
+    EXPECT_FALSE(onNew->closed);
+}
+
+TEST_F(KeyTest, OnlyTheDaemonsOwnKeyMayRotateIt) {
+    auto [id1, key1] = newKey();
+    auto [id2, key2] = newKey();
+    ASSERT_EQ(call("PUT", "/hpc/daemons/d1", {}, key1).status, 201);
+    ASSERT_EQ(call("PUT", "/hpc/daemons/d2", {}, key2).status, 201);
+    EXPECT_EQ(call("POST", "/hpc/daemons/d1/rotate-key", {}, key2).status, 403);
+    EXPECT_EQ(call("POST", "/hpc/daemons/nope/rotate-key", {}, key1).status, 404);
+    EXPECT_EQ(call("GET", "/hpc/daemons/d1/rotate-key", {}, key1).status, 405);
+    EXPECT_EQ(call("POST", "/hpc/daemons/d1/rotate-key").status, 401);
+    EXPECT_TRUE(accepted(key1) && accepted(key2));
+}
+
+TEST_F(KeyTest, RegisteringAgainWithANewKeyRevokesTheOldOneWhenTheDaemonConnects) {
+    auto [firstId, first] = newKey();
+    auto [secondId, second] = newKey();
+    ASSERT_EQ(call("PUT", "/hpc/daemons/d", {}, first).status, 201);
+    ASSERT_EQ(call("PUT", "/hpc/daemons/d", {}, second).status, 200);
+    EXPECT_TRUE(accepted(first));
+    m_hub->attachDaemon(m_user, "d", std::make_shared<ClosablePeer>(), secondId);
+    EXPECT_FALSE(accepted(first));
+    EXPECT_TRUE(accepted(second));
+}
+
+TEST_F(KeyTest, DeletingARegistrationRevokesItsKeysAndClosesItsLink) {
+    auto [id, key] = newKey();
+    ASSERT_EQ(call("PUT", "/hpc/daemons/d", {}, key).status, 201);
+    auto link = std::make_shared<ClosablePeer>();
+    m_hub->attachDaemon(m_user, "d", link, id);
+    auto r = call("DELETE", "/hpc/daemons/d", {}, key);
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(bodyOf(r).at("payload").at("revoked_keys").as_int64(), 1);
+    EXPECT_TRUE(link->closed);
+    EXPECT_FALSE(m_hub->connectedSince(m_user, "d"));
+    EXPECT_FALSE(accepted(key));
+    EXPECT_EQ(call("GET", "/hpc/daemons/d", {}, m_access).status, 404);
+}
+
+TEST_F(KeyTest, ARevokedTokenIsRefusedAndItsConnectionsClosed) {
+    auto agent = std::make_shared<ClosablePeer>();
+    m_hub->attachAgent(*m_api->authenticate("Bearer " + m_access), agent);
+    auto r = call("POST", "/auth/revoke", {}, m_access);
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(bodyOf(r).at("kind").as_string(), "access");
+    EXPECT_FALSE(accepted(m_access));
+    EXPECT_TRUE(agent->closed);
+    EXPECT_EQ(call("POST", "/auth/revoke", {}, m_access).status, 401);
+}
