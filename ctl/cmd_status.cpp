@@ -67,6 +67,7 @@ int runStatus(const std::string& daemonId, bool asJson) {
     }
     std::string link = str(s, "link_state");
     if (link == "connected") link += " since " + when(num(s, "connected_since"));
+    if (!str(s, "link_problem").empty()) link += " — " + str(s, "link_problem");
     std::cout << "daemon " << str(s, "daemon_id") << ": running (hpc-daemond " << str(s, "version") << ", pid "
               << static_cast<long>(num(s, "pid")) << ", up since " << when(num(s, "started_at")) << ")\n"
               << "  mode:       " << str(s, "mode") << " — " << str(s, "mode_reason") << "\n"

@@ -428,6 +428,7 @@ private:
                                                      : "started directly, not by systemd";
         s.linkState = m_link ? std::string(toString(m_link->state())) : "connecting";
         s.connectedSince = m_link ? m_link->connectedSince() : 0;
+        s.linkProblem = m_link ? m_link->problem() : std::string();
         s.platformUrl = m_profile.platformUrl;
         s.route = m_link ? m_link->route() : std::string();
         s.scheduler = std::string(m_jobs->backend());
@@ -461,8 +462,10 @@ private:
 
     bool reload() {
         Profile fresh = selectProfile(m_store, m_profile.daemonId);
+        // A link the platform refused waits for a reload: try it again.
         bool relink = fresh.platformUrl != m_profile.platformUrl || !(fresh.apiKey == m_profile.apiKey) ||
-                      fresh.caFile != m_profile.caFile || fresh.proxy != m_profile.proxy;
+                      fresh.caFile != m_profile.caFile || fresh.proxy != m_profile.proxy ||
+                      m_link->state() == LinkState::Unauthorized;
         m_profile = std::move(fresh);
         m_dispatcher->setPolicy(AllowedDirs(m_profile.allowedDirs), fallbackCwd());
         m_pty->setLimits(ptyLimits());

@@ -12,7 +12,7 @@ struct DaemonOptions {
     std::string daemonId;  ///< empty: the only profile
     std::chrono::milliseconds heartbeat{std::chrono::seconds(20)};
     std::chrono::milliseconds reconnectMax{std::chrono::seconds(30)};
-    std::chrono::milliseconds unauthorizedDelay{std::chrono::minutes(5)};
+    std::chrono::milliseconds unauthorizedDelay{0};  ///< zero: a refused key stops the link until a reload
     /// D-Bus to serve on: empty for the session bus (or, without one, a
     /// private bus at $HPC_DAEMON_HOME/<id>.bus); "none" for no bus.
     std::string busAddress;

@@ -224,12 +224,7 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
         if (c != conn) return;
         if (ec) {
             auto status = res.result_int();
-            if (status == 401 || status == 403) return unauthorized(c, status);
-            if (status == 404) {
-                log::error("the platform does not know daemon " + config.daemonId +
-                           " (HTTP 404): run hpc-daemonctl setup to register it");
-                return unauthorized(c, status);
-            }
+            if (status == 401 || status == 403 || status == 404) return unauthorized(c, status);
             return fail(c, "WebSocket upgrade" + (status ? " (HTTP " + std::to_string(status) + ")" : std::string()),
                         ec);
         }
@@ -358,16 +353,26 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
         scheduleRetry(delay);
     }
 
+    /// A refusal that retrying will not fix (a revoked or replaced key, a
+    /// deleted registration): the link stops until a reload gives it a new
+    /// key, or, when configured, retries after a long wait.
     void unauthorized(const std::shared_ptr<Conn>& c, unsigned status) {
         teardown(c);
         conn.reset();
+        lastFailure = status == 404 ? "the platform does not know daemon " + config.daemonId +
+                                          " (HTTP 404): it was unregistered, or never registered; run hpc-daemonctl "
+                                          "setup to register it"
+                                    : "the platform refused this daemon's API key (HTTP " + std::to_string(status) +
+                                          "): it was revoked or replaced; run hpc-daemonctl setup to get a new key";
+        if (config.unauthorizedDelay.count() <= 0) {
+            log::error(lastFailure + "; not retrying until the daemon is reloaded or restarted");
+            setState(LinkState::Unauthorized);
+            return;
+        }
         std::uniform_int_distribution<long long> jitter(0, config.unauthorizedDelay.count());
         std::mt19937_64 rng(std::random_device{}());
         auto delay = config.unauthorizedDelay + std::chrono::milliseconds(jitter(rng));
-        if (status != 404)
-            log::error("the platform refused this daemon's API key (HTTP " + std::to_string(status) +
-                       "): run hpc-daemonctl setup again to get a new key; retrying in " +
-                       std::to_string(delay.count() / 1000) + " s");
+        log::error(lastFailure + "; retrying in " + std::to_string(delay.count() / 1000) + " s");
         setState(LinkState::Unauthorized);
         scheduleRetry(delay);
     }
@@ -434,6 +439,7 @@ bool Link::sendChannelData(std::uint32_t channel, const char* data, std::size_t 
 }
 LinkState Link::state() const { return m_impl->state; }
 std::string Link::route() const { return m_impl->config.route.describe(); }
+std::string Link::problem() const { return m_impl->state == LinkState::Connected ? "" : m_impl->lastFailure; }
 double Link::connectedSince() const { return m_impl->connectedSince; }
 
 }  // namespace hpc::daemon

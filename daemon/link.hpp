@@ -6,9 +6,11 @@
 /// as bearer, then `hello`. A heartbeat `ping` goes out every period; a link
 /// that has received nothing for three periods is dead and is replaced.
 /// Reconnects forever with capped exponential backoff and full jitter; a
-/// refused key (401/403) is retried slowly. A failure is logged as a warning
-/// when its cause changes, at debug level while it repeats. One write in flight, a bounded
-/// queue behind it. Everything runs on the caller's io_context; nothing blocks.
+/// refused key or an unknown daemon id (401/403/404) stops the link
+/// (LinkState::Unauthorized) until a reload, unless a retry delay is set. A
+/// failure is logged as a warning when its cause changes, at debug level
+/// while it repeats. One write in flight, a bounded queue behind it.
+/// Everything runs on the caller's io_context; nothing blocks.
 
 #include "backoff.hpp"
 #include "proxy.hpp"
@@ -42,8 +44,9 @@ struct LinkConfig {
     std::chrono::milliseconds heartbeat{std::chrono::seconds(20)};
     std::chrono::milliseconds backoffBase{std::chrono::milliseconds(500)};
     std::chrono::milliseconds backoffCap{std::chrono::seconds(30)};
-    /// After a refused key: wait this long, plus up to as much again of jitter.
-    std::chrono::milliseconds unauthorizedDelay{std::chrono::minutes(5)};
+    /// After a refused key or unknown id: wait this long, plus up to as much
+    /// again of jitter; zero: do not retry.
+    std::chrono::milliseconds unauthorizedDelay{0};
     std::chrono::milliseconds connectTimeout{std::chrono::seconds(20)};
     std::size_t maxQueuedFrames = 8192;
     std::size_t maxQueuedBytes = 64 * 1024 * 1024;
@@ -76,6 +79,9 @@ public:
     LinkState state() const;
     /// How the link reaches the platform (ProxyRoute::describe, no secrets).
     std::string route() const;
+    /// Why it is not connected, as a sentence (the last failure; never a
+    /// secret); "" while connected or before the first failure.
+    std::string problem() const;
     /// Epoch seconds of the current connection, 0 when not connected.
     double connectedSince() const;
 

@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
     hpc::daemon::DaemonOptions options;
     double heartbeatSeconds = 20;
     double reconnectMaxSeconds = 30;
-    double unauthorizedSeconds = 300;
+    double unauthorizedSeconds = 0;
     std::string logFile;
     bool verbose = false;
     app.add_option("--daemon-id", options.daemonId, "profile to run (default: the only one)");
@@ -31,8 +31,10 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(0.1, 3600.0))
         ->capture_default_str();
     app.add_option("--unauthorized-retry-seconds", unauthorizedSeconds,
-                   "wait after the platform refused the API key (plus up to as much jitter)")
-        ->check(CLI::Range(1.0, 86400.0))
+                   "after the platform refused the API key or did not know the daemon id (a revoked key, a deleted "
+                   "registration): retry after this long, plus up to as much jitter; 0: do not retry until a reload "
+                   "(hpc-daemonctl setup or rotate-key) or a restart")
+        ->check(CLI::Range(0.0, 86400.0))
         ->capture_default_str();
     app.add_option("--log-file", logFile, "log here (0600) instead of stderr/journald");
     app.add_option("--bus-address", options.busAddress,

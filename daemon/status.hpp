@@ -15,6 +15,7 @@ struct DaemonStatus {
     std::string modeReason;  ///< why that mode
     std::string linkState;
     double connectedSince = 0;
+    std::string linkProblem;  ///< why the link is not connected, a sentence ("" when connected)
     std::string platformUrl;
     std::string route;  ///< "direct", "via proxy http://host:port (HTTPS_PROXY)": never credentials
     std::string scheduler;

@@ -60,6 +60,7 @@ private:
                 {"mode_reason", s.modeReason},
                 {"link_state", s.linkState},
                 {"connected_since", s.connectedSince},
+                {"link_problem", s.linkProblem},
                 {"platform_url", s.platformUrl},
                 {"route", s.route},
                 {"scheduler", s.scheduler},

@@ -128,6 +128,7 @@ TEST_F(BusServiceTest, GetStatusReturnsEveryDocumentedKey) {
                             "mode_reason",
                             "link_state",
                             "connected_since",
+                            "link_problem",
                             "platform_url",
                             "scheduler",
                             "allowed_dirs",

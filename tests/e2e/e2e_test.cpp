@@ -2,6 +2,7 @@
 #include "harness.hpp"
 
 #include "errors.hpp"
+#include "platform_client.hpp"
 #include "protocol.hpp"
 #include "store.hpp"
 
@@ -193,7 +194,7 @@ TEST_F(EndToEnd, AnAgentCannotReachAnotherUsersDaemon) {
     EXPECT_EQ(countOf(m_h->daemonLog("d1"), "exec r"), 0) << "no request reached the daemon";
 }
 
-TEST_F(EndToEnd, ABadApiKeyIsRefusedAndRetriedSlowly) {
+TEST_F(EndToEnd, ABadApiKeyIsRefusedOnceAndNotRetried) {
     m_h->editProfile("d1", [](Profile& p) { p.apiKey = Secret("hpcd_not_a_real_key"); });
     m_h->startDaemon("d1", {"--reconnect-max-seconds", "0.2"});
     ASSERT_TRUE(m_h->waitLinkState("d1", "unauthorized", 10s)) << m_h->daemonLog("d1");
@@ -202,6 +203,20 @@ TEST_F(EndToEnd, ABadApiKeyIsRefusedAndRetriedSlowly) {
         << "a refused key must not be retried in a tight loop";
     EXPECT_EQ(m_h->daemonLog("d1").find("hpcd_not_a_real_key"), std::string::npos) << "the key is never logged";
     EXPECT_EQ(m_h->relayLog().find("hpcd_not_a_real_key"), std::string::npos);
+}
+
+TEST_F(EndToEnd, UnregisteringADaemonEndsItsLinkForGood) {
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
+    net::PlatformClient platform(*parseUrl(m_h->url()), net::ClientOptions{m_h->caFile()});
+    EXPECT_EQ(platform.deleteDaemon(m_token, "d1"), 1) << "its API key is revoked with it";
+    ASSERT_TRUE(m_h->waitLinkState("d1", "unauthorized", 10s)) << m_h->daemonLog("d1");
+    auto problem = std::string(m_h->daemonStatus("d1").at("link_problem").as_string());
+    EXPECT_NE(problem.find("hpc-daemonctl setup"), std::string::npos) << problem;
+    // A daemon that kept trying would be seen connecting or in backoff within
+    // its 1 s backoff cap.
+    EXPECT_FALSE(m_h->waitStatus(
+        "d1", [](const json::object& s) { return s.at("link_state").as_string() != "unauthorized"; }, 2s))
+        << m_h->daemonLog("d1");
 }
 
 TEST_F(EndToEnd, DaemonReconnectsAfterTheRelayRestarts) {
