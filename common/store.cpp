@@ -304,11 +304,23 @@ std::vector<Store::AuditEntry> Store::audit(const std::string& daemonId, int lim
     return out;
 }
 
+void Store::setApiKey(const std::string& daemonId, const Secret& apiKey) {
+    sqlite::Durable durable(m_db);
+    auto st = m_db.prepare("UPDATE profiles SET api_key = ?2, updated_at = ?3 WHERE daemon_id = ?1");
+    st.bind(1, daemonId).bind(2, apiKey.reveal()).bind(3, nowEpochSeconds()).run();
+    if (m_db.changes() == 0) throw Error(ErrorCode::NotFound, "no profile named \"" + daemonId + "\"");
+}
+
 bool Store::removeProfile(const std::string& daemonId) {
-    auto st = m_db.prepare("DELETE FROM profiles WHERE daemon_id = ?1");
-    st.bind(1, daemonId);
-    st.run();
-    return m_db.changes() > 0;
+    sqlite::Transaction tx(m_db);
+    bool existed = false;
+    for (const char* table : {"profiles", "jobs", "outbox", "audit", "settings"}) {
+        auto st = m_db.prepare(std::string("DELETE FROM ") + table + " WHERE daemon_id = ?1");
+        st.bind(1, daemonId).run();
+        if (std::string_view(table) == "profiles") existed = m_db.changes() > 0;
+    }
+    tx.commit();
+    return existed;
 }
 
 bool Store::probeSpace(bool force) {

@@ -106,6 +106,12 @@ public:
     std::vector<Profile> profiles();
     /// Inserts or updates by daemon id (createdAt is kept on update).
     void saveProfile(const Profile& profile);
+    /// Replaces a profile's API key, synced to disk before it returns (the
+    /// platform revokes the old key once the daemon uses this one). Throws
+    /// hpc::Error(NotFound) when there is no such profile.
+    void setApiKey(const std::string& daemonId, const Secret& apiKey);
+    /// Removes the profile and everything kept for it: jobs, callbacks not
+    /// yet delivered, audit rows, settings. False when there was no profile.
     bool removeProfile(const std::string& daemonId);
 
     /// One line of the audit log: a command an agent ran.

@@ -81,18 +81,14 @@ std::string replaceAll(std::string text, const std::string& from, const std::str
 /// Writes the profile's D-Bus activation file, so calling the daemon's bus
 /// name starts it. Returns its path.
 fs::path writeActivationFile(const fs::path& home, const std::string& daemonId) {
-    const char* xdg = std::getenv("XDG_DATA_HOME");
-    const char* userHome = std::getenv("HOME");
-    fs::path dataHome = xdg && *xdg ? fs::path(xdg) : fs::path(userHome ? userHome : "/") / ".local" / "share";
-    fs::path dir = dataHome / "dbus-1" / "services";
-    fs::create_directories(dir);
+    fs::path file = activationFile(daemonId);
+    fs::create_directories(file.parent_path());
     std::string name = bus::busNameFor(daemonId);
     std::string exec = "/usr/bin/env HPC_DAEMON_HOME=" + home.string() + " " + daemonBinary() + " --daemon-id " +
                        daemonId + " --log-file " + (home / (daemonId + ".log")).string();
     std::string text = replaceAll(kActivationTemplate, "@NAME@", name);
     text = replaceAll(text, "@EXEC@", exec);
     text = replaceAll(text, "@UNIT@", unitName(daemonId));
-    fs::path file = dir / (name + ".service");
     std::ofstream out(file, std::ios::trunc);
     out << text;
     if (!out) throw Error(ErrorCode::Internal, "cannot write " + file.string());

@@ -40,7 +40,7 @@ bool waitGone(const Target& t, std::optional<pid_t> pid, std::chrono::seconds li
 
 /// nohup mode: Stop over D-Bus; a daemon that does not answer (frozen,
 /// stopped with SIGSTOP, wedged) gets SIGTERM and SIGCONT, then SIGKILL.
-int stopDetached(const Target& t) {
+int stopDetached(const Target& t, std::ostream& report) {
     const auto& id = t.profile.daemonId;
     std::string why;
     const auto initialPid = livePid(t.paths);
@@ -49,7 +49,7 @@ int stopDetached(const Target& t) {
         try {
             client->stop();
             if (waitGone(t, initialPid, std::chrono::seconds(15))) {
-                std::cout << "stopped daemon " << id << "\n";
+                report << "stopped daemon " << id << "\n";
                 return kExitOk;
             }
             why = "it accepted Stop but is still running after 15 s";
@@ -62,7 +62,7 @@ int stopDetached(const Target& t) {
     auto pid = livePid(t.paths);
     if (!pid) {
         if (waitGone(t, initialPid, std::chrono::seconds(5))) {
-            std::cout << "stopped daemon " << id << "\n";
+            report << "stopped daemon " << id << "\n";
             return kExitOk;
         }
         std::cerr << "daemon " << id << ": " << why << ", and its pid file " << t.paths.pidFile().string()
@@ -73,13 +73,13 @@ int stopDetached(const Target& t) {
     ::kill(*pid, SIGTERM);
     ::kill(*pid, SIGCONT);  // a stopped process handles SIGTERM only once continued
     if (waitGone(t, pid, std::chrono::seconds(10))) {
-        std::cout << "stopped daemon " << id << " (pid " << *pid << ", by SIGTERM)\n";
+        report << "stopped daemon " << id << " (pid " << *pid << ", by SIGTERM)\n";
         return kExitOk;
     }
     std::cerr << "daemon " << id << " (pid " << *pid << ") ignored SIGTERM for 10 s; sending SIGKILL\n";
     ::kill(*pid, SIGKILL);
     if (waitGone(t, pid, std::chrono::seconds(5))) {
-        std::cout << "stopped daemon " << id << " (pid " << *pid << ", by SIGKILL)\n";
+        report << "stopped daemon " << id << " (pid " << *pid << ", by SIGKILL)\n";
         return kExitOk;
     }
     std::cerr << "daemon " << id << " (pid " << *pid << ") is still there after SIGKILL\n";
@@ -88,7 +88,7 @@ int stopDetached(const Target& t) {
 
 }  // namespace
 
-int stopDaemon(const Target& t) {
+int stopDaemon(const Target& t, std::ostream& report) {
     const auto& id = t.profile.daemonId;
     // The mode comes from systemd, not from asking the daemon: a frozen
     // daemon does not answer.
@@ -100,7 +100,7 @@ int stopDaemon(const Target& t) {
         if (systemctlUser({"disable", "--now", unitName(id)}, &out) != 0)
             throw Error(ErrorCode::Internal, "systemctl --user disable --now " + unitName(id) + " failed: " + out);
         if (waitGone(t, std::nullopt, std::chrono::seconds(30))) {
-            std::cout << "stopped daemon " << id << " (systemctl --user disable --now " << unitName(id) << ")\n";
+            report << "stopped daemon " << id << " (systemctl --user disable --now " << unitName(id) << ")\n";
             return kExitOk;
         }
         std::cerr << "daemon " << id << " did not stop within 30 s (see systemctl --user status " << unitName(id)
@@ -108,10 +108,10 @@ int stopDaemon(const Target& t) {
         return kExitFailure;
     }
     if (gone(t, std::nullopt)) {
-        std::cout << "daemon " << id << " was not running\n";
+        report << "daemon " << id << " was not running\n";
         return kExitOk;
     }
-    return stopDetached(t);
+    return stopDetached(t, report);
 }
 
 Command addStopCommand(CLI::App& parent) {

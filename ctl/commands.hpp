@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <iostream>
 
 namespace hpc::ctl {
 
@@ -27,6 +28,8 @@ Command addLogsCommand(CLI::App& parent);
 Command addAuditCommand(CLI::App& parent);
 Command addJobsCommand(CLI::App& parent);
 Command addConfigCommand(CLI::App& parent);
+Command addRotateKeyCommand(CLI::App& parent);
+Command addRemoveCommand(CLI::App& parent);
 
 /// The profile a command acts on (--daemon-id, or the only one) and its files.
 struct Target {
@@ -42,7 +45,8 @@ std::string utcTime(double epoch);
 /// Starts the daemon in the mode decideMode() picks and waits until it
 /// answers on D-Bus. Prints what it did. Returns the exit code.
 int startDaemon(const Target& target);
-/// Stops the daemon and waits until it is gone. Returns the exit code.
-int stopDaemon(const Target& target);
+/// Stops the daemon and waits until it is gone; what it did goes to
+/// `report`, problems to stderr. Returns the exit code.
+int stopDaemon(const Target& target, std::ostream& report = std::cout);
 
 }  // namespace hpc::ctl

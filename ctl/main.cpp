@@ -17,10 +17,10 @@ int main(int argc, char** argv) {
     app.footer(hpc::ctl::kExitCodeHelp);
     app.require_subcommand(1);
     using namespace hpc::ctl;
-    std::vector<Command> commands{addSetupCommand(app),   addStartCommand(app),  addStopCommand(app),
-                                  addRestartCommand(app), addStatusCommand(app), addListCommand(app),
-                                  addLogsCommand(app),    addAuditCommand(app),  addJobsCommand(app),
-                                  addConfigCommand(app)};
+    std::vector<Command> commands{addSetupCommand(app),   addStartCommand(app),     addStopCommand(app),
+                                  addRestartCommand(app), addStatusCommand(app),    addListCommand(app),
+                                  addLogsCommand(app),    addAuditCommand(app),     addJobsCommand(app),
+                                  addConfigCommand(app),  addRotateKeyCommand(app), addRemoveCommand(app)};
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

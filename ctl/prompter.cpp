@@ -24,7 +24,7 @@ Prompter::Prompter() : m_tty(::isatty(STDIN_FILENO) != 0) {}
 std::string Prompter::readLine(const std::string& what) {
     std::string line;
     if (!std::getline(std::cin, line))
-        throw Error(ErrorCode::BadRequest, "setup stopped: no answer for " + what + " (end of input)");
+        throw Error(ErrorCode::BadRequest, "stopped: no answer for " + what + " (end of input)");
     if (!m_tty) std::cerr << "\n";  // the answer is not echoed by a terminal
     return trim(line);
 }

@@ -1,5 +1,6 @@
 #include "service_manager.hpp"
 
+#include "bus_name.hpp"
 #include "errors.hpp"
 #include "process.hpp"
 #include "proxy.hpp"
@@ -203,6 +204,13 @@ void writeFileAtomically(const fs::path& file, const std::string& text, fs::perm
 }  // namespace
 
 fs::path environmentFile(const std::string& daemonId) { return userConfigDir() / "hpc-daemon" / (daemonId + ".env"); }
+
+fs::path activationFile(const std::string& daemonId) {
+    const char* xdg = std::getenv("XDG_DATA_HOME");
+    const char* home = std::getenv("HOME");
+    fs::path dataHome = xdg && *xdg ? fs::path(xdg) : fs::path(home ? home : "/") / ".local" / "share";
+    return dataHome / "dbus-1" / "services" / (bus::busNameFor(daemonId) + ".service");
+}
 
 fs::path writeEnvironmentFile(const Paths& paths) {
     std::string text =

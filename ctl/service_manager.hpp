@@ -66,6 +66,11 @@ UnitState unitState(const std::string& daemonId);
 /// default ~/.config/hpc-daemon/<id>.env.
 std::filesystem::path environmentFile(const std::string& daemonId);
 
+/// The profile's D-Bus activation file (written by setup):
+/// $XDG_DATA_HOME/dbus-1/services/<bus name>.service, default under
+/// ~/.local/share.
+std::filesystem::path activationFile(const std::string& daemonId);
+
 /// Writes the environment file from this process's environment:
 /// HPC_DAEMON_HOME, PATH (where sbatch is found), and SLURM_CONF,
 /// LOCAL_MODE, HPC_JOB_MEMORY_MAX and HPC_JOB_TASKS_MAX (limits of each local

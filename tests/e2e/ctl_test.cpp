@@ -1,6 +1,8 @@
 // hpc-daemonctl start/status/list/logs/stop for real, in nohup mode, with and
 // without a session bus; D-Bus activation; secrets kept out of sight.
+#include "errors.hpp"
 #include "harness.hpp"
+#include "platform_client.hpp"
 #include "sqlite.hpp"
 #include "store.hpp"
 
@@ -54,6 +56,23 @@ protected:
                 return s.at("running").as_bool() && s.at("link_state").as_string() == "connected";
             },
             20s);
+    }
+
+    Secret apiKey(const std::string& id) { return Store::open(m_h.home(id)).profile(id)->apiKey; }
+
+    net::PlatformClient platform() {
+        return net::PlatformClient(*parseUrl(m_h.url()), net::ClientOptions{m_h.caFile()});
+    }
+
+    /// Whether the relay still accepts `key` as a credential.
+    bool keyAccepted(const Secret& key) {
+        try {
+            platform().listDaemons(key);
+            return true;
+        } catch (const Error& e) {
+            EXPECT_EQ(e.code(), ErrorCode::Unauthorized) << e.what();
+            return false;
+        }
     }
 
     Harness m_h;
@@ -191,10 +210,11 @@ TEST_F(CtlTest, StartStatusStopOnASessionBus) {
     EXPECT_EQ(ctl("d2", {"status"}).status, 3);
 }
 
-TEST_F(CtlTest, RerunningSetupReloadsTheRunningDaemon) {
+TEST_F(CtlTest, RerunningSetupReloadsTheRunningDaemonAndRevokesItsPreviousKey) {
     ASSERT_NO_FATAL_FAILURE(setup("d3", "first"));
     ASSERT_EQ(ctl("d3", {"start"}).status, 0);
     ASSERT_TRUE(waitLinkConnected("d3"));
+    Secret first = apiKey("d3");
     auto r = m_h.setupDaemon("d3", "alice@example.org", {(m_h.dir() / "second").string()});
     ASSERT_EQ(r.status, 0) << r.err;
     EXPECT_NE(r.out.find("reloaded (reconnected)"), std::string::npos) << r.out << "(a new API key means a new link)";
@@ -202,7 +222,61 @@ TEST_F(CtlTest, RerunningSetupReloadsTheRunningDaemon) {
     ASSERT_EQ(dirs.size(), 1u);
     EXPECT_EQ(dirs[0].as_string(), fs::canonical(m_h.dir() / "second").string());
     ASSERT_TRUE(waitLinkConnected("d3")) << "reconnected with the new key";
+    EXPECT_FALSE(keyAccepted(first)) << "the key setup replaced is revoked once the daemon uses the new one";
+    EXPECT_TRUE(keyAccepted(apiKey("d3")));
     ctl("d3", {"stop"});
+}
+
+TEST_F(CtlTest, RotateKeyReconnectsWithANewKeyAndRevokesTheOld) {
+    ASSERT_NO_FATAL_FAILURE(setup("r1", "w"));
+    ASSERT_EQ(ctl("r1", {"start"}).status, 0);
+    ASSERT_TRUE(waitLinkConnected("r1"));
+    Secret old = apiKey("r1");
+    auto r = ctl("r1", {"rotate-key", "--json"});
+    ASSERT_EQ(r.status, 0) << r.err;
+    auto out = json::parse(r.out).as_object();
+    EXPECT_TRUE(out.at("daemon_running").as_bool());
+    EXPECT_EQ(out.at("link_state").as_string(), "connected");
+    EXPECT_TRUE(out.at("old_key_revoked").as_bool());
+    Secret fresh = apiKey("r1");
+    EXPECT_FALSE(fresh == old);
+    EXPECT_FALSE(keyAccepted(old));
+    EXPECT_TRUE(keyAccepted(fresh));
+    EXPECT_EQ(status("r1").at("link_state").as_string(), "connected");
+    for (const auto& key : {old, fresh}) {
+        EXPECT_EQ((r.out + r.err).find(key.reveal()), std::string::npos);
+        EXPECT_EQ(m_h.relayLog().find(key.reveal()), std::string::npos);
+        EXPECT_EQ(ctl("r1", {"logs", "-n", "1000"}).out.find(key.reveal()), std::string::npos);
+    }
+
+    // A stopped daemon: the old key goes at once, the new one is used at the next start.
+    ASSERT_EQ(ctl("r1", {"stop"}).status, 0);
+    r = ctl("r1", {"rotate-key", "--json"});
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_FALSE(json::parse(r.out).at("daemon_running").as_bool());
+    EXPECT_FALSE(keyAccepted(fresh));
+    ASSERT_EQ(ctl("r1", {"start"}).status, 0);
+    EXPECT_TRUE(waitLinkConnected("r1"));
+    ctl("r1", {"stop"});
+}
+
+TEST_F(CtlTest, RemoveUnregistersRevokesStopsAndDeletesTheDaemon) {
+    ASSERT_NO_FATAL_FAILURE(setup("rm", "w"));
+    ASSERT_EQ(ctl("rm", {"start"}).status, 0);
+    ASSERT_TRUE(waitLinkConnected("rm"));
+    Secret key = apiKey("rm");
+    auto r = ctl("rm", {"remove"});
+    EXPECT_EQ(r.status, 2) << "standard input is no terminal and there is no --yes";
+    EXPECT_NE(r.err.find("--yes"), std::string::npos) << r.err;
+    EXPECT_EQ(status("rm").at("link_state").as_string(), "connected") << "nothing was changed";
+
+    r = ctl("rm", {"remove", "--yes", "--json"});
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(json::parse(r.out).at("revoked_keys").as_int64(), 1) << r.out;
+    EXPECT_FALSE(keyAccepted(key));
+    EXPECT_TRUE(platform().listDaemons(m_h.login("alice@example.org")).empty()) << "the relay forgot it";
+    EXPECT_FALSE(fs::exists(m_h.home("rm"))) << "its only profile gone, the state directory goes";
+    EXPECT_FALSE(fs::exists(m_h.xdgDataHome() / "dbus-1" / "services" / "org.tiptree.HpcDaemon.rm.service"));
 }
 
 TEST_F(CtlTest, CallingTheBusNameActivatesTheDaemon) {

@@ -106,6 +106,29 @@ TEST_F(StoreTest, SavingTheSameIdUpdatesWithoutDuplicating) {
     EXPECT_EQ(store.profile("mila")->createdAt, created);
 }
 
+TEST_F(StoreTest, ReplacesOnlyTheApiKeyOfAProfile) {
+    auto store = Store::open(m_home);
+    store.saveProfile(sample());
+    store.setApiKey("mila", Secret("hpcd_new"));
+    auto p = store.profile("mila");
+    EXPECT_EQ(p->apiKey.reveal(), "hpcd_new");
+    EXPECT_EQ(p->clusterName, "Mila");
+    EXPECT_THROW(store.setApiKey("nope", Secret("hpcd_x")), Error);
+}
+
+TEST_F(StoreTest, RemovingAProfileTakesItsRowsAndLeavesTheOthers) {
+    auto store = Store::open(m_home);
+    store.saveProfile(sample("mila"));
+    store.saveProfile(sample("other"));
+    store.addAudit({1, "mila", "cred-1", "exec", "/tmp", "true", 0});
+    store.addAudit({1, "other", "cred-1", "exec", "/tmp", "true", 0});
+    EXPECT_TRUE(store.removeProfile("mila"));
+    EXPECT_FALSE(store.profile("mila"));
+    EXPECT_TRUE(store.audit("mila", 10).empty());
+    EXPECT_EQ(store.audit("other", 10).size(), 1u);
+    EXPECT_FALSE(store.removeProfile("mila"));
+}
+
 TEST_F(StoreTest, RefusesAnInvalidDaemonId) {
     auto store = Store::open(m_home);
     EXPECT_THROW(store.saveProfile(sample("../evil")), Error);
