@@ -30,6 +30,7 @@ struct Command {
 };
 
 Command addLoginCommand(CLI::App& parent);
+Command addLogoutCommand(CLI::App& parent);
 Command addDaemonsCommand(CLI::App& parent);
 Command addExecCommand(CLI::App& parent);
 Command addShellCommand(CLI::App& parent);

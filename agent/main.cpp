@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
                                   addShellCommand(app),  addSubmitCommand(app),  addJobsCommand(app),
                                   addStatusCommand(app), addCancelCommand(app),  addWaitCommand(app),
                                   addEventsCommand(app)};
+    commands.push_back(addLogoutCommand(app));
     CLI11_PARSE(app, argc, argv);
     for (const auto& c : commands) {
         if (!c.app->parsed()) continue;

@@ -1,5 +1,6 @@
 // The command-line programs as a user meets them: setup, the agent CLI, and
 // their errors.
+#include "errors.hpp"
 #include "harness.hpp"
 #include "platform_client.hpp"
 #include "store.hpp"
@@ -138,6 +139,26 @@ TEST_F(CliTest, AgentExecPrintsRemoteOutputAndExitsWithItsStatus) {
     r = runCommand({Harness::binary("hpc-agent"), "daemons"}, "", env);
     EXPECT_EQ(r.status, 0);
     EXPECT_NE(r.out.find("connected"), std::string::npos);
+}
+
+TEST_F(CliTest, AgentLogoutRevokesTheTokenAndRemovesItsFile) {
+    auto token = m_h->login("a@example.org");
+    auto file = m_h->dir() / "token";
+    std::ofstream(file) << token.reveal() << "\n";
+    std::vector<std::string> env = {"HPC_AGENT_URL=" + m_h->url(), "HPC_AGENT_CA=" + m_h->caFile()};
+    auto r = runCommand({Harness::binary("hpc-agent"), "logout", "--token-file", file.string()}, "", env);
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_FALSE(fs::exists(file));
+    try {
+        net::PlatformClient(*parseUrl(m_h->url()), net::ClientOptions{m_h->caFile()}).listDaemons(token);
+        ADD_FAILURE() << "the token still works after logout";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::Unauthorized) << e.what();
+    }
+    env.push_back("HPC_AGENT_TOKEN=" + token.reveal());
+    r = runCommand({Harness::binary("hpc-agent"), "logout"}, "", env);
+    EXPECT_EQ(r.status, 0) << "a token already revoked is not an error: " << r.err;
+    EXPECT_EQ((r.out + r.err).find(token.reveal()), std::string::npos);
 }
 
 TEST(RelayCli, DeliversCodesThroughTheConfiguredCommandWithoutACommandLineSecret) {
