@@ -83,7 +83,7 @@ if [ "$mode" = uninstall ]; then
     rm -f "$unitdir/hpc-daemon@.service"; say "removed $unitdir/hpc-daemon@.service"
     has_user_manager && systemctl --user daemon-reload || true
   fi
-  for m in $programs; do rm -f "$prefix/share/man/man1/$m.1"; done
+  for m in $programs; do rm -f "$prefix/share/man/man1/$m.1" "$prefix/share/man/man1/$m"-*.1; done
   rm -rf "$prefix/share/hpc-daemon" "$libroot"
   say "removed $libroot and $prefix/share/hpc-daemon"
   home=${HPC_DAEMON_HOME:-$HOME/.hpc_daemon}
