@@ -145,6 +145,9 @@ public:
             if (backend != "slurm" && backend != "local") return nullptr;
             return makeScheduler(backend);
         });
+        m_jobs->logs().setDataSender([this](std::uint32_t channel, const char* data, std::size_t size) {
+            return m_link && m_link->sendChannelData(channel, data, size);
+        });
         m_dispatcher->attachJobs(*m_jobs);
         m_dispatcher->attachStore(m_store);
         // A full disk or quota (issue 21): once space is back, the job ends it
@@ -375,7 +378,7 @@ private:
                     {"cluster_name", m_profile.clusterName},
                     {"scheduler", std::string(m_jobs->backend())},
                     {"pid", static_cast<std::int64_t>(::getpid())},
-                    {"capabilities", boost::json::array{"exec", "pty", "jobs"}}};
+                    {"capabilities", boost::json::array{"exec", "pty", "jobs", "job_logs"}}};
         LinkHandlers handlers;
         handlers.onText = [this](std::string_view t) { m_dispatcher->onText(t); };
         handlers.onBinary = [this](std::string_view d) { m_dispatcher->onBinary(d); };
@@ -394,6 +397,8 @@ private:
             if (std::string w = m_stateKeeper->warning(); !w.empty()) sendWarning(std::move(w));
         } else {
             m_jobs->outbox().disconnected();
+            // The platform has ended these streams for their agents, which resume from their last byte.
+            m_jobs->logs().closeAll();
         }
     }
 

@@ -79,6 +79,11 @@ void Dispatcher::onBinary(std::string_view data) {
         m_send(protocol::makeError({}, ErrorCode::BadRequest, "a binary frame needs a 4-byte channel header"));
         return;
     }
+    if (m_jobs && m_jobs->logs().owns(frame->channel)) {
+        m_send(protocol::makeError({}, ErrorCode::BadRequest,
+                                   "channel " + std::to_string(frame->channel) + " carries a job's output: no input"));
+        return;
+    }
     if (!m_pty) {
         m_send(
             protocol::makeError({}, ErrorCode::NotFound, "channel " + std::to_string(frame->channel) + " is not open"));
@@ -122,7 +127,7 @@ json::object Dispatcher::toJson(const ExecResult& r) {
 }
 
 bool Dispatcher::handlePty(const protocol::Envelope& env) {
-    if (env.type.rfind("pty.", 0) != 0 || !m_pty) return false;
+    if (env.type.rfind("pty.", 0) != 0) return false;
     const auto& p = env.payload;
     std::string agent = agentOf(env);
     auto channelOf = [&p] {
@@ -130,6 +135,28 @@ bool Dispatcher::handlePty(const protocol::Envelope& env) {
         if (!c) throw Error(ErrorCode::BadRequest, "\"channel\" is required");
         return static_cast<std::uint32_t>(*c);
     };
+    auto ackBytes = [&p] {
+        auto bytes = protocol::optInt(p, "bytes", 1, 1LL << 30);
+        if (!bytes) throw Error(ErrorCode::BadRequest, "pty.ack needs \"bytes\"");
+        return static_cast<std::uint64_t>(*bytes);
+    };
+    // A job's output stream (job.logs) is a channel too, under the same credit.
+    bool onChannel =
+        env.type == "pty.ack" || env.type == "pty.detach" || env.type == "pty.resize" || env.type == "pty.close";
+    if (onChannel && m_jobs && m_jobs->logs().owns(channelOf())) {
+        auto& logs = m_jobs->logs();
+        if (env.type == "pty.detach") {
+            logs.detach(channelOf());
+            return true;
+        }
+        if (env.type != "pty.ack")
+            throw Error(ErrorCode::BadRequest, "channel " + std::to_string(channelOf()) +
+                                                   " carries a job's output, not a shell: end it with job.logs.close");
+        logs.ack(channelOf(), ackBytes(), agent);
+        m_send(protocol::makeOk(env.id));
+        return true;
+    }
+    if (!m_pty) return false;
     if (env.type == "pty.open") {
         PtyOpenRequest r;
         r.cols = static_cast<unsigned>(protocol::optInt(p, "cols", 1, 10000).value_or(80));
@@ -155,9 +182,7 @@ bool Dispatcher::handlePty(const protocol::Envelope& env) {
         m_pty->close(channelOf(), static_cast<int>(protocol::optInt(p, "signal", 1, 64).value_or(SIGHUP)), agent);
         m_send(protocol::makeOk(env.id));
     } else if (env.type == "pty.ack") {
-        auto bytes = protocol::optInt(p, "bytes", 1, 1LL << 30);
-        if (!bytes) throw Error(ErrorCode::BadRequest, "pty.ack needs \"bytes\"");
-        m_pty->ack(channelOf(), static_cast<std::uint64_t>(*bytes), agent);
+        m_pty->ack(channelOf(), ackBytes(), agent);
         m_send(protocol::makeOk(env.id));
     } else if (env.type == "pty.detach") {
         m_pty->detach(channelOf());  // an event from the platform: no answer

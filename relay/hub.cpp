@@ -155,9 +155,13 @@ void Hub::dropRoutesOf(const DaemonKey& key, const std::string& why) {
             continue;
         }
         if (auto agent = it->second.agent.lock())
-            agent->sendText(protocol::makeMessage(
-                "pty.exit", "exit-" + std::to_string(it->first),
-                {{"channel", it->first}, {"exit_code", nullptr}, {"signal", nullptr}, {"error", why}}));
+            agent->sendText(
+                it->second.logs
+                    ? protocol::makeMessage("job.logs.end", "logs-end-" + std::to_string(it->first),
+                                            {{"channel", it->first}, {"error", why}})
+                    : protocol::makeMessage(
+                          "pty.exit", "exit-" + std::to_string(it->first),
+                          {{"channel", it->first}, {"exit_code", nullptr}, {"signal", nullptr}, {"error", why}}));
         m_routeByDaemon.erase({key, it->second.daemonChannel});
         it = m_routes.erase(it);
     }
@@ -243,7 +247,8 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
         peer->sendText(protocol::makeError(env.id, ErrorCode::Limit, "too many requests in flight"));
         return;
     }
-    if (env.type.rfind("pty.", 0) == 0 && env.type != "pty.open" && !mapAgentChannel(*peer, it->first, env)) return;
+    bool onChannel = (env.type.rfind("pty.", 0) == 0 && env.type != "pty.open") || env.type == "job.logs.close";
+    if (onChannel && !mapAgentChannel(*peer, it->first, env)) return;
     std::string agentRequestId = std::move(env.id);
     std::string relayId = "r" + std::to_string(m_nextId++);
     env.id = relayId;
@@ -258,7 +263,8 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
                                            "request too large once addressed to the daemon"));
         return;
     }
-    m_pending[relayId] = Pending{peer, peer.get(), std::move(agentRequestId), it->first, env.type == "pty.open"};
+    m_pending[relayId] =
+        Pending{peer, peer.get(), std::move(agentRequestId), it->first, env.type == "pty.open", env.type == "job.logs"};
     ++m_pendingPerAgent[peer.get()];
     it->second.peer->sendText(std::move(forwarded));
 }
@@ -299,13 +305,18 @@ void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const s
     releaseSlot(pending.agentKey);
     auto agent = pending.agent.lock();
     if (!agent) return;
-    if (pending.ptyOpen && env.ok) {
-        auto channel = protocol::optInt(env.result, "channel", 1, UINT32_MAX);
+    if ((pending.ptyOpen || pending.logsOpen) && env.ok) {
+        std::optional<std::int64_t> channel;
+        try {
+            channel = protocol::optInt(env.result, "channel", 1, UINT32_MAX);
+        } catch (const Error&) {
+        }
         if (!channel) {
-            log::warning("daemon " + daemonId + " opened a PTY without a channel number");
+            log::warning("daemon " + daemonId + " opened a channel without a channel number");
         } else {
             std::uint32_t mine = m_nextChannel++;
-            m_routes[mine] = Route{agent, agent.get(), pending.daemon, static_cast<std::uint32_t>(*channel)};
+            m_routes[mine] =
+                Route{agent, agent.get(), pending.daemon, static_cast<std::uint32_t>(*channel), pending.logsOpen};
             m_routeByDaemon[{pending.daemon, static_cast<std::uint32_t>(*channel)}] = mine;
             env.result["channel"] = mine;
         }
@@ -396,7 +407,7 @@ void Hub::answerDaemonRequest(const DaemonKey& key, Peer& daemon, const Envelope
         // An answer to nothing we sent; harmless.
     } else if (env.type == "daemon.warning") {
         noteWarning(key, daemon, env);
-    } else if (env.type == "pty.exit") {
+    } else if (env.type == "pty.exit" || env.type == "job.logs.end") {
         auto copy = env;
         routeDaemonEvent(key, copy);
     } else if (env.type == "job.completed") {

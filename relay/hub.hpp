@@ -91,13 +91,16 @@ private:
         std::string agentRequestId;
         DaemonKey daemon;
         bool ptyOpen = false;
+        bool logsOpen = false;  ///< job.logs: its answer opens a channel too
     };
-    /// One PTY channel: the agent's number for it and the daemon's.
+    /// One channel (a PTY, or a job's output from job.logs): the agent's
+    /// number for it and the daemon's.
     struct Route {
         std::weak_ptr<Peer> agent;
         const Peer* agentKey = nullptr;
         DaemonKey daemon;
         std::uint32_t daemonChannel = 0;
+        bool logs = false;  ///< ends with job.logs.end rather than pty.exit
     };
 
     void answerDaemonRequest(const DaemonKey& key, Peer& daemon, const protocol::Envelope& env);
@@ -113,8 +116,9 @@ private:
     /// only one in flight to that daemon, else none (logged).
     std::unordered_map<std::string, Pending>::iterator soleRequestTo(const DaemonKey& key,
                                                                      const protocol::Envelope& error);
-    /// Rewrites payload.channel of an agent's pty.* request to the daemon's
-    /// number. False (with the error sent) when the channel is not the agent's.
+    /// Rewrites payload.channel of an agent's pty.* or job.logs.close request
+    /// to the daemon's number. False (with the error sent) when the channel
+    /// is not the agent's.
     bool mapAgentChannel(Peer& agent, const DaemonKey& daemon, protocol::Envelope& env);
     void routeDaemonEvent(const DaemonKey& key, protocol::Envelope& env);
     void dropRoutesOf(const DaemonKey& key, const std::string& why);

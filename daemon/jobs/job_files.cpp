@@ -44,16 +44,26 @@ void writePrivate(const std::string& path, std::string_view content, mode_t mode
 /// Opens a regular file the job may have written, for reading: never
 /// through a symlink (the daemon must not read, for the agent, what the
 /// job's confinement hides) and never a FIFO or device (which could block a
-/// worker for ever). Invalid when it is neither there nor a regular file.
-UniqueFd openJobFile(const std::string& path) {
-    UniqueFd at(::open(path.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
+/// worker for ever). `name` is taken under `dirFd` (AT_FDCWD: a path).
+/// Invalid when it is neither there nor a regular file; `notRegular` then
+/// says whether something else is there.
+UniqueFd openJobFile(int dirFd, const std::string& name, bool* notRegular = nullptr) {
+    if (notRegular) *notRegular = false;
+    UniqueFd at(::openat(dirFd, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC));
     struct stat st {};
-    if (!at || ::fstat(at.get(), &st) != 0 || !S_ISREG(st.st_mode)) return UniqueFd();
+    if (!at || ::fstat(at.get(), &st) != 0) return UniqueFd();
+    if (!S_ISREG(st.st_mode)) {
+        if (notRegular) *notRegular = true;
+        return UniqueFd();
+    }
     // Reopened through /proc: the very file checked, now for reading.
     UniqueFd fd(::open(("/proc/self/fd/" + std::to_string(at.get())).c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd && errno == ENOENT) fd = UniqueFd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    if (!fd && errno == ENOENT)
+        fd = UniqueFd(::openat(dirFd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
     return fd;
 }
+
+UniqueFd openJobFile(const std::string& path) { return openJobFile(AT_FDCWD, path); }
 
 }  // namespace
 
@@ -75,6 +85,46 @@ std::string readJobFile(const std::string& path, std::size_t maxBytes, std::size
     out.resize(got);
     if (startOut) *startOut = start;
     return out;
+}
+
+JobOutputSlice readJobOutput(const std::string& dir, const std::string& name, std::uint64_t offset,
+                             std::size_t maxBytes) {
+    JobOutputSlice slice;
+    // The job's own directory, not one a symlink planted in its place leads to.
+    UniqueFd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+    if (!d) {
+        if (errno == ENOENT) return slice;
+        if (errno == ELOOP || errno == ENOTDIR) {
+            slice.file = JobOutputSlice::File::NotRegular;
+            return slice;
+        }
+        fail("cannot open " + dir, errno);
+    }
+    bool notRegular = false;
+    errno = 0;
+    UniqueFd fd = openJobFile(d.get(), name, &notRegular);
+    if (notRegular) slice.file = JobOutputSlice::File::NotRegular;
+    if (!fd) {
+        if (notRegular || errno == ENOENT || errno == 0) return slice;
+        fail("cannot open " + dir + "/" + name, errno);
+    }
+    struct stat st {};
+    if (::fstat(fd.get(), &st) != 0) fail("cannot read " + dir + "/" + name, errno);
+    slice.file = JobOutputSlice::File::Regular;
+    slice.size = static_cast<std::uint64_t>(std::max<off_t>(0, st.st_size));
+    if (offset >= slice.size) return slice;
+    slice.data.resize(static_cast<std::size_t>(std::min<std::uint64_t>(maxBytes, slice.size - offset)));
+    std::size_t got = 0;
+    while (got < slice.data.size()) {
+        ssize_t n =
+            ::pread(fd.get(), slice.data.data() + got, slice.data.size() - got, static_cast<off_t>(offset + got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) fail("cannot read " + dir + "/" + name, errno);
+        if (n == 0) break;
+        got += static_cast<std::size_t>(n);
+    }
+    slice.data.resize(got);
+    return slice;
 }
 
 namespace {

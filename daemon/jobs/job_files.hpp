@@ -34,6 +34,25 @@ std::string readTail(const std::string& path, std::size_t maxBytes);
 /// `startOut` gets the offset read from.
 std::string readJobFile(const std::string& path, std::size_t maxBytes, std::size_t* startOut = nullptr);
 
+/// Part of a job's output file, read by readJobOutput.
+struct JobOutputSlice {
+    enum class File {
+        Missing,     ///< not there (yet): reads as empty
+        Regular,     ///< the job's own regular file
+        NotRegular,  ///< a symlink, FIFO, directory… in its place: never read
+    } file = File::Missing;
+    std::uint64_t size = 0;  ///< the file's size when it was read
+    std::string data;        ///< from the offset asked, at most maxBytes
+};
+
+/// Up to `maxBytes` of the file `name` in the job's directory `dir`, from
+/// byte `offset`. Neither the directory nor the file is followed through a
+/// symlink (one in their place is NotRegular), and only a regular file is
+/// read. Throws std::system_error for any other failure (EACCES, EIO…).
+/// Blocks on the file system: call it off the loop (JobDirIo).
+JobOutputSlice readJobOutput(const std::string& dir, const std::string& name, std::uint64_t offset,
+                             std::size_t maxBytes);
+
 /// What removing a pruned job's directory did.
 struct JobDirRemoval {
     bool removed = false;    ///< the directory is gone (removed by this call)

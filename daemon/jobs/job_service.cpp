@@ -38,7 +38,8 @@ JobService::JobService(boost::asio::io_context& ioc, Store& store, std::string d
       m_jobs(store),
       m_daemonId(std::move(daemonId)),
       m_scheduler(std::move(scheduler)),
-      m_outbox(ioc, m_jobs, m_daemonId, std::move(send)) {
+      m_outbox(ioc, m_jobs, m_daemonId, send),
+      m_logs(ioc, m_io, m_jobs, m_daemonId, std::move(send)) {
     m_scheduler->attach([this](const JobRecord& job) { onChange(job); }, m_io);
 }
 
@@ -103,6 +104,13 @@ bool JobService::handle(const protocol::Envelope& env, const std::string& agentI
         }
         reply(protocol::makeOk(env.id,
                                {{"job_id", job.jobId}, {"state", toWireName(job.state)}, {"cancel_requested", true}}));
+    } else if (env.type == "job.logs") {
+        m_logs.open(owned(env.payload, agentId), env.payload, env.id, agentId, reply);
+    } else if (env.type == "job.logs.close") {
+        auto channel = protocol::optInt(env.payload, "channel", 1, UINT32_MAX);
+        if (!channel) throw Error(ErrorCode::BadRequest, "\"channel\" is required");
+        m_logs.close(static_cast<std::uint32_t>(*channel), agentId);
+        reply(protocol::makeOk(env.id));
     } else if (env.type == "job.list") {
         int limit = static_cast<int>(protocol::optInt(env.payload, "limit", 1, 10000).value_or(100));
         json::array jobs;
@@ -262,6 +270,7 @@ void JobService::recordFinal(const JobRecord& job, const Tails& tails) {
             log::info("job " + job.jobId + " ended " + std::string(toWireName(job.state)) + ": callback " + callbackId +
                       " queued");
             m_outbox.kick();
+            m_logs.jobEnded(job.jobId);
         }
     } catch (const std::exception& e) {
         // The job stays live in the store: a restart settles it again, and

@@ -1,10 +1,12 @@
 #pragma once
-/// The job requests (`job.submit`, `job.status`, `job.cancel`, `job.list`),
-/// the store rows behind them, and the hand-off of final states to the
-/// outbox. Only the submitting agent may see or cancel a job (NOT_OWNER).
+/// The job requests (`job.submit`, `job.status`, `job.cancel`, `job.list`,
+/// `job.logs`, `job.logs.close`), the store rows behind them, and the
+/// hand-off of final states to the outbox. Only the submitting agent may
+/// see, follow or cancel a job (NOT_OWNER).
 
 #include "allowed_dirs.hpp"
 #include "job_dir_io.hpp"
+#include "job_logs.hpp"
 #include "job_store.hpp"
 #include "outbox.hpp"
 #include "protocol.hpp"
@@ -60,6 +62,8 @@ public:
     bool handle(const protocol::Envelope& env, const std::string& agentId, const Reply& reply);
 
     Outbox& outbox() { return m_outbox; }
+    /// The streams of jobs' output (`job.logs`), channels of their own.
+    JobLogs& logs() { return m_logs; }
     /// Writes the final states (and callbacks) that a full disk or quota
     /// refused, once the store is writable again; they were kept meanwhile,
     /// the cancel and the output's tails with them.
@@ -111,6 +115,7 @@ private:
     std::map<std::string, std::unique_ptr<Scheduler>> m_others;  ///< follow jobs of other backends
     SchedulerFactory m_factory;
     Outbox m_outbox;
+    JobLogs m_logs;
     JobPolicy m_policy;
     std::size_t m_submitting = 0;
     std::map<std::string, std::pair<JobRecord, Tails>> m_unrecorded;  ///< by job id: ends a full disk refused

@@ -337,6 +337,49 @@ TEST_F(HubTest, ADaemonsDisconnectEndsItsChannelsForTheAgent) {
     EXPECT_EQ(m_hub->channelCount(), 0u);
 }
 
+TEST_F(HubTest, RoutesAJobsOutputStreamAsAChannelAndEndsItWithJobLogsEnd) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    m_hub->onAgentText(m_alice, agent,
+                       R"({"v":1,"type":"job.logs","id":"l","daemon_id":"d1","payload":{"job_id":"j1"}})");
+    m_hub->onDaemonText(1, "d1", daemon, protocol::makeOk(daemon->last().id, {{"channel", 0x80000001u}}));
+    auto mine = static_cast<std::uint32_t>(agent->last().result.at("channel").as_int64());
+    m_hub->onDaemonBinary(1, "d1", protocol::encodeChannelFrame(0x80000001u, std::string("\0\xff", 2)));
+    ASSERT_EQ(agent->binary.size(), 1u);
+    EXPECT_EQ(agent->binary[0], protocol::encodeChannelFrame(mine, std::string("\0\xff", 2)));
+    // Credit and job.logs.close reach the daemon under its own number.
+    m_hub->onAgentText(m_alice, agent,
+                       R"({"v":1,"type":"pty.ack","id":"k","daemon_id":"d1","payload":{"channel":)" +
+                           std::to_string(mine) + R"(,"bytes":2}})");
+    EXPECT_EQ(daemon->last().payload.at("channel").as_int64(), 0x80000001u);
+    m_hub->onAgentText(m_alice, agent,
+                       R"({"v":1,"type":"job.logs.close","id":"c","daemon_id":"d1","payload":{"channel":)" +
+                           std::to_string(mine) + "}}");
+    EXPECT_EQ(daemon->last().type, "job.logs.close");
+    EXPECT_EQ(daemon->last().payload.at("channel").as_int64(), 0x80000001u);
+    // Another agent cannot close it.
+    auto other = std::make_shared<RecordingPeer>();
+    m_hub->onAgentText(m_alice, other,
+                       R"({"v":1,"type":"job.logs.close","id":"c","daemon_id":"d1","payload":{"channel":)" +
+                           std::to_string(mine) + "}}");
+    EXPECT_EQ(other->last().errorCode, ErrorCode::NotFound);
+    // job.logs.end closes the route.
+    m_hub->onDaemonText(1, "d1", daemon,
+                        protocol::makeMessage("job.logs.end", "e", {{"channel", 0x80000001u}, {"end_byte", 2}}));
+    EXPECT_EQ(agent->last().type, "job.logs.end");
+    EXPECT_EQ(agent->last().payload.at("channel").as_int64(), mine);
+    EXPECT_EQ(m_hub->channelCount(), 0u);
+    // A daemon that goes away ends its streams with job.logs.end and an error.
+    m_hub->onAgentText(m_alice, agent,
+                       R"({"v":1,"type":"job.logs","id":"l2","daemon_id":"d1","payload":{"job_id":"j1"}})");
+    m_hub->onDaemonText(1, "d1", daemon, protocol::makeOk(daemon->last().id, {{"channel", 0x80000002u}}));
+    m_hub->detachDaemon(1, "d1", daemon.get());
+    EXPECT_EQ(agent->last().type, "job.logs.end");
+    EXPECT_FALSE(agent->last().payload.at("error").as_string().empty());
+    EXPECT_EQ(m_hub->channelCount(), 0u);
+}
+
 TEST_F(HubTest, KeepsADaemonsLatestWarningShowsItAndForgetsItWhenTheDaemonLeaves) {
     // A user with a registered daemon, as GET /hpc/daemons sees them.
     auto token = m_db->startSignin("a@example.org", Secret("123456"));

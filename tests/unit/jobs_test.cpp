@@ -197,6 +197,32 @@ TEST_F(JobsUnit, TailsStartOnACharacterBoundary) {
     EXPECT_EQ(readTail((m_dir / "nothing").string(), 3), "");
 }
 
+TEST_F(JobsUnit, JobOutputIsReadInSlicesOnlyFromTheJobsOwnRegularFile) {
+    fs::path job = m_dir / "j1";
+    fs::create_directories(job);
+    std::ofstream(job / "stdout") << std::string("ab\0\xff", 4) << "cd";
+    auto slice = readJobOutput(job.string(), "stdout", 1, 3);
+    EXPECT_EQ(slice.file, JobOutputSlice::File::Regular);
+    EXPECT_EQ(slice.size, 6u);
+    EXPECT_EQ(slice.data, std::string("b\0\xff", 3));
+    EXPECT_EQ(readJobOutput(job.string(), "stdout", 6, 3).data, "");
+    EXPECT_EQ(readJobOutput(job.string(), "stdout", 9, 3).size, 6u);
+    EXPECT_EQ(readJobOutput(job.string(), "stderr", 0, 3).file, JobOutputSlice::File::Missing);
+    EXPECT_EQ(readJobOutput((m_dir / "nojob").string(), "stdout", 0, 3).file, JobOutputSlice::File::Missing);
+    // Planted by the job: a symlink to a file it may not show, a FIFO, its directory swapped for a symlink.
+    std::ofstream(m_dir / "secret") << "secret";
+    fs::create_symlink(m_dir / "secret", job / "stderr");
+    auto refused = readJobOutput(job.string(), "stderr", 0, 100);
+    EXPECT_EQ(refused.file, JobOutputSlice::File::NotRegular);
+    EXPECT_EQ(refused.data, "");
+    ASSERT_EQ(::mkfifo((job / "fifo").c_str(), 0600), 0);
+    EXPECT_EQ(readJobOutput(job.string(), "fifo", 0, 100).file, JobOutputSlice::File::NotRegular);
+    fs::create_directories(m_dir / "elsewhere");
+    std::ofstream(m_dir / "elsewhere" / "stdout") << "secret";
+    fs::create_directory_symlink(m_dir / "elsewhere", m_dir / "j2");
+    EXPECT_EQ(readJobOutput((m_dir / "j2").string(), "stdout", 0, 100).file, JobOutputSlice::File::NotRegular);
+}
+
 TEST_F(JobsUnit, RemovingAPrunedJobsDirectoryNeverFollowsASymlinkOutOfIt) {
     fs::path outside = m_dir / "outside";
     fs::create_directories(outside / "keep");
