@@ -3,6 +3,8 @@
 #include "errors.hpp"
 #include "protocol.hpp"
 
+#include <limits>
+
 namespace json = boost::json;
 using Clock = std::chrono::steady_clock;
 
@@ -148,7 +150,8 @@ std::optional<PtyEvent> AgentClient::nextPtyEvent(std::chrono::milliseconds time
         auto* env = std::get_if<protocol::Envelope>(&parsed);
         if (!env) continue;
         if (env->isResponse()) {
-            if (m_unanswered.erase(env->replyTo) && !env->ok)
+            // An ack that crossed its channel's end finds it gone: the end event says why.
+            if (m_unanswered.erase(env->replyTo) && !env->ok && env->errorCode != ErrorCode::NotFound)
                 throw Error(env->errorCode, "pty.ack: " + env->errorMessage);
             if (!env->ok && env->replyTo.empty()) throw Error(env->errorCode, env->errorMessage);
             continue;
@@ -157,6 +160,19 @@ std::optional<PtyEvent> AgentClient::nextPtyEvent(std::chrono::milliseconds time
             bool isCallback = false;
             if (auto cb = callbackIn(*frame, isCallback)) m_callbacks.push_back(std::move(*cb));
             continue;
+        }
+        if (env->type == "job.logs.end") {
+            PtyEvent e;
+            e.kind = PtyEvent::Kind::LogsEnd;
+            e.channel =
+                static_cast<std::uint32_t>(protocol::optInt(env->payload, "channel", 0, UINT32_MAX).value_or(0));
+            e.exitCode = optionalInt(env->payload, "exit_code");
+            e.signal = optionalInt(env->payload, "signal");
+            e.error = protocol::optString(env->payload, "error").value_or("");
+            e.state = protocol::optString(env->payload, "state").value_or("");
+            e.endByte = static_cast<std::uint64_t>(
+                protocol::optInt(env->payload, "end_byte", 0, std::numeric_limits<std::int64_t>::max()).value_or(0));
+            return e;
         }
         if (env->type == "pty.exit") {
             PtyEvent e;
@@ -169,6 +185,47 @@ std::optional<PtyEvent> AgentClient::nextPtyEvent(std::chrono::milliseconds time
             return e;
         }
     }
+}
+
+JobLogsHandle AgentClient::openJobLogs(const std::string& daemonId, const JobLogsSpec& spec,
+                                       std::chrono::milliseconds timeout) {
+    json::object p{{"job_id", spec.jobId}, {"stream", spec.stderrStream ? "stderr" : "stdout"}};
+    if (spec.fromByte) p["from_byte"] = spec.fromByte;
+    if (spec.follow) p["follow"] = true;
+    if (spec.credit) p["credit"] = spec.credit;
+    auto r = request(daemonId, "job.logs", std::move(p), timeout);
+    JobLogsHandle h;
+    h.channel = static_cast<std::uint32_t>(protocol::optInt(r, "channel", 1, UINT32_MAX).value_or(0));
+    h.size = static_cast<std::uint64_t>(
+        protocol::optInt(r, "size", 0, std::numeric_limits<std::int64_t>::max()).value_or(0));
+    if (!h.channel) throw Error(ErrorCode::Internal, "job.logs answered without a channel");
+    return h;
+}
+
+void AgentClient::closeJobLogs(const std::string& daemonId, std::uint32_t channel) {
+    request(daemonId, "job.logs.close", {{"channel", channel}}, std::chrono::seconds(30));
+}
+
+PtyEvent AgentClient::readJobLogs(const std::string& daemonId, std::uint32_t channel, std::uint64_t credit,
+                                  const std::function<void(std::string_view)>& sink) {
+    const std::uint64_t ackEvery = (credit ? credit : 1 << 20) / 4 + 1;
+    std::uint64_t unacked = 0;
+    while (true) {
+        auto e = nextPtyEvent(std::chrono::hours(1));
+        if (!e || e->channel != channel) continue;
+        if (e->kind != PtyEvent::Kind::Output) return *e;
+        sink(e->data);
+        unacked += e->data.size();
+        if (unacked >= ackEvery) {
+            ptyAck(daemonId, channel, unacked);
+            unacked = 0;
+        }
+    }
+}
+
+PtyEvent AgentClient::streamJobLogs(const std::string& daemonId, const JobLogsSpec& spec,
+                                    const std::function<void(std::string_view)>& sink) {
+    return readJobLogs(daemonId, openJobLogs(daemonId, spec).channel, spec.credit, sink);
 }
 
 ExecOutcome AgentClient::exec(const std::string& daemonId, const ExecSpec& spec, std::chrono::milliseconds timeout) {

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -66,14 +67,30 @@ struct PtyHandle {
     int pid = 0;
 };
 
-/// Something that happened on a PTY channel.
+/// Something that happened on a channel: a PTY's, or a job's output (job.logs).
 struct PtyEvent {
-    enum class Kind { Output, Exit } kind = Kind::Output;
+    enum class Kind { Output, Exit, LogsEnd } kind = Kind::Output;
     std::uint32_t channel = 0;
     std::string data;             ///< Output
-    std::optional<int> exitCode;  ///< Exit
-    std::optional<int> signal;    ///< Exit
-    std::string error;            ///< Exit: set when the session was lost, not ended
+    std::optional<int> exitCode;  ///< Exit; LogsEnd: the job's, once it has one
+    std::optional<int> signal;    ///< Exit; LogsEnd: the job's
+    std::string error;            ///< Exit, LogsEnd: set when the channel was lost or cut short, not ended
+    std::string state;            ///< LogsEnd: the job's state then ("" when unknown)
+    std::uint64_t endByte = 0;    ///< LogsEnd: the offset after the last byte sent
+};
+
+/// What job.logs asks for: a job's stdout or stderr from a byte offset.
+struct JobLogsSpec {
+    std::string jobId;
+    bool stderrStream = false;  ///< stderr rather than stdout
+    std::uint64_t fromByte = 0;
+    bool follow = false;       ///< keep sending while the job runs; end after its last byte
+    std::uint64_t credit = 0;  ///< initial credit in bytes; 0: the daemon's default (1 MiB)
+};
+
+struct JobLogsHandle {
+    std::uint32_t channel = 0;
+    std::uint64_t size = 0;  ///< the file's size when the daemon first read it
 };
 
 /// What job.submit asks for, shared with the daemon.
@@ -123,6 +140,25 @@ public:
     void ptyAck(const std::string& daemonId, std::uint32_t channel, std::uint64_t bytes);
     /// The next output or exit on any channel, or nullopt after `timeout`.
     std::optional<PtyEvent> nextPtyEvent(std::chrono::milliseconds timeout);
+
+    // ---- A job's output ----
+    /// job.logs: a channel carrying the job's output from spec.fromByte. Its
+    /// bytes and its end (PtyEvent::Kind::LogsEnd) come from nextPtyEvent;
+    /// grant credit back with ptyAck as for a shell.
+    JobLogsHandle openJobLogs(const std::string& daemonId, const JobLogsSpec& spec,
+                              std::chrono::milliseconds timeout = std::chrono::seconds(60));
+    /// job.logs.close: the stream ends now (its LogsEnd still comes).
+    void closeJobLogs(const std::string& daemonId, std::uint32_t channel);
+    /// The rest of a stream openJobLogs opened with `credit` (0: the
+    /// default): gives each piece of output to `sink` in order, grants credit
+    /// in quarters of the window as it goes, and returns the end event.
+    /// Events of other channels meanwhile are dropped. Throws
+    /// hpc::Error(Unavailable) when the connection breaks.
+    PtyEvent readJobLogs(const std::string& daemonId, std::uint32_t channel, std::uint64_t credit,
+                         const std::function<void(std::string_view)>& sink);
+    /// openJobLogs, then readJobLogs.
+    PtyEvent streamJobLogs(const std::string& daemonId, const JobLogsSpec& spec,
+                           const std::function<void(std::string_view)>& sink);
 
     // ---- Jobs ----
     /// Returns job.submit's result (job_id, backend, scheduler_id, state, paths).

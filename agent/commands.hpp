@@ -40,6 +40,7 @@ Command addStatusCommand(CLI::App& parent);
 Command addCancelCommand(CLI::App& parent);
 Command addWaitCommand(CLI::App& parent);
 Command addEventsCommand(CLI::App& parent);
+Command addLogsCommand(CLI::App& parent);
 
 /// --url, --token-file, --ca-file, --proxy, each with its environment variable.
 struct PlatformOptions {

@@ -16,13 +16,14 @@ int main(int argc, char** argv) {
     app.set_version_flag("--version", "hpc-agent " HPC_VERSION);
     app.footer(
         "Exit status: exec returns the remote command's status (128+N for signal N); wait returns 0 for a "
-        "COMPLETED job, 1 for any other final state, 254 on --timeout; 255 means hpc-agent itself failed.");
+        "COMPLETED job, 1 for any other final state, 254 on --timeout; logs -f returns as wait once the job has "
+        "ended; 255 means hpc-agent itself failed.");
     app.require_subcommand(1);
     using namespace hpc::agent;
     std::vector<Command> commands{addLoginCommand(app),  addDaemonsCommand(app), addExecCommand(app),
                                   addShellCommand(app),  addSubmitCommand(app),  addJobsCommand(app),
                                   addStatusCommand(app), addCancelCommand(app),  addWaitCommand(app),
-                                  addEventsCommand(app)};
+                                  addEventsCommand(app), addLogsCommand(app)};
     commands.push_back(addLogoutCommand(app));
     CLI11_PARSE(app, argc, argv);
     for (const auto& c : commands) {
