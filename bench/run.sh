@@ -9,6 +9,7 @@ build/default/bench/exec_bench "${1:-2000}"
 build/default/bench/idle_bench "${2:-60}"
 build/default/bench/pty_bench "${3:-10000}"
 build/default/bench/proxy_bench
+build/default/bench/logs_bench
 if [ "$(id -u)" = 0 ]; then
   cluster=build/default/slurm-bench
   trap 'scripts/slurm-cluster.sh stop "$cluster"' EXIT
