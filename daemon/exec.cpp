@@ -1,17 +1,14 @@
 #include "exec.hpp"
 
+#include "child_process.hpp"
 #include "errors.hpp"
-#include "exit_watch.hpp"
 #include "log.hpp"
-#include "process.hpp"
 
-#include <signal.h>
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
 #include <array>
-#include <system_error>
 
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
@@ -32,7 +29,6 @@ public:
           m_stderr(service.m_ioc),
           m_stdin(service.m_ioc),
           m_timeout(service.m_ioc),
-          m_grace(service.m_ioc),
           m_drain(service.m_ioc) {}
 
     void start() {
@@ -40,33 +36,22 @@ public:
         o.argv = m_req.argv;
         o.cwd = m_req.cwd;
         o.envOverrides = m_req.env;
-        o.newSession = true;
         o.in = m_req.stdinData ? Stdio::Pipe : Stdio::Null;
         o.out = Stdio::Pipe;
         o.err = Stdio::Pipe;
         if (m_req.confinement) m_req.confinement->apply(o);
-        SpawnedProcess child;
-        try {
-            child = spawn(o);
-        } catch (const std::system_error& e) {
-            if (e.code().value() == ENOENT) throw Error(ErrorCode::NotFound, "no such program: " + m_req.argv.front());
-            if (e.code().value() == EACCES)
-                throw Error(ErrorCode::BadRequest, "permission denied running " + m_req.argv.front());
-            throw Error(ErrorCode::Internal, std::string("cannot start the command: ") + e.what());
-        }
-        m_started = Clock::now();
-        m_result.pid = child.pid;
-        m_pid = child.pid;
-        ExitWatch::watch(m_service.m_ioc, child.pid, true,
-                         [self = shared_from_this()](std::optional<ExitStatus> status) { self->onExit(status); });
-        m_stdout.assign(child.stdoutFd.release());
-        m_stderr.assign(child.stderrFd.release());
         auto self = shared_from_this();
+        m_child = ChildProcess::start(m_service.m_ioc, std::move(o), "the command",
+                                      [self](std::optional<ExitStatus> status) { self->onExit(status); });
+        m_started = Clock::now();
+        m_result.pid = m_child->pid();
+        m_stdout.assign(m_child->pipes().stdoutFd.release());
+        m_stderr.assign(m_child->pipes().stderrFd.release());
         m_service.m_running.emplace(this, self);
         readFrom(m_stdout, m_outBuf, m_result.out, m_result.outTruncated, m_outOpen);
         readFrom(m_stderr, m_errBuf, m_result.err, m_result.errTruncated, m_errOpen);
         if (m_req.stdinData) {
-            m_stdin.assign(child.stdinFd.release());
+            m_stdin.assign(m_child->pipes().stdinFd.release());
             asio::async_write(m_stdin, asio::buffer(*m_req.stdinData), [self](boost::system::error_code, std::size_t) {
                 boost::system::error_code ignored;
                 self->m_stdin.close(ignored);  // EOF for the command; EPIPE when it did not read is fine
@@ -78,9 +63,7 @@ public:
         });
     }
 
-    void kill(int sig) {
-        if (m_pid > 0) ::kill(-m_pid, sig);
-    }
+    void kill() { m_child->kill(); }
 
 private:
     void readFrom(asio::posix::stream_descriptor& fd, std::array<char, 65536>& buf, std::string& sink, bool& truncated,
@@ -125,15 +108,9 @@ private:
     void onTimeout() {
         if (m_exited) return;
         m_result.timedOut = true;
-        log::info("exec pid " + std::to_string(m_pid) + " timed out after " + std::to_string(m_req.timeout.count()) +
-                  " ms: sending SIGTERM to its process group");
-        kill(SIGTERM);
-        // KILL the group after the grace period even if the leader is gone:
-        // children that ignored TERM are still in it.
-        m_grace.expires_after(m_req.killGrace);
-        m_grace.async_wait([self = shared_from_this()](boost::system::error_code ec) {
-            if (!ec) self->kill(SIGKILL);
-        });
+        log::info("exec pid " + std::to_string(m_child->pid()) + " timed out after " +
+                  std::to_string(m_req.timeout.count()) + " ms: sending SIGTERM to its process group");
+        m_child->terminate(m_req.killGrace);
     }
 
     void maybeFinish() {
@@ -149,11 +126,11 @@ private:
     ExecRequest m_req;
     std::function<void(ExecResult)> m_done;
     asio::posix::stream_descriptor m_stdout, m_stderr, m_stdin;
-    asio::steady_timer m_timeout, m_grace, m_drain;
+    std::shared_ptr<ChildProcess> m_child;
+    asio::steady_timer m_timeout, m_drain;
     std::array<char, 65536> m_outBuf{}, m_errBuf{};
     ExecResult m_result;
     Clock::time_point m_started;
-    pid_t m_pid = -1;
     bool m_outOpen = false, m_errOpen = false, m_exited = false, m_finished = false;
 };
 
@@ -169,7 +146,7 @@ void ExecService::start(ExecRequest request, std::function<void(ExecResult)> don
 
 void ExecService::killAll() {
     for (auto& [raw, weak] : m_running)
-        if (auto run = weak.lock()) run->kill(SIGKILL);
+        if (auto run = weak.lock()) run->kill();
 }
 
 }  // namespace hpc::daemon

@@ -21,8 +21,8 @@ namespace hpc::daemon {
 /// reaped), nothing when it was not ours to reap.
 using ExitHandler = std::function<void(std::optional<ExitStatus>)>;
 
-/// One per io_context (an Asio service), shared by exec, PTY sessions and
-/// local jobs.
+/// One per io_context (an Asio service). The daemon's processes are followed
+/// through ChildProcess, which is built on this.
 class ExitWatch {
 public:
     /// Calls `onExit` once, on the loop, when `pid` has ended. `ourChild`:

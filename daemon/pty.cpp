@@ -1,10 +1,9 @@
 #include "pty.hpp"
 
+#include "child_process.hpp"
 #include "errors.hpp"
-#include "exit_watch.hpp"
 #include "fd.hpp"
 #include "log.hpp"
-#include "process.hpp"
 #include "protocol.hpp"
 #include "util.hpp"
 
@@ -20,7 +19,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <system_error>
 
 namespace asio = boost::asio;
 namespace json = boost::json;
@@ -52,11 +50,14 @@ public:
 
     const PtyInfo& info() const { return m_info; }
 
-    void start() {
+    /// Starts the shell. Throws hpc::Error (NotFound, BadRequest, Internal).
+    void start(SpawnOptions options) {
         // Reads beyond the first of a batch must never block the loop.
         m_master.non_blocking(true);
-        ExitWatch::watch(m_service.m_ioc, m_info.pid, true,
-                         [self = shared_from_this()](std::optional<ExitStatus> status) { self->onExit(status); });
+        m_child = ChildProcess::start(
+            m_service.m_ioc, std::move(options), "the shell",
+            [self = shared_from_this()](std::optional<ExitStatus> status) { self->onExit(status); });
+        m_info.pid = m_child->pid();
         touch();
         doRead();
         readAudit();
@@ -79,7 +80,7 @@ public:
     }
 
     void signal(int sig) {
-        if (!m_exited) ::kill(-m_info.pid, sig);
+        if (!m_exited) m_child->signalGroup(sig);
     }
 
     void addCredit(std::uint64_t bytes) {
@@ -232,6 +233,7 @@ private:
 
     PtyService& m_service;
     PtyInfo m_info;
+    std::shared_ptr<ChildProcess> m_child;
     asio::posix::stream_descriptor m_master;
     asio::posix::stream_descriptor m_auditPipe;
     std::array<char, 4096> m_auditBuffer{};
@@ -281,27 +283,20 @@ PtyInfo PtyService::open(const PtyOpenRequest& r) {
     o.extraFds = {{auditWrite.get(), kAuditFd}};
     o.envOverrides = {"TERM=xterm-256color", "HPC_AUDIT_FD=" + std::to_string(kAuditFd)};
     o.envOverrides.insert(o.envOverrides.end(), r.env.begin(), r.env.end());
-    o.newSession = true;
     o.controllingTerminal = slave.get();
     if (r.confinement) r.confinement->apply(o);
-    SpawnedProcess child;
-    try {
-        child = spawn(o);
-    } catch (const std::system_error& e) {
-        if (e.code().value() == ENOENT) throw Error(ErrorCode::NotFound, "no such shell: " + r.argv.front());
-        throw Error(ErrorCode::Internal, std::string("cannot start the shell: ") + e.what());
-    }
-    slave.reset();
-    auditWrite.reset();
-    std::uint32_t channel = m_nextChannel++;
-    PtyInfo info{channel, child.pid, r.agentId, r.cwd, nowEpochSeconds()};
-    auto session = std::make_shared<PtySession>(*this, info, std::move(master), std::move(auditRead),
+    std::uint32_t channel = m_nextChannel;
+    auto session = std::make_shared<PtySession>(*this, PtyInfo{channel, -1, r.agentId, r.cwd, nowEpochSeconds()},
+                                                std::move(master), std::move(auditRead),
                                                 r.credit ? r.credit : m_limits.initialCredit);
+    session->start(std::move(o));
+    slave.reset();  // the shell has its own: the master reads EOF when the last one closes
+    auditWrite.reset();
+    ++m_nextChannel;
     m_sessions[channel] = session;
-    session->start();
     log::info("pty " + std::to_string(channel) + " opened for " + r.agentId + " in " + r.cwd + ": " + r.argv.front() +
-              " (pid " + std::to_string(child.pid) + ")");
-    return info;
+              " (pid " + std::to_string(session->info().pid) + ")");
+    return session->info();
 }
 
 std::shared_ptr<PtySession> PtyService::find(std::uint32_t channel, const std::string* agentId) const {

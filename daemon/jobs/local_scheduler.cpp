@@ -1,21 +1,19 @@
 // Local background jobs: the wrapper in its own session (so a signal to the
-// group reaches everything the script starts), followed by ExitWatch (a
-// pidfd, which also works for a job re-adopted after a daemon restart and no
-// longer our child; SIGCHLD or a poll on kernels without pidfd_open). Jobs
-// outlive the daemon on purpose: a restart must not kill them.
+// group reaches everything the script starts), a ChildProcess each (a pidfd,
+// which also works for a job re-adopted after a daemon restart and no longer
+// our child; SIGCHLD or a poll on kernels without pidfd_open). Jobs outlive
+// the daemon on purpose: a restart must not kill them.
 
 #include "scheduler.hpp"
 
 #include "job_files.hpp"
 
-#include "exit_watch.hpp"
+#include "child_process.hpp"
 #include "log.hpp"
-#include "process.hpp"
 #include "util.hpp"
 
 #include <signal.h>
 #include <sys/stat.h>
-#include <boost/asio/post.hpp>
 
 #include <unistd.h>
 
@@ -71,9 +69,8 @@ bool recoverPid(JobRecord& job) {
 /// Under systemd: sends `sig` to every process in the job's scope, which
 /// holds what left the job's process group (setsid, double forks). Through
 /// `systemctl --user kill` (beside systemd-run), a child reaped from the loop.
-void signalScope(asio::io_context& ioc, const LocalConfig& config, const std::string& jobId, int sig) {
-    if (config.systemdRun.empty()) return;
-    std::filesystem::path systemctl = std::filesystem::path(config.systemdRun).parent_path() / "systemctl";
+void signalScope(asio::io_context& ioc, const std::string& systemdRun, const std::string& jobId, int sig) {
+    std::filesystem::path systemctl = std::filesystem::path(systemdRun).parent_path() / "systemctl";
     SpawnOptions o;
     o.argv = {::access(systemctl.c_str(), X_OK) == 0 ? systemctl.string() : std::string("systemctl"),
               "--user",
@@ -81,16 +78,17 @@ void signalScope(asio::io_context& ioc, const LocalConfig& config, const std::st
               "--kill-whom=all",
               std::string("--signal=") + (sig == SIGKILL ? "SIGKILL" : "SIGTERM"),
               "hpc-job-" + jobId + ".scope"};
-    o.in = Stdio::Null;
     o.out = Stdio::Null;
     o.err = Stdio::Null;
     try {
-        auto child = spawn(o);
-        ExitWatch::watch(ioc, child.pid, true, [jobId](std::optional<ExitStatus> status) {
-            if (status && status->code.value_or(1) != 0)
-                log::debug("systemctl --user kill of hpc-job-" + jobId + ".scope failed (the scope may be gone)");
-        });
-    } catch (const std::system_error& e) {
+        ChildProcess::start(
+            ioc, std::move(o), "systemctl for job " + jobId,
+            [jobId](std::optional<ExitStatus> status) {
+                if (status && status->code.value_or(1) != 0)
+                    log::debug("systemctl --user kill of hpc-job-" + jobId + ".scope failed (the scope may be gone)");
+            },
+            ChildProcess::ProgramOf::Daemon);
+    } catch (const Error& e) {
         log::warning("cannot signal the scope of job " + jobId + ": " + e.what());
     }
 }
@@ -98,11 +96,10 @@ void signalScope(asio::io_context& ioc, const LocalConfig& config, const std::st
 }  // namespace
 
 struct LocalScheduler::Running {
-    Running(asio::io_context& ioc) : deadline(ioc), grace(ioc) {}
+    Running(asio::io_context& ioc) : deadline(ioc) {}
     JobRecord job;
-    std::optional<std::uint64_t> exitWatch;
+    std::shared_ptr<ChildProcess> process;
     asio::steady_timer deadline;
-    asio::steady_timer grace;
     bool timedOut = false;
 };
 
@@ -110,8 +107,7 @@ LocalScheduler::LocalScheduler(asio::io_context& ioc, LocalConfig config) : m_io
 
 LocalScheduler::~LocalScheduler() {
     // Jobs keep running; the next daemon re-adopts them.
-    for (auto& [id, r] : m_running)
-        if (r->exitWatch) ExitWatch::cancel(m_ioc, *r->exitWatch);
+    for (auto& [id, r] : m_running) r->process->release();
 }
 
 void LocalScheduler::submit(JobRecord job, const SubmitOptions& options, Submitted done) {
@@ -137,23 +133,24 @@ void LocalScheduler::submit(JobRecord job, const SubmitOptions& options, Submitt
         o.argv.insert(o.argv.begin(), run.begin(), run.end());
     }
     o.cwd = job.cwd;
-    o.newSession = true;
-    o.in = Stdio::Null;
     o.out = Stdio::Null;
     o.err = Stdio::Null;
-    SpawnedProcess child;
+    std::shared_ptr<ChildProcess> process;
     try {
-        child = spawn(o);
-    } catch (const std::system_error& e) {
-        done(std::move(job), Error(ErrorCode::Internal, std::string("cannot start the job: ") + e.what()));
+        process = ChildProcess::start(
+            m_ioc, std::move(o), "job " + job.jobId,
+            [this, id = job.jobId](std::optional<ExitStatus> status) { ended(id, status); },
+            ChildProcess::ProgramOf::Daemon);
+    } catch (const Error& e) {
+        done(std::move(job), e);
         return;
     }
-    job.pid = child.pid;
-    job.pidStart = processStartTime(child.pid);
-    job.schedulerId = std::to_string(child.pid);
+    job.pid = process->pid();
+    job.pidStart = processStartTime(process->pid());
+    job.schedulerId = std::to_string(process->pid());
     job.state = JobState::Running;
     job.startedAt = nowEpochSeconds();
-    watch(job, true);
+    watch(job, std::move(process));
     done(std::move(job), std::nullopt);
 }
 
@@ -196,24 +193,24 @@ void LocalScheduler::adopt(const JobRecord& recorded) {
             if (found->running) {
                 log::info("job " + recorded.jobId + " (pid " + std::to_string(found->job.pid) +
                           ") is still running: following it again");
-                watch(found->job, false);
+                auto process = ChildProcess::follow(
+                    m_ioc, static_cast<pid_t>(found->job.pid), "job " + recorded.jobId,
+                    [this, id = recorded.jobId](std::optional<ExitStatus> status) { ended(id, status); });
+                watch(found->job, std::move(process));
                 if (!found->recovered) return;  // else the store learns the pid it missed
             }
             if (m_onChange) m_onChange(found->job);
         });
 }
 
-void LocalScheduler::watch(JobRecord job, bool ourChild) {
+void LocalScheduler::watch(JobRecord job, std::shared_ptr<ChildProcess> process) {
     auto r = std::make_shared<Running>(m_ioc);
     r->job = std::move(job);
     std::string id = r->job.jobId;
-    try {
-        r->exitWatch = ExitWatch::watch(m_ioc, static_cast<pid_t>(r->job.pid), ourChild,
-                                        [this, id](std::optional<ExitStatus> status) { ended(id, status); });
-    } catch (const std::system_error&) {
-        // Gone between the check and now: settle on the next turn.
-        asio::post(m_ioc, [this, id] { ended(id, std::nullopt); });
-    }
+    if (!m_config.systemdRun.empty())
+        process->alsoSignal(
+            [&ioc = m_ioc, systemdRun = m_config.systemdRun, id](int sig) { signalScope(ioc, systemdRun, id, sig); });
+    r->process = std::move(process);
     m_running[id] = r;
     if (r->job.timeLimitSeconds > 0) {
         double left = r->job.startedAt + static_cast<double>(r->job.timeLimitSeconds) - nowEpochSeconds();
@@ -233,16 +230,7 @@ void LocalScheduler::cancel(const JobRecord& job) {
     if (it == m_running.end()) return;
     auto r = it->second;
     if (job.cancelRequested) r->job.cancelRequested = true;
-    ::kill(-static_cast<pid_t>(r->job.pid), SIGTERM);
-    signalScope(m_ioc, m_config, job.jobId, SIGTERM);
-    r->grace.expires_after(m_config.killGrace);
-    r->grace.async_wait([this, id = job.jobId](boost::system::error_code ec) {
-        auto it = m_running.find(id);
-        if (ec || it == m_running.end()) return;
-        log::info("job " + id + " outlived its grace period: SIGKILL");
-        ::kill(-static_cast<pid_t>(it->second->job.pid), SIGKILL);
-        signalScope(m_ioc, m_config, id, SIGKILL);
-    });
+    r->process->terminate(m_config.killGrace);
 }
 
 void LocalScheduler::ended(const std::string& jobId, std::optional<ExitStatus> status) {
@@ -253,8 +241,7 @@ void LocalScheduler::ended(const std::string& jobId, std::optional<ExitStatus> s
     r->deadline.cancel();
     // Processes the script left in its group (and, under systemd, in its
     // scope) go with it.
-    ::kill(-static_cast<pid_t>(r->job.pid), SIGKILL);
-    signalScope(m_ioc, m_config, jobId, SIGKILL);
+    r->process->kill();
     JobRecord job = r->job;
     job.endedAt = nowEpochSeconds();
     ++m_adopting;  // still ours until the exit status is read

@@ -25,6 +25,8 @@
 
 namespace hpc::daemon {
 
+class ChildProcess;
+
 struct SubmitOptions {
     std::vector<std::string> schedulerArgs;          ///< validated sbatch options
     std::vector<std::string> env;                    ///< "NAME=value"
@@ -93,7 +95,8 @@ public:
     struct Running;
 
 private:
-    void watch(JobRecord job, bool ourChild);
+    /// Follows a started or adopted job until it ends.
+    void watch(JobRecord job, std::shared_ptr<ChildProcess> process);
     void ended(const std::string& jobId, std::optional<ExitStatus> status);
     /// Reads the exit status of an ended job (off the loop) and reports it.
     void settleEnded(JobRecord job, bool timedOut, std::optional<ExitStatus> status, int attempt);
