@@ -6,7 +6,7 @@
 #include <iostream>
 #include <vector>
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
     hpc::adoptProgramName(argc > 0 ? argv[0] : nullptr);
     CLI::App app{
         "hpc-agent: run commands on machines served by hpc-daemond, through the platform.\n"
@@ -26,14 +26,11 @@ int main(int argc, char** argv) {
                                   addEventsCommand(app), addLogsCommand(app)};
     commands.push_back(addLogoutCommand(app));
     CLI11_PARSE(app, argc, argv);
-    for (const auto& c : commands) {
-        if (!c.app->parsed()) continue;
-        try {
-            return c.run();
-        } catch (const std::exception& e) {
-            std::cerr << "hpc-agent: " << e.what() << "\n";
-            return kExitAgentError;
-        }
-    }
+    for (const auto& c : commands)
+        if (c.app->parsed()) return c.run();
     return kExitAgentError;
+} catch (const std::exception& e) {
+    // A command's failure (or a bug in the option table, or memory exhausted).
+    std::cerr << "hpc-agent: " << e.what() << "\n";
+    return hpc::agent::kExitAgentError;
 }

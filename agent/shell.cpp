@@ -84,7 +84,7 @@ int runShell(AgentClient& client, const std::string& daemonId, PtySpec spec) {
     RawTerminal raw;
     bool stdinOpen = true;
     // Credit goes back in quarters of the daemon's default 1 MiB window.
-    constexpr std::size_t kAckEvery = 256 * 1024;
+    constexpr std::size_t kAckEvery = std::size_t{256} * 1024;
     std::size_t unacked = 0;
     char buf[65536];
     while (true) {

@@ -64,7 +64,7 @@ std::optional<std::chrono::seconds> parseDuration(std::string_view text) {
     else if (unit == "d")
         mult = 86400;
     else if (unit == "w")
-        mult = 7 * 86400;
+        mult = 7ull * 86400;
     else
         return std::nullopt;
     if (n > static_cast<std::uint64_t>(kMaxSeconds) / mult) return std::nullopt;
@@ -87,7 +87,7 @@ std::optional<std::uint64_t> parseSize(std::string_view text) {
     else if (unit == "kB" || unit == "KB")
         mult = 1000;
     else if (unit == "MB")
-        mult = 1000 * 1000;
+        mult = 1000ull * 1000;
     else if (unit == "GB")
         mult = 1000ull * 1000 * 1000;
     else

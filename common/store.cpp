@@ -404,7 +404,7 @@ bool StorageHealth::spaceAvailable() const {
     fs::path probe = m_file.parent_path() / ".space-probe";
     int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) return false;
-    static const std::string kZeros(64 * 1024, '\0');
+    static const std::string kZeros(std::size_t{64} * 1024, '\0');
     bool ok = true;
     for (std::uint64_t written = 0; ok && written < kProbeBytes; written += kZeros.size())
         ok = ::write(fd, kZeros.data(), kZeros.size()) == static_cast<ssize_t>(kZeros.size());

@@ -15,6 +15,7 @@ namespace {
 
 [[noreturn]] void execOrThrow(std::vector<std::string> argv) {
     std::vector<char*> args;
+    args.reserve(argv.size() + 1);
     for (auto& a : argv) args.push_back(a.data());
     args.push_back(nullptr);
     ::execvp(args[0], args.data());

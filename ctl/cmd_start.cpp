@@ -86,6 +86,7 @@ int runInForeground(const Target& t) {
     std::vector<std::string> args = {"hpc-daemond", "--daemon-id", id, "--mode-reason",
                                      "in the foreground of a terminal (start --foreground)"};
     std::vector<char*> argv;
+    argv.reserve(args.size() + 1);
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     std::cout.flush();

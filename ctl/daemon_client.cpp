@@ -11,6 +11,7 @@ namespace json = boost::json;
 namespace hpc::ctl {
 namespace {
 
+// NOLINTNEXTLINE(cppcoreguidelines-virtual-class-destructor): final: never a base class (clang-tidy 15+ exempts it)
 class Proxy final : public sdbus::ProxyInterfaces<org::tiptree::HpcDaemon_proxy> {
 public:
     Proxy(sdbus::IConnection& connection, std::string name)

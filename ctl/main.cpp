@@ -7,7 +7,7 @@
 #include <iostream>
 #include <string>
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
     hpc::adoptProgramName(argc > 0 ? argv[0] : nullptr);
     std::string self = argc > 0 ? argv[0] : "";
     self = self.substr(self.rfind('/') == std::string::npos ? 0 : self.rfind('/') + 1);
@@ -40,4 +40,8 @@ int main(int argc, char** argv) {
         }
     }
     return hpc::ctl::kExitUsage;
+} catch (const std::exception& e) {
+    // Only a bug in the option table, or memory exhausted, reaches here.
+    std::cerr << "hpc-daemonctl: " << e.what() << "\n";
+    return hpc::ctl::kExitFailure;
 }

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <charconv>
 #include <deque>
 #include <fstream>
 #include <regex>
@@ -165,7 +166,7 @@ UnitState unitState(const std::string& daemonId) {
         else if (key == "FragmentPath")
             st.fragment = value;
         else if (key == "MainPID")
-            st.mainPid = static_cast<pid_t>(std::atoi(value.c_str()));
+            std::from_chars(value.data(), value.data() + value.size(), st.mainPid);  // stays 0 if not a number
     }
     return st;
 }

@@ -9,7 +9,7 @@
 
 #include <iostream>
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
     hpc::adoptProgramName(argc > 0 ? argv[0] : nullptr);
     CLI::App app{
         "hpc-daemond: connects this machine to an agent platform over an outbound TLS WebSocket and runs the\n"
@@ -102,4 +102,8 @@ int main(int argc, char** argv) {
         if (!logFile.empty()) std::cerr << "hpc-daemond: " << e.what() << "\n";
         return 1;
     }
+} catch (const std::exception& e) {
+    // Only a bug in the option table, or memory exhausted, reaches here.
+    std::cerr << "hpc-daemond: " << e.what() << "\n";
+    return 1;
 }

@@ -12,7 +12,7 @@ namespace json = boost::json;
 namespace hpc::relay {
 namespace {
 
-ApiResponse reply(int status, json::object body) { return {status, json::serialize(body)}; }
+ApiResponse reply(int status, const json::object& body) { return {status, json::serialize(body)}; }
 
 ApiResponse success(std::string message, json::object payload, int status = 200) {
     return reply(status, {{"status", "success"}, {"message", std::move(message)}, {"payload", std::move(payload)}});

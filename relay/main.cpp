@@ -68,7 +68,7 @@ void raiseOpenFileLimit() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char** argv) try {
     hpc::adoptProgramName(argc > 0 ? argv[0] : nullptr);
     CLI::App app{
         "hpc-relay: a self-hostable platform for hpc-daemon. Serves the sign-in, API-key and daemon-registry\n"
@@ -120,41 +120,38 @@ int main(int argc, char** argv) {
     app.add_flag("-v,--verbose", verbose, "log debug lines too");
     CLI11_PARSE(app, argc, argv);
 
-    try {
-        log::init(logFile, verbose ? log::Level::Debug : log::Level::Info);
-        if (otpCommand.empty() == otpFile.empty()) {
-            std::cerr << "hpc-relay: give exactly one of --otp-command or --otp-file (how sign-in codes reach users)\n";
+    log::init(logFile, verbose ? log::Level::Debug : log::Level::Info);
+    if (otpCommand.empty() == otpFile.empty()) {
+        std::cerr << "hpc-relay: give exactly one of --otp-command or --otp-file (how sign-in codes reach users)\n";
+        return 2;
+    }
+    // The delivery command's exit status is not needed: let the kernel reap it.
+    struct sigaction sa {};
+    sa.sa_handler = SIG_DFL;
+    sa.sa_flags = SA_NOCLDWAIT;
+    ::sigaction(SIGCHLD, &sa, nullptr);
+
+    raiseOpenFileLimit();
+    ensurePrivateDir(dataDir);
+    relay::RelayRetention retention;
+    for (auto [flag, text, out] : {std::tuple{"--callback-retention", &callbackRetention, &retention.callbackSeconds},
+                                   std::tuple{"--expired-retention", &expiredRetention, &retention.expiredSeconds},
+                                   std::tuple{"--prune-interval", &pruneInterval, &retention.intervalSeconds}}) {
+        auto d = parseDuration(*text);
+        if (!d) {
+            std::cerr << "hpc-relay: " << flag << " \"" << *text << "\" is not a duration (90d, 12h, 30m, 45s)\n";
             return 2;
         }
-        // The delivery command's exit status is not needed: let the kernel reap it.
-        struct sigaction sa {};
-        sa.sa_handler = SIG_DFL;
-        sa.sa_flags = SA_NOCLDWAIT;
-        ::sigaction(SIGCHLD, &sa, nullptr);
-
-        raiseOpenFileLimit();
-        ensurePrivateDir(dataDir);
-        relay::RelayRetention retention;
-        for (auto [flag, text, out] :
-             {std::tuple{"--callback-retention", &callbackRetention, &retention.callbackSeconds},
-              std::tuple{"--expired-retention", &expiredRetention, &retention.expiredSeconds},
-              std::tuple{"--prune-interval", &pruneInterval, &retention.intervalSeconds}}) {
-            auto d = parseDuration(*text);
-            if (!d) {
-                std::cerr << "hpc-relay: " << flag << " \"" << *text << "\" is not a duration (90d, 12h, 30m, 45s)\n";
-                return 2;
-            }
-            *out = static_cast<double>(d->count());
-        }
-        relay::RelayDb db((std::filesystem::path(dataDir) / "relay.db").string());
-        db.setRetention(retention);
-        db.maybePrune(nowEpochSeconds());
-        relay::Hub hub(db);
-        relay::Api api(db, hub, otpCommand.empty() ? fileSender(otpFile) : commandSender(otpCommand));
-        api.setSigninLimitPerClient(signinLimit);
-        return relay::runServer(config, api, hub);
-    } catch (const std::exception& e) {
-        std::cerr << "hpc-relay: " << e.what() << "\n";
-        return 1;
+        *out = static_cast<double>(d->count());
     }
+    relay::RelayDb db((std::filesystem::path(dataDir) / "relay.db").string());
+    db.setRetention(retention);
+    db.maybePrune(nowEpochSeconds());
+    relay::Hub hub(db);
+    relay::Api api(db, hub, otpCommand.empty() ? fileSender(otpFile) : commandSender(otpCommand));
+    api.setSigninLimitPerClient(signinLimit);
+    return relay::runServer(config, api, hub);
+} catch (const std::exception& e) {
+    std::cerr << "hpc-relay: " << e.what() << "\n";
+    return 1;
 }

@@ -74,7 +74,12 @@ BusPump::~BusPump() {
     boost::system::error_code ignored;
     m_impl->fd.cancel(ignored);
     m_impl->fd.close(ignored);
-    m_impl->timer.cancel();
+    // steady_timer::cancel has no error_code overload (deprecated) and throws
+    // on a reactor error, which epoll's never reports; a destructor must not.
+    try {
+        m_impl->timer.cancel();
+    } catch (const boost::system::system_error&) {
+    }
 }
 
 void BusPump::start() { m_impl->process(); }

@@ -103,7 +103,7 @@ void JobDirIo::run(std::string what, std::function<void()> work, Done done, bool
     }
 }
 
-void JobDirIo::finish(std::uint64_t id, std::exception_ptr error) {
+void JobDirIo::finish(std::uint64_t id, const std::exception_ptr& error) {
     auto it = m_pending.find(id);
     if (it == m_pending.end()) return;  // answered by the deadline already
     Pending p = std::move(it->second);

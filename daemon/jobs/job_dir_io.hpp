@@ -69,7 +69,7 @@ private:
         std::unique_ptr<boost::asio::steady_timer> timer;
         bool quiet = false;
     };
-    void finish(std::uint64_t id, std::exception_ptr error);
+    void finish(std::uint64_t id, const std::exception_ptr& error);
     static void workerLoop(const std::shared_ptr<Shared>& s);
 
     boost::asio::io_context& m_ioc;

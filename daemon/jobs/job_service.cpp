@@ -81,7 +81,7 @@ bool JobService::handle(const protocol::Envelope& env, const std::string& agentI
         JobRecord job = owned(env.payload, agentId);
         std::size_t tail = static_cast<std::size_t>(
             protocol::optInt(env.payload, "tail_bytes", 0, 1 << 20).value_or(static_cast<std::int64_t>(kTailBytes)));
-        readTails(job, tail, [id = env.id, reply, job](Tails tails) {
+        readTails(job, tail, [id = env.id, reply, job](const Tails& tails) {
             json::object o = job.toJson();
             putTails(o, tails);
             reply(protocol::makeOk(id, std::move(o)));
@@ -255,7 +255,7 @@ void JobService::onChange(const JobRecord& job) {
     // The final state and its callback are written once the output's tails
     // are read (off the loop); until then the job is live in the store, so a
     // daemon that dies meanwhile settles it again when it starts.
-    readTails(job, kTailBytes, [this, job](Tails tails) { recordFinal(job, tails); });
+    readTails(job, kTailBytes, [this, job](const Tails& tails) { recordFinal(job, tails); });
 }
 
 void JobService::recordFinal(const JobRecord& job, const Tails& tails) {

@@ -64,6 +64,14 @@ double parseSlurmTime(std::string_view text) {
     return static_cast<double>(std::mktime(&tm));
 }
 
+/// An ended job's times: no start time when it never ran; an end time the
+/// scheduler does not know is now.
+void applyTimes(JobRecord& job, std::string_view start, std::string_view end) {
+    if (double t = parseSlurmTime(start); t > 0) job.startedAt = t;
+    job.endedAt = parseSlurmTime(end);
+    if (job.endedAt == 0) job.endedAt = nowEpochSeconds();
+}
+
 /// `scontrol show job -o` prints one line of Key=Value words.
 std::map<std::string, std::string> parseScontrol(std::string_view line) {
     std::map<std::string, std::string> out;
@@ -134,9 +142,7 @@ bool applySacct(JobRecord& job, std::string_view output) {
         if (!state || !isFinal(*state)) return false;
         job.state = *state;
         applyExitCode(job, f[2]);
-        if (double t = parseSlurmTime(f[3])) job.startedAt = t;
-        job.endedAt = parseSlurmTime(f[4]);
-        if (job.endedAt == 0) job.endedAt = nowEpochSeconds();
+        applyTimes(job, f[3], f[4]);
         // "CANCELLED by 1001" says who; otherwise Slurm's reason.
         job.reason = trim(f[1]) != toWireName(*state) ? trim(f[1]) : (trim(f[5]) == "None" ? "" : trim(f[5]));
         return true;
@@ -150,9 +156,7 @@ std::optional<JobState> applyScontrol(JobRecord& job, std::string_view output) {
     if (!state || !isFinal(*state)) return state;
     job.state = *state;
     applyExitCode(job, fields["ExitCode"]);
-    if (double t = parseSlurmTime(fields["StartTime"])) job.startedAt = t;
-    job.endedAt = parseSlurmTime(fields["EndTime"]);
-    if (job.endedAt == 0) job.endedAt = nowEpochSeconds();
+    applyTimes(job, fields["StartTime"], fields["EndTime"]);
     job.reason = fields["Reason"] == "None" ? "" : fields["Reason"];
     return state;
 }
@@ -202,10 +206,10 @@ void SlurmScheduler::runCommand(std::vector<std::string> argv, std::vector<std::
     req.cwd = "/";
     req.env = std::move(env);
     req.timeout = m_config.commandTimeout;
-    req.maxOutputBytes = 16 * 1024 * 1024;
+    req.maxOutputBytes = std::size_t{16} * 1024 * 1024;
     auto callback = std::make_shared<std::function<void(const ExecResult&)>>(std::move(done));
     try {
-        m_commands.start(std::move(req), [callback](ExecResult r) { (*callback)(r); });
+        m_commands.start(std::move(req), [callback](const ExecResult& r) { (*callback)(r); });
     } catch (const Error& e) {
         // Not started (too many running, or the program is missing): a failure like any other.
         ExecResult r;
@@ -383,9 +387,7 @@ void SlurmScheduler::pollDone(const ExecResult& r) {
             job.state = *state;
             job.reason = reason;
             applyWaitStatus(job, row.exitStatus);
-            if (double t = parseSlurmTime(row.start)) job.startedAt = t;
-            job.endedAt = parseSlurmTime(row.end);
-            if (job.endedAt == 0) job.endedAt = nowEpochSeconds();
+            applyTimes(job, row.start, row.end);
             ended.push_back(id);
         } else if (state && (*state != job.state || reason != job.reason)) {
             log::info("job " + id + " (slurm " + job.schedulerId + "): " + std::string(toWireName(job.state)) + " → " +
