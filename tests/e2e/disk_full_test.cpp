@@ -82,7 +82,7 @@ protected:
     std::uint64_t fill() {
         int fd = ::open(filler().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         EXPECT_GE(fd, 0) << std::strerror(errno);
-        std::string block(64 * 1024, 'f');
+        std::string block(std::size_t{64} * 1024, 'f');
         std::uint64_t total = 0;
         int err = 0;
         for (int i = 0; i < 100000; ++i) {  // 6 GiB at most: bounded even if the mount were not there
@@ -147,6 +147,7 @@ protected:
 TEST_F(DiskFullE2E, AFullStateDiskRefusesNewWorkKeepsRunningJobsAndRecoversWhenSpaceReturns) {
     // Before the fill: three jobs running, and a shell open.
     std::vector<std::string> jobs;
+    jobs.reserve(3);
     for (int i = 0; i < 3; ++i) jobs.push_back(submitWaitingJob(i));
     agent::JobSpec sleeper;  // cancelled while the disk is full
     sleeper.script = "sleep 600\n";

@@ -40,7 +40,7 @@ protected:
         ASSERT_EQ(m_h.setupDaemon("p", "p@example.org", {m_work.string()}).status, 0);
     }
 
-    void start(std::vector<std::string> extra = {}) {
+    void start(const std::vector<std::string>& extra = {}) {
         m_h.startDaemon("p", extra);
         m_token = m_h.login("p@example.org");
         ASSERT_TRUE(m_h.waitConnected(m_token, "p"));
@@ -75,7 +75,7 @@ protected:
         return all;
     }
 
-    static std::function<bool(const std::string&)> contains(std::string needle) {
+    static std::function<bool(const std::string&)> contains(const std::string& needle) {
         return [needle](const std::string& s) { return s.find(needle) != std::string::npos; };
     }
 
@@ -180,7 +180,7 @@ TEST_F(PtyTest, WithoutCreditTheProgramBlocksAndTheDaemonDoesNotGrow) {
     ASSERT_NO_FATAL_FAILURE(start());
     agent::PtySpec spec;
     spec.shell = "/bin/bash";
-    spec.credit = 64 * 1024;
+    spec.credit = std::uint64_t{64} * 1024;
     auto pty = m_agent->openPty("p", spec);
     m_agent->ptyInput(pty.channel, "yes hpc-flow-control-test | head -c 300000000 > /dev/stdout; echo DONE\r");
     // Take what the initial credit allows, grant nothing more.

@@ -285,8 +285,8 @@ TEST_F(RetentionE2E, TheLogFileRotatesAtLogMaxBytesAndLogsFollowsAcrossIt) {
     SpawnOptions o;
     o.argv = {Harness::binary("hpc-daemonctl"), "logs", "-f", "-n", "1"};
     o.envOverrides = m_h.baseEnv();
-    for (std::string e : {"HPC_DAEMON_HOME=" + m_h.home("d1").string(), std::string("HPC_DAEMONCTL_MODE=nohup"),
-                          std::string("DBUS_SESSION_BUS_ADDRESS="), std::string("XDG_RUNTIME_DIR=")})
+    for (const std::string& e : {"HPC_DAEMON_HOME=" + m_h.home("d1").string(), std::string("HPC_DAEMONCTL_MODE=nohup"),
+                                 std::string("DBUS_SESSION_BUS_ADDRESS="), std::string("XDG_RUNTIME_DIR=")})
         o.envOverrides.push_back(e);
     o.outputFile = followed.string();
     ChildGuard follower(spawn(o).pid);

@@ -20,6 +20,7 @@ namespace {
 
 TEST_P(SlurmJobs, FiftyJobsAreFollowedWithOneSqueuePerCycle) {
     std::vector<std::string> ids;
+    ids.reserve(50);
     for (int i = 0; i < 50; ++i) ids.push_back(str(submit("sleep 2\necho job " + std::to_string(i) + "\n"), "job_id"));
     std::set<std::string> states;
     for (const auto& id : ids) states.insert(waitFor(id, 120s).state);

@@ -195,7 +195,7 @@ TEST(ApiErrors, AnswerWithTheStatusAndCodeOfTheErrorTable) {
 }
 
 TEST_F(ApiTest, AnErrorFromTheClosedSetAnswersWithItsOwnStatusAndABugWithout) {
-    auto refusingWith = [this](Error e) {
+    auto refusingWith = [this](const Error& e) {
         Api api(*m_db, *m_hub, [e](const std::string&, const Secret&) { throw e; });
         return api.handle({"POST", "/otp/signin", "", json::serialize(json::object{{"email", "a@example.org"}}), "t"});
     };

@@ -116,7 +116,7 @@ TEST_F(ExecTest, ManyCommandsRunAtOnce) {
     int done = 0;
     auto start = std::chrono::steady_clock::now();
     for (int i = 0; i < 20; ++i)
-        m_exec.start(sh("sleep 0.5; echo " + std::to_string(i)), [&done](ExecResult r) {
+        m_exec.start(sh("sleep 0.5; echo " + std::to_string(i)), [&done](const ExecResult& r) {
             if (r.exitCode == 0) ++done;
         });
     EXPECT_EQ(m_exec.running(), 20u);
@@ -131,7 +131,7 @@ TEST_F(ExecTest, AMissingProgramIsNotFound) {
     req.argv = {"/no/such/program"};
     req.cwd = "/tmp";
     try {
-        m_exec.start(req, [](ExecResult) {});
+        m_exec.start(req, [](const ExecResult&) {});
         FAIL();
     } catch (const Error& e) {
         EXPECT_EQ(e.code(), ErrorCode::NotFound);
@@ -141,10 +141,10 @@ TEST_F(ExecTest, AMissingProgramIsNotFound) {
 
 TEST_F(ExecTest, RefusesMoreThanTheConcurrencyLimit) {
     ExecService small(m_ioc, 2);
-    small.start(sh("sleep 5"), [](ExecResult) {});
-    small.start(sh("sleep 5"), [](ExecResult) {});
+    small.start(sh("sleep 5"), [](const ExecResult&) {});
+    small.start(sh("sleep 5"), [](const ExecResult&) {});
     try {
-        small.start(sh("true"), [](ExecResult) {});
+        small.start(sh("true"), [](const ExecResult&) {});
         FAIL();
     } catch (const Error& e) {
         EXPECT_EQ(e.code(), ErrorCode::Limit);

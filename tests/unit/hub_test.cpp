@@ -198,7 +198,7 @@ TEST_F(HubTest, ACallbackThatCannotBeStoredIsRefusedNotAcknowledged) {
     // A full disk: SQLite refuses to grow the file (as with ENOSPC).
     auto& raw = m_db->rawDb();
     raw.exec("PRAGMA max_page_count = " + std::to_string(raw.queryInt("PRAGMA page_count")));
-    std::string big(64 * 1024, 'x');
+    std::string big(std::size_t{64} * 1024, 'x');
     std::string msg =
         R"({"v":1,"type":"job.completed","id":"c1","payload":{"callback_id":"cb-8","job_id":"j","pad":")" + big +
         R"("}})";
@@ -386,7 +386,8 @@ TEST_F(HubTest, KeepsADaemonsLatestWarningShowsItAndForgetsItWhenTheDaemonLeaves
     ASSERT_TRUE(token);
     std::int64_t user = 0;
     ASSERT_EQ(m_db->verifyCode(*token, Secret("123456"), user), VerifyOutcome::Ok);
-    auto [credential, key] = m_db->issueCredential(user, "access", 3600.0);
+    // Not a structured binding: the lambda below captures it (clang 14 cannot).
+    Secret key = m_db->issueCredential(user, "access", 3600.0).second;
     m_db->putDaemon(user, "d1", {{"hostname", "login-1"}});
     Api api(*m_db, *m_hub, [](const std::string&, const Secret&) {});
     auto listed = [&] {
@@ -412,11 +413,11 @@ TEST_F(HubTest, KeepsADaemonsLatestWarningShowsItAndForgetsItWhenTheDaemonLeaves
     EXPECT_EQ(m_hub->warning(user + 1, "d1"), "") << "another user's daemon of the same name";
 
     // Bad payloads: BAD_REQUEST, and the warning kept is the last good one.
-    for (auto bad : std::vector<json::object>{{},
-                                              {{"warning", nullptr}},
-                                              {{"warning", 42}},
-                                              {{"warning", json::array{"x"}}},
-                                              {{"warning", std::string(Hub::kMaxWarningBytes + 1, 'w')}}}) {
+    for (const auto& bad : std::vector<json::object>{{},
+                                                     {{"warning", nullptr}},
+                                                     {{"warning", 42}},
+                                                     {{"warning", json::array{"x"}}},
+                                                     {{"warning", std::string(Hub::kMaxWarningBytes + 1, 'w')}}}) {
         auto refused = warn("bad", bad);
         EXPECT_FALSE(refused.ok) << json::serialize(bad);
         EXPECT_EQ(refused.errorCode, ErrorCode::BadRequest) << json::serialize(bad);

@@ -332,7 +332,7 @@ TEST_F(JobsUnit, TheOutboxResendsUntilAcknowledgedAndOnEveryReconnect) {
     boost::asio::io_context ioc;
     std::vector<protocol::Envelope> sent;
     bool linkUp = false;
-    Outbox outbox(ioc, jobs, "d", [&](std::string text) {
+    Outbox outbox(ioc, jobs, "d", [&](const std::string& text) {
         if (!linkUp) return false;
         sent.push_back(std::get<protocol::Envelope>(protocol::parse(text)));
         return true;
