@@ -106,7 +106,7 @@ ApiResponse Api::handle(const ApiRequest& r) {
     std::string path = r.target.substr(0, r.target.find('?'));
     while (path.size() > 1 && path.back() == '/') path.pop_back();
     try {
-        if (path == "/health" && r.method == "GET") return success("ok", {{"version", HPC_VERSION}});
+        if (path == "/health" && r.method == "GET") return health();
         if (path == "/otp/signin") return r.method == "POST" ? signin(r) : wrongMethod("use POST");
         if (path == "/auth/otp/signin/verify") return r.method == "POST" ? verify(r) : wrongMethod("use POST");
         if (path == "/auth/api-keys") return r.method == "POST" ? createApiKey(r) : wrongMethod("use POST");
@@ -133,6 +133,14 @@ ApiResponse Api::handle(const ApiRequest& r) {
         log::error("internal error on " + printable(r.method) + " " + printable(path) + ": " + e.what());
         return errorResponse(ErrorCode::Internal, "internal error");
     }
+}
+
+ApiResponse Api::health() const {
+    return success("ok", {{"version", HPC_VERSION},
+                          {"accepting", m_acceptProblem.empty()},
+                          {"accept_problem", m_acceptProblem},
+                          {"agents_connected", m_hub.agentCount()},
+                          {"daemons_connected", m_hub.daemonCount()}});
 }
 
 ApiResponse Api::signin(const ApiRequest& r) {

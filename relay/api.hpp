@@ -50,8 +50,13 @@ public:
     /// many users one client can lock out of sign-in. 0: no limit.
     void setSigninLimitPerClient(std::size_t limit) { m_signinLimitPerClient = limit; }
     static constexpr std::size_t kDefaultSigninLimitPerClient = 20;
+    /// Why the listener cannot accept connections now (out of descriptors,
+    /// say), "" while it can: GET /health shows it, since a relay in that
+    /// state still serves the connections it has.
+    void setAcceptProblem(std::string problem) { m_acceptProblem = std::move(problem); }
 
 private:
+    ApiResponse health() const;
     ApiResponse signin(const ApiRequest& r);
     ApiResponse verify(const ApiRequest& r);
     ApiResponse createApiKey(const ApiRequest& r);
@@ -68,6 +73,7 @@ private:
     Hub& m_hub;
     CodeSender m_sender;
     std::size_t m_signinLimitPerClient = kDefaultSigninLimitPerClient;
+    std::string m_acceptProblem;
     /// Recent code requests by client address (without the port).
     std::unordered_map<std::string, std::deque<double>> m_signinsByClient;
 };

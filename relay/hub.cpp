@@ -3,6 +3,8 @@
 #include "log.hpp"
 #include "util.hpp"
 
+#include <algorithm>
+
 namespace json = boost::json;
 
 namespace hpc::relay {
@@ -473,6 +475,12 @@ std::optional<double> Hub::connectedSince(std::int64_t userId, const std::string
     auto it = m_daemons.find({userId, daemonId});
     if (it == m_daemons.end()) return std::nullopt;
     return it->second.since;
+}
+
+std::size_t Hub::agentCount() const {
+    // A connection that ended detaches itself; one ending right now is not counted.
+    return static_cast<std::size_t>(
+        std::count_if(m_agents.begin(), m_agents.end(), [](const auto& kv) { return !kv.second.expired(); }));
 }
 
 }  // namespace hpc::relay

@@ -75,6 +75,9 @@ public:
     /// The longest warning a daemon may send; a longer one is BAD_REQUEST.
     static constexpr std::size_t kMaxWarningBytes = 4096;
     std::size_t pendingCount() const { return m_pending.size(); }
+    /// Connections now (GET /health).
+    std::size_t agentCount() const;
+    std::size_t daemonCount() const { return m_daemons.size(); }
     std::size_t channelCount() const { return m_routes.size(); }
 
 private:

@@ -350,7 +350,10 @@ private:
             if (ec == asio::error::operation_aborted) return;
             if (isResourceShortage(ec)) return self->pauseAccepting(ec);
             if (!ec) {
-                if (self->m_pause != std::chrono::milliseconds::zero()) log::notice("accepting connections again");
+                if (self->m_pause != std::chrono::milliseconds::zero()) {
+                    log::notice("accepting connections again");
+                    self->m_ctx.api.setAcceptProblem({});
+                }
                 self->m_pause = std::chrono::milliseconds::zero();
                 self->onAccept(std::move(socket));
             }
@@ -368,8 +371,10 @@ private:
     }
 
     void pauseAccepting(const beast::error_code& ec) {
-        if (m_pause == std::chrono::milliseconds::zero())
+        if (m_pause == std::chrono::milliseconds::zero()) {
             log::warning("cannot accept connections: " + ec.message() + "; retrying with backoff up to 1 s");
+            m_ctx.api.setAcceptProblem(ec.message());
+        }
         m_pause = std::clamp(m_pause * 2, std::chrono::milliseconds(50), std::chrono::milliseconds(1000));
         m_retry.expires_after(m_pause);
         m_retry.async_wait([self = shared_from_this()](beast::error_code ec) {

@@ -41,8 +41,10 @@ UniqueFd connectTo(int port) {
 }
 
 /// Sends one keep-alive HTTP request and returns the status code (0 when no
-/// complete answer came within the socket's timeout).
-int httpCall(int fd, const std::string& method, const std::string& path, const std::string& body = {}) {
+/// complete answer came within the socket's timeout), and the answer's body
+/// in `answer` when given.
+int httpCall(int fd, const std::string& method, const std::string& path, const std::string& body = {},
+             std::string* answer = nullptr) {
     std::string req = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" +
                       "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
     if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) return 0;
@@ -53,7 +55,10 @@ int httpCall(int fd, const std::string& method, const std::string& path, const s
         if (end != std::string::npos) {
             auto cl = in.find("Content-Length: ");
             std::size_t length = cl == std::string::npos ? 0 : std::stoul(in.substr(cl + 16));
-            if (in.size() >= end + 4 + length) return std::stoi(in.substr(9, 3));
+            if (in.size() >= end + 4 + length) {
+                if (answer) *answer = in.substr(end + 4, length);
+                return std::stoi(in.substr(9, 3));
+            }
         }
         ssize_t n = ::recv(fd, buf, sizeof buf, 0);
         if (n <= 0) return 0;
@@ -156,7 +161,13 @@ TEST_F(RelayLimits, OutOfDescriptorsTheRelayBacksOffAndKeepsServingItsConnection
 
     auto kept = connectTo(relay.port());
     ASSERT_TRUE(kept);
-    ASSERT_EQ(httpCall(kept.get(), "GET", "/health"), 200);
+    // GET /health on the connection the relay already has: whether it accepts new ones.
+    auto health = [&kept] {
+        std::string answer;
+        EXPECT_EQ(httpCall(kept.get(), "GET", "/health", {}, &answer), 200);
+        return answer.empty() ? json::object() : json::parse(answer).at("payload").as_object();
+    };
+    ASSERT_TRUE(health().at("accepting").as_bool());
 
     // More connections than the relay has descriptors: the kernel completes
     // them all (the listen backlog), the relay can accept only some.
@@ -166,8 +177,17 @@ TEST_F(RelayLimits, OutOfDescriptorsTheRelayBacksOffAndKeepsServingItsConnection
         ASSERT_TRUE(fd) << "connect " << i;
         flood.push_back(std::move(fd));
     }
-    ASSERT_TRUE(waitUntil([&] { return relay.log().find("cannot accept connections") != std::string::npos; }, 20s))
+    json::object out;
+    ASSERT_TRUE(waitUntil(
+        [&] {
+            out = health();
+            return out.contains("accepting") && !out.at("accepting").as_bool();
+        },
+        20s))
+        << json::serialize(out) << "\n"
         << relay.log();
+    EXPECT_NE(out.at("accept_problem").as_string().subview().find("open files"), std::string::npos)
+        << json::serialize(out);
 
     // A relay that retried accept at once would burn a core here; measure its
     // CPU time (not the wall clock) while the established connection is used.
@@ -197,6 +217,8 @@ TEST_F(RelayLimits, OutOfDescriptorsTheRelayBacksOffAndKeepsServingItsConnection
         20s))
         << "new connections are served once descriptors are free again\n"
         << relay.log();
+    EXPECT_TRUE(health().at("accepting").as_bool());
+    EXPECT_EQ(health().at("accept_problem").as_string(), "");
 }
 
 TEST_F(RelayLimits, SignInDeliveryCommandsLeaveNoChildBehind) {

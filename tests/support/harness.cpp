@@ -281,6 +281,13 @@ void Harness::killRelay() {
 
 std::string Harness::relayLog() const { return readFile(m_dir / "relay.log"); }
 
+json::object Harness::relayHealth() const {
+    auto r = net::httpRequest(*parseUrl(url()), "GET", "/health", "", "",
+                              net::ClientOptions{caFile(), std::chrono::seconds(5)});
+    if (r.status != 200) throw Error(ErrorCode::Unavailable, "GET /health: HTTP " + std::to_string(r.status));
+    return r.json().at("payload").as_object();
+}
+
 std::size_t Harness::codeLines() const {
     std::ifstream in(m_dir / "codes.txt");
     std::size_t n = 0;

@@ -87,6 +87,10 @@ public:
     /// SIGKILL, no clean-up: a crash.
     void killRelay();
     std::string relayLog() const;
+    /// The relay's GET /health payload (accepting, agents_connected,
+    /// daemons_connected: docs/protocol.md). Throws hpc::Error when it does
+    /// not answer.
+    boost::json::object relayHealth() const;
     pid_t relayPid() const { return m_relay.pid(); }
 
     /// The code the relay sent to `email` after `linesBefore` lines of the code file.

@@ -438,3 +438,33 @@ TEST_F(HubTest, KeepsADaemonsLatestWarningShowsItAndForgetsItWhenTheDaemonLeaves
     m_hub->attachDaemon(user, "d1", again);
     EXPECT_EQ(m_hub->warning(user, "d1"), "") << "a new connection starts without one";
 }
+
+TEST_F(HubTest, HealthShowsTheConnectionsAndWhetherTheRelayAcceptsNewOnes) {
+    Api api(*m_db, *m_hub, [](const std::string&, const Secret&) {});
+    auto health = [&api] {
+        auto r = api.handle({"GET", "/health", "", "", "test"});
+        EXPECT_EQ(r.status, 200) << r.body;
+        return json::parse(r.body).at("payload").as_object();
+    };
+    EXPECT_TRUE(health().at("accepting").as_bool());
+    EXPECT_EQ(health().at("accept_problem").as_string(), "");
+    EXPECT_EQ(health().at("agents_connected").as_int64(), 0);
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    m_hub->attachAgent(m_alice, agent);
+    auto bobsAgent = std::make_shared<RecordingPeer>();
+    m_hub->attachAgent(m_bob, bobsAgent);
+    EXPECT_EQ(health().at("agents_connected").as_int64(), 2);
+    EXPECT_EQ(health().at("daemons_connected").as_int64(), 1);
+    m_hub->detachAgent(agent.get());
+    m_hub->detachDaemon(1, "d1", daemon.get());
+    EXPECT_EQ(health().at("agents_connected").as_int64(), 1);
+    EXPECT_EQ(health().at("daemons_connected").as_int64(), 0);
+
+    api.setAcceptProblem("Too many open files");
+    EXPECT_FALSE(health().at("accepting").as_bool());
+    EXPECT_EQ(health().at("accept_problem").as_string(), "Too many open files");
+    api.setAcceptProblem({});
+    EXPECT_TRUE(health().at("accepting").as_bool());
+}
