@@ -2,6 +2,8 @@
 
 #include "errors.hpp"
 
+#include <optional>
+
 namespace json = boost::json;
 
 namespace hpc::net {
@@ -35,18 +37,24 @@ json::object PlatformClient::call(const std::string& method, const std::string& 
                                              " route (HTTP 404): is this the platform's "
                                              "API address rather than its web site?");
     if (message.empty()) message = "HTTP " + std::to_string(res.status);
+    // The relay names its error (a full disk: STORAGE_FULL with 507); a
+    // platform that gives only the status is read by the status.
+    std::optional<ErrorCode> named;
+    if (v.is_object())
+        if (auto* c = v.get_object().if_contains("code"); c && c->is_string())
+            named = errorCodeFromProtocol(c->get_string());
     switch (res.status) {
         case 400:
-            throw Error(ErrorCode::BadRequest, where + " refused the request: " + message);
+            throw Error(named.value_or(ErrorCode::BadRequest), where + " refused the request: " + message);
         case 401:
         case 403:
-            throw Error(ErrorCode::Unauthorized, where + ": " + message);
+            throw Error(named.value_or(ErrorCode::Unauthorized), where + ": " + message);
         case 404:
-            throw Error(ErrorCode::NotFound, where + ": " + message);
+            throw Error(named.value_or(ErrorCode::NotFound), where + ": " + message);
         case 429:
-            throw Error(ErrorCode::Limit, where + ": " + message);
+            throw Error(named.value_or(ErrorCode::Limit), where + ": " + message);
         default:
-            throw Error(ErrorCode::Unavailable, where + " failed: " + message);
+            throw Error(named.value_or(ErrorCode::Unavailable), where + " failed: " + message);
     }
 }
 

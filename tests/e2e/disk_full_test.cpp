@@ -1,7 +1,8 @@
 // Issue 21, "a full disk or quota loses nothing", for real: the daemon's
-// state directory is a small tmpfs in a private mount namespace (this test
-// process unshares it, so the relay, the daemon and everything they start
-// share it and nothing outside sees it), filled by the test until ENOSPC.
+// state directory, or the relay's data directory, is a small tmpfs in a
+// private mount namespace (this test process unshares it, so the relay, the
+// daemon and everything they start share it and nothing outside sees it),
+// filled by the test until ENOSPC.
 #include "errors.hpp"
 #include "harness.hpp"
 #include "sqlite.hpp"
@@ -45,6 +46,9 @@ double num(const json::object& o, const char* key) {
 
 class DiskFullE2E : public ::testing::Test {
 protected:
+    /// The directory put on the small file system.
+    virtual fs::path smallDisk() const = 0;
+
     void SetUp() override {
         if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root (the tests run as root here and in CI)";
         // This thread's mount namespace, inherited by every process the
@@ -52,9 +56,10 @@ protected:
         ASSERT_EQ(::unshare(CLONE_NEWNS), 0) << std::strerror(errno);
         ASSERT_EQ(::mount("none", "/", nullptr, MS_REC | MS_PRIVATE, nullptr), 0) << std::strerror(errno);
         m_state = m_h.home("d1");
-        fs::create_directories(m_state);
-        // Room for state.db and its WAL, then filled by the test.
-        ASSERT_EQ(::mount("tmpfs", m_state.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0700"), 0)
+        m_disk = smallDisk();
+        fs::create_directories(m_disk);
+        // Room for the database and its WAL, then filled by the test.
+        ASSERT_EQ(::mount("tmpfs", m_disk.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0700"), 0)
             << std::strerror(errno);
         m_mounted = true;
 
@@ -74,10 +79,11 @@ protected:
     void TearDown() override {
         m_agent.reset();
         m_h.stopDaemon("d1");
-        if (m_mounted) ::umount2(m_state.c_str(), MNT_DETACH);
+        m_h.stopRelay();
+        if (m_mounted) ::umount2(m_disk.c_str(), MNT_DETACH);
     }
 
-    /// Writes a file in the state directory until the file system refuses
+    /// Writes a file on the small disk until the file system refuses
     /// (ENOSPC); returns how much it took.
     std::uint64_t fill() {
         int fd = ::open(filler().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -97,7 +103,26 @@ protected:
         EXPECT_EQ(err, ENOSPC) << std::strerror(err);
         return total;
     }
-    fs::path filler() const { return m_state / "filler"; }
+    fs::path filler() const { return m_disk / "filler"; }
+
+    /// An empty WAL, so the next write needs new blocks: on a real disk the
+    /// WAL may still have room from before, which only delays the refusal.
+    static void truncateWal(const fs::path& database) {
+        auto db = sqlite::Db::open(database.string());
+        db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+    }
+
+    static std::string integrityCheck(const fs::path& database) {
+        auto db = sqlite::Db::open(database.string());
+        auto check = db.prepare("PRAGMA integrity_check");
+        return check.step() ? check.text(0) : "no answer";
+    }
+
+    static std::size_t occurrences(const std::string& text, const std::string& what) {
+        std::size_t n = 0;
+        for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+        return n;
+    }
 
     /// A job that runs until the test creates `go` in the work directory.
     std::string submitWaitingJob(int n) {
@@ -135,6 +160,7 @@ protected:
 
     Harness m_h;
     fs::path m_state;
+    fs::path m_disk;
     fs::path m_work;
     bool m_mounted = false;
     Secret m_token;
@@ -142,9 +168,19 @@ protected:
     pid_t m_pid = 0;
 };
 
+class DaemonStateFull : public DiskFullE2E {
+protected:
+    fs::path smallDisk() const override { return m_h.home("d1"); }
+};
+
+class RelayDataFull : public DiskFullE2E {
+protected:
+    fs::path smallDisk() const override { return m_h.dir() / "relay"; }
+};
+
 }  // namespace
 
-TEST_F(DiskFullE2E, AFullStateDiskRefusesNewWorkKeepsRunningJobsAndRecoversWhenSpaceReturns) {
+TEST_F(DaemonStateFull, AFullStateDiskRefusesNewWorkKeepsRunningJobsAndRecoversWhenSpaceReturns) {
     // Before the fill: three jobs running, and a shell open.
     std::vector<std::string> jobs;
     jobs.reserve(3);
@@ -159,12 +195,7 @@ TEST_F(DiskFullE2E, AFullStateDiskRefusesNewWorkKeepsRunningJobsAndRecoversWhenS
     double connectedSince = num(status(), "connected_since");
     ASSERT_GT(connectedSince, 0);
 
-    // An empty WAL, so the daemon's next write needs new blocks: on a real
-    // disk the WAL may still have room from before, which only delays this.
-    {
-        auto db = sqlite::Db::open((m_state / "state.db").string());
-        db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
-    }
+    truncateWal(m_state / "state.db");
     ASSERT_GT(fill(), 0u);
 
     // The jobs end while nothing can be written: their ends stay unrecorded,
@@ -245,14 +276,52 @@ TEST_F(DiskFullE2E, AFullStateDiskRefusesNewWorkKeepsRunningJobsAndRecoversWhenS
     // database is sound.
     EXPECT_TRUE(daemonAlive());
     EXPECT_EQ(num(status(), "connected_since"), connectedSince);
-    std::string log = m_h.daemonLog("d1");
-    std::size_t said = 0;
-    for (auto at = log.find("the disk or quota is full"); at != std::string::npos;
-         at = log.find("the disk or quota is full", at + 1))
-        ++said;
-    EXPECT_EQ(said, 1u) << log;
-    auto db = sqlite::Db::open(stateFile);
-    auto check = db.prepare("PRAGMA integrity_check");
-    ASSERT_TRUE(check.step());
-    EXPECT_EQ(check.text(0), "ok");
+    EXPECT_EQ(occurrences(m_h.daemonLog("d1"), "the disk or quota is full"), 1u) << m_h.daemonLog("d1");
+    EXPECT_EQ(integrityCheck(stateFile), "ok");
+}
+
+TEST_F(RelayDataFull, AFullRelayDiskRefusesSignInsKeepsRoutingAndStoresTheCallbackOnceSpaceReturns) {
+    std::string job = submitWaitingJob(0);
+    ASSERT_TRUE(m_h.waitStatus("d1", [](const json::object& s) { return num(s, "active_jobs") == 1; }))
+        << m_h.daemonLog("d1");
+    double connectedSince = num(status(), "connected_since");
+    pid_t relay = m_h.relayPid();
+    fs::path relayDb = m_disk / "relay.db";
+    truncateWal(relayDb);
+    ASSERT_GT(fill(), 0u);
+
+    // The job ends; the relay cannot store its callback and does not
+    // acknowledge it, so the daemon keeps it in its outbox.
+    std::ofstream(m_work / "go").put('\n');
+    ASSERT_TRUE(m_h.waitStatus("d1", [](const json::object& s) {
+        return num(s, "active_jobs") == 0 && num(s, "pending_callbacks") == 1;
+    })) << m_h.daemonLog("d1");
+
+    // A sign-in needs a write: refused with STORAGE_FULL (HTTP 507).
+    auto [code, message] = refusal([&] { m_h.login("late@example.org"); });
+    EXPECT_EQ(code, ErrorCode::StorageFull) << message;
+    EXPECT_NE(message.find("full"), std::string::npos) << message;
+    // Routing needs none: the agent's requests still reach the daemon.
+    EXPECT_EQ(m_agent->exec("d1", command("echo routed")).out, "routed\n");
+    EXPECT_EQ(str(m_agent->jobStatus("d1", job), "state"), "COMPLETED");
+    EXPECT_TRUE(m_h.relayHealth().at("accepting").as_bool());
+
+    // Space returns: the daemon's next try is stored and delivered, once.
+    fs::remove(filler());
+    auto cb = m_agent->waitForJob("d1", job, 60s);
+    ASSERT_TRUE(cb) << m_h.daemonLog("d1") << m_h.relayLog();
+    EXPECT_EQ(cb->state, "COMPLETED");
+    EXPECT_NE(cb->stdoutTail.find("finished-0"), std::string::npos) << cb->stdoutTail;
+    ASSERT_TRUE(m_h.waitStatus("d1", [](const json::object& s) { return num(s, "pending_callbacks") == 0; }))
+        << m_h.daemonLog("d1");
+    EXPECT_EQ(m_agent->storedCallbacks("d1", job).size(), 1u);
+    EXPECT_NO_THROW(m_h.login("late@example.org"));
+
+    // Neither process exited nor reconnected, the relay said it once, and
+    // its database is sound.
+    EXPECT_EQ(m_h.relayPid(), relay);
+    EXPECT_TRUE(daemonAlive());
+    EXPECT_EQ(num(status(), "connected_since"), connectedSince);
+    EXPECT_EQ(occurrences(m_h.relayLog(), "the disk or quota is full"), 1u) << m_h.relayLog();
+    EXPECT_EQ(integrityCheck(relayDb), "ok");
 }
