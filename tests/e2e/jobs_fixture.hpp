@@ -10,7 +10,6 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <thread>
 
 namespace hpc::test::jobs {
 
@@ -77,12 +76,7 @@ protected:
     std::string stateOf(const std::string& jobId) { return str(m_agent->jobStatus("j", jobId), "state"); }
 
     bool waitState(const std::string& jobId, const std::string& state) {
-        return waitUntil(
-            [&] {
-                std::this_thread::sleep_for(100ms);
-                return stateOf(jobId) == state;
-            },
-            60s);
+        return waitUntil([&] { return stateOf(jobId) == state; }, 60s, 100ms);
     }
 
     Harness m_h;

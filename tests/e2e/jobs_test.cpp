@@ -200,18 +200,16 @@ TEST_P(Jobs, WaitRidesOutAPlatformRestart) {
                                                  "HPC_AGENT_TOKEN=" + m_token.reveal()});
     fs::path out = m_h.dir() / "wait.out";
     o.outputFile = out.string();
-    auto agentsConnected = [&] {
-        std::string log = m_h.relayLog();
-        std::size_t n = 0;
-        for (auto p = log.find("agent connected"); p != std::string::npos; p = log.find("agent connected", p + 1)) ++n;
-        return n;
-    };
-    std::size_t before = agentsConnected();
+    auto agentsConnected = [&] { return m_h.relayHealth().at("agents_connected").as_int64(); };
+    auto before = agentsConnected();
     o.dieWithParent = true;  // nothing the test starts outlives it
     ChildGuard waiter(spawn(o).pid);
     ASSERT_TRUE(waitUntil([&] { return agentsConnected() > before; }, 30s));
     m_h.stopRelay();
-    std::this_thread::sleep_for(1500ms);  // the job ends meanwhile or soon after
+    // The job ends while the platform is away: its callback waits in the daemon.
+    ASSERT_TRUE(m_h.waitStatus(
+        "j", [](const json::object& s) { return s.at("pending_callbacks").to_number<std::int64_t>() >= 1; }, 60s))
+        << m_h.daemonLog("j");
     m_h.startRelay();
     auto status = waiter.waitFor(90s);
     ASSERT_TRUE(status.has_value()) << readFile(out);

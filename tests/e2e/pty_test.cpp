@@ -15,6 +15,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 using namespace hpc;
@@ -30,6 +31,22 @@ long rssKiB(pid_t pid) {
     while (std::getline(in, line))
         if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
     return 0;
+}
+
+/// The name of the program in the foreground of `pid`'s terminal (its
+/// foreground process group's leader), "" when there is none.
+std::string foregroundProgram(pid_t pid) {
+    std::string stat = readFile("/proc/" + std::to_string(pid) + "/stat");
+    auto close = stat.rfind(')');
+    if (close == std::string::npos) return {};
+    // After "pid (comm)": state, ppid, pgrp, session, tty_nr, tpgid.
+    std::istringstream rest(stat.substr(close + 2));
+    std::string state;
+    long ppid = 0, pgrp = 0, session = 0, tty = 0, tpgid = 0;
+    if (!(rest >> state >> ppid >> pgrp >> session >> tty >> tpgid) || tpgid <= 0) return {};
+    std::string comm = readFile("/proc/" + std::to_string(tpgid) + "/comm");
+    if (!comm.empty() && comm.back() == '\n') comm.pop_back();
+    return comm;
 }
 
 class PtyTest : public ::testing::Test {
@@ -147,7 +164,8 @@ TEST_F(PtyTest, CtrlCReachesTheForegroundProgram) {
     ASSERT_NO_FATAL_FAILURE(start());
     auto pty = open();
     m_agent->ptyInput(pty.channel, "sleep 100; echo after-sleep\r");
-    std::this_thread::sleep_for(500ms);
+    ASSERT_TRUE(waitUntil([&] { return foregroundProgram(pty.pid) == "sleep"; }, 10s))
+        << "sleep never ran in the foreground of the shell's terminal";
     m_agent->ptyInput(pty.channel, "\x03");
     m_agent->ptyInput(pty.channel, "echo rc=$?\r");
     auto out = readUntil(pty.channel, contains("rc=130"), 10s);
@@ -192,6 +210,8 @@ TEST_F(PtyTest, WithoutCreditTheProgramBlocksAndTheDaemonDoesNotGrow) {
     EXPECT_LE(received, 64u * 1024) << "the daemon sent more than the credit";
     pid_t daemon = m_h.daemonPid("p");
     long before = rssKiB(daemon);
+    // Lets time pass on purpose (waits for nothing): the program keeps
+    // writing meanwhile, and a daemon that buffered it would grow.
     std::this_thread::sleep_for(2s);
     long after = rssKiB(daemon);
     EXPECT_LT(after - before, 2048) << "daemon RSS grew from " << before << " to " << after << " KiB while stalled";
@@ -272,7 +292,7 @@ TEST_F(PtyTest, AgentShellIsAnInteractiveTerminalLikeSsh) {
     slave.reset();
 
     std::string screen;
-    auto readFor = [&](const std::string& needle) {
+    auto readFor = [&](const std::string& needle, std::chrono::milliseconds timeout = 15s) {
         return waitUntil(
             [&] {
                 char buf[4096];
@@ -284,7 +304,7 @@ TEST_F(PtyTest, AgentShellIsAnInteractiveTerminalLikeSsh) {
                 }
                 return screen.find(needle) != std::string::npos;
             },
-            15s);
+            timeout);
     };
     auto type = [&](const std::string& s) { ASSERT_EQ(::write(master.get(), s.data(), s.size()), (ssize_t)s.size()); };
 
@@ -292,10 +312,15 @@ TEST_F(PtyTest, AgentShellIsAnInteractiveTerminalLikeSsh) {
     EXPECT_TRUE(readFor("27 91")) << screen;
     ws.ws_col = 120;
     ws.ws_row = 50;
-    ::ioctl(master.get(), TIOCSWINSZ, &ws);  // SIGWINCH to hpc-agent
-    std::this_thread::sleep_for(300ms);
-    type("stty size\r");
-    EXPECT_TRUE(readFor("50 120")) << screen;
+    ::ioctl(master.get(), TIOCSWINSZ, &ws);  // SIGWINCH to hpc-agent, which sends pty.resize
+    // The new size reaches the remote terminal some time later: ask it until it has it.
+    EXPECT_TRUE(waitUntil(
+        [&] {
+            type("stty size\r");
+            return readFor("50 120", 1s);
+        },
+        15s))
+        << screen;
     type("exit 5\r");
     auto status = agentProcess.waitFor(15s);
     ASSERT_TRUE(status);
@@ -340,6 +365,8 @@ TEST_F(PtyTest, AnIdleShellIsHungUpAfterTheProfilesTimeout) {
     for (int i = 0; i < 3; ++i) {
         m_agent->ptyInput(pty.channel, "echo tick-" + std::to_string(i) + "\r");
         readUntil(pty.channel, contains("tick-" + std::to_string(i) + "\r\n"), 5s);
+        // Lets time pass on purpose (waits for nothing): three seconds of use
+        // in all, past the two-second timeout.
         std::this_thread::sleep_for(1s);
     }
     EXPECT_EQ(::kill(pty.pid, 0), 0) << "hung up while in use";

@@ -61,11 +61,10 @@ TEST_P(SlurmJobs, AJobTheSchedulerForgotIsSettledFromItsExitFile) {
     // The cluster keeps finished jobs for MinJobAge (10 s here), then forgets them.
     ASSERT_TRUE(waitUntil(
         [&] {
-            std::this_thread::sleep_for(1s);
             auto out = slurmCommand({"scontrol", "show", "job", schedulerId});
             return out.status != 0 && out.err.find("Invalid job id") != std::string::npos;
         },
-        200s));
+        200s, 1s));
     ASSERT_NO_FATAL_FAILURE(startDaemon());
     m_agent = m_h.agent(m_token);  // the old connection sat unread past the relay's idle limit
     auto cb = waitFor(id);
@@ -136,11 +135,10 @@ TEST_P(SlurmJobs, ADaemonKilledWhileSbatchRunsFindsTheJobInsteadOfSubmittingItAg
     // The orphaned sbatch has submitted it (the job may have run already).
     ASSERT_TRUE(waitUntil(
         [&] {
-            std::this_thread::sleep_for(200ms);
             return slurmCommand({"squeue", "--me", "--noheader", "--states=all", "--format=%k"})
                        .out.find("hpc-daemon:" + id) != std::string::npos;
         },
-        30s));
+        30s, 200ms));
     ASSERT_NO_FATAL_FAILURE(startDaemon());
     m_agent = m_h.agent(m_token);
     auto cb = waitFor(id);

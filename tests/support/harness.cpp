@@ -69,12 +69,13 @@ std::string snapshotTree(const fs::path& dir) {
     return out;
 }
 
-bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout,
+               std::chrono::milliseconds interval) {
     auto deadline = Clock::now() + timeout;
     while (true) {
         if (pred()) return true;
         if (Clock::now() >= deadline) return false;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        std::this_thread::sleep_for(interval);
     }
 }
 
@@ -502,14 +503,12 @@ bool Harness::waitStatus(const std::string& daemonId, const std::function<bool(c
     return waitUntil(
         [&] {
             try {
-                if (pred(daemonStatus(daemonId))) return true;
+                return pred(daemonStatus(daemonId));
             } catch (const Error&) {
-                // Not answering (yet): starting, restarting or stopped.
+                return false;  // not answering (yet): starting, restarting or stopped
             }
-            std::this_thread::sleep_for(std::chrono::milliseconds(20));
-            return false;
         },
-        timeout);
+        timeout, std::chrono::milliseconds(20));
 }
 
 bool Harness::waitLinkState(const std::string& daemonId, const std::string& state,
@@ -547,10 +546,9 @@ bool Harness::waitConnected(const Secret& token, const std::string& daemonId, st
             } catch (const Error&) {
                 // The relay may be restarting.
             }
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
             return false;
         },
-        timeout);
+        timeout, std::chrono::milliseconds(50));
 }
 
 }  // namespace hpc::test

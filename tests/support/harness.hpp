@@ -39,8 +39,10 @@ std::map<int, std::string> parseFdListing(const std::string& listing);
 /// for programs the system under test runs.
 void writeExecutable(const std::filesystem::path& file, const std::string& content);
 
-/// Polls `pred` every 10 ms until it holds or `timeout` passes.
-bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout);
+/// Polls `pred` every `interval` until it holds or `timeout` passes (a
+/// longer interval for a predicate that asks a process or a scheduler).
+bool waitUntil(const std::function<bool()>& pred, std::chrono::milliseconds timeout,
+               std::chrono::milliseconds interval = std::chrono::milliseconds(10));
 
 /// A child started with a readiness pipe, and the first line it wrote there.
 struct ReadyProcess {
