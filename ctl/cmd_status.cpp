@@ -68,8 +68,11 @@ int runStatus(const std::string& daemonId, bool asJson) {
     std::string link = str(s, "link_state");
     if (link == "connected") link += " since " + when(num(s, "connected_since"));
     if (!str(s, "link_problem").empty()) link += " — " + str(s, "link_problem");
-    std::cout << "daemon " << str(s, "daemon_id") << ": running (hpc-daemond " << str(s, "version") << ", pid "
-              << static_cast<long>(num(s, "pid")) << ", up since " << when(num(s, "started_at")) << ")\n"
+    const bool draining = s.contains("draining") && s.at("draining").is_bool() && s.at("draining").as_bool();
+    std::cout << "daemon " << str(s, "daemon_id") << ": "
+              << (draining ? "draining (refuses new work; stops once running commands end)" : "running")
+              << " (hpc-daemond " << str(s, "version") << ", pid " << static_cast<long>(num(s, "pid")) << ", up since "
+              << when(num(s, "started_at")) << ")\n"
               << "  mode:       " << str(s, "mode") << " — " << str(s, "mode_reason") << "\n"
               << "  link:       " << link << "\n"
               << "  platform:   " << str(s, "platform_url") << "\n"

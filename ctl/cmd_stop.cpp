@@ -2,6 +2,7 @@
 #include "commands.hpp"
 #include "daemon_client.hpp"
 #include "exit_codes.hpp"
+#include "settings.hpp"
 
 #include <signal.h>
 
@@ -86,10 +87,46 @@ int stopDetached(const Target& t, std::ostream& report) {
     return kExitFailure;
 }
 
+/// Drain over D-Bus and wait for the exit: the daemon itself kills what
+/// still runs at the limit, so it is gone soon after. False (said on
+/// stderr) when it could not drain or did not end: the caller stops it.
+bool drainAndWait(const Target& t, std::chrono::seconds limit, std::ostream& report) {
+    const auto& id = t.profile.daemonId;
+    const auto pid = livePid(t.paths);
+    try {
+        auto client = DaemonClient::find(t.paths.home, id);
+        if (!client) throw Error(ErrorCode::Unavailable, "it is not on any bus");
+        client->setTimeout(std::chrono::seconds(5));
+        client->drain(limit);
+    } catch (const Error& e) {
+        std::cerr << "daemon " << id << ": cannot drain (" << e.what() << "); stopping it at once\n";
+        return false;
+    }
+    report << "draining daemon " << id << ": new work is refused; running commands get up to " << limit.count()
+           << " s\n"
+           << std::flush;
+    constexpr auto kExitGrace = std::chrono::seconds(15);
+    if (waitGone(t, pid, limit + kExitGrace)) return true;
+    std::cerr << "daemon " << id << " is still running " << (limit + kExitGrace).count()
+              << " s after the drain began; stopping it at once\n";
+    return false;
+}
+
 }  // namespace
 
-int stopDaemon(const Target& t, std::ostream& report) {
+int stopDaemon(const Target& t, std::ostream& report, std::optional<std::chrono::seconds> drainLimit) {
     const auto& id = t.profile.daemonId;
+    if (drainLimit && !gone(t, std::nullopt)) {
+        const bool underSystemd = unitState(id).running();
+        if (drainAndWait(t, *drainLimit, report)) {
+            std::string out;
+            // It exited cleanly, so systemd does not restart it; disabled, it stays stopped across reboots.
+            if (underSystemd && systemctlUser({"disable", unitName(id)}, &out) != 0)
+                std::cerr << "systemctl --user disable " << unitName(id) << " failed: " << out << "\n";
+            report << "stopped daemon " << id << " after draining\n";
+            return kExitOk;
+        }
+    }
     // The mode comes from systemd, not from asking the daemon: a frozen
     // daemon does not answer.
     if (unitState(id).running()) {
@@ -115,16 +152,42 @@ int stopDaemon(const Target& t, std::ostream& report) {
 }
 
 Command addStopCommand(CLI::App& parent) {
-    auto id = std::make_shared<std::string>();
+    struct Options {
+        std::string id;
+        bool drain = false;
+        std::string drainTimeout = "60s";
+    };
+    auto o = std::make_shared<Options>();
     auto* app = parent.add_subcommand("stop", "Stop the daemon");
     app->footer(
         "In systemd mode: systemctl --user disable --now hpc-daemon@ID (systemd ends a frozen daemon\n"
         "after TimeoutStopSec). In nohup mode: Stop over D-Bus; a daemon that does not answer within 5 s\n"
         "gets SIGTERM (and SIGCONT), then SIGKILL after 10 s. Waits until it is gone.\n"
+        "Running commands and shells are killed; jobs keep running and are followed after the next start.\n\n"
+        "With --drain: the daemon refuses new commands, shells, jobs and file transfers (agents get\n"
+        "UNAVAILABLE, \"draining\"), lets running commands finish for up to --drain-timeout (then kills\n"
+        "them), sends the job callbacks it still owes while the link is up, and exits; status shows\n"
+        "\"draining\" meanwhile. A daemon that cannot drain is stopped as without --drain.\n"
         "Stopping a daemon that is not running is not an error.\n\n" +
         std::string(kExitCodeHelp));
-    app->add_option("--daemon-id", *id, "profile to stop (default: the only one)");
-    return Command{app, [id] { return stopDaemon(resolveTarget(*id)); }};
+    app->add_option("--daemon-id", o->id, "profile to stop (default: the only one)");
+    app->add_flag("--drain", o->drain, "finish running commands first (see below)");
+    app->add_option("--drain-timeout", o->drainTimeout,
+                    "with --drain: how long running commands may take (\"90s\", \"5m\", seconds; at most 24h)")
+        ->capture_default_str();
+    return Command{app, [o, app] {
+                       std::optional<std::chrono::seconds> drain;
+                       if (o->drain) {
+                           drain = parseDuration(o->drainTimeout);
+                           if (!drain || *drain > std::chrono::hours(24))
+                               throw Error(ErrorCode::BadRequest,
+                                           "--drain-timeout \"" + o->drainTimeout +
+                                               "\" is not a duration up to 24h (\"90s\", \"5m\")");
+                       } else if (app->count("--drain-timeout") > 0) {
+                           throw Error(ErrorCode::BadRequest, "--drain-timeout needs --drain");
+                       }
+                       return stopDaemon(resolveTarget(o->id), std::cout, drain);
+                   }};
 }
 
 Command addRestartCommand(CLI::App& parent) {

@@ -6,8 +6,10 @@
 
 #include <CLI/CLI.hpp>
 
+#include <chrono>
 #include <functional>
 #include <iostream>
+#include <optional>
 
 namespace hpc::ctl {
 
@@ -47,6 +49,7 @@ std::string utcTime(double epoch);
 int startDaemon(const Target& target);
 /// Stops the daemon and waits until it is gone; what it did goes to
 /// `report`, problems to stderr. Returns the exit code.
-int stopDaemon(const Target& target, std::ostream& report = std::cout);
+int stopDaemon(const Target& target, std::ostream& report = std::cout,
+               std::optional<std::chrono::seconds> drainLimit = std::nullopt);
 
 }  // namespace hpc::ctl

@@ -113,6 +113,14 @@ void DaemonClient::stop() {
     }
 }
 
+void DaemonClient::drain(std::chrono::seconds limit) {
+    try {
+        m_impl->proxy->Drain(static_cast<double>(limit.count()));
+    } catch (const sdbus::Error& e) {
+        rethrow(e, "drain");
+    }
+}
+
 json::array DaemonClient::jobs() {
     try {
         json::array out;

@@ -23,6 +23,9 @@ public:
     /// GetStatus as JSON (the keys documented in dbus/org.tiptree.HpcDaemon.xml).
     boost::json::object status();
     void stop();
+    /// Drain: new work refused, running commands get `limit`, then the
+    /// daemon exits. Returns once the daemon has started draining.
+    void drain(std::chrono::seconds limit);
     /// Returns whether the daemon reconnected.
     bool reload();
     /// ListJobs as JSON objects (job_id, state, backend, scheduler_id, name,

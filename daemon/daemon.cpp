@@ -118,6 +118,7 @@ public:
           m_notifier(ioc),
           m_signals(ioc),
           m_shutdownTimer(ioc),
+          m_drainTimer(ioc),
           m_stateCheck(ioc) {
         m_profile = selectProfile(m_store, options.daemonId);
         m_stateKeeper = std::make_unique<StateKeeper>(ioc, m_store, m_profile.daemonId);
@@ -184,9 +185,7 @@ public:
         startBus();
         m_signals.add(SIGINT);
         m_signals.add(SIGTERM);
-        m_signals.async_wait([this](boost::system::error_code ec, int sig) {
-            if (!ec) stop(sig == SIGINT ? "SIGINT" : "SIGTERM");
-        });
+        waitForSignal();
         m_link = makeLink();
         log::notice("hpc-daemond " HPC_VERSION " starting: daemon " + m_profile.daemonId + ", platform " +
                     m_profile.platformUrl + ", allowed directories " + AllowedDirs(m_profile.allowedDirs).describe() +
@@ -210,6 +209,20 @@ public:
     }
 
 private:
+    /// SIGTERM drains when --sigterm-drain-seconds is set; a second SIGTERM,
+    /// or SIGINT, stops at once.
+    void waitForSignal() {
+        m_signals.async_wait([this](boost::system::error_code ec, int sig) {
+            if (ec) return;
+            if (sig == SIGTERM && m_options.sigtermDrain.count() > 0 && !m_draining) {
+                drain(m_options.sigtermDrain, "SIGTERM");
+                waitForSignal();
+                return;
+            }
+            stop(sig == SIGINT ? "SIGINT" : "SIGTERM");
+        });
+    }
+
     std::unique_ptr<Scheduler> makeScheduler(const std::string& backend) {
         if (backend == "slurm") {
             SlurmConfig c;
@@ -351,6 +364,9 @@ private:
             // Reply first: stop on the next turn of the loop.
             asio::post(m_ioc, [this] { stop("a D-Bus Stop call"); });
         };
+        controls.drain = [this](std::chrono::milliseconds limit) {
+            asio::post(m_ioc, [this, limit] { drain(limit, "a D-Bus Drain call"); });
+        };
         controls.reload = [this] { return reload(); };
         controls.sessions = [this] { return m_pty->list(); };
         controls.jobs = [this] { return m_jobs->recent(1000); };
@@ -447,6 +463,7 @@ private:
         s.activeSessions = static_cast<unsigned>(m_pty->count());
         s.activeJobs = static_cast<unsigned>(m_jobs->active());
         s.pendingCallbacks = static_cast<unsigned>(m_jobs->pendingCallbacks());
+        s.draining = m_draining;
         s.busAddress = m_bus ? m_bus->address() : "";
         s.startedAt = m_startedAt;
         s.stateBytes = m_stateKeeper->stateBytes();
@@ -488,9 +505,44 @@ private:
         return relink;
     }
 
+    /// Refuses new work, gives running commands until `limit` and pending
+    /// callbacks while the link is up, then stops. Jobs keep running: the
+    /// next start follows them.
+    void drain(std::chrono::milliseconds limit, const std::string& why) {
+        if (m_stopping || m_draining) return;
+        m_draining = true;
+        m_drainDeadline = std::chrono::steady_clock::now() + limit;
+        m_dispatcher->setDraining(true);
+        log::notice("draining (" + why + "): new work is refused; " + std::to_string(m_exec.running()) +
+                    " running commands get up to " + std::to_string(limit.count()) + " ms, then the daemon stops");
+        m_notifier.status("draining: waiting for running commands, then stopping");
+        if (m_bus) m_bus->drainingChanged();
+        checkDrained();
+    }
+
+    void checkDrained() {
+        if (m_stopping) return;
+        bool linkUp = m_link && m_link->state() == LinkState::Connected;
+        if (m_exec.running() == 0 && (m_jobs->pendingCallbacks() == 0 || !linkUp)) {
+            stop("drained");
+            return;
+        }
+        if (std::chrono::steady_clock::now() >= m_drainDeadline) {
+            stop("the drain timeout passed with " + std::to_string(m_exec.running()) + " commands running and " +
+                 std::to_string(m_jobs->pendingCallbacks()) + " job callbacks undelivered (kept for the next start)");
+            return;
+        }
+        // Polled: commands end and callbacks are acknowledged in several services.
+        m_drainTimer.expires_after(std::chrono::milliseconds(100));
+        m_drainTimer.async_wait([this](boost::system::error_code ec) {
+            if (!ec) checkDrained();
+        });
+    }
+
     void stop(const std::string& why) {
         if (m_stopping) return;
         m_stopping = true;
+        m_drainTimer.cancel();
         log::notice("stopping (" + why + ")");
         m_notifier.stopping();
         m_stateKeeper->stop();
@@ -514,6 +566,8 @@ private:
     Notifier m_notifier;
     asio::signal_set m_signals;
     asio::steady_timer m_shutdownTimer;
+    asio::steady_timer m_drainTimer;
+    std::chrono::steady_clock::time_point m_drainDeadline;
     asio::steady_timer m_stateCheck;
     std::unique_ptr<StateKeeper> m_stateKeeper;  ///< retention: prunes state.db on a timer
     std::shared_ptr<const Confinement> m_confinement = std::make_shared<Confinement>();
@@ -529,6 +583,7 @@ private:
     bool m_systemd = false;
     std::string m_schedulerReason;
     bool m_stopping = false;
+    bool m_draining = false;
     std::uint64_t m_warningSeq = 0;
 };
 

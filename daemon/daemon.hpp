@@ -34,9 +34,12 @@ struct DaemonOptions {
     /// How long a read or write in a job directory (NFS, Lustre) may take
     /// before the request that needs it is answered with an error.
     std::chrono::milliseconds jobIoTimeout{std::chrono::seconds(30)};
+    /// Non-zero: SIGTERM drains (as `hpc-daemonctl stop --drain`) with this
+    /// limit for running commands instead of stopping at once.
+    std::chrono::milliseconds sigtermDrain{0};
 };
 
-/// Runs until SIGTERM, SIGINT or a D-Bus Stop; returns the exit code (0 on a
+/// Runs until SIGTERM, SIGINT, a D-Bus Stop or the end of a drain; returns the exit code (0 on a
 /// clean stop). Throws hpc::Error or std::runtime_error for a bad profile, or
 /// when this daemon already runs.
 int runDaemon(const DaemonOptions& options);

@@ -19,6 +19,11 @@ namespace {
 /// Requests that write new rows (audit, jobs) before or after their work.
 bool writesNewState(std::string_view type) { return type == "exec" || type == "pty.open" || type == "job.submit"; }
 
+/// Requests a draining daemon refuses: each would start something to wait for.
+bool startsWork(std::string_view type) {
+    return type == "exec" || type == "pty.open" || type == "job.submit" || type.starts_with("file.");
+}
+
 std::string agentOf(const protocol::Envelope& env) {
     if (auto* id = env.agent.if_contains("id"); id && id->is_string()) return std::string(id->get_string());
     return "unknown";
@@ -44,6 +49,9 @@ void Dispatcher::onText(std::string_view text) {
         return;
     }
     try {
+        if (m_draining && startsWork(env.type))
+            throw Error(ErrorCode::Unavailable,
+                        "this daemon is draining before it stops: it takes no new work; retry once it is back");
         if (m_store && writesNewState(env.type)) m_store->requireWritable();
         if (env.type == "exec") {
             handleExec(env);

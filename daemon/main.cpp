@@ -66,6 +66,13 @@ int main(int argc, char** argv) try {
                    "that needs it is answered with an error; the daemon never waits on it meanwhile")
         ->check(CLI::Range(0.1, 3600.0))
         ->capture_default_str();
+    double sigtermDrain = 0;
+    app.add_option("--sigterm-drain-seconds", sigtermDrain,
+                   "make SIGTERM a graceful drain (as hpc-daemonctl stop --drain): new work is refused and running "
+                   "commands get this long to finish before the daemon stops; 0 stops at once. Under systemd keep it "
+                   "a few seconds below the unit's TimeoutStopSec")
+        ->check(CLI::Range(0.0, 86400.0))
+        ->capture_default_str();
     app.add_flag("--no-landlock", options.noLandlock,
                  "do not confine commands with Landlock even where the kernel supports it (diagnosis)");
     double stateCheck = 300;
@@ -89,6 +96,7 @@ int main(int argc, char** argv) try {
     options.jobPollMax = ms(pollMax);
     options.slurmCommandTimeout = ms(slurmTimeout);
     options.jobIoTimeout = ms(jobIoTimeout);
+    options.sigtermDrain = ms(sigtermDrain);
     ::signal(SIGPIPE, SIG_IGN);
     try {
         hpc::log::init(logFile, verbose ? hpc::log::Level::Debug : hpc::log::Level::Info);

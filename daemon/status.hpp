@@ -27,6 +27,7 @@ struct DaemonStatus {
     unsigned activeSessions = 0;
     unsigned activeJobs = 0;
     unsigned pendingCallbacks = 0;  ///< job callbacks the platform has not acknowledged
+    bool draining = false;          ///< refusing new work until running commands end, then stopping
     std::string busAddress;
     double startedAt = 0;
     long long stateBytes = 0;              ///< state.db and its WAL on disk

@@ -38,6 +38,7 @@ public:
         emitLinkStateChanged(state);
         getObject().emitPropertiesChangedSignal(bus::kInterface, {"LinkState", "ConnectedSince"});
     }
+    void announceDraining() { getObject().emitPropertiesChangedSignal(bus::kInterface, {"Draining"}); }
     void announceJob(const std::string& jobId, const std::string& state) {
         emitJobChanged(jobId, state);
         getObject().emitPropertiesChangedSignal(bus::kInterface, {"ActiveJobs"});
@@ -73,6 +74,7 @@ private:
                 {"active_sessions", static_cast<uint32_t>(s.activeSessions)},
                 {"active_jobs", static_cast<uint32_t>(s.activeJobs)},
                 {"pending_callbacks", static_cast<uint32_t>(s.pendingCallbacks)},
+                {"draining", s.draining},
                 {"bus_address", s.busAddress},
                 {"started_at", s.startedAt},
                 {"state_bytes", static_cast<double>(s.stateBytes)},
@@ -91,6 +93,17 @@ private:
     void Stop() override {
         try {
             m_controls.stop();
+        } catch (...) {
+            rethrowAsDbus();
+        }
+    }
+
+    void Drain(const double& timeoutSeconds) override {
+        try {
+            if (!(timeoutSeconds >= 0 && timeoutSeconds <= 86400))
+                throw Error(ErrorCode::BadRequest, "the drain timeout must be 0 to 86400 seconds");
+            if (!m_controls.drain) throw Error(ErrorCode::Unavailable, "this daemon cannot drain");
+            m_controls.drain(std::chrono::milliseconds(static_cast<long long>(timeoutSeconds * 1000)));
         } catch (...) {
             rethrowAsDbus();
         }
@@ -139,6 +152,7 @@ private:
     uint32_t RunningExecs() override { return snapshot().runningExecs; }
     uint32_t ActiveSessions() override { return snapshot().activeSessions; }
     uint32_t ActiveJobs() override { return snapshot().activeJobs; }
+    bool Draining() override { return snapshot().draining; }
 
     Controls& m_controls;
 };
@@ -183,6 +197,15 @@ void BusService::jobChanged(const std::string& jobId, JobState state) {
         m_impl->pump->kick();
     } catch (const std::exception& e) {
         log::warning(std::string("cannot announce a job change on D-Bus: ") + e.what());
+    }
+}
+
+void BusService::drainingChanged() {
+    try {
+        m_impl->adaptor->announceDraining();
+        m_impl->pump->kick();
+    } catch (const std::exception& e) {
+        log::warning(std::string("cannot announce draining on D-Bus: ") + e.what());
     }
 }
 

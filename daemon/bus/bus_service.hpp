@@ -9,6 +9,7 @@
 
 #include <boost/asio/io_context.hpp>
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -19,6 +20,8 @@ namespace hpc::daemon {
 struct Controls {
     std::function<DaemonStatus()> status;
     std::function<void()> stop;
+    /// Graceful stop with this limit for running commands. Throws hpc::Error.
+    std::function<void(std::chrono::milliseconds)> drain;
     /// Returns whether the link was rebuilt. Throws hpc::Error.
     std::function<bool()> reload;
     std::function<std::vector<PtyInfo>()> sessions;
@@ -38,6 +41,8 @@ public:
     void linkStateChanged(const std::string& state);
     /// Emits JobChanged and PropertiesChanged(ActiveJobs).
     void jobChanged(const std::string& jobId, JobState state);
+    /// Emits PropertiesChanged(Draining).
+    void drainingChanged();
     const std::string& address() const { return m_address; }
 
     struct Impl;

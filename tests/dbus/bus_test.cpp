@@ -76,6 +76,7 @@ protected:
         Controls controls;
         controls.status = [this] { return m_status; };
         controls.stop = [this] { ++m_stops; };
+        controls.drain = [this](std::chrono::milliseconds limit) { m_drainLimitMs = limit.count(); };
         controls.reload = [this]() -> bool {
             if (m_reloadFails) throw Error(ErrorCode::NotFound, "profile login-1.mila was removed");
             return true;
@@ -103,6 +104,7 @@ protected:
     boost::asio::executor_work_guard<boost::asio::io_context::executor_type> m_work{m_ioc.get_executor()};
     DaemonStatus m_status;
     std::atomic<int> m_stops{0};
+    std::atomic<long long> m_drainLimitMs{-1};
     std::atomic<bool> m_reloadFails{false};
     std::unique_ptr<BusService> m_service;
     std::thread m_thread;
@@ -139,6 +141,7 @@ TEST_F(BusServiceTest, GetStatusReturnsEveryDocumentedKey) {
                             "active_sessions",
                             "active_jobs",
                             "pending_callbacks",
+                            "draining",
                             "bus_address",
                             "started_at",
                             "last_prune_job_dirs",
@@ -163,12 +166,25 @@ TEST_F(BusServiceTest, PropertiesMirrorTheStatus) {
     EXPECT_EQ(m_proxy->RunningExecs(), 3u);
     EXPECT_EQ(m_proxy->ActiveSessions(), 0u);
     EXPECT_EQ(m_proxy->ActiveJobs(), 0u);
+    EXPECT_FALSE(m_proxy->Draining());
 }
 
 TEST_F(BusServiceTest, StopAndReloadReachTheCore) {
     m_proxy->Stop();
     EXPECT_EQ(m_stops.load(), 1);
     EXPECT_TRUE(m_proxy->Reload());
+}
+
+TEST_F(BusServiceTest, DrainReachesTheCoreWithItsLimitAndRefusesABadOne) {
+    m_proxy->Drain(2.5);
+    EXPECT_EQ(m_drainLimitMs.load(), 2500);
+    try {
+        m_proxy->Drain(-1);
+        FAIL();
+    } catch (const sdbus::Error& e) {
+        EXPECT_EQ(e.getName(), "org.tiptree.HpcDaemon.Error.BadRequest");
+    }
+    EXPECT_EQ(m_drainLimitMs.load(), 2500);  // unchanged by the bad call
 }
 
 TEST_F(BusServiceTest, CoreErrorsArriveAsNamedErrors) {

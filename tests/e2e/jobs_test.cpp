@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 
 using namespace hpc;
 using namespace hpc::test;
@@ -483,5 +484,129 @@ TEST_P(LocalJobs, AJobDirectoryThatDoesNotAnswerStallsNothingElse) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Local, LocalJobs, ::testing::Values("local"), [](const auto& info) { return info.param; });
+
+// ---- graceful drain (hpc-daemonctl stop --drain) ----
+
+class DrainJobs : public LocalJobs {
+protected:
+    /// hpc-daemonctl for the fixture's daemon, in nohup mode on its private bus.
+    CommandResult ctl(std::vector<std::string> args) const {
+        args.insert(args.begin(), Harness::binary("hpc-daemonctl"));
+        std::vector<std::string> env = m_h.baseEnv();
+        env.push_back("HPC_DAEMON_HOME=" + m_h.home("j").string());
+        env.push_back("HPC_DAEMONCTL_MODE=nohup");
+        env.push_back("DBUS_SESSION_BUS_ADDRESS=");
+        env.push_back("XDG_RUNTIME_DIR=");
+        return runCommand(args, {}, env);
+    }
+
+    /// An exec on its own connection (the test's agent stays free meanwhile).
+    std::future<agent::ExecOutcome> execInBackground(const std::string& command) {
+        m_execAgent = m_h.agent(m_token);
+        agent::ExecSpec spec;
+        spec.command = command;
+        spec.cwd = m_work.string();
+        return std::async(std::launch::async,
+                          [agent = m_execAgent.get(), spec] { return agent->exec("j", spec, 60s); });
+    }
+
+    template <typename F>
+    void expectDrainingRefusal(const char* what, F&& request) {
+        try {
+            request();
+            ADD_FAILURE() << what << " was accepted while draining";
+        } catch (const Error& e) {
+            EXPECT_EQ(e.code(), ErrorCode::Unavailable) << what << ": " << e.what();
+            EXPECT_NE(std::string(e.what()).find("draining"), std::string::npos) << what << ": " << e.what();
+        }
+    }
+
+    std::unique_ptr<agent::AgentClient> m_execAgent;
+};
+
+TEST_P(DrainJobs, ADrainLetsACommandFinishRefusesNewWorkAndLeavesJobsRunning) {
+    // Both wait for the test: the job until the daemon is gone, the command until the refusals are seen.
+    auto job = str(submit("while [ ! -e job-go ]; do sleep 0.1; done\necho done\n"), "job_id");
+    ASSERT_TRUE(waitState(job, "RUNNING"));
+    auto running = execInBackground("while [ ! -e exec-go ]; do sleep 0.05; done; echo finished; exit 7");
+    ASSERT_TRUE(m_h.waitStatus("j", [](const json::object& s) { return s.at("running_execs").to_number<int>() == 1; }));
+
+    auto stop = std::async(std::launch::async, [this] { return ctl({"stop", "--drain", "--drain-timeout", "60s"}); });
+    ASSERT_TRUE(m_h.waitStatus("j", [](const json::object& s) { return s.at("draining").as_bool(); }))
+        << m_h.daemonLog("j");
+    auto status = ctl({"status"});
+    EXPECT_NE(status.out.find("draining"), std::string::npos) << status.out;
+    auto statusJson = json::parse(ctl({"status", "--json"}).out).as_object();
+    EXPECT_TRUE(statusJson.at("draining").as_bool());
+
+    agent::ExecSpec exec;
+    exec.command = "true";
+    expectDrainingRefusal("exec", [&] { m_agent->exec("j", exec); });
+    expectDrainingRefusal("pty.open", [&] { m_agent->openPty("j", agent::PtySpec{}); });
+    expectDrainingRefusal("job.submit", [&] { submit("true\n"); });
+    EXPECT_EQ(stateOf(job), "RUNNING");  // questions about jobs are still answered
+
+    std::ofstream(m_work / "exec-go").close();
+    auto outcome = running.get();
+    EXPECT_EQ(outcome.exitCode, 7);
+    EXPECT_EQ(outcome.out, "finished\n");
+    auto stopped = stop.get();
+    EXPECT_EQ(stopped.status, 0) << stopped.err;
+    EXPECT_NE(stopped.out.find("after draining"), std::string::npos) << stopped.out << stopped.err;
+
+    // The job outlived the daemon; the next start follows it to its callback.
+    std::ofstream(m_work / "job-go").close();
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
+    auto cb = waitFor(job);
+    EXPECT_EQ(cb.state, "COMPLETED");
+    EXPECT_EQ(cb.stdoutTail, "done\n");
+}
+
+TEST_P(DrainJobs, TheDrainTimeoutKillsACommandThatRunsTooLong) {
+    auto running = execInBackground("sleep 600");
+    ASSERT_TRUE(m_h.waitStatus("j", [](const json::object& s) { return s.at("running_execs").to_number<int>() == 1; }));
+    auto stopped = ctl({"stop", "--drain", "--drain-timeout", "1s"});
+    EXPECT_EQ(stopped.status, 0) << stopped.err;
+    EXPECT_NE(stopped.out.find("after draining"), std::string::npos) << stopped.out << stopped.err;
+    // The command did not get its 600 s: it was killed, or the daemon went away under it.
+    try {
+        auto outcome = running.get();
+        EXPECT_FALSE(outcome.exitCode.has_value());
+        EXPECT_TRUE(outcome.signal.has_value());
+    } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::Unavailable) << e.what();
+    }
+}
+
+TEST_P(DrainJobs, DrainTimeoutWithoutDrainIsRefused) {
+    auto r = ctl({"stop", "--drain-timeout", "1s"});
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.err.find("--drain"), std::string::npos) << r.err;
+    EXPECT_FALSE(m_h.daemonStatus("j").at("draining").as_bool());
+}
+
+class SigtermDrainJobs : public DrainJobs {
+protected:
+    void beforeDaemonStart() override { m_extraArgs = {"--sigterm-drain-seconds", "60"}; }
+};
+
+TEST_P(SigtermDrainJobs, SigtermDrainsWhenTheDaemonIsStartedToDoSo) {
+    auto running = execInBackground("while [ ! -e exec-go ]; do sleep 0.05; done; echo finished");
+    ASSERT_TRUE(m_h.waitStatus("j", [](const json::object& s) { return s.at("running_execs").to_number<int>() == 1; }));
+    const pid_t pid = m_h.daemonPid("j");
+    ASSERT_EQ(::kill(pid, SIGTERM), 0);
+    ASSERT_TRUE(m_h.waitStatus("j", [](const json::object& s) { return s.at("draining").as_bool(); }))
+        << m_h.daemonLog("j");
+    std::ofstream(m_work / "exec-go").close();
+    auto outcome = running.get();
+    EXPECT_EQ(outcome.exitCode, 0);
+    EXPECT_EQ(outcome.out, "finished\n");
+    EXPECT_TRUE(waitUntil([&] { return ended(pid); }, 30s)) << m_h.daemonLog("j");
+}
+
+INSTANTIATE_TEST_SUITE_P(Local, SigtermDrainJobs, ::testing::Values("local"),
+                         [](const auto& info) { return info.param; });
+
+INSTANTIATE_TEST_SUITE_P(Local, DrainJobs, ::testing::Values("local"), [](const auto& info) { return info.param; });
 
 }  // namespace
