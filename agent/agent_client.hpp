@@ -185,11 +185,13 @@ public:
     net::WsClient& ws() { return *m_ws; }
     /// A fresh request id.
     std::string nextId() { return "a" + std::to_string(++m_seq); }
+    /// The next frame: one put aside while waiting for a response, else a
+    /// read (for code that runs its own channel, as FileClient does).
+    /// Throws hpc::Error(Unavailable) when the connection breaks.
+    std::optional<net::WsFrame> nextFrame(std::chrono::milliseconds timeout);
 
 private:
     explicit AgentClient(std::unique_ptr<net::WsClient> ws) : m_ws(std::move(ws)) {}
-    /// The next frame: one put aside while waiting for a response, else a read.
-    std::optional<net::WsFrame> nextFrame(std::chrono::milliseconds timeout);
 
     std::unique_ptr<net::WsClient> m_ws;
     std::uint64_t m_seq = 0;

@@ -41,6 +41,7 @@ Command addCancelCommand(CLI::App& parent);
 Command addWaitCommand(CLI::App& parent);
 Command addEventsCommand(CLI::App& parent);
 Command addLogsCommand(CLI::App& parent);
+Command addCpCommand(CLI::App& parent);
 
 /// --url, --token-file, --ca-file, --proxy, each with its environment variable.
 struct PlatformOptions {

@@ -25,6 +25,7 @@ int main(int argc, char** argv) try {
                                   addStatusCommand(app), addCancelCommand(app),  addWaitCommand(app),
                                   addEventsCommand(app), addLogsCommand(app)};
     commands.push_back(addLogoutCommand(app));
+    commands.push_back(addCpCommand(app));
     CLI11_PARSE(app, argc, argv);
     for (const auto& c : commands)
         if (c.app->parsed()) return c.run();

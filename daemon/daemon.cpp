@@ -7,6 +7,7 @@
 #include "errors.hpp"
 #include "exec.hpp"
 #include "exit_watch.hpp"
+#include "files/file_service.hpp"
 #include "guard/confinement.hpp"
 #include "guard/shell_guard.hpp"
 #include "jobs/job_service.hpp"
@@ -150,6 +151,14 @@ public:
             return m_link && m_link->sendChannelData(channel, data, size);
         });
         m_dispatcher->attachJobs(*m_jobs);
+        m_files = std::make_unique<FileService>(
+            ioc, options.jobIoTimeout, [this](std::string text) { return m_link && m_link->sendText(std::move(text)); },
+            [this](std::string frame) { return m_link && m_link->sendBinary(std::move(frame)); });
+        m_files->setAudit(
+            [this](const std::string& agent, const std::string& command, const std::string& dir, int status) {
+                audit(Store::AuditEntry{nowEpochSeconds(), m_profile.daemonId, agent, "file", dir, command, status});
+            });
+        m_dispatcher->attachFiles(*m_files);
         m_dispatcher->attachStore(m_store);
         // A full disk or quota (issue 21): once space is back, the job ends it
         // could not record are written and their callbacks go out.
@@ -256,6 +265,28 @@ private:
         return home ? home : "/";
     }
 
+    /// Where file.* may read and write: the same allowed directories as
+    /// every other write; never the state directory (the API key) nor the
+    /// user's runtime directory, which commands do not see either.
+    files::FilePolicy filePolicy() const {
+        files::FilePolicy p;
+        p.allowed = AllowedDirs(m_profile.allowedDirs).dirs();
+        for (const fs::path& dir : {m_store.dir(), fs::path(envOr("XDG_RUNTIME_DIR"))}) {
+            std::error_code ec;
+            fs::path resolved = dir.empty() ? fs::path() : fs::weakly_canonical(dir, ec);
+            if (!ec && !resolved.empty()) p.hidden.push_back(resolved);
+        }
+        p.base = p.allowed.empty() ? fallbackCwd() : p.allowed.front();
+        p.home = envOr("HOME", "/");
+        p.umask = files::currentUmask();
+        return p;
+    }
+
+    static std::string envOr(const char* name, const char* fallback = "") {
+        const char* v = std::getenv(name);
+        return v && *v ? v : fallback;
+    }
+
     void audit(const Store::AuditEntry& e) {
         try {
             m_store.addAudit(e);
@@ -319,6 +350,7 @@ private:
         m_jobs->setPolicy(JobPolicy{AllowedDirs(m_profile.allowedDirs), jobWorkdir(), m_confinement});
         m_dispatcher->setConfinement(m_confinement);
         m_dispatcher->setShellGuard(m_shellGuard);
+        m_files->setPolicy(filePolicy());
     }
 
     /// The state directory holds the API key: group or other access on it or
@@ -394,7 +426,7 @@ private:
                     {"cluster_name", m_profile.clusterName},
                     {"scheduler", std::string(m_jobs->backend())},
                     {"pid", static_cast<std::int64_t>(::getpid())},
-                    {"capabilities", boost::json::array{"exec", "pty", "jobs", "job_logs"}}};
+                    {"capabilities", boost::json::array{"exec", "pty", "jobs", "job_logs", "files"}}};
         LinkHandlers handlers;
         handlers.onText = [this](std::string_view t) { m_dispatcher->onText(t); };
         handlers.onBinary = [this](std::string_view d) { m_dispatcher->onBinary(d); };
@@ -413,6 +445,8 @@ private:
             if (std::string w = m_stateKeeper->warning(); !w.empty()) sendWarning(std::move(w));
         } else {
             m_jobs->outbox().disconnected();
+            // The platform has ended their channels; an upload's partial file stays for a resume.
+            m_files->closeAll();
             // The platform has ended these streams for their agents, which resume from their last byte.
             m_jobs->logs().closeAll();
         }
@@ -576,6 +610,7 @@ private:
     std::unique_ptr<Dispatcher> m_dispatcher;
     std::unique_ptr<PtyService> m_pty;
     std::unique_ptr<JobService> m_jobs;
+    std::unique_ptr<FileService> m_files;
     std::unique_ptr<PrivateBus> m_privateBus;
     std::unique_ptr<BusService> m_bus;
     std::unique_ptr<Link> m_link;

@@ -17,7 +17,10 @@ namespace hpc::daemon {
 namespace {
 
 /// Requests that write new rows (audit, jobs) before or after their work.
-bool writesNewState(std::string_view type) { return type == "exec" || type == "pty.open" || type == "job.submit"; }
+bool writesNewState(std::string_view type) {
+    return type == "exec" || type == "pty.open" || type == "job.submit" || type == "file.put" || type == "file.mkdir" ||
+           type == "file.symlink";
+}
 
 /// Requests a draining daemon refuses: each would start something to wait for.
 bool startsWork(std::string_view type) {
@@ -55,6 +58,8 @@ void Dispatcher::onText(std::string_view text) {
         if (m_store && writesNewState(env.type)) m_store->requireWritable();
         if (env.type == "exec") {
             handleExec(env);
+        } else if (m_files && m_files->handle(env, agentOf(env), m_send)) {
+            // file.*, and pty.detach of a transfer: answered inside, perhaps later
         } else if (env.type == "ping") {
             m_send(protocol::makeMessage("pong", env.id));
         } else if (env.type == "pong") {
@@ -82,6 +87,16 @@ void Dispatcher::onBinary(std::string_view data) {
     auto frame = protocol::decodeChannelFrame(std::span<const char>(data.data(), data.size()));
     if (!frame) {
         m_send(protocol::makeError({}, ErrorCode::BadRequest, "a binary frame needs a 4-byte channel header"));
+        return;
+    }
+    if (m_files && (m_files->owns(frame->channel) || m_files->recentlyEnded(frame->channel))) {
+        // Bytes still in flight for a transfer that has just ended are dropped quietly.
+        if (!m_files->owns(frame->channel)) return;
+        try {
+            m_files->onFrame(data);
+        } catch (const Error& e) {
+            m_send(protocol::makeError({}, e.code(), e.what()));
+        }
         return;
     }
     if (m_jobs && m_jobs->logs().owns(frame->channel)) {

@@ -5,6 +5,7 @@
 
 #include "allowed_dirs.hpp"
 #include "exec.hpp"
+#include "files/file_service.hpp"
 #include "jobs/job_service.hpp"
 #include "protocol.hpp"
 #include "pty.hpp"
@@ -37,6 +38,8 @@ public:
     void attachJobs(JobService& jobs) { m_jobs = &jobs; }
     /// Enables the pty.* messages and binary input.
     void attachPty(PtyService& pty) { m_pty = &pty; }
+    /// Enables the file.* messages and the binary frames of transfers.
+    void attachFiles(FileService& files) { m_files = &files; }
     /// New work (exec, pty.open, job.submit) is refused with STORAGE_FULL
     /// while this store's disk or quota is full (Store::requireWritable).
     void attachStore(Store& store) { m_store = &store; }
@@ -65,6 +68,7 @@ private:
     std::filesystem::path m_fallbackCwd;
     Send m_send;
     PtyService* m_pty = nullptr;
+    FileService* m_files = nullptr;
     JobService* m_jobs = nullptr;
     Store* m_store = nullptr;
     std::function<void(Store::AuditEntry)> m_audit;

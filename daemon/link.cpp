@@ -420,6 +420,7 @@ void Link::start() {
 }
 void Link::stop() { m_impl->stop(); }
 bool Link::sendText(std::string text) { return m_impl->enqueue(m_impl->conn, Outgoing{std::move(text), false}); }
+bool Link::sendBinary(std::string frame) { return m_impl->enqueue(m_impl->conn, Outgoing{std::move(frame), true}); }
 
 bool Link::sendChannelData(std::uint32_t channel, const char* data, std::size_t size) {
     auto& c = m_impl->conn;

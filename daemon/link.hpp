@@ -75,6 +75,9 @@ public:
     /// a write in flight is coalesced into one frame per channel (up to
     /// 1 MiB), so a busy link sends fewer, larger frames; nothing is delayed.
     bool sendChannelData(std::uint32_t channel, const char* data, std::size_t size);
+    /// Queues a binary frame built by the caller (a file transfer's, header
+    /// and bytes in one buffer: sent without a copy). False as sendText.
+    bool sendBinary(std::string frame);
 
     LinkState state() const;
     /// How the link reaches the platform (ProxyRoute::describe, no secrets).

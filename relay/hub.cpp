@@ -150,20 +150,24 @@ void Hub::releaseSlot(const Peer* agent) {
     if (auto c = m_pendingPerAgent.find(agent); c != m_pendingPerAgent.end() && c->second) --c->second;
 }
 
+std::string Hub::lostEvent(std::uint32_t channel, const Route& route, const std::string& why) {
+    if (route.file)
+        return protocol::makeMessage("file.end", "fend-" + std::to_string(channel),
+                                     {{"channel", channel}, {"error", why}, {"code", "UNAVAILABLE"}});
+    if (route.logs)
+        return protocol::makeMessage("job.logs.end", "logs-end-" + std::to_string(channel),
+                                     {{"channel", channel}, {"error", why}});
+    return protocol::makeMessage("pty.exit", "exit-" + std::to_string(channel),
+                                 {{"channel", channel}, {"exit_code", nullptr}, {"signal", nullptr}, {"error", why}});
+}
+
 void Hub::dropRoutesOf(const DaemonKey& key, const std::string& why) {
     for (auto it = m_routes.begin(); it != m_routes.end();) {
         if (it->second.daemon != key) {
             ++it;
             continue;
         }
-        if (auto agent = it->second.agent.lock())
-            agent->sendText(
-                it->second.logs
-                    ? protocol::makeMessage("job.logs.end", "logs-end-" + std::to_string(it->first),
-                                            {{"channel", it->first}, {"error", why}})
-                    : protocol::makeMessage(
-                          "pty.exit", "exit-" + std::to_string(it->first),
-                          {{"channel", it->first}, {"exit_code", nullptr}, {"signal", nullptr}, {"error", why}}));
+        if (auto agent = it->second.agent.lock()) agent->sendText(lostEvent(it->first, it->second, why));
         m_routeByDaemon.erase({key, it->second.daemonChannel});
         it = m_routes.erase(it);
     }
@@ -249,8 +253,12 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
         peer->sendText(protocol::makeError(env.id, ErrorCode::Limit, "too many requests in flight"));
         return;
     }
-    bool onChannel = (env.type.rfind("pty.", 0) == 0 && env.type != "pty.open") || env.type == "job.logs.close";
+    bool endsTransfer = env.type == "file.commit" || env.type == "file.cancel";
+    bool onChannel = (env.type.rfind("pty.", 0) == 0 && env.type != "pty.open") || env.type == "job.logs.close" ||
+                     env.type == "file.ack" || endsTransfer;
     if (onChannel && !mapAgentChannel(*peer, it->first, env)) return;
+    std::uint32_t endsChannel =
+        endsTransfer ? m_routeByDaemon.at({it->first, env.payload.at("channel").to_number<std::uint32_t>()}) : 0;
     std::string agentRequestId = std::move(env.id);
     std::string relayId = "r" + std::to_string(m_nextId++);
     env.id = relayId;
@@ -267,6 +275,8 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
     }
     m_pending[relayId] =
         Pending{peer, peer.get(), std::move(agentRequestId), it->first, env.type == "pty.open", env.type == "job.logs"};
+    m_pending[relayId].fileOpen = env.type == "file.put" || env.type == "file.get";
+    m_pending[relayId].endsChannel = endsChannel;
     ++m_pendingPerAgent[peer.get()];
     it->second.peer->sendText(std::move(forwarded));
 }
@@ -307,7 +317,7 @@ void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const s
     releaseSlot(pending.agentKey);
     auto agent = pending.agent.lock();
     if (!agent) return;
-    if ((pending.ptyOpen || pending.logsOpen) && env.ok) {
+    if ((pending.ptyOpen || pending.logsOpen || pending.fileOpen) && env.ok) {
         std::optional<std::int64_t> channel;
         try {
             channel = protocol::optInt(env.result, "channel", 1, UINT32_MAX);
@@ -317,14 +327,24 @@ void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const s
             log::warning("daemon " + daemonId + " opened a channel without a channel number");
         } else {
             std::uint32_t mine = m_nextChannel++;
-            m_routes[mine] =
-                Route{agent, agent.get(), pending.daemon, static_cast<std::uint32_t>(*channel), pending.logsOpen};
+            Route route{agent, agent.get(), pending.daemon, static_cast<std::uint32_t>(*channel)};
+            route.logs = pending.logsOpen;
+            route.file = pending.fileOpen;
+            m_routes[mine] = std::move(route);
             m_routeByDaemon[{pending.daemon, static_cast<std::uint32_t>(*channel)}] = mine;
             env.result["channel"] = mine;
         }
     }
+    if (pending.endsChannel) dropRoute(pending.endsChannel);
     env.replyTo = pending.agentRequestId;
     agent->sendText(protocol::serialize(env));
+}
+
+void Hub::dropRoute(std::uint32_t agentChannel) {
+    auto route = m_routes.find(agentChannel);
+    if (route == m_routes.end()) return;
+    m_routeByDaemon.erase({route->second.daemon, route->second.daemonChannel});
+    m_routes.erase(route);
 }
 
 bool Hub::mapAgentChannel(Peer& agent, const DaemonKey& daemon, Envelope& env) {
@@ -377,7 +397,7 @@ void Hub::onDaemonBinary(std::int64_t userId, const std::string& daemonId, std::
     }
 }
 
-void Hub::routeDaemonEvent(const DaemonKey& key, Envelope& env) {
+void Hub::routeDaemonEvent(const DaemonKey& key, Envelope& env, bool ends) {
     std::optional<std::int64_t> channel;
     try {
         channel = protocol::optInt(env.payload, "channel", 1, UINT32_MAX);
@@ -393,6 +413,7 @@ void Hub::routeDaemonEvent(const DaemonKey& key, Envelope& env) {
             env.payload["channel"] = mine;
             agent->sendText(protocol::serialize(env));
         }
+        if (!ends) return;
         m_routes.erase(route);
     }
     m_routeByDaemon.erase(it);
@@ -409,9 +430,12 @@ void Hub::answerDaemonRequest(const DaemonKey& key, Peer& daemon, const Envelope
         // An answer to nothing we sent; harmless.
     } else if (env.type == "daemon.warning") {
         noteWarning(key, daemon, env);
-    } else if (env.type == "pty.exit" || env.type == "job.logs.end") {
+    } else if (env.type == "pty.exit" || env.type == "job.logs.end" || env.type == "file.end") {
         auto copy = env;
         routeDaemonEvent(key, copy);
+    } else if (env.type == "file.ack") {
+        auto copy = env;
+        routeDaemonEvent(key, copy, false);
     } else if (env.type == "job.completed") {
         auto callbackId = env.payload.if_contains("callback_id");
         if (!callbackId || !callbackId->is_string() || callbackId->get_string().empty()) {

@@ -95,6 +95,9 @@ private:
         DaemonKey daemon;
         bool ptyOpen = false;
         bool logsOpen = false;  ///< job.logs: its answer opens a channel too
+        bool fileOpen = false;  ///< file.put, file.get: so does theirs, a transfer's
+        /// file.commit, file.cancel: the agent's channel their answer ends.
+        std::uint32_t endsChannel = 0;
     };
     /// One channel (a PTY, or a job's output from job.logs): the agent's
     /// number for it and the daemon's.
@@ -104,6 +107,9 @@ private:
         DaemonKey daemon;
         std::uint32_t daemonChannel = 0;
         bool logs = false;  ///< ends with job.logs.end rather than pty.exit
+        /// A file transfer: ends with file.end, or with the answer to
+        /// file.commit or file.cancel.
+        bool file = false;
     };
 
     void answerDaemonRequest(const DaemonKey& key, Peer& daemon, const protocol::Envelope& env);
@@ -123,8 +129,13 @@ private:
     /// to the daemon's number. False (with the error sent) when the channel
     /// is not the agent's.
     bool mapAgentChannel(Peer& agent, const DaemonKey& daemon, protocol::Envelope& env);
-    void routeDaemonEvent(const DaemonKey& key, protocol::Envelope& env);
+    /// Forwards a daemon's event on a channel to its agent; `ends`: the
+    /// channel ends with it.
+    void routeDaemonEvent(const DaemonKey& key, protocol::Envelope& env, bool ends = true);
+    void dropRoute(std::uint32_t agentChannel);
     void dropRoutesOf(const DaemonKey& key, const std::string& why);
+    /// What the agent of a channel its daemon took with it is told.
+    static std::string lostEvent(std::uint32_t channel, const Route& route, const std::string& why);
 
     RelayDb& m_db;
     std::map<DaemonKey, DaemonLink> m_daemons;

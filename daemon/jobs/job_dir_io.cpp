@@ -52,8 +52,9 @@ void JobDirIo::workerLoop(const std::shared_ptr<Shared>& s) {
     --s->threads;
 }
 
-JobDirIo::JobDirIo(asio::io_context& ioc, std::chrono::milliseconds deadline, std::size_t maxThreads)
-    : m_ioc(ioc), m_deadline(deadline), m_shared(std::make_shared<Shared>()) {
+JobDirIo::JobDirIo(asio::io_context& ioc, std::chrono::milliseconds deadline, std::size_t maxThreads,
+                   std::string subject)
+    : m_ioc(ioc), m_deadline(deadline), m_subject(std::move(subject)), m_shared(std::make_shared<Shared>()) {
     m_shared->ioc = &ioc;
     m_shared->owner = this;
     m_shared->maxThreads = std::max<std::size_t>(1, maxThreads);
@@ -83,7 +84,7 @@ void JobDirIo::run(std::string what, std::function<void()> work, Done done, bool
         auto ms = m_deadline.count();
         std::string within = ms % 1000 == 0 ? std::to_string(ms / 1000) + " s" : std::to_string(ms) + " ms";
         std::string message =
-            p.what + ": the job directory did not answer within " + within + " (a slow or hung file system?)";
+            p.what + ": " + m_subject + " did not answer within " + within + " (a slow or hung file system?)";
         if (p.quiet)
             log::debug(message);
         else

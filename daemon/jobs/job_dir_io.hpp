@@ -30,7 +30,10 @@ public:
     /// `error` is empty on success, else what went wrong, fit to show a user.
     using Done = std::function<void(const std::string& error)>;
 
-    JobDirIo(boost::asio::io_context& ioc, std::chrono::milliseconds deadline, std::size_t maxThreads = 4);
+    /// `subject` names what did not answer in the timeout message (file
+    /// transfers use an instance of their own: "the file system").
+    JobDirIo(boost::asio::io_context& ioc, std::chrono::milliseconds deadline, std::size_t maxThreads = 4,
+             std::string subject = "the job directory");
     ~JobDirIo();
     JobDirIo(const JobDirIo&) = delete;
     JobDirIo& operator=(const JobDirIo&) = delete;
@@ -74,6 +77,7 @@ private:
 
     boost::asio::io_context& m_ioc;
     std::chrono::milliseconds m_deadline;
+    std::string m_subject;
     std::shared_ptr<Shared> m_shared;
     std::map<std::uint64_t, Pending> m_pending;  ///< on the loop only
     std::uint64_t m_next = 0;

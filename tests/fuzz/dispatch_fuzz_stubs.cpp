@@ -3,6 +3,7 @@
 // fuzzer's exec would run arbitrary programs). Everything up to these calls
 // — envelope, payload fields, allowed directories — is the real code.
 #include "exec.hpp"
+#include "files/file_service.hpp"
 #include "guard/shell_guard.hpp"
 #include "jobs/job_service.hpp"
 #include "pty.hpp"
@@ -62,6 +63,11 @@ void PtyService::detach(std::uint32_t channel) { require(channel >= 1); }
 // get UNKNOWN_TYPE, but the dispatcher still refers to these.
 bool JobService::handle(const protocol::Envelope&, const std::string&, const Reply&) { std::abort(); }
 bool Outbox::onResponse(const protocol::Envelope&) { std::abort(); }
+
+// Files are not attached (they need workers and the user's files): file.*
+// types get UNKNOWN_TYPE, but the dispatcher still refers to these.
+bool FileService::handle(const protocol::Envelope&, const std::string&, const Reply&) { std::abort(); }
+void FileService::onFrame(std::string_view) { std::abort(); }
 
 // The guard's rc file is not needed to validate a request.
 std::vector<std::string> guardedShell(const std::string& shell, const std::filesystem::path&) { return {shell}; }

@@ -1,5 +1,6 @@
 #include "hub.hpp"
 #include "api.hpp"
+#include "file_wire.hpp"
 #include "protocol.hpp"
 #include "relay_db.hpp"
 
@@ -467,4 +468,51 @@ TEST_F(HubTest, HealthShowsTheConnectionsAndWhetherTheRelayAcceptsNewOnes) {
     EXPECT_EQ(health().at("accept_problem").as_string(), "Too many open files");
     api.setAcceptProblem({});
     EXPECT_TRUE(health().at("accepting").as_bool());
+}
+
+TEST_F(HubTest, RoutesAFileTransferAsAChannelUntilItsCommitAnswerOrItsEnd) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    auto open = [&](const char* id) {
+        m_hub->onAgentText(
+            m_alice, agent,
+            std::string(R"({"v":1,"type":"file.put","id":")") + id + R"(","daemon_id":"d1","payload":{"path":"x"}})");
+        m_hub->onDaemonText(1, "d1", daemon, protocol::makeOk(daemon->last().id, {{"channel", 0x40000001u}}));
+        return static_cast<std::uint32_t>(agent->last().result.at("channel").as_int64());
+    };
+    auto onChannel = [&](const char* type, std::uint32_t channel, const char* extra = "") {
+        m_hub->onAgentText(m_alice, agent,
+                           std::string(R"({"v":1,"type":")") + type + R"(","id":"q","daemon_id":"d1","payload":{)" +
+                               extra + R"("channel":)" + std::to_string(channel) + "}}");
+    };
+    std::uint32_t mine = open("p");
+    // The bytes, untouched but for the channel: no JSON on the way.
+    std::string frame = files::encodeDataFrame(mine, 0, std::string("\0\x01\xff", 3));
+    m_hub->onAgentBinary(agent, frame);
+    ASSERT_EQ(daemon->binary.size(), 1u);
+    EXPECT_EQ(daemon->binary[0], files::encodeDataFrame(0x40000001u, 0, std::string("\0\x01\xff", 3)));
+    // Credit from the daemon keeps the channel; the commit's answer ends it.
+    m_hub->onDaemonText(1, "d1", daemon,
+                        protocol::makeMessage("file.ack", "a", {{"channel", 0x40000001u}, {"bytes", 3}}));
+    EXPECT_EQ(agent->last().type, "file.ack");
+    EXPECT_EQ(agent->last().payload.at("channel").as_int64(), mine);
+    onChannel("file.commit", mine, R"("size":3,"sha256":"x",)");
+    EXPECT_EQ(daemon->last().payload.at("channel").as_int64(), 0x40000001u);
+    EXPECT_EQ(m_hub->channelCount(), 1u);
+    m_hub->onDaemonText(1, "d1", daemon, protocol::makeOk(daemon->last().id, {{"size", 3}}));
+    EXPECT_EQ(m_hub->channelCount(), 0u);
+    onChannel("file.ack", mine, R"("bytes":1,)");
+    EXPECT_EQ(agent->last().errorCode, ErrorCode::NotFound);
+    // file.end ends one too; a daemon that goes away ends the rest with UNAVAILABLE.
+    mine = open("p2");
+    m_hub->onDaemonText(1, "d1", daemon,
+                        protocol::makeMessage("file.end", "e", {{"channel", 0x40000001u}, {"error", "disk full"}}));
+    EXPECT_EQ(agent->last().type, "file.end");
+    EXPECT_EQ(m_hub->channelCount(), 0u);
+    mine = open("p3");
+    m_hub->detachDaemon(1, "d1", daemon.get());
+    EXPECT_EQ(agent->last().type, "file.end");
+    EXPECT_EQ(agent->last().payload.at("code").as_string(), "UNAVAILABLE");
+    EXPECT_EQ(agent->last().payload.at("channel").as_int64(), mine);
 }
