@@ -65,7 +65,14 @@ json::object AgentClient::request(const std::string& daemonId, const std::string
     env.id = id;
     env.daemonId = daemonId;
     env.payload = std::move(payload);
-    m_ws->sendText(protocol::serialize(env));
+    std::string text = protocol::serialize(env);
+    // The platform would close the connection over a text frame that is not
+    // UTF-8 (a WebSocket protocol error), and say nothing of why.
+    if (!isValidUtf8(text))
+        throw Error(ErrorCode::BadRequest, type +
+                                               ": the request holds bytes that are not UTF-8; send such data "
+                                               "base64-encoded or as binary frames");
+    m_ws->sendText(text);
     auto deadline = Clock::now() + timeout;
     while (true) {
         auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());

@@ -21,6 +21,8 @@ namespace hpc::agent {
 constexpr int kExitAgentError = 255;
 /// `wait` gave up at its --timeout.
 constexpr int kExitWaitTimedOut = 254;
+/// `exec`'s output was cut at the result's limit (without --allow-truncated).
+constexpr int kExitOutputTruncated = 253;
 
 /// A registered command: run() is called when its subcommand was parsed and
 /// returns the exit code; it throws hpc::Error (or any exception) on failure.

@@ -15,9 +15,10 @@ int main(int argc, char** argv) try {
         "to every user of the machine.)"};
     app.set_version_flag("--version", "hpc-agent " HPC_VERSION);
     app.footer(
-        "Exit status: exec returns the remote command's status (128+N for signal N); wait returns 0 for a "
-        "COMPLETED job, 1 for any other final state, 254 on --timeout; logs -f returns as wait once the job has "
-        "ended; 255 means hpc-agent itself failed.");
+        "Exit status: exec returns the remote command's status (128+N for signal N), or 253 when its output was "
+        "cut (see exec --allow-truncated); wait returns 0 for a COMPLETED job, 1 for any other final state, 254 on "
+        "--timeout; logs -f returns as wait once the job has ended; cp returns 0 when everything arrived, 1 when "
+        "anything did not; 255 means hpc-agent itself failed.");
     app.require_subcommand(1);
     using namespace hpc::agent;
     std::vector<Command> commands{addLoginCommand(app),  addDaemonsCommand(app), addExecCommand(app),

@@ -388,9 +388,25 @@ void putEnv(json::object& o, std::string_view key, const EnvVars& env) {
     o[key] = std::move(e);
 }
 
+namespace {
+/// The length of `data` as a JSON string's content: control bytes take 6
+/// ("\u0000") or 2 ("\n"), quotes and backslashes 2.
+std::size_t escapedLength(std::string_view data) {
+    std::size_t n = 0;
+    for (unsigned char c : data)
+        n += c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f' ? 2
+             : c < 0x20                                                                             ? 6
+                                                                                                    : 1;
+    return n;
+}
+}  // namespace
+
 void putBytes(json::object& o, std::string_view name, std::string_view data) {
     std::string encoding = std::string(name) + "_encoding";
-    if (isValidUtf8(data)) {
+    // UTF-8 as is, unless escaping makes it half as long again (output full
+    // of NUL bytes would grow sixfold, past the response limit): so two
+    // streams of exec's largest output fit a response either way.
+    if (isValidUtf8(data) && escapedLength(data) <= data.size() + data.size() / 2) {
         o[name] = data;
         o[encoding] = "utf-8";
     } else {

@@ -1,6 +1,7 @@
 #include "wire.hpp"
 
 #include "errors.hpp"
+#include "util.hpp"
 
 namespace json = boost::json;
 
@@ -28,7 +29,8 @@ json::object ExecSpec::toPayload() const {
     else
         p["argv"] = toArray(argv);
     if (cwd) p["cwd"] = *cwd;
-    if (stdinData) p["stdin"] = *stdinData;
+    // Any bytes: JSON strings must be UTF-8, so other input goes as base64.
+    if (stdinData) protocol::putBytes(p, "stdin", *stdinData);
     if (timeoutSeconds) p["timeout_s"] = *timeoutSeconds;
     if (killGraceSeconds) p["kill_grace_s"] = *killGraceSeconds;
     if (maxOutputBytes) p["max_output_bytes"] = *maxOutputBytes;
@@ -60,6 +62,14 @@ ExecSpec ExecSpec::fromPayload(const json::object& p) {
     spec.cwd = protocol::optString(p, "cwd", 4096);
     spec.env = protocol::optEnvVars(p, "env");
     spec.stdinData = protocol::optString(p, "stdin");
+    auto encoding = protocol::optString(p, "stdin_encoding", 16).value_or("utf-8");
+    if (encoding == "base64" && spec.stdinData) {
+        auto decoded = base64Decode(*spec.stdinData);
+        if (!decoded) throw Error(ErrorCode::BadRequest, "\"stdin\" is not valid base64");
+        spec.stdinData = std::move(*decoded);
+    } else if (encoding != "utf-8") {
+        throw Error(ErrorCode::BadRequest, "\"stdin_encoding\" must be \"utf-8\" or \"base64\"");
+    }
     spec.timeoutSeconds = protocol::optNumber(p, "timeout_s", 0.001, kMaxTimeoutSeconds);
     spec.killGraceSeconds = protocol::optNumber(p, "kill_grace_s", 0, kMaxKillGraceSeconds);
     spec.maxOutputBytes = protocol::optInt(p, "max_output_bytes", 0, kMaxOutputBytes);

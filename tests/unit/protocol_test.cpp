@@ -1,4 +1,5 @@
 #include "protocol.hpp"
+#include "util.hpp"
 #include "wire.hpp"
 
 #include <gtest/gtest.h>
@@ -333,4 +334,27 @@ TEST(JobWire, RefusesWhatTheDaemonCannotSubmitWithTheFieldNamed) {
               "invalid environment name \"1BAD\"");
     // The daemon's policy (allowed directories, the backend, sbatch options) is its own, checked after.
     EXPECT_EQ(refusal<JobSpec>({{"script", "true"}, {"cwd", "/etc"}, {"sbatch_args", json::array{"--output=x"}}}), "");
+}
+
+TEST(ExecWire, StdinOfAnyBytesTravelsAsBase64AndComesBackTheSame) {
+    ExecSpec spec;
+    spec.argv = {"cat"};
+    spec.stdinData = std::string("\xff\xfe\0binary", 9);
+    auto payload = spec.toPayload();
+    EXPECT_EQ(payload.at("stdin_encoding").as_string(), "base64");
+    EXPECT_TRUE(isValidUtf8(json::serialize(payload))) << "a text frame must be UTF-8";
+    EXPECT_EQ(ExecSpec::fromPayload(payload).stdinData, spec.stdinData);
+    EXPECT_EQ(refusal<ExecSpec>({{"argv", json::array{"cat"}}, {"stdin", "!!"}, {"stdin_encoding", "base64"}}),
+              "\"stdin\" is not valid base64");
+    EXPECT_EQ(refusal<ExecSpec>({{"argv", json::array{"cat"}}, {"stdin", "x"}, {"stdin_encoding", "rot13"}}),
+              "\"stdin_encoding\" must be \"utf-8\" or \"base64\"");
+}
+
+TEST(PutBytes, TextStaysReadableAndControlBytesNeverGrowPastBase64) {
+    json::object o;
+    protocol::putBytes(o, "out", "1\n2\n3\n");
+    EXPECT_EQ(o.at("out_encoding").as_string(), "utf-8");
+    protocol::putBytes(o, "zeros", std::string(3 << 20, '\0'));
+    EXPECT_EQ(o.at("zeros_encoding").as_string(), "base64");
+    EXPECT_LT(json::serialize(o).size(), 5u << 20) << "3 MiB of NUL bytes escaped would be 18 MiB";
 }
