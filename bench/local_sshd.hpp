@@ -40,13 +40,16 @@ public:
              << "\nAuthorizedKeysFile " << (dir / "authorized_keys").string() << "\nPidFile "
              << (dir / "sshd.pid").string()
              << "\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-                "KbdInteractiveAuthentication no\nLogLevel ERROR\n";
+                "KbdInteractiveAuthentication no\nLogLevel ERROR\n"
+                // scp (OpenSSH 9) speaks SFTP.
+                "Subsystem sftp internal-sftp\n";
         conf.close();
         SpawnOptions o;
         o.argv = {"/usr/sbin/sshd", "-D", "-e", "-f", (dir / "sshd_config").string()};
         o.outputFile = (dir / "sshd.log").string();
         m_sshd = ChildGuard(spawn(o).pid);
         std::string user = benchUser();
+        m_user = user;
         m_base = {"ssh",
                   "-q",
                   "-p",
@@ -92,6 +95,22 @@ public:
         return runCommand(argv, {}, {}, std::chrono::seconds(30)).status;
     }
 
+    /// scp between this machine and the peer, over the same master
+    /// connection; name the peer's side with remote().
+    std::vector<std::string> scp(const std::string& from, const std::string& to) const {
+        return {"scp", "-q",
+                "-P",  std::to_string(m_port),
+                "-i",  (m_dir / "client_key").string(),
+                "-o",  "StrictHostKeyChecking=no",
+                "-o",  "UserKnownHostsFile=/dev/null",
+                "-o",  "BatchMode=yes",
+                "-o",  "ControlPath=" + (m_dir / "cm").string(),
+                from,  to};
+    }
+    std::string remote(const std::string& path) const { return m_user + "@127.0.0.1:" + path; }
+    /// The account the peer logs in as.
+    const std::string& user() const { return m_user; }
+
     const std::string& note() const { return m_note; }
     /// The pid of the ssh master process (the persistent connection).
     pid_t masterPid() {
@@ -123,6 +142,7 @@ private:
     }
 
     std::string m_note;
+    std::string m_user;
     static std::string slurp(const std::filesystem::path& p) {
         std::ifstream in(p);
         return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());

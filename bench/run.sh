@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs the benchmarks (installs openssh-server for the ssh peer and
 # slurm-wlm + munge for the job benchmark's cluster, which needs root).
-# usage: bench/run.sh [exec RUNS] [idle SECONDS] [pty ECHO-ITERATIONS] [jobs SUBMISSIONS HELD LATENCY-RUNS]
+# usage: bench/run.sh [exec RUNS] [idle SECONDS] [pty ECHO-ITERATIONS] [jobs SUBMISSIONS HELD LATENCY-RUNS] [cp MIB]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/build.sh --with-bench --with-slurm
@@ -10,6 +10,7 @@ build/default/bench/idle_bench "${2:-60}"
 build/default/bench/pty_bench "${3:-10000}"
 build/default/bench/proxy_bench
 build/default/bench/logs_bench
+build/default/bench/cp_bench "${7:-256}"
 if [ "$(id -u)" = 0 ]; then
   cluster=build/default/slurm-bench
   trap 'scripts/slurm-cluster.sh stop "$cluster"' EXIT
