@@ -231,6 +231,9 @@ std::unique_ptr<WsClient> WsClient::connect(const Url& base, const std::string& 
             if (!bearer.empty()) req.set(http::field::authorization, "Bearer " + bearer);
         }));
         ws.read_message_max(64 * 1024 * 1024);
+        // A client masks what it sends through a buffer of this size: Beast's
+        // 4 KiB default cut every file-transfer frame into 4 KiB TLS records.
+        ws.write_buffer_bytes(256 * 1024);
         websocket::response_type res;
         beast::error_code ec;
         bool done = false;
