@@ -169,6 +169,7 @@ void Hub::dropRoutesOf(const DaemonKey& key, const std::string& why) {
         }
         if (auto agent = it->second.agent.lock()) agent->sendText(lostEvent(it->first, it->second, why));
         m_routeByDaemon.erase({key, it->second.daemonChannel});
+        ended(it->first);
         it = m_routes.erase(it);
     }
 }
@@ -340,10 +341,20 @@ void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const s
     agent->sendText(protocol::serialize(env));
 }
 
+void Hub::ended(std::uint32_t agentChannel) {
+    m_endedChannels.insert(agentChannel);
+    m_endedOrder.push_back(agentChannel);
+    if (m_endedOrder.size() > kRememberEnded) {
+        m_endedChannels.erase(m_endedOrder.front());
+        m_endedOrder.pop_front();
+    }
+}
+
 void Hub::dropRoute(std::uint32_t agentChannel) {
     auto route = m_routes.find(agentChannel);
     if (route == m_routes.end()) return;
     m_routeByDaemon.erase({route->second.daemon, route->second.daemonChannel});
+    ended(agentChannel);
     m_routes.erase(route);
 }
 
@@ -372,6 +383,8 @@ void Hub::onAgentBinary(const std::shared_ptr<Peer>& peer, std::string frame) {
         return;
     }
     auto it = m_routes.find(decoded->channel);
+    // Bytes the agent sent before it learnt that its channel ended: expected, not an error.
+    if (it == m_routes.end() && m_endedChannels.count(decoded->channel)) return;
     if (it == m_routes.end() || it->second.agentKey != peer.get()) {
         peer->sendText(protocol::makeError({}, ErrorCode::NotFound,
                                            "channel " + std::to_string(decoded->channel) + " is not open"));
@@ -414,6 +427,7 @@ void Hub::routeDaemonEvent(const DaemonKey& key, Envelope& env, bool ends) {
             agent->sendText(protocol::serialize(env));
         }
         if (!ends) return;
+        ended(mine);
         m_routes.erase(route);
     }
     m_routeByDaemon.erase(it);

@@ -12,9 +12,11 @@
 #include "relay_db.hpp"
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -133,6 +135,10 @@ private:
     /// channel ends with it.
     void routeDaemonEvent(const DaemonKey& key, protocol::Envelope& env, bool ends = true);
     void dropRoute(std::uint32_t agentChannel);
+    /// Remembers a channel that ended: binary frames still in flight for it
+    /// are dropped quietly rather than answered NOT_FOUND (the agent knows).
+    void ended(std::uint32_t agentChannel);
+    static constexpr std::size_t kRememberEnded = 1024;
     void dropRoutesOf(const DaemonKey& key, const std::string& why);
     /// What the agent of a channel its daemon took with it is told.
     static std::string lostEvent(std::uint32_t channel, const Route& route, const std::string& why);
@@ -145,6 +151,8 @@ private:
     std::map<std::uint32_t, Route> m_routes;  ///< by the agent's channel number
     std::map<std::pair<DaemonKey, std::uint32_t>, std::uint32_t> m_routeByDaemon;
     std::uint32_t m_nextChannel = 1;
+    std::set<std::uint32_t> m_endedChannels;  ///< recently ended, by the agent's number
+    std::deque<std::uint32_t> m_endedOrder;
     /// Connected agents by (user, agent id): where callbacks go.
     std::multimap<std::pair<std::int64_t, std::string>, std::weak_ptr<Peer>> m_agents;
     /// Connected agents by the credential they authenticated with (dropCredential).

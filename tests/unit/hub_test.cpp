@@ -510,6 +510,12 @@ TEST_F(HubTest, RoutesAFileTransferAsAChannelUntilItsCommitAnswerOrItsEnd) {
                         protocol::makeMessage("file.end", "e", {{"channel", 0x40000001u}, {"error", "disk full"}}));
     EXPECT_EQ(agent->last().type, "file.end");
     EXPECT_EQ(m_hub->channelCount(), 0u);
+    // Bytes the agent sent before it saw the end are dropped without a word.
+    auto before = agent->sent.size();
+    m_hub->onAgentBinary(agent, files::encodeDataFrame(mine, 0, "late"));
+    EXPECT_EQ(agent->sent.size(), before);
+    m_hub->onAgentBinary(agent, files::encodeDataFrame(mine + 1000, 0, "never open"));
+    EXPECT_EQ(agent->last().errorCode, ErrorCode::NotFound);
     mine = open("p3");
     m_hub->detachDaemon(1, "d1", daemon.get());
     EXPECT_EQ(agent->last().type, "file.end");
