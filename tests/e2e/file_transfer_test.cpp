@@ -329,9 +329,23 @@ TEST_F(FileTransferTest, AFullDiskFailsTheUploadAndRemovesWhatWasWritten) {
     const auto& item = summary.at("items").as_array().at(0).as_object();
     EXPECT_EQ(item.at("code").as_string(), "STORAGE_FULL") << json::serialize(summary);
     EXPECT_TRUE(fs::is_empty(s_work / "small")) << "what was written is removed";
-    // And the disk takes a file that fits.
-    writeBytes(m_local / "fits", binaryData(1 << 20, 19));
-    EXPECT_EQ(cp({(m_local / "fits").string(), "f:small/fits"}).status, 0);
+    // The next file on the same connection is not hurt by the failed one's
+    // bytes still in flight, and the disk takes it.
+    auto tree = m_local / "tree";
+    fs::create_directories(tree);
+    writeBytes(tree / "a-too-big", binaryData(8 << 20, 18));
+    writeBytes(tree / "b-fits", binaryData(1 << 20, 19));
+    summary = cpJson({"-r", tree.string(), "f:small/tree"}, 1);
+    std::map<std::string, std::string> codes;
+    for (const auto& i : summary.at("items").as_array()) {
+        const auto& o = i.as_object();
+        codes[fs::path(std::string(o.at("source").as_string())).filename()] =
+            o.at("ok").as_bool() ? "ok" : std::string(o.at("code").as_string());
+    }
+    EXPECT_EQ(codes["a-too-big"], "STORAGE_FULL") << json::serialize(summary);
+    EXPECT_EQ(codes["b-fits"], "ok") << json::serialize(summary);
+    EXPECT_EQ(readBytes(s_work / "small" / "tree" / "b-fits"), binaryData(1 << 20, 19));
+    EXPECT_TRUE(partFiles(s_work / "small").empty());
 }
 
 TEST_F(FileTransferTest, MissingPathsAndDirectoriesWithoutRecursiveAreClearErrors) {
