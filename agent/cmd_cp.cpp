@@ -217,8 +217,8 @@ Command addCpCommand(CLI::App& parent) {
 Paths:
   DAEMON:PATH is a path on that daemon's machine; a relative PATH starts in the
   daemon's first allowed directory (else its job directory, else $HOME), and ~
-  is the daemon user's home. Anything without "ID:" in front is local; write
-  ./a:b for a local name holding a colon. One side must be local, the other on
+  is the daemon user's home. Anything without a daemon id and a colon in
+  front is local; write ./a:b for a local name holding a colon. One side must be local, the other on
   a daemon. Several sources, or a target ending in /, need a target directory
   that exists; a single source copied onto an existing directory goes inside it.
 
@@ -238,9 +238,9 @@ Interruptions:
 
 Where files may go:
   Uploads go only into the daemon's allowed directories: a path that leads
-  outside them, through "..", a symlink on the way or the target itself being a
-  symlink, is refused with PATH_NOT_ALLOWED, and so is, with -r, a symlink
-  whose target would point outside them. Downloads read whatever the daemon's
+  outside them (through "..", a symlink on the way, or a symlink in the
+  target's place) is refused with PATH_NOT_ALLOWED, and so is, with -r, a
+  symlink whose target would point outside them. Downloads read whatever the daemon's
   user can read, except the daemon's own state directory. Every transfer is in
   the daemon's audit log (hpc-daemonctl audit).
 
