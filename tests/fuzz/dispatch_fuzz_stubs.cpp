@@ -5,6 +5,7 @@
 #include "exec.hpp"
 #include "files/file_service.hpp"
 #include "guard/shell_guard.hpp"
+#include "jobs/job_logs.hpp"
 #include "jobs/job_service.hpp"
 #include "pty.hpp"
 
@@ -63,6 +64,8 @@ void PtyService::detach(std::uint32_t channel) { require(channel >= 1); }
 // get UNKNOWN_TYPE, but the dispatcher still refers to these.
 bool JobService::handle(const protocol::Envelope&, const std::string&, const Reply&) { std::abort(); }
 bool Outbox::onResponse(const protocol::Envelope&) { std::abort(); }
+void JobLogs::ack(std::uint32_t, std::uint64_t, const std::string&) { std::abort(); }
+void JobLogs::detach(std::uint32_t) { std::abort(); }
 
 // Files are not attached (they need workers and the user's files): file.*
 // types get UNKNOWN_TYPE, but the dispatcher still refers to these.
