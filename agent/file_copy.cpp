@@ -12,12 +12,12 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
-#include <cmath>
 #include <cstring>
 #include <thread>
 
 using Clock = std::chrono::steady_clock;
 using hpc::files::displayPath;
+using hpc::files::toTimespec;
 
 namespace hpc::agent {
 namespace {
@@ -55,6 +55,15 @@ Error localError(const std::string& path, const std::string& what) {
     return Error(code, displayPath(path) + ": " + what + ": " + std::strerror(err));
 }
 
+/// A directory or symlink made.
+CopyItem made(std::string source, std::string target, std::string type) {
+    CopyItem item;
+    item.source = std::move(source);
+    item.target = std::move(target);
+    item.type = std::move(type);
+    return item;
+}
+
 /// A file that arrived.
 CopyItem copied(std::string source, std::string target, const TransferResult& r, Clock::time_point t0) {
     CopyItem item;
@@ -66,14 +75,6 @@ CopyItem copied(std::string source, std::string target, const TransferResult& r,
     item.sha256 = r.sha256;
     item.resumedFrom = r.resumedFrom;
     return item;
-}
-
-timespec toTimespec(double s) {
-    timespec t{};
-    double whole = std::floor(s);
-    t.tv_sec = static_cast<time_t>(whole);
-    t.tv_nsec = std::clamp(static_cast<long>((s - whole) * 1e9), 0L, 999999999L);
-    return t;
 }
 
 std::vector<std::string> localEntries(const std::string& dir) {
@@ -254,11 +255,7 @@ void Copier::upload(const std::string& local, const std::string& daemonId, const
             auto mode = (st.st_mode & 07777) | 0700;
             withRetries<bool>([&](AgentClient& c, int) { return files(c, daemonId).mkdir(remote, mode); },
                               m_options.retries);
-            CopyItem item;
-            item.source = local;
-            item.target = shownTarget;
-            item.type = "dir";
-            record(std::move(item));
+            record(made(local, shownTarget, "dir"));
             for (const auto& name : localEntries(local)) upload(join(local, name), daemonId, join(remote, name), false);
         } else if (S_ISLNK(st.st_mode)) {
             char buf[PATH_MAX + 1];
@@ -271,11 +268,7 @@ void Copier::upload(const std::string& local, const std::string& daemonId, const
                     return true;
                 },
                 m_options.retries);
-            CopyItem item;
-            item.source = local;
-            item.target = shownTarget;
-            item.type = "symlink";
-            record(std::move(item));
+            record(made(local, shownTarget, "symlink"));
         } else {
             throw Error(ErrorCode::BadRequest,
                         displayPath(local) + " is not a regular file, a directory or a symlink: skipped");
@@ -347,7 +340,7 @@ void Copier::uploadStdin(const std::string& daemonId, const std::string& remote)
 void Copier::download(const std::string& daemonId, const RemoteEntry& entry, const std::string& remote,
                       const std::string& local) {
     const std::string shown = daemonId + ":" + remote;
-    if (entry.type == "file") return downloadFile(daemonId, entry, remote, local);
+    if (entry.type == "file") return downloadFile(daemonId, remote, local);
     try {
         if (entry.type == "symlink") {
             struct stat st {};
@@ -357,11 +350,7 @@ void Copier::download(const std::string& daemonId, const RemoteEntry& entry, con
             }
             if (::symlink(entry.target.c_str(), local.c_str()) != 0)
                 throw localError(local, "cannot create the symlink");
-            CopyItem item;
-            item.source = shown;
-            item.target = local;
-            item.type = "symlink";
-            return record(std::move(item));
+            return record(made(shown, local, "symlink"));
         }
         if (entry.type != "dir")
             throw Error(ErrorCode::BadRequest, shown + " is not a regular file, a directory or a symlink: skipped");
@@ -374,11 +363,7 @@ void Copier::download(const std::string& daemonId, const RemoteEntry& entry, con
         }
         auto entries = withRetries<std::vector<RemoteEntry>>(
             [&](AgentClient& c, int) { return files(c, daemonId).list(remote); }, m_options.retries);
-        CopyItem item;
-        item.source = shown;
-        item.target = local;
-        item.type = "dir";
-        record(std::move(item));
+        record(made(shown, local, "dir"));
         for (const auto& e : entries) {
             if (!safeName(e.name)) {
                 fail(shown + "/" + displayPath(e.name), local, e.type,
@@ -401,8 +386,7 @@ void Copier::download(const std::string& daemonId, const RemoteEntry& entry, con
     }
 }
 
-void Copier::downloadFile(const std::string& daemonId, const RemoteEntry&, const std::string& remote,
-                          const std::string& local) {
+void Copier::downloadFile(const std::string& daemonId, const std::string& remote, const std::string& local) {
     const std::string shown = daemonId + ":" + remote;
     const std::string temp = join(parentOf(local), hpc::files::tempNameFor(baseName(local)));
     auto t0 = Clock::now();

@@ -105,8 +105,7 @@ private:
     void uploadStdin(const std::string& daemonId, const std::string& remote);
     void download(const std::string& daemonId, const RemoteEntry& entry, const std::string& remote,
                   const std::string& local);
-    void downloadFile(const std::string& daemonId, const RemoteEntry& entry, const std::string& remote,
-                      const std::string& local);
+    void downloadFile(const std::string& daemonId, const std::string& remote, const std::string& local);
     void downloadStdout(const std::string& daemonId, const std::string& remote);
     std::optional<RemoteEntry> remoteStat(const std::string& daemonId, const std::string& path);
     void record(CopyItem item);

@@ -6,6 +6,8 @@
 
 #include <openssl/evp.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <stdexcept>
 
@@ -166,6 +168,14 @@ std::string tempNameFor(const std::string& name) {
     Sha256 sha;
     sha.update(name);
     return ".hpc-part-" + sha.hex().substr(0, 16);
+}
+
+struct timespec toTimespec(double seconds) {
+    timespec t{};
+    double whole = std::floor(seconds);
+    t.tv_sec = static_cast<time_t>(whole);
+    t.tv_nsec = std::clamp(static_cast<long>((seconds - whole) * 1e9), 0L, 999999999L);
+    return t;
 }
 
 bool isSha256Hex(std::string_view s) {

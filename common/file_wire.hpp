@@ -6,6 +6,8 @@
 
 #include <boost/json.hpp>
 
+#include <ctime>
+
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -86,6 +88,9 @@ struct GetSpec {
 /// agent) is written under, beside the target's `name`, until it is
 /// complete: ".NAME.hpc-part", or for a long name ".hpc-part-<hash>".
 std::string tempNameFor(const std::string& name);
+
+/// Epoch seconds as the protocol sends times, for utimensat/futimens.
+struct timespec toTimespec(double seconds);
 
 /// True for 64 lowercase hex digits.
 bool isSha256Hex(std::string_view s);

@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
-#include <cmath>
 #include <cstring>
 #include <fstream>
 
@@ -18,6 +17,7 @@ namespace fs = std::filesystem;
 namespace json = boost::json;
 using hpc::files::displayPath;
 using hpc::files::tempNameFor;
+using hpc::files::toTimespec;
 
 namespace hpc::daemon::files {
 namespace {
@@ -93,14 +93,6 @@ void checkWritable(const FilePolicy& policy, const std::string& realDir, const s
 }
 
 double seconds(const timespec& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) / 1e9; }
-
-timespec toTimespec(double s) {
-    timespec t{};
-    double whole = std::floor(s);
-    t.tv_sec = static_cast<time_t>(whole);
-    t.tv_nsec = std::clamp(static_cast<long>((s - whole) * 1e9), 0L, 999999999L);
-    return t;
-}
 
 bool sameTime(const timespec& a, const timespec& b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; }
 
