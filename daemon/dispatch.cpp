@@ -24,7 +24,9 @@ bool writesNewState(std::string_view type) {
 
 /// Requests a draining daemon refuses: each would start something to wait for.
 bool startsWork(std::string_view type) {
-    return type == "exec" || type == "pty.open" || type == "job.submit" || type.starts_with("file.");
+    // A transfer already running keeps its acks, commit and cancel.
+    return type == "exec" || type == "pty.open" || type == "job.submit" || type == "file.put" || type == "file.get" ||
+           type == "file.mkdir" || type == "file.symlink";
 }
 
 std::string agentOf(const protocol::Envelope& env) {

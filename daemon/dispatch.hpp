@@ -43,8 +43,9 @@ public:
     /// New work (exec, pty.open, job.submit) is refused with STORAGE_FULL
     /// while this store's disk or quota is full (Store::requireWritable).
     void attachStore(Store& store) { m_store = &store; }
-    /// While draining, exec, pty.open, job.submit and file.* are refused with
-    /// UNAVAILABLE; everything else (job status, callbacks' acks) still works.
+    /// While draining, exec, pty.open, job.submit and new file transfers and
+    /// writes are refused with UNAVAILABLE; everything else (job status,
+    /// callbacks' acks, transfers already running) still works.
     void setDraining(bool on) { m_draining = on; }
     /// Confinement for commands and shells from now on (null: none).
     void setConfinement(std::shared_ptr<const Confinement> confinement) { m_confinement = std::move(confinement); }

@@ -1,6 +1,7 @@
 #include "dispatch.hpp"
 
 #include "errors.hpp"
+#include "file_wire.hpp"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -150,4 +151,92 @@ TEST(AllowedDirectories, UnrestrictedWhenNoneAreConfigured) {
     EXPECT_TRUE(none.unrestricted());
     EXPECT_TRUE(none.allows("/etc"));
     EXPECT_EQ(none.resolveCwd(std::nullopt, "/usr"), "/usr");
+}
+
+namespace {
+
+/// The dispatcher with file transfers attached, on a real file system.
+class FileDispatchTest : public DispatchTest {
+protected:
+    void SetUp() override {
+        DispatchTest::SetUp();
+        auto send = [this](std::string t) {
+            m_sent.push_back(std::move(t));
+            return true;
+        };
+        m_files = std::make_unique<FileService>(m_ioc, 10s, send, send);
+        daemon::files::FilePolicy policy;
+        policy.allowed = {fs::canonical(m_root / "allowed")};
+        policy.base = policy.allowed.front();
+        m_files->setPolicy(policy);
+        m_dispatch->attachFiles(*m_files);
+    }
+    /// Runs the loop (answers come from worker threads, into a loop that may
+    /// have run out of work) until `done` holds; false after 5 s.
+    bool runUntil(const std::function<bool()>& done) {
+        for (int i = 0; i < 500; ++i) {
+            if (done()) return true;
+            m_ioc.restart();
+            m_ioc.run_for(10ms);
+        }
+        return done();
+    }
+    /// Sends a request and returns its answer.
+    protocol::Envelope ask(const std::string& type, json::object payload) {
+        std::string id = "q" + std::to_string(++m_seq);
+        m_dispatch->onText(protocol::makeMessage(type, id, std::move(payload)));
+        std::optional<protocol::Envelope> answer;
+        bool answered = runUntil([&] {
+            for (const auto& text : m_sent) {
+                auto r = protocol::parse(text, protocol::kMaxResponseBytes);
+                auto* env = std::get_if<protocol::Envelope>(&r);
+                if (env && env->isResponse() && env->replyTo == id) answer = *env;
+            }
+            return answer.has_value();
+        });
+        EXPECT_TRUE(answered) << type << " got no answer";
+        return answer.value_or(protocol::Envelope{});
+    }
+    std::unique_ptr<FileService> m_files;
+    int m_seq = 0;
+};
+
+}  // namespace
+
+TEST_F(FileDispatchTest, AnUploadOpensAChannelTakesItsBytesAndCommitsOnlyAMatchingChecksum) {
+    auto put = ask("file.put", {{"path", "sub/f.bin"}});
+    ASSERT_TRUE(put.ok) << put.errorMessage;
+    auto channel = static_cast<std::uint32_t>(put.result.at("channel").as_int64());
+    EXPECT_GE(channel, FileService::kFirstChannel);
+    m_dispatch->onBinary(hpc::files::encodeDataFrame(channel, 0, std::string("\0\xff", 2)));
+    hpc::files::Sha256 sha;
+    sha.update(std::string("\0\xff", 2));
+    auto wrong = ask("file.commit", {{"channel", channel}, {"size", 2}, {"sha256", std::string(64, '0')}});
+    EXPECT_EQ(wrong.errorCode, ErrorCode::BadRequest);
+    EXPECT_FALSE(fs::exists(m_root / "allowed" / "sub" / "f.bin"));
+    // Again, right this time; a gap in the offsets ends a transfer at once.
+    put = ask("file.put", {{"path", "sub/f.bin"}});
+    channel = static_cast<std::uint32_t>(put.result.at("channel").as_int64());
+    m_dispatch->onBinary(hpc::files::encodeDataFrame(channel, 0, std::string("\0\xff", 2)));
+    auto ok = ask("file.commit", {{"channel", channel}, {"size", 2}, {"sha256", sha.hex()}});
+    ASSERT_TRUE(ok.ok) << ok.errorMessage;
+    EXPECT_EQ(fs::file_size(m_root / "allowed" / "sub" / "f.bin"), 2u);
+    put = ask("file.put", {{"path", "sub/g.bin"}});
+    channel = static_cast<std::uint32_t>(put.result.at("channel").as_int64());
+    m_dispatch->onBinary(hpc::files::encodeDataFrame(channel, 5, "x"));
+    // The bad frame's file.end comes once the temporary file is removed.
+    EXPECT_TRUE(runUntil([&] { return lastReply().type == "file.end"; }));
+    auto end = lastReply();
+    EXPECT_EQ(end.type, "file.end");
+    EXPECT_NE(end.payload.at("error").as_string().find("offset 5"), std::string::npos);
+}
+
+TEST_F(FileDispatchTest, ADrainingDaemonRefusesNewTransfersButNotTheRunningOnes) {
+    auto put = ask("file.put", {{"path", "running"}});
+    ASSERT_TRUE(put.ok);
+    m_dispatch->setDraining(true);
+    EXPECT_EQ(ask("file.put", {{"path", "new"}}).errorCode, ErrorCode::Unavailable);
+    EXPECT_EQ(ask("file.get", {{"path", "running"}}).errorCode, ErrorCode::Unavailable);
+    auto cancel = ask("file.cancel", {{"channel", put.result.at("channel")}});
+    EXPECT_TRUE(cancel.ok) << cancel.errorMessage;
 }
