@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -50,7 +51,7 @@ std::string humanBytes(double bytes) {
 }
 
 std::string clock(double seconds) {
-    auto s = static_cast<long long>(seconds + 0.5);
+    long long s = std::llround(seconds);
     char buf[32];
     if (s >= 3600)
         std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", s / 3600, s / 60 % 60, s % 60);

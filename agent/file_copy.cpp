@@ -102,7 +102,7 @@ CopyEndpoint parseEndpoint(const std::string& arg) {
 }
 
 Copier::Copier(Connect connect, CopyOptions options, CopyCallbacks callbacks)
-    : m_connect(std::move(connect)), m_options(std::move(options)), m_callbacks(std::move(callbacks)) {
+    : m_connect(std::move(connect)), m_options(options), m_callbacks(std::move(callbacks)) {
     m_umask = ::umask(0);
     ::umask(m_umask);
 }

@@ -60,14 +60,13 @@ void Dispatcher::onText(std::string_view text) {
         if (m_store && writesNewState(env.type)) m_store->requireWritable();
         if (env.type == "exec") {
             handleExec(env);
-        } else if (m_files && m_files->handle(env, agentOf(env), m_send)) {
-            // file.*, and pty.detach of a transfer: answered inside, perhaps later
         } else if (env.type == "ping") {
             m_send(protocol::makeMessage("pong", env.id));
         } else if (env.type == "pong") {
             // Heartbeat answer; the link already noted the traffic.
-        } else if (!handlePty(env) && !(m_jobs && m_jobs->handle(env, agentOf(env), m_send))) {
-            // (pty.* and job.* are answered inside, a job request perhaps later.)
+        } else if (!(m_files && m_files->handle(env, agentOf(env), m_send)) && !handlePty(env) &&
+                   !(m_jobs && m_jobs->handle(env, agentOf(env), m_send))) {
+            // (file.* and pty.detach of a transfer, then pty.* and job.*, are answered inside, perhaps later.)
             m_send(protocol::makeError(env.id, ErrorCode::UnknownType,
                                        "this daemon does not handle \"" + env.type + "\" (protocol v" +
                                            std::to_string(protocol::kVersion) + ", hpc-daemond " HPC_VERSION ")"));

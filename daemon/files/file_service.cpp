@@ -330,7 +330,7 @@ void FileService::writeNext(std::uint32_t channel) {
             files::appendUpload(*up, *frames);
             return true;
         },
-        [this, channel, bytes](Step<bool> s) {
+        [this, channel, bytes](const Step<bool>& s) {
             Transfer* live = settled(channel);
             if (!live) return;
             Transfer& t = *live;
@@ -361,7 +361,7 @@ void FileService::maybeCommit(std::uint32_t channel) {
             files::commitUpload(*up, options, umask);
             return true;
         },
-        [this, channel](Step<bool> s) {
+        [this, channel](const Step<bool>& s) {
             Transfer* live = settled(channel);
             if (!live) return;
             Transfer& t = *live;
@@ -459,7 +459,7 @@ void FileService::discard(const std::shared_ptr<files::Upload>& upload, std::fun
             files::discardUpload(*upload);
             return true;
         },
-        [then = std::move(then)](Step<bool>) {
+        [then = std::move(then)](const Step<bool>&) {
             if (then) then();
         });
 }

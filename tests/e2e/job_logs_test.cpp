@@ -111,7 +111,7 @@ TEST_P(LocalJobLogs, FromByteResumesExactlyWhereAStreamWasLeft) {
 TEST_P(LocalJobLogs, FiveMegabytesStreamWithinTheCreditWindow) {
     auto id = str(submit("head -c 5000000 /dev/urandom\n"), "job_id");
     EXPECT_EQ(waitFor(id).state, "COMPLETED");
-    constexpr std::uint64_t kWindow = 64 * 1024;
+    constexpr std::uint64_t kWindow = std::uint64_t{64} * 1024;
     auto s = spec(id);
     s.credit = kWindow;
     auto handle = m_agent->openJobLogs("j", s);
@@ -165,7 +165,7 @@ TEST_P(LocalJobLogs, AnUnknownJobAnotherAgentsJobAndBadRequestsAreRefused) {
     EXPECT_EQ(refusal(spec("jnosuchjob")), ErrorCode::NotFound);
     auto other = m_h.agent(m_h.login("j@example.org"));
     EXPECT_EQ(refusal(spec(id), other.get()), ErrorCode::NotOwner);
-    auto expectBad = [&](json::object payload) {
+    auto expectBad = [&](const json::object& payload) {
         try {
             m_agent->request("j", "job.logs", payload, 60s);
             ADD_FAILURE() << "accepted: " << json::serialize(payload);

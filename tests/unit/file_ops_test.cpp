@@ -177,15 +177,15 @@ TEST_F(FileOpsTest, AResumedUploadHashesWhatIsAlreadyThere) {
 }
 
 TEST_F(FileOpsTest, ADownloadNoticesAFileThatChangedWhileItWasRead) {
-    write(m_work / "log", std::string(600 * 1024, 'a'));
+    write(m_work / "log", std::string(std::size_t{600} * 1024, 'a'));
     auto d = openDownload(m_policy, "log", 0);
-    EXPECT_EQ(readDownload(*d, 3, 256 * 1024).size(), 1u);
+    EXPECT_EQ(readDownload(*d, 3, std::uint64_t{256} * 1024).size(), 1u);
     std::ofstream(m_work / "log", std::ios::app) << "more";
     EXPECT_EQ(codeOf([&] { readDownload(*d, 3, 1 << 20); }), ErrorCode::BadRequest);
 }
 
 TEST_F(FileOpsTest, ADownloadSendsFramesThatCarryTheirOffset) {
-    std::string data(300 * 1024, 'x');
+    std::string data(std::size_t{300} * 1024, 'x');
     data[0] = '\0';
     data.back() = '\xff';
     write(m_work / "bin", data);
@@ -196,7 +196,7 @@ TEST_F(FileOpsTest, ADownloadSendsFramesThatCarryTheirOffset) {
     ASSERT_TRUE(second);
     EXPECT_EQ(second->channel, 9u);
     EXPECT_EQ(second->offset, 256u * 1024);
-    EXPECT_EQ(std::string(second->data), data.substr(256 * 1024));
+    EXPECT_EQ(std::string(second->data), data.substr(std::size_t{256} * 1024));
     EXPECT_EQ(d->sha.hex(), sha(data));
 }
 
