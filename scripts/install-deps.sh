@@ -22,12 +22,13 @@ packages=(
   # runs it beside a static busybox and nothing else.
   xz-utils busybox-static
 )
-# Optional extras: clang builds the libFuzzer target (--with-fuzz), and
-# clang-format checks the tree's format in scripts/test.sh;
+# Optional extras: clang builds the libFuzzer target (--with-fuzz),
+# clang-format checks the tree's format in scripts/test.sh, and clang-tidy is
+# scripts/lint.sh's;
 # openssh-server is the benchmark's peer (--with-bench); slurm-wlm and munge
 # make the single-node cluster of the job tests (--with-slurm).
 [[ " $* " == *" --with-bench "* ]] && packages+=(openssh-server openssh-client)
-[[ " $* " == *" --with-fuzz "* ]] && packages+=(clang clang-format)
+[[ " $* " == *" --with-fuzz "* ]] && packages+=(clang clang-format clang-tidy)
 [[ " $* " == *" --with-slurm "* ]] && packages+=(slurm-wlm munge)
 
 missing=()
