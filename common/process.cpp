@@ -216,10 +216,12 @@ SpawnedProcess spawn(const SpawnOptions& options) {
 
     std::vector<std::string> env = mergedEnvironment(options.envOverrides);
     std::vector<char*> envp;
+    envp.reserve(env.size() + 1);
     for (auto& e : env) envp.push_back(e.data());
     envp.push_back(nullptr);
     std::vector<std::string> args = options.argv;
     std::vector<char*> argv;
+    argv.reserve(args.size() + 1);
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
 

@@ -16,6 +16,7 @@
 #include <boost/asio/write.hpp>
 
 #include <array>
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -184,11 +185,13 @@ private:
             auto t1 = line.find('\t');
             auto t2 = t1 == std::string::npos ? t1 : line.find('\t', t1 + 1);
             if (t2 == std::string::npos || !m_service.m_audit) continue;
-            int status = std::atoi(line.substr(0, t1).c_str());
+            int status = -1;  // not a number: unknown
+            std::string_view field(line.data(), t1);
+            std::from_chars(field.data(), field.data() + field.size(), status);
             m_service.m_audit(m_info, line.substr(t1 + 1, t2 - t1 - 1), line.substr(t2 + 1), status);
         }
         // A line longer than this is not from our shell function: drop it.
-        if (m_auditPending.size() > 64 * 1024) m_auditPending.clear();
+        if (m_auditPending.size() > std::size_t{64} * 1024) m_auditPending.clear();
     }
 
     void doWrite() {

@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 namespace asio = boost::asio;
 
@@ -103,7 +104,7 @@ struct LocalScheduler::Running {
     bool timedOut = false;
 };
 
-LocalScheduler::LocalScheduler(asio::io_context& ioc, LocalConfig config) : m_ioc(ioc), m_config(config) {}
+LocalScheduler::LocalScheduler(asio::io_context& ioc, LocalConfig config) : m_ioc(ioc), m_config(std::move(config)) {}
 
 LocalScheduler::~LocalScheduler() {
     // Jobs keep running; the next daemon re-adopts them.
