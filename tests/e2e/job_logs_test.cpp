@@ -161,7 +161,9 @@ TEST_P(LocalJobLogs, ASymlinkInPlaceOfTheOutputIsNeverFollowed) {
 }
 
 TEST_P(LocalJobLogs, AnUnknownJobAnotherAgentsJobAndBadRequestsAreRefused) {
-    auto id = str(submit("echo mine\n"), "job_id");
+    // Runs until cancelled: the followed channel below must still be open
+    // when it is closed (an ended job's stream ends, and closes, by itself).
+    auto id = str(submit("echo mine\nsleep 600\n"), "job_id");
     EXPECT_EQ(refusal(spec("jnosuchjob")), ErrorCode::NotFound);
     auto other = m_h.agent(m_h.login("j@example.org"));
     EXPECT_EQ(refusal(spec(id), other.get()), ErrorCode::NotOwner);
@@ -183,6 +185,7 @@ TEST_P(LocalJobLogs, AnUnknownJobAnotherAgentsJobAndBadRequestsAreRefused) {
     auto handle = m_agent->openJobLogs("j", spec(id, 0, true));
     EXPECT_THROW(other->closeJobLogs("j", handle.channel), Error);
     m_agent->closeJobLogs("j", handle.channel);
+    m_agent->cancelJob("j", id);
 }
 
 TEST_P(LocalJobLogs, TheCliFollowsAcrossADaemonRestartAndResumesWhereItWas) {
