@@ -214,7 +214,9 @@ TEST(FileWire, PathsThatAreNotUtf8TravelAsBase64AndComeBackTheSame) {
 
 TEST(FileWire, AFrameShorterThanItsHeaderIsRefused) {
     EXPECT_FALSE(hpc::files::decodeDataFrame(std::string(11, '\0')));
-    auto f = hpc::files::decodeDataFrame(hpc::files::encodeDataFrame(0x40000001u, (1ULL << 40) + 5, "z"));
+    // The decoded frame is a view into the encoded one: keep that alive.
+    std::string frame = hpc::files::encodeDataFrame(0x40000001u, (1ULL << 40) + 5, "z");
+    auto f = hpc::files::decodeDataFrame(frame);
     ASSERT_TRUE(f);
     EXPECT_EQ(f->channel, 0x40000001u);
     EXPECT_EQ(f->offset, (1ULL << 40) + 5);
