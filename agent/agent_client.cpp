@@ -34,6 +34,17 @@ std::optional<int> optionalInt(const json::object& r, const char* name) {
     return std::nullopt;
 }
 
+/// The end of a channel (`pty.exit`, `job.logs.end`): which, and how it ended.
+PtyEvent channelEnd(PtyEvent::Kind kind, const json::object& p) {
+    PtyEvent e;
+    e.kind = kind;
+    e.channel = static_cast<std::uint32_t>(protocol::optInt(p, "channel", 0, UINT32_MAX).value_or(0));
+    e.exitCode = optionalInt(p, "exit_code");
+    e.signal = optionalInt(p, "signal");
+    e.error = protocol::optString(p, "error").value_or("");
+    return e;
+}
+
 }  // namespace
 
 ExecOutcome ExecOutcome::fromResult(const json::object& r) {
@@ -169,28 +180,13 @@ std::optional<PtyEvent> AgentClient::nextPtyEvent(std::chrono::milliseconds time
             continue;
         }
         if (env->type == "job.logs.end") {
-            PtyEvent e;
-            e.kind = PtyEvent::Kind::LogsEnd;
-            e.channel =
-                static_cast<std::uint32_t>(protocol::optInt(env->payload, "channel", 0, UINT32_MAX).value_or(0));
-            e.exitCode = optionalInt(env->payload, "exit_code");
-            e.signal = optionalInt(env->payload, "signal");
-            e.error = protocol::optString(env->payload, "error").value_or("");
+            PtyEvent e = channelEnd(PtyEvent::Kind::LogsEnd, env->payload);
             e.state = protocol::optString(env->payload, "state").value_or("");
             e.endByte = static_cast<std::uint64_t>(
                 protocol::optInt(env->payload, "end_byte", 0, std::numeric_limits<std::int64_t>::max()).value_or(0));
             return e;
         }
-        if (env->type == "pty.exit") {
-            PtyEvent e;
-            e.kind = PtyEvent::Kind::Exit;
-            e.channel =
-                static_cast<std::uint32_t>(protocol::optInt(env->payload, "channel", 0, UINT32_MAX).value_or(0));
-            e.exitCode = optionalInt(env->payload, "exit_code");
-            e.signal = optionalInt(env->payload, "signal");
-            e.error = protocol::optString(env->payload, "error").value_or("");
-            return e;
-        }
+        if (env->type == "pty.exit") return channelEnd(PtyEvent::Kind::Exit, env->payload);
     }
 }
 
