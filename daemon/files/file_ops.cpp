@@ -373,6 +373,20 @@ void appendUpload(Upload& up, const std::vector<std::string>& frames) {
     }
 }
 
+namespace {
+/// Whether the temporary name still holds this upload's file: another upload
+/// to the same target (the same file by another path, or another daemon on
+/// a shared home) replaces it, and renaming by name would then put that
+/// other file under the target.
+bool stillOurs(const Upload& up) {
+    struct stat mine {};
+    struct stat named {};
+    return ::fstat(up.fd.get(), &mine) == 0 &&
+           ::fstatat(up.dir.get(), up.tempName.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 &&
+           mine.st_dev == named.st_dev && mine.st_ino == named.st_ino;
+}
+}  // namespace
+
 void commitUpload(Upload& up, const CommitOptions& o, mode_t umask) {
     if (o.size != up.size)
         throw Error(ErrorCode::BadRequest, displayPath(up.path) + ": size mismatch: " + std::to_string(up.size) +
@@ -392,12 +406,15 @@ void commitUpload(Upload& up, const CommitOptions& o, mode_t umask) {
         if (o.mtime) times[1] = toTimespec(*o.mtime);
         if (::futimens(up.fd.get(), times) != 0) throwErrno(up.path);
     }
+    if (!stillOurs(up))
+        throw Error(ErrorCode::Limit,
+                    displayPath(up.path) + ": another upload to the same file replaced this one's temporary file");
     if (::renameat(up.dir.get(), up.tempName.c_str(), up.dir.get(), up.name.c_str()) != 0) throwErrno(up.path);
     ::fsync(up.dir.get());  // the rename itself, durable; best effort
 }
 
 void discardUpload(const Upload& up) {
-    if (up.dir) ::unlinkat(up.dir.get(), up.tempName.c_str(), 0);
+    if (up.dir && stillOurs(up)) ::unlinkat(up.dir.get(), up.tempName.c_str(), 0);
 }
 
 std::shared_ptr<Download> openDownload(const FilePolicy& policy, const std::string& path, std::uint64_t prefix) {

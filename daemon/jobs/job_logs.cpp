@@ -184,7 +184,7 @@ JobLogs::Stream& JobLogs::owned(std::uint32_t channel, const std::string& agentI
 
 void JobLogs::ack(std::uint32_t channel, std::uint64_t bytes, const std::string& agentId) {
     Stream& s = owned(channel, agentId);
-    s.credit = std::min<std::uint64_t>(s.credit + bytes, kMaxOffset);
+    s.credit = std::min<std::uint64_t>(s.credit + bytes, kMaxCredit);
     pump(channel);
 }
 

@@ -160,6 +160,25 @@ TEST_F(FileOpsTest, ClearErrorsForMissingPathsDirectoriesAndNonRegularFiles) {
     EXPECT_EQ(codeOf([&] { openDownload(m_policy, "fifo", 0); }), ErrorCode::BadRequest) << "and it did not block";
 }
 
+TEST_F(FileOpsTest, AnUploadWhoseTemporaryFileAnotherReplacedIsNotRenamedOverTheTarget) {
+    write(m_work / "t", "old");
+    auto first = openUpload(m_policy, "t", false);
+    appendUpload(*first, frames("first"));
+    // The same target by another path: the second upload starts its own
+    // temporary file under the same name.
+    auto second = openUpload(m_policy, "./t", false);
+    EXPECT_EQ(codeOf([&] {
+                  commitUpload(*first, CommitOptions{5, sha("first"), {}, false, {}, {}}, 022);
+              }),
+              ErrorCode::Limit);
+    EXPECT_EQ(test::readFile(m_work / "t"), "old") << "the target was not replaced by the other upload's file";
+    discardUpload(*first);
+    EXPECT_TRUE(fs::exists(m_work / ".t.hpc-part")) << "the other upload's temporary file is not the first's to remove";
+    appendUpload(*second, frames("second"));
+    commitUpload(*second, CommitOptions{6, sha("second"), {}, false, {}, {}}, 022);
+    EXPECT_EQ(test::readFile(m_work / "t"), "second");
+}
+
 TEST_F(FileOpsTest, AResumedUploadHashesWhatIsAlreadyThere) {
     {
         auto up = openUpload(m_policy, "big", false);
