@@ -232,10 +232,7 @@ ApiResponse Api::rotateKey(const ApiRequest& r, const std::string& daemonId) {
     auto who = authenticate(r.authorization);
     if (!who) return errorResponse(ErrorCode::Unauthorized, "a valid bearer token or API key is required");
     if (!m_db.daemon(who->userId, daemonId)) return errorResponse(ErrorCode::NotFound, "no daemon " + daemonId);
-    // One daemon's key cannot take over another's registration.
-    auto bound = m_db.boundKey(who->userId, daemonId);
-    if (who->kind == "api_key" && bound && *bound != who->credentialId &&
-        !m_db.isSuperseded(who->userId, daemonId, who->credentialId))
+    if (!mayActFor(*who, daemonId, false))
         return errorResponse(ErrorCode::NotOwner, "this API key is not daemon " + daemonId + "'s");
     auto [id, key] = m_db.rotateDaemonKey(who->userId, daemonId, *who);
     log::info("daemon " + daemonId + " (user " + std::to_string(who->userId) + ") got a new API key " +
@@ -243,6 +240,16 @@ ApiResponse Api::rotateKey(const ApiRequest& r, const std::string& daemonId) {
     return success("a new API key for daemon " + daemonId,
                    {{"daemon_id", daemonId}, {"id", id}, {"api_key", key.reveal()}, {"created_at", nowEpochSeconds()}},
                    201);
+}
+
+bool Api::mayActFor(const Principal& who, const std::string& daemonId, bool claim) {
+    if (who.kind != "api_key") return true;
+    if (isRegistered(who.userId, daemonId)) {
+        auto bound = m_db.boundKey(who.userId, daemonId);  // none: registered before keys were bound
+        if (!bound || *bound == who.credentialId || m_db.isSuperseded(who.userId, daemonId, who.credentialId))
+            return true;
+    }
+    return claim && m_db.isUnbound(who.userId, who.credentialId);
 }
 
 json::object Api::describe(std::int64_t userId, const Registration& reg) const {
@@ -278,6 +285,8 @@ ApiResponse Api::daemons(const ApiRequest& r, const std::string& daemonId) {
         if (!body) return errorResponse(ErrorCode::BadRequest, "body must be a JSON object");
         std::string why;
         if (!validRegistration(*body, why)) return errorResponse(ErrorCode::BadRequest, why);
+        if (!mayActFor(*who, daemonId, true))
+            return errorResponse(ErrorCode::NotOwner, "this API key is not daemon " + daemonId + "'s");
         bool created = m_db.putDaemon(who->userId, daemonId, *body, who->kind == "api_key" ? who->credentialId : 0);
         log::info("daemon " + daemonId + " (user " + std::to_string(who->userId) + ") " +
                   (created ? "registered" : "registration updated"));
@@ -285,6 +294,8 @@ ApiResponse Api::daemons(const ApiRequest& r, const std::string& daemonId) {
                        created ? 201 : 200);
     }
     if (r.method == "DELETE") {
+        if (isRegistered(who->userId, daemonId) && !mayActFor(*who, daemonId, false))
+            return errorResponse(ErrorCode::NotOwner, "this API key is not daemon " + daemonId + "'s");
         auto revoked = m_db.deleteDaemon(who->userId, daemonId);
         if (!revoked) return errorResponse(ErrorCode::NotFound, "no daemon " + daemonId);
         log::info("daemon " + daemonId + " (user " + std::to_string(who->userId) + ") unregistered; " +

@@ -45,6 +45,13 @@ public:
     bool isRegistered(std::int64_t userId, const std::string& daemonId) {
         return m_db.daemon(userId, daemonId).has_value();
     }
+    /// Whether `who` may act for daemon `daemonId`: a user's access token
+    /// may; an API key only for the daemon it is bound to (or was, until the
+    /// daemon connects with its successor), or for one registered before keys
+    /// were bound. With `claim` (registering), a key bound to no daemon yet
+    /// may too: the key setup has just made. So one daemon's key never speaks
+    /// for another.
+    bool mayActFor(const Principal& who, const std::string& daemonId, bool claim);
     /// Sign-in codes one client address may request per code lifetime (10
     /// minutes), whatever the email: with the per-email limit, this bounds how
     /// many users one client can lock out of sign-in. 0: no limit.

@@ -317,6 +317,14 @@ bool RelayDb::isSuperseded(std::int64_t userId, const std::string& daemonId, std
     return st.step();
 }
 
+bool RelayDb::isUnbound(std::int64_t userId, std::int64_t credentialId) {
+    auto st = m_db.prepare(
+        "SELECT 1 FROM daemons WHERE user_id = ?1 AND credential_id = ?2 "
+        "UNION ALL SELECT 1 FROM superseded_keys WHERE user_id = ?1 AND credential_id = ?2 LIMIT 1");
+    st.bind(1, userId).bind(2, credentialId);
+    return !st.step();
+}
+
 void RelayDb::bindKey(std::int64_t userId, const std::string& daemonId, std::int64_t keyId) {
     auto bound = boundKey(userId, daemonId);
     if (bound == keyId) return;

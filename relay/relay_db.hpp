@@ -101,6 +101,9 @@ public:
     /// Whether `credentialId` is a key the registration was bound to before
     /// and that is not revoked yet.
     bool isSuperseded(std::int64_t userId, const std::string& daemonId, std::int64_t credentialId);
+    /// Whether an API key is bound to no registration, nor superseded for
+    /// one: a key setup has just made, which may claim a daemon id.
+    bool isUnbound(std::int64_t userId, std::int64_t credentialId);
     /// Issues a new API key for a registration and binds it; the key it was
     /// bound to (or, unbound, `by`'s key) stays valid, superseded, until the
     /// daemon connects with the new one. The caller checks `by` may do this.

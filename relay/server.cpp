@@ -281,6 +281,8 @@ private:
             if (!m_ctx.api.isRegistered(who->userId, role.daemonId))
                 return reject(ErrorCode::NotFound,
                               "daemon " + role.daemonId + " is not registered; run hpc-daemonctl setup");
+            if (!m_ctx.api.mayActFor(*who, role.daemonId, false))
+                return reject(ErrorCode::NotOwner, "this API key is not daemon " + role.daemonId + "'s");
         } else {
             // Quoted back in JSON: only printable ASCII of it.
             std::string shown = path.substr(0, 200);

@@ -276,6 +276,23 @@ TEST_F(KeyTest, OnlyTheDaemonsOwnKeyMayRotateIt) {
     EXPECT_TRUE(accepted(key1) && accepted(key2));
 }
 
+TEST_F(KeyTest, OneDaemonsKeyCannotRegisterOrDeleteAnother) {
+    auto [id1, key1] = newKey();
+    auto [id2, key2] = newKey();
+    ASSERT_EQ(call("PUT", "/hpc/daemons/d1", {}, key1).status, 201);
+    ASSERT_EQ(call("PUT", "/hpc/daemons/d2", {}, key2).status, 201);
+    EXPECT_EQ(call("PUT", "/hpc/daemons/d2", {}, key1).status, 403) << "d1's key taking over d2";
+    EXPECT_EQ(call("PUT", "/hpc/daemons/d3", {}, key1).status, 403) << "d1's key registering another daemon";
+    EXPECT_EQ(call("DELETE", "/hpc/daemons/d2", {}, key1).status, 403);
+    EXPECT_TRUE(m_api->mayActFor(*m_api->authenticate("Bearer " + key2), "d2", false));
+    EXPECT_FALSE(m_api->mayActFor(*m_api->authenticate("Bearer " + key1), "d2", false))
+        << "the check the daemon's WebSocket upgrade makes";
+    EXPECT_TRUE(accepted(key2));
+    EXPECT_EQ(call("GET", "/hpc/daemons/d2", {}, m_access).status, 200) << "d2 is still registered";
+    EXPECT_EQ(call("PUT", "/hpc/daemons/d2", {}, key2).status, 200) << "its own key still updates it";
+    EXPECT_EQ(call("DELETE", "/hpc/daemons/d2", {}, m_access).status, 200) << "the user's token may";
+}
+
 TEST_F(KeyTest, RegisteringAgainWithANewKeyRevokesTheOldOneWhenTheDaemonConnects) {
     auto [firstId, first] = newKey();
     auto [secondId, second] = newKey();
