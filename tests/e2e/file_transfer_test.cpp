@@ -223,7 +223,8 @@ TEST_F(FileTransferTest, PathsOutsideTheAllowedDirectoriesAreRefusedAndNothingIs
     fs::create_directory_symlink(s_outside, s_work / "escape");
     r = cp({(m_local / "x").string(), "f:escape/z"});
     EXPECT_EQ(r.status, 1) << r.err;
-    EXPECT_NE(r.err.find("PATH_NOT_ALLOWED") + r.err.find("outside"), 2 * std::string::npos) << r.err;
+    EXPECT_TRUE(r.err.find("PATH_NOT_ALLOWED") != std::string::npos || r.err.find("outside") != std::string::npos)
+        << r.err;
     fs::create_symlink(s_outside / "victim", s_work / "trap");
     r = cp({(m_local / "x").string(), "f:trap"});
     EXPECT_EQ(r.status, 1) << r.err;

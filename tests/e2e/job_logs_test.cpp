@@ -116,8 +116,16 @@ TEST_P(LocalJobLogs, FiveMegabytesStreamWithinTheCreditWindow) {
     s.credit = kWindow;
     auto handle = m_agent->openJobLogs("j", s);
     EXPECT_EQ(handle.size, 5000000u);
-    // Without acks, no more than the window arrives.
+    // Without acks, the window arrives and then nothing more: wait for the
+    // window (however slow the machine), then give a surplus time to show.
     std::string got;
+    ASSERT_TRUE(waitUntil(
+        [&] {
+            if (auto e = m_agent->nextPtyEvent(100ms)) got += e->data;
+            return got.size() >= kWindow;
+        },
+        60s))
+        << got.size();
     for (auto e = m_agent->nextPtyEvent(1s); e; e = m_agent->nextPtyEvent(1s)) got += e->data;
     EXPECT_EQ(got.size(), kWindow);
     // Then credit as it is read; what is unacknowledged never exceeds the window.

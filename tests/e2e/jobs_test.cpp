@@ -526,9 +526,11 @@ protected:
 
 TEST_P(DrainJobs, ADrainLetsACommandFinishRefusesNewWorkAndLeavesJobsRunning) {
     // Both wait for the test: the job until the daemon is gone, the command until the refusals are seen.
-    auto job = str(submit("while [ ! -e job-go ]; do sleep 0.1; done\necho done\n"), "job_id");
+    // Bounded (2 min) so that nothing outlives a test that fails before the go files are written.
+    auto job = str(submit("for i in $(seq 1200); do [ -e job-go ] && break; sleep 0.1; done\necho done\n"), "job_id");
     ASSERT_TRUE(waitState(job, "RUNNING"));
-    auto running = execInBackground("while [ ! -e exec-go ]; do sleep 0.05; done; echo finished; exit 7");
+    auto running =
+        execInBackground("for i in $(seq 2400); do [ -e exec-go ] && break; sleep 0.05; done; echo finished; exit 7");
     ASSERT_TRUE(m_h.waitStatus("j", [](const json::object& s) { return s.at("running_execs").to_number<int>() == 1; }));
 
     auto stop = std::async(std::launch::async, [this] { return ctl({"stop", "--drain", "--drain-timeout", "60s"}); });
@@ -591,7 +593,8 @@ protected:
 };
 
 TEST_P(SigtermDrainJobs, SigtermDrainsWhenTheDaemonIsStartedToDoSo) {
-    auto running = execInBackground("while [ ! -e exec-go ]; do sleep 0.05; done; echo finished");
+    auto running =
+        execInBackground("for i in $(seq 2400); do [ -e exec-go ] && break; sleep 0.05; done; echo finished");
     ASSERT_TRUE(m_h.waitStatus("j", [](const json::object& s) { return s.at("running_execs").to_number<int>() == 1; }));
     const pid_t pid = m_h.daemonPid("j");
     ASSERT_EQ(::kill(pid, SIGTERM), 0);
