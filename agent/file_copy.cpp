@@ -17,6 +17,7 @@
 
 using Clock = std::chrono::steady_clock;
 using hpc::files::displayPath;
+using hpc::files::toSeconds;
 using hpc::files::toTimespec;
 
 namespace hpc::agent {
@@ -257,6 +258,16 @@ void Copier::upload(const std::string& local, const std::string& daemonId, const
                               m_options.retries);
             record(made(local, shownTarget, "dir"));
             for (const auto& name : localEntries(local)) upload(join(local, name), daemonId, join(remote, name), false);
+            if (m_options.preserve) {
+                // Its exact mode and times once its content is in (adding to it changed them).
+                withRetries<bool>(
+                    [&](AgentClient& c, int) {
+                        files(c, daemonId)
+                            .setattr(remote, st.st_mode & 07777, toSeconds(st.st_atim), toSeconds(st.st_mtim));
+                        return true;
+                    },
+                    m_options.retries);
+            }
         } else if (S_ISLNK(st.st_mode)) {
             char buf[PATH_MAX + 1];
             ssize_t n = ::readlink(local.c_str(), buf, PATH_MAX);
@@ -299,8 +310,8 @@ void Copier::uploadFile(const std::string& local, const std::string& daemonId, c
         spec.mode = st.st_mode & 07777;
         spec.preserve = m_options.preserve;
         if (m_options.preserve) {
-            spec.mtime = static_cast<double>(st.st_mtim.tv_sec) + static_cast<double>(st.st_mtim.tv_nsec) / 1e9;
-            spec.atime = static_cast<double>(st.st_atim.tv_sec) + static_cast<double>(st.st_atim.tv_nsec) / 1e9;
+            spec.mtime = toSeconds(st.st_mtim);
+            spec.atime = toSeconds(st.st_atim);
         }
         spec.resume = m_options.resume;
         spec.window = m_options.window;

@@ -134,6 +134,12 @@ bool FileClient::mkdir(const std::string& path, std::uint32_t mode) {
     return protocol::optBool(request("file.mkdir", std::move(p)), "created").value_or(false);
 }
 
+void FileClient::setattr(const std::string& path, std::uint32_t mode, double atime, double mtime) {
+    json::object p{{"mode", mode}, {"atime", atime}, {"mtime", mtime}};
+    hpc::files::putPath(p, "path", path);
+    request("file.setattr", std::move(p));
+}
+
 void FileClient::symlink(const std::string& path, const std::string& target) {
     json::object p;
     hpc::files::putPath(p, "path", path);

@@ -79,6 +79,8 @@ public:
     std::vector<RemoteEntry> list(const std::string& path);
     /// True when it was created, false when the directory existed.
     bool mkdir(const std::string& path, std::uint32_t mode);
+    /// A directory's exact mode and times (cp -p, once its content is in).
+    void setattr(const std::string& path, std::uint32_t mode, double atime, double mtime);
     void symlink(const std::string& path, const std::string& target);
 
     /// Sends the source's bytes (from its start, or from where an earlier

@@ -170,6 +170,10 @@ std::string tempNameFor(const std::string& name) {
     return ".hpc-part-" + sha.hex().substr(0, 16);
 }
 
+double toSeconds(const struct timespec& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) / 1e9;
+}
+
 struct timespec toTimespec(double seconds) {
     timespec t{};
     double whole = std::floor(seconds);

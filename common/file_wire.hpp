@@ -91,6 +91,8 @@ std::string tempNameFor(const std::string& name);
 
 /// Epoch seconds as the protocol sends times, for utimensat/futimens.
 struct timespec toTimespec(double seconds);
+/// A stat time as the protocol sends it: epoch seconds.
+double toSeconds(const struct timespec& t);
 
 /// True for 64 lowercase hex digits.
 bool isSha256Hex(std::string_view s);

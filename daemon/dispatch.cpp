@@ -19,14 +19,14 @@ namespace {
 /// Requests that write new rows (audit, jobs) before or after their work.
 bool writesNewState(std::string_view type) {
     return type == "exec" || type == "pty.open" || type == "job.submit" || type == "file.put" || type == "file.mkdir" ||
-           type == "file.symlink";
+           type == "file.setattr" || type == "file.symlink";
 }
 
 /// Requests a draining daemon refuses: each would start something to wait for.
 bool startsWork(std::string_view type) {
     // A transfer already running keeps its acks, commit and cancel.
     return type == "exec" || type == "pty.open" || type == "job.submit" || type == "file.put" || type == "file.get" ||
-           type == "file.mkdir" || type == "file.symlink";
+           type == "file.mkdir" || type == "file.setattr" || type == "file.symlink";
 }
 
 std::string agentOf(const protocol::Envelope& env) {

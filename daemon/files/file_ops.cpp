@@ -17,6 +17,7 @@ namespace fs = std::filesystem;
 namespace json = boost::json;
 using hpc::files::displayPath;
 using hpc::files::tempNameFor;
+using hpc::files::toSeconds;
 using hpc::files::toTimespec;
 
 namespace hpc::daemon::files {
@@ -91,8 +92,6 @@ void checkWritable(const FilePolicy& policy, const std::string& realDir, const s
     throw Error(ErrorCode::PathNotAllowed,
                 displayPath(shown) + " is outside the allowed directories: " + policy.describeAllowed());
 }
-
-double seconds(const timespec& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) / 1e9; }
 
 bool sameTime(const timespec& a, const timespec& b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; }
 
@@ -217,8 +216,8 @@ FileInfo toInfo(const struct stat& st) {
     i.type = S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "dir" : S_ISLNK(st.st_mode) ? "symlink" : "other";
     i.size = static_cast<std::uint64_t>(st.st_size);
     i.mode = st.st_mode & 07777;
-    i.mtime = seconds(st.st_mtim);
-    i.atime = seconds(st.st_atim);
+    i.mtime = toSeconds(st.st_mtim);
+    i.atime = toSeconds(st.st_atim);
     return i;
 }
 
@@ -289,6 +288,29 @@ bool makeDir(const FilePolicy& policy, const std::string& path, std::uint32_t mo
     struct stat st {};
     if (::fstatat(t.dir.get(), t.name.c_str(), &st, 0) == 0 && S_ISDIR(st.st_mode)) return false;
     throw Error(ErrorCode::BadRequest, displayPath(abs) + " exists and is not a directory");
+}
+
+void setDirAttributes(const FilePolicy& policy, const std::string& path, std::optional<std::uint32_t> mode,
+                      std::optional<double> atime, std::optional<double> mtime, std::string& resolved) {
+    std::string abs = absolutePath(policy, path);
+    while (abs.size() > 1 && abs.back() == '/') abs.pop_back();
+    Target t = openTarget(policy, abs, false);
+    resolved = t.path;
+    UniqueFd fd(::openat(t.dir.get(), t.name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd) {
+        if (errno == ENOTDIR || errno == ELOOP)
+            throw Error(ErrorCode::BadRequest, displayPath(abs) + " is not a directory");
+        throwErrno(abs);
+    }
+    // A directory's set-group-id bit only passes its group on; set-user-id means nothing
+    // on one, and is dropped as for files.
+    if (mode && ::fchmod(fd.get(), *mode & 07777 & ~static_cast<std::uint32_t>(S_ISUID)) != 0) throwErrno(abs);
+    if (atime || mtime) {
+        timespec times[2] = {{0, UTIME_OMIT}, {0, UTIME_OMIT}};
+        if (atime) times[0] = toTimespec(*atime);
+        if (mtime) times[1] = toTimespec(*mtime);
+        if (::futimens(fd.get(), times) != 0) throwErrno(abs);
+    }
 }
 
 void makeSymlink(const FilePolicy& policy, const std::string& path, const std::string& target, std::string& resolved) {

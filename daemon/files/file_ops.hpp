@@ -75,6 +75,10 @@ Listing listDir(const FilePolicy& policy, const std::string& path, const std::st
 
 /// file.mkdir: returns whether it was created (false: it existed).
 bool makeDir(const FilePolicy& policy, const std::string& path, std::uint32_t mode, std::string& resolved);
+/// file.setattr: sets a directory's mode (set-user-id dropped) and times,
+/// not following a symlink. Returns the resolved path in `resolved`.
+void setDirAttributes(const FilePolicy& policy, const std::string& path, std::optional<std::uint32_t> mode,
+                      std::optional<double> atime, std::optional<double> mtime, std::string& resolved);
 /// file.symlink: creates or replaces a symlink; the target must resolve
 /// inside the allowed directories when there are any.
 void makeSymlink(const FilePolicy& policy, const std::string& path, const std::string& target, std::string& resolved);

@@ -1,4 +1,4 @@
-// The file.* requests answered at once (stat, list, mkdir, symlink): one
+// The file.* requests answered at once (stat, list, mkdir, setattr, symlink): one
 // worker step each. Transfers are file_service.cpp's.
 #include "files/file_service.hpp"
 
@@ -59,6 +59,28 @@ void FileService::simple(const protocol::Envelope& env, const std::string& agent
                 if (s.value && s.value->at("created").as_bool() && m_audit) {
                     std::string p = hpc::files::optPath(*s.value, "path").value_or("");
                     m_audit(agentId, "mkdir " + displayPath(p), files::parentOf(p), 0);
+                }
+                answer(std::move(s));
+            });
+    } else if (env.type == "file.setattr") {
+        auto mode = protocol::optInt(env.payload, "mode", 0, 07777);
+        auto atime = protocol::optNumber(env.payload, "atime", -1e11, 1e11);
+        auto mtime = protocol::optNumber(env.payload, "mtime", -1e11, 1e11);
+        runStep<json::object>(
+            m_io, "setting the attributes of " + shown,
+            [policy = m_policy, path = *path, mode, atime, mtime] {
+                std::string resolved;
+                files::setDirAttributes(policy, path,
+                                        mode ? std::optional(static_cast<std::uint32_t>(*mode)) : std::nullopt, atime,
+                                        mtime, resolved);
+                json::object o;
+                hpc::files::putPath(o, "path", resolved);
+                return o;
+            },
+            [this, answer, agentId](Step<json::object> s) {
+                if (s.value && m_audit) {
+                    std::string p = hpc::files::optPath(*s.value, "path").value_or("");
+                    m_audit(agentId, "setattr " + displayPath(p), files::parentOf(p), 0);
                 }
                 answer(std::move(s));
             });

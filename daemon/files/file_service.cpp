@@ -76,7 +76,8 @@ bool FileService::handle(const protocol::Envelope& env, const std::string& agent
         return true;
     }
     if (type.rfind("file.", 0) != 0) return false;
-    if (type == "file.stat" || type == "file.list" || type == "file.mkdir" || type == "file.symlink") {
+    if (type == "file.stat" || type == "file.list" || type == "file.mkdir" || type == "file.setattr" ||
+        type == "file.symlink") {
         simple(env, agentId, reply);
     } else if (type == "file.put") {
         put(env, agentId, reply);

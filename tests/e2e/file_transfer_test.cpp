@@ -8,6 +8,7 @@
 #include "file_wire.hpp"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -179,13 +180,28 @@ TEST_F(FileTransferTest, TreesKeepModesSymlinksAndNamesWithSpacesNewlinesAndAnyB
     fs::permissions(tree / "a b.txt", fs::perms(0600));
     fs::create_symlink("a b.txt", tree / "link");
     fs::create_symlink("../sub", tree / "sub" / "deeper" / "up");
+    // -p keeps a directory's exact mode (even without owner write) and its
+    // times, set once its content is in.
+    fs::create_directory(tree / "read-only");
+    fs::permissions(tree / "read-only", fs::perms(0500));
+    const timespec kWhen{1000000000, 500000000};
+    const timespec times[2] = {kWhen, kWhen};
+    ASSERT_EQ(::utimensat(AT_FDCWD, (tree / "sub").c_str(), times, 0), 0);
+    auto mtimeOf = [](const fs::path& p) {
+        struct stat st {};
+        EXPECT_EQ(::lstat(p.c_str(), &st), 0) << p;
+        return std::make_pair(st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
+    };
+    const auto kWhenPair = std::make_pair(kWhen.tv_sec, kWhen.tv_nsec);
     auto up = cpJson({"-r", "-p", tree.string(), "f:uploaded"});
     EXPECT_TRUE(up.at("ok").as_bool());
     EXPECT_EQ(describeTree(s_work / "uploaded"), describeTree(tree));
     EXPECT_TRUE(fs::is_symlink(s_work / "uploaded" / "link")) << "kept as a symlink, not followed";
+    EXPECT_EQ(mtimeOf(s_work / "uploaded" / "sub"), kWhenPair);
     auto down = cpJson({"-r", "-p", "f:uploaded", (m_local / "back").string()});
     EXPECT_TRUE(down.at("ok").as_bool());
     EXPECT_EQ(describeTree(m_local / "back"), describeTree(tree));
+    EXPECT_EQ(mtimeOf(m_local / "back" / "sub"), kWhenPair);
 }
 
 TEST_F(FileTransferTest, SeveralSourcesGoIntoADirectoryAndStandardStreamsWork) {

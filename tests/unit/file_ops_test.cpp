@@ -108,6 +108,27 @@ TEST_F(FileOpsTest, RefusesWritesOutsideTheAllowedDirectories) {
     EXPECT_TRUE(fs::is_empty(m_outside)) << "nothing was written outside";
 }
 
+TEST_F(FileOpsTest, ADirectorysModeAndTimesAreSetWithoutFollowingASymlink) {
+    std::string resolved;
+    setDirAttributes(m_policy, "sub", 04750, 1000.25, 2000.5, resolved);
+    EXPECT_EQ(resolved, (m_work / "sub").string());
+    struct stat st {};
+    ASSERT_EQ(::stat((m_work / "sub").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0750u) << "set-user-id dropped";
+    EXPECT_EQ(st.st_atim.tv_sec, 1000);
+    EXPECT_EQ(st.st_mtim.tv_sec, 2000);
+    EXPECT_EQ(st.st_mtim.tv_nsec, 500000000);
+    fs::create_directory_symlink(m_outside, m_work / "esc");
+    EXPECT_EQ(codeOf([&] { setDirAttributes(m_policy, "esc", 0700, {}, {}, resolved); }), ErrorCode::BadRequest);
+    EXPECT_EQ(codeOf([&] { setDirAttributes(m_policy, (m_outside / "x").string(), 0700, {}, {}, resolved); }),
+              ErrorCode::PathNotAllowed);
+    write(m_work / "file", "x");
+    EXPECT_EQ(codeOf([&] { setDirAttributes(m_policy, "file", 0700, {}, {}, resolved); }), ErrorCode::BadRequest);
+    EXPECT_EQ(codeOf([&] { setDirAttributes(m_policy, "missing", 0700, {}, {}, resolved); }), ErrorCode::NotFound);
+    ASSERT_EQ(::stat(m_outside.c_str(), &st), 0);
+    EXPECT_NE(st.st_mode & 07777, 0700u) << "the symlink's target was not changed";
+}
+
 TEST_F(FileOpsTest, ASymlinkOnTheWayOutIsNotFollowedForWrites) {
     fs::create_directory_symlink(m_outside, m_work / "esc");
     EXPECT_EQ(codeOf([&] { openUpload(m_policy, "esc/x", false); }), ErrorCode::PathNotAllowed);
