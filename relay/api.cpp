@@ -111,6 +111,8 @@ ApiResponse Api::handle(const ApiRequest& r) {
         if (path == "/auth/otp/signin/verify") return r.method == "POST" ? verify(r) : wrongMethod("use POST");
         if (path == "/auth/api-keys") return r.method == "POST" ? createApiKey(r) : wrongMethod("use POST");
         if (path == "/auth/revoke") return r.method == "POST" ? revoke(r) : wrongMethod("use POST");
+        if (path == "/auth/whoami") return r.method == "GET" ? whoami(r) : wrongMethod("use GET");
+        if (path == "/auth/agents") return r.method == "GET" ? agents(r) : wrongMethod("use GET");
         static constexpr std::string_view kDaemons = "/hpc/daemons";
         static constexpr std::string_view kRotate = "/rotate-key";
         if (path == kDaemons) return daemons(r, {});
@@ -188,6 +190,11 @@ ApiResponse Api::verify(const ApiRequest& r) {
     Secret token(stringField(*body, "token"));
     Secret otp(stringField(*body, "otp"));
     if (token.empty() || otp.empty()) return errorResponse(ErrorCode::BadRequest, "\"token\" and \"otp\" are required");
+    // Checked before the code is spent on it.
+    std::string agent = body->contains("agent") ? stringField(*body, "agent") : std::string(RelayDb::kDefaultAgent);
+    if (!isValidDaemonId(agent))
+        return errorResponse(ErrorCode::BadRequest,
+                             "\"agent\" names are 1-64 characters of A-Z a-z 0-9 . _ - (not starting with . or -)");
     std::int64_t userId = 0;
     switch (m_db.verifyCode(token, otp, userId)) {
         case VerifyOutcome::Ok:
@@ -201,11 +208,47 @@ ApiResponse Api::verify(const ApiRequest& r) {
         case VerifyOutcome::UnknownToken:
             return errorResponse(ErrorCode::Unauthorized, "unknown or already used sign-in; request a new code");
     }
-    auto [id, access] = m_db.issueCredential(userId, "access", RelayDb::kAccessTokenLifetime);
-    log::info("user " + std::to_string(userId) + " signed in (credential " + std::to_string(id) + ")");
+    auto [id, access] = m_db.issueAccessToken(userId, agent);
+    log::info("user " + std::to_string(userId) + " signed in as agent " + agent + " (credential " + std::to_string(id) +
+              ")");
     return reply(200, {{"access_token", access.reveal()},
                        {"token_type", "bearer"},
-                       {"expires_in", static_cast<std::int64_t>(RelayDb::kAccessTokenLifetime)}});
+                       {"expires_in", static_cast<std::int64_t>(RelayDb::kAccessTokenLifetime)},
+                       {"agent", agent}});
+}
+
+ApiResponse Api::refuseBearer(const std::string& authorization, const std::string& needed) {
+    static constexpr std::string_view kPrefix = "Bearer ";
+    std::optional<double> expired;
+    if (authorization.rfind(kPrefix, 0) == 0) expired = m_db.expiredAt(Secret(authorization.substr(kPrefix.size())));
+    if (!expired) return errorResponse(ErrorCode::Unauthorized, needed);
+    auto hours = static_cast<long long>((nowEpochSeconds() - *expired) / 3600);
+    return errorResponse(ErrorCode::Unauthorized,
+                         "this access token expired " + (hours > 0 ? std::to_string(hours) + " h ago" : "just now") +
+                             "; sign in again (hpc-agent login --agent NAME): a new token of the same agent keeps "
+                             "its jobs");
+}
+
+ApiResponse Api::whoami(const ApiRequest& r) {
+    auto who = authenticate(r.authorization);
+    if (!who) return refuseBearer(r.authorization, "a valid bearer token or API key is required");
+    json::object p{{"user_id", who->userId},
+                   {"email", m_db.email(who->userId)},
+                   {"kind", who->kind},
+                   {"credential_id", who->credentialId},
+                   {"agent", who->agent},
+                   {"agent_id", agentIdOf(*who)},
+                   {"expires_at", who->expiresAt ? json::value(*who->expiresAt) : json::value(nullptr)}};
+    return success("ok", std::move(p));
+}
+
+ApiResponse Api::agents(const ApiRequest& r) {
+    auto who = authenticate(r.authorization);
+    if (!who) return refuseBearer(r.authorization, "a valid bearer token or API key is required");
+    json::array list;
+    for (const auto& a : m_db.agents(who->userId))
+        list.push_back(json::object{{"name", a.name}, {"created_at", a.createdAt}, {"valid_tokens", a.validTokens}});
+    return success("ok", {{"agents", std::move(list)}});
 }
 
 ApiResponse Api::createApiKey(const ApiRequest& r) {
@@ -220,7 +263,7 @@ ApiResponse Api::createApiKey(const ApiRequest& r) {
 
 ApiResponse Api::revoke(const ApiRequest& r) {
     auto who = authenticate(r.authorization);
-    if (!who) return errorResponse(ErrorCode::Unauthorized, "a valid bearer token or API key is required");
+    if (!who) return refuseBearer(r.authorization, "a valid bearer token or API key is required");
     m_db.revokeCredential(who->credentialId);
     log::info("user " + std::to_string(who->userId) + " revoked " + (who->kind == "api_key" ? "API key " : "token ") +
               std::to_string(who->credentialId));

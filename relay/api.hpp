@@ -42,6 +42,9 @@ public:
     ApiResponse handle(const ApiRequest& request);
     /// The principal behind an `Authorization: Bearer …` header, if valid.
     std::optional<Principal> authenticate(const std::string& authorization);
+    /// The UNAUTHORIZED answer to a request whose bearer was refused: says
+    /// so when it is a token that has expired, else `needed`.
+    ApiResponse refuseBearer(const std::string& authorization, const std::string& needed);
     bool isRegistered(std::int64_t userId, const std::string& daemonId) {
         return m_db.daemon(userId, daemonId).has_value();
     }
@@ -70,8 +73,13 @@ private:
     ApiResponse daemons(const ApiRequest& r, const std::string& daemonId);
     /// POST /hpc/daemons/{id}/rotate-key: a new API key for the daemon.
     ApiResponse rotateKey(const ApiRequest& r, const std::string& daemonId);
-    /// POST /auth/revoke: the bearer credential revokes itself.
+    /// POST /auth/revoke: the bearer credential revokes itself (a token,
+    /// never its agent identity).
     ApiResponse revoke(const ApiRequest& r);
+    /// GET /auth/whoami: the bearer's user, kind and agent identity.
+    ApiResponse whoami(const ApiRequest& r);
+    /// GET /auth/agents: the user's agent identities.
+    ApiResponse agents(const ApiRequest& r);
     boost::json::object describe(std::int64_t userId, const Registration& reg) const;
     /// Counts a code request from `remote`; false when its client is over the limit.
     bool admitSignin(const std::string& remote);

@@ -13,9 +13,6 @@ using protocol::Envelope;
 using protocol::ProtocolError;
 
 namespace {
-/// The identity the daemon sees in `agent.id` and names in callbacks.
-std::string agentIdOf(const Principal& p) { return "cred-" + std::to_string(p.credentialId); }
-
 std::string callbackEvent(std::uint64_t n, const std::string& daemonId, const json::object& payload) {
     Envelope e;
     e.type = "job.completed";
@@ -263,9 +260,7 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
     std::string agentRequestId = std::move(env.id);
     std::string relayId = "r" + std::to_string(m_nextId++);
     env.id = relayId;
-    env.agent = json::object{{"id", "cred-" + std::to_string(agent.credentialId)},
-                             {"user", std::to_string(agent.userId)},
-                             {"kind", agent.kind}};
+    env.agent = json::object{{"id", agentIdOf(agent)}, {"user", std::to_string(agent.userId)}, {"kind", agent.kind}};
     std::string forwarded = protocol::serialize(env);
     // The daemon refuses a frame over the limit before reading its id, so
     // one that grew past it here is answered here.

@@ -84,6 +84,24 @@ const std::vector<sqlite::Migration> kMigrations = {
     CREATE INDEX superseded_by_credential ON superseded_keys(credential_id);
     CREATE INDEX daemons_by_credential ON daemons(credential_id);
     )sql",
+    // Issue 14: an access token is a credential of an agent identity, a name
+    // unique per user; daemons see the name as the agent's id, so a new token
+    // of the same identity owns the same jobs and callbacks. Daemons recorded
+    // "cred-<id>" for jobs submitted before this, and cannot be rewritten from
+    // here: each existing access token becomes an identity of that name.
+    R"sql(
+    CREATE TABLE agents (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        name TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (user_id, name)
+    );
+    ALTER TABLE credentials ADD COLUMN agent TEXT;
+    CREATE INDEX credentials_by_agent ON credentials(user_id, agent);
+    INSERT INTO agents (user_id, name, created_at)
+        SELECT user_id, 'cred-' || id, created_at FROM credentials WHERE kind = 'access';
+    UPDATE credentials SET agent = 'cred-' || id WHERE kind = 'access';
+    )sql",
 };
 
 Registration readRegistration(sqlite::Statement& st) {
@@ -111,6 +129,8 @@ std::string sha256Hex(const std::string& data) {
     }
     return out;
 }
+
+const std::vector<sqlite::Migration>& RelayDb::migrations() { return kMigrations; }
 
 RelayDb::RelayDb(const std::string& path) : m_path(path), m_db(sqlite::Db::open(path)) {
     sqlite::migrate(m_db, kMigrations, path);
@@ -279,11 +299,68 @@ std::pair<std::int64_t, Secret> RelayDb::issueCredential(std::int64_t userId, co
 
 std::optional<Principal> RelayDb::authenticate(const Secret& bearer) {
     if (bearer.empty() || bearer.reveal().size() > 256) return std::nullopt;
-    auto st = m_db.prepare("SELECT id, user_id, kind, expires_at FROM credentials WHERE secret_hash = ?1");
+    auto st = m_db.prepare("SELECT id, user_id, kind, expires_at, agent FROM credentials WHERE secret_hash = ?1");
     st.bind(1, sha256Hex(bearer.reveal()));
     if (!st.step()) return std::nullopt;
     if (!st.isNull(3) && st.real(3) < nowEpochSeconds()) return std::nullopt;
-    return Principal{st.int64(1), st.int64(0), st.text(2)};
+    Principal p;
+    p.userId = st.int64(1);
+    p.credentialId = st.int64(0);
+    p.kind = st.text(2);
+    if (!st.isNull(4)) p.agent = st.text(4);
+    if (!st.isNull(3)) p.expiresAt = st.real(3);
+    return p;
+}
+
+std::optional<double> RelayDb::expiredAt(const Secret& bearer) {
+    if (bearer.empty() || bearer.reveal().size() > 256) return std::nullopt;
+    auto st = m_db.prepare("SELECT expires_at FROM credentials WHERE secret_hash = ?1 AND expires_at < ?2");
+    st.bind(1, sha256Hex(bearer.reveal())).bind(2, nowEpochSeconds());
+    if (!st.step()) return std::nullopt;
+    return st.real(0);
+}
+
+std::pair<std::int64_t, Secret> RelayDb::issueAccessToken(std::int64_t userId, const std::string& agentName) try {
+    if (!isValidDaemonId(agentName))
+        throw Error(ErrorCode::BadRequest,
+                    "agent names are 1-64 characters of A-Z a-z 0-9 . _ - (not starting with . or -)");
+    Writing writing(*this);
+    double now = nowEpochSeconds();
+    sqlite::Transaction tx(m_db);
+    auto known = m_db.prepare("SELECT 1 FROM agents WHERE user_id = ?1 AND name = ?2");
+    known.bind(1, userId).bind(2, agentName);
+    if (!known.step()) {
+        if (agentName.rfind(kMigratedAgentPrefix, 0) == 0)
+            throw Error(ErrorCode::BadRequest, "agent names starting with \"" + std::string(kMigratedAgentPrefix) +
+                                                   "\" are those of tokens from before agent identities; there is no "
+                                                   "agent " +
+                                                   agentName + " to sign in as");
+        auto add = m_db.prepare("INSERT INTO agents (user_id, name, created_at) VALUES (?1, ?2, ?3)");
+        add.bind(1, userId).bind(2, agentName).bind(3, now).run();
+    }
+    auto issued = issueCredential(userId, "access", kAccessTokenLifetime);
+    auto bind = m_db.prepare("UPDATE credentials SET agent = ?2 WHERE id = ?1");
+    bind.bind(1, issued.first).bind(2, agentName).run();
+    tx.commit();
+    return issued;
+} catch (const sqlite::DiskFull& e) {
+    refuseFull(e);
+}
+
+std::vector<AgentIdentity> RelayDb::agents(std::int64_t userId) {
+    auto st = m_db.prepare(
+        "SELECT a.name, a.created_at, (SELECT COUNT(*) FROM credentials c WHERE c.user_id = a.user_id AND c.agent = "
+        "a.name AND c.expires_at >= ?2) FROM agents a WHERE a.user_id = ?1 ORDER BY a.name");
+    st.bind(1, userId).bind(2, nowEpochSeconds());
+    std::vector<AgentIdentity> out;
+    while (st.step()) out.push_back(AgentIdentity{st.text(0), st.real(1), st.int64(2)});
+    return out;
+}
+
+std::string RelayDb::email(std::int64_t userId) {
+    auto st = m_db.prepare("SELECT email FROM users WHERE id = ?1");
+    st.bind(1, userId);
+    return st.step() ? st.text(0) : std::string();
 }
 
 bool RelayDb::putDaemon(std::int64_t userId, const std::string& daemonId, const json::object& info,

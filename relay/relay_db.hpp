@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace hpc::relay {
@@ -20,6 +21,24 @@ struct Principal {
     std::int64_t userId = 0;
     std::int64_t credentialId = 0;
     std::string kind;  ///< "access" or "api_key"
+    /// An access token's agent identity. Its name is the agent id daemons
+    /// see, so every token of one identity owns the same jobs and callbacks.
+    /// Empty for API keys.
+    std::string agent;
+    std::optional<double> expiresAt;  ///< none: an API key
+};
+
+/// The agent id daemons see for `p` (job owner, callbacks' agent_id): its
+/// identity's name; for an API key used as an agent, "cred-<id>".
+inline std::string agentIdOf(const Principal& p) {
+    return p.agent.empty() ? "cred-" + std::to_string(p.credentialId) : p.agent;
+}
+
+/// An agent identity of a user (GET /auth/agents).
+struct AgentIdentity {
+    std::string name;
+    double createdAt = 0;
+    std::int64_t validTokens = 0;  ///< its access tokens that have not expired
 };
 
 struct Registration {
@@ -83,6 +102,22 @@ public:
     std::pair<std::int64_t, Secret> issueCredential(std::int64_t userId, const std::string& kind,
                                                     std::optional<double> lifetime);
     std::optional<Principal> authenticate(const Secret& bearer);
+    /// When `bearer` is a credential that has expired (and is not pruned yet): when it did.
+    std::optional<double> expiredAt(const Secret& bearer);
+
+    /// The identity a sign-in without a name gets.
+    static constexpr std::string_view kDefaultAgent = "default";
+    /// What names the migration gave the identities of access tokens issued
+    /// before identities existed start with; no new identity may take one.
+    static constexpr std::string_view kMigratedAgentPrefix = "cred-";
+    /// Issues an access token of the user's identity `agentName`, which is
+    /// created when new. Throws Error(BadRequest) for a name that is not 1-64
+    /// characters of A-Z a-z 0-9 . _ - (not starting with . or -), or that
+    /// would be a new "cred-..." identity.
+    std::pair<std::int64_t, Secret> issueAccessToken(std::int64_t userId, const std::string& agentName);
+    /// The user's agent identities, by name.
+    std::vector<AgentIdentity> agents(std::int64_t userId);
+    std::string email(std::int64_t userId);
 
     /// Returns true when the registration is new. With `apiKeyId` (the API
     /// key that registers it), the registration is bound to that key and the
@@ -139,6 +174,8 @@ public:
     /// Errors are logged, never thrown (a full disk must not fail a request).
     void maybePrune(double now);
 
+    /// The schema steps, oldest first (tests build older databases with them).
+    static const std::vector<sqlite::Migration>& migrations();
     /// For tests that need to age rows.
     sqlite::Db& rawDb() { return m_db; }
     /// Since when writes fail for a full disk or quota (epoch seconds); 0: they work.

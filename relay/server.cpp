@@ -266,7 +266,10 @@ private:
         static const std::string kDaemonPrefix = "/hpc/daemons/";
         static const std::string kDaemonSuffix = "/ws";
         if (path == "/hpc/agent/ws") {
-            if (!who) return reject(ErrorCode::Unauthorized, "a valid bearer token or API key is required");
+            if (!who)
+                return writeResponse(m_ctx.api.refuseBearer(std::string(req[http::field::authorization]),
+                                                            "a valid bearer token or API key is required"),
+                                     false);
         } else if (path.rfind(kDaemonPrefix, 0) == 0 && path.size() > kDaemonPrefix.size() + kDaemonSuffix.size() &&
                    path.compare(path.size() - kDaemonSuffix.size(), kDaemonSuffix.size(), kDaemonSuffix) == 0) {
             role.daemon = true;

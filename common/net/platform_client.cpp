@@ -68,10 +68,28 @@ Secret PlatformClient::requestCode(const std::string& email) {
     return Secret(field(payload->get_object(), "token", "/otp/signin"));
 }
 
-Secret PlatformClient::verifyCode(const Secret& signinToken, const Secret& code) {
+AccessGrant PlatformClient::signIn(const Secret& signinToken, const Secret& code, const std::string& agent) {
     json::object body{{"token", signinToken.reveal()}, {"otp", code.reveal()}};
+    if (!agent.empty()) body["agent"] = agent;
     auto r = call("POST", "/auth/otp/signin/verify", &body, Secret());
-    return Secret(field(r, "access_token", "/auth/otp/signin/verify"));
+    AccessGrant grant;
+    grant.accessToken = Secret(field(r, "access_token", "/auth/otp/signin/verify"));
+    if (auto* a = r.if_contains("agent"); a && a->is_string()) grant.agent = a->get_string();
+    if (auto* e = r.if_contains("expires_in"); e && e->is_int64()) grant.expiresIn = e->get_int64();
+    return grant;
+}
+
+json::object PlatformClient::whoami(const Secret& bearer) {
+    auto r = call("GET", "/auth/whoami", nullptr, bearer);
+    if (auto* p = r.if_contains("payload"); p && p->is_object()) return p->get_object();
+    throw Error(ErrorCode::Unavailable, "the platform's reply to /auth/whoami has no payload");
+}
+
+json::array PlatformClient::listAgents(const Secret& bearer) {
+    auto r = call("GET", "/auth/agents", nullptr, bearer);
+    if (auto* p = r.if_contains("payload"); p && p->is_object())
+        if (auto* a = p->get_object().if_contains("agents"); a && a->is_array()) return a->get_array();
+    throw Error(ErrorCode::Unavailable, "the platform's reply to /auth/agents has no agent list");
 }
 
 Secret PlatformClient::createApiKey(const Secret& accessToken) {

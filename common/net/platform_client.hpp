@@ -10,6 +10,13 @@
 
 namespace hpc::net {
 
+/// What a sign-in grants: an access token of an agent identity.
+struct AccessGrant {
+    Secret accessToken;
+    std::string agent;           ///< the identity's name; "" from a platform without identities
+    std::int64_t expiresIn = 0;  ///< seconds; 0 when the platform does not say
+};
+
 class PlatformClient {
 public:
     PlatformClient(Url base, ClientOptions options) : m_base(std::move(base)), m_options(std::move(options)) {}
@@ -17,8 +24,18 @@ public:
     /// POST /otp/signin: the platform sends a code to `email`; returns the
     /// sign-in token that goes with it.
     Secret requestCode(const std::string& email);
-    /// POST /auth/otp/signin/verify: returns an access token.
-    Secret verifyCode(const Secret& signinToken, const Secret& code);
+    /// POST /auth/otp/signin/verify: returns an access token (of the
+    /// platform's default agent identity).
+    Secret verifyCode(const Secret& signinToken, const Secret& code) {
+        return signIn(signinToken, code, {}).accessToken;
+    }
+    /// The same, for the agent identity `agent` ("": the platform's default),
+    /// which the platform creates when it is new.
+    AccessGrant signIn(const Secret& signinToken, const Secret& code, const std::string& agent);
+    /// GET /auth/whoami: the bearer's user, kind and agent identity.
+    boost::json::object whoami(const Secret& bearer);
+    /// GET /auth/agents: the user's agent identities.
+    boost::json::array listAgents(const Secret& bearer);
     /// POST /auth/api-keys (bearer access token): returns a new API key.
     Secret createApiKey(const Secret& accessToken);
     /// PUT /hpc/daemons/{id} (bearer API key). True when newly registered.

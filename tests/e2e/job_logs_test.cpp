@@ -173,7 +173,7 @@ TEST_P(LocalJobLogs, AnUnknownJobAnotherAgentsJobAndBadRequestsAreRefused) {
     // when it is closed (an ended job's stream ends, and closes, by itself).
     auto id = str(submit("echo mine\nsleep 600\n"), "job_id");
     EXPECT_EQ(refusal(spec("jnosuchjob")), ErrorCode::NotFound);
-    auto other = m_h.agent(m_h.login("j@example.org"));
+    auto other = m_h.agent(m_h.login("j@example.org", "other"));
     EXPECT_EQ(refusal(spec(id), other.get()), ErrorCode::NotOwner);
     auto expectBad = [&](const json::object& payload) {
         try {

@@ -83,8 +83,8 @@ TEST_P(Jobs, CancelEndsTheJobAsCancelledWithACallback) {
 
 TEST_P(Jobs, OnlyTheSubmitterSeesAndCancelsItsJob) {
     auto id = str(submit("sleep 30\n"), "job_id");
-    // The same user signed in again: another credential, another agent.
-    auto other = m_h.agent(m_h.login("j@example.org"));
+    // The same user signed in again as another agent identity.
+    auto other = m_h.agent(m_h.login("j@example.org", "other"));
     try {
         other->cancelJob("j", id);
         FAIL() << "another agent cancelled the job";

@@ -39,7 +39,7 @@ struct World {
         auto token = db.startSignin("fuzz@example.org", Secret("123456"));
         std::int64_t userId = 0;
         require(token && db.verifyCode(*token, Secret("123456"), userId) == VerifyOutcome::Ok);
-        access = db.issueCredential(userId, "access", RelayDb::kAccessTokenLifetime).second.reveal();
+        access = db.issueAccessToken(userId, "fuzz").second.reveal();
         key = db.issueCredential(userId, "api_key", std::nullopt).second.reveal();
     }
 };

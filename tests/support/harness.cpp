@@ -522,12 +522,12 @@ bool Harness::waitLinkState(const std::string& daemonId, const std::string& stat
         timeout);
 }
 
-Secret Harness::login(const std::string& email) {
+Secret Harness::login(const std::string& email, const std::string& agent) {
     auto u = parseUrl(url());
     net::PlatformClient platform(*u, net::ClientOptions{caFile()});
     std::size_t before = codeLines();
     Secret signin = platform.requestCode(email);
-    return platform.verifyCode(signin, Secret(waitForCode(email, before)));
+    return platform.signIn(signin, Secret(waitForCode(email, before)), agent).accessToken;
 }
 
 std::unique_ptr<agent::AgentClient> Harness::agent(const Secret& token) {

@@ -140,8 +140,9 @@ public:
     bool waitLinkState(const std::string& daemonId, const std::string& state,
                        std::chrono::milliseconds timeout = std::chrono::seconds(20)) const;
 
-    /// Signs in as `email` over HTTP and returns an access token.
-    Secret login(const std::string& email);
+    /// Signs in as `email` over HTTP and returns an access token of the
+    /// agent identity `agent` ("": the relay's default).
+    Secret login(const std::string& email, const std::string& agent = {});
     std::unique_ptr<agent::AgentClient> agent(const Secret& token);
     /// Waits until the relay lists `daemonId` as connected for `token`'s user.
     bool waitConnected(const Secret& token, const std::string& daemonId,

@@ -1,6 +1,7 @@
 #include "api.hpp"
 #include "hub.hpp"
 #include "relay_db.hpp"
+#include "util.hpp"
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -33,11 +34,13 @@ protected:
     }
     static json::object bodyOf(const ApiResponse& r) { return json::parse(r.body).as_object(); }
 
-    std::string signIn(const std::string& email) {
+    std::string signIn(const std::string& email, const std::string& agent = {}) {
         auto r = call("POST", "/otp/signin", {{"email", email}});
         EXPECT_EQ(r.status, 200) << r.body;
         std::string token(bodyOf(r).at("payload").at("token").as_string());
-        auto v = call("POST", "/auth/otp/signin/verify", {{"token", token}, {"otp", m_codes.back().second}});
+        json::object body{{"token", token}, {"otp", m_codes.back().second}};
+        if (!agent.empty()) body["agent"] = agent;
+        auto v = call("POST", "/auth/otp/signin/verify", body);
         EXPECT_EQ(v.status, 200) << v.body;
         return std::string(bodyOf(v).at("access_token").as_string());
     }
@@ -327,4 +330,82 @@ TEST_F(KeyTest, ARevokedTokenIsRefusedAndItsConnectionsClosed) {
     EXPECT_FALSE(accepted(m_access));
     EXPECT_TRUE(agent->closed);
     EXPECT_EQ(call("POST", "/auth/revoke", {}, m_access).status, 401);
+}
+
+namespace {
+
+/// An agent connection that keeps what it is sent.
+struct RecordingAgent : Peer {
+    std::vector<std::string> sent;
+    void sendText(std::string text) override { sent.push_back(std::move(text)); }
+    void sendBinary(std::string) override {}
+    void close(std::string_view) override {}
+};
+
+}  // namespace
+
+TEST_F(ApiTest, ASignInNamesItsAgentIdentityAndWhoamiShowsIt) {
+    std::string bot = signIn("a@example.org", "bot");
+    auto me = bodyOf(call("GET", "/auth/whoami", {}, bot)).at("payload").as_object();
+    EXPECT_EQ(me.at("agent").as_string(), "bot");
+    EXPECT_EQ(me.at("agent_id").as_string(), "bot");
+    EXPECT_EQ(me.at("email").as_string(), "a@example.org");
+    EXPECT_EQ(me.at("kind").as_string(), "access");
+    EXPECT_TRUE(me.at("expires_at").is_number());
+    std::string plain = signIn("a@example.org");
+    EXPECT_EQ(bodyOf(call("GET", "/auth/whoami", {}, plain)).at("payload").at("agent").as_string(), "default")
+        << "a sign-in without a name is the default identity";
+    auto agents = bodyOf(call("GET", "/auth/agents", {}, plain)).at("payload").at("agents").as_array();
+    ASSERT_EQ(agents.size(), 2u);
+    EXPECT_EQ(agents[0].at("name").as_string(), "bot");
+    EXPECT_EQ(agents[1].at("name").as_string(), "default");
+    EXPECT_EQ(call("GET", "/auth/whoami").status, 401);
+    EXPECT_EQ(call("POST", "/auth/agents", {}, plain).status, 405);
+}
+
+TEST_F(ApiTest, ABadAgentNameIsRefusedBeforeTheCodeIsSpent) {
+    auto r = call("POST", "/otp/signin", {{"email", "a@example.org"}});
+    std::string token(bodyOf(r).at("payload").at("token").as_string());
+    for (const json::value& bad : {json::value("a b"), json::value(""), json::value(7), json::value("cred-99")}) {
+        auto v =
+            call("POST", "/auth/otp/signin/verify", {{"token", token}, {"otp", m_codes.back().second}, {"agent", bad}});
+        EXPECT_EQ(v.status, 400) << json::serialize(bad) << " " << v.body;
+        EXPECT_EQ(bodyOf(v).at("code").as_string(), "BAD_REQUEST");
+        if (bad == json::value("cred-99")) return;  // only known once the user is: that one spends the code
+        auto ok = call("POST", "/auth/otp/signin/verify",
+                       {{"token", token}, {"otp", m_codes.back().second}, {"agent", "bot"}});
+        ASSERT_EQ(ok.status, 200) << "the code was still good after " << json::serialize(bad);
+        r = call("POST", "/otp/signin", {{"email", "a@example.org"}});
+        token = std::string(bodyOf(r).at("payload").at("token").as_string());
+    }
+}
+
+TEST_F(ApiTest, AnExpiredTokenIsToldItExpiredAndAnUnknownOneIsNot) {
+    std::string bot = signIn("a@example.org", "bot");
+    auto who = m_api->authenticate("Bearer " + bot);
+    auto age = m_db->rawDb().prepare("UPDATE credentials SET expires_at = ?2 WHERE id = ?1");
+    age.bind(1, who->credentialId).bind(2, nowEpochSeconds() - 3 * 3600).run();
+    auto r = call("GET", "/auth/whoami", {}, bot);
+    EXPECT_EQ(r.status, 401);
+    std::string message(bodyOf(r).at("message").as_string());
+    EXPECT_NE(message.find("expired 3 h ago"), std::string::npos) << message;
+    EXPECT_NE(message.find("--agent"), std::string::npos) << message;
+    auto unknown = call("GET", "/auth/whoami", {}, "hpca_nosuchtoken");
+    EXPECT_EQ(unknown.status, 401);
+    EXPECT_EQ(std::string(bodyOf(unknown).at("message").as_string()).find("expired"), std::string::npos);
+}
+
+TEST_F(ApiTest, ANewTokenOfTheSameIdentityGetsItsCallbacksAndAnotherIdentityDoesNot) {
+    std::string first = signIn("a@example.org", "bot");
+    auto firstWho = *m_api->authenticate("Bearer " + first);
+    // The daemon recorded the job's owner as the agent id the relay stamped.
+    ASSERT_TRUE(m_db->recordCallback(firstWho.userId, "d1", "cb-1",
+                                     {{"callback_id", "cb-1"}, {"job_id", "j1"}, {"agent_id", agentIdOf(firstWho)}}));
+    ASSERT_EQ(call("POST", "/auth/revoke", {}, first).status, 200);
+    auto again = std::make_shared<RecordingAgent>(), other = std::make_shared<RecordingAgent>();
+    m_hub->attachAgent(*m_api->authenticate("Bearer " + signIn("a@example.org", "bot")), again);
+    m_hub->attachAgent(*m_api->authenticate("Bearer " + signIn("a@example.org", "other")), other);
+    ASSERT_EQ(again->sent.size(), 1u);
+    EXPECT_NE(again->sent[0].find("cb-1"), std::string::npos) << again->sent[0];
+    EXPECT_TRUE(other->sent.empty()) << "another identity of the same user got the callback";
 }

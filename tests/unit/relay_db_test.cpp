@@ -1,0 +1,170 @@
+// hpc-relay's database: agent identities (issue 14 item 4) and the migration
+// that gives tokens from before them an identity each. Real SQLite files.
+#include "relay_db.hpp"
+#include "errors.hpp"
+#include "sqlite.hpp"
+#include "util.hpp"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <filesystem>
+
+using namespace hpc;
+using namespace hpc::relay;
+
+namespace {
+
+class RelayDbTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        char tmpl[] = "/tmp/hpc-relay-db-XXXXXX";
+        ASSERT_TRUE(::mkdtemp(tmpl));
+        m_dir = tmpl;
+    }
+    void TearDown() override { std::filesystem::remove_all(m_dir); }
+
+    std::string path() const { return m_dir + "/relay.db"; }
+    static std::int64_t newUser(RelayDb& db, const std::string& email) {
+        EXPECT_TRUE(db.startSignin(email, Secret("123456")));
+        return db.rawDb().queryInt("SELECT id FROM users WHERE email = '" + email + "'");
+    }
+    static ErrorCode refusal(RelayDb& db, std::int64_t user, const std::string& name) {
+        try {
+            db.issueAccessToken(user, name);
+        } catch (const Error& e) {
+            return e.code();
+        }
+        ADD_FAILURE() << "a token was issued for agent \"" << name << "\"";
+        return ErrorCode::Internal;
+    }
+
+    std::string m_dir;
+};
+
+TEST_F(RelayDbTest, ATokenOfAnExistingIdentityActsAsThatIdentity) {
+    RelayDb db(path());
+    auto alice = newUser(db, "alice@example.org");
+    auto first = db.issueAccessToken(alice, "bot");
+    auto second = db.issueAccessToken(alice, "bot");
+    EXPECT_NE(first.first, second.first) << "a new credential";
+    auto a = db.authenticate(first.second);
+    auto b = db.authenticate(second.second);
+    ASSERT_TRUE(a && b);
+    EXPECT_EQ(a->agent, "bot");
+    EXPECT_EQ(agentIdOf(*a), agentIdOf(*b)) << "what daemons see is the identity's, not the token's";
+    ASSERT_TRUE(a->expiresAt);
+    EXPECT_GT(*a->expiresAt, nowEpochSeconds());
+
+    // Revoking a token (logout) leaves the identity, and its other token.
+    ASSERT_TRUE(db.revokeCredential(first.first));
+    EXPECT_FALSE(db.authenticate(first.second));
+    auto agents = db.agents(alice);
+    ASSERT_EQ(agents.size(), 1u);
+    EXPECT_EQ(agents[0].name, "bot");
+    EXPECT_EQ(agents[0].validTokens, 1);
+}
+
+TEST_F(RelayDbTest, IdentityNamesAreUniquePerUserNotAcrossUsers) {
+    RelayDb db(path());
+    auto alice = newUser(db, "alice@example.org");
+    auto bob = newUser(db, "bob@example.org");
+    db.issueAccessToken(alice, "bot");
+    db.issueAccessToken(alice, "bot");
+    db.issueAccessToken(alice, "default");
+    db.issueAccessToken(bob, "bot");
+    auto names = [&](std::int64_t user) {
+        std::vector<std::string> out;
+        for (const auto& a : db.agents(user)) out.push_back(a.name);
+        return out;
+    };
+    EXPECT_EQ(names(alice), (std::vector<std::string>{"bot", "default"}));
+    EXPECT_EQ(names(bob), (std::vector<std::string>{"bot"}));
+    EXPECT_EQ(db.rawDb().queryInt("SELECT COUNT(*) FROM agents"), 3);
+}
+
+TEST_F(RelayDbTest, RefusesBadNamesAndNewNamesOfMigratedTokens) {
+    RelayDb db(path());
+    auto alice = newUser(db, "alice@example.org");
+    for (const std::string& bad : {std::string(), std::string("-x"), std::string(".x"), std::string("a b"),
+                                   std::string("a/b"), std::string("é"), std::string(65, 'a')})
+        EXPECT_EQ(refusal(db, alice, bad), ErrorCode::BadRequest) << bad;
+    EXPECT_EQ(refusal(db, alice, "cred-12"), ErrorCode::BadRequest) << "no token 12 became an identity";
+    EXPECT_EQ(db.rawDb().queryInt("SELECT COUNT(*) FROM agents"), 0) << "a refused name creates nothing";
+    EXPECT_EQ(db.rawDb().queryInt("SELECT COUNT(*) FROM credentials"), 0);
+    EXPECT_NO_THROW(db.issueAccessToken(alice, std::string(64, 'a')));
+}
+
+TEST_F(RelayDbTest, AnExpiredTokenIsRefusedAndSaysWhenItExpired) {
+    RelayDb db(path());
+    auto alice = newUser(db, "alice@example.org");
+    auto [id, token] = db.issueAccessToken(alice, "bot");
+    EXPECT_FALSE(db.expiredAt(token)) << "valid";
+    double past = nowEpochSeconds() - 7200;
+    auto age = db.rawDb().prepare("UPDATE credentials SET expires_at = ?2 WHERE id = ?1");
+    age.bind(1, id).bind(2, past).run();
+    EXPECT_FALSE(db.authenticate(token));
+    ASSERT_TRUE(db.expiredAt(token));
+    EXPECT_DOUBLE_EQ(*db.expiredAt(token), past);
+    EXPECT_FALSE(db.expiredAt(Secret("hpca_unknown")));
+    // A new sign-in of the identity is what the agent does next.
+    auto fresh = db.issueAccessToken(alice, "bot");
+    EXPECT_EQ(db.authenticate(fresh.second)->agent, "bot");
+}
+
+TEST_F(RelayDbTest, AnOldSchemaDatabaseKeepsItsTokensOwnersAndCallbacks) {
+    const auto& steps = RelayDb::migrations();
+    auto identities = std::find_if(steps.begin(), steps.end(), [](const sqlite::Migration& m) {
+        return m.sql.find("CREATE TABLE agents") != std::string_view::npos;
+    });
+    ASSERT_NE(identities, steps.end());
+    Secret oldToken("hpca_old"), oldKey("hpcd_old");
+    std::int64_t tokenId = 0, keyId = 0;
+    {
+        // The schema as it was before identities, with what a relay of then held.
+        auto db = sqlite::Db::open(path());
+        sqlite::migrate(db, std::vector<sqlite::Migration>(steps.begin(), identities), "before identities");
+        db.exec("INSERT INTO users (id, email, created_at) VALUES (7, 'alice@example.org', 1)");
+        auto cred = db.prepare(
+            "INSERT INTO credentials (user_id, kind, secret_hash, created_at, expires_at) VALUES (7, ?1, ?2, 1, ?3)");
+        cred.bind(1, "access").bind(2, sha256Hex(oldToken.reveal())).bind(3, nowEpochSeconds() + 3600).run();
+        tokenId = db.lastInsertRowid();
+        auto key = db.prepare(
+            "INSERT INTO credentials (user_id, kind, secret_hash, created_at, expires_at) VALUES (7, ?1, ?2, 1, NULL)");
+        key.bind(1, "api_key").bind(2, sha256Hex(oldKey.reveal())).run();
+        keyId = db.lastInsertRowid();
+        auto cb = db.prepare(
+            "INSERT INTO callbacks (user_id, daemon_id, callback_id, payload, received_at, agent_id, job_id) "
+            "VALUES (7, 'd1', 'cb-1', ?1, 1, ?2, 'j1')");
+        std::string owner = "cred-" + std::to_string(tokenId);
+        cb.bind(1, R"({"callback_id":"cb-1","job_id":"j1","agent_id":")" + owner + "\"}").bind(2, owner).run();
+    }
+    RelayDb db(path());
+    std::string owner = "cred-" + std::to_string(tokenId);
+    // The old token keeps working, as the agent id daemons recorded for its jobs.
+    auto old = db.authenticate(oldToken);
+    ASSERT_TRUE(old);
+    EXPECT_EQ(old->agent, owner);
+    EXPECT_EQ(agentIdOf(*old), owner);
+    // Its callbacks are still addressed to it.
+    CallbackQuery q;
+    q.agentId = agentIdOf(*old);
+    ASSERT_EQ(db.callbacks(7, q).size(), 1u);
+    EXPECT_TRUE(db.ackCallback(7, agentIdOf(*old), "cb-1"));
+    // A new sign-in with the name the migration gave keeps those jobs.
+    auto fresh = db.issueAccessToken(7, owner);
+    EXPECT_EQ(agentIdOf(*db.authenticate(fresh.second)), owner);
+    auto agents = db.agents(7);
+    ASSERT_EQ(agents.size(), 1u) << "API keys are no agent identities";
+    EXPECT_EQ(agents[0].name, owner);
+    EXPECT_EQ(agents[0].validTokens, 2);
+    // An API key is no identity: as before.
+    auto key = db.authenticate(oldKey);
+    ASSERT_TRUE(key);
+    EXPECT_TRUE(key->agent.empty());
+    EXPECT_EQ(agentIdOf(*key), "cred-" + std::to_string(keyId));
+    EXPECT_FALSE(key->expiresAt);
+}
+
+}  // namespace
