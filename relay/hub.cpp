@@ -29,8 +29,11 @@ void Hub::attachAgent(const Principal& agent, const std::shared_ptr<Peer>& peer)
     CallbackQuery q;
     q.agentId = agentIdOf(agent);
     q.unackedOnly = true;
-    for (const auto& cb : m_db.callbacks(agent.userId, q))
+    m_metrics.connected(RelayMetrics::Kind::Agent);
+    for (const auto& cb : m_db.callbacks(agent.userId, q)) {
         peer->sendText(callbackEvent(m_nextEventId++, cb.daemonId, cb.payload));
+        m_metrics.callbackSent();
+    }
 }
 
 void Hub::deliverCallback(std::int64_t userId, const std::string& daemonId, const json::object& payload) {
@@ -38,7 +41,10 @@ void Hub::deliverCallback(std::int64_t userId, const std::string& daemonId, cons
     if (!agentId || !agentId->is_string()) return;
     auto [from, to] = m_agents.equal_range({userId, std::string(agentId->get_string())});
     for (auto it = from; it != to; ++it)
-        if (auto peer = it->second.lock()) peer->sendText(callbackEvent(m_nextEventId++, daemonId, payload));
+        if (auto peer = it->second.lock()) {
+            peer->sendText(callbackEvent(m_nextEventId++, daemonId, payload));
+            m_metrics.callbackSent();
+        }
 }
 
 bool Hub::answerAgentCallbackRequest(const Principal& agent, Peer& peer, const Envelope& env) {
@@ -70,6 +76,7 @@ bool Hub::answerAgentCallbackRequest(const Principal& agent, Peer& peer, const E
 void Hub::attachDaemon(std::int64_t userId, const std::string& daemonId, std::shared_ptr<Peer> peer,
                        std::int64_t credentialId) {
     DaemonKey key{userId, daemonId};
+    m_metrics.connected(RelayMetrics::Kind::Daemon);
     auto it = m_daemons.find(key);
     if (it != m_daemons.end()) {
         log::notice("daemon " + daemonId + " (user " + std::to_string(userId) +
@@ -137,7 +144,7 @@ void Hub::failPending(const DaemonKey& key, const std::string& why) {
             continue;
         }
         if (auto agent = p->second.agent.lock())
-            agent->sendText(protocol::makeError(p->second.agentRequestId, ErrorCode::Unavailable, why));
+            agent->sendText(refuse(p->second.agentRequestId, ErrorCode::Unavailable, why));
         releaseSlot(p->second.agentKey);
         p = m_pending.erase(p);
     }
@@ -216,12 +223,12 @@ std::size_t Hub::pendingFor(const Peer* agent) const {
 void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer, std::string_view text) {
     auto parsed = protocol::parse(text);
     if (auto* err = std::get_if<ProtocolError>(&parsed)) {
-        peer->sendText(protocol::makeError(*err));
+        peer->sendText(refuse(*err));
         return;
     }
     auto& env = std::get<Envelope>(parsed);
     if (env.isResponse()) {
-        peer->sendText(protocol::makeError({}, ErrorCode::BadRequest, "agents send requests, not responses"));
+        peer->sendText(refuse({}, ErrorCode::BadRequest, "agents send requests, not responses"));
         return;
     }
     if (env.type == "ping") {
@@ -231,24 +238,22 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
     try {
         if (answerAgentCallbackRequest(agent, *peer, env)) return;
     } catch (const Error& e) {
-        peer->sendText(protocol::makeError(env.id, e.code(), e.what()));
+        peer->sendText(refuse(env.id, e.code(), e.what()));
         return;
     }
     if (env.daemonId.empty() || !isValidDaemonId(env.daemonId)) {
-        peer->sendText(
-            protocol::makeError(env.id, ErrorCode::BadRequest, "a request needs \"daemon_id\": the daemon it is for"));
+        peer->sendText(refuse(env.id, ErrorCode::BadRequest, "a request needs \"daemon_id\": the daemon it is for"));
         return;
     }
     auto it = m_daemons.find({agent.userId, env.daemonId});
     if (it == m_daemons.end()) {
         // The same answer whether the daemon is offline or belongs to someone
         // else, so ids of other users' daemons cannot be probed.
-        peer->sendText(
-            protocol::makeError(env.id, ErrorCode::Unavailable, "daemon " + env.daemonId + " is not connected"));
+        peer->sendText(refuse(env.id, ErrorCode::Unavailable, "daemon " + env.daemonId + " is not connected"));
         return;
     }
     if (pendingFor(peer.get()) >= kMaxPendingPerAgent) {
-        peer->sendText(protocol::makeError(env.id, ErrorCode::Limit, "too many requests in flight"));
+        peer->sendText(refuse(env.id, ErrorCode::Limit, "too many requests in flight"));
         return;
     }
     bool endsTransfer = env.type == "file.commit" || env.type == "file.cancel";
@@ -265,15 +270,17 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
     // The daemon refuses a frame over the limit before reading its id, so
     // one that grew past it here is answered here.
     if (forwarded.size() > protocol::kMaxEnvelopeBytes) {
-        peer->sendText(protocol::makeError(agentRequestId, ErrorCode::BadRequest,
-                                           "request too large once addressed to the daemon"));
+        peer->sendText(refuse(agentRequestId, ErrorCode::BadRequest, "request too large once addressed to the daemon"));
         return;
     }
     m_pending[relayId] =
         Pending{peer, peer.get(), std::move(agentRequestId), it->first, env.type == "pty.open", env.type == "job.logs"};
     m_pending[relayId].fileOpen = env.type == "file.put" || env.type == "file.get";
     m_pending[relayId].endsChannel = endsChannel;
+    m_pending[relayId].typeSlot = m_metrics.requestSlot(env.type);
+    m_pending[relayId].sentAt = std::chrono::steady_clock::now();
     ++m_pendingPerAgent[peer.get()];
+    m_metrics.routed(RelayMetrics::Direction::ToDaemon, false, forwarded.size());
     it->second.peer->sendText(std::move(forwarded));
 }
 
@@ -294,7 +301,7 @@ void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const s
     auto parsed = protocol::parse(text, protocol::kMaxResponseBytes);
     if (auto* err = std::get_if<ProtocolError>(&parsed)) {
         log::warning("daemon " + daemonId + " sent a bad frame: " + err->message);
-        peer->sendText(protocol::makeError(*err));
+        peer->sendText(refuse(*err));
         return;
     }
     auto& env = std::get<Envelope>(parsed);
@@ -311,6 +318,9 @@ void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const s
     Pending pending = std::move(p->second);
     m_pending.erase(p);
     releaseSlot(pending.agentKey);
+    m_metrics.requestAnswered(pending.typeSlot,
+                              std::chrono::duration<double>(std::chrono::steady_clock::now() - pending.sentAt).count());
+    if (!env.ok) m_metrics.error(env.errorCode, RelayMetrics::Origin::Daemon);
     auto agent = pending.agent.lock();
     if (!agent) return;
     if ((pending.ptyOpen || pending.logsOpen || pending.fileOpen) && env.ok) {
@@ -333,7 +343,9 @@ void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const s
     }
     if (pending.endsChannel) dropRoute(pending.endsChannel);
     env.replyTo = pending.agentRequestId;
-    agent->sendText(protocol::serialize(env));
+    std::string answer = protocol::serialize(env);
+    m_metrics.routed(RelayMetrics::Direction::ToAgent, false, answer.size());
+    agent->sendText(std::move(answer));
 }
 
 void Hub::ended(std::uint32_t agentChannel) {
@@ -361,10 +373,10 @@ bool Hub::mapAgentChannel(Peer& agent, const DaemonKey& daemon, Envelope& env) {
     }
     auto it = channel ? m_routes.find(static_cast<std::uint32_t>(*channel)) : m_routes.end();
     if (it == m_routes.end() || it->second.agentKey != &agent || it->second.daemon != daemon) {
-        agent.sendText(protocol::makeError(
-            env.id, ErrorCode::NotFound,
-            channel ? "channel " + std::to_string(*channel) + " is not open on daemon " + daemon.second
-                    : std::string("\"channel\" is required")));
+        agent.sendText(refuse(env.id, ErrorCode::NotFound,
+                              channel
+                                  ? "channel " + std::to_string(*channel) + " is not open on daemon " + daemon.second
+                                  : std::string("\"channel\" is required")));
         return false;
     }
     env.payload["channel"] = it->second.daemonChannel;
@@ -374,21 +386,21 @@ bool Hub::mapAgentChannel(Peer& agent, const DaemonKey& daemon, Envelope& env) {
 void Hub::onAgentBinary(const std::shared_ptr<Peer>& peer, std::string frame) {
     auto decoded = protocol::decodeChannelFrame(std::span<const char>(frame.data(), frame.size()));
     if (!decoded) {
-        peer->sendText(protocol::makeError({}, ErrorCode::BadRequest, "a binary frame needs a 4-byte channel header"));
+        peer->sendText(refuse({}, ErrorCode::BadRequest, "a binary frame needs a 4-byte channel header"));
         return;
     }
     auto it = m_routes.find(decoded->channel);
     // Bytes the agent sent before it learnt that its channel ended: expected, not an error.
     if (it == m_routes.end() && m_endedChannels.count(decoded->channel)) return;
     if (it == m_routes.end() || it->second.agentKey != peer.get()) {
-        peer->sendText(protocol::makeError({}, ErrorCode::NotFound,
-                                           "channel " + std::to_string(decoded->channel) + " is not open"));
+        peer->sendText(refuse({}, ErrorCode::NotFound, "channel " + std::to_string(decoded->channel) + " is not open"));
         return;
     }
     auto d = m_daemons.find(it->second.daemon);
     if (d == m_daemons.end()) return;  // its pty.exit is on the way
     auto header = protocol::encodeChannelFrame(it->second.daemonChannel, {});
     frame.replace(0, 4, header);
+    m_metrics.routed(RelayMetrics::Direction::ToDaemon, true, frame.size());
     d->second.peer->sendBinary(std::move(frame));
 }
 
@@ -401,6 +413,7 @@ void Hub::onDaemonBinary(std::int64_t userId, const std::string& daemonId, std::
     if (route == m_routes.end()) return;
     if (auto agent = route->second.agent.lock()) {
         frame.replace(0, 4, protocol::encodeChannelFrame(it->second, {}));
+        m_metrics.routed(RelayMetrics::Direction::ToAgent, true, frame.size());
         agent->sendBinary(std::move(frame));
     }
 }
@@ -419,7 +432,9 @@ void Hub::routeDaemonEvent(const DaemonKey& key, Envelope& env, bool ends) {
     if (route != m_routes.end()) {
         if (auto agent = route->second.agent.lock()) {
             env.payload["channel"] = mine;
-            agent->sendText(protocol::serialize(env));
+            std::string event = protocol::serialize(env);
+            m_metrics.routed(RelayMetrics::Direction::ToAgent, false, event.size());
+            agent->sendText(std::move(event));
         }
         if (!ends) return;
         ended(mine);
@@ -448,7 +463,7 @@ void Hub::answerDaemonRequest(const DaemonKey& key, Peer& daemon, const Envelope
     } else if (env.type == "job.completed") {
         auto callbackId = env.payload.if_contains("callback_id");
         if (!callbackId || !callbackId->is_string() || callbackId->get_string().empty()) {
-            daemon.sendText(protocol::makeError(env.id, ErrorCode::BadRequest, "job.completed needs \"callback_id\""));
+            daemon.sendText(refuse(env.id, ErrorCode::BadRequest, "job.completed needs \"callback_id\""));
             return;
         }
         // Stored before the acknowledgement: once acknowledged the daemon
@@ -459,16 +474,17 @@ void Hub::answerDaemonRequest(const DaemonKey& key, Peer& daemon, const Envelope
         } catch (const Error& e) {
             // Not acknowledged: the daemon keeps the callback and sends it
             // again (a full disk here: STORAGE_FULL, logged once by the db).
-            daemon.sendText(protocol::makeError(env.id, e.code(), e.what()));
+            daemon.sendText(refuse(env.id, e.code(), e.what()));
             return;
         }
         log::info("daemon " + key.second + " callback " + std::string(callbackId->get_string()) +
                   (isNew ? " recorded" : " was a retry"));
+        m_metrics.callbackReceived(isNew);
         daemon.sendText(protocol::makeOk(env.id, {{"duplicate", !isNew}}));
         if (isNew) deliverCallback(key.first, key.second, env.payload);
     } else {
-        daemon.sendText(protocol::makeError(env.id, ErrorCode::UnknownType,
-                                            "the platform does not handle \"" + env.type + "\" from a daemon"));
+        daemon.sendText(
+            refuse(env.id, ErrorCode::UnknownType, "the platform does not handle \"" + env.type + "\" from a daemon"));
     }
 }
 
@@ -477,12 +493,12 @@ void Hub::noteWarning(const DaemonKey& key, Peer& daemon, const Envelope& env) {
     try {
         warning = protocol::optString(env.payload, "warning", kMaxWarningBytes);
     } catch (const Error& e) {
-        daemon.sendText(protocol::makeError(env.id, e.code(), std::string("daemon.warning: ") + e.what()));
+        daemon.sendText(refuse(env.id, e.code(), std::string("daemon.warning: ") + e.what()));
         return;
     }
     if (!warning) {
-        daemon.sendText(protocol::makeError(env.id, ErrorCode::BadRequest,
-                                            "daemon.warning needs \"warning\": a string, empty when it clears"));
+        daemon.sendText(
+            refuse(env.id, ErrorCode::BadRequest, "daemon.warning needs \"warning\": a string, empty when it clears"));
         return;
     }
     // Only the daemon's current connection speaks for it (not one being replaced).
@@ -508,6 +524,25 @@ std::optional<double> Hub::connectedSince(std::int64_t userId, const std::string
     auto it = m_daemons.find({userId, daemonId});
     if (it == m_daemons.end()) return std::nullopt;
     return it->second.since;
+}
+
+std::string Hub::refuse(std::string_view replyTo, ErrorCode code, std::string_view message) {
+    m_metrics.error(code, RelayMetrics::Origin::Relay);
+    return protocol::makeError(replyTo, code, message);
+}
+
+std::string Hub::renderMetrics() {
+    RelayGauges g;
+    g.agents = agentCount();
+    g.daemons = daemonCount();
+    g.requestsInFlight = pendingCount();
+    g.channelsOpen = channelCount();
+    try {
+        g.callbacksPending = m_db.unackedCallbackCount();
+    } catch (const std::exception& e) {
+        log::warning(std::string("metrics: cannot count pending callbacks: ") + e.what());
+    }
+    return m_metrics.render(g);
 }
 
 std::size_t Hub::agentCount() const {

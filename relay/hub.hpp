@@ -8,9 +8,11 @@
 /// UNAVAILABLE at once, and so is every request still in flight when its
 /// daemon goes away.
 
+#include "metrics.hpp"
 #include "protocol.hpp"
 #include "relay_db.hpp"
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -81,6 +83,10 @@ public:
     std::size_t agentCount() const;
     std::size_t daemonCount() const { return m_daemons.size(); }
     std::size_t channelCount() const { return m_routes.size(); }
+    /// The counters: the server adds its HTTP ones.
+    RelayMetrics& metrics() { return m_metrics; }
+    /// GET /metrics: the counters and the gauges read now.
+    std::string renderMetrics();
 
 private:
     using DaemonKey = std::pair<std::int64_t, std::string>;
@@ -100,6 +106,8 @@ private:
         bool fileOpen = false;  ///< file.put, file.get: so does theirs, a transfer's
         /// file.commit, file.cancel: the agent's channel their answer ends.
         std::uint32_t endsChannel = 0;
+        std::uint16_t typeSlot = 0;  ///< RelayMetrics::requestSlot
+        std::chrono::steady_clock::time_point sentAt;
     };
     /// One channel (a PTY, or a job's output from job.logs): the agent's
     /// number for it and the daemon's.
@@ -114,6 +122,9 @@ private:
         bool file = false;
     };
 
+    /// An error answer from the relay itself, counted.
+    std::string refuse(std::string_view replyTo, ErrorCode code, std::string_view message);
+    std::string refuse(const protocol::ProtocolError& e) { return refuse(e.replyTo, e.code, e.message); }
     void answerDaemonRequest(const DaemonKey& key, Peer& daemon, const protocol::Envelope& env);
     void noteWarning(const DaemonKey& key, Peer& daemon, const protocol::Envelope& env);
     /// callback.ack and callback.list: answered by the platform itself.
@@ -144,6 +155,7 @@ private:
     static std::string lostEvent(std::uint32_t channel, const Route& route, const std::string& why);
 
     RelayDb& m_db;
+    RelayMetrics m_metrics;
     std::map<DaemonKey, DaemonLink> m_daemons;
     std::unordered_map<std::string, Pending> m_pending;
     std::unordered_map<const Peer*, std::size_t> m_pendingPerAgent;

@@ -15,7 +15,9 @@
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 
+#include <cctype>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 
 using namespace hpc;
@@ -101,6 +103,13 @@ int main(int argc, char** argv) try {
     app.add_option("--ws-idle-seconds", config.wsIdleSeconds, "close a WebSocket silent for this long")
         ->check(CLI::Range(5, 3600))
         ->capture_default_str();
+    bool noMetrics = false;
+    std::string metricsTokenFile;
+    app.add_flag("--no-metrics", noMetrics, "do not serve GET /metrics (docs/metrics.md)");
+    app.add_option("--metrics-token-file", metricsTokenFile,
+                   "let any client scrape GET /metrics with \"Authorization: Bearer <token>\", the token being this "
+                   "file's first line; without it only clients on a loopback address may scrape")
+        ->check(CLI::ExistingFile);
     std::size_t signinLimit = relay::Api::kDefaultSigninLimitPerClient;
     app.add_option("--signin-limit", signinLimit,
                    "sign-in codes one client address may request per 10 minutes, whatever the email (0: no limit; "
@@ -143,6 +152,19 @@ int main(int argc, char** argv) try {
             return 2;
         }
         *out = static_cast<double>(d->count());
+    }
+    config.metrics.enabled = !noMetrics;
+    if (!metricsTokenFile.empty()) {
+        std::ifstream in(metricsTokenFile);
+        std::string token;
+        std::getline(in, token);
+        while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+        if (token.size() < 16) {
+            std::cerr << "hpc-relay: --metrics-token-file " << metricsTokenFile
+                      << ": its first line must be a token of at least 16 characters\n";
+            return 2;
+        }
+        config.metrics.token = Secret(std::move(token));
     }
     relay::RelayDb db((std::filesystem::path(dataDir) / "relay.db").string());
     db.setRetention(retention);

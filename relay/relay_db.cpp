@@ -559,6 +559,11 @@ std::vector<StoredCallback> RelayDb::callbacks(std::int64_t userId, const Callba
     return out;
 }
 
+std::int64_t RelayDb::unackedCallbackCount() {
+    auto st = m_db.prepare("SELECT COUNT(*) FROM callbacks WHERE acked_at IS NULL");
+    return st.step() ? st.int64(0) : 0;
+}
+
 bool RelayDb::ackCallback(std::int64_t userId, const std::string& agentId, const std::string& callbackId) try {
     Writing writing(*this);
     auto st = m_db.prepare(

@@ -163,6 +163,8 @@ public:
     /// The agent has the callback: it is not sent again. False when no such
     /// callback is addressed to that agent.
     bool ackCallback(std::int64_t userId, const std::string& agentId, const std::string& callbackId);
+    /// Callbacks of every user no agent has acknowledged yet (GET /metrics).
+    std::int64_t unackedCallbackCount();
 
     void setRetention(const RelayRetention& r) { m_retention = r; }
     /// Deletes sign-in codes and access tokens that expired longer ago than

@@ -254,9 +254,52 @@ private:
             upgrade(std::move(req));
             return;
         }
+        if (httpRoute(req.target()) == "/metrics") return serveMetrics(req);
         ApiRequest api{std::string(req.method_string()), std::string(req.target()),
                        std::string(req[http::field::authorization]), std::move(req.body()), m_remote};
-        writeResponse(m_ctx.api.handle(api), req.keep_alive());
+        auto started = std::chrono::steady_clock::now();
+        auto answer = m_ctx.api.handle(api);
+        m_ctx.hub.metrics().httpAnswered(api.method, api.target, answer.status, answer.body, secondsSince(started));
+        writeResponse(std::move(answer), req.keep_alive());
+    }
+
+    /// GET /metrics (docs/metrics.md): who may read it is MetricsAccess's call.
+    void serveMetrics(const http::request<http::string_body>& req) {
+        auto started = std::chrono::steady_clock::now();
+        ApiResponse answer;
+        const char* type = "application/json";
+        auto refused = checkScrape(m_ctx.config.metrics, fromLoopback(), req[http::field::authorization]);
+        if (req.method() != http::verb::get) {
+            answer = errorResponse(ErrorCode::BadRequest, "use GET");
+            answer.status = static_cast<int>(http::status::method_not_allowed);
+        } else if (refused == ErrorCode::NotFound) {
+            answer = errorResponse(*refused, "metrics are off (hpc-relay --no-metrics)");
+        } else if (refused == ErrorCode::NotOwner) {
+            answer = errorResponse(*refused,
+                                   "metrics are served to loopback clients only; start hpc-relay with "
+                                   "--metrics-token-file to let others scrape with that token");
+        } else if (refused) {
+            answer = errorResponse(*refused, "GET /metrics needs the bearer token of hpc-relay --metrics-token-file");
+        } else {
+            answer.body = m_ctx.hub.renderMetrics();
+            type = "text/plain; version=0.0.4; charset=utf-8";
+        }
+        m_ctx.hub.metrics().httpAnswered(req.method_string(), "/metrics", answer.status, answer.body,
+                                         secondsSince(started));
+        writeResponse(std::move(answer), req.keep_alive(), type);
+    }
+
+    bool fromLoopback() {
+        beast::error_code ec;
+        auto address = beast::get_lowest_layer(m_stream).socket().remote_endpoint(ec).address();
+        if (ec) return false;
+        if (address.is_v6() && address.to_v6().is_v4_mapped())
+            return asio::ip::make_address_v4(asio::ip::v4_mapped, address.to_v6()).is_loopback();
+        return address.is_loopback();
+    }
+
+    static double secondsSince(std::chrono::steady_clock::time_point t) {
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
     }
 
     void upgrade(http::request<http::string_body> req) {
@@ -301,10 +344,10 @@ private:
     /// Refuses an upgrade with a plain HTTP error answer (docs/protocol.md, 2).
     void reject(ErrorCode code, std::string message) { writeResponse(errorResponse(code, std::move(message)), false); }
 
-    void writeResponse(ApiResponse answer, bool keepAlive) {
+    void writeResponse(ApiResponse answer, bool keepAlive, const char* contentType = "application/json") {
         auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(answer.status), 11);
         res->set(http::field::server, "hpc-relay/" HPC_VERSION);
-        res->set(http::field::content_type, "application/json");
+        res->set(http::field::content_type, contentType);
         res->keep_alive(keepAlive);
         res->body() = std::move(answer.body);
         res->prepare_payload();

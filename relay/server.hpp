@@ -4,6 +4,7 @@
 
 #include "api.hpp"
 #include "hub.hpp"
+#include "metrics.hpp"
 
 #include <string>
 
@@ -18,6 +19,7 @@ struct ServerConfig {
     std::string portFile;    ///< when set, the bound port is written there
     int readyFd = -1;        ///< when >= 0, "PORT\n" is written to it once listening, then it is closed
     int wsIdleSeconds = 60;  ///< a WebSocket silent this long (pings unanswered) is closed
+    MetricsAccess metrics;   ///< who may read GET /metrics
 };
 
 /// Serves until SIGINT or SIGTERM. Returns the process exit code; throws

@@ -361,3 +361,43 @@ TEST_F(EndToEnd, EveryExecIsInTheAuditLogWithItsAgentAndExitCode) {
     EXPECT_EQ(entries[1].at("command").as_string(), "true");
     EXPECT_EQ(entries[1].at("exit_code").as_int64(), 0);
 }
+
+TEST_F(EndToEnd, RelayMetricsPassPromtoolAndCountConnectionsAndExecs) {
+    ASSERT_NO_FATAL_FAILURE(startDaemon());
+    auto [status, before] = m_h->relayMetrics();
+    ASSERT_EQ(status, 200) << before;
+    EXPECT_EQ(metricValue(before, R"(hpc_relay_connections{kind="agent"})"), 1);
+    EXPECT_EQ(metricValue(before, R"(hpc_relay_connections{kind="daemon"})"), 1);
+    EXPECT_GE(metricValue(before, R"(hpc_relay_signins_total{result="success"})").value_or(0), 1);
+    auto second = m_h->agent(m_token);
+    const std::string agents = R"(hpc_relay_connections{kind="agent"})";
+    ASSERT_TRUE(waitUntil([&] { return metricValue(m_h->relayMetrics().second, agents) == 2; }, 10s));
+    auto execsBefore = metricValue(before, R"(hpc_relay_request_duration_seconds_count{type="exec"})").value_or(0);
+    auto out = sh("echo metered; exit 3");
+    EXPECT_EQ(out.exitCode, 3);
+
+    auto [again, after] = m_h->relayMetrics();
+    ASSERT_EQ(again, 200);
+    auto check = promtoolCheck(after);
+    EXPECT_EQ(check.status, 0) << check.out << check.err << after;
+    EXPECT_EQ(metricValue(after, agents), 2);
+    EXPECT_EQ(metricValue(after, R"(hpc_relay_request_duration_seconds_count{type="exec"})"), execsBefore + 1);
+    EXPECT_GT(metricValue(after, R"(hpc_relay_bytes_routed_total{direction="to_agent",frame="text"})"),
+              metricValue(before, R"(hpc_relay_bytes_routed_total{direction="to_agent",frame="text"})"));
+    EXPECT_GE(metricValue(after, R"(hpc_relay_http_requests_total{route="/metrics",status="200"})"), 1)
+        << "scrapes are counted too";
+}
+
+TEST_F(EndToEnd, RelayMetricsNeedTheTokenOnceATokenFileIsGiven) {
+    auto tokenFile = m_h->dir() / "metrics-token";
+    std::ofstream(tokenFile) << "s3cret-metrics-token-0123456789\n";
+    m_h->stopRelay();
+    m_h->setRelayArgs({"--metrics-token-file", tokenFile.string()});
+    m_h->startRelay();
+    EXPECT_EQ(m_h->relayMetrics().first, 401) << "not even from loopback without it";
+    EXPECT_EQ(m_h->relayMetrics("wrong-token-0123456789").first, 401);
+    auto [status, text] = m_h->relayMetrics("s3cret-metrics-token-0123456789");
+    EXPECT_EQ(status, 200);
+    EXPECT_EQ(metricValue(text, R"(hpc_relay_connections{kind="agent"})"), 0);
+    EXPECT_EQ(m_h->relayLog().find("s3cret-metrics-token"), std::string::npos) << "never logged";
+}

@@ -266,6 +266,7 @@ void Harness::startRelay(int port) {
               "--ws-idle-seconds",
               "10",
               "-v"};
+    o.argv.insert(o.argv.end(), m_relayArgs.begin(), m_relayArgs.end());
     o.outputFile = (m_dir / "relay.log").string();
     // The port is written once the relay listens.
     auto ready = spawnReady(o, kReadyFd, std::chrono::seconds(60), m_dir / "relay.log");
@@ -287,6 +288,30 @@ json::object Harness::relayHealth() const {
                               net::ClientOptions{caFile(), std::chrono::seconds(5)});
     if (r.status != 200) throw Error(ErrorCode::Unavailable, "GET /health: HTTP " + std::to_string(r.status));
     return r.json().at("payload").as_object();
+}
+
+std::pair<int, std::string> Harness::relayMetrics(const std::string& bearer) const {
+    auto r = net::httpRequest(*parseUrl(url()), "GET", "/metrics", "", bearer,
+                              net::ClientOptions{caFile(), std::chrono::seconds(5)});
+    return {r.status, r.body};
+}
+
+std::optional<double> metricValue(const std::string& exposition, const std::string& series) {
+    std::istringstream in(exposition);
+    std::string line;
+    while (std::getline(in, line))
+        if (line.size() > series.size() + 1 && line.compare(0, series.size(), series) == 0 &&
+            line[series.size()] == ' ')
+            return std::stod(line.substr(series.size() + 1));
+    return std::nullopt;
+}
+
+CommandResult promtoolCheck(const std::string& exposition) {
+    const char* named = std::getenv("HPC_PROMTOOL");
+    std::string promtool = named && *named ? named : findInPath("promtool");
+    if (promtool.empty())
+        throw std::runtime_error("promtool is missing: run scripts/install-deps.sh (or set HPC_PROMTOOL)");
+    return runCommand({promtool, "check", "metrics"}, exposition);
 }
 
 std::size_t Harness::codeLines() const {

@@ -20,6 +20,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -65,6 +66,14 @@ struct CommandResult {
     std::string err;
 };
 
+/// The value of one series, `name{labels}` exactly as exposed, in a
+/// Prometheus text exposition; nullopt when it is not there.
+std::optional<double> metricValue(const std::string& exposition, const std::string& series);
+/// Runs `promtool check metrics` (Prometheus's own parser and linter) on an
+/// exposition. Throws when promtool is missing: scripts/install-deps.sh
+/// installs it ($HPC_PROMTOOL names another).
+CommandResult promtoolCheck(const std::string& exposition);
+
 /// Runs a program to completion with `input` on stdin (bounded by `timeout`).
 CommandResult runCommand(const std::vector<std::string>& argv, const std::string& input = {},
                          const std::vector<std::string>& env = {},
@@ -94,6 +103,11 @@ public:
     /// not answer.
     boost::json::object relayHealth() const;
     pid_t relayPid() const { return m_relay.pid(); }
+    /// GET /metrics, with `bearer` as the token when not empty: the HTTP
+    /// status and the body.
+    std::pair<int, std::string> relayMetrics(const std::string& bearer = {}) const;
+    /// More hpc-relay arguments, from the next startRelay on.
+    void setRelayArgs(std::vector<std::string> args) { m_relayArgs = std::move(args); }
 
     /// The code the relay sent to `email` after `linesBefore` lines of the code file.
     std::string waitForCode(const std::string& email, std::size_t linesBefore);
@@ -163,6 +177,7 @@ private:
     std::filesystem::path m_dir;
     int m_port = 0;
     ChildGuard m_relay;
+    std::vector<std::string> m_relayArgs;
     ChildGuard m_bus;
     std::string m_busAddress;
     std::map<std::string, ChildGuard> m_daemons;

@@ -1,6 +1,7 @@
 #include "hub.hpp"
 #include "api.hpp"
 #include "file_wire.hpp"
+#include "harness.hpp"
 #include "protocol.hpp"
 #include "relay_db.hpp"
 
@@ -521,4 +522,52 @@ TEST_F(HubTest, RoutesAFileTransferAsAChannelUntilItsCommitAnswerOrItsEnd) {
     EXPECT_EQ(agent->last().type, "file.end");
     EXPECT_EQ(agent->last().payload.at("code").as_string(), "UNAVAILABLE");
     EXPECT_EQ(agent->last().payload.at("channel").as_int64(), mine);
+}
+
+TEST_F(HubTest, CountsConnectionsRoutedMessagesAndRequestLatencyByType) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    auto other = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    m_hub->attachAgent(m_alice, agent);
+    m_hub->attachAgent(m_bob, other);
+    m_hub->onAgentText(m_alice, agent, R"({"v":1,"type":"exec","id":"a","daemon_id":"d1","payload":{}})");
+    auto fwd = daemon->last();
+    auto text = m_hub->renderMetrics();
+    EXPECT_EQ(test::metricValue(text, R"(hpc_relay_connections{kind="agent"})"), 2);
+    EXPECT_EQ(test::metricValue(text, R"(hpc_relay_connections{kind="daemon"})"), 1);
+    EXPECT_EQ(test::metricValue(text, "hpc_relay_requests_in_flight"), 1);
+    EXPECT_EQ(test::metricValue(text, R"(hpc_relay_messages_routed_total{direction="to_daemon",frame="text"})"), 1);
+    EXPECT_EQ(test::metricValue(text, R"(hpc_relay_bytes_routed_total{direction="to_daemon",frame="text"})"),
+              static_cast<double>(daemon->sent.back().size()));
+    m_hub->onDaemonText(1, "d1", daemon, protocol::makeError(fwd.id, ErrorCode::PathNotAllowed, "no"));
+    m_hub->onAgentText(m_alice, agent, R"({"v":1,"type":"exec","id":"b","daemon_id":"gone"})");
+    m_hub->detachAgent(other.get());
+    text = m_hub->renderMetrics();
+    EXPECT_EQ(test::metricValue(text, R"(hpc_relay_connections{kind="agent"})"), 1);
+    EXPECT_EQ(test::metricValue(text, R"(hpc_relay_connections_total{kind="agent"})"), 2);
+    EXPECT_EQ(test::metricValue(text, "hpc_relay_requests_in_flight"), 0);
+    EXPECT_EQ(test::metricValue(text, R"(hpc_relay_messages_routed_total{direction="to_agent",frame="text"})"), 1);
+    EXPECT_EQ(test::metricValue(text, R"(hpc_relay_request_duration_seconds_count{type="exec"})"), 1);
+    EXPECT_EQ(test::metricValue(text, R"(hpc_relay_errors_total{code="PATH_NOT_ALLOWED",origin="daemon"})"), 1);
+    EXPECT_EQ(test::metricValue(text, R"(hpc_relay_errors_total{code="UNAVAILABLE",origin="relay"})"), 1);
+}
+
+TEST_F(HubTest, CountsCallbacksStoredRetriedSentAndPending) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    m_hub->attachAgent(m_alice, agent);
+    std::string completed =
+        R"({"v":1,"type":"job.completed","id":"c1","payload":{"callback_id":"cb1","job_id":"j1","agent_id":"cred-10"}})";
+    m_hub->onDaemonText(1, "d1", daemon, completed);
+    m_hub->onDaemonText(1, "d1", daemon, completed);  // a retry
+    auto text = m_hub->renderMetrics();
+    EXPECT_EQ(test::metricValue(text, R"(hpc_relay_callbacks_received_total{result="stored"})"), 1);
+    EXPECT_EQ(test::metricValue(text, R"(hpc_relay_callbacks_received_total{result="duplicate"})"), 1);
+    EXPECT_EQ(test::metricValue(text, "hpc_relay_callbacks_sent_total"), 1);
+    EXPECT_EQ(test::metricValue(text, "hpc_relay_callbacks_pending"), 1);
+    m_hub->onAgentText(m_alice, agent, R"({"v":1,"type":"callback.ack","id":"k","payload":{"callback_id":"cb1"}})");
+    ASSERT_TRUE(agent->last().ok);
+    EXPECT_EQ(test::metricValue(m_hub->renderMetrics(), "hpc_relay_callbacks_pending"), 0);
 }
