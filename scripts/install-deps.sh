@@ -21,7 +21,11 @@ packages=(
   # The release (scripts/make-release.sh) is packed with xz; its chroot test
   # runs it beside a static busybox and nothing else.
   xz-utils busybox-static
+  # The MCP tests run the official TypeScript SDK (tests/mcp, npm ci).
+  nodejs
 )
+# Debian's nodejs comes without npm; NodeSource's carries its own.
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 # Optional extras: clang builds the libFuzzer target (--with-fuzz),
 # clang-format checks the tree's format in scripts/test.sh, and clang-tidy is
 # scripts/lint.sh's;
@@ -30,6 +34,33 @@ packages=(
 [[ " $* " == *" --with-bench "* ]] && packages+=(openssh-server openssh-client)
 [[ " $* " == *" --with-fuzz "* ]] && packages+=(clang clang-format clang-tidy)
 [[ " $* " == *" --with-slurm "* ]] && packages+=(slurm-wlm munge)
+
+# promtool (the Prometheus text-format checker the relay's /metrics test runs)
+# comes from Debian's prometheus package, which is the whole monitoring
+# service: only its promtool binary is taken, to /usr/local/bin, and no
+# service is installed or started.
+install_promtool() {
+  if command -v promtool >/dev/null 2>&1; then return 0; fi
+  local tmp
+  tmp=$(mktemp -d)
+  # shellcheck disable=SC2064
+  trap "rm -rf '$tmp'" RETURN
+  if ! (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null); then
+    "${SUDO[@]}" apt-get update -qq
+    (cd "$tmp" && apt-get download -qq prometheus)
+  fi
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+  "${SUDO[@]}" install -m 0755 "$tmp/root/usr/bin/promtool" /usr/local/bin/promtool
+  echo "install-deps: promtool $(promtool --version 2>&1 | head -n1 | awk '{print $3}') installed to /usr/local/bin"
+}
+
+if [[ $(id -u) -eq 0 ]]; then
+  SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+  SUDO=(sudo)
+else
+  SUDO=(false)  # reported below, when something is missing
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -40,15 +71,12 @@ done
 
 if [[ ${#missing[@]} -eq 0 ]]; then
   echo "install-deps: all ${#packages[@]} packages present"
+  install_promtool
   exit 0
 fi
 
 echo "install-deps: installing ${missing[*]}"
-if [[ $(id -u) -eq 0 ]]; then
-  SUDO=()
-elif command -v sudo >/dev/null 2>&1; then
-  SUDO=(sudo)
-else
+if [[ ${SUDO[*]} == false ]]; then
   echo "install-deps: these packages are missing and I am not root and there is no sudo:" >&2
   echo "  ${missing[*]}" >&2
   echo "Ask an administrator to run: apt-get install -y --no-install-recommends ${missing[*]}" >&2
@@ -63,4 +91,5 @@ export DEBIAN_FRONTEND=noninteractive
 if dpkg-query -W -f='${Status}' libnss-mymachines 2>/dev/null | grep -q '^install ok installed$'; then
   "${SUDO[@]}" apt-get purge -y -qq libnss-mymachines
 fi
+install_promtool
 echo "install-deps: done"
