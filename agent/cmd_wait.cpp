@@ -1,6 +1,7 @@
 // hpc-agent wait: blocks until a job's callback arrives, across reconnections.
 #include "commands.hpp"
 
+#include "errors.hpp"
 #include "job_state.hpp"
 
 #include <algorithm>
@@ -26,23 +27,45 @@ std::string describe(const JobCallback& cb) {
     return cb.daemonId + " " + cb.jobId + " " + cb.state + " (" + how + ")";
 }
 
+/// Before waiting for a callback that is not there: the job must be one
+/// this agent identity may wait on. Another agent's job (NOT_OWNER) or an
+/// unknown one (NOT_FOUND) is an error now rather than a wait that never
+/// ends. Returns the job's state; "" when the daemon is not connected (its
+/// callback comes once it is).
+std::string checkWaitable(AgentClient& client, const WaitOptions& o) {
+    try {
+        return fieldText(client.jobStatus(o.daemonId, o.jobId), "state");
+    } catch (const Error& e) {
+        if (e.code() == ErrorCode::NotOwner)
+            throw Error(ErrorCode::NotOwner, std::string(e.what()) +
+                                                 "; its callback goes to that agent (hpc-agent whoami shows which "
+                                                 "agent this token is)");
+        if (e.code() != ErrorCode::Unavailable) throw;
+        return {};
+    }
+}
+
 int runWait(const WaitOptions& o) {
     std::optional<std::chrono::steady_clock::time_point> deadline;
     if (o.timeout > 0)
         deadline =
             std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<long long>(o.timeout * 1000));
     std::optional<JobCallback> cb;
-    int status = runReconnecting(o.platform, deadline, kExitWaitTimedOut, [&o, &deadline, &cb](AgentClient& client) {
+    std::string lastState;
+    int status = runReconnecting(o.platform, deadline, kExitWaitTimedOut, [&](AgentClient& client) {
+        cb = client.waitForJob(o.daemonId, o.jobId, std::chrono::milliseconds(0));
+        if (!cb) lastState = checkWaitable(client, o);
         auto left =
             deadline
                 ? std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - std::chrono::steady_clock::now())
                 : std::chrono::milliseconds(std::chrono::hours(24 * 365));
-        cb = client.waitForJob(o.daemonId, o.jobId, std::max(left, std::chrono::milliseconds(0)));
+        if (!cb) cb = client.waitForJob(o.daemonId, o.jobId, std::max(left, std::chrono::milliseconds(0)));
         if (cb) client.ackCallback(cb->callbackId);
         return cb ? 0 : kExitWaitTimedOut;
     });
     if (!cb) {
-        std::cerr << "hpc-agent: no callback for " << o.jobId << " yet\n";
+        std::cerr << "hpc-agent: no callback for " << o.jobId << " before --timeout"
+                  << (lastState.empty() ? "" : " (it was " + lastState + ")") << "\n";
         return status;
     }
     if (o.asJson) {

@@ -44,6 +44,7 @@ Command addWaitCommand(CLI::App& parent);
 Command addEventsCommand(CLI::App& parent);
 Command addLogsCommand(CLI::App& parent);
 Command addCpCommand(CLI::App& parent);
+Command addWhoamiCommand(CLI::App& parent);
 
 /// --url, --token-file, --ca-file, --proxy, each with its environment variable.
 struct PlatformOptions {

@@ -122,6 +122,17 @@ std::string hostHeader(const Url& base) {
     return defaultPort ? h : h + ":" + base.port;
 }
 
+/// What a refused WebSocket upgrade says: the platform's own message (an
+/// expired token says so) when its answer carries one.
+std::string refusedCredentials(int status, const std::string& body) {
+    std::string text = "the platform refused the credentials (HTTP " + std::to_string(status) + ")";
+    boost::json::error_code ec;
+    auto v = boost::json::parse(body, ec);
+    if (ec || !v.is_object()) return text;
+    auto* m = v.get_object().if_contains("message");
+    return m && m->is_string() ? text + ": " + std::string(m->get_string()) : text;
+}
+
 template <class Stream>
 HttpResponse doHttp(asio::io_context& ioc, Stream& stream, const Url& base, const std::string& method,
                     const std::string& path, const std::string& body, const std::string& bearer,
@@ -246,8 +257,7 @@ std::unique_ptr<WsClient> WsClient::connect(const Url& base, const std::string& 
             auto status = res.result_int();
             std::string detail = res.body().empty() ? ec.message() : res.body();
             if (status == 401 || status == 403)
-                throw Error(ErrorCode::Unauthorized,
-                            "the platform refused the credentials (HTTP " + std::to_string(status) + ")");
+                throw Error(ErrorCode::Unauthorized, refusedCredentials(status, res.body()));
             if (status == 404) throw Error(ErrorCode::NotFound, "the platform has no WebSocket route " + path);
             unreachable(base, "WebSocket upgrade", status ? "HTTP " + std::to_string(status) : detail);
         }
