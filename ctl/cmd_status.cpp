@@ -48,6 +48,31 @@ std::string sizeText(double bytes) {
     return buf;
 }
 
+/// The daemon's counters (GetStatus "metrics") in one line; "" from a daemon without them.
+std::string countersLine(const json::object& s) {
+    const auto* m = s.if_contains("metrics");
+    if (!m || !m->is_object()) return {};
+    const auto& c = m->get_object();
+    auto n = [&c](const std::string& key) { return static_cast<long long>(num(c, key.c_str())); };
+    std::string jobs;
+    for (const auto& [key, v] : c)
+        if (key.starts_with("jobs.") && n(key) > 0)
+            jobs += (jobs.empty() ? "" : ", ") + std::to_string(n(key)) + " " + std::string(key.substr(5));
+    std::string line = "  counters:   " + std::to_string(n("reconnects")) + " reconnects, " +
+                       std::to_string(n("execs")) + " commands run (" + std::to_string(n("execs_failed")) +
+                       " failed), " + std::to_string(n("shells")) +
+                       " shells opened, jobs ended: " + (jobs.empty() ? "none" : jobs) + "; " +
+                       std::to_string(n("callbacks_delivered")) + " callbacks delivered";
+    if (n("callbacks_delivered") > 0) {
+        char buf[64];
+        std::snprintf(buf, sizeof buf, " (mean %.1f s, max %.1f s after the job ended)",
+                      num(c, "callback_latency_ms_sum") / 1000.0 / static_cast<double>(n("callbacks_delivered")),
+                      num(c, "callback_latency_ms_max") / 1000.0);
+        line += buf;
+    }
+    return line + "\n";
+}
+
 int runStatus(const std::string& daemonId, bool asJson) {
     Target t = resolveTarget(daemonId);
     auto client = DaemonClient::find(t.paths.home, t.profile.daemonId);
@@ -86,7 +111,7 @@ int runStatus(const std::string& daemonId, bool asJson) {
               << static_cast<long>(num(s, "active_sessions")) << " shells, " << static_cast<long>(num(s, "active_jobs"))
               << " jobs, " << static_cast<long>(num(s, "pending_callbacks"))
               << " job callbacks waiting for the platform\n"
-              << "  state:      " << sizeText(num(s, "state_bytes")) << " of state_max_bytes "
+              << countersLine(s) << "  state:      " << sizeText(num(s, "state_bytes")) << " of state_max_bytes "
               << sizeText(num(s, "state_max_bytes")) << "; last prune: "
               << (num(s, "last_prune_at") > 0 ? when(num(s, "last_prune_at")) + ", " + str(s, "last_prune")
                                               : std::string("none yet"))

@@ -48,6 +48,11 @@ json::value toJson(const sdbus::Variant& v) {
         for (const auto& s : v.get<std::vector<std::string>>()) a.emplace_back(s);
         return a;
     }
+    if (type == "a{st}") {
+        json::object o;
+        for (const auto& [k, n] : v.get<std::map<std::string, std::uint64_t>>()) o[k] = n;
+        return o;
+    }
     return json::value(nullptr);
 }
 

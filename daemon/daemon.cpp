@@ -3,6 +3,7 @@
 #include "bus/bus_service.hpp"
 #include "bus/private_bus.hpp"
 #include "bus_name.hpp"
+#include "daemon_metrics.hpp"
 #include "dispatch.hpp"
 #include "errors.hpp"
 #include "exec.hpp"
@@ -175,13 +176,17 @@ public:
         m_stateKeeper->setOnWarning([this](const std::string& warning) { sendWarning(warning); });
         m_jobs->setAudit([this](const Store::AuditEntry& e) { audit(e); });
         m_jobs->setOnJobChange([this](const JobRecord& job) {
+            m_metrics.jobChanged(job.state);
             if (m_bus) m_bus->jobChanged(job.jobId, job.state);
         });
+        m_jobs->outbox().setOnDelivered([this](double seconds) { m_metrics.callbackDelivered(seconds); });
+        m_dispatcher->setOnMessage([this](std::string_view type) { m_metrics.message(type); });
         m_pty->setAudit([this](const PtyInfo& session, const std::string& cwd, const std::string& command, int status) {
             audit(Store::AuditEntry{nowEpochSeconds(), m_profile.daemonId, session.agentId,
                                     "pty:" + std::to_string(session.channel), cwd, command, status});
         });
         m_dispatcher->setAudit([this](Store::AuditEntry e) {
+            if (e.session == "exec") m_metrics.execEnded(e.exitCode.value_or(-1));
             e.daemonId = m_profile.daemonId;
             audit(e);
         });
@@ -440,6 +445,7 @@ private:
         m_notifier.status("link " + state + " (" + m_profile.platformUrl + ")");
         if (m_bus) m_bus->linkStateChanged(state);
         if (s == LinkState::Connected) {
+            m_metrics.linkConnected();
             m_jobs->outbox().connected();
             // A platform starts each connection with no warning: say it again.
             if (std::string w = m_stateKeeper->warning(); !w.empty()) sendWarning(std::move(w));
@@ -513,6 +519,7 @@ private:
         }
         s.jobDirsRemoved = m_stateKeeper->jobDirsRemoved();
         s.jobDirBytesRemoved = m_stateKeeper->jobDirBytesRemoved();
+        s.metrics = m_metrics.snapshot(m_pty->opened());
         return s;
     }
 
@@ -614,6 +621,7 @@ private:
     std::unique_ptr<PrivateBus> m_privateBus;
     std::unique_ptr<BusService> m_bus;
     std::unique_ptr<Link> m_link;
+    DaemonMetrics m_metrics;
     double m_startedAt = 0;
     bool m_systemd = false;
     std::string m_schedulerReason;

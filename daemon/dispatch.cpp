@@ -44,6 +44,7 @@ void Dispatcher::onText(std::string_view text) {
         return;
     }
     const auto& env = std::get<protocol::Envelope>(parsed);
+    if (m_onMessage) m_onMessage(env.type);
     if (env.isResponse()) {
         if (m_jobs && m_jobs->outbox().onResponse(env)) return;
         // A platform that does not take daemon.warning does not show it: no more to say.

@@ -34,6 +34,8 @@ public:
     }
     /// Receives an audit entry for every command run (daemon id left empty).
     void setAudit(std::function<void(Store::AuditEntry)> audit) { m_audit = std::move(audit); }
+    /// Told the type of every well-formed text message (the daemon's counters).
+    void setOnMessage(std::function<void(std::string_view type)> f) { m_onMessage = std::move(f); }
     /// Enables the job.* messages and callback acknowledgements.
     void attachJobs(JobService& jobs) { m_jobs = &jobs; }
     /// Enables the pty.* messages and binary input.
@@ -73,6 +75,7 @@ private:
     JobService* m_jobs = nullptr;
     Store* m_store = nullptr;
     std::function<void(Store::AuditEntry)> m_audit;
+    std::function<void(std::string_view)> m_onMessage;
     std::shared_ptr<const Confinement> m_confinement;
     std::filesystem::path m_shellGuard;
     bool m_draining = false;

@@ -83,6 +83,8 @@ public:
     void closeAll();
 
     std::size_t count() const { return m_sessions.size(); }
+    /// Sessions opened since the service started.
+    std::uint64_t opened() const { return m_nextChannel - 1; }
     std::vector<PtyInfo> list() const;
     void setLimits(PtyLimits limits) { m_limits = limits; }
     void setAudit(AuditLine audit) { m_audit = std::move(audit); }

@@ -2,6 +2,8 @@
 /// A snapshot of the daemon's state, for `hpc-daemonctl status` (via the bus)
 /// and logs. Never holds a secret.
 
+#include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -41,6 +43,8 @@ struct DaemonStatus {
     long long lastPruneJobDirBytes = 0;
     long long jobDirsRemoved = 0;  ///< the same, since the daemon started
     long long jobDirBytesRemoved = 0;
+    /// Counters since the daemon started (DaemonMetrics::snapshot).
+    std::map<std::string, std::uint64_t> metrics;
 };
 
 }  // namespace hpc::daemon

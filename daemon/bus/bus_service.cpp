@@ -87,7 +87,8 @@ private:
                 {"last_prune_job_dirs", static_cast<uint32_t>(s.lastPruneJobDirs)},
                 {"last_prune_job_dir_bytes", static_cast<double>(s.lastPruneJobDirBytes)},
                 {"job_dirs_removed", static_cast<double>(s.jobDirsRemoved)},
-                {"job_dir_bytes_removed", static_cast<double>(s.jobDirBytesRemoved)}};
+                {"job_dir_bytes_removed", static_cast<double>(s.jobDirBytesRemoved)},
+                {"metrics", s.metrics}};
     }
 
     void Stop() override {
@@ -153,6 +154,7 @@ private:
     uint32_t ActiveSessions() override { return snapshot().activeSessions; }
     uint32_t ActiveJobs() override { return snapshot().activeJobs; }
     bool Draining() override { return snapshot().draining; }
+    std::map<std::string, uint64_t> Metrics() override { return snapshot().metrics; }
 
     Controls& m_controls;
 };

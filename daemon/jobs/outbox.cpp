@@ -1,6 +1,7 @@
 #include "outbox.hpp"
 
 #include "log.hpp"
+#include "util.hpp"
 
 #include <algorithm>
 
@@ -44,7 +45,9 @@ void Outbox::flush() {
         std::erase_if(m_inFlight, [&](const auto& kv) { return kv.second.callbackId == cb.callbackId; });
         std::string id = "cb-" + std::to_string(m_nextId++);
         if (!m_send(protocol::makeMessage("job.completed", id, cb.payload))) break;  // link down or full
-        m_inFlight[id] = Sent{cb.callbackId, now};
+        const auto* ended = cb.payload.if_contains("ended_at");
+        m_inFlight[id] =
+            Sent{cb.callbackId, now, ended && ended->is_number() ? ended->to_number<double>() : nowEpochSeconds()};
         try {
             m_jobs.noteAttempt(cb.callbackId);
         } catch (const std::exception&) {
@@ -68,6 +71,7 @@ bool Outbox::onResponse(const protocol::Envelope& response) {
     auto it = m_inFlight.find(response.replyTo);
     if (it == m_inFlight.end()) return response.replyTo.rfind("cb-", 0) == 0;
     std::string callbackId = it->second.callbackId;
+    double endedAt = it->second.endedAt;
     m_inFlight.erase(it);
     if (!response.ok) {
         log::warning("the platform did not accept callback " + callbackId + ": " + response.errorMessage +
@@ -77,6 +81,7 @@ bool Outbox::onResponse(const protocol::Envelope& response) {
     try {
         m_jobs.acknowledge(callbackId);
         log::info("callback " + callbackId + " acknowledged by the platform");
+        if (m_onDelivered) m_onDelivered(nowEpochSeconds() - endedAt);
     } catch (const std::exception& e) {
         // Sent again later and dropped by the platform as a retry.
         logStoreFailure("cannot remove acknowledged callback " + callbackId, e);

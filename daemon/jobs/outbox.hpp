@@ -35,6 +35,9 @@ public:
     /// A response from the platform; true when it answered a callback.
     bool onResponse(const protocol::Envelope& response);
     std::size_t inFlight() const { return m_inFlight.size(); }
+    /// Told, for each callback the platform acknowledges, how long after its
+    /// job ended (or, without an end time, after its first send here).
+    void setOnDelivered(std::function<void(double seconds)> f) { m_onDelivered = std::move(f); }
 
     /// A sent callback with no answer after this long is sent again.
     static constexpr std::chrono::seconds kAnswerTimeout{30};
@@ -53,9 +56,11 @@ private:
     struct Sent {
         std::string callbackId;
         std::chrono::steady_clock::time_point at;
+        double endedAt = 0;  ///< epoch seconds
     };
     std::map<std::string, Sent> m_inFlight;  ///< by request id
     std::uint64_t m_nextId = 1;
+    std::function<void(double)> m_onDelivered;
 };
 
 }  // namespace hpc::daemon

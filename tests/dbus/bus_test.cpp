@@ -73,6 +73,7 @@ protected:
         m_status.scheduler = "local";
         m_status.allowedDirs = {"/scratch/a"};
         m_status.runningExecs = 3;
+        m_status.metrics = {{"execs", 5}, {"jobs.COMPLETED", 2}, {"reconnects", 1}};
         Controls controls;
         controls.status = [this] { return m_status; };
         controls.stop = [this] { ++m_stops; };
@@ -147,12 +148,14 @@ TEST_F(BusServiceTest, GetStatusReturnsEveryDocumentedKey) {
                             "last_prune_job_dirs",
                             "last_prune_job_dir_bytes",
                             "job_dirs_removed",
-                            "job_dir_bytes_removed"})
+                            "job_dir_bytes_removed",
+                            "metrics"})
         EXPECT_TRUE(s.count(key)) << key;
     EXPECT_EQ(s["daemon_id"].get<std::string>(), "login-1.mila");
     EXPECT_EQ(s["pid"].get<uint32_t>(), 42u);
     EXPECT_EQ(s["allowed_dirs"].get<std::vector<std::string>>(), std::vector<std::string>{"/scratch/a"});
     EXPECT_EQ(s["running_execs"].get<uint32_t>(), 3u);
+    EXPECT_EQ((s["metrics"].get<std::map<std::string, uint64_t>>()), m_status.metrics);
 }
 
 TEST_F(BusServiceTest, PropertiesMirrorTheStatus) {
@@ -167,6 +170,7 @@ TEST_F(BusServiceTest, PropertiesMirrorTheStatus) {
     EXPECT_EQ(m_proxy->ActiveSessions(), 0u);
     EXPECT_EQ(m_proxy->ActiveJobs(), 0u);
     EXPECT_FALSE(m_proxy->Draining());
+    EXPECT_EQ(m_proxy->Metrics(), m_status.metrics);
 }
 
 TEST_F(BusServiceTest, StopAndReloadReachTheCore) {

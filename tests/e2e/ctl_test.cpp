@@ -115,9 +115,16 @@ TEST_F(CtlTest, StartStatusListStopWithoutASessionBus) {
     EXPECT_EQ(modeOf(m_h.home("d1") / "d1.log"), 0600u);
     EXPECT_EQ(modeOf(m_h.home("d1") / "d1.pid"), 0600u);
 
+    const auto& counters = s.at("metrics").as_object();
+    EXPECT_EQ(counters.at("reconnects").to_number<int>(), 0);
+    EXPECT_EQ(counters.at("execs").to_number<int>(), 0);
+    EXPECT_EQ(counters.at("jobs.COMPLETED").to_number<int>(), 0);
+
     r = ctl("d1", {"status"});
     EXPECT_EQ(r.status, 0);
     EXPECT_NE(r.out.find("link:       connected since"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("counters:   0 reconnects, 0 commands run (0 failed), 0 shells opened"), std::string::npos)
+        << r.out;
 
     r = ctl("d1", {"list", "--json"});
     ASSERT_EQ(r.status, 0) << r.err;

@@ -386,6 +386,13 @@ TEST_F(EndToEnd, RelayMetricsPassPromtoolAndCountConnectionsAndExecs) {
               metricValue(before, R"(hpc_relay_bytes_routed_total{direction="to_agent",frame="text"})"));
     EXPECT_GE(metricValue(after, R"(hpc_relay_http_requests_total{route="/metrics",status="200"})"), 1)
         << "scrapes are counted too";
+
+    // The daemon's own counters, over D-Bus (GetStatus "metrics").
+    auto counters = m_h->daemonStatus("d1").at("metrics").as_object();
+    EXPECT_EQ(counters.at("execs").to_number<int>(), 1);
+    EXPECT_EQ(counters.at("execs_failed").to_number<int>(), 1);
+    EXPECT_EQ(counters.at("messages.exec").to_number<int>(), 1);
+    EXPECT_EQ(counters.at("reconnects").to_number<int>(), 0);
 }
 
 TEST_F(EndToEnd, RelayMetricsNeedTheTokenOnceATokenFileIsGiven) {

@@ -515,6 +515,10 @@ json::object Harness::daemonStatus(const std::string& daemonId) const {
                 json::array a;
                 for (const auto& item : value.get<std::vector<std::string>>()) a.emplace_back(item);
                 out[key] = std::move(a);
+            } else if (type == "a{st}") {
+                json::object o;
+                for (const auto& [name, n] : value.get<std::map<std::string, std::uint64_t>>()) o[name] = n;
+                out[key] = std::move(o);
             }
         }
         return out;

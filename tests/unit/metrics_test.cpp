@@ -1,6 +1,9 @@
-// The relay's metrics registry and its text rendering, and who may scrape it.
+// The relay's metrics registry and its text rendering, who may scrape it, and
+// the daemon's counters.
 #include "metrics.hpp"
 #include "harness.hpp"
+
+#include "daemon_metrics.hpp"
 
 #include <gtest/gtest.h>
 
@@ -108,4 +111,50 @@ TEST(MetricsAccess, LoopbackOnlyWithoutATokenAndTheTokenFromEveryoneWithOne) {
     EXPECT_EQ(relay::checkScrape(token, false, "Bearer 0123456789abcdef0"), ErrorCode::Unauthorized);
     EXPECT_EQ(relay::checkScrape(token, false, "Basic 0123456789abcdef"), ErrorCode::Unauthorized);
     EXPECT_EQ(relay::checkScrape(token, false, "Bearer 0123456789abcdef"), std::nullopt);
+}
+
+TEST(DaemonMetrics, CountsReconnectsFinalJobsExecsAndCallbackLatency) {
+    daemon::DaemonMetrics m;
+    m.linkConnected();
+    EXPECT_EQ(m.snapshot(0).at("reconnects"), 0u) << "the first connection is not a reconnect";
+    m.linkConnected();
+    m.linkConnected();
+    m.jobChanged(JobState::Running);
+    m.jobChanged(JobState::Completed);
+    m.jobChanged(JobState::Failed);
+    m.jobChanged(JobState::Completed);
+    m.execEnded(0);
+    m.execEnded(137);
+    m.callbackDelivered(0.25);
+    m.callbackDelivered(1.5);
+    m.callbackDelivered(-3);  // a clock step back is not a negative latency
+    auto c = m.snapshot(4);
+    EXPECT_EQ(c.at("reconnects"), 2u);
+    EXPECT_EQ(c.at("jobs.COMPLETED"), 2u);
+    EXPECT_EQ(c.at("jobs.FAILED"), 1u);
+    EXPECT_EQ(c.at("jobs.PREEMPTED"), 0u);
+    EXPECT_FALSE(c.contains("jobs.RUNNING"));
+    EXPECT_EQ(c.at("execs"), 2u);
+    EXPECT_EQ(c.at("execs_failed"), 1u);
+    EXPECT_EQ(c.at("shells"), 4u);
+    EXPECT_EQ(c.at("callbacks_delivered"), 3u);
+    EXPECT_EQ(c.at("callback_latency_ms_sum"), 1750u);
+    EXPECT_EQ(c.at("callback_latency_ms_max"), 1500u);
+}
+
+TEST(DaemonMetrics, MessageTypesAreCountedByNameUpToALimit) {
+    daemon::DaemonMetrics m;
+    m.message("exec");
+    m.message("exec");
+    m.message("response");
+    m.message("EXEC\n");
+    for (std::size_t i = 0; i < daemon::DaemonMetrics::kMaxMessageTypes + 10; ++i)
+        m.message("t" + std::string(i / 26 + 1, static_cast<char>('a' + i % 26)));
+    auto c = m.snapshot(0);
+    EXPECT_EQ(c.at("messages.exec"), 2u);
+    EXPECT_EQ(c.at("messages.response"), 1u);
+    std::size_t named = 0;
+    for (const auto& [k, v] : c) named += k.starts_with("messages.") ? 1 : 0;
+    EXPECT_LE(named, daemon::DaemonMetrics::kMaxMessageTypes + 1);
+    EXPECT_GE(c.at("messages.other"), 11u);
 }
