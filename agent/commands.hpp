@@ -45,6 +45,7 @@ Command addEventsCommand(CLI::App& parent);
 Command addLogsCommand(CLI::App& parent);
 Command addCpCommand(CLI::App& parent);
 Command addWhoamiCommand(CLI::App& parent);
+Command addMcpCommand(CLI::App& parent);
 
 /// --url, --token-file, --ca-file, --proxy, each with its environment variable.
 struct PlatformOptions {

@@ -27,6 +27,7 @@ int main(int argc, char** argv) try {
                                   addEventsCommand(app), addLogsCommand(app)};
     commands.push_back(addLogoutCommand(app));
     commands.push_back(addCpCommand(app));
+    commands.push_back(addMcpCommand(app));
     commands.push_back(addWhoamiCommand(app));
     CLI11_PARSE(app, argc, argv);
     for (const auto& c : commands)

@@ -44,6 +44,8 @@ if (( normal )); then
   begin "build (default, fuzz)"
   HPC_BUILD_LOCK=${HPC_BUILD_LOCK:-} scripts/build.sh --with-fuzz --with-slurm
   scripts/format.sh --check
+  # The MCP tests' client: the official SDK, at the lockfile's versions.
+  npm ci --prefix tests/mcp --no-audit --no-fund --loglevel=error
   # The fuzz targets need clang's libFuzzer: their own small build tree.
   cmake --preset fuzz >/dev/null
   build cmake --build --preset fuzz

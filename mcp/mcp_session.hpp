@@ -1,0 +1,115 @@
+#pragma once
+/// The Model Context Protocol (MCP, JSON-RPC 2.0) without a transport: one
+/// client session's messages in, its responses and notifications out. The
+/// tools (mcp_tools.hpp) run against a Backend: hpc-agent's is the platform
+/// connection (`hpc-agent mcp`). Transports (stdio, streamable HTTP) only
+/// move text; docs/mcp.md is the reference.
+///
+/// Spec revisions spoken: 2025-11-25, 2025-06-18, 2025-03-26.
+
+#include <boost/json.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace hpc::mcp {
+
+/// What a tool call may do while it runs: report progress (sent as
+/// notifications/progress when the client asked for it) and see whether the
+/// client cancelled it (notifications/cancelled).
+struct CallContext {
+    std::function<void(double progress, std::optional<double> total, const std::string& message)> progress;
+    std::shared_ptr<std::atomic<bool>> cancelled;
+    bool isCancelled() const { return cancelled && cancelled->load(); }
+};
+
+/// What the tools reach: the user's daemons through the platform. Every
+/// call may run on its own thread, several at once. Errors are hpc::Error
+/// with their ErrorCode; the tools turn them into isError results.
+class Backend {
+public:
+    virtual ~Backend() = default;
+    /// The user's daemons as the platform describes them (GET /hpc/daemons).
+    virtual boost::json::array listDaemons() = 0;
+    /// One request to a daemon (docs/protocol.md §4); returns its result.
+    virtual boost::json::object request(const std::string& daemonId, const std::string& type,
+                                        boost::json::object payload, const CallContext& ctx) = 0;
+    /// Waits for a job's completion callback, up to `timeoutSeconds`; nullopt
+    /// when it has not come by then. Returns the callback's payload.
+    virtual std::optional<boost::json::object> waitJob(const std::string& daemonId, const std::string& jobId,
+                                                       double timeoutSeconds, const CallContext& ctx) = 0;
+};
+
+/// JSON-RPC error codes.
+enum RpcError : int {
+    kParseError = -32700,
+    kInvalidRequest = -32600,
+    kMethodNotFound = -32601,
+    kInvalidParams = -32602,
+    kInternalError = -32603,
+    kResourceNotFound = -32002,
+};
+
+struct SessionOptions {
+    std::string serverName = "hpc-agent";
+    std::string serverVersion;
+    std::size_t maxMessageBytes = 4 * 1024 * 1024;
+    std::size_t maxConcurrentCalls = 64;
+};
+
+/// One client's session. receive() takes each message as it comes (from one
+/// thread); tools/call runs on a thread of its own, so calls overlap and a
+/// long `wait_job` blocks nothing. Every answer leaves through `send`, which
+/// is called under a lock, one message at a time.
+class Session {
+public:
+    using Send = std::function<void(const boost::json::value&)>;
+    Session(Backend& backend, Send send, SessionOptions options);
+    /// Waits for the calls still running (cancelled first).
+    ~Session();
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+    /// One incoming message (a request, a notification, or a response).
+    void receive(std::string_view text);
+    /// Whether the client has finished the initialize handshake.
+    bool initialized() const { return m_initialized.load(); }
+    /// Calls running now.
+    std::size_t running() const;
+    /// Cancels every running call and waits for them to end, at most `limit`
+    /// when given; false when some still run then.
+    bool shutdown(std::optional<std::chrono::milliseconds> limit = std::nullopt);
+
+private:
+    void handle(const boost::json::object& msg);
+    void answer(const boost::json::value& id, boost::json::value result);
+    void fail(const boost::json::value& id, int code, const std::string& message);
+    void emit(const boost::json::value& msg);
+    void startCall(const boost::json::value& id, const boost::json::object& params);
+    boost::json::object initialize(const boost::json::object& params);
+
+    Backend& m_backend;
+    Send m_send;
+    SessionOptions m_options;
+    std::atomic<bool> m_initialized{false};
+    std::mutex m_sendLock;
+
+    struct Call {
+        std::shared_ptr<std::atomic<bool>> cancelled;
+    };
+    mutable std::mutex m_callsLock;
+    std::condition_variable m_callsDone;
+    std::map<std::string, Call> m_calls;  ///< by serialized request id; each runs on a detached thread
+    bool m_closing = false;
+};
+
+}  // namespace hpc::mcp

@@ -1,0 +1,141 @@
+// The official MCP TypeScript SDK drives `hpc-agent mcp` over stdio, through
+// a real relay and daemon: tools, resources, prompts, progress, and the
+// errors an agent acts on. Run by tests/e2e/mcp_test.cpp, which starts the
+// relay and the daemon and passes them in the environment:
+//   HPC_AGENT_BIN, HPC_AGENT_URL, HPC_AGENT_TOKEN, HPC_AGENT_CA,
+//   MCP_DAEMON (its id), MCP_WORK (an allowed directory), MCP_OUTSIDE (not allowed).
+// Prints one JSON line of findings and exits 0 when every check held.
+import assert from "node:assert/strict";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import { McpError } from "@modelcontextprotocol/sdk/types.js";
+
+const env = process.env;
+const daemon = env.MCP_DAEMON;
+const transport = new StdioClientTransport({
+  command: env.HPC_AGENT_BIN,
+  args: ["mcp"],
+  env: {
+    HPC_AGENT_URL: env.HPC_AGENT_URL,
+    HPC_AGENT_TOKEN: env.HPC_AGENT_TOKEN,
+    HPC_AGENT_CA: env.HPC_AGENT_CA,
+    PATH: env.PATH,
+  },
+  stderr: "inherit",
+});
+const client = new Client({ name: "hpc-daemon-tests", version: "1.0.0" });
+const findings = {};
+
+async function call(name, args, options) {
+  return client.callTool({ name, arguments: args }, undefined, options);
+}
+
+function text(result) {
+  return result.content.map((c) => c.text).join("");
+}
+
+async function rpcError(promise) {
+  try {
+    await promise;
+  } catch (e) {
+    assert.ok(e instanceof McpError, `expected a JSON-RPC error, got ${e}`);
+    return e.code;
+  }
+  assert.fail("expected a JSON-RPC error");
+}
+
+try {
+  await client.connect(transport);
+  assert.equal(client.getServerVersion().name, "hpc-agent");
+  assert.ok(client.getServerCapabilities().tools);
+
+  const tools = (await client.listTools()).tools.map((t) => t.name).sort();
+  assert.deepEqual(tools, ["cancel_job", "job_status", "list_daemons", "list_jobs", "run_command", "submit_job", "wait_job"]);
+  findings.tools = tools.length;
+
+  // list_daemons: the test's daemon, connected.
+  const listed = await call("list_daemons", {});
+  assert.equal(listed.isError, false);
+  const mine = listed.structuredContent.daemons.find((d) => d.daemon_id === daemon);
+  assert.ok(mine, `daemon ${daemon} in ${JSON.stringify(listed.structuredContent)}`);
+  assert.equal(mine.connected, true);
+  assert.equal(mine.skill_uri, `hpc://daemons/${daemon}/skill`);
+
+  // run_command: exit status and both streams, kept apart.
+  const ran = await call("run_command", { daemon, command: "echo hello; echo oops >&2; exit 3" });
+  assert.equal(ran.isError, false);
+  assert.equal(ran.structuredContent.exit_code, 3);
+  assert.equal(ran.structuredContent.stdout, "hello\n");
+  assert.equal(ran.structuredContent.stderr, "oops\n");
+  assert.match(text(ran), /exit 3/);
+  findings.run = "ok";
+
+  // Errors an agent acts on: a tool result naming the cause.
+  const outside = await call("run_command", { daemon, command: "pwd", cwd: env.MCP_OUTSIDE });
+  assert.equal(outside.isError, true);
+  assert.match(text(outside), /PATH_NOT_ALLOWED/);
+  const offline = await call("run_command", { daemon: "no-such-daemon", command: "true" });
+  assert.equal(offline.isError, true);
+  assert.match(text(offline), /UNAVAILABLE|NOT_FOUND/);
+  // ...and arguments that do not fit the schema, a JSON-RPC error.
+  assert.equal(await rpcError(call("run_command", { daemon, command: 5 })), -32602);
+  assert.equal(await rpcError(call("run_command", { daemon, command: "true", timeout: 3 })), -32602);
+  assert.equal(await rpcError(call("no_such_tool", {})), -32602);
+  findings.errors = "ok";
+
+  // A job: submit, wait with progress, status, list.
+  const submitted = await call("submit_job", { daemon, script: "#!/bin/sh\necho job-out\nexit 0\n", name: "mcp-test" });
+  assert.equal(submitted.isError, false, text(submitted));
+  const jobId = submitted.structuredContent.job_id;
+  assert.ok(jobId);
+  const waited = await call("wait_job", { daemon, job_id: jobId, timeout_s: 120 });
+  assert.equal(waited.isError, false, text(waited));
+  assert.equal(waited.structuredContent.ended, true);
+  assert.equal(waited.structuredContent.exit_code, 0);
+  assert.match(waited.structuredContent.stdout_tail, /job-out/);
+  const status = await call("job_status", { daemon, job_id: jobId });
+  assert.equal(status.structuredContent.job_id, jobId);
+  const jobs = await call("list_jobs", { daemon });
+  assert.ok(jobs.structuredContent.jobs.some((j) => j.job_id === jobId));
+  findings.job = waited.structuredContent.state;
+
+  // A long job: wait_job reports progress while it runs, then the job is cancelled.
+  const long = await call("submit_job", { daemon, script: "#!/bin/sh\nsleep 600\n" });
+  const longId = long.structuredContent.job_id;
+  const progress = [];
+  const notYet = await call(
+    "wait_job",
+    { daemon, job_id: longId, timeout_s: 3 },
+    { onprogress: (p) => progress.push(p), timeout: 60000 },
+  );
+  assert.equal(notYet.structuredContent.ended, false);
+  assert.ok(progress.length >= 1, "a progress notification while waiting");
+  assert.ok(progress[0].progress > 0 && progress[0].total === 3);
+  const cancelled = await call("cancel_job", { daemon, job_id: longId });
+  assert.equal(cancelled.isError, false, text(cancelled));
+  const ended = await call("wait_job", { daemon, job_id: longId, timeout_s: 120 });
+  assert.equal(ended.structuredContent.ended, true);
+  assert.equal(ended.structuredContent.state, "CANCELLED");
+  findings.progress = progress.length;
+
+  // The daemon's skill: as a resource and as a prompt.
+  const resources = (await client.listResources()).resources;
+  assert.ok(resources.some((r) => r.uri === `hpc://daemons/${daemon}/skill`));
+  const skill = await client.readResource({ uri: `hpc://daemons/${daemon}/skill` });
+  assert.ok(skill.contents[0].text.length > 0);
+  assert.equal(await rpcError(client.readResource({ uri: "hpc://daemons/none/skill" })), -32002);
+  const prompt = await client.getPrompt({ name: "use_cluster", arguments: { daemon } });
+  assert.match(prompt.messages[0].content.text, new RegExp(daemon));
+  findings.skill = skill.contents[0].text.length;
+
+  await client.ping();
+  await client.setLoggingLevel("warning");
+  findings.ok = true;
+  console.log(JSON.stringify(findings));
+  await client.close();
+} catch (e) {
+  console.error(`mcp scenario failed: ${e.stack || e}`);
+  console.log(JSON.stringify(findings));
+  await client.close().catch(() => {});
+  process.exit(1);
+}
