@@ -107,7 +107,7 @@ private:
         /// file.commit, file.cancel: the agent's channel their answer ends.
         std::uint32_t endsChannel = 0;
         std::uint16_t typeSlot = 0;  ///< RelayMetrics::requestSlot
-        std::chrono::steady_clock::time_point sentAt;
+        std::chrono::steady_clock::time_point sentAt{};
     };
     /// One channel (a PTY, or a job's output from job.logs): the agent's
     /// number for it and the daemon's.
