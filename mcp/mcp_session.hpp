@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <regex>
 #include <string>
 #include <string_view>
 
@@ -30,6 +31,24 @@ struct CallContext {
     std::function<void(double progress, std::optional<double> total, const std::string& message)> progress;
     std::shared_ptr<std::atomic<bool>> cancelled;
     bool isCancelled() const { return cancelled && cancelled->load(); }
+};
+
+/// How a shell_send or shell_read waits for output.
+struct ShellWait {
+    std::optional<std::regex> pattern;  ///< return once the output so far matches
+    double settleSeconds = 0.3;         ///< else once output stopped arriving this long
+    double timeoutSeconds = 30;         ///< and at the latest then
+};
+
+/// What a shell printed since it was last read.
+struct ShellOutput {
+    std::string data;  ///< raw bytes (terminal escapes included), whole UTF-8 sequences
+    bool matched = false;
+    bool timedOut = false;
+    bool ended = false;  ///< the shell has exited (or its connection broke: error)
+    std::optional<int> exitCode;
+    std::optional<int> signal;
+    std::string error;
 };
 
 /// What the tools reach: the user's daemons through the platform. Every
@@ -47,6 +66,20 @@ public:
     /// when it has not come by then. Returns the callback's payload.
     virtual std::optional<boost::json::object> waitJob(const std::string& daemonId, const std::string& jobId,
                                                        double timeoutSeconds, const CallContext& ctx) = 0;
+
+    // ---- persistent shells (a PTY kept between calls) ----
+    /// Opens a shell; returns its session id and the daemon's answer (pid, cwd).
+    virtual std::pair<std::string, boost::json::object> shellOpen(const std::string& daemonId, unsigned cols,
+                                                                  unsigned rows,
+                                                                  const std::optional<std::string>& cwd) = 0;
+    /// Types `input` (may be empty), then waits as `wait` says and returns
+    /// what the shell printed since the last read. Throws hpc::Error(NotFound)
+    /// for an unknown session.
+    virtual ShellOutput shellExchange(const std::string& session, const std::string& input, const ShellWait& wait,
+                                      const CallContext& ctx) = 0;
+    virtual void shellResize(const std::string& session, unsigned cols, unsigned rows) = 0;
+    /// Hangs the shell up (SIGHUP to its process group) and forgets it.
+    virtual void shellClose(const std::string& session) = 0;
 };
 
 /// JSON-RPC error codes.

@@ -138,6 +138,94 @@ std::string streamText(const json::object& r, const char* name) {
     return text;
 }
 
+// ---- shells ----
+
+/// The length of the UTF-8 sequence at s[i], or 0 when it is not one.
+std::size_t utf8Length(std::string_view s, std::size_t i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    std::size_t n = c < 0x80 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return 0;
+    if (n > 1 && !isValidUtf8(s.substr(i, n))) return 0;
+    return n;
+}
+
+std::string shellSession(const json::object& a) { return requiredString(a, "session"); }
+
+ShellWait shellWait(const json::object& a) {
+    ShellWait w;
+    if (auto p = optionalString(a, "wait_for")) {
+        try {
+            w.pattern.emplace(*p, std::regex::ECMAScript);
+        } catch (const std::regex_error& e) {
+            badArgument("\"wait_for\" is not a regular expression: " + std::string(e.what()));
+        }
+    }
+    w.settleSeconds = optionalNumber(a, "settle_s", 0.05, 60).value_or(0.3);
+    w.timeoutSeconds = optionalNumber(a, "timeout_s", 0.1, 3600).value_or(30);
+    return w;
+}
+
+json::object shellResult(const std::string& session, const ShellOutput& out) {
+    std::string text = terminalText(out.data);
+    json::object o{{"session", session},        {"output", text},      {"matched", out.matched},
+                   {"timed_out", out.timedOut}, {"exited", out.ended}, {"bytes", out.data.size()}};
+    std::string note;
+    if (out.ended) {
+        o["exit_code"] = out.exitCode ? json::value(*out.exitCode) : json::value(nullptr);
+        o["signal"] = out.signal ? json::value(*out.signal) : json::value(nullptr);
+        if (!out.error.empty()) o["error"] = out.error;
+        note = "\n[the shell has ended" + (out.error.empty() ? std::string() : ": " + out.error) + "]";
+    } else if (out.timedOut) {
+        note = "\n[timed out waiting; the shell is still running: shell_read gets what comes next]";
+    }
+    return success(std::move(o), text + note);
+}
+
+json::object shellOpen(Backend& backend, const json::object& a, const CallContext&) {
+    onlyKnown(a, {"daemon", "cols", "rows", "cwd"});
+    auto daemon = requiredString(a, "daemon");
+    auto cols = static_cast<unsigned>(optionalNumber(a, "cols", 1, 10000).value_or(120));
+    auto rows = static_cast<unsigned>(optionalNumber(a, "rows", 1, 10000).value_or(40));
+    auto [session, answer] = backend.shellOpen(daemon, cols, rows, optionalString(a, "cwd"));
+    answer["session"] = session;
+    answer["daemon"] = daemon;
+    return success(std::move(answer), "shell " + session + " open on " + daemon +
+                                          "; send it input with shell_send (end a command with \\n)\n");
+}
+
+json::object shellSend(Backend& backend, const json::object& a, const CallContext& ctx) {
+    onlyKnown(a, {"session", "input", "wait_for", "settle_s", "timeout_s"});
+    auto session = shellSession(a);
+    auto input = optionalString(a, "input").value_or("");
+    if (input.empty()) badArgument("\"input\" is required (shell_read reads without typing)");
+    auto wait = shellWait(a);
+    return shellResult(session, backend.shellExchange(session, input, wait, ctx));
+}
+
+json::object shellRead(Backend& backend, const json::object& a, const CallContext& ctx) {
+    onlyKnown(a, {"session", "wait_for", "settle_s", "timeout_s"});
+    auto session = shellSession(a);
+    auto wait = shellWait(a);
+    return shellResult(session, backend.shellExchange(session, "", wait, ctx));
+}
+
+json::object shellResize(Backend& backend, const json::object& a, const CallContext&) {
+    onlyKnown(a, {"session", "cols", "rows"});
+    auto session = shellSession(a);
+    auto cols = optionalNumber(a, "cols", 1, 10000);
+    auto rows = optionalNumber(a, "rows", 1, 10000);
+    if (!cols || !rows) badArgument("\"cols\" and \"rows\" are required");
+    backend.shellResize(session, static_cast<unsigned>(*cols), static_cast<unsigned>(*rows));
+    return success({{"session", session}}, "resized " + session + "\n");
+}
+
+json::object shellClose(Backend& backend, const json::object& a, const CallContext&) {
+    onlyKnown(a, {"session"});
+    auto session = shellSession(a);
+    backend.shellClose(session);
+    return success({{"session", session}}, "closed " + session + "\n");
+}
+
 // ---- daemons and skills ----
 
 /// A registration's skill: its name and its text ("" when it has none).
@@ -316,9 +404,53 @@ json::object listDaemonsRun(Backend& b, const json::object& a, const CallContext
 constexpr std::string_view kDaemonArg =
     R"json("daemon":{"type":"string","description":"the daemon's id, as list_daemons gives it"})json";
 
+constexpr std::string_view kShellOutput =
+    R"json({"type":"object","properties":{"session":{"type":"string"},"output":{"type":"string"},"matched":{"type":"boolean"},"timed_out":{"type":"boolean"},"exited":{"type":"boolean"},"exit_code":{"type":["integer","null"]}},"required":["session","output","exited"]})json";
+
 // clang-format off
 const std::vector<Tool>& tools() {
     static const std::vector<Tool> kTools = {
+        {"shell_open", shellOpen, R"json({
+          "title":"Open a shell",
+          "description":"Opens a persistent interactive shell (a PTY) on a daemon's machine, kept between calls: for srun --pty, REPLs, interactive programs, or a sequence of commands sharing a directory and environment. Returns a session id for shell_send, shell_read, shell_resize and shell_close.",
+          "inputSchema":{"type":"object","properties":{DAEMON,
+            "cols":{"type":"integer","minimum":1,"maximum":10000,"description":"default 120"},
+            "rows":{"type":"integer","minimum":1,"maximum":10000,"description":"default 40"},
+            "cwd":{"type":"string","description":"starting directory (inside the allowed directories)"}},
+            "required":["daemon"],"additionalProperties":false},
+          "outputSchema":{"type":"object","properties":{"session":{"type":"string"},"pid":{"type":"integer"}},"required":["session"]},
+          "annotations":{"readOnlyHint":false,"destructiveHint":true,"idempotentHint":false,"openWorldHint":false}})json"},
+        {"shell_send", shellSend, R"json({
+          "title":"Type into a shell",
+          "description":"Types input into a shell (end a command with \n; control characters such as \u0003 for Ctrl-C are sent as they are), then returns what it printed: once wait_for (a regular expression, matched against the output as plain text) matches, else once the output has been quiet for settle_s, and at the latest after timeout_s. Terminal escape sequences are removed from the text.",
+          "inputSchema":{"type":"object","properties":{"session":{"type":"string"},"input":{"type":"string"},
+            "wait_for":{"type":"string","description":"a regular expression (ECMAScript) to wait for, e.g. a prompt"},
+            "settle_s":{"type":"number","minimum":0.05,"maximum":60,"description":"default 0.3"},
+            "timeout_s":{"type":"number","minimum":0.1,"maximum":3600,"description":"default 30"}},
+            "required":["session","input"],"additionalProperties":false},
+          "outputSchema":SHELL_OUTPUT,
+          "annotations":{"readOnlyHint":false,"destructiveHint":true,"idempotentHint":false,"openWorldHint":false}})json"},
+        {"shell_read", shellRead, R"json({
+          "title":"Read a shell",
+          "description":"Returns what a shell printed since it was last read, waiting as shell_send does (wait_for, settle_s, timeout_s).",
+          "inputSchema":{"type":"object","properties":{"session":{"type":"string"},
+            "wait_for":{"type":"string"},"settle_s":{"type":"number","minimum":0.05,"maximum":60},
+            "timeout_s":{"type":"number","minimum":0.1,"maximum":3600}},
+            "required":["session"],"additionalProperties":false},
+          "outputSchema":SHELL_OUTPUT,
+          "annotations":{"readOnlyHint":true,"openWorldHint":false}})json"},
+        {"shell_resize", shellResize, R"json({
+          "title":"Resize a shell",
+          "description":"Sets a shell's terminal size.",
+          "inputSchema":{"type":"object","properties":{"session":{"type":"string"},
+            "cols":{"type":"integer","minimum":1,"maximum":10000},"rows":{"type":"integer","minimum":1,"maximum":10000}},
+            "required":["session","cols","rows"],"additionalProperties":false},
+          "annotations":{"readOnlyHint":false,"destructiveHint":false,"idempotentHint":true,"openWorldHint":false}})json"},
+        {"shell_close", shellClose, R"json({
+          "title":"Close a shell",
+          "description":"Hangs a shell up (SIGHUP to its processes) and forgets it.",
+          "inputSchema":{"type":"object","properties":{"session":{"type":"string"}},"required":["session"],"additionalProperties":false},
+          "annotations":{"readOnlyHint":false,"destructiveHint":true,"idempotentHint":false,"openWorldHint":false}})json"},
         {"list_daemons", listDaemonsRun, R"json({
           "title":"List daemons",
           "description":"The user's daemons (one per cluster login node or server): connected or offline, host, scheduler (slurm or local), allowed directories, and the skill whose guidance text to read before acting (resource skill_uri).",
@@ -382,6 +514,52 @@ const std::vector<Tool>& tools() {
 
 }  // namespace
 
+std::string terminalText(std::string_view raw) {
+    std::string out;
+    out.reserve(raw.size());
+    for (std::size_t i = 0; i < raw.size();) {
+        unsigned char c = static_cast<unsigned char>(raw[i]);
+        if (c == 0x1B && i + 1 < raw.size()) {
+            char kind = raw[i + 1];
+            std::size_t j = i + 2;
+            if (kind == '[') {  // CSI: parameters, then a final byte @..~
+                while (j < raw.size() && !(raw[j] >= 0x40 && raw[j] <= 0x7E)) ++j;
+                i = std::min(j + 1, raw.size());
+            } else if (kind == ']' || kind == 'P' || kind == '_' ||
+                       kind == '^') {  // OSC, DCS...: to BEL or to ST (ESC backslash)
+                while (j < raw.size() && raw[j] != '\a' &&
+                       !(raw[j] == 0x1B && j + 1 < raw.size() && raw[j + 1] == '\\'))
+                    ++j;
+                i = j < raw.size() && raw[j] == 0x1B ? j + 2 : j + 1;
+            } else {  // a two-byte sequence (ESC = , ESC ( B needs one more)
+                i = (kind == '(' || kind == ')') ? i + 3 : i + 2;
+            }
+            continue;
+        }
+        if (c == '\r' && i + 1 < raw.size() && raw[i + 1] == '\n') {
+            ++i;
+            continue;
+        }
+        if (c < 0x20 && c != '\n' && c != '\t') {
+            ++i;
+            continue;
+        }
+        if (c == 0x7F) {
+            ++i;
+            continue;
+        }
+        std::size_t n = utf8Length(raw, i);
+        if (n == 0) {
+            out += "\xEF\xBF\xBD";  // U+FFFD
+            ++i;
+            continue;
+        }
+        out.append(raw.substr(i, n));
+        i += n;
+    }
+    return out;
+}
+
 const json::array& toolList() {
     static const json::array kList = [] {
         json::array list;
@@ -389,6 +567,8 @@ const json::array& toolList() {
             std::string def(t.definition);
             for (auto at = def.find("DAEMON"); at != std::string::npos; at = def.find("DAEMON"))
                 def.replace(at, 6, kDaemonArg);
+            for (auto at = def.find("SHELL_OUTPUT"); at != std::string::npos; at = def.find("SHELL_OUTPUT"))
+                def.replace(at, 12, kShellOutput);
             json::object o = json::parse(def).as_object();
             o["name"] = t.name;
             list.push_back(std::move(o));

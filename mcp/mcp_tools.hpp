@@ -21,6 +21,12 @@ const boost::json::array& toolList();
 boost::json::object callTool(Backend& backend, const std::string& name, const boost::json::object& arguments,
                              const CallContext& ctx);
 
+/// A terminal's output as plain text: escape sequences (colours, cursor
+/// moves, titles) and carriage returns before newlines removed, other
+/// control bytes but tab and newline dropped, and bytes that are not UTF-8
+/// replaced by U+FFFD, so it is a valid JSON string.
+std::string terminalText(std::string_view raw);
+
 /// A JSON-RPC error a handler raises.
 struct RpcFailure {
     int code;

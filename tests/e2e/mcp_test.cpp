@@ -64,7 +64,8 @@ protected:
 TEST_F(McpTest, TheOfficialSdkRunsCommandsJobsAndReadsSkillsOverStdio) {
     auto findings = runScenario("stdio_scenario.mjs");
     ASSERT_TRUE(findings.contains("ok")) << json::serialize(findings);
-    EXPECT_EQ(findings.at("tools").as_int64(), 7);
+    EXPECT_EQ(findings.at("tools").as_int64(), 12);
+    EXPECT_EQ(findings.at("shell").as_string(), "ok");
     EXPECT_EQ(findings.at("job").as_string(), "COMPLETED");
     EXPECT_GE(findings.at("progress").as_int64(), 1);
     EXPECT_GT(findings.at("skill").as_int64(), 0);

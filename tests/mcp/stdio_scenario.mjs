@@ -50,7 +50,10 @@ try {
   assert.ok(client.getServerCapabilities().tools);
 
   const tools = (await client.listTools()).tools.map((t) => t.name).sort();
-  assert.deepEqual(tools, ["cancel_job", "job_status", "list_daemons", "list_jobs", "run_command", "submit_job", "wait_job"]);
+  assert.deepEqual(tools, [
+    "cancel_job", "job_status", "list_daemons", "list_jobs", "run_command",
+    "shell_close", "shell_open", "shell_read", "shell_resize", "shell_send", "submit_job", "wait_job",
+  ]);
   findings.tools = tools.length;
 
   // list_daemons: the test's daemon, connected.
@@ -117,6 +120,34 @@ try {
   assert.equal(ended.structuredContent.ended, true);
   assert.equal(ended.structuredContent.state, "CANCELLED");
   findings.progress = progress.length;
+
+  // A persistent shell: state kept between calls, output as plain text.
+  const opened = await call("shell_open", { daemon, cols: 100, rows: 30 });
+  assert.equal(opened.isError, false, text(opened));
+  const session = opened.structuredContent.session;
+  const sent = await call("shell_send", {
+    session, input: `cd '${env.MCP_WORK}' && X=$((6*7)) && echo "marker-$X"\n`, wait_for: "marker-42\\s", timeout_s: 30,
+  });
+  assert.equal(sent.structuredContent.matched, true, JSON.stringify(sent.structuredContent));
+  assert.doesNotMatch(sent.structuredContent.output, /\x1b/, "no terminal escapes");
+  const pwd = await call("shell_send", { session, input: "pwd; echo \"x=$X\"\n", wait_for: "x=42", timeout_s: 30 });
+  assert.match(pwd.structuredContent.output, new RegExp(env.MCP_WORK.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")));
+  assert.equal((await call("shell_resize", { session, cols: 132, rows: 50 })).isError, false);
+  const size = await call("shell_send", { session, input: "stty size\n", wait_for: "50 132", timeout_s: 30 });
+  assert.equal(size.structuredContent.matched, true, size.structuredContent.output);
+  const later = await call("shell_send", { session, input: "sleep 0.3; echo later-done\n", settle_s: 0.05, timeout_s: 5 });
+  const rest = await call("shell_read", { session, wait_for: "later-done\\s", timeout_s: 30 });
+  assert.match(later.structuredContent.output + rest.structuredContent.output, /later-done/);
+  assert.equal((await call("shell_close", { session })).isError, false);
+  const gone = await call("shell_read", { session });
+  assert.equal(gone.isError, true);
+  assert.match(text(gone), /NOT_FOUND/);
+  const quitting = (await call("shell_open", { daemon })).structuredContent.session;
+  const exited = await call("shell_send", { session: quitting, input: "exit 7\n", timeout_s: 30, wait_for: "never-printed" });
+  assert.equal(exited.structuredContent.exited, true);
+  assert.equal(exited.structuredContent.exit_code, 7);
+  await call("shell_close", { session: quitting });
+  findings.shell = "ok";
 
   // The daemon's skill: as a resource and as a prompt.
   const resources = (await client.listResources()).resources;

@@ -49,6 +49,20 @@ public:
         if (ctx.progress) ctx.progress(1, 2, "waiting");
         return json::object{{"job_id", jobId}, {"state", "COMPLETED"}, {"exit_code", 0}};
     }
+    std::pair<std::string, json::object> shellOpen(const std::string&, unsigned, unsigned,
+                                                   const std::optional<std::string>&) override {
+        return {"sh-1", {{"pid", 42}}};
+    }
+    ShellOutput shellExchange(const std::string& session, const std::string& input, const ShellWait& wait,
+                              const CallContext&) override {
+        if (session != "sh-1") throw Error(ErrorCode::NotFound, "no shell " + session);
+        ShellOutput out;
+        out.data = "\x1b[1;32m$\x1b[0m " + input + "\r\n\xff";
+        out.matched = wait.pattern.has_value();
+        return out;
+    }
+    void shellResize(const std::string&, unsigned, unsigned) override {}
+    void shellClose(const std::string&) override {}
     void waitBlocked(int n) {
         std::unique_lock lock(m_lock);
         m_changed.wait(lock, [&] { return m_blocked == n; });
@@ -206,6 +220,20 @@ TEST_F(McpSessionTest, CallsRunSideBySideUpToTheLimitAndACancelledOneIsNotAnswer
     EXPECT_EQ(answered.at("id").as_int64(), 2);
     EXPECT_TRUE(m_session.shutdown(10s));
     EXPECT_EQ(sent(), 2u) << "call 1 was cancelled: no answer";
+}
+
+TEST_F(McpSessionTest, ShellOutputComesAsPlainValidText) {
+    auto opened = call(1, "shell_open", {{"daemon", "mila"}});
+    EXPECT_EQ(opened.at("result").at("structuredContent").at("session").as_string(), "sh-1");
+    auto sent = call(2, "shell_send", {{"session", "sh-1"}, {"input", "ls"}, {"wait_for", "\\$ $"}});
+    auto& out = sent.at("result").at("structuredContent").as_object();
+    EXPECT_EQ(out.at("output").as_string(), "$ ls\n\xEF\xBF\xBD") << "escapes and CR gone, a stray byte replaced";
+    EXPECT_TRUE(out.at("matched").as_bool());
+    EXPECT_EQ(errorCode(call(3, "shell_send", {{"session", "sh-1"}, {"input", "x"}, {"wait_for", "("}})),
+              kInvalidParams)
+        << "a pattern that is not a regular expression";
+    EXPECT_TRUE(call(4, "shell_read", {{"session", "sh-9"}}).at("result").at("isError").as_bool());
+    EXPECT_EQ(terminalText("a\x1b]0;title\ab\x1b(Bc\x01\td"), "abc\td");
 }
 
 TEST_F(McpSessionTest, SkillsAreResourcesAndPrompts) {
