@@ -23,6 +23,11 @@ packages=(
   xz-utils busybox-static
   # The MCP tests run the official TypeScript SDK (tests/mcp, npm ci).
   nodejs
+  # The man pages are made from each program's --help.
+  help2man
+  # The systemd tier boots a real systemd in a container (scripts/systemd-container.sh):
+  # its root file system is made with debootstrap and cached as a zstd tarball.
+  debootstrap systemd-container zstd
 )
 # Debian's nodejs comes without npm; NodeSource's carries its own.
 command -v npm >/dev/null 2>&1 || packages+=(npm)
