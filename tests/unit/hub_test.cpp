@@ -44,8 +44,8 @@ protected:
     std::string m_dir;
     std::unique_ptr<RelayDb> m_db;
     std::unique_ptr<Hub> m_hub;
-    Principal m_alice{1, 10, "access"};
-    Principal m_bob{2, 20, "access"};
+    Principal m_alice{1, 10, "access", {}, std::nullopt};
+    Principal m_bob{2, 20, "access", {}, std::nullopt};
 };
 
 }  // namespace
@@ -219,8 +219,8 @@ TEST_F(HubTest, DeliversCallbacksToTheSubmitterUntilItAcknowledges) {
     auto daemon = std::make_shared<RecordingPeer>();
     m_hub->attachDaemon(1, "d1", daemon);
     auto submitter = std::make_shared<RecordingPeer>(), other = std::make_shared<RecordingPeer>();
-    m_hub->attachAgent(Principal{1, 5, "access"}, submitter);
-    m_hub->attachAgent(Principal{1, 6, "access"}, other);
+    m_hub->attachAgent(Principal{1, 5, "access", {}, std::nullopt}, submitter);
+    m_hub->attachAgent(Principal{1, 6, "access", {}, std::nullopt}, other);
     std::string msg =
         R"({"v":1,"type":"job.completed","id":"c1","payload":{"callback_id":"cb-1","job_id":"j1","agent_id":"cred-5","state":"COMPLETED"}})";
     m_hub->onDaemonText(1, "d1", daemon, msg);
@@ -235,25 +235,26 @@ TEST_F(HubTest, DeliversCallbacksToTheSubmitterUntilItAcknowledges) {
     // Reconnecting without acknowledging: sent again.
     m_hub->detachAgent(submitter.get());
     auto again = std::make_shared<RecordingPeer>();
-    m_hub->attachAgent(Principal{1, 5, "access"}, again);
+    m_hub->attachAgent(Principal{1, 5, "access", {}, std::nullopt}, again);
     ASSERT_EQ(again->sent.size(), 1u);
     // Only the addressee may acknowledge it.
-    m_hub->onAgentText(Principal{1, 6, "access"}, other,
+    m_hub->onAgentText(Principal{1, 6, "access", {}, std::nullopt}, other,
                        R"({"v":1,"type":"callback.ack","id":"k","payload":{"callback_id":"cb-1"}})");
     EXPECT_EQ(other->last().errorCode, ErrorCode::NotFound);
-    m_hub->onAgentText(Principal{1, 5, "access"}, again,
+    m_hub->onAgentText(Principal{1, 5, "access", {}, std::nullopt}, again,
                        R"({"v":1,"type":"callback.ack","id":"k","payload":{"callback_id":"cb-1"}})");
     EXPECT_TRUE(again->last().ok);
     auto third = std::make_shared<RecordingPeer>();
-    m_hub->attachAgent(Principal{1, 5, "access"}, third);
+    m_hub->attachAgent(Principal{1, 5, "access", {}, std::nullopt}, third);
     EXPECT_TRUE(third->sent.empty());
     // Still listed (acknowledged) for wait.
-    m_hub->onAgentText(Principal{1, 5, "access"}, third,
+    m_hub->onAgentText(Principal{1, 5, "access", {}, std::nullopt}, third,
                        R"({"v":1,"type":"callback.list","id":"l","daemon_id":"d1","payload":{"job_id":"j1"}})");
     auto list = third->last().result.at("callbacks").as_array();
     ASSERT_EQ(list.size(), 1u);
     EXPECT_TRUE(list[0].at("acked").as_bool());
-    m_hub->onAgentText(Principal{1, 5, "access"}, third, R"({"v":1,"type":"callback.ack","id":"k","payload":{}})");
+    m_hub->onAgentText(Principal{1, 5, "access", {}, std::nullopt}, third,
+                       R"({"v":1,"type":"callback.ack","id":"k","payload":{}})");
     EXPECT_EQ(third->last().errorCode, ErrorCode::BadRequest);
 }
 
