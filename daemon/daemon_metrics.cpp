@@ -13,11 +13,9 @@ void DaemonMetrics::message(std::string_view type) {
         ++it->second;
         return;
     }
-    // Types are the platform's to choose: only plausible ones, and few, get a name.
-    bool plausible = !type.empty() && type.size() <= 32 && std::all_of(type.begin(), type.end(), [](char c) {
-        return (c >= 'a' && c <= 'z') || c == '.' || c == '_';
-    });
-    if (!plausible || m_messages.size() >= kMaxMessageTypes) type = "other";
+    // protocol::parse has checked the type's characters; the platform still
+    // chooses the types, so only so many get a name of their own.
+    if (m_messages.size() >= kMaxMessageTypes) type = "other";
     ++m_messages[std::string(type)];
 }
 

@@ -19,7 +19,8 @@ public:
 
     /// The link is up; every time after the first is a reconnect.
     void linkConnected();
-    /// A text message from the platform (a request, an event or a response).
+    /// A well-formed text message from the platform (a request, an event or a
+    /// response; its type as protocol::parse accepts it).
     void message(std::string_view type);
     /// An exec ended with `exitCode` (128 + signal for a signal).
     void execEnded(int exitCode);

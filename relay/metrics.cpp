@@ -72,12 +72,6 @@ std::string label(std::string_view name, std::string_view value) {
     return std::string(name) + "=\"" + escapeLabel(value) + "\"";
 }
 
-/// Request types as the protocol spells them; anything else is "other".
-bool plausibleType(std::string_view t) {
-    return !t.empty() && t.size() <= 32 &&
-           std::all_of(t.begin(), t.end(), [](char c) { return (c >= 'a' && c <= 'z') || c == '.' || c == '_'; });
-}
-
 }  // namespace
 
 Histogram::Histogram(std::vector<double> bounds) : m_bounds(std::move(bounds)), m_buckets(m_bounds.size() + 1, 0) {}
@@ -96,7 +90,8 @@ RelayMetrics::RelayMetrics() : m_startedAt(nowEpochSeconds()) {
 std::uint16_t RelayMetrics::requestSlot(std::string_view type) {
     for (std::size_t i = 0; i < m_requestLatency.size(); ++i)
         if (m_requestLatency[i].first == type) return static_cast<std::uint16_t>(i);
-    if (!plausibleType(type) || m_requestLatency.size() >= kMaxLabelValues) return 0;
+    // protocol::parse has checked the type's characters; only their number needs a bound.
+    if (m_requestLatency.size() >= kMaxLabelValues) return 0;
     m_requestLatency.emplace_back(std::string(type), Histogram(kRequestBounds));
     return static_cast<std::uint16_t>(m_requestLatency.size() - 1);
 }
@@ -162,18 +157,17 @@ std::string RelayMetrics::render(const RelayGauges& g) const {
 
     static constexpr std::string_view kDirections[] = {"to_daemon", "to_agent"};
     static constexpr std::string_view kFrames[] = {"text", "binary"};
-    x.family("hpc_relay_messages_routed_total", "counter",
-             "WebSocket messages the relay routed between agents and daemons, by direction and frame kind.");
-    for (std::size_t i = 0; i < m_flows.size(); ++i)
-        x.sample("hpc_relay_messages_routed_total",
-                 label("direction", kDirections[i / 2]) + "," + label("frame", kFrames[i % 2]),
-                 static_cast<double>(m_flows[i].messages));
-    x.family("hpc_relay_bytes_routed_total", "counter",
-             "Bytes of the WebSocket messages the relay routed, by direction and frame kind.");
-    for (std::size_t i = 0; i < m_flows.size(); ++i)
-        x.sample("hpc_relay_bytes_routed_total",
-                 label("direction", kDirections[i / 2]) + "," + label("frame", kFrames[i % 2]),
-                 static_cast<double>(m_flows[i].bytes));
+    auto flows = [&](std::string_view name, std::string_view help, std::uint64_t Flow::*field) {
+        x.family(name, "counter", help);
+        for (std::size_t i = 0; i < m_flows.size(); ++i)
+            x.sample(name, label("direction", kDirections[i / 2]) + "," + label("frame", kFrames[i % 2]),
+                     static_cast<double>(m_flows[i].*field));
+    };
+    flows("hpc_relay_messages_routed_total",
+          "WebSocket messages the relay routed between agents and daemons, by direction and frame kind.",
+          &Flow::messages);
+    flows("hpc_relay_bytes_routed_total",
+          "Bytes of the WebSocket messages the relay routed, by direction and frame kind.", &Flow::bytes);
 
     x.family("hpc_relay_callbacks_received_total", "counter",
              "Job callbacks (job.completed) from daemons: new ones stored, and retries of stored ones.");

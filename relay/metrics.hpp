@@ -5,9 +5,9 @@
 ///
 /// The relay runs one io_context on one thread, so the counters are plain
 /// integers: no atomics, no locks on the data path. Every label takes values
-/// from a bounded set: request types and HTTP routes beyond kMaxLabelValues
-/// distinct values are counted as "other", so a client cannot grow the
-/// exposition without bound.
+/// from a bounded set: request types (already checked by protocol::parse) and
+/// HTTP routes beyond kMaxLabelValues distinct values are counted as "other",
+/// so a client cannot grow the exposition without bound.
 
 #include "errors.hpp"
 #include "secret.hpp"

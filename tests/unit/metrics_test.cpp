@@ -26,9 +26,8 @@ TEST(RelayMetrics, HistogramBucketsAreCumulativeAndEndInACountedInf) {
     EXPECT_NEAR(*metricValue(text, h + R"(_sum{type="exec"})"), 400.0034, 1e-9);
 }
 
-TEST(RelayMetrics, RequestTypesBeyondTheLimitOrImplausibleCountAsOther) {
+TEST(RelayMetrics, RequestTypesBeyondTheLimitCountAsOther) {
     relay::RelayMetrics m;
-    EXPECT_EQ(m.requestSlot("Exec\"}"), 0u) << "slot 0 is \"other\"";
     for (std::size_t i = 0; i < 2 * relay::RelayMetrics::kMaxLabelValues; ++i)
         m.requestAnswered(m.requestSlot("t" + std::string(i / 26 + 1, static_cast<char>('a' + i % 26))), 0.01);
     auto text = m.render({});
@@ -147,7 +146,6 @@ TEST(DaemonMetrics, MessageTypesAreCountedByNameUpToALimit) {
     m.message("exec");
     m.message("exec");
     m.message("response");
-    m.message("EXEC\n");
     for (std::size_t i = 0; i < daemon::DaemonMetrics::kMaxMessageTypes + 10; ++i)
         m.message("t" + std::string(i / 26 + 1, static_cast<char>('a' + i % 26)));
     auto c = m.snapshot(0);
