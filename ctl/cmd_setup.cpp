@@ -4,11 +4,11 @@
 #include "daemon_client.hpp"
 #include "exit_codes.hpp"
 #include "prompter.hpp"
+#include "skill_catalog.hpp"
 
 #include "bus_name.hpp"
 
 #include <activation_template.hpp>
-#include <builtin_skills.hpp>
 
 #include "log.hpp"
 #include "platform_client.hpp"
@@ -123,19 +123,6 @@ std::string defaultWorkspace() {
     return (fs::path(home ? home : "/") / "tiptree-workspace").string();
 }
 
-/// A built-in skill by name or number, or "" when `answer` is neither.
-std::string builtinSkill(const std::string& answer) {
-    for (std::size_t i = 0; i < kBuiltinSkills.size(); ++i)
-        if (answer == kBuiltinSkills[i].name || answer == std::to_string(i + 1))
-            return std::string(kBuiltinSkills[i].name);
-    return {};
-}
-
-std::string skillTitle(const BuiltinSkill& s) {
-    auto line = s.text.substr(0, s.text.find('\n'));
-    return std::string(line.rfind("# ", 0) == 0 ? line.substr(2) : line);
-}
-
 /// The interview's questions after sign-in: each skipped when its flag was
 /// given or with --no-interview.
 void interview(SetupOptions& o, Prompter& ask) {
@@ -146,7 +133,8 @@ void interview(SetupOptions& o, Prompter& ask) {
                     skillTitle(kBuiltinSkills[i]));
         ask.say("  or type a short description of this server");
         std::string answer = ask.ask("Skill", std::string(kBuiltinSkills[0].name));
-        o.skill = builtinSkill(answer).empty() ? answer : builtinSkill(answer);
+        const auto* builtin = findBuiltinSkill(answer);
+        o.skill = builtin ? std::string(builtin->name) : answer;
     }
     if (o.allowedDirs.empty()) {
         ask.say("\nAgents may write only inside the allowed directories (comma-separated; created if missing).");
@@ -185,13 +173,10 @@ int runSetup(SetupOptions o) {
     // Checked before any network call; the route is the one the daemon will take.
     std::string proxy = validateProxySetting(o.proxy);
     ProxyRoute route = resolveProxyRoute(proxy, *url);
-    if (!o.skill.empty() && builtinSkill(o.skill).empty() && o.skill.find(' ') == std::string::npos)
-        throw Error(
-            ErrorCode::BadRequest, "--skill " + o.skill + " is not a built-in skill (" + [] {
-                std::string names;
-                for (const auto& s : kBuiltinSkills) names += (names.empty() ? "" : ", ") + std::string(s.name);
-                return names;
-            }() + "); to describe a server in your own words use a phrase with spaces");
+    if (!o.skill.empty() && !findBuiltinSkill(o.skill) && o.skill.find(' ') == std::string::npos)
+        throw Error(ErrorCode::BadRequest, "--skill " + o.skill + " is not a built-in skill (" + builtinSkillNames() +
+                                               "); to describe a server in your own words use a phrase with spaces");
+    if (!o.skill.empty()) registeredSkill(o.skill, o.instructions);  // over the limits: stop before the code
 
     // Open the store first: a store problem should stop us before the user
     // types a code.
@@ -217,6 +202,7 @@ int runSetup(SetupOptions o) {
     profile.apiKey = platform.createApiKey(access);
     if (!o.noInterview) interview(o, ask);
     if (o.skill.empty()) o.skill = std::string(kBuiltinSkills[0].name);
+    skill::Skill skill = registeredSkill(o.skill, o.instructions);
 
     profile.daemonId = daemonId;
     profile.platformUrl = url->str();
@@ -242,7 +228,7 @@ int runSetup(SetupOptions o) {
     for (const auto& d : profile.allowedDirs) dirs.emplace_back(d);
     json::object info{{"hostname", hostName()},
                       {"cluster_name", profile.clusterName},
-                      {"skill", profile.skill},
+                      {"skill", skill.toJson()},
                       {"allowed_dirs", dirs},
                       {"job_workdir", profile.jobWorkdir},
                       {"instructions", profile.instructions},
@@ -266,6 +252,7 @@ int runSetup(SetupOptions o) {
                                                   {"allowed_dirs", dirs},
                                                   {"job_workdir", profile.jobWorkdir},
                                                   {"skill", profile.skill},
+                                                  {"skill_version", skill.version},
                                                   {"registered", created ? "new" : "updated"},
                                                   {"activation_file", activation.string()},
                                                   {"environment_file", environment.string()},
@@ -313,9 +300,12 @@ Command addSetupCommand(CLI::App& parent) {
                     "default: HTTPS_PROXY/ALL_PROXY and NO_PROXY of the daemon's environment");
     app->add_option("--cluster-name", o->clusterName, "cluster name shown to agents (default: the hostname)");
     app->add_option("--skill", o->skill,
-                    "built-in skill (mila-hpc, generic-slurm, plain-server) or a description of this server");
+                    "built-in skill (" + builtinSkillNames() +
+                        "; see hpc-daemonctl skills) or a one-line description of this server; agents read its "
+                        "text, with the instructions, from the platform");
     app->add_option("--job-dir", o->jobDir, "working directory for jobs (default: the first allowed directory)");
-    app->add_option("--instructions", o->instructions, "extra instructions for agents");
+    app->add_option("--instructions", o->instructions,
+                    "instructions for agents, registered after the skill's text (at most 64 KiB together)");
     app->add_flag("--no-interview", o->noInterview,
                   "ask nothing but the code: values come from flags, the disclaimer is taken as accepted");
     app->add_flag("--json", o->json, "print the result as JSON on stdout (progress lines are suppressed)");

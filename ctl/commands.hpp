@@ -32,6 +32,7 @@ Command addJobsCommand(CLI::App& parent);
 Command addConfigCommand(CLI::App& parent);
 Command addRotateKeyCommand(CLI::App& parent);
 Command addRemoveCommand(CLI::App& parent);
+Command addSkillsCommand(CLI::App& parent);
 
 /// The profile a command acts on (--daemon-id, or the only one) and its files.
 struct Target {

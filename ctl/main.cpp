@@ -20,7 +20,8 @@ int main(int argc, char** argv) try {
     std::vector<Command> commands{addSetupCommand(app),   addStartCommand(app),     addStopCommand(app),
                                   addRestartCommand(app), addStatusCommand(app),    addListCommand(app),
                                   addLogsCommand(app),    addAuditCommand(app),     addJobsCommand(app),
-                                  addConfigCommand(app),  addRotateKeyCommand(app), addRemoveCommand(app)};
+                                  addConfigCommand(app),  addRotateKeyCommand(app), addRemoveCommand(app),
+                                  addSkillsCommand(app)};
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

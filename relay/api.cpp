@@ -1,6 +1,7 @@
 #include "api.hpp"
 
 #include "log.hpp"
+#include "skill.hpp"
 #include "util.hpp"
 
 #include <sys/random.h>
@@ -67,9 +68,9 @@ Secret sixDigitCode() {
 /// Fields a daemon registration may carry, each with its JSON kind.
 bool validRegistration(const json::object& o, std::string& why) {
     static const std::pair<std::string_view, json::kind> kFields[] = {
-        {"hostname", json::kind::string},    {"cluster_name", json::kind::string}, {"skill", json::kind::string},
-        {"allowed_dirs", json::kind::array}, {"job_workdir", json::kind::string},  {"instructions", json::kind::string},
-        {"scheduler", json::kind::string},   {"version", json::kind::string},
+        {"hostname", json::kind::string},    {"cluster_name", json::kind::string}, {"allowed_dirs", json::kind::array},
+        {"job_workdir", json::kind::string}, {"instructions", json::kind::string}, {"scheduler", json::kind::string},
+        {"version", json::kind::string},
     };
     for (const auto& [name, kind] : kFields) {
         auto* v = o.if_contains(name);
@@ -84,7 +85,9 @@ bool validRegistration(const json::object& o, std::string& why) {
                 why = "\"allowed_dirs\" must be an array of strings";
                 return false;
             }
-    return true;
+    // A string (a name, from older clients) or {name, version, text}.
+    if (auto* s = o.if_contains("skill"); s && !s->is_null()) why = skill::problem(*s);
+    return why.empty();
 }
 
 }  // namespace
@@ -300,6 +303,7 @@ json::object Api::describe(std::int64_t userId, const Registration& reg) const {
     o["daemon_id"] = reg.daemonId;
     o["created_at"] = reg.createdAt;
     o["updated_at"] = reg.updatedAt;
+    o["skill_version"] = reg.skillVersion;
     auto since = m_hub.connectedSince(userId, reg.daemonId);
     o["connected"] = since.has_value();
     o["connected_since"] = since ? json::value(*since) : json::value(nullptr);
@@ -321,7 +325,9 @@ ApiResponse Api::daemons(const ApiRequest& r, const std::string& daemonId) {
     if (r.method == "GET") {
         auto reg = m_db.daemon(who->userId, daemonId);
         if (!reg) return errorResponse(ErrorCode::NotFound, "no daemon " + daemonId);
-        return success("ok", describe(who->userId, *reg));
+        auto o = describe(who->userId, *reg);
+        o["skill_text"] = reg->skillText;  // only here: a list of daemons stays small
+        return success("ok", std::move(o));
     }
     if (r.method == "PUT") {
         auto body = bodyObject(r);

@@ -2,6 +2,7 @@
 
 #include "errors.hpp"
 #include "log.hpp"
+#include "skill.hpp"
 #include "util.hpp"
 
 #include <openssl/evp.h>
@@ -102,6 +103,12 @@ const std::vector<sqlite::Migration> kMigrations = {
         SELECT user_id, 'cred-' || id, created_at FROM credentials WHERE kind = 'access';
     UPDATE credentials SET agent = 'cred-' || id WHERE kind = 'access';
     )sql",
+    // Issue 14: a registration carries its skill's text (up to 64 KiB) for
+    // agents to read; kept out of `info` so listing daemons does not load it.
+    R"sql(
+    ALTER TABLE daemons ADD COLUMN skill_version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE daemons ADD COLUMN skill_text TEXT NOT NULL DEFAULT '';
+    )sql",
 };
 
 Registration readRegistration(sqlite::Statement& st) {
@@ -112,6 +119,8 @@ Registration readRegistration(sqlite::Statement& st) {
     if (!ec && v.is_object()) r.info = v.get_object();
     r.createdAt = st.real(2);
     r.updatedAt = st.real(3);
+    r.skillVersion = st.text(4);
+    r.skillText = st.text(5);
     return r;
 }
 
@@ -369,10 +378,31 @@ bool RelayDb::putDaemon(std::int64_t userId, const std::string& daemonId, const 
     double now = nowEpochSeconds();
     sqlite::Transaction tx(m_db);
     bool existed = daemon(userId, daemonId).has_value();
+    // A skill object is stored as its name in `info` (what a string skill
+    // is) and its version and text in their columns; a string skill has none.
+    json::object stored = info;
+    std::string skillVersion, skillText;
+    if (auto* s = stored.if_contains("skill"); s && s->is_object()) {
+        const auto& skill = s->get_object();
+        skillText = skill.at("text").as_string();
+        auto* v = skill.if_contains("version");
+        skillVersion = v && v->is_string() && !v->get_string().empty() ? std::string(v->get_string())
+                                                                       : skill::versionOf(skillText);
+        json::string name = skill.at("name").as_string();
+        stored["skill"] = std::move(name);
+    }
     auto st = m_db.prepare(
-        "INSERT INTO daemons (user_id, daemon_id, info, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4) "
-        "ON CONFLICT(user_id, daemon_id) DO UPDATE SET info = ?3, updated_at = ?4");
-    st.bind(1, userId).bind(2, daemonId).bind(3, json::serialize(info)).bind(4, now).run();
+        "INSERT INTO daemons (user_id, daemon_id, info, created_at, updated_at, skill_version, skill_text) "
+        "VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) "
+        "ON CONFLICT(user_id, daemon_id) DO UPDATE SET info = ?3, updated_at = ?4, skill_version = ?5, "
+        "skill_text = ?6");
+    st.bind(1, userId)
+        .bind(2, daemonId)
+        .bind(3, json::serialize(stored))
+        .bind(4, now)
+        .bind(5, skillVersion)
+        .bind(6, skillText)
+        .run();
     if (apiKeyId != 0) bindKey(userId, daemonId, apiKeyId);
     tx.commit();
     return !existed;
@@ -485,7 +515,8 @@ bool RelayDb::revokeCredential(std::int64_t credentialId) try {
 
 std::vector<Registration> RelayDb::daemons(std::int64_t userId) {
     auto st = m_db.prepare(
-        "SELECT daemon_id, info, created_at, updated_at FROM daemons WHERE user_id = ?1 ORDER BY daemon_id");
+        "SELECT daemon_id, info, created_at, updated_at, skill_version, '' FROM daemons WHERE user_id = ?1 "
+        "ORDER BY daemon_id");
     st.bind(1, userId);
     std::vector<Registration> out;
     while (st.step()) out.push_back(readRegistration(st));
@@ -494,7 +525,8 @@ std::vector<Registration> RelayDb::daemons(std::int64_t userId) {
 
 std::optional<Registration> RelayDb::daemon(std::int64_t userId, const std::string& daemonId) {
     auto st = m_db.prepare(
-        "SELECT daemon_id, info, created_at, updated_at FROM daemons WHERE user_id = ?1 AND daemon_id = ?2");
+        "SELECT daemon_id, info, created_at, updated_at, skill_version, skill_text FROM daemons "
+        "WHERE user_id = ?1 AND daemon_id = ?2");
     st.bind(1, userId).bind(2, daemonId);
     if (!st.step()) return std::nullopt;
     return readRegistration(st);

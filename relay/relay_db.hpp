@@ -43,9 +43,11 @@ struct AgentIdentity {
 
 struct Registration {
     std::string daemonId;
-    boost::json::object info;
+    boost::json::object info;  ///< its "skill" is the skill's name
     double createdAt = 0;
     double updatedAt = 0;
+    std::string skillVersion;  ///< "" when the registration has no skill text
+    std::string skillText;     ///< only from daemon(), not from daemons()
 };
 
 struct StoredCallback {
@@ -119,7 +121,10 @@ public:
     std::vector<AgentIdentity> agents(std::int64_t userId);
     std::string email(std::int64_t userId);
 
-    /// Returns true when the registration is new. With `apiKeyId` (the API
+    /// Returns true when the registration is new. `info` is as the API
+    /// validated it; a "skill" object's version and text are stored apart
+    /// (its version computed when it has none), replacing the ones before;
+    /// a string skill clears them. With `apiKeyId` (the API
     /// key that registers it), the registration is bound to that key and the
     /// key it was bound to before is superseded (see daemonConnected).
     bool putDaemon(std::int64_t userId, const std::string& daemonId, const boost::json::object& info,

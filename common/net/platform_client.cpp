@@ -112,6 +112,13 @@ json::array PlatformClient::listDaemons(const Secret& bearer) {
     throw Error(ErrorCode::Unavailable, "the platform's reply to /hpc/daemons has no daemon list");
 }
 
+json::object PlatformClient::getDaemon(const Secret& bearer, const std::string& daemonId) {
+    std::string route = "/hpc/daemons/" + daemonId;
+    auto r = call("GET", route, nullptr, bearer);
+    if (auto* p = r.if_contains("payload"); p && p->is_object()) return p->get_object();
+    throw Error(ErrorCode::Unavailable, "the platform's reply to " + route + " has no payload");
+}
+
 Secret PlatformClient::rotateDaemonKey(const Secret& apiKey, const std::string& daemonId) {
     std::string route = "/hpc/daemons/" + daemonId + "/rotate-key";
     auto r = call("POST", route, nullptr, apiKey);

@@ -42,6 +42,9 @@ public:
     bool registerDaemon(const Secret& apiKey, const std::string& daemonId, const boost::json::object& info);
     /// GET /hpc/daemons: the user's registrations, with "connected".
     boost::json::array listDaemons(const Secret& bearer);
+    /// GET /hpc/daemons/{id}: one registration as listDaemons has it, plus
+    /// its "skill_text". Throws Error(NotFound) for a daemon the user lacks.
+    boost::json::object getDaemon(const Secret& bearer, const std::string& daemonId);
     /// POST /hpc/daemons/{id}/rotate-key (bearer: the daemon's API key):
     /// returns a new API key. The old one stays valid until the daemon
     /// connects with the new one; then the platform revokes it.

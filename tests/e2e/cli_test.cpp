@@ -114,6 +114,11 @@ TEST_F(CliTest, SetupRefusesBadInputBeforeContactingThePlatform) {
     EXPECT_NE(r.err.find("https"), std::string::npos);
     r = runCommand({ctl, "setup", "--bogus-flag"}, "", env);
     EXPECT_EQ(r.status, 2);
+    r = runCommand({ctl, "setup", "--no-interview", "--email", "a@example.org", "--url", m_h->url(), "--skill",
+                    "plain-server", "--instructions", std::string(70000, 'i')},
+                   "", env);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.err.find("65536"), std::string::npos) << "the skill's size limit: " << r.err;
     EXPECT_EQ(m_h->codeLines(), 0u) << "no code was requested";
 }
 
@@ -139,6 +144,74 @@ TEST_F(CliTest, AgentExecPrintsRemoteOutputAndExitsWithItsStatus) {
     r = runCommand({Harness::binary("hpc-agent"), "daemons"}, "", env);
     EXPECT_EQ(r.status, 0);
     EXPECT_NE(r.out.find("connected"), std::string::npos);
+}
+
+TEST_F(CliTest, TheSkillChosenAtSetupReachesTheAgentWithTheOwnersInstructions) {
+    ASSERT_EQ(m_h->setupDaemon("lab", "a@example.org", {(m_h->dir() / "w").string()},
+                               {"--skill", "plain-server", "--instructions", "Use /data for inputs."})
+                  .status,
+              0);
+    auto token = m_h->login("a@example.org");
+    std::vector<std::string> env = {"HPC_AGENT_URL=" + m_h->url(), "HPC_AGENT_TOKEN=" + token.reveal(),
+                                    "HPC_AGENT_CA=" + m_h->caFile()};
+    auto builtin = runCommand({Harness::binary("hpc-daemonctl"), "skills", "show", "plain-server"});
+    ASSERT_EQ(builtin.status, 0) << builtin.err;
+    auto r = runCommand({Harness::binary("hpc-agent"), "daemons", "--show", "lab"}, "", env);
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("state:          offline"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("skill:          plain-server (sha256:"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(builtin.out.substr(0, builtin.out.find_last_not_of('\n') + 1)), std::string::npos)
+        << "the built-in's whole text: " << r.out;
+    EXPECT_NE(r.out.find("Use /data for inputs."), std::string::npos) << "and the owner's instructions: " << r.out;
+
+    // Set up again with a description of the server: the agent reads the new text and version.
+    auto json = [&] {
+        auto shown = runCommand({Harness::binary("hpc-agent"), "daemons", "--show", "lab", "--json"}, "", env);
+        EXPECT_EQ(shown.status, 0) << shown.err;
+        return boost::json::parse(shown.out).as_object();
+    };
+    auto before = json();
+    ASSERT_EQ(m_h->setupDaemon("lab", "a@example.org", {(m_h->dir() / "w").string()},
+                               {"--skill", "a lab server with two GPUs", "--instructions", "Ask before using GPU 1."})
+                  .status,
+              0);
+    auto after = json();
+    EXPECT_EQ(after.at("skill").as_string(), "a lab server with two GPUs");
+    std::string text(after.at("skill_text").as_string());
+    EXPECT_EQ(text.rfind("# a lab server with two GPUs\n", 0), 0u) << text;
+    EXPECT_NE(text.find("Ask before using GPU 1."), std::string::npos) << text;
+    EXPECT_NE(after.at("skill_version"), before.at("skill_version"));
+
+    r = runCommand({Harness::binary("hpc-agent"), "daemons", "--show", "nope"}, "", env);
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.err.find("no daemon nope"), std::string::npos) << r.err;
+}
+
+TEST(CtlSkills, ListsTheBuiltInSkillsAndShowsOne) {
+    auto ctl = Harness::binary("hpc-daemonctl");
+    auto r = runCommand({ctl, "skills"});
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.out.rfind("NAME", 0), 0u) << r.out;
+    EXPECT_NE(r.out.find("mila-hpc"), std::string::npos);
+    EXPECT_NE(r.out.find("Mila cluster"), std::string::npos) << "each with its title";
+    r = runCommand({ctl, "skills", "--json"});
+    ASSERT_EQ(r.status, 0) << r.err;
+    auto list = boost::json::parse(r.out).as_array();
+    ASSERT_EQ(list.size(), 3u);
+    std::string version;
+    for (const auto& s : list)
+        if (s.at("name") == "generic-slurm") version = s.at("version").as_string();
+    EXPECT_EQ(version.rfind("sha256:", 0), 0u) << r.out;
+    r = runCommand({ctl, "skills", "show", "generic-slurm", "--json"});
+    ASSERT_EQ(r.status, 0) << r.err;
+    auto one = boost::json::parse(r.out).as_object();
+    EXPECT_EQ(one.at("version").as_string(), version);
+    EXPECT_EQ(std::string(one.at("text").as_string()).rfind("# A SLURM cluster\n", 0), 0u);
+    r = runCommand({ctl, "skills", "show", "generic-slurm"});
+    EXPECT_EQ(r.out, one.at("text").as_string());
+    r = runCommand({ctl, "skills", "show", "nope"});
+    EXPECT_EQ(r.status, 4);
+    EXPECT_NE(r.err.find("generic-slurm, mila-hpc, plain-server"), std::string::npos) << r.err;
 }
 
 TEST_F(CliTest, AgentLogoutRevokesTheTokenAndRemovesItsFile) {

@@ -1,6 +1,7 @@
 #include "api.hpp"
 #include "hub.hpp"
 #include "relay_db.hpp"
+#include "skill.hpp"
 #include "util.hpp"
 
 #include <gtest/gtest.h>
@@ -330,6 +331,99 @@ TEST_F(KeyTest, ARevokedTokenIsRefusedAndItsConnectionsClosed) {
     EXPECT_FALSE(accepted(m_access));
     EXPECT_TRUE(agent->closed);
     EXPECT_EQ(call("POST", "/auth/revoke", {}, m_access).status, 401);
+}
+
+namespace {
+
+json::object skillOf(const std::string& name, const std::string& text, const std::string& version = {}) {
+    json::object s{{"name", name}, {"text", text}};
+    if (!version.empty()) s["version"] = version;
+    return s;
+}
+
+}  // namespace
+
+TEST_F(ApiTest, ASkillsTextIsStoredWithTheRegistrationAndShownForOneDaemonOnly) {
+    std::string access = signIn("a@example.org");
+    auto put = call("PUT", "/hpc/daemons/mila",
+                    {{"skill", skillOf("mila-hpc", "# Mila\n\nUse sbatch.\n", "sha256:0123456789abcdef")}}, access);
+    ASSERT_EQ(put.status, 201) << put.body;
+    auto one = bodyOf(call("GET", "/hpc/daemons/mila", {}, access)).at("payload").as_object();
+    EXPECT_EQ(one.at("skill").as_string(), "mila-hpc") << "the name stays a string for older readers";
+    EXPECT_EQ(one.at("skill_version").as_string(), "sha256:0123456789abcdef");
+    EXPECT_EQ(one.at("skill_text").as_string(), "# Mila\n\nUse sbatch.\n");
+    auto listed = bodyOf(call("GET", "/hpc/daemons", {}, access)).at("payload").at("daemons").at(0).as_object();
+    EXPECT_EQ(listed.at("skill_version").as_string(), "sha256:0123456789abcdef");
+    EXPECT_FALSE(listed.contains("skill_text")) << "a list of daemons does not carry every text";
+
+    // Registering again with another text replaces it; without a version the relay hashes the text.
+    ASSERT_EQ(
+        call("PUT", "/hpc/daemons/mila", {{"skill", skillOf("mila-hpc", "# Mila\n\nUse salloc.\n")}}, access).status,
+        200);
+    one = bodyOf(call("GET", "/hpc/daemons/mila", {}, access)).at("payload").as_object();
+    EXPECT_EQ(one.at("skill_text").as_string(), "# Mila\n\nUse salloc.\n");
+    EXPECT_EQ(one.at("skill_version").as_string(), skill::versionOf("# Mila\n\nUse salloc.\n"));
+
+    // An older client sends the name only: accepted, and there is no text to show any more.
+    ASSERT_EQ(call("PUT", "/hpc/daemons/mila", {{"skill", "generic-slurm"}}, access).status, 200);
+    one = bodyOf(call("GET", "/hpc/daemons/mila", {}, access)).at("payload").as_object();
+    EXPECT_EQ(one.at("skill").as_string(), "generic-slurm");
+    EXPECT_EQ(one.at("skill_version").as_string(), "");
+    EXPECT_EQ(one.at("skill_text").as_string(), "");
+}
+
+TEST_F(ApiTest, RefusesSkillsOverTheirLimitsWithAClearErrorAndChangesNothing) {
+    std::string access = signIn("a@example.org");
+    ASSERT_EQ(call("PUT", "/hpc/daemons/d", {{"skill", skillOf("plain-server", "# kept\n")}}, access).status, 201);
+    std::string full(skill::kMaxTextBytes, 'x');
+    EXPECT_EQ(call("PUT", "/hpc/daemons/d", {{"skill", skillOf("big", full)}}, access).status, 200)
+        << "exactly the limit is accepted";
+    ASSERT_EQ(call("PUT", "/hpc/daemons/d", {{"skill", skillOf("plain-server", "# kept\n")}}, access).status, 200);
+
+    auto refused = [&](const json::value& skill, const std::string& says) {
+        auto r = call("PUT", "/hpc/daemons/d", {{"skill", skill}}, access);
+        EXPECT_EQ(r.status, 400) << json::serialize(skill).substr(0, 200);
+        auto body = bodyOf(r);
+        EXPECT_EQ(body.at("code").as_string(), "BAD_REQUEST");
+        EXPECT_NE(std::string(body.at("message").as_string()).find(says), std::string::npos) << r.body;
+    };
+    refused(skillOf("big", full + "x"), "the limit is 65536");
+    refused(skillOf(std::string(skill::kMaxNameBytes + 1, 'n'), "# t\n"), "\"skill.name\" is 257 bytes");
+    refused(skillOf("x", "# t\n", std::string(skill::kMaxVersionBytes + 1, 'v')), "\"skill.version\" is 65 bytes");
+    refused(skillOf("x", "\x1b]0;owned\x07# t\n"), "control characters");
+    refused(skillOf("two\nlines", "# t\n"), "one line");
+    refused(skillOf("", "# t\n"), "\"skill.name\" must be a non-empty string");
+    refused(json::object{{"name", "x"}}, "\"skill.text\" must be a non-empty string");
+    refused(json::object{{"name", "x"}, {"text", "t"}, {"version", 3}}, "\"skill.version\" must be a string");
+    refused(42, "\"skill\" must be a string or an object");
+    refused(json::string(std::string(skill::kMaxTextBytes + 1, 's')), "the limit is 65536");
+
+    auto one = bodyOf(call("GET", "/hpc/daemons/d", {}, access)).at("payload").as_object();
+    EXPECT_EQ(one.at("skill_text").as_string(), "# kept\n") << "a refused registration changes nothing";
+}
+
+TEST_F(ApiTest, TheRelayDatabaseKeepsTheSkillApartFromTheRegistrationsInfo) {
+    std::int64_t user = 0;
+    {
+        auto token = m_db->startSignin("s@example.org", Secret("123456"));
+        ASSERT_TRUE(token);
+        ASSERT_EQ(m_db->verifyCode(*token, Secret("123456"), user), VerifyOutcome::Ok);
+    }
+    json::object info{{"hostname", "h"}, {"skill", skillOf("mila-hpc", "# text\n", "v1")}};
+    EXPECT_TRUE(m_db->putDaemon(user, "d", info));
+    auto reg = m_db->daemon(user, "d");
+    ASSERT_TRUE(reg);
+    EXPECT_EQ(reg->info.at("skill").as_string(), "mila-hpc");
+    EXPECT_EQ(reg->skillVersion, "v1");
+    EXPECT_EQ(reg->skillText, "# text\n");
+    auto all = m_db->daemons(user);
+    ASSERT_EQ(all.size(), 1u);
+    EXPECT_EQ(all[0].skillVersion, "v1");
+    EXPECT_EQ(all[0].skillText, "") << "the list does not load the texts";
+    // The stored info is what the daemon's JSON says, with the skill's name only.
+    auto st = m_db->rawDb().prepare("SELECT info FROM daemons WHERE daemon_id = 'd'");
+    ASSERT_TRUE(st.step());
+    EXPECT_EQ(st.text(0).find("# text"), std::string::npos) << st.text(0);
 }
 
 namespace {
