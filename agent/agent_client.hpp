@@ -53,6 +53,20 @@ struct ExecOutcome {
     static ExecOutcome fromResult(const boost::json::object& result);
 };
 
+/// Where a streamed exec's streams go and come from (AgentClient::execStream).
+struct ExecStreamIo {
+    /// Each piece of output as it arrives, in order: any bytes, no cap.
+    std::function<void(std::string_view)> onStdout, onStderr;
+    /// Read until EOF and streamed to the command's stdin (a pipe, a file, a
+    /// terminal); -1: the command's stdin is /dev/null.
+    int stdinFd = -1;
+    std::uint64_t credit = 0;  ///< output window in bytes; 0: the daemon's default (1 MiB)
+    /// Asked at least every 100 ms; once it returns true the command is
+    /// stopped as pty.close does (SIGTERM to its group, SIGKILL after its
+    /// kill grace) and execStream still returns how it ended.
+    std::function<bool()> interrupted;
+};
+
 /// What pty.open asks for.
 struct PtySpec {
     unsigned cols = 80, rows = 24;
@@ -125,8 +139,18 @@ public:
     boost::json::object request(const std::string& daemonId, const std::string& type, boost::json::object payload,
                                 std::chrono::milliseconds timeout = std::chrono::minutes(10));
 
+    /// The buffered exec: output capped at spec.maxOutputBytes per stream
+    /// (outTruncated, errTruncated say when it was cut).
     ExecOutcome exec(const std::string& daemonId, const ExecSpec& spec,
                      std::chrono::milliseconds timeout = std::chrono::minutes(10));
+    /// The streamed exec (docs/protocol.md §4.3): the output goes to `io` as
+    /// it arrives, under a credit window granted back as the callbacks return
+    /// (a slow callback slows the command, never memory), and io.stdinFd is
+    /// streamed as stdin. Returns how the command ended (out and err empty).
+    /// Throws hpc::Error: the daemon's refusal; Unavailable when the daemon
+    /// or the connection went away (the command is then killed); the code in
+    /// exec.end when the daemon cut the stream short.
+    ExecOutcome execStream(const std::string& daemonId, ExecSpec spec, const ExecStreamIo& io);
 
     // ---- PTY sessions ----
     PtyHandle openPty(const std::string& daemonId, const PtySpec& spec,

@@ -24,16 +24,6 @@ struct LogsOptions {
     std::uint64_t fromByte = 0;
 };
 
-/// Job output is any bytes: written as they came, unbuffered.
-void writeOut(std::string_view data) {
-    while (!data.empty()) {
-        ssize_t n = ::write(STDOUT_FILENO, data.data(), data.size());
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) throw Error(ErrorCode::Internal, std::string("cannot write the output: ") + std::strerror(errno));
-        data.remove_prefix(static_cast<std::size_t>(n));
-    }
-}
-
 int runLogs(const LogsOptions& o) {
     JobLogsSpec spec;
     spec.jobId = o.jobId;
@@ -54,7 +44,7 @@ int runLogs(const LogsOptions& o) {
         }
         opened = true;
         end = client.readJobLogs(o.daemonId, handle.channel, spec.credit, [&spec](std::string_view data) {
-            writeOut(data);
+            writeOutput(STDOUT_FILENO, data);
             spec.fromByte += data.size();
         });
         // Cut short (the daemon's link went down, its queue was full): resume from the next byte.
@@ -66,6 +56,15 @@ int runLogs(const LogsOptions& o) {
 }
 
 }  // namespace
+
+void writeOutput(int fd, std::string_view data) {
+    while (!data.empty()) {
+        ssize_t n = ::write(fd, data.data(), data.size());
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) throw Error(ErrorCode::Internal, std::string("cannot write the output: ") + std::strerror(errno));
+        data.remove_prefix(static_cast<std::size_t>(n));
+    }
+}
 
 Command addLogsCommand(CLI::App& parent) {
     auto o = std::make_shared<LogsOptions>();

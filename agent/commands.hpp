@@ -13,6 +13,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace hpc::agent {
 
@@ -44,8 +45,12 @@ Command addWaitCommand(CLI::App& parent);
 Command addEventsCommand(CLI::App& parent);
 Command addLogsCommand(CLI::App& parent);
 Command addCpCommand(CLI::App& parent);
-Command addWhoamiCommand(CLI::App& parent);
 Command addMcpCommand(CLI::App& parent);
+Command addWhoamiCommand(CLI::App& parent);
+
+/// Writes all of `data` (any bytes, as it came, unbuffered) to `fd`: a
+/// job's or a command's output. Throws hpc::Error(Internal) when it cannot.
+void writeOutput(int fd, std::string_view data);
 
 /// --url, --token-file, --ca-file, --proxy, each with its environment variable.
 struct PlatformOptions {

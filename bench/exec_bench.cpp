@@ -1,5 +1,6 @@
 // Exec round trip through hpc-agent -> hpc-relay -> hpc-daemond over TLS on
-// 127.0.0.1, beside ssh with a ControlMaster to a local sshd, in one run.
+// 127.0.0.1, beside ssh with a ControlMaster to a local sshd, in one run; then
+// the throughput of a streamed exec's output beside ssh's.
 // Prints figures; asserts nothing about time.
 #include "harness.hpp"
 #include "local_sshd.hpp"
@@ -12,12 +13,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -92,10 +95,68 @@ Figures timePipelined(agent::AgentClient& client, std::size_t n, std::size_t win
                      std::chrono::duration<double>(Clock::now() - start).count());
 }
 
+/// Seconds for `argv` to run with its stdout to /dev/null.
+double timeToNull(std::vector<std::string> argv, const std::vector<std::string>& env) {
+    argv.insert(argv.begin(), {"sh", "-c", "\"$@\" > /dev/null", "sh"});
+    auto t0 = Clock::now();
+    auto r = runCommand(argv, {}, env, std::chrono::minutes(10));
+    if (r.status != 0) throw std::runtime_error(argv[4] + " failed (" + std::to_string(r.status) + "): " + r.err);
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0 : v[v.size() / 2];
+}
+
+/// Streamed output (issue 22 item 4): `head -c MIB /dev/zero` to /dev/null
+/// through `hpc-agent exec` and through ssh, rounds interleaved; the peak RSS
+/// of the daemon and the relay meanwhile.
+void streamedThroughput(Harness& h, const std::vector<std::string>& env, std::size_t mib, int rounds) {
+    std::string command = "head -c " + std::to_string(mib) + "M /dev/zero";
+    std::vector<double> agentSeconds, sshSeconds;
+    std::string sshNote;
+    std::optional<LocalSshd> sshd;
+    try {
+        sshd.emplace(h.dir() / "ssh-stream");
+    } catch (const std::exception& e) {
+        sshNote = std::string("not measured: ") + e.what();
+    }
+    long daemonRss0 = procStats(h.daemonPid("bench")).rssKiB, relayRss0 = procStats(h.relayPid()).rssKiB;
+    long daemonPeak = daemonRss0, relayPeak = relayRss0;
+    for (int i = 0; i < rounds; ++i) {
+        std::thread sampler;
+        std::atomic<bool> done{false};
+        sampler = std::thread([&] {
+            while (!done) {
+                daemonPeak = std::max(daemonPeak, procStats(h.daemonPid("bench")).rssKiB);
+                relayPeak = std::max(relayPeak, procStats(h.relayPid()).rssKiB);
+                std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            }
+        });
+        agentSeconds.push_back(timeToNull({Harness::binary("hpc-agent"), "exec", "bench", "-c", command}, env));
+        done = true;
+        sampler.join();
+        if (sshd) sshSeconds.push_back(timeToNull(sshd->command(command, false), {}));
+    }
+    auto rate = [mib](double s) { return s > 0 ? static_cast<double>(mib) * 1.048576 / s : 0; };
+    std::printf("\nstreamed output: `%s` to /dev/null, 127.0.0.1, median of %d rounds\n\n", command.c_str(), rounds);
+    std::printf("%-44s %10s %10s\n", "path", "seconds", "MB/s");
+    std::printf("%-44s %10.2f %10.1f\n", "hpc-agent exec (relay, two TLS hops)", median(agentSeconds),
+                rate(median(agentSeconds)));
+    if (sshd)
+        std::printf("%-44s %10.2f %10.1f\n", "ssh -o ControlMaster", median(sshSeconds), rate(median(sshSeconds)));
+    else
+        std::printf("%-44s %s\n", "ssh -o ControlMaster", sshNote.c_str());
+    std::printf("peak RSS growth while streaming: hpc-daemond %+ld KiB, hpc-relay %+ld KiB\n", daemonPeak - daemonRss0,
+                relayPeak - relayRss0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     std::size_t n = argc > 1 ? std::stoul(argv[1]) : 2000;
+    std::size_t streamMib = argc > 2 ? std::stoul(argv[2]) : 256;
     std::vector<Figures> rows;
     Harness h;
     h.startRelay();
@@ -156,5 +217,6 @@ int main(int argc, char** argv) {
     std::printf("\nhpc-daemond CPU for the sequential run: %.2f s (%.1f us per exec)\n", cpuSeq,
                 cpuSeq / static_cast<double>(n) * 1e6);
     std::printf("targets: through the relay, exec p50 <= 3 ms and >= 300 execs/s\n");
+    if (streamMib > 0) streamedThroughput(h, env, streamMib, 5);
     return 0;
 }

@@ -300,6 +300,19 @@ std::optional<ChannelFrame> decodeChannelFrame(std::span<const char> frame) {
     return ChannelFrame{(b(0) << 24) | (b(1) << 16) | (b(2) << 8) | b(3), frame.subspan(4)};
 }
 
+std::string makeExecFrame(std::uint32_t channel, ExecStream stream, std::size_t dataBytes) {
+    std::string out = encodeChannelFrame(channel, {});
+    out.resize(kExecFrameHeaderBytes + dataBytes, '\0');
+    out[4] = static_cast<char>(stream);
+    return out;
+}
+
+std::optional<ExecFrame> decodeExecFrame(std::span<const char> frame) {
+    auto f = decodeChannelFrame(frame);
+    if (!f || f->data.empty()) return std::nullopt;
+    return ExecFrame{f->channel, static_cast<std::uint8_t>(f->data[0]), f->data.subspan(1)};
+}
+
 std::optional<std::string> optString(const json::object& o, std::string_view key, std::size_t maxLen) {
     const auto* v = o.if_contains(key);
     if (!v || v->is_null()) return std::nullopt;

@@ -86,6 +86,23 @@ std::string encodeChannelFrame(std::uint32_t channel, std::string_view data);
 /// nullopt when the frame is shorter than its 4-byte header.
 std::optional<ChannelFrame> decodeChannelFrame(std::span<const char> frame);
 
+// ---- a streamed exec's frames: a channel frame whose first byte says the stream ----
+
+enum class ExecStream : std::uint8_t { Stdin = 0, Stdout = 1, Stderr = 2 };
+inline constexpr std::size_t kExecFrameHeaderBytes = 5;
+
+struct ExecFrame {
+    std::uint32_t channel;
+    std::uint8_t stream;  ///< as sent: the receiver checks it is an ExecStream it takes
+    std::span<const char> data;
+};
+
+/// A frame of `dataBytes` zero bytes after its header, for the caller to fill
+/// in place (a read goes straight into it: no copy).
+std::string makeExecFrame(std::uint32_t channel, ExecStream stream, std::size_t dataBytes);
+/// nullopt when the frame is shorter than its 5-byte header.
+std::optional<ExecFrame> decodeExecFrame(std::span<const char> frame);
+
 // ---- payload field helpers: throw hpc::Error(BadRequest) naming the field ----
 
 std::optional<std::string> optString(const boost::json::object& o, std::string_view key, std::size_t maxLen = 1 << 20);

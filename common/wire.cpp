@@ -35,6 +35,9 @@ json::object ExecSpec::toPayload() const {
     if (killGraceSeconds) p["kill_grace_s"] = *killGraceSeconds;
     if (maxOutputBytes) p["max_output_bytes"] = *maxOutputBytes;
     protocol::putEnv(p, "env", env);
+    if (stream) p["stream"] = true;
+    if (streamStdin) p["stream_stdin"] = true;
+    if (credit) p["credit"] = *credit;
     return p;
 }
 
@@ -73,6 +76,19 @@ ExecSpec ExecSpec::fromPayload(const json::object& p) {
     spec.timeoutSeconds = protocol::optNumber(p, "timeout_s", 0.001, kMaxTimeoutSeconds);
     spec.killGraceSeconds = protocol::optNumber(p, "kill_grace_s", 0, kMaxKillGraceSeconds);
     spec.maxOutputBytes = protocol::optInt(p, "max_output_bytes", 0, kMaxOutputBytes);
+    spec.stream = protocol::optBool(p, "stream").value_or(false);
+    spec.streamStdin = protocol::optBool(p, "stream_stdin").value_or(false);
+    spec.credit = protocol::optInt(p, "credit", kMinCredit, kMaxCredit);
+    if (!spec.stream && (spec.streamStdin || spec.credit))
+        throw Error(ErrorCode::BadRequest,
+                    "\"stream_stdin\" and \"credit\" are for a streamed exec (\"stream\": true)");
+    if (spec.stream && spec.stdinData)
+        throw Error(ErrorCode::BadRequest,
+                    "a streamed exec takes its stdin as binary frames (\"stream_stdin\": true), not \"stdin\"");
+    if (spec.stream && spec.maxOutputBytes)
+        throw Error(ErrorCode::BadRequest,
+                    "a streamed exec's output has no cap: \"max_output_bytes\" is for a "
+                    "buffered one");
     return spec;
 }
 

@@ -26,15 +26,23 @@ struct ExecSpec {
     static constexpr std::int64_t kMaxOutputBytes = 4 * 1024 * 1024;  ///< per stream
     static constexpr double kMaxTimeoutSeconds = 7 * 24 * 3600;
     static constexpr double kMaxKillGraceSeconds = 600;
+    /// A streamed exec's output window (`credit`).
+    static constexpr std::int64_t kMinCredit = 4096;
+    static constexpr std::int64_t kMaxCredit = 16 << 20;
 
     std::vector<std::string> argv;  ///< or
     std::string command;            ///< a shell command line
     std::optional<std::string> cwd;
     std::optional<std::string> stdinData;
     std::optional<double> timeoutSeconds;
-    std::optional<double> killGraceSeconds;  ///< between SIGTERM and SIGKILL at the timeout
-    std::optional<std::int64_t> maxOutputBytes;
+    std::optional<double> killGraceSeconds;      ///< between SIGTERM and SIGKILL at the timeout
+    std::optional<std::int64_t> maxOutputBytes;  ///< buffered only
     protocol::EnvVars env;
+    /// Streamed (docs/protocol.md §4.3): the answer opens a channel that
+    /// carries the output as binary frames, with no cap.
+    bool stream = false;
+    bool streamStdin = false;            ///< stream: stdin comes as binary frames, then exec.eof
+    std::optional<std::int64_t> credit;  ///< stream: the output window; default 1 MiB
 
     boost::json::object toPayload() const;
     /// Throws hpc::Error(BadRequest) for a payload the daemon cannot run.

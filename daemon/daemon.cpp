@@ -7,6 +7,7 @@
 #include "dispatch.hpp"
 #include "errors.hpp"
 #include "exec.hpp"
+#include "exec_stream.hpp"
 #include "exit_watch.hpp"
 #include "files/file_service.hpp"
 #include "guard/confinement.hpp"
@@ -152,6 +153,9 @@ public:
             return m_link && m_link->sendChannelData(channel, data, size);
         });
         m_dispatcher->attachJobs(*m_jobs);
+        m_exec.streams().setSenders(
+            [this](std::string text) { return m_link && m_link->sendText(std::move(text)); },
+            [this](std::string frame) { return m_link && m_link->sendBinary(std::move(frame)); });
         m_files = std::make_unique<FileService>(
             ioc, options.jobIoTimeout, [this](std::string text) { return m_link && m_link->sendText(std::move(text)); },
             [this](std::string frame) { return m_link && m_link->sendBinary(std::move(frame)); });
@@ -431,7 +435,7 @@ private:
                     {"cluster_name", m_profile.clusterName},
                     {"scheduler", std::string(m_jobs->backend())},
                     {"pid", static_cast<std::int64_t>(::getpid())},
-                    {"capabilities", boost::json::array{"exec", "pty", "jobs", "job_logs", "files"}}};
+                    {"capabilities", boost::json::array{"exec", "exec_stream", "pty", "jobs", "job_logs", "files"}}};
         LinkHandlers handlers;
         handlers.onText = [this](std::string_view t) { m_dispatcher->onText(t); };
         handlers.onBinary = [this](std::string_view d) { m_dispatcher->onBinary(d); };
@@ -455,6 +459,8 @@ private:
             m_files->closeAll();
             // The platform has ended these streams for their agents, which resume from their last byte.
             m_jobs->logs().closeAll();
+            // Like ssh: a command whose output has nowhere to go is killed.
+            m_exec.streams().closeAll();
         }
     }
 

@@ -1,5 +1,7 @@
 #include "dispatch.hpp"
 
+#include "exec_stream.hpp"
+
 #include "guard/shell_guard.hpp"
 
 #include "log.hpp"
@@ -61,6 +63,11 @@ void Dispatcher::onText(std::string_view text) {
         if (m_store && writesNewState(env.type)) m_store->requireWritable();
         if (env.type == "exec") {
             handleExec(env);
+        } else if (env.type == "exec.eof") {
+            auto channel = protocol::optInt(env.payload, "channel", 1, UINT32_MAX);
+            if (!channel) throw Error(ErrorCode::BadRequest, "\"channel\" is required");
+            m_exec.streams().eof(static_cast<std::uint32_t>(*channel), agentOf(env));
+            m_send(protocol::makeOk(env.id));
         } else if (env.type == "ping") {
             m_send(protocol::makeMessage("pong", env.id));
         } else if (env.type == "pong") {
@@ -99,6 +106,11 @@ void Dispatcher::onBinary(std::string_view data) {
         } catch (const Error& e) {
             m_send(protocol::makeError({}, e.code(), e.what()));
         }
+        return;
+    }
+    // A streamed command's stdin; bytes in flight for one that has just ended are dropped quietly.
+    if (auto& streams = m_exec.streams(); streams.owns(frame->channel) || streams.recentlyEnded(frame->channel)) {
+        streams.onFrame(std::span<const char>(data.data(), data.size()));
         return;
     }
     if (m_jobs && m_jobs->logs().owns(frame->channel)) {
@@ -162,9 +174,25 @@ bool Dispatcher::handlePty(const protocol::Envelope& env) {
         if (!bytes) throw Error(ErrorCode::BadRequest, "pty.ack needs \"bytes\"");
         return static_cast<std::uint64_t>(*bytes);
     };
-    // A job's output stream (job.logs) is a channel too, under the same credit.
+    // A streamed command and a job's output stream (job.logs) are channels too, under the same credit.
     bool onChannel =
         env.type == "pty.ack" || env.type == "pty.detach" || env.type == "pty.resize" || env.type == "pty.close";
+    if (onChannel && m_exec.streams().owns(channelOf())) {
+        auto& streams = m_exec.streams();
+        if (env.type == "pty.detach") {
+            streams.detach(channelOf());
+            return true;
+        }
+        if (env.type == "pty.resize")
+            throw Error(ErrorCode::BadRequest,
+                        "channel " + std::to_string(channelOf()) + " carries a command's output, not a terminal");
+        if (env.type == "pty.ack")
+            streams.ack(channelOf(), ackBytes(), agent);
+        else
+            streams.close(channelOf(), agent);
+        m_send(protocol::makeOk(env.id));
+        return true;
+    }
     if (onChannel && m_jobs && m_jobs->logs().owns(channelOf())) {
         auto& logs = m_jobs->logs();
         if (env.type == "pty.detach") {
@@ -223,7 +251,7 @@ void Dispatcher::handleExec(const protocol::Envelope& env) {
     Store::AuditEntry entry{nowEpochSeconds(), {}, agent, "exec", req.cwd, spec.command, std::nullopt};
     if (spec.command.empty())
         for (const auto& a : req.argv) entry.command += (entry.command.empty() ? "" : " ") + a;
-    m_exec.start(std::move(req), [send = m_send, audit = m_audit, entry, id, agent](ExecResult result) mutable {
+    auto ended = [audit = m_audit, entry, id, agent](const ExecResult& result) mutable {
         if (audit) {
             entry.exitCode = result.exitCode ? *result.exitCode : 128 + result.signal.value_or(0);
             audit(std::move(entry));
@@ -233,6 +261,18 @@ void Dispatcher::handleExec(const protocol::Envelope& env) {
                                    : "signal " + std::to_string(result.signal.value_or(0))) +
                   (result.timedOut ? " (timed out)" : "") + " after " +
                   std::to_string(static_cast<long long>(result.durationSeconds * 1000)) + " ms");
+    };
+    if (spec.stream) {
+        auto opened = m_exec.streams().open(std::move(req), static_cast<std::uint64_t>(spec.credit.value_or(0)),
+                                            spec.streamStdin, agent, std::move(ended));
+        json::object result{{"channel", opened.channel}, {"pid", opened.pid}};
+        if (spec.streamStdin) result["stdin_credit"] = opened.stdinCredit;
+        // Sent before the loop runs again: the output frames come after it.
+        m_send(protocol::makeOk(id, std::move(result)));
+        return;
+    }
+    m_exec.start(std::move(req), [send = m_send, ended = std::move(ended), id](ExecResult result) mutable {
+        ended(result);
         send(protocol::makeOk(id, toJson(result)));
     });
 }

@@ -1,5 +1,7 @@
 #include "exec.hpp"
 
+#include "exec_stream.hpp"
+
 #include "child_process.hpp"
 #include "errors.hpp"
 #include "log.hpp"
@@ -134,10 +136,15 @@ private:
     bool m_outOpen = false, m_errOpen = false, m_exited = false, m_finished = false;
 };
 
+ExecService::ExecService(asio::io_context& ioc, std::size_t maxConcurrent)
+    : m_ioc(ioc), m_maxConcurrent(maxConcurrent), m_streams(std::make_unique<ExecStreams>(ioc)) {}
+
 ExecService::~ExecService() { killAll(); }
 
+std::size_t ExecService::running() const { return m_running.size() + m_streams->count(); }
+
 void ExecService::start(ExecRequest request, std::function<void(ExecResult)> done) {
-    if (m_running.size() >= m_maxConcurrent)
+    if (running() >= m_maxConcurrent)
         throw Error(ErrorCode::Limit, "too many commands running (" + std::to_string(m_maxConcurrent) + ")");
     if (request.argv.empty()) throw Error(ErrorCode::BadRequest, "empty command");
     auto run = std::make_shared<ExecRun>(*this, std::move(request), std::move(done));
@@ -147,6 +154,7 @@ void ExecService::start(ExecRequest request, std::function<void(ExecResult)> don
 void ExecService::killAll() {
     for (auto& [raw, weak] : m_running)
         if (auto run = weak.lock()) run->kill();
+    m_streams->closeAll();
 }
 
 }  // namespace hpc::daemon

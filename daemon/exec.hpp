@@ -41,14 +41,14 @@ struct ExecResult {
 };
 
 class ExecRun;
+class ExecStreams;
 
-/// Starts and tracks exec children.
+/// Starts and tracks exec children, buffered and streamed (exec_stream.hpp).
 class ExecService {
 public:
     static constexpr std::size_t kDefaultMaxConcurrent = 128;
 
-    explicit ExecService(boost::asio::io_context& ioc, std::size_t maxConcurrent = kDefaultMaxConcurrent)
-        : m_ioc(ioc), m_maxConcurrent(maxConcurrent) {}
+    explicit ExecService(boost::asio::io_context& ioc, std::size_t maxConcurrent = kDefaultMaxConcurrent);
     ~ExecService();
 
     /// Starts the command; `done` runs on the loop when it has ended and its
@@ -56,7 +56,10 @@ public:
     /// NotFound when the program cannot be found, Internal for other spawn
     /// failures.
     void start(ExecRequest request, std::function<void(ExecResult)> done);
-    std::size_t running() const { return m_running.size(); }
+    /// The streamed commands (`exec` with `"stream": true`).
+    ExecStreams& streams() { return *m_streams; }
+    /// Commands running now, buffered and streamed.
+    std::size_t running() const;
     /// Kills every running command's process group (daemon shutdown).
     void killAll();
 
@@ -65,6 +68,7 @@ private:
     boost::asio::io_context& m_ioc;
     std::size_t m_maxConcurrent;
     std::unordered_map<ExecRun*, std::weak_ptr<ExecRun>> m_running;
+    std::unique_ptr<ExecStreams> m_streams;
 };
 
 }  // namespace hpc::daemon

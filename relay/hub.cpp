@@ -158,6 +158,13 @@ std::string Hub::lostEvent(std::uint32_t channel, const Route& route, const std:
     if (route.file)
         return protocol::makeMessage("file.end", "fend-" + std::to_string(channel),
                                      {{"channel", channel}, {"error", why}, {"code", "UNAVAILABLE"}});
+    if (route.exec)
+        return protocol::makeMessage("exec.end", "eend-" + std::to_string(channel),
+                                     {{"channel", channel},
+                                      {"exit_code", nullptr},
+                                      {"signal", nullptr},
+                                      {"error", why},
+                                      {"code", "UNAVAILABLE"}});
     if (route.logs)
         return protocol::makeMessage("job.logs.end", "logs-end-" + std::to_string(channel),
                                      {{"channel", channel}, {"error", why}});
@@ -258,7 +265,7 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
     }
     bool endsTransfer = env.type == "file.commit" || env.type == "file.cancel";
     bool onChannel = (env.type.rfind("pty.", 0) == 0 && env.type != "pty.open") || env.type == "job.logs.close" ||
-                     env.type == "file.ack" || endsTransfer;
+                     env.type == "file.ack" || env.type == "exec.eof" || endsTransfer;
     if (onChannel && !mapAgentChannel(*peer, it->first, env)) return;
     std::uint32_t endsChannel =
         endsTransfer ? m_routeByDaemon.at({it->first, env.payload.at("channel").to_number<std::uint32_t>()}) : 0;
@@ -276,6 +283,8 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
     m_pending[relayId] =
         Pending{peer, peer.get(), std::move(agentRequestId), it->first, env.type == "pty.open", env.type == "job.logs"};
     m_pending[relayId].fileOpen = env.type == "file.put" || env.type == "file.get";
+    const auto* stream = env.payload.if_contains("stream");
+    m_pending[relayId].execOpen = env.type == "exec" && stream && stream->is_bool() && stream->get_bool();
     m_pending[relayId].endsChannel = endsChannel;
     m_pending[relayId].typeSlot = m_metrics.requestSlot(env.type);
     m_pending[relayId].sentAt = std::chrono::steady_clock::now();
@@ -323,7 +332,7 @@ void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const s
     if (!env.ok) m_metrics.error(env.errorCode, RelayMetrics::Origin::Daemon);
     auto agent = pending.agent.lock();
     if (!agent) return;
-    if ((pending.ptyOpen || pending.logsOpen || pending.fileOpen) && env.ok) {
+    if ((pending.ptyOpen || pending.logsOpen || pending.fileOpen || pending.execOpen) && env.ok) {
         std::optional<std::int64_t> channel;
         try {
             channel = protocol::optInt(env.result, "channel", 1, UINT32_MAX);
@@ -336,6 +345,7 @@ void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const s
             Route route{agent, agent.get(), pending.daemon, static_cast<std::uint32_t>(*channel)};
             route.logs = pending.logsOpen;
             route.file = pending.fileOpen;
+            route.exec = pending.execOpen;
             m_routes[mine] = std::move(route);
             m_routeByDaemon[{pending.daemon, static_cast<std::uint32_t>(*channel)}] = mine;
             env.result["channel"] = mine;
@@ -454,10 +464,11 @@ void Hub::answerDaemonRequest(const DaemonKey& key, Peer& daemon, const Envelope
         // An answer to nothing we sent; harmless.
     } else if (env.type == "daemon.warning") {
         noteWarning(key, daemon, env);
-    } else if (env.type == "pty.exit" || env.type == "job.logs.end" || env.type == "file.end") {
+    } else if (env.type == "pty.exit" || env.type == "job.logs.end" || env.type == "file.end" ||
+               env.type == "exec.end") {
         auto copy = env;
         routeDaemonEvent(key, copy);
-    } else if (env.type == "file.ack") {
+    } else if (env.type == "file.ack" || env.type == "exec.ack") {
         auto copy = env;
         routeDaemonEvent(key, copy, false);
     } else if (env.type == "job.completed") {

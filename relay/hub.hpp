@@ -104,6 +104,7 @@ private:
         bool ptyOpen = false;
         bool logsOpen = false;  ///< job.logs: its answer opens a channel too
         bool fileOpen = false;  ///< file.put, file.get: so does theirs, a transfer's
+        bool execOpen = false;  ///< exec with "stream": true: so does its, a command's
         /// file.commit, file.cancel: the agent's channel their answer ends.
         std::uint32_t endsChannel = 0;
         std::uint16_t typeSlot = 0;  ///< RelayMetrics::requestSlot
@@ -120,6 +121,7 @@ private:
         /// A file transfer: ends with file.end, or with the answer to
         /// file.commit or file.cancel.
         bool file = false;
+        bool exec = false;  ///< a streamed command: ends with exec.end
     };
 
     /// An error answer from the relay itself, counted.

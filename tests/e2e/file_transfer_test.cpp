@@ -7,8 +7,8 @@
 #include "file_transfer.hpp"
 #include "file_wire.hpp"
 
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -377,39 +377,4 @@ TEST_F(FileTransferTest, MissingPathsAndDirectoriesWithoutRecursiveAreClearError
     EXPECT_EQ(r.status, 1);
     EXPECT_NE(r.err.find("No such file"), std::string::npos) << r.err;
     EXPECT_FALSE(fs::exists(m_local / "x"));
-}
-
-TEST_F(FileTransferTest, ExecTakesAnyBytesOnStdinAndNeverPassesACutOutputForTheWhole) {
-    std::string agentBin = Harness::binary("hpc-agent");
-    // Bytes that are not UTF-8 once closed the agent's connection without a word.
-    std::string input = binaryData(4000, 23);
-    writeBytes(m_local / "input", input);
-    auto r = runCommand(
-        {"sh", "-c", agentBin + " exec f --stdin -- sha256sum < '" + (m_local / "input").string() + "'"}, "", env());
-    ASSERT_EQ(r.status, 0) << r.err;
-    EXPECT_EQ(r.out.substr(0, 64), sha256(input));
-    // Input over the request limit: a sentence, before anything is sent.
-    writeBytes(m_local / "input-big", binaryData(2 << 20, 29));
-    r = runCommand({"sh", "-c", agentBin + " exec f --stdin -- wc -c < '" + (m_local / "input-big").string() + "'"}, "",
-                   env());
-    EXPECT_EQ(r.status, 255);
-    EXPECT_NE(r.err.find("hpc-agent cp"), std::string::npos) << r.err;
-    // Output over the result's limit is cut, and the exit status says so.
-    r = runCommand({agentBin, "exec", "f", "--", "head", "-c", "5M", "/dev/zero"}, "", env());
-    EXPECT_EQ(r.status, 253) << r.err;
-    EXPECT_NE(r.err.find("cut at"), std::string::npos) << r.err;
-    EXPECT_EQ(r.out.size(), 4u << 20);
-    r = runCommand({agentBin, "exec", "f", "--allow-truncated", "--", "head", "-c", "5M", "/dev/zero"}, "", env());
-    EXPECT_EQ(r.status, 0) << r.err;
-    r = runCommand({agentBin, "exec", "f", "--json", "--", "head", "-c", "5M", "/dev/zero"}, "", env());
-    EXPECT_EQ(r.status, 253);
-    auto result = json::parse(r.out).as_object();
-    EXPECT_TRUE(result.at("stdout_truncated").as_bool());
-    // What fits arrives whole: binary output, byte for byte.
-    std::string data = binaryData(3 << 20, 31);
-    writeBytes(s_work / "rand", data);
-    r = runCommand({"sh", "-c", agentBin + " exec f -- cat rand > '" + (m_local / "rand").string() + "'; echo $?"}, "",
-                   env());
-    EXPECT_EQ(r.out, "0\n") << r.err;
-    EXPECT_EQ(sha256(readBytes(m_local / "rand")), sha256(data));
 }

@@ -2,7 +2,9 @@
 // requests that pass validation are checked and answered here, never run (a
 // fuzzer's exec would run arbitrary programs). Everything up to these calls
 // — envelope, payload fields, allowed directories — is the real code.
+#include "errors.hpp"
 #include "exec.hpp"
+#include "exec_stream.hpp"
 #include "files/file_service.hpp"
 #include "guard/shell_guard.hpp"
 #include "jobs/job_logs.hpp"
@@ -21,6 +23,8 @@ void checkEnv(const std::vector<std::string>& env) {
 }
 }  // namespace
 
+ExecService::ExecService(boost::asio::io_context& ioc, std::size_t maxConcurrent)
+    : m_ioc(ioc), m_maxConcurrent(maxConcurrent), m_streams(std::make_unique<ExecStreams>(ioc)) {}
 ExecService::~ExecService() = default;
 
 void ExecService::start(ExecRequest request, std::function<void(ExecResult)> done) {
@@ -36,6 +40,28 @@ void ExecService::start(ExecRequest request, std::function<void(ExecResult)> don
     r.exitCode = 0;
     done(std::move(r));
 }
+
+// Streamed commands: the stand-in opens nothing, so no channel is ever
+// theirs (owns() is false) and what acts on one is never reached.
+ExecStreams::ExecStreams(boost::asio::io_context& ioc) : m_ioc(ioc) {}
+ExecStreams::~ExecStreams() = default;
+ExecStreams::Opened ExecStreams::open(ExecRequest request, std::uint64_t credit, bool, const std::string&, Ended) {
+    require(!request.argv.empty() && !request.argv.front().empty());
+    for (const auto& a : request.argv) require(a.find('\0') == std::string::npos);
+    require(request.timeout.count() > 0 && request.timeout <= std::chrono::hours(7 * 24));
+    require(!request.cwd.empty() && request.cwd.front() == '/');
+    require(credit == 0 || (credit >= 4096 && credit <= (16u << 20)));
+    checkEnv(request.env);
+    return Opened{kFirstChannel, 1, 0};
+}
+bool ExecStreams::recentlyEnded(std::uint32_t) const { return false; }
+void ExecStreams::onFrame(std::span<const char>) { std::abort(); }
+void ExecStreams::ack(std::uint32_t, std::uint64_t, const std::string&) { std::abort(); }
+void ExecStreams::eof(std::uint32_t channel, const std::string&) {
+    throw Error(ErrorCode::NotFound, "channel " + std::to_string(channel) + " is not open");
+}
+void ExecStreams::close(std::uint32_t, const std::string&) { std::abort(); }
+void ExecStreams::detach(std::uint32_t) { std::abort(); }
 
 PtyService::PtyService(boost::asio::io_context& ioc, PtyLimits limits, SendText sendText, SendOutput sendOutput)
     : m_ioc(ioc), m_limits(limits), m_sendText(std::move(sendText)), m_sendOutput(std::move(sendOutput)) {}

@@ -1,5 +1,7 @@
 #include "dispatch.hpp"
 
+#include "exec_stream.hpp"
+
 #include "errors.hpp"
 #include "file_wire.hpp"
 
@@ -105,6 +107,66 @@ TEST_F(DispatchTest, RefusesMalformedExecPayloads) {
               ErrorCode::BadRequest);
     EXPECT_EQ(errorFor({{"command", "true"}, {"stdin", 5}}), ErrorCode::BadRequest);
     EXPECT_EQ(errorFor({{"argv", json::array{"/no/such/program"}}}), ErrorCode::NotFound);
+}
+
+TEST_F(DispatchTest, RefusesStreamFieldsThatDoNotGoTogether) {
+    EXPECT_EQ(errorFor({{"command", "true"}, {"stream_stdin", true}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"command", "true"}, {"credit", 65536}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"command", "true"}, {"stream", true}, {"stdin", "x"}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"command", "true"}, {"stream", true}, {"max_output_bytes", 10}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"command", "true"}, {"stream", true}, {"credit", 1}}), ErrorCode::BadRequest);
+    EXPECT_EQ(errorFor({{"command", "true"}, {"stream", "yes"}}), ErrorCode::BadRequest);
+    EXPECT_EQ(m_exec.running(), 0u) << "nothing was started";
+}
+
+TEST_F(DispatchTest, StreamsAnExecsOutputAsTaggedFramesAndEndsWithItsStatus) {
+    std::vector<std::string> frames;
+    m_exec.streams().setSenders(
+        [this](std::string t) {
+            m_sent.push_back(std::move(t));
+            return true;
+        },
+        [&frames](std::string f) {
+            frames.push_back(std::move(f));
+            return true;
+        });
+    m_dispatch->onText(protocol::makeMessage(
+        "exec", "s1", {{"command", "tr a b; echo err >&2; exit 4"}, {"stream", true}, {"stream_stdin", true}}));
+    auto opened = lastReply();
+    ASSERT_TRUE(opened.ok) << opened.errorMessage;
+    auto channel = opened.result.at("channel").to_number<std::uint32_t>();
+    EXPECT_GT(opened.result.at("stdin_credit").to_number<std::uint64_t>(), 0u);
+    EXPECT_EQ(m_exec.running(), 1u);
+    std::string input = protocol::makeExecFrame(channel, protocol::ExecStream::Stdin, 3);
+    input.replace(protocol::kExecFrameHeaderBytes, 3, "aaa");
+    m_dispatch->onBinary(input);
+    m_dispatch->onText(protocol::makeMessage("exec.eof", "s2", {{"channel", channel}}));
+    EXPECT_TRUE(lastReply().ok);
+    auto ended = [this] { return !m_sent.empty() && lastReply().type == "exec.end"; };
+    for (auto deadline = std::chrono::steady_clock::now() + 10s;
+         !ended() && std::chrono::steady_clock::now() < deadline;)
+        m_ioc.run_one_for(100ms);
+    ASSERT_TRUE(ended());
+    std::string out, err;
+    for (const auto& f : frames) {
+        auto e = protocol::decodeExecFrame(std::span<const char>(f.data(), f.size()));
+        ASSERT_TRUE(e && e->channel == channel);
+        (e->stream == 1 ? out : err).append(e->data.data(), e->data.size());
+    }
+    EXPECT_EQ(out, "bbb");
+    EXPECT_EQ(err, "err\n");
+    auto end = lastReply().payload;
+    EXPECT_EQ(end.at("exit_code").as_int64(), 4);
+    EXPECT_EQ(end.at("stdout_bytes").as_int64(), 3);
+    EXPECT_EQ(end.at("stdin_bytes").as_int64(), 3);
+    EXPECT_FALSE(end.contains("error"));
+    EXPECT_EQ(m_exec.running(), 0u);
+    // The channel has ended: acting on it is NOT_FOUND, late bytes are dropped without a word.
+    m_dispatch->onText(protocol::makeMessage("exec.eof", "s3", {{"channel", channel}}));
+    EXPECT_EQ(lastReply().errorCode, ErrorCode::NotFound);
+    auto before = m_sent.size();
+    m_dispatch->onBinary(input);
+    EXPECT_EQ(m_sent.size(), before);
 }
 
 TEST_F(DispatchTest, AnswersEveryMalformedFrameAndKeepsGoing) {

@@ -383,6 +383,49 @@ TEST_F(HubTest, RoutesAJobsOutputStreamAsAChannelAndEndsItWithJobLogsEnd) {
     EXPECT_EQ(m_hub->channelCount(), 0u);
 }
 
+TEST_F(HubTest, RoutesAStreamedExecAsAChannelUntilItsEnd) {
+    auto daemon = std::make_shared<RecordingPeer>();
+    auto agent = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    constexpr std::uint32_t kTheirs = 0x20000001u;
+    auto open = [&] {
+        m_hub->onAgentText(
+            m_alice, agent,
+            R"({"v":1,"type":"exec","id":"s","daemon_id":"d1","payload":{"argv":["cat"],"stream":true}})");
+        m_hub->onDaemonText(1, "d1", daemon, protocol::makeOk(daemon->last().id, {{"channel", kTheirs}, {"pid", 7}}));
+        return static_cast<std::uint32_t>(agent->last().result.at("channel").as_int64());
+    };
+    std::uint32_t mine = open();
+    EXPECT_EQ(m_hub->channelCount(), 1u);
+    // Stdin and output frames go through untouched but for the channel.
+    m_hub->onAgentBinary(agent, protocol::makeExecFrame(mine, protocol::ExecStream::Stdin, 3));
+    ASSERT_EQ(daemon->binary.size(), 1u);
+    EXPECT_EQ(daemon->binary[0], protocol::makeExecFrame(kTheirs, protocol::ExecStream::Stdin, 3));
+    m_hub->onDaemonBinary(1, "d1", protocol::makeExecFrame(kTheirs, protocol::ExecStream::Stderr, 2));
+    ASSERT_EQ(agent->binary.size(), 1u);
+    EXPECT_EQ(agent->binary[0], protocol::makeExecFrame(mine, protocol::ExecStream::Stderr, 2));
+    // exec.eof goes to the daemon's channel; exec.ack comes back on the agent's and keeps it.
+    m_hub->onAgentText(
+        m_alice, agent,
+        R"({"v":1,"type":"exec.eof","id":"e","daemon_id":"d1","payload":{"channel":)" + std::to_string(mine) + "}}");
+    EXPECT_EQ(daemon->last().type, "exec.eof");
+    EXPECT_EQ(daemon->last().payload.at("channel").as_int64(), kTheirs);
+    m_hub->onDaemonText(1, "d1", daemon, protocol::makeMessage("exec.ack", "a", {{"channel", kTheirs}, {"bytes", 3}}));
+    EXPECT_EQ(agent->last().type, "exec.ack");
+    EXPECT_EQ(agent->last().payload.at("channel").as_int64(), mine);
+    // exec.end ends it; a daemon that goes away ends the next with UNAVAILABLE.
+    m_hub->onDaemonText(1, "d1", daemon,
+                        protocol::makeMessage("exec.end", "x", {{"channel", kTheirs}, {"exit_code", 0}}));
+    EXPECT_EQ(agent->last().type, "exec.end");
+    EXPECT_EQ(agent->last().payload.at("channel").as_int64(), mine);
+    EXPECT_EQ(m_hub->channelCount(), 0u);
+    mine = open();
+    m_hub->detachDaemon(1, "d1", daemon.get());
+    EXPECT_EQ(agent->last().type, "exec.end");
+    EXPECT_EQ(agent->last().payload.at("code").as_string(), "UNAVAILABLE");
+    EXPECT_EQ(agent->last().payload.at("channel").as_int64(), mine);
+}
+
 TEST_F(HubTest, KeepsADaemonsLatestWarningShowsItAndForgetsItWhenTheDaemonLeaves) {
     // A user with a registered daemon, as GET /hpc/daemons sees them.
     auto token = m_db->startSignin("a@example.org", Secret("123456"));
