@@ -62,8 +62,8 @@ Command addMcpCommand(CLI::App& parent) {
         "Speaks MCP (JSON-RPC 2.0, revisions 2025-11-25, 2025-06-18 and 2025-03-26) on standard input and output, "
         "one message per line, for an agent that starts it as a local server:\n"
         "  claude mcp add hpc -- hpc-agent mcp\n"
-        "Tools: list_daemons, run_command, shell_open, shell_send, shell_read, shell_resize, shell_close, submit_job, "
-        "job_status, list_jobs, cancel_job, wait_job. Resources: each "
+        "Tools: list_daemons, run_command, shell_open, shell_send, shell_read, shell_resize, shell_close, read_file, "
+        "write_file, submit_job, job_status, list_jobs, cancel_job, wait_job. Resources: each "
         "daemon's skill, hpc://daemons/{daemon}/skill; prompt use_cluster. The platform URL and token come from the "
         "same options and environment as the other commands (HPC_AGENT_URL, HPC_AGENT_TOKEN). See docs/mcp.md.");
     addPlatformOptions(app, o->platform);

@@ -3,8 +3,17 @@
 #include "mcp_backend.hpp"
 
 #include "errors.hpp"
+#include "fd.hpp"
+#include "file_transfer.hpp"
 #include "mcp_tools.hpp"
 #include "platform_client.hpp"
+#include "util.hpp"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <condition_variable>
@@ -28,6 +37,20 @@ std::size_t incompleteUtf8Tail(const std::string& s) {
         return need > back ? back : 0;
     }
     return 0;
+}
+
+/// A memfd holding `content`, read from its start.
+UniqueFd memoryFile(std::string_view content) {
+    UniqueFd fd(::memfd_create("hpc-mcp", MFD_CLOEXEC));
+    if (!fd) throw Error(ErrorCode::Internal, std::string("memfd_create: ") + std::strerror(errno));
+    for (std::size_t done = 0; done < content.size();) {
+        auto n = ::write(fd.get(), content.data() + done, content.size() - done);
+        if (n <= 0) throw Error(ErrorCode::Internal, std::string("writing to a memfd: ") + std::strerror(errno));
+        done += static_cast<std::size_t>(n);
+    }
+    if (::lseek(fd.get(), 0, SEEK_SET) != 0)
+        throw Error(ErrorCode::Internal, std::string("lseek on a memfd: ") + std::strerror(errno));
+    return fd;
 }
 
 }  // namespace
@@ -199,6 +222,48 @@ json::object PlatformBackend::request(const std::string& daemonId, const std::st
         [&](AgentClient& c) { return c.request(daemonId, type, std::move(payload), std::chrono::hours(24 * 7)); });
 }
 
+json::object PlatformBackend::runCommand(const std::string& daemonId, const ExecSpec& spec, std::size_t maxOutputBytes,
+                                         const mcp::CallContext& ctx) {
+    struct Kept {
+        std::string data;
+        bool truncated = false;
+        void add(std::string_view piece, std::size_t limit) {
+            auto room = limit - std::min(limit, data.size());
+            data.append(piece.substr(0, room));
+            truncated = truncated || piece.size() > room;
+        }
+    } out, err;
+    UniqueFd stdinFile;
+    if (spec.stdinData) stdinFile = memoryFile(*spec.stdinData);
+    const auto start = Clock::now();
+    auto lastProgress = start;
+    const double limit = spec.timeoutSeconds.value_or(300);
+    ExecStreamIo io;
+    io.onStdout = [&](std::string_view d) { out.add(d, maxOutputBytes); };
+    io.onStderr = [&](std::string_view d) { err.add(d, maxOutputBytes); };
+    io.stdinFd = stdinFile ? stdinFile.get() : -1;
+    // Asked every 100 ms or less: a cancellation stops the command; every second, progress.
+    io.interrupted = [&] {
+        auto now = Clock::now();
+        if (ctx.progress && now - lastProgress >= 1s) {
+            lastProgress = now;
+            ctx.progress(std::chrono::duration<double>(now - start).count(), limit,
+                         std::to_string(out.data.size() + err.data.size()) + " bytes of output so far");
+        }
+        return ctx.isCancelled();
+    };
+    auto outcome = withConnection([&](AgentClient& c) { return c.execStream(daemonId, spec, io); });
+    json::object r = outcome.raw;
+    r.erase("channel");
+    for (const auto& [name, kept] : {std::pair<std::string, Kept*>{"stdout", &out}, {"stderr", &err}}) {
+        bool text = isValidUtf8(kept->data);
+        r[name] = text ? kept->data : base64Encode(kept->data);
+        r[name + "_encoding"] = text ? "utf-8" : "base64";
+        r[name + "_truncated"] = kept->truncated;
+    }
+    return r;
+}
+
 std::optional<json::object> PlatformBackend::waitJob(const std::string& daemonId, const std::string& jobId,
                                                      double timeoutSeconds, const mcp::CallContext& ctx) {
     const auto start = Clock::now();
@@ -226,6 +291,22 @@ std::optional<json::object> PlatformBackend::waitJob(const std::string& daemonId
             }
         }
     });
+}
+
+json::object PlatformBackend::writeFile(const std::string& daemonId, const std::string& path, std::string_view content,
+                                        std::optional<std::uint32_t> mode, const mcp::CallContext& ctx) {
+    auto fd = memoryFile(content);
+    UploadSource source{fd.get(), true, content.size(), nullptr};
+    hpc::files::PutSpec spec;
+    spec.path = path;
+    spec.size = static_cast<std::int64_t>(content.size());
+    spec.mode = mode;
+    auto r = withConnection([&](AgentClient& c) {
+        FileClient files(c, daemonId);
+        files.setInterrupted([&ctx] { return ctx.isCancelled(); });
+        return files.put(spec, source, {});
+    });
+    return {{"path", r.path}, {"size", r.size}, {"sha256", r.sha256}};
 }
 
 std::pair<std::string, json::object> PlatformBackend::shellOpen(const std::string& daemonId, unsigned cols,

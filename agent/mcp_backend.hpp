@@ -25,8 +25,12 @@ public:
     boost::json::array listDaemons() override;
     boost::json::object request(const std::string& daemonId, const std::string& type, boost::json::object payload,
                                 const mcp::CallContext& ctx) override;
+    boost::json::object runCommand(const std::string& daemonId, const ExecSpec& spec, std::size_t maxOutputBytes,
+                                   const mcp::CallContext& ctx) override;
     std::optional<boost::json::object> waitJob(const std::string& daemonId, const std::string& jobId,
                                                double timeoutSeconds, const mcp::CallContext& ctx) override;
+    boost::json::object writeFile(const std::string& daemonId, const std::string& path, std::string_view content,
+                                  std::optional<std::uint32_t> mode, const mcp::CallContext& ctx) override;
     std::pair<std::string, boost::json::object> shellOpen(const std::string& daemonId, unsigned cols, unsigned rows,
                                                           const std::optional<std::string>& cwd) override;
     mcp::ShellOutput shellExchange(const std::string& session, const std::string& input, const mcp::ShellWait& wait,

@@ -7,6 +7,8 @@
 ///
 /// Spec revisions spoken: 2025-11-25, 2025-06-18, 2025-03-26.
 
+#include "wire.hpp"
+
 #include <boost/json.hpp>
 
 #include <atomic>
@@ -62,10 +64,22 @@ public:
     /// One request to a daemon (docs/protocol.md §4); returns its result.
     virtual boost::json::object request(const std::string& daemonId, const std::string& type,
                                         boost::json::object payload, const CallContext& ctx) = 0;
+    /// Runs a command to its end with its output streamed (exec with
+    /// "stream": true), so that a cancelled call stops it: SIGTERM to its
+    /// process group, then SIGKILL. Returns the buffered exec's result
+    /// (docs/protocol.md §4.3), each stream kept up to `maxOutputBytes` and
+    /// the rest read and dropped (stdout_truncated, stderr_truncated).
+    virtual boost::json::object runCommand(const std::string& daemonId, const ExecSpec& spec,
+                                           std::size_t maxOutputBytes, const CallContext& ctx) = 0;
     /// Waits for a job's completion callback, up to `timeoutSeconds`; nullopt
     /// when it has not come by then. Returns the callback's payload.
     virtual std::optional<boost::json::object> waitJob(const std::string& daemonId, const std::string& jobId,
                                                        double timeoutSeconds, const CallContext& ctx) = 0;
+    /// Writes `content` to `path` on the daemon (file.put: a temporary name,
+    /// renamed once complete and checked); returns {path, size, sha256}.
+    virtual boost::json::object writeFile(const std::string& daemonId, const std::string& path,
+                                          std::string_view content, std::optional<std::uint32_t> mode,
+                                          const CallContext& ctx) = 0;
 
     // ---- persistent shells (a PTY kept between calls) ----
     /// Opens a shell; returns its session id and the daemon's answer (pid, cwd).

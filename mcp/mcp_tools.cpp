@@ -138,6 +138,90 @@ std::string streamText(const json::object& r, const char* name) {
     return text;
 }
 
+// ---- files ----
+
+constexpr double kMaxFileBytes = 4 * 1024 * 1024;  ///< what one read or write moves
+
+json::object readFile(Backend& backend, const json::object& a, const CallContext& ctx) {
+    onlyKnown(a, {"daemon", "path", "offset", "length"});
+    auto daemon = requiredString(a, "daemon");
+    auto path = requiredString(a, "path");
+    auto offset = static_cast<std::int64_t>(optionalNumber(a, "offset", 0, 1e18).value_or(0));
+    auto length = static_cast<std::int64_t>(optionalNumber(a, "length", 1, kMaxFileBytes).value_or(1 << 20));
+    // A byte range of a file of any size, read where the daemon's user can
+    // read (as file.get does): its size first, on stderr, then the bytes.
+    ExecSpec spec;
+    spec.argv = {"sh",
+                 "-c",
+                 "size=$(stat -L -c %s -- \"$1\") || exit 2\n"
+                 "[ -f \"$1\" ] || { echo \"$1 is not a regular file\" >&2; exit 3; }\n"
+                 "echo \"$size\" >&2\n"
+                 "exec dd if=\"$1\" bs=65536 iflag=skip_bytes,count_bytes skip=\"$2\" count=\"$3\" status=none",
+                 "read_file",
+                 path,
+                 std::to_string(offset),
+                 std::to_string(length)};
+    spec.maxOutputBytes = length;
+    spec.timeoutSeconds = 300;
+    auto r = backend.request(daemon, "exec", checkedPayload(spec), ctx);
+    std::string err = fieldText(r, "stderr");
+    auto* code = r.if_contains("exit_code");
+    if (!code || !code->is_int64() || code->get_int64() != 0) {
+        while (!err.empty() && err.back() == '\n') err.pop_back();
+        ErrorCode why = err.find("No such file") != std::string::npos        ? ErrorCode::NotFound
+                        : err.find("Permission denied") != std::string::npos ? ErrorCode::PathNotAllowed
+                                                                             : ErrorCode::BadRequest;
+        throw Error(why, "cannot read " + path + ": " + err);
+    }
+    std::int64_t size = 0;
+    try {
+        size = std::stoll(err);
+    } catch (const std::exception&) {
+        throw Error(ErrorCode::Internal, "read_file: no size for " + path);
+    }
+    std::string encoding = fieldText(r, "stdout_encoding") == "base64" ? "base64" : "utf-8";
+    std::string content = fieldText(r, "stdout");
+    auto got = encoding == "base64" ? static_cast<std::int64_t>(base64Decode(content).value_or("").size())
+                                    : static_cast<std::int64_t>(content.size());
+    bool eof = offset + got >= size;
+    json::object o{{"path", path},         {"size", size}, {"offset", offset},  {"length", got},
+                   {"encoding", encoding}, {"eof", eof},   {"content", content}};
+    std::string text = encoding == "base64" ? "(" + std::to_string(got) +
+                                                  " bytes that are not UTF-8 text: base64 in "
+                                                  "structuredContent.content)\n"
+                                            : content;
+    text += "\n[bytes " + std::to_string(offset) + "-" + std::to_string(offset + got) + " of " + std::to_string(size) +
+            (eof ? "" : "; more with offset " + std::to_string(offset + got)) + "]";
+    return success(std::move(o), text);
+}
+
+json::object writeFile(Backend& backend, const json::object& a, const CallContext& ctx) {
+    onlyKnown(a, {"daemon", "path", "content", "encoding", "mode"});
+    auto daemon = requiredString(a, "daemon");
+    auto path = requiredString(a, "path");
+    auto* c = a.if_contains("content");
+    if (!c || !c->is_string()) badArgument("\"content\" is required and must be a string");
+    auto encoding = optionalString(a, "encoding").value_or("utf-8");
+    std::string bytes;
+    if (encoding == "base64") {
+        auto decoded = base64Decode(c->get_string());
+        if (!decoded) badArgument("\"content\" is not base64");
+        bytes = std::move(*decoded);
+    } else if (encoding == "utf-8") {
+        bytes = c->get_string();
+    } else {
+        badArgument("\"encoding\" must be \"utf-8\" or \"base64\"");
+    }
+    if (static_cast<double>(bytes.size()) > kMaxFileBytes)
+        badArgument("content of " + std::to_string(bytes.size()) + " bytes; write_file takes at most 4 MiB " +
+                    "(hpc-agent cp moves files of any size)");
+    std::optional<std::uint32_t> mode;
+    if (auto m = optionalNumber(a, "mode", 0, 0777)) mode = static_cast<std::uint32_t>(*m);
+    auto r = backend.writeFile(daemon, path, bytes, mode, ctx);
+    return success(r, "wrote " + std::to_string(bytes.size()) + " bytes to " + fieldText(r, "path") + " (sha256 " +
+                          fieldText(r, "sha256") + ")\n");
+}
+
 // ---- shells ----
 
 /// The length of the UTF-8 sequence at s[i], or 0 when it is not one.
@@ -282,6 +366,9 @@ json::object listDaemonsTool(Backend& backend) {
 
 // ---- the tools ----
 
+/// What run_command returns of each stream; the rest is read and dropped.
+constexpr std::size_t kMaxCommandOutput = 1 << 20;
+
 json::object runCommand(Backend& backend, const json::object& a, const CallContext& ctx) {
     onlyKnown(a, {"daemon", "command", "cwd", "timeout_s", "stdin", "env"});
     auto daemon = requiredString(a, "daemon");
@@ -291,7 +378,8 @@ json::object runCommand(Backend& backend, const json::object& a, const CallConte
     spec.stdinData = optionalString(a, "stdin");
     spec.timeoutSeconds = optionalNumber(a, "timeout_s", 0.001, ExecSpec::kMaxTimeoutSeconds);
     spec.env = envArgument(a);
-    auto r = backend.request(daemon, "exec", checkedPayload(spec), ctx);
+    (void)checkedPayload(spec);
+    auto r = backend.runCommand(daemon, spec, kMaxCommandOutput, ctx);
     std::ostringstream text;
     if (auto* c = r.if_contains("exit_code"); c && c->is_int64())
         text << "exit " << c->get_int64();
@@ -451,6 +539,27 @@ const std::vector<Tool>& tools() {
           "description":"Hangs a shell up (SIGHUP to its processes) and forgets it.",
           "inputSchema":{"type":"object","properties":{"session":{"type":"string"}},"required":["session"],"additionalProperties":false},
           "annotations":{"readOnlyHint":false,"destructiveHint":true,"idempotentHint":false,"openWorldHint":false}})json"},
+        {"read_file", readFile, R"json({
+          "title":"Read a file",
+          "description":"Reads a byte range of a file on a daemon's machine (anywhere the daemon's user can read, as for downloads): up to 4 MiB at a time, from offset. Text comes as it is; bytes that are not UTF-8 come base64-encoded (encoding). eof says whether the range reached the end; size is the file's.",
+          "inputSchema":{"type":"object","properties":{DAEMON,"path":{"type":"string"},
+            "offset":{"type":"integer","minimum":0,"description":"default 0"},
+            "length":{"type":"integer","minimum":1,"maximum":4194304,"description":"default 1048576"}},
+            "required":["daemon","path"],"additionalProperties":false},
+          "outputSchema":{"type":"object","properties":{"path":{"type":"string"},"size":{"type":"integer"},"offset":{"type":"integer"},
+            "length":{"type":"integer"},"encoding":{"type":"string"},"eof":{"type":"boolean"},"content":{"type":"string"}},
+            "required":["content","encoding","size","eof"]},
+          "annotations":{"readOnlyHint":true,"openWorldHint":false}})json"},
+        {"write_file", writeFile, R"json({
+          "title":"Write a file",
+          "description":"Writes a file on a daemon's machine, only inside its allowed directories: written under a temporary name beside the target and renamed once complete and checked (SHA-256), so readers never see half a file. At most 4 MiB; for larger files use hpc-agent cp.",
+          "inputSchema":{"type":"object","properties":{DAEMON,"path":{"type":"string"},
+            "content":{"type":"string"},
+            "encoding":{"type":"string","enum":["utf-8","base64"],"description":"default utf-8"},
+            "mode":{"type":"integer","minimum":0,"maximum":511,"description":"permission bits, e.g. 420 (0644); default: the replaced file's, else 0666 minus the umask"}},
+            "required":["daemon","path","content"],"additionalProperties":false},
+          "outputSchema":{"type":"object","properties":{"path":{"type":"string"},"size":{"type":"integer"},"sha256":{"type":"string"}},"required":["path","size","sha256"]},
+          "annotations":{"readOnlyHint":false,"destructiveHint":true,"idempotentHint":true,"openWorldHint":false}})json"},
         {"list_daemons", listDaemonsRun, R"json({
           "title":"List daemons",
           "description":"The user's daemons (one per cluster login node or server): connected or offline, host, scheduler (slurm or local), allowed directories, and the skill whose guidance text to read before acting (resource skill_uri).",
@@ -459,7 +568,7 @@ const std::vector<Tool>& tools() {
           "annotations":{"readOnlyHint":true,"openWorldHint":false}})json"},
         {"run_command", runCommand, R"json({
           "title":"Run a command",
-          "description":"Runs a shell command line (bash -c) on a daemon's machine to completion and returns its exit status and output (each stream is cut at 1 MiB; the result says when). It runs in the first allowed directory unless cwd is given, which must be inside the allowed directories. For long work, submit a job instead.",
+          "description":"Runs a shell command line (bash -c) on a daemon's machine to completion and returns its exit status and output (each stream is cut at 1 MiB; the result says when). Progress is reported while it runs; cancelling the call stops the command (SIGTERM to its process group, then SIGKILL). It runs in the first allowed directory unless cwd is given, which must be inside the allowed directories. For long work, submit a job instead.",
           "inputSchema":{"type":"object","properties":{DAEMON,
             "command":{"type":"string","description":"a shell command line"},
             "cwd":{"type":"string","description":"working directory (inside the allowed directories)"},

@@ -64,7 +64,11 @@ protected:
 TEST_F(McpTest, TheOfficialSdkRunsCommandsJobsAndReadsSkillsOverStdio) {
     auto findings = runScenario("stdio_scenario.mjs");
     ASSERT_TRUE(findings.contains("ok")) << json::serialize(findings);
-    EXPECT_EQ(findings.at("tools").as_int64(), 12);
+    EXPECT_EQ(findings.at("tools").as_int64(), 14);
+    EXPECT_EQ(findings.at("files").as_string(), "ok");
+    EXPECT_EQ(findings.at("run_cancel").as_string(), "ok");
+    EXPECT_GE(findings.at("run_progress").as_int64(), 1);
+    EXPECT_FALSE(fs::exists(m_outside / "x.txt")) << "nothing written outside the allowed directories";
     EXPECT_EQ(findings.at("shell").as_string(), "ok");
     EXPECT_EQ(findings.at("job").as_string(), "COMPLETED");
     EXPECT_GE(findings.at("progress").as_int64(), 1);

@@ -51,8 +51,8 @@ try {
 
   const tools = (await client.listTools()).tools.map((t) => t.name).sort();
   assert.deepEqual(tools, [
-    "cancel_job", "job_status", "list_daemons", "list_jobs", "run_command",
-    "shell_close", "shell_open", "shell_read", "shell_resize", "shell_send", "submit_job", "wait_job",
+    "cancel_job", "job_status", "list_daemons", "list_jobs", "read_file", "run_command",
+    "shell_close", "shell_open", "shell_read", "shell_resize", "shell_send", "submit_job", "wait_job", "write_file",
   ]);
   findings.tools = tools.length;
 
@@ -72,6 +72,43 @@ try {
   assert.equal(ran.structuredContent.stderr, "oops\n");
   assert.match(text(ran), /exit 3/);
   findings.run = "ok";
+
+  // Its stdin; progress while it runs; a cancelled call stops the command.
+  const piped = await call("run_command", { daemon, command: "tr a-z A-Z", stdin: "piped\n" });
+  assert.equal(piped.structuredContent.stdout, "PIPED\n", text(piped));
+  const ticks = [];
+  const slow = await call(
+    "run_command", { daemon, command: "for i in 1 2 3; do echo tick $i; sleep 1; done" },
+    { onprogress: (p) => ticks.push(p), timeout: 60000 });
+  assert.equal(slow.structuredContent.stdout, "tick 1\ntick 2\ntick 3\n", text(slow));
+  assert.ok(ticks.length >= 1, "a progress notification while the command ran");
+  assert.equal(ticks[0].total, 300);
+  const controller = new AbortController();
+  let started;
+  const startedOnce = new Promise((resolve) => { started = resolve; });
+  const doomed = call(
+    "run_command",
+    { daemon, cwd: env.MCP_WORK, command: "echo $$ > cancel.pid; echo started; exec sleep 600" },
+    {
+      signal: controller.signal, timeout: 120000,
+      // Output has arrived: the pid file is written.
+      onprogress: (p) => { if (/^[1-9]\d* bytes/.test(p.message ?? "")) started(); },
+    });
+  await startedOnce;
+  controller.abort();
+  await assert.rejects(doomed);
+  let stopped = false;
+  for (let i = 0; i < 100 && !stopped; i++) {
+    const check = await call("run_command", {
+      daemon, cwd: env.MCP_WORK,
+      command: "test -s cancel.pid || exit 9; kill -0 $(cat cancel.pid) 2>/dev/null && { sleep 0.1; echo alive; } || echo gone",
+    });
+    assert.equal(check.structuredContent.exit_code, 0, text(check));
+    stopped = check.structuredContent.stdout === "gone\n";
+  }
+  assert.ok(stopped, "the cancelled command's process was stopped");
+  findings.run_progress = ticks.length;
+  findings.run_cancel = "ok";
 
   // Errors an agent acts on: a tool result naming the cause.
   const outside = await call("run_command", { daemon, command: "pwd", cwd: env.MCP_OUTSIDE });
@@ -120,6 +157,31 @@ try {
   assert.equal(ended.structuredContent.ended, true);
   assert.equal(ended.structuredContent.state, "CANCELLED");
   findings.progress = progress.length;
+
+  // Files: a round trip of text and of bytes that are not UTF-8, byte ranges,
+  // and writes only inside the allowed directories.
+  const lines = Array.from({ length: 2000 }, (_, i) => `line ${i}`).join("\n") + "\n";
+  const wrote = await call("write_file", { daemon, path: `${env.MCP_WORK}/notes.txt`, content: lines });
+  assert.equal(wrote.isError, false, text(wrote));
+  assert.equal(wrote.structuredContent.size, Buffer.byteLength(lines));
+  const whole = await call("read_file", { daemon, path: `${env.MCP_WORK}/notes.txt` });
+  assert.equal(whole.structuredContent.content, lines);
+  assert.equal(whole.structuredContent.eof, true);
+  const part = await call("read_file", { daemon, path: "notes.txt", offset: 7, length: 10 });
+  assert.equal(part.structuredContent.content, lines.slice(7, 17));
+  assert.equal(part.structuredContent.eof, false);
+  const binary = Buffer.from([0, 255, 254, 10, 128, 1]);
+  await call("write_file", { daemon, path: "bin.dat", content: binary.toString("base64"), encoding: "base64", mode: 0o600 });
+  const back = await call("read_file", { daemon, path: "bin.dat" });
+  assert.equal(back.structuredContent.encoding, "base64");
+  assert.deepEqual(Buffer.from(back.structuredContent.content, "base64"), binary);
+  const refused = await call("write_file", { daemon, path: `${env.MCP_OUTSIDE}/x.txt`, content: "no" });
+  assert.equal(refused.isError, true);
+  assert.match(text(refused), /PATH_NOT_ALLOWED/);
+  const missing = await call("read_file", { daemon, path: `${env.MCP_WORK}/missing.txt` });
+  assert.equal(missing.isError, true);
+  assert.match(text(missing), /NOT_FOUND/);
+  findings.files = "ok";
 
   // A persistent shell: state kept between calls, output as plain text.
   const opened = await call("shell_open", { daemon, cols: 100, rows: 30 });

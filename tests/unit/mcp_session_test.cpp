@@ -44,6 +44,11 @@ public:
         lastPayload = payload;
         return {{"exit_code", 0}, {"stdout", "out\n"}, {"stderr", ""}, {"duration_s", 0.5}};
     }
+    json::object runCommand(const std::string& daemonId, const ExecSpec& spec, std::size_t maxOutputBytes,
+                            const CallContext& ctx) override {
+        lastMaxOutput = maxOutputBytes;
+        return request(daemonId, "exec", spec.toPayload(), ctx);
+    }
     std::optional<json::object> waitJob(const std::string&, const std::string& jobId, double,
                                         const CallContext& ctx) override {
         if (ctx.progress) ctx.progress(1, 2, "waiting");
@@ -61,6 +66,11 @@ public:
         out.matched = wait.pattern.has_value();
         return out;
     }
+    json::object writeFile(const std::string&, const std::string& path, std::string_view content,
+                           std::optional<std::uint32_t>, const CallContext&) override {
+        written = std::string(content);
+        return {{"path", path}, {"size", content.size()}, {"sha256", "0"}};
+    }
     void shellResize(const std::string&, unsigned, unsigned) override {}
     void shellClose(const std::string&) override {}
     void waitBlocked(int n) {
@@ -75,6 +85,8 @@ public:
 
     std::string lastType;
     json::object lastPayload;
+    std::string written;
+    std::size_t lastMaxOutput = 0;
 
 private:
     std::mutex m_lock;
@@ -185,6 +197,7 @@ TEST_F(McpSessionTest, ToolsBecomeDaemonRequestsAndFailuresAreResultsNamingTheCa
     EXPECT_EQ(m_backend.lastType, "exec");
     EXPECT_EQ(m_backend.lastPayload.at("command").as_string(), "make");
     EXPECT_EQ(m_backend.lastPayload.at("cwd").as_string(), "src");
+    EXPECT_EQ(m_backend.lastMaxOutput, 1u << 20) << "each stream is kept up to 1 MiB";
     auto offline = call(2, "run_command", {{"daemon", "elsewhere"}, {"command", "true"}});
     EXPECT_TRUE(offline.at("result").at("isError").as_bool());
     std::string text(offline.at("result").at("content").at(0).at("text").as_string());
@@ -234,6 +247,15 @@ TEST_F(McpSessionTest, ShellOutputComesAsPlainValidText) {
         << "a pattern that is not a regular expression";
     EXPECT_TRUE(call(4, "shell_read", {{"session", "sh-9"}}).at("result").at("isError").as_bool());
     EXPECT_EQ(terminalText("a\x1b]0;title\ab\x1b(Bc\x01\td"), "abc\td");
+}
+
+TEST_F(McpSessionTest, WriteFileTakesTextOrBase64) {
+    auto r = call(1, "write_file", {{"daemon", "mila"}, {"path", "a"}, {"content", "/w=="}, {"encoding", "base64"}});
+    EXPECT_FALSE(r.at("result").at("isError").as_bool());
+    EXPECT_EQ(m_backend.written, "\xff");
+    EXPECT_EQ(errorCode(call(2, "write_file",
+                             {{"daemon", "mila"}, {"path", "a"}, {"content", "%%"}, {"encoding", "base64"}})),
+              kInvalidParams);
 }
 
 TEST_F(McpSessionTest, SkillsAreResourcesAndPrompts) {
