@@ -1,0 +1,235 @@
+// A command through MCP (`hpc-agent mcp` on stdio, tool run_command) beside
+// the same command through the hpc-agent library (exec), on one relay and
+// daemon on 127.0.0.1, in interleaved rounds; then 50 tool calls at once in
+// one MCP session beside 50 execs in flight on one connection. Prints
+// figures; asserts nothing about time.
+//
+// usage: mcp_bench [calls per round=200] [rounds=5]
+#include "harness.hpp"
+#include "proc_stats.hpp"
+
+#include "protocol.hpp"
+
+#include <boost/json.hpp>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <stdexcept>
+
+using namespace hpc;
+using namespace hpc::test;
+using Clock = std::chrono::steady_clock;
+namespace json = boost::json;
+
+extern char** environ;
+
+namespace {
+
+double ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+double percentile(std::vector<double> v, double p) {
+    if (v.empty()) return 0;
+    std::sort(v.begin(), v.end());
+    return v[std::min(v.size() - 1, static_cast<std::size_t>(static_cast<double>(v.size()) * p))];
+}
+
+double median(std::vector<double> v) { return percentile(std::move(v), 0.5); }
+
+/// hpc-agent mcp as a child, spoken to line by line.
+class McpChild {
+public:
+    McpChild(const std::vector<std::string>& env) {
+        int in[2], out[2];
+        if (::pipe2(in, O_CLOEXEC) != 0 || ::pipe2(out, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+        posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+        std::string bin = Harness::binary("hpc-agent");
+        std::vector<std::string> envs = env;
+        for (char** e = environ; *e; ++e) envs.emplace_back(*e);
+        std::vector<char*> argv{bin.data(), const_cast<char*>("mcp"), nullptr};
+        std::vector<char*> envp;
+        for (auto& e : envs) envp.push_back(e.data());
+        envp.push_back(nullptr);
+        if (posix_spawn(&m_pid, bin.c_str(), &fa, nullptr, argv.data(), envp.data()) != 0)
+            throw std::runtime_error("cannot start hpc-agent mcp");
+        posix_spawn_file_actions_destroy(&fa);
+        ::close(in[0]);
+        ::close(out[1]);
+        m_in = in[1];
+        m_out = out[0];
+    }
+    ~McpChild() {
+        ::close(m_in);  // end of input: the server exits
+        int status = 0;
+        ::waitpid(m_pid, &status, 0);
+        ::close(m_out);
+    }
+    pid_t pid() const { return m_pid; }
+
+    void send(const json::value& msg) {
+        std::string line = json::serialize(msg) + "\n";
+        for (std::size_t done = 0; done < line.size();) {
+            auto n = ::write(m_in, line.data() + done, line.size() - done);
+            if (n <= 0) throw std::runtime_error("hpc-agent mcp closed its input");
+            done += static_cast<std::size_t>(n);
+        }
+    }
+    /// The next message it printed.
+    json::object next() {
+        for (;;) {
+            if (auto nl = m_buffer.find('\n'); nl != std::string::npos) {
+                auto v = json::parse(std::string_view(m_buffer).substr(0, nl));
+                m_buffer.erase(0, nl + 1);
+                return v.as_object();
+            }
+            pollfd p{m_out, POLLIN, 0};
+            if (::poll(&p, 1, 60000) <= 0) throw std::runtime_error("hpc-agent mcp said nothing for 60 s");
+            char buf[65536];
+            auto n = ::read(m_out, buf, sizeof buf);
+            if (n <= 0) throw std::runtime_error("hpc-agent mcp exited");
+            m_buffer.append(buf, static_cast<std::size_t>(n));
+        }
+    }
+    json::object call(std::int64_t id, const std::string& method, json::object params) {
+        send(json::object{{"jsonrpc", "2.0"}, {"id", id}, {"method", method}, {"params", std::move(params)}});
+        auto r = next();
+        if (!r.contains("result")) throw std::runtime_error("error: " + json::serialize(r));
+        return r.at("result").as_object();
+    }
+
+private:
+    pid_t m_pid = -1;
+    int m_in = -1, m_out = -1;
+    std::string m_buffer;
+};
+
+json::object runTrue() { return {{"name", "run_command"}, {"arguments", {{"daemon", "bench"}, {"command", "true"}}}}; }
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    std::size_t perRound = argc > 1 ? std::stoul(argv[1]) : 200;
+    std::size_t rounds = argc > 2 ? std::stoul(argv[2]) : 5;
+    Harness h;
+    h.startRelay();
+    auto work = h.dir() / "work";
+    auto setup = h.setupDaemon("bench", "bench@example.org", {work.string()});
+    if (setup.status != 0) throw std::runtime_error("setup failed: " + setup.err);
+    h.startDaemon("bench");
+    auto token = h.login("bench@example.org");
+    if (!h.waitConnected(token, "bench")) throw std::runtime_error("the daemon did not connect");
+
+    auto client = h.agent(token);
+    agent::ExecSpec spec;
+    spec.command = "true";  // as run_command sends it: bash -c
+    McpChild mcp({"HPC_AGENT_URL=" + h.url(), "HPC_AGENT_TOKEN=" + token.reveal(), "HPC_AGENT_CA=" + h.caFile()});
+    std::int64_t id = 0;
+    mcp.call(++id, "initialize",
+             {{"protocolVersion", "2025-06-18"},
+              {"capabilities", json::object{}},
+              {"clientInfo", {{"name", "mcp_bench"}, {"version", "1"}}}});
+    mcp.send(json::object{{"jsonrpc", "2.0"}, {"method", "notifications/initialized"}});
+    for (int i = 0; i < 50; ++i) {  // warm up both paths
+        client->exec("bench", spec);
+        if (mcp.call(++id, "tools/call", runTrue()).at("isError").as_bool())
+            throw std::runtime_error("run_command failed");
+    }
+
+    // Interleaved rounds: the machine's load hits both paths alike.
+    std::vector<double> execAll, mcpAll, execRoundP50, mcpRoundP50;
+    for (std::size_t r = 0; r < rounds; ++r) {
+        std::vector<double> e, m;
+        for (std::size_t i = 0; i < perRound; ++i) {
+            auto t0 = Clock::now();
+            client->exec("bench", spec);
+            e.push_back(ms(Clock::now() - t0));
+        }
+        for (std::size_t i = 0; i < perRound; ++i) {
+            auto t0 = Clock::now();
+            mcp.call(++id, "tools/call", runTrue());
+            m.push_back(ms(Clock::now() - t0));
+        }
+        execRoundP50.push_back(median(e));
+        mcpRoundP50.push_back(median(m));
+        execAll.insert(execAll.end(), e.begin(), e.end());
+        mcpAll.insert(mcpAll.end(), m.begin(), m.end());
+    }
+
+    // 50 at once: tool calls in one MCP session, beside execs in flight on one connection.
+    constexpr int kConcurrent = 50;
+    std::vector<double> mcpBurst, execBurst;
+    double mcpBurstWall = 0, execBurstWall = 0;
+    {
+        std::map<std::int64_t, Clock::time_point> sent;
+        auto t0 = Clock::now();
+        for (int i = 0; i < kConcurrent; ++i) {
+            sent[++id] = Clock::now();
+            mcp.send(json::object{{"jsonrpc", "2.0"}, {"id", id}, {"method", "tools/call"}, {"params", runTrue()}});
+        }
+        for (int i = 0; i < kConcurrent; ++i) {
+            auto r = mcp.next();
+            if (!r.contains("result") || r.at("result").at("isError").as_bool())
+                throw std::runtime_error("a concurrent call failed: " + json::serialize(r));
+            mcpBurst.push_back(ms(Clock::now() - sent.at(r.at("id").as_int64())));
+        }
+        mcpBurstWall = ms(Clock::now() - t0);
+    }
+    {
+        std::map<std::string, Clock::time_point> sent;
+        auto t0 = Clock::now();
+        for (int i = 0; i < kConcurrent; ++i) {
+            protocol::Envelope e;
+            e.type = "exec";
+            e.id = "burst" + std::to_string(i);
+            e.daemonId = "bench";
+            e.payload = spec.toPayload();
+            sent[e.id] = Clock::now();
+            client->ws().sendText(protocol::serialize(e));
+        }
+        for (int i = 0; i < kConcurrent; ++i) {
+            auto f = client->ws().read(std::chrono::seconds(60));
+            if (!f) throw std::runtime_error("the execs in flight stalled");
+            auto env = std::get<protocol::Envelope>(protocol::parse(f->data, protocol::kMaxResponseBytes));
+            if (!env.ok) throw std::runtime_error("exec failed: " + env.errorMessage);
+            execBurst.push_back(ms(Clock::now() - sent.at(env.replyTo)));
+        }
+        execBurstWall = ms(Clock::now() - t0);
+    }
+    auto mcpStats = procStats(mcp.pid());
+
+    std::string load;
+    std::getline(std::ifstream("/proc/loadavg"), load);
+    std::printf("load average %s\n", load.c_str());
+    std::printf("`true` through hpc-agent -> relay -> daemon, %zu rounds of %zu calls each way, interleaved\n\n",
+                rounds, perRound);
+    std::printf("| path | p50 ms | p99 ms | median of round p50s |\n|---|---|---|---|\n");
+    std::printf("| hpc-agent library (exec) | %.3f | %.3f | %.3f |\n", median(execAll), percentile(execAll, 0.99),
+                median(execRoundP50));
+    std::printf("| MCP stdio (run_command) | %.3f | %.3f | %.3f |\n", median(mcpAll), percentile(mcpAll, 0.99),
+                median(mcpRoundP50));
+    std::printf("\nMCP overhead at p50: %.3f ms\n\n", median(mcpRoundP50) - median(execRoundP50));
+    std::printf("%d at once | wall ms | p50 ms | p99 ms |\n|---|---|---|---|\n", kConcurrent);
+    std::printf("| MCP stdio, one session | %.1f | %.1f | %.1f |\n", mcpBurstWall, median(mcpBurst),
+                percentile(mcpBurst, 0.99));
+    std::printf("| hpc-agent library, one connection | %.1f | %.1f | %.1f |\n", execBurstWall, median(execBurst),
+                percentile(execBurst, 0.99));
+    std::printf("\nhpc-agent mcp after the burst: RSS %.1f MiB, private %.1f MiB, CPU %.2f s\n",
+                static_cast<double>(mcpStats.rssKiB) / 1024.0, static_cast<double>(mcpStats.privateKiB) / 1024.0,
+                mcpStats.cpuSeconds);
+    return 0;
+} catch (const std::exception& e) {
+    std::cerr << "mcp_bench: " << e.what() << "\n";
+    return 1;
+}
