@@ -20,7 +20,7 @@ namespace hpc::agent {
 namespace {
 
 /// The most stdin sent in one frame.
-constexpr std::size_t kStdinFrameBytes = 256 * 1024;
+constexpr std::size_t kStdinFrameBytes = std::size_t{256} * 1024;
 constexpr std::uint64_t kDefaultCredit = 1 << 20;
 
 std::uint64_t u64(const json::object& o, const char* key) {

@@ -271,7 +271,7 @@ void Dispatcher::handleExec(const protocol::Envelope& env) {
         m_send(protocol::makeOk(id, std::move(result)));
         return;
     }
-    m_exec.start(std::move(req), [send = m_send, ended = std::move(ended), id](ExecResult result) mutable {
+    m_exec.start(std::move(req), [send = m_send, ended = std::move(ended), id](const ExecResult& result) mutable {
         ended(result);
         send(protocol::makeOk(id, toJson(result)));
     });

@@ -340,7 +340,13 @@ private:
 
 ExecStreams::ExecStreams(asio::io_context& ioc) : m_ioc(ioc) {}
 
-ExecStreams::~ExecStreams() { closeAll(); }
+ExecStreams::~ExecStreams() {
+    try {
+        closeAll();
+    } catch (const std::exception& e) {
+        log::error(std::string("ending the streamed commands: ") + e.what());
+    }
+}
 
 void ExecStreams::setSenders(SendText text, SendFrame frame) {
     m_sendText = std::move(text);

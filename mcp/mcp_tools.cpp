@@ -150,17 +150,13 @@ json::object readFile(Backend& backend, const json::object& a, const CallContext
     auto length = static_cast<std::int64_t>(optionalNumber(a, "length", 1, kMaxFileBytes).value_or(1 << 20));
     // A byte range of a file of any size, read where the daemon's user can
     // read (as file.get does): its size first, on stderr, then the bytes.
+    static constexpr const char* kReadRange =
+        "size=$(stat -L -c %s -- \"$1\") || exit 2\n"
+        "[ -f \"$1\" ] || { echo \"$1 is not a regular file\" >&2; exit 3; }\n"
+        "echo \"$size\" >&2\n"
+        "exec dd if=\"$1\" bs=65536 iflag=skip_bytes,count_bytes skip=\"$2\" count=\"$3\" status=none";
     ExecSpec spec;
-    spec.argv = {"sh",
-                 "-c",
-                 "size=$(stat -L -c %s -- \"$1\") || exit 2\n"
-                 "[ -f \"$1\" ] || { echo \"$1 is not a regular file\" >&2; exit 3; }\n"
-                 "echo \"$size\" >&2\n"
-                 "exec dd if=\"$1\" bs=65536 iflag=skip_bytes,count_bytes skip=\"$2\" count=\"$3\" status=none",
-                 "read_file",
-                 path,
-                 std::to_string(offset),
-                 std::to_string(length)};
+    spec.argv = {"sh", "-c", kReadRange, "read_file", path, std::to_string(offset), std::to_string(length)};
     spec.maxOutputBytes = length;
     spec.timeoutSeconds = 300;
     auto r = backend.request(daemon, "exec", checkedPayload(spec), ctx);
@@ -465,8 +461,8 @@ json::object waitJob(Backend& backend, const json::object& a, const CallContext&
         // Not ended yet: where it stands now.
         auto r = backend.request(daemon, "job.status", {{"job_id", job}}, ctx);
         r["ended"] = false;
-        return success(std::move(r),
-                       "job " + job + " has not ended after " + std::to_string(timeout) + " s: " + jobLine(r) + "\n");
+        auto text = "job " + job + " has not ended after " + std::to_string(timeout) + " s: " + jobLine(r) + "\n";
+        return success(std::move(r), std::move(text));
     }
     auto& c = *callback;
     c["ended"] = true;

@@ -158,7 +158,7 @@ TEST_F(ExecStreamTest, JsonKeepsTheCappedResultAndACutOutputFailsUnlessAllowed) 
 TEST_F(ExecStreamTest, ASlowReaderHoldsTheCommandAtItsWindowNotTheDaemonsMemory) {
     auto c = s_h->agent(*s_token);
     long long rssBefore = procField(s_h->daemonPid("x"), "status", "VmRSS");
-    constexpr std::uint64_t kWindow = 64 * 1024;
+    constexpr std::uint64_t kWindow = std::uint64_t{64} * 1024;
     constexpr std::uint64_t kTotal = 32 << 20;
     auto opened =
         openStream(*c, {{"argv", json::array{"head", "-c", std::to_string(kTotal), "/dev/zero"}}, {"credit", kWindow}});
