@@ -2,12 +2,14 @@
 // (tests/mcp/node_modules, installed by the test command from the lockfile)
 // drives the stdio server through the real relay and daemon, with local jobs.
 #include "harness.hpp"
+#include "util.hpp"
 
 #include <gtest/gtest.h>
 
 #include <boost/json.hpp>
 
 #include <filesystem>
+#include <fstream>
 
 namespace fs = std::filesystem;
 namespace json = boost::json;
@@ -36,13 +38,16 @@ protected:
         ASSERT_TRUE(m_h.waitConnected(m_token, "m")) << m_h.daemonLog("m");
     }
 
+    std::vector<std::string> agentEnv() const {
+        return {"HPC_AGENT_URL=" + m_h.url(), "HPC_AGENT_TOKEN=" + m_token.reveal(), "HPC_AGENT_CA=" + m_h.caFile()};
+    }
+
     /// Runs a scenario script with node; returns its findings (its last line).
-    json::object runScenario(const std::string& script) {
-        auto r = runCommand({"node", (kClients / script).string()}, "",
-                            {"HPC_AGENT_BIN=" + Harness::binary("hpc-agent"), "HPC_AGENT_URL=" + m_h.url(),
-                             "HPC_AGENT_TOKEN=" + m_token.reveal(), "HPC_AGENT_CA=" + m_h.caFile(), "MCP_DAEMON=m",
-                             "MCP_WORK=" + m_work.string(), "MCP_OUTSIDE=" + m_outside.string()},
-                            150s);
+    json::object runScenario(const std::string& script, std::vector<std::string> env = {}) {
+        env.insert(env.end(), {"HPC_AGENT_BIN=" + Harness::binary("hpc-agent"), "MCP_DAEMON=m",
+                               "MCP_WORK=" + m_work.string(), "MCP_OUTSIDE=" + m_outside.string()});
+        for (auto& e : agentEnv()) env.push_back(e);
+        auto r = runCommand({"node", (kClients / script).string()}, "", env, 150s);
         EXPECT_EQ(r.status, 0) << r.out << r.err << m_h.daemonLog("m");
         auto nl = r.out.find_last_of('\n', r.out.size() >= 2 ? r.out.size() - 2 : 0);
         json::error_code ec;
@@ -52,6 +57,21 @@ protected:
             return {};
         }
         return v.as_object();
+    }
+
+    /// hpc-agent mcp --listen on a free loopback port, ready once it has
+    /// written its URL on the readiness pipe.
+    ReadyProcess startHttpServer(const std::vector<std::string>& args) {
+        constexpr int kReadyFd = 3;
+        SpawnOptions o;
+        o.argv = {Harness::binary("hpc-agent"), "mcp", "--listen", "127.0.0.1:0", "--ready-fd",
+                  std::to_string(kReadyFd)};
+        o.argv.insert(o.argv.end(), args.begin(), args.end());
+        o.envOverrides = agentEnv();
+        o.outputFile = (m_h.dir() / "mcp-http.log").string();
+        auto ready = spawnReady(o, kReadyFd, 60s, m_h.dir() / "mcp-http.log");
+        while (!ready.line.empty() && ready.line.back() == '\n') ready.line.pop_back();
+        return ready;
     }
 
     Harness m_h;
@@ -73,4 +93,55 @@ TEST_F(McpTest, TheOfficialSdkRunsCommandsJobsAndReadsSkillsOverStdio) {
     EXPECT_EQ(findings.at("job").as_string(), "COMPLETED");
     EXPECT_GE(findings.at("progress").as_int64(), 1);
     EXPECT_GT(findings.at("skill").as_int64(), 0);
+}
+
+TEST_F(McpTest, TheOfficialSdkUsesTheStreamableHttpTransportWithABearerToken) {
+    auto tokenFile = m_h.dir() / "mcp-http-token";
+    std::string token = "mcp-" + randomHex(16);
+    {
+        std::ofstream out(tokenFile);
+        out << token << "\n";
+    }
+    fs::permissions(tokenFile, fs::perms::owner_read | fs::perms::owner_write);
+    auto server = startHttpServer({"--http-token-file", tokenFile.string()});
+    ASSERT_EQ(server.line.rfind("http://127.0.0.1:", 0), 0u) << server.line;
+    auto findings = runScenario("http_scenario.mjs", {"MCP_URL=" + server.line, "MCP_HTTP_TOKEN=" + token});
+    ASSERT_TRUE(findings.contains("ok")) << json::serialize(findings);
+    EXPECT_EQ(findings.at("refused").as_string(), "ok");
+    EXPECT_GE(findings.at("progress").as_int64(), 1);
+    EXPECT_EQ(findings.at("cancel").as_string(), "ok");
+    EXPECT_EQ(findings.at("ended").as_string(), "ok");
+    auto status = server.child.terminate(5000ms);
+    ASSERT_TRUE(status.has_value());
+    EXPECT_EQ(status->code.value_or(-1), 0) << "SIGTERM ends the server cleanly";
+    EXPECT_EQ(readFile(m_h.dir() / "mcp-http.log").find(token), std::string::npos) << "the bearer token was logged";
+}
+
+TEST_F(McpTest, RefusesToListenBeyondLoopbackOrWithoutChoosingAuthentication) {
+    auto r =
+        runCommand({Harness::binary("hpc-agent"), "mcp", "--listen", "0.0.0.0:0", "--no-http-auth"}, "", agentEnv());
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.err.find("loopback"), std::string::npos) << r.err;
+    r = runCommand({Harness::binary("hpc-agent"), "mcp", "--listen", "127.0.0.1:0"}, "", agentEnv());
+    EXPECT_NE(r.status, 0);
+    EXPECT_NE(r.err.find("--http-token-file"), std::string::npos) << r.err;
+}
+
+// The official conformance suite (@modelcontextprotocol/conformance 0.1.12, a
+// client that sends no credentials) against --listen: the server scenarios
+// that need none of the suite's own fixture tools (docs/mcp.md lists the rest).
+TEST_F(McpTest, TheConformanceSuitesServerScenariosPass) {
+    const auto suite = kClients / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js";
+    ASSERT_TRUE(fs::exists(suite)) << "run npm ci --prefix tests/mcp (scripts/test.sh does)";
+    auto server = startHttpServer({"--no-http-auth"});
+    // It writes its results under its working directory.
+    auto results = m_h.dir() / "conformance";
+    fs::create_directories(results);
+    for (const char* scenario : {"server-initialize", "ping", "logging-set-level", "tools-list", "resources-list",
+                                 "prompts-list", "server-sse-multiple-streams", "dns-rebinding-protection"}) {
+        auto r = runCommand({"sh", "-c", "cd \"$1\" && exec node \"$2\" server --url \"$3\" --scenario \"$4\"", "sh",
+                             results.string(), suite.string(), server.line, scenario},
+                            "", {}, 120s);
+        EXPECT_EQ(r.status, 0) << scenario << ":\n" << r.out << r.err;
+    }
 }

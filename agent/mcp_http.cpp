@@ -1,0 +1,455 @@
+// hpc-agent mcp --listen: MCP's streamable HTTP transport on loopback. One
+// thread per connection, blocking I/O: the clients are the few local agent
+// processes of one user, and every call already runs on a thread of its own.
+#include "mcp_http.hpp"
+
+#include "errors.hpp"
+#include "log.hpp"
+#include "util.hpp"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include <openssl/crypto.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace json = boost::json;
+using tcp = asio::ip::tcp;
+using namespace std::chrono_literals;
+
+namespace hpc::agent {
+namespace {
+
+constexpr std::array<std::string_view, 3> kVersions = {"2025-11-25", "2025-06-18", "2025-03-26"};
+
+/// The messages of one request, from the session's threads to the connection's.
+class Exchange {
+public:
+    void push(json::value msg) {
+        std::lock_guard lock(m_lock);
+        m_queue.push_back(std::move(msg));
+        m_changed.notify_one();
+    }
+    std::optional<json::value> pop(std::chrono::milliseconds timeout) {
+        std::unique_lock lock(m_lock);
+        if (!m_changed.wait_for(lock, timeout, [this] { return !m_queue.empty(); })) return std::nullopt;
+        auto msg = std::move(m_queue.front());
+        m_queue.pop_front();
+        return msg;
+    }
+
+private:
+    std::mutex m_lock;
+    std::condition_variable m_changed;
+    std::deque<json::value> m_queue;
+};
+
+/// One MCP session: its backend, its core, and where its messages go. The
+/// core answers on whichever thread ran the call; route() hands each answer
+/// (and each progress notification) to the connection waiting for it.
+class HttpSession {
+public:
+    HttpSession(std::unique_ptr<mcp::Backend> backend, const mcp::SessionOptions& options)
+        : m_backend(std::move(backend)),
+          m_session(std::make_unique<mcp::Session>(
+              *m_backend, [this](const json::value& msg) { route(msg); }, options)) {}
+
+    /// Where `request`'s answer will go: registered before the core sees it.
+    std::shared_ptr<Exchange> open(const json::object& request) {
+        auto exchange = std::make_shared<Exchange>();
+        std::lock_guard lock(m_lock);
+        auto key = json::serialize(request.at("id"));
+        m_exchanges[key] = exchange;
+        if (auto* params = request.if_contains("params"); params && params->is_object())
+            if (auto* meta = params->get_object().if_contains("_meta"); meta && meta->is_object())
+                if (auto* token = meta->get_object().if_contains("progressToken"))
+                    m_progress[json::serialize(*token)] = key;
+        return exchange;
+    }
+    void close(const json::object& request) {
+        std::lock_guard lock(m_lock);
+        auto key = json::serialize(request.at("id"));
+        m_exchanges.erase(key);
+        std::erase_if(m_progress, [&](const auto& p) { return p.second == key; });
+    }
+    /// The core takes messages one at a time; connections come on many threads.
+    void receive(std::string_view text) {
+        std::lock_guard lock(m_receiveLock);
+        m_session->receive(text);
+    }
+    bool shutdown(std::chrono::milliseconds limit) { return m_session->shutdown(limit); }
+    /// No call running and no request waiting: a session that may be evicted.
+    bool idle() {
+        std::lock_guard lock(m_lock);
+        return m_exchanges.empty() && m_session->running() == 0;
+    }
+    void touch() { m_lastUsed = std::chrono::steady_clock::now(); }
+    std::chrono::steady_clock::time_point lastUsed() const { return m_lastUsed; }
+
+private:
+    void route(const json::value& msg) {
+        const auto& o = msg.as_object();
+        std::string key;
+        if (auto* id = o.if_contains("id"); id && !o.contains("method")) {
+            key = json::serialize(*id);
+        } else if (auto* m = o.if_contains("method");
+                   m && m->is_string() && m->get_string() == "notifications/progress") {
+            std::lock_guard lock(m_lock);
+            auto* token = o.at("params").as_object().if_contains("progressToken");
+            if (auto it = token ? m_progress.find(json::serialize(*token)) : m_progress.end(); it != m_progress.end())
+                key = it->second;
+        }
+        // Anything else (a notification for no request) has no stream to go on: GET offers none.
+        std::lock_guard lock(m_lock);
+        if (auto it = m_exchanges.find(key); it != m_exchanges.end()) it->second->push(msg);
+    }
+
+    std::mutex m_lock;
+    std::map<std::string, std::shared_ptr<Exchange>> m_exchanges;  ///< by request id, serialized
+    std::map<std::string, std::string> m_progress;                 ///< progress token -> request id
+    std::atomic<std::chrono::steady_clock::time_point> m_lastUsed{std::chrono::steady_clock::now()};
+    std::mutex m_receiveLock;
+    // Destroyed first: the core waits for its calls, which route() into the maps above.
+    std::unique_ptr<mcp::Backend> m_backend;
+    std::unique_ptr<mcp::Session> m_session;
+};
+
+using Request = http::request<http::string_body>;
+
+std::string hostOf(std::string_view hostPort) {
+    if (hostPort.starts_with('[')) {
+        auto end = hostPort.find(']');
+        return std::string(hostPort.substr(0, end == std::string_view::npos ? hostPort.size() : end + 1));
+    }
+    return std::string(hostPort.substr(0, hostPort.find(':')));
+}
+
+/// A JSON-RPC error with no id, as the body of an HTTP error.
+std::string rpcErrorBody(int code, const std::string& message) {
+    return json::serialize(
+        json::object{{"jsonrpc", "2.0"}, {"id", nullptr}, {"error", {{"code", code}, {"message", message}}}});
+}
+
+class Server {
+public:
+    Server(const McpHttpOptions& options, const BackendFactory& makeBackend)
+        : m_options(options), m_makeBackend(makeBackend) {}
+
+    void serveConnection(tcp::socket socket) {
+        // A client silent for this long between requests is gone.
+        timeval idle{300, 0};
+        ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &idle, sizeof idle);
+        beast::flat_buffer buffer;
+        for (;;) {
+            http::request_parser<http::string_body> parser;
+            parser.body_limit(m_options.maxBodyBytes);
+            beast::error_code ec;
+            http::read(socket, buffer, parser, ec);
+            if (ec == http::error::body_limit) {
+                reply(socket, 413, {},
+                      rpcErrorBody(mcp::kInvalidRequest, "the body is over the limit of " +
+                                                             std::to_string(m_options.maxBodyBytes) + " bytes"),
+                      false);
+                break;
+            }
+            if (ec) break;
+            const auto& req = parser.get();
+            if (!handle(socket, req) || !req.keep_alive()) break;
+        }
+        beast::error_code ignored;
+        socket.shutdown(tcp::socket::shutdown_both, ignored);
+    }
+
+    std::size_t sessionCount() {
+        std::lock_guard lock(m_lock);
+        return m_sessions.size();
+    }
+    /// Every session's calls cancelled; false when some still run after `limit`.
+    bool shutdownAll(std::chrono::milliseconds limit) {
+        std::map<std::string, std::shared_ptr<HttpSession>> sessions;
+        {
+            std::lock_guard lock(m_lock);
+            sessions = m_sessions;
+        }
+        bool all = true;
+        for (auto& [id, s] : sessions) all = s->shutdown(limit) && all;
+        return all;
+    }
+
+private:
+    /// Answers one request; false when the connection must close.
+    bool handle(tcp::socket& socket, const Request& req) {
+        std::string_view target = req.target();
+        target = target.substr(0, target.find('?'));
+        if (target != "/mcp") return reply(socket, 404, {}, rpcErrorBody(mcp::kInvalidRequest, "the endpoint is /mcp"));
+        // DNS rebinding: a web page's request to a name that resolves here carries that name.
+        if (!isLoopbackHost(std::string(req[http::field::host])))
+            return reply(socket, 403, {}, rpcErrorBody(mcp::kInvalidRequest, "Host is not a loopback name"));
+        if (auto origin = std::string(req[http::field::origin]); !origin.empty()) {
+            auto scheme = origin.find("://");
+            if (scheme == std::string::npos || !isLoopbackHost(origin.substr(scheme + 3)))
+                return reply(socket, 403, {}, rpcErrorBody(mcp::kInvalidRequest, "Origin is not a loopback origin"));
+        }
+        if (m_options.bearer) {
+            std::string want = "Bearer " + m_options.bearer->reveal();
+            auto got = req[http::field::authorization];
+            if (got.size() != want.size() || CRYPTO_memcmp(got.data(), want.data(), want.size()) != 0)
+                return reply(socket, 401, {{"WWW-Authenticate", "Bearer"}},
+                             rpcErrorBody(mcp::kInvalidRequest, "a bearer token is required"));
+        }
+        if (auto v = std::string(req["MCP-Protocol-Version"]);
+            !v.empty() && std::find(kVersions.begin(), kVersions.end(), v) == kVersions.end())
+            return reply(socket, 400, {},
+                         rpcErrorBody(mcp::kInvalidRequest, "unsupported MCP-Protocol-Version " + v.substr(0, 32)));
+
+        if (req.method() == http::verb::post) return post(socket, req);
+        std::shared_ptr<HttpSession> session;
+        if (!findSession(socket, req, session)) return true;
+        if (req.method() == http::verb::get)
+            return reply(socket, 405, {{"Allow", "POST, DELETE"}},
+                         rpcErrorBody(mcp::kInvalidRequest, "this server sends nothing unasked: no GET stream"));
+        if (req.method() == http::verb::delete_) {
+            {
+                std::lock_guard lock(m_lock);
+                m_sessions.erase(std::string(req["Mcp-Session-Id"]));
+            }
+            // Its calls are cancelled; one that takes a while to stop ends on a thread of its own.
+            session->shutdown(0ms);
+            std::thread([s = std::move(session)]() mutable { s.reset(); }).detach();
+            return reply(socket, 200, {}, "");
+        }
+        return reply(socket, 405, {{"Allow", "POST, DELETE"}}, rpcErrorBody(mcp::kInvalidRequest, "POST or DELETE"));
+    }
+
+    /// Under m_lock.
+    void evictOldestIdle() {
+        auto oldest = m_sessions.end();
+        for (auto it = m_sessions.begin(); it != m_sessions.end(); ++it)
+            if (it->second->idle() &&
+                (oldest == m_sessions.end() || it->second->lastUsed() < oldest->second->lastUsed()))
+                oldest = it;
+        if (oldest == m_sessions.end()) return;
+        log::info("MCP session limit reached: ending the least recently used idle session");
+        std::thread([s = std::move(oldest->second)]() mutable { s.reset(); }).detach();
+        m_sessions.erase(oldest);
+    }
+
+    /// The request's session, or false after answering 400 (no header) or 404.
+    bool findSession(tcp::socket& socket, const Request& req, std::shared_ptr<HttpSession>& session) {
+        auto id = std::string(req["Mcp-Session-Id"]);
+        if (id.empty()) {
+            reply(socket, 400, {}, rpcErrorBody(mcp::kInvalidRequest, "Mcp-Session-Id is required (initialize first)"));
+            return false;
+        }
+        std::lock_guard lock(m_lock);
+        auto it = m_sessions.find(id);
+        if (it == m_sessions.end()) {
+            reply(socket, 404, {}, rpcErrorBody(mcp::kInvalidRequest, "no session " + id.substr(0, 64)));
+            return false;
+        }
+        session = it->second;
+        session->touch();
+        return true;
+    }
+
+    bool post(tcp::socket& socket, const Request& req) {
+        if (std::string_view(req[http::field::content_type]).find("application/json") == std::string_view::npos)
+            return reply(socket, 415, {}, rpcErrorBody(mcp::kInvalidRequest, "Content-Type must be application/json"));
+        json::error_code ec;
+        auto v = json::parse(req.body(), ec);
+        if (ec) return reply(socket, 400, {}, rpcErrorBody(mcp::kParseError, "not JSON: " + ec.message()));
+        if (!v.is_object())
+            return reply(socket, 400, {},
+                         rpcErrorBody(mcp::kInvalidRequest, "a message must be one JSON object (no batches)"));
+        const auto& msg = v.get_object();
+        auto* method = msg.if_contains("method");
+        auto* id = msg.if_contains("id");
+        bool isRequest = method && id && (id->is_string() || id->is_int64() || id->is_uint64());
+
+        std::shared_ptr<HttpSession> session;
+        std::string newId;
+        if (isRequest && method->is_string() && method->get_string() == "initialize" && req["Mcp-Session-Id"].empty()) {
+            std::lock_guard lock(m_lock);
+            // Clients often leave without DELETE: the least recently used idle session makes room.
+            if (m_sessions.size() >= m_options.maxSessions) evictOldestIdle();
+            if (m_sessions.size() >= m_options.maxSessions)
+                return reply(socket, 503, {},
+                             rpcErrorBody(mcp::kInvalidRequest, std::to_string(m_sessions.size()) +
+                                                                    " sessions are busy; end one (DELETE) first"));
+            newId = randomHex(16);
+            session = std::make_shared<HttpSession>(m_makeBackend(), m_options.session);
+            m_sessions[newId] = session;
+        } else if (!findSession(socket, req, session)) {
+            return true;
+        }
+        if (!isRequest) {  // a notification, or a response: nothing comes back
+            session->receive(req.body());
+            return reply(socket, 202, {}, "");
+        }
+        auto exchange = session->open(msg);
+        session->receive(req.body());
+        bool keep = answer(socket, req, *session, *exchange, msg, newId);
+        session->close(msg);
+        return keep;
+    }
+
+    /// Waits for the request's messages: its answer alone goes back as JSON;
+    /// notifications before it turn the answer into an event stream.
+    bool answer(tcp::socket& socket, const Request& req, HttpSession& session, Exchange& exchange,
+                const json::object& msg, const std::string& newId) {
+        std::vector<std::pair<std::string, std::string>> headers;
+        if (!newId.empty()) headers.emplace_back("Mcp-Session-Id", newId);
+        bool streaming = false;
+        for (;;) {
+            auto next = exchange.pop(200ms);
+            if (!next) {
+                if (!hungUp(socket)) continue;
+                // The client went away: its call is cancelled, as notifications/cancelled would.
+                session.receive(json::serialize(
+                    json::object{{"jsonrpc", "2.0"},
+                                 {"method", "notifications/cancelled"},
+                                 {"params", {{"requestId", msg.at("id")}, {"reason", "the HTTP client hung up"}}}}));
+                return false;
+            }
+            bool final = !next->as_object().contains("method");
+            if (final && !newId.empty() && next->as_object().contains("error")) {
+                std::lock_guard lock(m_lock);
+                m_sessions.erase(newId);  // initialize failed: no session
+                headers.clear();
+            }
+            if (final && !streaming) return reply(socket, 200, headers, json::serialize(*next), req.keep_alive());
+            if (!streaming) {
+                std::string head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
+                for (const auto& [k, v] : headers) head += k + ": " + v + "\r\n";
+                head += "Connection: close\r\n\r\n";
+                if (!send(socket, head)) return false;
+                streaming = true;
+            }
+            if (!send(socket, "event: message\ndata: " + json::serialize(*next) + "\n\n") || final) return false;
+        }
+    }
+
+    static bool hungUp(tcp::socket& socket) {
+        pollfd p{socket.native_handle(), POLLRDHUP, 0};
+        return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+    }
+
+    static bool send(tcp::socket& socket, const std::string& data) {
+        beast::error_code ec;
+        asio::write(socket, asio::buffer(data), ec);
+        return !ec;
+    }
+
+    /// Writes a response; returns whether the connection may stay open.
+    static bool reply(tcp::socket& socket, unsigned status,
+                      const std::vector<std::pair<std::string, std::string>>& headers, std::string body,
+                      bool keepAlive = true) {
+        http::response<http::string_body> res{static_cast<http::status>(status), 11};
+        if (!body.empty()) res.set(http::field::content_type, "application/json");
+        for (const auto& [k, v] : headers) res.set(k, v);
+        res.keep_alive(keepAlive);
+        res.body() = std::move(body);
+        res.prepare_payload();
+        beast::error_code ec;
+        http::write(socket, res, ec);
+        return keepAlive && !ec;
+    }
+
+    const McpHttpOptions& m_options;
+    const BackendFactory& m_makeBackend;
+    std::mutex m_lock;
+    std::map<std::string, std::shared_ptr<HttpSession>> m_sessions;
+};
+
+}  // namespace
+
+bool isLoopbackHost(const std::string& hostPort) {
+    auto host = hostOf(hostPort);
+    std::transform(host.begin(), host.end(), host.begin(), [](unsigned char c) { return std::tolower(c); });
+    return host == "localhost" || host == "127.0.0.1" || host == "[::1]";
+}
+
+int serveMcpHttp(const McpHttpOptions& options, const BackendFactory& makeBackend) {
+    std::string host = options.host == "localhost" ? "127.0.0.1" : options.host;
+    if (host != "127.0.0.1" && host != "::1")
+        throw Error(ErrorCode::BadRequest,
+                    "--listen serves on a loopback address only (127.0.0.1, localhost, ::1), "
+                    "not " +
+                        options.host);
+    // SIGINT and SIGTERM are taken by one thread (sigwait): blocked before any other starts.
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+
+    asio::io_context ioc;
+    tcp::acceptor acceptor(ioc);
+    beast::error_code ec;
+    tcp::endpoint endpoint(asio::ip::make_address(host), options.port);
+    acceptor.open(endpoint.protocol(), ec);
+    if (!ec) acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) acceptor.bind(endpoint, ec);
+    if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec)
+        throw Error(ErrorCode::Internal,
+                    "cannot listen on " + host + ":" + std::to_string(options.port) + ": " + ec.message());
+    auto port = acceptor.local_endpoint().port();
+    std::string url = "http://" + (host == "::1" ? "[::1]" : host) + ":" + std::to_string(port) + "/mcp";
+    log::notice("serving MCP on " + url + (options.bearer ? " (bearer token required)" : " (no authentication)"));
+    if (options.readyFd >= 0) {
+        std::string line = url + "\n";
+        (void)!::write(options.readyFd, line.data(), line.size());
+        ::close(options.readyFd);
+    }
+
+    Server server(options, makeBackend);
+    std::atomic<std::size_t> connections{0};
+    int listenFd = acceptor.native_handle();
+    std::thread([stop, listenFd] {
+        int sig = 0;
+        sigwait(&stop, &sig);
+        ::shutdown(listenFd, SHUT_RDWR);  // wakes accept()
+    }).detach();
+    for (;;) {
+        tcp::socket socket(ioc);
+        acceptor.accept(socket, ec);
+        if (ec == asio::error::interrupted || ec == asio::error::connection_aborted) continue;
+        if (ec) break;  // shut down by a signal
+        if (connections.load() >= options.maxConnections) {
+            socket.close(ec);
+            continue;
+        }
+        ++connections;
+        std::thread([&server, &connections, s = std::move(socket)]() mutable {
+            server.serveConnection(std::move(s));
+            --connections;
+        }).detach();
+    }
+    log::notice("stopping: cancelling the running calls");
+    // Connections' threads may still run: the process ends here rather than
+    // waiting for clients to hang up.
+    if (!server.shutdownAll(5s)) log::warning("some calls did not stop within 5 s");
+    std::quick_exit(0);
+}
+
+}  // namespace hpc::agent

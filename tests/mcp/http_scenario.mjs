@@ -1,0 +1,107 @@
+// The official MCP TypeScript SDK drives `hpc-agent mcp --listen` over the
+// streamable HTTP transport, through a real relay and daemon: the session,
+// tools with progress over an event stream, a cancelled command, the bearer
+// token, Host and Origin checks, and the end of a session. Run by
+// tests/e2e/mcp_test.cpp, which starts the server and passes in the environment:
+//   MCP_URL (http://127.0.0.1:PORT/mcp), MCP_HTTP_TOKEN, MCP_DAEMON, MCP_WORK.
+// Prints one JSON line of findings and exits 0 when every check held.
+import assert from "node:assert/strict";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+
+const env = process.env;
+const url = new URL(env.MCP_URL);
+const daemon = env.MCP_DAEMON;
+const auth = { Authorization: `Bearer ${env.MCP_HTTP_TOKEN}` };
+const findings = {};
+
+function text(result) {
+  return result.content.map((c) => c.text).join("");
+}
+
+const initialize = JSON.stringify({
+  jsonrpc: "2.0", id: 1, method: "initialize",
+  params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "raw", version: "1" } },
+});
+async function post(headers, body = initialize) {
+  return fetch(url, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "application/json, text/event-stream", ...headers },
+    body,
+  });
+}
+
+const transport = new StreamableHTTPClientTransport(url, { requestInit: { headers: auth } });
+const client = new Client({ name: "hpc-daemon-tests", version: "1.0.0" });
+try {
+  // Refused before any session exists: no token, a wrong one, a foreign Host or Origin.
+  assert.equal((await post({})).status, 401);
+  assert.equal((await post({ Authorization: "Bearer wrong-token-of-some-length" })).status, 401);
+  assert.equal((await post({ ...auth, Origin: "http://evil.example.com" })).status, 403);
+  assert.equal((await post({ ...auth, "Content-Type": "text/plain" })).status, 415);
+  const junk = await post(auth, "{not json");
+  assert.equal(junk.status, 400);
+  assert.equal((await junk.json()).error.code, -32700);
+  assert.equal((await post({ ...auth, "Mcp-Session-Id": "no-such-session" }, JSON.stringify({
+    jsonrpc: "2.0", id: 2, method: "tools/list" }))).status, 404);
+  assert.equal((await post(auth, JSON.stringify({ jsonrpc: "2.0", id: 2, method: "tools/list" }))).status, 400);
+  findings.refused = "ok";
+
+  await client.connect(transport);
+  assert.ok(transport.sessionId, "the server named a session");
+  const tools = (await client.listTools()).tools.map((t) => t.name);
+  assert.equal(tools.length, 14);
+  const listed = await client.callTool({ name: "list_daemons", arguments: {} });
+  assert.ok(listed.structuredContent.daemons.some((d) => d.daemon_id === daemon && d.connected));
+
+  // Progress comes on the call's event stream, before its result.
+  const ticks = [];
+  const slow = await client.callTool(
+    { name: "run_command", arguments: { daemon, command: "for i in 1 2 3; do echo tick $i; sleep 1; done" } },
+    undefined, { onprogress: (p) => ticks.push(p), timeout: 60000 });
+  assert.equal(slow.structuredContent.stdout, "tick 1\ntick 2\ntick 3\n", text(slow));
+  assert.ok(ticks.length >= 1, "progress over the event stream");
+  findings.progress = ticks.length;
+
+  // A cancelled call stops its command.
+  const controller = new AbortController();
+  let started;
+  const startedOnce = new Promise((resolve) => { started = resolve; });
+  const doomed = client.callTool(
+    { name: "run_command",
+      arguments: { daemon, cwd: env.MCP_WORK, command: "echo $$ > http-cancel.pid; echo started; exec sleep 600" } },
+    undefined,
+    { signal: controller.signal, timeout: 120000,
+      onprogress: (p) => { if (/^[1-9]\d* bytes/.test(p.message ?? "")) started(); } });
+  await startedOnce;
+  controller.abort();
+  await assert.rejects(doomed);
+  let stopped = false;
+  for (let i = 0; i < 100 && !stopped; i++) {
+    const check = await client.callTool({ name: "run_command", arguments: {
+      daemon, cwd: env.MCP_WORK,
+      command: "test -s http-cancel.pid || exit 9; kill -0 $(cat http-cancel.pid) 2>/dev/null && { sleep 0.1; echo alive; } || echo gone",
+    } });
+    assert.equal(check.structuredContent.exit_code, 0, text(check));
+    stopped = check.structuredContent.stdout === "gone\n";
+  }
+  assert.ok(stopped, "the cancelled command's process was stopped");
+  findings.cancel = "ok";
+
+  // Several calls at once on one session, each on its own request.
+  const many = await Promise.all([1, 2, 3, 4, 5].map((i) =>
+    client.callTool({ name: "run_command", arguments: { daemon, command: `echo n${i}` } })));
+  assert.deepEqual(many.map((r) => r.structuredContent.stdout), ["n1\n", "n2\n", "n3\n", "n4\n", "n5\n"]);
+  findings.concurrent = many.length;
+
+  // The end of the session: its id is refused afterwards.
+  const sessionId = transport.sessionId;
+  await transport.terminateSession();
+  const after = await post({ ...auth, "Mcp-Session-Id": sessionId }, JSON.stringify({ jsonrpc: "2.0", id: 9, method: "ping" }));
+  assert.equal(after.status, 404);
+  findings.ended = "ok";
+  findings.ok = true;
+} finally {
+  await client.close().catch(() => {});
+}
+console.log(JSON.stringify(findings));
