@@ -5,7 +5,6 @@
 #include "harness.hpp"
 
 #include "errors.hpp"
-#include "file_wire.hpp"
 #include "protocol.hpp"
 
 #include <gtest/gtest.h>
@@ -13,7 +12,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <random>
 
 using namespace hpc;
 using namespace hpc::test;
@@ -22,24 +20,6 @@ namespace fs = std::filesystem;
 namespace json = boost::json;
 
 namespace {
-
-std::string sha256(std::string_view data) {
-    files::Sha256 s;
-    s.update(data);
-    return s.hex();
-}
-
-std::string randomBytes(std::size_t size, unsigned seed) {
-    std::string out(size, '\0');
-    std::mt19937_64 rng(seed);
-    for (auto& c : out) c = static_cast<char>(rng() & 0xff);
-    return out;
-}
-
-void writeBytes(const fs::path& p, const std::string& data) {
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out.write(data.data(), static_cast<std::streamsize>(data.size()));
-}
 
 /// A number from /proc/PID/FILE's "KEY: value" line (VmRSS in kB, wchar in bytes); -1 when absent.
 long long procField(pid_t pid, const std::string& file, const std::string& key) {
@@ -129,7 +109,7 @@ TEST_F(ExecStreamTest, StreamsMegabytesOfBinaryOutputWholeWithStderrApartAndTheE
 }
 
 TEST_F(ExecStreamTest, StreamsStdinOfAnySizeAndAnyBytes) {
-    std::string input = randomBytes(8 << 20, 41);
+    std::string input = binaryData(8 << 20, 41);
     auto r = agentExecWithInput("--stdin -- sha256sum", input);
     ASSERT_EQ(r.status, 0) << r.err;
     EXPECT_EQ(r.out.substr(0, 64), sha256(input));
@@ -146,11 +126,11 @@ TEST_F(ExecStreamTest, JsonKeepsTheCappedResultAndACutOutputFailsUnlessAllowed) 
     r = agentExec({"--json", "--allow-truncated", "--", "head", "-c", "5M", "/dev/zero"});
     EXPECT_EQ(r.status, 0) << r.err;
     // Binary stdin within the request limit; larger input is a sentence, before anything is sent.
-    std::string input = randomBytes(4000, 43);
+    std::string input = binaryData(4000, 43);
     r = agentExecWithInput("--json --stdin -- sha256sum", input);
     ASSERT_EQ(r.status, 0) << r.err;
     EXPECT_EQ(std::string(json::parse(r.out).as_object().at("stdout").as_string()).substr(0, 64), sha256(input));
-    r = agentExecWithInput("--json --stdin -- wc -c", randomBytes(2 << 20, 47));
+    r = agentExecWithInput("--json --stdin -- wc -c", binaryData(2 << 20, 47));
     EXPECT_EQ(r.status, 255);
     EXPECT_NE(r.err.find("leave out --json"), std::string::npos) << r.err;
 }

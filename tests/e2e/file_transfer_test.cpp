@@ -18,7 +18,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <random>
 
 using namespace hpc;
 using namespace hpc::test;
@@ -27,30 +26,6 @@ namespace fs = std::filesystem;
 namespace json = boost::json;
 
 namespace {
-
-std::string sha256(const std::string& data) {
-    files::Sha256 s;
-    s.update(data);
-    return s.hex();
-}
-
-/// `size` bytes: every byte value first, then random ones.
-std::string binaryData(std::size_t size, unsigned seed) {
-    std::string out(size, '\0');
-    std::mt19937_64 rng(seed);
-    for (std::size_t i = 0; i < size; ++i) out[i] = static_cast<char>(i < 256 ? i : rng() & 0xff);
-    return out;
-}
-
-void writeBytes(const fs::path& p, const std::string& data) {
-    std::ofstream out(p, std::ios::binary | std::ios::trunc);
-    out.write(data.data(), static_cast<std::streamsize>(data.size()));
-}
-
-std::string readBytes(const fs::path& p) {
-    std::ifstream in(p, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
 
 /// Relative path, type, mode and content (or target) of everything below `dir`.
 std::map<std::string, std::string> describeTree(const fs::path& dir) {
@@ -63,7 +38,7 @@ std::map<std::string, std::string> describeTree(const fs::path& dir) {
         if (e.is_symlink())
             d += "-> " + fs::read_symlink(e.path()).string();
         else if (e.is_regular_file())
-            d += sha256(readBytes(e.path()));
+            d += sha256(readFile(e.path()));
         else
             d += "dir";
         out[rel] = d;
@@ -160,10 +135,10 @@ TEST_F(FileTransferTest, CopiesBinaryFilesOfEverySizeBothWaysWithTheSameChecksum
         writeBytes(m_local / name, data);
         auto up = cpJson({(m_local / name).string(), "f:" + name});
         EXPECT_EQ(firstSha(up), sha256(data));
-        EXPECT_EQ(readBytes(s_work / name), data);
+        EXPECT_EQ(readFile(s_work / name), data);
         auto down = cpJson({"f:" + name, (m_local / (name + ".back")).string()});
         EXPECT_EQ(firstSha(down), sha256(data));
-        EXPECT_EQ(readBytes(m_local / (name + ".back")), data);
+        EXPECT_EQ(readFile(m_local / (name + ".back")), data);
     }
     EXPECT_TRUE(partFiles(s_work).empty());
     EXPECT_TRUE(partFiles(m_local).empty());
@@ -210,8 +185,8 @@ TEST_F(FileTransferTest, SeveralSourcesGoIntoADirectoryAndStandardStreamsWork) {
     fs::create_directories(s_work / "into");
     auto r = cp({(m_local / "one").string(), (m_local / "two").string(), "f:into/"});
     ASSERT_EQ(r.status, 0) << r.err;
-    EXPECT_EQ(readBytes(s_work / "into" / "one"), "1");
-    EXPECT_EQ(readBytes(s_work / "into" / "two"), "22");
+    EXPECT_EQ(readFile(s_work / "into" / "one"), "1");
+    EXPECT_EQ(readFile(s_work / "into" / "two"), "22");
     r = cp({(m_local / "one").string(), (m_local / "two").string(), "f:nowhere"});
     EXPECT_EQ(r.status, 255) << "several sources need a directory";
     EXPECT_NE(r.err.find("not a directory"), std::string::npos) << r.err;
@@ -222,10 +197,10 @@ TEST_F(FileTransferTest, SeveralSourcesGoIntoADirectoryAndStandardStreamsWork) {
     std::string agentBin = Harness::binary("hpc-agent");
     r = shell(agentBin + " cp - f:from-stdin < '" + (m_local / "stream").string() + "'");
     ASSERT_EQ(r.status, 0) << r.err;
-    EXPECT_EQ(readBytes(s_work / "from-stdin"), data);
+    EXPECT_EQ(readFile(s_work / "from-stdin"), data);
     r = shell(agentBin + " cp f:from-stdin - > '" + (m_local / "to-stdout").string() + "'");
     ASSERT_EQ(r.status, 0) << r.err;
-    EXPECT_EQ(readBytes(m_local / "to-stdout"), data);
+    EXPECT_EQ(readFile(m_local / "to-stdout"), data);
 }
 
 TEST_F(FileTransferTest, PathsOutsideTheAllowedDirectoriesAreRefusedAndNothingIsWritten) {
@@ -252,7 +227,7 @@ TEST_F(FileTransferTest, PathsOutsideTheAllowedDirectoriesAreRefusedAndNothingIs
     fs::create_symlink("/etc/passwd", tree / "evil");
     auto summary = cpJson({"-r", tree.string(), "f:t"}, 1);
     EXPECT_FALSE(summary.at("ok").as_bool());
-    EXPECT_EQ(readBytes(s_work / "t" / "fine"), "ok");
+    EXPECT_EQ(readFile(s_work / "t" / "fine"), "ok");
     EXPECT_FALSE(fs::exists(fs::symlink_status(s_work / "t" / "evil")));
     bool refused = false;
     for (const auto& i : summary.at("items").as_array())
@@ -285,7 +260,7 @@ TEST_F(FileTransferTest, AnInterruptedUploadLeavesNoFinalFileAndResumesFromWhatA
     EXPECT_EQ(item.at("sha256").as_string(), sha256(data));
     ASSERT_TRUE(item.contains("resumed_from")) << json::serialize(summary);
     EXPECT_GT(item.at("resumed_from").as_int64(), 0);
-    EXPECT_EQ(readBytes(s_work / "interrupted"), data);
+    EXPECT_EQ(readFile(s_work / "interrupted"), data);
     EXPECT_TRUE(partFiles(s_work).empty());
 }
 
@@ -333,8 +308,8 @@ TEST_F(FileTransferTest, ATransferOutlivesARelayRestartBothWays) {
         EXPECT_GT(item.resumedFrom, 0u) << "it went on from what had arrived";
         EXPECT_EQ(item.sha256, sha256(data));
     }
-    EXPECT_EQ(readBytes(s_work / "huge"), data);
-    EXPECT_EQ(readBytes(m_local / "huge.back"), data);
+    EXPECT_EQ(readFile(s_work / "huge"), data);
+    EXPECT_EQ(readFile(m_local / "huge.back"), data);
     EXPECT_TRUE(partFiles(s_work).empty());
     EXPECT_TRUE(partFiles(m_local).empty());
 }
@@ -361,7 +336,7 @@ TEST_F(FileTransferTest, AFullDiskFailsTheUploadAndRemovesWhatWasWritten) {
     }
     EXPECT_EQ(codes["a-too-big"], "STORAGE_FULL") << json::serialize(summary);
     EXPECT_EQ(codes["b-fits"], "ok") << json::serialize(summary);
-    EXPECT_EQ(readBytes(s_work / "small" / "tree" / "b-fits"), binaryData(1 << 20, 19));
+    EXPECT_EQ(readFile(s_work / "small" / "tree" / "b-fits"), binaryData(1 << 20, 19));
     EXPECT_TRUE(partFiles(s_work / "small").empty());
 }
 

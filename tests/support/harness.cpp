@@ -2,6 +2,7 @@
 
 #include "bus_name.hpp"
 #include "errors.hpp"
+#include "file_wire.hpp"
 #include "platform_client.hpp"
 #include "store.hpp"
 
@@ -20,6 +21,7 @@
 #include <cstring>
 
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -30,10 +32,28 @@ using Clock = std::chrono::steady_clock;
 
 namespace hpc::test {
 std::string readFile(const fs::path& p) {
-    std::ifstream in(p);
+    std::ifstream in(p, std::ios::binary);
     std::stringstream ss;
     ss << in.rdbuf();
     return ss.str();
+}
+
+void writeBytes(const fs::path& p, const std::string& data) {
+    std::ofstream out(p, std::ios::binary | std::ios::trunc);
+    out.write(data.data(), static_cast<std::streamsize>(data.size()));
+}
+
+std::string binaryData(std::size_t size, unsigned seed) {
+    std::string out(size, '\0');
+    std::mt19937_64 rng(seed);
+    for (std::size_t i = 0; i < size; ++i) out[i] = static_cast<char>(i < 256 ? i : rng() & 0xff);
+    return out;
+}
+
+std::string sha256(std::string_view data) {
+    files::Sha256 s;
+    s.update(data);
+    return s.hex();
 }
 
 std::map<int, std::string> parseFdListing(const std::string& listing) {

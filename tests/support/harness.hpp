@@ -22,12 +22,19 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace hpc::test {
 
-/// A file's whole content ("" when it cannot be read).
+/// A file's whole content ("" when it cannot be read), any bytes.
 std::string readFile(const std::filesystem::path& path);
+/// Writes `data` as the whole of `path`, any bytes.
+void writeBytes(const std::filesystem::path& path, const std::string& data);
+/// `size` bytes: every byte value first, then random ones from `seed`.
+std::string binaryData(std::size_t size, unsigned seed);
+/// The SHA-256 of `data`, in hex.
+std::string sha256(std::string_view data);
 /// Every path below `dir` with its content (files) or target (symlinks), one
 /// a line: compare two snapshots to see whether anything changed.
 std::string snapshotTree(const std::filesystem::path& dir);
