@@ -104,7 +104,8 @@ Command addMcpCommand(CLI::App& parent) {
         "  hpc-agent mcp --listen 127.0.0.1:8765 --http-token-file ~/.hpc-mcp-token\n"
         "Tools: list_daemons, run_command, shell_open, shell_send, shell_read, shell_resize, shell_close, read_file, "
         "write_file, submit_job, job_status, list_jobs, cancel_job, wait_job. Resources: each "
-        "daemon's skill, hpc://daemons/{daemon}/skill; prompt use_cluster. The platform URL and token come from the "
+        "daemon's skill, hpc://daemons/{daemon}/skill, and each job, hpc://daemons/{daemon}/jobs/{job_id} (subscribe "
+        "to be told when it ends); prompt use_cluster. The platform URL and token come from the "
         "same options and environment as the other commands (HPC_AGENT_URL, HPC_AGENT_TOKEN). See docs/mcp.md.");
     app->add_option("--listen", o->listen,
                     "serve MCP's streamable HTTP transport at http://HOST:PORT/mcp instead of stdio; HOST is "

@@ -96,7 +96,12 @@ public:
         std::lock_guard lock(m_receiveLock);
         m_session->receive(text);
     }
-    bool shutdown(std::chrono::milliseconds limit) { return m_session->shutdown(limit); }
+    bool shutdown(std::chrono::milliseconds limit) {
+        m_ended = true;
+        return m_session->shutdown(limit);
+    }
+    /// Ended (DELETE, or evicted): its GET stream ends too.
+    bool ended() const { return m_ended; }
     /// No call running and no request waiting: a session that may be evicted.
     bool idle() {
         std::lock_guard lock(m_lock);
@@ -118,10 +123,39 @@ private:
             if (auto it = token ? m_progress.find(json::serialize(*token)) : m_progress.end(); it != m_progress.end())
                 key = it->second;
         }
-        // Anything else (a notification for no request) has no stream to go on: GET offers none.
         std::lock_guard lock(m_lock);
-        if (auto it = m_exchanges.find(key); it != m_exchanges.end()) it->second->push(msg);
+        if (auto it = m_exchanges.find(key); it != m_exchanges.end()) {
+            it->second->push(msg);
+        } else if (key.empty()) {
+            // A notification for no request (a subscribed resource changed): on the GET
+            // stream, or kept for the next one.
+            if (m_standalone)
+                m_standalone->push(msg);
+            else if (m_pending.size() < kMaxPending)
+                m_pending.push_back(msg);
+        }
     }
+
+public:
+    /// The session's GET stream; nullptr when one is open already.
+    std::shared_ptr<Exchange> openStandalone() {
+        std::lock_guard lock(m_lock);
+        if (m_standalone) return nullptr;
+        m_standalone = std::make_shared<Exchange>();
+        for (auto& msg : m_pending) m_standalone->push(std::move(msg));
+        m_pending.clear();
+        return m_standalone;
+    }
+    void closeStandalone() {
+        std::lock_guard lock(m_lock);
+        m_standalone.reset();
+    }
+
+private:
+    static constexpr std::size_t kMaxPending = 256;
+    std::atomic<bool> m_ended{false};
+    std::shared_ptr<Exchange> m_standalone;
+    std::vector<json::value> m_pending;
 
     std::mutex m_lock;
     std::map<std::string, std::shared_ptr<Exchange>> m_exchanges;  ///< by request id, serialized
@@ -224,9 +258,7 @@ private:
         if (req.method() == http::verb::post) return post(socket, req);
         std::shared_ptr<HttpSession> session;
         if (!findSession(socket, req, session)) return true;
-        if (req.method() == http::verb::get)
-            return reply(socket, 405, {{"Allow", "POST, DELETE"}},
-                         rpcErrorBody(mcp::kInvalidRequest, "this server sends nothing unasked: no GET stream"));
+        if (req.method() == http::verb::get) return standaloneStream(socket, req, *session);
         if (req.method() == http::verb::delete_) {
             {
                 std::lock_guard lock(m_lock);
@@ -249,6 +281,7 @@ private:
                 oldest = it;
         if (oldest == m_sessions.end()) return;
         log::info("MCP session limit reached: ending the least recently used idle session");
+        oldest->second->shutdown(0ms);
         std::thread([s = std::move(oldest->second)]() mutable { s.reset(); }).detach();
         m_sessions.erase(oldest);
     }
@@ -346,6 +379,24 @@ private:
             }
             if (!send(socket, "event: message\ndata: " + json::serialize(*next) + "\n\n") || final) return false;
         }
+    }
+
+    /// GET: the session's notifications for no request (resources/updated),
+    /// as an event stream, until the client hangs up.
+    bool standaloneStream(tcp::socket& socket, const Request& req, HttpSession& session) {
+        if (std::string_view(req[http::field::accept]).find("text/event-stream") == std::string_view::npos)
+            return reply(socket, 406, {}, rpcErrorBody(mcp::kInvalidRequest, "GET takes Accept: text/event-stream"));
+        auto stream = session.openStandalone();
+        if (!stream)
+            return reply(socket, 409, {}, rpcErrorBody(mcp::kInvalidRequest, "this session's GET stream is open"));
+        bool open = send(socket,
+                         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                         "Connection: close\r\n\r\n");
+        while (open && !session.ended() && !hungUp(socket))
+            if (auto next = stream->pop(200ms))
+                open = send(socket, "event: message\ndata: " + json::serialize(*next) + "\n\n");
+        session.closeStandalone();
+        return false;
     }
 
     static bool hungUp(tcp::socket& socket) {

@@ -9,7 +9,9 @@
 ///           names it, and every later request carries it (400 without it,
 ///           404 for one that is unknown or ended).
 ///   DELETE  ends the session (its running calls are cancelled).
-///   GET     405: the server sends nothing unasked.
+///   GET     the session's notifications that answer no request (a subscribed
+///           resource changed) as an event stream, one per session; those
+///           that came while none was open are sent first.
 /// Host and Origin must name a loopback host (403 otherwise: DNS rebinding),
 /// and with a bearer token every request must carry it (401). A client that
 /// hangs up while its call runs cancels the call. docs/mcp.md.

@@ -2,6 +2,7 @@
 // methods, with tools/call on threads of its own.
 #include "mcp_session.hpp"
 
+#include "errors.hpp"
 #include "log.hpp"
 #include "mcp_tools.hpp"
 
@@ -124,6 +125,16 @@ void Session::handle(const json::object& msg) {
         if (name == "resources/list") return answer(*id, listResources(m_backend));
         if (name == "resources/templates/list") return answer(*id, resourceTemplates());
         if (name == "resources/read") return answer(*id, readResource(m_backend, stringParam(params, "uri")));
+        if (name == "resources/subscribe") {
+            subscribe(stringParam(params, "uri"));
+            return answer(*id, json::object{});
+        }
+        if (name == "resources/unsubscribe") {
+            std::lock_guard lock(m_callsLock);
+            if (auto it = m_calls.find(kWatchPrefix + stringParam(params, "uri")); it != m_calls.end())
+                it->second.cancelled->store(true);
+            return answer(*id, json::object{});
+        }
         if (name == "prompts/list") return answer(*id, listPrompts());
         if (name == "prompts/get") {
             json::object args;
@@ -159,7 +170,7 @@ json::object Session::initialize(const json::object& params) {
         {"protocolVersion", version},
         {"capabilities",
          {{"tools", {{"listChanged", false}}},
-          {"resources", {{"subscribe", false}, {"listChanged", false}}},
+          {"resources", {{"subscribe", true}, {"listChanged", false}}},
           {"prompts", {{"listChanged", false}}},
           {"logging", json::object{}}}},
         {"serverInfo", {{"name", m_options.serverName}, {"version", m_options.serverVersion}}},
@@ -169,6 +180,51 @@ json::object Session::initialize(const json::object& params) {
          "hpc://daemons/{daemon}/skill, or the use_cluster prompt) before acting on it: it says how that "
          "cluster is to be used. Commands run only inside the directories the user allowed."},
     };
+}
+
+void Session::subscribe(const std::string& uri) {
+    auto job = parseJobUri(uri);
+    if (!job)
+        throw RpcFailure{
+            kInvalidParams,
+            "only a job's resource can be subscribed to (hpc://daemons/{daemon}/jobs/{job_id}), not " + uri};
+    try {
+        (void)m_backend.request(job->daemon, "job.status", {{"job_id", job->jobId}}, CallContext{});
+    } catch (const Error& e) {
+        throw RpcFailure{e.code() == ErrorCode::NotFound ? kResourceNotFound : kInternalError, e.what()};
+    }
+    auto key = kWatchPrefix + uri;
+    auto cancelled = std::make_shared<std::atomic<bool>>(false);
+    {
+        std::lock_guard lock(m_callsLock);
+        if (m_closing) throw RpcFailure{kInternalError, "the session is closing"};
+        if (m_calls.count(key)) return;  // already watched: told once
+        if (m_calls.size() >= m_options.maxConcurrentCalls)
+            throw RpcFailure{kInternalError, std::to_string(m_calls.size()) +
+                                                 " calls and subscriptions are running; the limit is " +
+                                                 std::to_string(m_options.maxConcurrentCalls)};
+        m_calls.emplace(key, Call{cancelled});
+    }
+    // The job's callback is durable on the platform: one that came while no
+    // session watched is found at once.
+    std::thread([this, uri, job = *job, key, cancelled] {
+        CallContext ctx;
+        ctx.cancelled = cancelled;
+        try {
+            while (!cancelled->load()) {
+                if (m_backend.waitJob(job.daemon, job.jobId, 3600, ctx)) {
+                    emit(json::object{
+                        {"jsonrpc", "2.0"}, {"method", "notifications/resources/updated"}, {"params", {{"uri", uri}}}});
+                    break;
+                }
+            }
+        } catch (const std::exception& e) {
+            log::warning("mcp: watching " + uri + ": " + e.what());
+        }
+        std::lock_guard lock(m_callsLock);
+        m_calls.erase(key);
+        m_callsDone.notify_all();
+    }).detach();
 }
 
 void Session::startCall(const json::value& id, const json::object& params) {

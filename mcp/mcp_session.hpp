@@ -142,6 +142,10 @@ private:
     void fail(const boost::json::value& id, int code, const std::string& message);
     void emit(const boost::json::value& msg);
     void startCall(const boost::json::value& id, const boost::json::object& params);
+    /// resources/subscribe: a job's end becomes notifications/resources/updated, once.
+    void subscribe(const std::string& uri);
+    /// m_calls' keys of subscriptions: not a serialized request id (those are a number or start with '"').
+    static constexpr const char* kWatchPrefix = "watch:";
     boost::json::object initialize(const boost::json::object& params);
 
     Backend& m_backend;
@@ -155,7 +159,9 @@ private:
     };
     mutable std::mutex m_callsLock;
     std::condition_variable m_callsDone;
-    std::map<std::string, Call> m_calls;  ///< by serialized request id; each runs on a detached thread
+    /// Tool calls by serialized request id, and subscriptions (kWatchPrefix and
+    /// the URI); each runs on a detached thread.
+    std::map<std::string, Call> m_calls;
     bool m_closing = false;
 };
 

@@ -8,6 +8,7 @@
 #include "wire.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <sstream>
@@ -713,16 +714,51 @@ json::object listResources(Backend& backend) {
 }
 
 json::object resourceTemplates() {
-    return {{"resourceTemplates", json::array{json::object{
-                                      {"uriTemplate", "hpc://daemons/{daemon}/skill"},
-                                      {"name", "daemon-skill"},
-                                      {"title", "A daemon's skill"},
-                                      {"description", "How to use the cluster a daemon runs on"},
-                                      {"mimeType", "text/markdown"},
-                                  }}}};
+    return {
+        {"resourceTemplates", json::array{json::object{
+                                              {"uriTemplate", "hpc://daemons/{daemon}/skill"},
+                                              {"name", "daemon-skill"},
+                                              {"title", "A daemon's skill"},
+                                              {"description", "How to use the cluster a daemon runs on"},
+                                              {"mimeType", "text/markdown"},
+                                          },
+                                          json::object{
+                                              {"uriTemplate", "hpc://daemons/{daemon}/jobs/{job_id}"},
+                                              {"name", "job"},
+                                              {"title", "A batch job"},
+                                              {"description",
+                                               "A job's state, exit code and the last lines of its output; subscribe "
+                                               "to be told (notifications/resources/updated) when it ends"},
+                                              {"mimeType", "application/json"},
+                                          }}}};
+}
+
+std::optional<JobUri> parseJobUri(const std::string& uri) {
+    constexpr std::string_view kJobs = "/jobs/";
+    if (uri.compare(0, kSkillPrefix.size(), kSkillPrefix) != 0) return std::nullopt;
+    auto rest = std::string_view(uri).substr(kSkillPrefix.size());
+    auto slash = rest.find(kJobs);
+    if (slash == 0 || slash == std::string_view::npos) return std::nullopt;
+    JobUri out{std::string(rest.substr(0, slash)), std::string(rest.substr(slash + kJobs.size()))};
+    auto plain = [](const std::string& s) {
+        return !s.empty() && s.size() <= 128 && std::all_of(s.begin(), s.end(), [](unsigned char c) {
+            return std::isalnum(c) || c == '.' || c == '_' || c == '-';
+        });
+    };
+    if (!plain(out.daemon) || !plain(out.jobId)) return std::nullopt;
+    return out;
 }
 
 json::object readResource(Backend& backend, const std::string& uri) {
+    if (auto job = parseJobUri(uri)) {
+        try {
+            auto r = backend.request(job->daemon, "job.status", {{"job_id", job->jobId}}, CallContext{});
+            return {{"contents", json::array{json::object{
+                                     {"uri", uri}, {"mimeType", "application/json"}, {"text", json::serialize(r)}}}}};
+        } catch (const Error& e) {
+            throw RpcFailure{e.code() == ErrorCode::NotFound ? kResourceNotFound : kInternalError, e.what()};
+        }
+    }
     if (uri.size() <= kSkillPrefix.size() + kSkillSuffix.size() || uri.compare(0, kSkillPrefix.size(), kSkillPrefix) ||
         uri.compare(uri.size() - kSkillSuffix.size(), kSkillSuffix.size(), kSkillSuffix))
         throw RpcFailure{kResourceNotFound, "no resource " + uri};

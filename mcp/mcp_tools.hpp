@@ -6,6 +6,7 @@
 
 #include <boost/json.hpp>
 
+#include <optional>
 #include <string>
 
 namespace hpc::mcp {
@@ -37,6 +38,13 @@ struct RpcFailure {
 boost::json::object listResources(Backend& backend);
 /// resources/templates/list.
 boost::json::object resourceTemplates();
+/// A job's resource, `hpc://daemons/{daemon}/jobs/{job_id}`.
+struct JobUri {
+    std::string daemon;
+    std::string jobId;
+};
+/// nullopt when `uri` is not a job's resource.
+std::optional<JobUri> parseJobUri(const std::string& uri);
 /// resources/read. Throws RpcFailure(kResourceNotFound) for an unknown URI.
 boost::json::object readResource(Backend& backend, const std::string& uri);
 /// prompts/list and prompts/get: `use_cluster`, the daemon's skill as a

@@ -87,6 +87,7 @@ TEST_F(McpTest, TheOfficialSdkRunsCommandsJobsAndReadsSkillsOverStdio) {
     EXPECT_EQ(findings.at("tools").as_int64(), 14);
     EXPECT_EQ(findings.at("files").as_string(), "ok");
     EXPECT_EQ(findings.at("run_cancel").as_string(), "ok");
+    EXPECT_EQ(findings.at("subscribed").as_string(), "ok");
     EXPECT_GE(findings.at("run_progress").as_int64(), 1);
     EXPECT_FALSE(fs::exists(m_outside / "x.txt")) << "nothing written outside the allowed directories";
     EXPECT_EQ(findings.at("shell").as_string(), "ok");
@@ -111,6 +112,7 @@ TEST_F(McpTest, TheOfficialSdkUsesTheStreamableHttpTransportWithABearerToken) {
     EXPECT_GE(findings.at("progress").as_int64(), 1);
     EXPECT_EQ(findings.at("cancel").as_string(), "ok");
     EXPECT_EQ(findings.at("ended").as_string(), "ok");
+    EXPECT_EQ(findings.at("subscribed").as_string(), "ok");
     auto status = server.child.terminate(5000ms);
     ASSERT_TRUE(status.has_value());
     EXPECT_EQ(status->code.value_or(-1), 0) << "SIGTERM ends the server cleanly";

@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
 
 const env = process.env;
 const url = new URL(env.MCP_URL);
@@ -87,6 +88,18 @@ try {
   }
   assert.ok(stopped, "the cancelled command's process was stopped");
   findings.cancel = "ok";
+
+  // A subscribed job's end comes on the session's GET stream.
+  let told;
+  const toldOnce = new Promise((resolve) => { told = resolve; });
+  client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => told(n.params.uri));
+  const job = await client.callTool({ name: "submit_job", arguments: { daemon, script: "#!/bin/sh\nsleep 1\n" } });
+  const jobUri = `hpc://daemons/${daemon}/jobs/${job.structuredContent.job_id}`;
+  await client.subscribeResource({ uri: jobUri });
+  const updated = await Promise.race([
+    toldOnce, new Promise((_, reject) => setTimeout(() => reject(new Error("no update")), 90000))]);
+  assert.equal(updated, jobUri);
+  findings.subscribed = "ok";
 
   // Several calls at once on one session, each on its own request.
   const many = await Promise.all([1, 2, 3, 4, 5].map((i) =>

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
-import { McpError } from "@modelcontextprotocol/sdk/types.js";
+import { McpError, ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
 
 const env = process.env;
 const daemon = env.MCP_DAEMON;
@@ -138,6 +138,22 @@ try {
   const jobs = await call("list_jobs", { daemon });
   assert.ok(jobs.structuredContent.jobs.some((j) => j.job_id === jobId));
   findings.job = waited.structuredContent.state;
+
+  // A job's resource, subscribed: its end is told once, then read.
+  const updates = [];
+  let told;
+  const toldOnce = new Promise((resolve) => { told = resolve; });
+  client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => { updates.push(n.params.uri); told(); });
+  const watched = await call("submit_job", { daemon, script: "#!/bin/sh\nsleep 1\necho watched-out\n" });
+  const watchedUri = `hpc://daemons/${daemon}/jobs/${watched.structuredContent.job_id}`;
+  await client.subscribeResource({ uri: watchedUri });
+  await Promise.race([toldOnce, new Promise((_, reject) => setTimeout(() => reject(new Error("no update")), 90000))]);
+  assert.deepEqual(updates, [watchedUri]);
+  const jobResource = JSON.parse((await client.readResource({ uri: watchedUri })).contents[0].text);
+  assert.equal(jobResource.state, "COMPLETED");
+  assert.match(jobResource.stdout_tail, /watched-out/);
+  await assert.rejects(client.subscribeResource({ uri: `hpc://daemons/${daemon}/skill` }));
+  findings.subscribed = "ok";
 
   // A long job: wait_job reports progress while it runs, then the job is cancelled.
   const long = await call("submit_job", { daemon, script: "#!/bin/sh\nsleep 600\n" });

@@ -30,6 +30,8 @@ public:
     json::object request(const std::string& daemonId, const std::string& type, json::object payload,
                          const CallContext& ctx) override {
         if (daemonId != "mila") throw Error(ErrorCode::Unavailable, "daemon " + daemonId + " is not connected");
+        if (type == "job.status" && payload.at("job_id") == "missing")
+            throw Error(ErrorCode::NotFound, "no job missing");
         if (type == "exec" && payload.at("command").as_string() == "sleep") {
             std::unique_lock lock(m_lock);
             ++m_blocked;
@@ -271,4 +273,35 @@ TEST_F(McpSessionTest, SkillsAreResourcesAndPrompts) {
         R"({"jsonrpc":"2.0","id":4,"method":"prompts/get","params":{"name":"use_cluster","arguments":{"daemon":"mila"}}})");
     std::string text(next().at("result").at("messages").at(0).at("content").at("text").as_string());
     EXPECT_NE(text.find("Use sbatch."), std::string::npos) << text;
+}
+
+TEST_F(McpSessionTest, ASubscribedJobsEndIsNotifiedOnceAndOnlyJobsCanBeSubscribed) {
+    const std::string uri = "hpc://daemons/mila/jobs/7";
+    m_session.receive(R"({"jsonrpc":"2.0","id":1,"method":"resources/subscribe","params":{"uri":")" + uri + R"("}})");
+    // The answer and the notification (the fake job has ended already), in either order.
+    std::vector<json::object> got{next(), next()};
+    auto answered = std::count_if(got.begin(), got.end(), [](const json::object& m) {
+        return m.contains("id") && m.at("id") == 1 && m.at("result").as_object().empty();
+    });
+    auto updated = std::count_if(got.begin(), got.end(), [&](const json::object& m) {
+        return m.contains("method") && m.at("method") == "notifications/resources/updated" &&
+               m.at("params").at("uri") == json::value(uri);
+    });
+    EXPECT_EQ(answered, 1);
+    EXPECT_EQ(updated, 1);
+    m_session.receive(
+        R"({"jsonrpc":"2.0","id":2,"method":"resources/subscribe","params":{"uri":"hpc://daemons/mila/skill"}})");
+    EXPECT_EQ(errorCode(next()), kInvalidParams) << "a skill does not change";
+    m_session.receive(
+        R"({"jsonrpc":"2.0","id":3,"method":"resources/subscribe","params":{"uri":"hpc://daemons/mila/jobs/missing"}})");
+    EXPECT_EQ(errorCode(next()), kResourceNotFound);
+    m_session.receive(
+        R"({"jsonrpc":"2.0","id":4,"method":"resources/subscribe","params":{"uri":"hpc://daemons/mila/jobs/a/../b"}})");
+    EXPECT_EQ(errorCode(next()), kInvalidParams);
+    m_session.receive(R"({"jsonrpc":"2.0","id":5,"method":"resources/templates/list"})");
+    auto templates = next().at("result").at("resourceTemplates").as_array();
+    EXPECT_TRUE(std::any_of(templates.begin(), templates.end(), [](const json::value& t) {
+        return t.at("uriTemplate") == "hpc://daemons/{daemon}/jobs/{job_id}";
+    }));
+    EXPECT_EQ(m_session.running(), 0u) << "the watch ended with its notification";
 }
