@@ -1,8 +1,9 @@
-// A command through MCP (`hpc-agent mcp` on stdio, tool run_command) beside
-// the same command through the hpc-agent library (exec), on one relay and
-// daemon on 127.0.0.1, in interleaved rounds; then 50 tool calls at once in
-// one MCP session beside 50 execs in flight on one connection. Prints
-// figures; asserts nothing about time.
+// A command through MCP (`hpc-agent mcp` on stdio, and `hpc-agent mcp
+// --listen` over streamable HTTP, tool run_command) beside the same command
+// through the hpc-agent library (exec), on one relay and daemon on
+// 127.0.0.1, in interleaved rounds; then 50 tool calls at once in one MCP
+// session beside 50 execs in flight on one connection; then the memory of
+// idle HTTP sessions. Prints figures; asserts nothing about time.
 //
 // usage: mcp_bench [calls per round=200] [rounds=5]
 #include "harness.hpp"
@@ -10,6 +11,10 @@
 
 #include "protocol.hpp"
 
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 
 #include <fcntl.h>
@@ -30,6 +35,8 @@ using namespace hpc;
 using namespace hpc::test;
 using Clock = std::chrono::steady_clock;
 namespace json = boost::json;
+namespace asio = boost::asio;
+namespace http = boost::beast::http;
 
 extern char** environ;
 
@@ -115,6 +122,56 @@ private:
     std::string m_buffer;
 };
 
+/// One MCP session over streamable HTTP, on a kept-alive connection.
+class McpHttp {
+public:
+    explicit McpHttp(const std::string& url) : m_socket(m_ioc) {
+        // http://127.0.0.1:PORT/mcp
+        auto hostPort = url.substr(7, url.find('/', 7) - 7);
+        m_host = hostPort;
+        auto colon = hostPort.rfind(':');
+        asio::ip::tcp::resolver resolver(m_ioc);
+        asio::connect(m_socket, resolver.resolve(hostPort.substr(0, colon), hostPort.substr(colon + 1)));
+        post(json::object{{"jsonrpc", "2.0"},
+                          {"id", 0},
+                          {"method", "initialize"},
+                          {"params",
+                           {{"protocolVersion", "2025-11-25"},
+                            {"capabilities", json::object{}},
+                            {"clientInfo", {{"name", "mcp_bench"}, {"version", "1"}}}}}});
+        post(json::object{{"jsonrpc", "2.0"}, {"method", "notifications/initialized"}});
+    }
+    /// A request's result (the answer comes as JSON: no progress is asked for).
+    json::object call(std::int64_t id, const std::string& method, json::object params) {
+        auto r = post(json::object{{"jsonrpc", "2.0"}, {"id", id}, {"method", method}, {"params", std::move(params)}});
+        if (!r.contains("result")) throw std::runtime_error("error: " + json::serialize(r));
+        return r.at("result").as_object();
+    }
+
+private:
+    json::object post(const json::object& msg) {
+        http::request<http::string_body> req{http::verb::post, "/mcp", 11};
+        req.set(http::field::host, m_host);
+        req.set(http::field::content_type, "application/json");
+        req.set(http::field::accept, "application/json, text/event-stream");
+        if (!m_session.empty()) req.set("Mcp-Session-Id", m_session);
+        req.body() = json::serialize(msg);
+        req.prepare_payload();
+        http::write(m_socket, req);
+        http::response<http::string_body> res;
+        http::read(m_socket, m_buffer, res);
+        if (auto id = res["Mcp-Session-Id"]; !id.empty()) m_session = std::string(id);
+        if (res.result_int() == 202) return {};
+        if (res.result_int() != 200) throw std::runtime_error("HTTP " + std::to_string(res.result_int()));
+        return json::parse(res.body()).as_object();
+    }
+
+    asio::io_context m_ioc;
+    asio::ip::tcp::socket m_socket;
+    boost::beast::flat_buffer m_buffer;
+    std::string m_host, m_session;
+};
+
 json::object runTrue() { return {{"name", "run_command"}, {"arguments", {{"daemon", "bench"}, {"command", "true"}}}}; }
 
 }  // namespace
@@ -135,6 +192,14 @@ int main(int argc, char** argv) try {
     agent::ExecSpec spec;
     spec.command = "true";  // as run_command sends it: bash -c
     McpChild mcp({"HPC_AGENT_URL=" + h.url(), "HPC_AGENT_TOKEN=" + token.reveal(), "HPC_AGENT_CA=" + h.caFile()});
+    SpawnOptions listen;
+    listen.argv = {Harness::binary("hpc-agent"), "mcp", "--listen", "127.0.0.1:0", "--no-http-auth", "--ready-fd", "3"};
+    listen.envOverrides = {"HPC_AGENT_URL=" + h.url(), "HPC_AGENT_TOKEN=" + token.reveal(),
+                           "HPC_AGENT_CA=" + h.caFile()};
+    listen.outputFile = (h.dir() / "mcp-http.log").string();
+    auto server = spawnReady(listen, 3, std::chrono::seconds(60), h.dir() / "mcp-http.log");
+    std::string url = server.line.substr(0, server.line.find('\n'));
+    McpHttp web(url);
     std::int64_t id = 0;
     mcp.call(++id, "initialize",
              {{"protocolVersion", "2025-06-18"},
@@ -143,14 +208,15 @@ int main(int argc, char** argv) try {
     mcp.send(json::object{{"jsonrpc", "2.0"}, {"method", "notifications/initialized"}});
     for (int i = 0; i < 50; ++i) {  // warm up both paths
         client->exec("bench", spec);
-        if (mcp.call(++id, "tools/call", runTrue()).at("isError").as_bool())
+        if (mcp.call(++id, "tools/call", runTrue()).at("isError").as_bool() ||
+            web.call(++id, "tools/call", runTrue()).at("isError").as_bool())
             throw std::runtime_error("run_command failed");
     }
 
     // Interleaved rounds: the machine's load hits both paths alike.
-    std::vector<double> execAll, mcpAll, execRoundP50, mcpRoundP50;
+    std::vector<double> execAll, mcpAll, webAll, execRoundP50, mcpRoundP50, webRoundP50;
     for (std::size_t r = 0; r < rounds; ++r) {
-        std::vector<double> e, m;
+        std::vector<double> e, m, w;
         for (std::size_t i = 0; i < perRound; ++i) {
             auto t0 = Clock::now();
             client->exec("bench", spec);
@@ -161,10 +227,17 @@ int main(int argc, char** argv) try {
             mcp.call(++id, "tools/call", runTrue());
             m.push_back(ms(Clock::now() - t0));
         }
+        for (std::size_t i = 0; i < perRound; ++i) {
+            auto t0 = Clock::now();
+            web.call(++id, "tools/call", runTrue());
+            w.push_back(ms(Clock::now() - t0));
+        }
         execRoundP50.push_back(median(e));
         mcpRoundP50.push_back(median(m));
+        webRoundP50.push_back(median(w));
         execAll.insert(execAll.end(), e.begin(), e.end());
         mcpAll.insert(mcpAll.end(), m.begin(), m.end());
+        webAll.insert(webAll.end(), w.begin(), w.end());
     }
 
     // 50 at once: tool calls in one MCP session, beside execs in flight on one connection.
@@ -209,6 +282,13 @@ int main(int argc, char** argv) try {
     }
     auto mcpStats = procStats(mcp.pid());
 
+    // Idle HTTP sessions: what each holds in the server (initialized, nothing running).
+    constexpr int kIdleSessions = 15;  // beside `web`: the server's 16
+    auto before = procStats(server.child.pid());
+    std::vector<std::unique_ptr<McpHttp>> idle;
+    for (int i = 0; i < kIdleSessions; ++i) idle.push_back(std::make_unique<McpHttp>(url));
+    auto after = procStats(server.child.pid());
+
     std::string load;
     std::getline(std::ifstream("/proc/loadavg"), load);
     std::printf("load average %s\n", load.c_str());
@@ -219,7 +299,10 @@ int main(int argc, char** argv) try {
                 median(execRoundP50));
     std::printf("| MCP stdio (run_command) | %.3f | %.3f | %.3f |\n", median(mcpAll), percentile(mcpAll, 0.99),
                 median(mcpRoundP50));
-    std::printf("\nMCP overhead at p50: %.3f ms\n\n", median(mcpRoundP50) - median(execRoundP50));
+    std::printf("| MCP streamable HTTP (--listen) | %.3f | %.3f | %.3f |\n", median(webAll), percentile(webAll, 0.99),
+                median(webRoundP50));
+    std::printf("\nMCP overhead at p50: stdio %.3f ms, HTTP %.3f ms\n\n", median(mcpRoundP50) - median(execRoundP50),
+                median(webRoundP50) - median(execRoundP50));
     std::printf("%d at once | wall ms | p50 ms | p99 ms |\n|---|---|---|---|\n", kConcurrent);
     std::printf("| MCP stdio, one session | %.1f | %.1f | %.1f |\n", mcpBurstWall, median(mcpBurst),
                 percentile(mcpBurst, 0.99));
@@ -228,6 +311,10 @@ int main(int argc, char** argv) try {
     std::printf("\nhpc-agent mcp after the burst: RSS %.1f MiB, private %.1f MiB, CPU %.2f s\n",
                 static_cast<double>(mcpStats.rssKiB) / 1024.0, static_cast<double>(mcpStats.privateKiB) / 1024.0,
                 mcpStats.cpuSeconds);
+    std::printf(
+        "hpc-agent mcp --listen: RSS %.1f MiB with 1 session, %.1f MiB with %d more idle ones (%.0f KiB each)\n",
+        static_cast<double>(before.rssKiB) / 1024.0, static_cast<double>(after.rssKiB) / 1024.0, kIdleSessions,
+        static_cast<double>(after.rssKiB - before.rssKiB) / kIdleSessions);
     return 0;
 } catch (const std::exception& e) {
     std::cerr << "mcp_bench: " << e.what() << "\n";
