@@ -41,26 +41,33 @@ namespace {
 
 constexpr std::array<std::string_view, 3> kVersions = {"2025-11-25", "2025-06-18", "2025-03-26"};
 
-/// The messages of one request, from the session's threads to the connection's.
+/// A message for a stream; `id` numbers the GET stream's events (0: none).
+struct Event {
+    std::uint64_t id = 0;
+    json::value msg;
+};
+
+/// The messages of one request (or of the GET stream), from the session's
+/// threads to the connection's.
 class Exchange {
 public:
-    void push(json::value msg) {
+    void push(Event e) {
         std::lock_guard lock(m_lock);
-        m_queue.push_back(std::move(msg));
+        m_queue.push_back(std::move(e));
         m_changed.notify_one();
     }
-    std::optional<json::value> pop(std::chrono::milliseconds timeout) {
+    std::optional<Event> pop(std::chrono::milliseconds timeout) {
         std::unique_lock lock(m_lock);
         if (!m_changed.wait_for(lock, timeout, [this] { return !m_queue.empty(); })) return std::nullopt;
-        auto msg = std::move(m_queue.front());
+        auto e = std::move(m_queue.front());
         m_queue.pop_front();
-        return msg;
+        return e;
     }
 
 private:
     std::mutex m_lock;
     std::condition_variable m_changed;
-    std::deque<json::value> m_queue;
+    std::deque<Event> m_queue;
 };
 
 /// One MCP session: its backend, its core, and where its messages go. The
@@ -125,26 +132,32 @@ private:
         }
         std::lock_guard lock(m_lock);
         if (auto it = m_exchanges.find(key); it != m_exchanges.end()) {
-            it->second->push(msg);
+            it->second->push({0, msg});
         } else if (key.empty()) {
-            // A notification for no request (a subscribed resource changed): on the GET
-            // stream, or kept for the next one.
-            if (m_standalone)
-                m_standalone->push(msg);
-            else if (m_pending.size() < kMaxPending)
-                m_pending.push_back(msg);
+            // A notification for no request (a subscribed resource changed): numbered and
+            // kept (Last-Event-ID), and on the GET stream when one is open.
+            Event e{++m_lastEvent, msg};
+            m_history.push_back(e);
+            if (m_history.size() > kHistory) m_history.pop_front();
+            if (m_standalone) m_standalone->push(std::move(e));
         }
     }
 
 public:
-    /// The session's GET stream; nullptr when one is open already.
-    std::shared_ptr<Exchange> openStandalone() {
+    /// The session's GET stream, starting after event `after` (Last-Event-ID),
+    /// or after the last one a GET stream sent; nullptr when one is open already.
+    std::shared_ptr<Exchange> openStandalone(std::optional<std::uint64_t> after) {
         std::lock_guard lock(m_lock);
         if (m_standalone) return nullptr;
         m_standalone = std::make_shared<Exchange>();
-        for (auto& msg : m_pending) m_standalone->push(std::move(msg));
-        m_pending.clear();
+        for (const auto& e : m_history)
+            if (e.id > after.value_or(m_delivered)) m_standalone->push(e);
         return m_standalone;
+    }
+    /// Event `id` has been written to the GET stream.
+    void delivered(std::uint64_t id) {
+        std::lock_guard lock(m_lock);
+        m_delivered = std::max(m_delivered, id);
     }
     void closeStandalone() {
         std::lock_guard lock(m_lock);
@@ -152,10 +165,12 @@ public:
     }
 
 private:
-    static constexpr std::size_t kMaxPending = 256;
+    /// Events kept for a GET stream that reconnects with Last-Event-ID.
+    static constexpr std::size_t kHistory = 256;
     std::atomic<bool> m_ended{false};
     std::shared_ptr<Exchange> m_standalone;
-    std::vector<json::value> m_pending;
+    std::deque<Event> m_history;
+    std::uint64_t m_lastEvent = 0, m_delivered = 0;
 
     std::mutex m_lock;
     std::map<std::string, std::shared_ptr<Exchange>> m_exchanges;  ///< by request id, serialized
@@ -363,13 +378,14 @@ private:
                                  {"params", {{"requestId", msg.at("id")}, {"reason", "the HTTP client hung up"}}}}));
                 return false;
             }
-            bool final = !next->as_object().contains("method");
-            if (final && !newId.empty() && next->as_object().contains("error")) {
+            const auto& message = next->msg.as_object();
+            bool final = !message.contains("method");
+            if (final && !newId.empty() && message.contains("error")) {
                 std::lock_guard lock(m_lock);
                 m_sessions.erase(newId);  // initialize failed: no session
                 headers.clear();
             }
-            if (final && !streaming) return reply(socket, 200, headers, json::serialize(*next), req.keep_alive());
+            if (final && !streaming) return reply(socket, 200, headers, json::serialize(message), req.keep_alive());
             if (!streaming) {
                 std::string head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
                 for (const auto& [k, v] : headers) head += k + ": " + v + "\r\n";
@@ -377,7 +393,7 @@ private:
                 if (!send(socket, head)) return false;
                 streaming = true;
             }
-            if (!send(socket, "event: message\ndata: " + json::serialize(*next) + "\n\n") || final) return false;
+            if (!send(socket, "event: message\ndata: " + json::serialize(message) + "\n\n") || final) return false;
         }
     }
 
@@ -386,15 +402,24 @@ private:
     bool standaloneStream(tcp::socket& socket, const Request& req, HttpSession& session) {
         if (std::string_view(req[http::field::accept]).find("text/event-stream") == std::string_view::npos)
             return reply(socket, 406, {}, rpcErrorBody(mcp::kInvalidRequest, "GET takes Accept: text/event-stream"));
-        auto stream = session.openStandalone();
+        std::optional<std::uint64_t> after;
+        if (auto last = std::string(req["Last-Event-ID"]); !last.empty()) {
+            if (last.size() > 19 || last.find_first_not_of("0123456789") != std::string::npos)
+                return reply(socket, 400, {}, rpcErrorBody(mcp::kInvalidRequest, "Last-Event-ID is not an event id"));
+            after = std::stoull(last);
+        }
+        auto stream = session.openStandalone(after);
         if (!stream)
             return reply(socket, 409, {}, rpcErrorBody(mcp::kInvalidRequest, "this session's GET stream is open"));
         bool open = send(socket,
                          "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                          "Connection: close\r\n\r\n");
         while (open && !session.ended() && !hungUp(socket))
-            if (auto next = stream->pop(200ms))
-                open = send(socket, "event: message\ndata: " + json::serialize(*next) + "\n\n");
+            if (auto next = stream->pop(200ms)) {
+                open = send(socket, "id: " + std::to_string(next->id) +
+                                        "\nevent: message\ndata: " + json::serialize(next->msg) + "\n\n");
+                if (open) session.delivered(next->id);
+            }
         session.closeStandalone();
         return false;
     }

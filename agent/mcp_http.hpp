@@ -11,7 +11,8 @@
 ///   DELETE  ends the session (its running calls are cancelled).
 ///   GET     the session's notifications that answer no request (a subscribed
 ///           resource changed) as an event stream, one per session; those
-///           that came while none was open are sent first.
+///           that came while none was open are sent first; with
+///           Last-Event-ID, those after that event (the last 256 are kept).
 /// Host and Origin must name a loopback host (403 otherwise: DNS rebinding),
 /// and with a bearer token every request must carry it (401). A client that
 /// hangs up while its call runs cancels the call. docs/mcp.md.

@@ -16,6 +16,17 @@ const daemon = env.MCP_DAEMON;
 const auth = { Authorization: `Bearer ${env.MCP_HTTP_TOKEN}` };
 const findings = {};
 
+/// `promise`, or a failure after `ms` (the timer does not keep node alive after).
+async function within(promise, ms, what) {
+  let timer;
+  const expired = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms); });
+  try {
+    return await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function text(result) {
   return result.content.map((c) => c.text).join("");
 }
@@ -96,10 +107,68 @@ try {
   const job = await client.callTool({ name: "submit_job", arguments: { daemon, script: "#!/bin/sh\nsleep 1\n" } });
   const jobUri = `hpc://daemons/${daemon}/jobs/${job.structuredContent.job_id}`;
   await client.subscribeResource({ uri: jobUri });
-  const updated = await Promise.race([
-    toldOnce, new Promise((_, reject) => setTimeout(() => reject(new Error("no update")), 90000))]);
+  const updated = await within(toldOnce, 90000, "resources/updated");
   assert.equal(updated, jobUri);
   findings.subscribed = "ok";
+
+  // The GET stream numbers its events; one that reconnects with Last-Event-ID gets what
+  // came after that one again. A raw session, to see the ids.
+  const opened = await post(auth);
+  const raw = opened.headers.get("mcp-session-id");
+  await opened.json();
+  const rawPost = (body) => post({ ...auth, "Mcp-Session-Id": raw }, JSON.stringify(body));
+  assert.equal((await rawPost({ jsonrpc: "2.0", method: "notifications/initialized" })).status, 202);
+  const uris = [];
+  for (const i of [1, 2]) {
+    const submittedRaw = await (await rawPost({ jsonrpc: "2.0", id: 10 + i, method: "tools/call",
+      params: { name: "submit_job", arguments: { daemon, script: "#!/bin/sh\nexit 0\n" } } })).json();
+    const uri = `hpc://daemons/${daemon}/jobs/${submittedRaw.result.structuredContent.job_id}`;
+    uris.push(uri);
+    const subscribed = await rawPost({ jsonrpc: "2.0", id: 20 + i, method: "resources/subscribe", params: { uri } });
+    assert.equal(subscribed.status, 200);
+    await subscribed.json();
+  }
+  async function readEvents(headers, count) {
+    let res;
+    // The previous GET stream ends once the server sees its client gone: 409 until then.
+    for (let i = 0; i < 100; i++) {
+      res = await fetch(url, { headers: { ...auth, Accept: "text/event-stream", "Mcp-Session-Id": raw, ...headers } });
+      if (res.status !== 409) break;
+      await res.body?.cancel();
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(res.status, 200);
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    const deadline = Date.now() + 90000;
+    let buffer = "";
+    const events = [];
+    while (events.length < count && Date.now() < deadline) {
+      let timeout;
+      const timer = new Promise((r) => { timeout = setTimeout(() => r({ done: true }), deadline - Date.now()); });
+      const { value, done } = await Promise.race([reader.read(), timer]);
+      clearTimeout(timeout);
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      for (let end; (end = buffer.indexOf("\n\n")) >= 0; buffer = buffer.slice(end + 2)) {
+        const block = buffer.slice(0, end);
+        events.push({ id: Number(/^id: (\d+)$/m.exec(block)[1]),
+                      uri: JSON.parse(/^data: (.*)$/m.exec(block)[1]).params.uri });
+      }
+    }
+    await reader.cancel();
+    return events;
+  }
+  const first = await readEvents({}, 2);
+  assert.deepEqual(first.map((e) => e.uri).sort(), [...uris].sort());
+  assert.ok(first[0].id < first[1].id);
+  const again = await readEvents({ "Last-Event-ID": String(first[0].id) }, 1);
+  assert.deepEqual(again, [first[1]]);
+  const bad = await fetch(url, { headers: { ...auth, Accept: "text/event-stream", "Mcp-Session-Id": raw,
+                                            "Last-Event-ID": "x" } });
+  assert.ok(bad.status === 400 || bad.status === 409, `Last-Event-ID x: ${bad.status}`);
+  assert.equal((await fetch(url, { method: "DELETE", headers: { ...auth, "Mcp-Session-Id": raw } })).status, 200);
+  findings.resumed = "ok";
 
   // Several calls at once on one session, each on its own request.
   const many = await Promise.all([1, 2, 3, 4, 5].map((i) =>

@@ -30,6 +30,17 @@ async function call(name, args, options) {
   return client.callTool({ name, arguments: args }, undefined, options);
 }
 
+/// `promise`, or a failure after `ms` (the timer does not keep node alive after).
+async function within(promise, ms, what) {
+  let timer;
+  const expired = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms); });
+  try {
+    return await Promise.race([promise, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 function text(result) {
   return result.content.map((c) => c.text).join("");
 }
@@ -147,7 +158,7 @@ try {
   const watched = await call("submit_job", { daemon, script: "#!/bin/sh\nsleep 1\necho watched-out\n" });
   const watchedUri = `hpc://daemons/${daemon}/jobs/${watched.structuredContent.job_id}`;
   await client.subscribeResource({ uri: watchedUri });
-  await Promise.race([toldOnce, new Promise((_, reject) => setTimeout(() => reject(new Error("no update")), 90000))]);
+  await within(toldOnce, 90000, "resources/updated");
   assert.deepEqual(updates, [watchedUri]);
   const jobResource = JSON.parse((await client.readResource({ uri: watchedUri })).contents[0].text);
   assert.equal(jobResource.state, "COMPLETED");
