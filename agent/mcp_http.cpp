@@ -228,10 +228,6 @@ public:
         socket.shutdown(tcp::socket::shutdown_both, ignored);
     }
 
-    std::size_t sessionCount() {
-        std::lock_guard lock(m_lock);
-        return m_sessions.size();
-    }
     /// Every session's calls cancelled; false when some still run after `limit`.
     bool shutdownAll(std::chrono::milliseconds limit) {
         std::map<std::string, std::shared_ptr<HttpSession>> sessions;
@@ -308,13 +304,14 @@ private:
             reply(socket, 400, {}, rpcErrorBody(mcp::kInvalidRequest, "Mcp-Session-Id is required (initialize first)"));
             return false;
         }
-        std::lock_guard lock(m_lock);
-        auto it = m_sessions.find(id);
-        if (it == m_sessions.end()) {
+        {
+            std::lock_guard lock(m_lock);
+            if (auto it = m_sessions.find(id); it != m_sessions.end()) session = it->second;
+        }
+        if (!session) {
             reply(socket, 404, {}, rpcErrorBody(mcp::kInvalidRequest, "no session " + id.substr(0, 64)));
             return false;
         }
-        session = it->second;
         session->touch();
         return true;
     }
@@ -336,16 +333,20 @@ private:
         std::shared_ptr<HttpSession> session;
         std::string newId;
         if (isRequest && method->is_string() && method->get_string() == "initialize" && req["Mcp-Session-Id"].empty()) {
-            std::lock_guard lock(m_lock);
-            // Clients often leave without DELETE: the least recently used idle session makes room.
-            if (m_sessions.size() >= m_options.maxSessions) evictOldestIdle();
-            if (m_sessions.size() >= m_options.maxSessions)
+            {
+                std::lock_guard lock(m_lock);
+                // Clients often leave without DELETE: the least recently used idle session makes room.
+                if (m_sessions.size() >= m_options.maxSessions) evictOldestIdle();
+                if (m_sessions.size() < m_options.maxSessions) {
+                    newId = randomHex(16);
+                    session = std::make_shared<HttpSession>(m_makeBackend(), m_options.session);
+                    m_sessions[newId] = session;
+                }
+            }
+            if (!session)
                 return reply(socket, 503, {},
-                             rpcErrorBody(mcp::kInvalidRequest, std::to_string(m_sessions.size()) +
+                             rpcErrorBody(mcp::kInvalidRequest, std::to_string(m_options.maxSessions) +
                                                                     " sessions are busy; end one (DELETE) first"));
-            newId = randomHex(16);
-            session = std::make_shared<HttpSession>(m_makeBackend(), m_options.session);
-            m_sessions[newId] = session;
         } else if (!findSession(socket, req, session)) {
             return true;
         }

@@ -113,6 +113,7 @@ TEST_F(McpTest, TheOfficialSdkUsesTheStreamableHttpTransportWithABearerToken) {
     EXPECT_EQ(findings.at("cancel").as_string(), "ok");
     EXPECT_EQ(findings.at("ended").as_string(), "ok");
     EXPECT_EQ(findings.at("resumed").as_string(), "ok");
+    EXPECT_EQ(findings.at("evicted").as_string(), "ok");
     EXPECT_EQ(findings.at("subscribed").as_string(), "ok");
     auto status = server.child.terminate(5000ms);
     ASSERT_TRUE(status.has_value());

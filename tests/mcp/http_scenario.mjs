@@ -182,6 +182,19 @@ try {
   const after = await post({ ...auth, "Mcp-Session-Id": sessionId }, JSON.stringify({ jsonrpc: "2.0", id: 9, method: "ping" }));
   assert.equal(after.status, 404);
   findings.ended = "ok";
+
+  // At most 16 sessions: a 17th makes room by ending the least recently used idle one.
+  const ids = [];
+  for (let i = 0; i < 17; i++) {
+    const res = await post(auth);
+    assert.equal(res.status, 200);
+    await res.json();
+    ids.push(res.headers.get("mcp-session-id"));
+  }
+  const ping = (sid) => post({ ...auth, "Mcp-Session-Id": sid }, JSON.stringify({ jsonrpc: "2.0", id: 1, method: "ping" }));
+  assert.equal((await ping(ids[0])).status, 404, "the oldest idle session was ended");
+  for (const sid of ids.slice(1)) assert.equal((await ping(sid)).status, 200);
+  findings.evicted = "ok";
   findings.ok = true;
 } finally {
   await client.close().catch(() => {});
