@@ -11,6 +11,7 @@
 #include <cctype>
 #include <chrono>
 #include <cmath>
+#include <iomanip>
 #include <sstream>
 
 namespace json = boost::json;
@@ -383,7 +384,9 @@ json::object runCommand(Backend& backend, const json::object& a, const CallConte
     else
         text << "killed by " << fieldText(r, "signal_name");
     if (auto* t = r.if_contains("timed_out"); t && t->is_bool() && t->get_bool()) text << " (timed out)";
-    text << ", " << fieldText(r, "duration_s") << " s\n";
+    if (auto* d = r.if_contains("duration_s"); d && d->is_number())
+        text << ", " << std::fixed << std::setprecision(3) << d->to_number<double>() << " s";
+    text << "\n";
     for (const char* s : {"stdout", "stderr"}) {
         auto out = streamText(r, s);
         auto* cut = r.if_contains(std::string(s) + "_truncated");

@@ -98,6 +98,19 @@ echo "submitted $job"
 "$bin/agent/hpc-agent" wait demo-cluster "$job" --timeout 60
 "$bin/ctl/hpc-daemonctl" jobs
 
+say "hpc-agent mcp: what an AI agent's MCP client says to it on stdio (tools/call run_command)"
+coproc MCP { "$bin/agent/hpc-agent" mcp 2>/dev/null; }
+mcp_say() { printf '%s\n' "$1" >&"${MCP[1]}"; }
+mcp_say '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"demo","version":"1"}}}'
+read -r -t 60 answer <&"${MCP[0]}"
+mcp_say '{"jsonrpc":"2.0","method":"notifications/initialized"}'
+mcp_say '{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"run_command","arguments":{"daemon":"demo-cluster","command":"echo hello through MCP from $(hostname)"}}}'
+read -r -t 60 answer <&"${MCP[0]}"
+python3 -c 'import json, sys; print(json.loads(sys.argv[1])["result"]["content"][0]["text"], end="")' "$answer"
+mcp_pid=$MCP_PID
+exec {MCP[1]}>&-  # end of input: the server exits
+wait "$mcp_pid" || true
+
 say "hpc-daemonctl audit: what the agent ran"
 "$bin/ctl/hpc-daemonctl" audit -n 10
 
