@@ -146,17 +146,11 @@ ExecRequest Dispatcher::toRequest(const ExecSpec& spec) const {
 }
 
 json::object Dispatcher::toJson(const ExecResult& r) {
-    json::object o;
-    o["pid"] = r.pid;
-    o["exit_code"] = r.exitCode ? json::value(*r.exitCode) : json::value(nullptr);
-    o["signal"] = r.signal ? json::value(*r.signal) : json::value(nullptr);
-    if (r.signal) o["signal_name"] = signalName(*r.signal);
+    json::object o = r.statusJson();
     protocol::putBytes(o, "stdout", r.out);
     protocol::putBytes(o, "stderr", r.err);
     o["stdout_truncated"] = r.outTruncated;
     o["stderr_truncated"] = r.errTruncated;
-    o["timed_out"] = r.timedOut;
-    o["duration_s"] = r.durationSeconds;
     return o;
 }
 

@@ -6,6 +6,7 @@
 #include "guard/confinement.hpp"
 
 #include <boost/asio/io_context.hpp>
+#include <boost/json.hpp>
 
 #include <chrono>
 #include <functional>
@@ -38,6 +39,10 @@ struct ExecResult {
     bool errTruncated = false;
     bool timedOut = false;
     double durationSeconds = 0;
+
+    /// How it ended, as both exec answers carry it (docs/protocol.md §4.3):
+    /// pid, exit_code, signal, signal_name, timed_out, duration_s; no output.
+    boost::json::object statusJson() const;
 };
 
 class ExecRun;

@@ -297,16 +297,11 @@ private:
         r.durationSeconds = m_duration;
         if (m_ended) std::exchange(m_ended, nullptr)(r);
         if (!m_owner) return;
-        json::object p{{"channel", m_channel},
-                       {"pid", r.pid},
-                       {"exit_code", m_exitCode ? json::value(*m_exitCode) : json::value(nullptr)},
-                       {"signal", m_signal ? json::value(*m_signal) : json::value(nullptr)},
-                       {"timed_out", m_timedOut},
-                       {"duration_s", m_duration},
-                       {"stdout_bytes", m_out.bytes},
-                       {"stderr_bytes", m_err.bytes},
-                       {"stdin_bytes", m_stdinReceived}};
-        if (m_signal) p["signal_name"] = signalName(*m_signal);
+        json::object p = r.statusJson();
+        p["channel"] = m_channel;
+        p["stdout_bytes"] = m_out.bytes;
+        p["stderr_bytes"] = m_err.bytes;
+        p["stdin_bytes"] = m_stdinReceived;
         if (!m_error.empty()) {
             p["error"] = m_error;
             p["code"] = std::string(toProtocolCode(m_errorCode));
