@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
+import { text, within } from "./lib.mjs";
 
 const env = process.env;
 const url = new URL(env.MCP_URL);
@@ -16,20 +17,6 @@ const daemon = env.MCP_DAEMON;
 const auth = { Authorization: `Bearer ${env.MCP_HTTP_TOKEN}` };
 const findings = {};
 
-/// `promise`, or a failure after `ms` (the timer does not keep node alive after).
-async function within(promise, ms, what) {
-  let timer;
-  const expired = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms); });
-  try {
-    return await Promise.race([promise, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function text(result) {
-  return result.content.map((c) => c.text).join("");
-}
 
 const initialize = JSON.stringify({
   jsonrpc: "2.0", id: 1, method: "initialize",

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { McpError, ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
+import { text, within } from "./lib.mjs";
 
 const env = process.env;
 const daemon = env.MCP_DAEMON;
@@ -30,20 +31,6 @@ async function call(name, args, options) {
   return client.callTool({ name, arguments: args }, undefined, options);
 }
 
-/// `promise`, or a failure after `ms` (the timer does not keep node alive after).
-async function within(promise, ms, what) {
-  let timer;
-  const expired = new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`no ${what} within ${ms} ms`)), ms); });
-  try {
-    return await Promise.race([promise, expired]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function text(result) {
-  return result.content.map((c) => c.text).join("");
-}
 
 async function rpcError(promise) {
   try {
