@@ -137,16 +137,6 @@ private:
     bool m_outOpen = false, m_errOpen = false, m_exited = false, m_finished = false;
 };
 
-boost::json::object ExecResult::statusJson() const {
-    boost::json::object o{{"pid", pid},
-                          {"exit_code", exitCode ? boost::json::value(*exitCode) : boost::json::value(nullptr)},
-                          {"signal", signal ? boost::json::value(*signal) : boost::json::value(nullptr)},
-                          {"timed_out", timedOut},
-                          {"duration_s", durationSeconds}};
-    if (signal) o["signal_name"] = signalName(*signal);
-    return o;
-}
-
 ExecService::ExecService(asio::io_context& ioc, std::size_t maxConcurrent)
     : m_ioc(ioc), m_maxConcurrent(maxConcurrent), m_streams(std::make_unique<ExecStreams>(ioc)) {}
 

@@ -4,6 +4,7 @@
 /// Asynchronous on the daemon's io_context: many run at once.
 
 #include "guard/confinement.hpp"
+#include "util.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/json.hpp>
@@ -42,7 +43,16 @@ struct ExecResult {
 
     /// How it ended, as both exec answers carry it (docs/protocol.md §4.3):
     /// pid, exit_code, signal, signal_name, timed_out, duration_s; no output.
-    boost::json::object statusJson() const;
+    /// Inline: the dispatch fuzz target links the dispatcher without exec.cpp.
+    boost::json::object statusJson() const {
+        boost::json::object o{{"pid", pid},
+                              {"exit_code", exitCode ? boost::json::value(*exitCode) : boost::json::value(nullptr)},
+                              {"signal", signal ? boost::json::value(*signal) : boost::json::value(nullptr)},
+                              {"timed_out", timedOut},
+                              {"duration_s", durationSeconds}};
+        if (signal) o["signal_name"] = signalName(*signal);
+        return o;
+    }
 };
 
 class ExecRun;
