@@ -12,6 +12,7 @@
 #include <sys/ioctl.h>
 #include <termios.h>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
@@ -28,6 +29,15 @@ namespace hpc::daemon {
 namespace {
 
 constexpr std::size_t kMaxInputBacklog = 1 << 20;
+/// Output in bulk (a batch of at least kBulkBatch bytes read within kHoldFor
+/// of the last frame) is held until kHoldBytes have gathered or kHoldFor has
+/// passed: a fast program's output then crosses the link, the platform and
+/// the agent in 64 KiB frames instead of one frame per few-KiB read, each of
+/// which costs every hop a TLS record, a send and a wake-up. Typing, prompts
+/// and a program's occasional lines are not bulk and go out at once.
+constexpr std::size_t kBulkBatch = 2048;
+constexpr std::size_t kHoldBytes = std::size_t{64} * 1024;
+constexpr auto kHoldFor = std::chrono::milliseconds(2);
 
 void setWindowSize(int fd, unsigned cols, unsigned rows) {
     winsize ws{};
@@ -47,6 +57,7 @@ public:
           m_auditPipe(service.m_ioc, audit.release()),
           m_idle(service.m_ioc),
           m_grace(service.m_ioc),
+          m_holdTimer(service.m_ioc),
           m_credit(credit) {}
 
     const PtyInfo& info() const { return m_info; }
@@ -86,7 +97,7 @@ public:
 
     void addCredit(std::uint64_t bytes) {
         m_credit += bytes;
-        if (!m_reading && !m_eof) doRead();
+        if (!m_reading && !m_eof) doRead(true);
     }
 
     void detach(std::chrono::seconds grace) {
@@ -126,44 +137,91 @@ private:
         });
     }
 
-    void doRead() {
+    /// Reads once the terminal has output, or at once when `now`: on a resume
+    /// after the credit ran out or the shell exited, the readiness epoll
+    /// reported may have come while no read was pending.
+    void doRead(bool now = false) {
         if (m_credit == 0 || m_eof) {
             m_reading = false;
             return;
         }
         m_reading = true;
-        std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(m_buffer.size(), m_credit));
-        m_master.async_read_some(
-            asio::buffer(m_buffer.data(), want),
-            [self = shared_from_this()](boost::system::error_code ec, std::size_t n) { self->onRead(ec, n); });
-    }
-
-    void onRead(boost::system::error_code ec, std::size_t n) {
-        m_reading = false;
-        if (ec) {
-            // EIO: every process closed the terminal. Nothing more will come.
-            m_eof = true;
-            maybeFinish();
+        if (now) {
+            asio::post(m_service.m_ioc, [self = shared_from_this()] { self->readReady(); });
             return;
         }
-        // The read returned at most one line-discipline buffer (4 KiB); when
-        // the program is writing faster than that, more is already waiting.
-        // Take it now, up to the buffer and the credit, stopping as soon as
-        // nothing is waiting, and send it as one frame: fewer, larger frames
-        // cost the link, the platform and the agent far less per byte.
-        // Typing and prompts find nothing more waiting and go out at once.
-        std::size_t limit = static_cast<std::size_t>(std::min<std::uint64_t>(m_buffer.size(), m_credit));
+        m_master.async_wait(asio::posix::descriptor_base::wait_read,
+                            [self = shared_from_this()](boost::system::error_code ec) {
+                                if (ec == asio::error::operation_aborted) return;
+                                self->readReady();
+                            });
+    }
+
+    /// Reads what the terminal has, up to the buffer and the credit, and
+    /// sends or holds it. A read returns at most one line-discipline buffer
+    /// (4 KiB); when the program writes faster than that, more is already
+    /// waiting, so it reads on until nothing is.
+    ///
+    /// The reads happen here, not in an async_read_some, because the buffer
+    /// is the service's, shared by every session: the reactor would read
+    /// several ready sessions into it before any handler ran. The daemon
+    /// runs on one thread and each batch is sent or held before the next
+    /// read, so an idle shell holds no buffer of its own.
+    void readReady() {
+        m_reading = false;
+        if (m_eof || m_finished) return;
+        auto& buffer = m_service.m_readBuffer;
+        std::size_t limit = static_cast<std::size_t>(std::min<std::uint64_t>(buffer.size(), m_credit));
+        std::size_t n = 0;
+        boost::system::error_code ec;
         while (n < limit) {
-            boost::system::error_code more;
-            std::size_t got = m_master.read_some(asio::buffer(m_buffer.data() + n, limit - n), more);
-            if (more || got == 0) break;  // would block; EIO is seen by the next read
+            std::size_t got = m_master.read_some(asio::buffer(buffer.data() + n, limit - n), ec);
+            if (ec) break;
             n += got;
         }
-        m_credit -= n;
-        if (!m_service.m_sendOutput(m_info.channel, m_buffer.data(), n))
-            log::warning("pty " + std::to_string(m_info.channel) + ": output dropped, the link is down");
-        touch();
+        // EIO: every process closed the terminal. Nothing more will come.
+        if (ec && ec != asio::error::would_block && ec != asio::error::try_again) m_eof = true;
+        if (n > 0) {
+            m_credit -= n;
+            auto now = std::chrono::steady_clock::now();
+            bool bulk = n >= kBulkBatch && now - m_lastSent < kHoldFor;
+            if (!bulk && m_held.empty()) {
+                send(buffer.data(), n);
+            } else {
+                m_held.append(buffer.data(), n);
+                if (m_held.size() >= kHoldBytes)
+                    flushHeld();
+                else if (!m_holdArmed)
+                    armHold();
+            }
+            touch();
+        }
+        if (m_eof) return maybeFinish();
         doRead();
+    }
+
+    void send(const char* data, std::size_t size) {
+        m_lastSent = std::chrono::steady_clock::now();
+        if (!m_service.m_sendOutput(m_info.channel, data, size))
+            log::warning("pty " + std::to_string(m_info.channel) + ": output dropped, the link is down");
+    }
+
+    void flushHeld() {
+        if (m_held.empty()) return;
+        send(m_held.data(), m_held.size());
+        m_held.clear();
+        if (m_held.capacity() > kHoldBytes * 2) m_held.shrink_to_fit();
+    }
+
+    /// Sends what is held once kHoldFor has passed, whatever came meanwhile.
+    void armHold() {
+        m_holdArmed = true;
+        m_holdTimer.expires_after(kHoldFor);
+        m_holdTimer.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+            self->m_holdArmed = false;
+            if (ec || self->m_finished) return;
+            self->flushHeld();
+        });
     }
 
     /// Lines "status<TAB>cwd<TAB>command" from the shell's audit descriptor.
@@ -212,15 +270,17 @@ private:
         if (status) m_status = *status;
         m_exited = true;
         // Output still in the PTY is delivered (as credit allows) before pty.exit.
-        if (!m_reading && m_credit > 0) doRead();
+        if (!m_reading && m_credit > 0) doRead(true);
         maybeFinish();
     }
 
     void maybeFinish() {
         if (m_finished || !m_exited || !m_eof) return;
+        flushHeld();  // before pty.exit, in order
         m_finished = true;
         m_idle.cancel();
         m_grace.cancel();
+        m_holdTimer.cancel();
         json::object p{{"channel", m_info.channel}};
         p["exit_code"] = m_status.code ? json::value(*m_status.code) : json::value(nullptr);
         p["signal"] = m_status.signal ? json::value(*m_status.signal) : json::value(nullptr);
@@ -243,7 +303,10 @@ private:
     std::string m_auditPending;
     asio::steady_timer m_idle;
     asio::steady_timer m_grace;
-    std::array<char, 65536> m_buffer{};
+    asio::steady_timer m_holdTimer;
+    std::string m_held;  ///< output read in bulk, not sent yet
+    std::chrono::steady_clock::time_point m_lastSent;
+    bool m_holdArmed = false;
     std::uint64_t m_credit;
     std::deque<std::string> m_input;
     std::size_t m_inputBytes = 0;

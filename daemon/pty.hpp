@@ -3,12 +3,13 @@
 /// per session, its output sent as binary frames under credit flow control,
 /// its input written to the terminal.
 ///
-/// Output: a read is always pending on a session's master while it has
-/// credit; when it completes, whatever else is already waiting in the
-/// terminal is read at once (never waited for) and sent with it as one frame
-/// (the link also coalesces frames queued behind a write in flight). With no credit the session stops reading, the
-/// kernel's PTY buffer fills and the program blocks: a slow agent slows the
-/// program, never the daemon's memory.
+/// Output: while a session has credit it waits for its terminal to be
+/// readable, then reads all that is waiting (never waiting for more) into
+/// the service's one read buffer and sends it as one frame. Output in bulk
+/// (a fast program) is held up to 64 KiB or 2 ms, so it crosses every hop in
+/// large frames; typing and prompts go out at once. With no credit the
+/// session stops reading, the kernel's PTY buffer fills and the program
+/// blocks: a slow agent slows the program, never the daemon's memory.
 
 #include "guard/confinement.hpp"
 
@@ -100,6 +101,8 @@ private:
     SendOutput m_sendOutput;
     AuditLine m_audit;
     std::map<std::uint32_t, std::shared_ptr<PtySession>> m_sessions;
+    /// Every session reads into this (see PtySession::onRead).
+    std::vector<char> m_readBuffer = std::vector<char>(std::size_t{64} * 1024);
     std::uint32_t m_nextChannel = 1;
 };
 
