@@ -112,6 +112,8 @@ public:
     const std::string& user() const { return m_user; }
 
     const std::string& note() const { return m_note; }
+    /// The listening sshd: the server processes of every connection descend from it.
+    pid_t serverPid() const { return m_sshd.pid(); }
     /// The pid of the ssh master process (the persistent connection).
     pid_t masterPid() {
         auto argv = m_base;

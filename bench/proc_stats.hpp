@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -49,6 +51,44 @@ inline ProcStats procStats(pid_t pid) {
         if (line.rfind("Private_Dirty:", 0) == 0) s.privateKiB += std::stol(line.substr(14));
     }
     return s;
+}
+
+/// `root` and its live descendants whose command name is `comm` (as in
+/// /proc/PID/comm), e.g. the server processes under a listening sshd.
+inline std::vector<pid_t> descendantsNamed(pid_t root, const std::string& comm) {
+    std::map<pid_t, std::pair<pid_t, std::string>> procs;  // pid -> (parent, name)
+    for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+        pid_t pid = std::atoi(entry.path().filename().c_str());
+        if (pid <= 0) continue;
+        std::ifstream stat(entry.path() / "stat");
+        std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+        auto open = text.find('('), close = text.rfind(')');
+        if (open == std::string::npos || close == std::string::npos || close + 4 > text.size()) continue;
+        std::istringstream rest(text.substr(close + 4));  // after ") S "
+        pid_t parent = 0;
+        rest >> parent;
+        procs[pid] = {parent, text.substr(open + 1, close - open - 1)};
+    }
+    auto under = [&](pid_t pid) {
+        for (int depth = 0; pid > 1 && depth < 64; ++depth) {
+            if (pid == root) return true;
+            auto it = procs.find(pid);
+            if (it == procs.end()) return false;
+            pid = it->second.first;
+        }
+        return false;
+    };
+    std::vector<pid_t> out;
+    for (const auto& [pid, info] : procs)
+        if (info.second == comm && under(pid)) out.push_back(pid);
+    return out;
+}
+
+/// CPU seconds of these processes now (those gone count nothing).
+inline double cpuSecondsOf(const std::vector<pid_t>& pids) {
+    double total = 0;
+    for (pid_t p : pids) total += procStats(p).cpuSeconds;
+    return total;
 }
 
 /// Resident KiB per mapped file (by base name; "[heap]", "[anon]" ...), largest first.
