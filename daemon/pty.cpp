@@ -35,7 +35,7 @@ constexpr std::size_t kMaxInputBacklog = 1 << 20;
 /// the agent in 64 KiB frames instead of one frame per few-KiB read, each of
 /// which costs every hop a TLS record, a send and a wake-up. Typing, prompts
 /// and a program's occasional lines are not bulk and go out at once.
-constexpr std::size_t kBulkBatch = 2048;
+constexpr std::size_t kBulkBatch = 1024;
 constexpr std::size_t kHoldBytes = std::size_t{64} * 1024;
 constexpr auto kHoldFor = std::chrono::milliseconds(2);
 
@@ -159,8 +159,10 @@ private:
 
     /// Reads what the terminal has, up to the buffer and the credit, and
     /// sends or holds it. A read returns at most one line-discipline buffer
-    /// (4 KiB); when the program writes faster than that, more is already
-    /// waiting, so it reads on until nothing is.
+    /// (4 KiB); it reads on while TIOCINQ says more is there. Never until
+    /// EAGAIN: a read of an empty terminal waits in the kernel for the tty's
+    /// flush worker (n_tty flushes it synchronously), which on a busy machine
+    /// would stall every other session and job behind one shell's output.
     ///
     /// The reads happen here, not in an async_read_some, because the buffer
     /// is the service's, shared by every session: the reactor would read
@@ -178,6 +180,7 @@ private:
             std::size_t got = m_master.read_some(asio::buffer(buffer.data() + n, limit - n), ec);
             if (ec) break;
             n += got;
+            if (waiting() == 0) break;
         }
         // EIO: every process closed the terminal. Nothing more will come.
         if (ec && ec != asio::error::would_block && ec != asio::error::try_again) m_eof = true;
@@ -198,6 +201,12 @@ private:
         }
         if (m_eof) return maybeFinish();
         doRead();
+    }
+
+    /// Bytes in the terminal's read buffer (TIOCINQ, which never waits).
+    std::size_t waiting() {
+        int n = 0;
+        return ::ioctl(m_master.native_handle(), FIONREAD, &n) == 0 && n > 0 ? static_cast<std::size_t>(n) : 0;
     }
 
     void send(const char* data, std::size_t size) {
