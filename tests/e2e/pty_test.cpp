@@ -134,6 +134,27 @@ TEST_F(PtyTest, FiftyMegabytesArriveByteExact) {
     EXPECT_EQ(relay::sha256Hex(data), expected);
 }
 
+// The daemon holds bulk output to send it in large frames: the end of a
+// burst must still arrive when the program then falls silent.
+TEST_F(PtyTest, TheEndOfABurstArrivesWhenTheProgramFallsSilent) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    auto pty = open();
+    // The marker is printed from pieces, so the echoed command line does not hold it.
+    m_agent->ptyInput(pty.channel, "head -c 3000000 /dev/zero | base64; printf 'TAIL-%s' MARK; sleep 300\r");
+    auto out = readUntil(pty.channel, contains("TAIL-MARK"), 60s);
+    auto tail = out.find("TAIL-MARK");
+    ASSERT_NE(tail, std::string::npos) << "the burst's last bytes stayed in the daemon";
+    // Between the echoed command line and the marker: 3 MB of zeros in
+    // base64, 4,000,000 'A's (in lines of 76), none lost or repeated.
+    // (The shell may show the typed line twice: the terminal's echo, then its editor's.)
+    auto from = out.find('\n', out.rfind("sleep 300", tail));
+    ASSERT_LT(from, tail);
+    EXPECT_EQ(std::count(out.begin() + static_cast<std::ptrdiff_t>(from),
+                         out.begin() + static_cast<std::ptrdiff_t>(tail), 'A'),
+              4000000);
+    m_agent->ptyClose("p", pty.channel, SIGKILL);
+}
+
 TEST_F(PtyTest, AShellSeesOnlyItsOwnDescriptors) {
     ASSERT_NO_FATAL_FAILURE(start());
     auto pty = open();
