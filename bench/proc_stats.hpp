@@ -4,7 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
+#include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -58,8 +58,9 @@ inline ProcStats procStats(pid_t pid) {
 inline std::vector<pid_t> descendantsNamed(pid_t root, const std::string& comm) {
     std::map<pid_t, std::pair<pid_t, std::string>> procs;  // pid -> (parent, name)
     for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
-        pid_t pid = std::atoi(entry.path().filename().c_str());
-        if (pid <= 0) continue;
+        const std::string name = entry.path().filename().string();
+        pid_t pid = 0;
+        if (std::from_chars(name.data(), name.data() + name.size(), pid).ec != std::errc{} || pid <= 0) continue;
         std::ifstream stat(entry.path() / "stat");
         std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
         auto open = text.find('('), close = text.rfind(')');

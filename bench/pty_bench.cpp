@@ -275,7 +275,7 @@ double loadAverage() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
     int echoIterations = argc > 1 ? std::stoi(argv[1]) : 10000;
     // Which paths to run (default all): "c" alone is handy under a profiler.
     std::string paths = argc > 2 ? argv[2] : "abc";
@@ -389,7 +389,8 @@ int main(int argc, char** argv) {
         std::printf(
             "%d shells open (%d idle, opened in %.1f s), one streaming `%s`: %.1f MB/s; hpc-daemond RSS "
             "%.1f MiB -> %.1f MiB, %.1f KiB per shell\n\n",
-            shells, shells - 1, openSeconds, producers[0].command.c_str(), s.mbPerSecond, rss0 / 1024.0, rss1 / 1024.0,
+            shells, shells - 1, openSeconds, producers[0].command.c_str(), s.mbPerSecond,
+            static_cast<double>(rss0) / 1024, static_cast<double>(rss1) / 1024,
             static_cast<double>(rss1 - rss0) / (shells - 1));
         for (const auto& pty : idle) client->ptyClose("bench", pty.channel);
     }
@@ -403,4 +404,15 @@ int main(int argc, char** argv) {
         ratio(echo[0][2].p99, echo[0][1].p99), ratio(streamMedian[1][2], streamMedian[1][0]),
         ratio(echo[1][2].p50, echo[1][1].p50), ratio(echo[1][2].p99, echo[1][1].p99));
     return 0;
+}
+
+int main(int argc, char** argv) {
+    // Caught here so that the relay, the daemon and sshd are stopped on the
+    // way out (an exception out of main would skip their destructors).
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "pty_bench: %s\n", e.what());
+        return 1;
+    }
 }
