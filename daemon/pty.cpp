@@ -12,7 +12,6 @@
 #include <sys/ioctl.h>
 #include <termios.h>
 #include <boost/asio/posix/stream_descriptor.hpp>
-#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
@@ -97,7 +96,7 @@ public:
 
     void addCredit(std::uint64_t bytes) {
         m_credit += bytes;
-        if (!m_reading && !m_eof) doRead(true);
+        if (!m_reading && !m_eof) doRead();
     }
 
     void detach(std::chrono::seconds grace) {
@@ -137,19 +136,15 @@ private:
         });
     }
 
-    /// Reads once the terminal has output, or at once when `now`: on a resume
-    /// after the credit ran out or the shell exited, the readiness epoll
-    /// reported may have come while no read was pending.
-    void doRead(bool now = false) {
+    /// Reads once the terminal has output. (Asio re-arms the descriptor for
+    /// each wait, so output or a hang-up that came while no wait was pending,
+    /// with no credit, is seen at once.)
+    void doRead() {
         if (m_credit == 0 || m_eof) {
             m_reading = false;
             return;
         }
         m_reading = true;
-        if (now) {
-            asio::post(m_service.m_ioc, [self = shared_from_this()] { self->readReady(); });
-            return;
-        }
         m_master.async_wait(asio::posix::descriptor_base::wait_read,
                             [self = shared_from_this()](boost::system::error_code ec) {
                                 if (ec == asio::error::operation_aborted) return;
@@ -219,10 +214,11 @@ private:
         if (m_held.empty()) return;
         send(m_held.data(), m_held.size());
         m_held.clear();
-        if (m_held.capacity() > kHoldBytes * 2) m_held.shrink_to_fit();
     }
 
     /// Sends what is held once kHoldFor has passed, whatever came meanwhile.
+    /// The burst is over then: its buffer is given back, so a shell that once
+    /// streamed keeps nothing while it idles.
     void armHold() {
         m_holdArmed = true;
         m_holdTimer.expires_after(kHoldFor);
@@ -230,6 +226,7 @@ private:
             self->m_holdArmed = false;
             if (ec || self->m_finished) return;
             self->flushHeld();
+            std::string().swap(self->m_held);
         });
     }
 
@@ -279,7 +276,7 @@ private:
         if (status) m_status = *status;
         m_exited = true;
         // Output still in the PTY is delivered (as credit allows) before pty.exit.
-        if (!m_reading && m_credit > 0) doRead(true);
+        if (!m_reading && m_credit > 0) doRead();
         maybeFinish();
     }
 

@@ -101,7 +101,7 @@ private:
     SendOutput m_sendOutput;
     AuditLine m_audit;
     std::map<std::uint32_t, std::shared_ptr<PtySession>> m_sessions;
-    /// Every session reads into this (see PtySession::onRead).
+    /// Every session reads into this (see PtySession::readReady).
     std::vector<char> m_readBuffer = std::vector<char>(std::size_t{64} * 1024);
     std::uint32_t m_nextChannel = 1;
 };
