@@ -63,6 +63,10 @@ void setNonBlocking(int fd) {
 
 namespace {
 
+/// The open-file soft limit children get back (0: leave theirs alone); set
+/// once by raiseOpenFileLimit, read in vforked children.
+rlim_t g_childOpenFileLimit = 0;
+
 /// The child's three standard descriptors: -1 means /dev/null, -2 inherit.
 struct ChildStdio {
     int in = -2, out = -2, err = -2;
@@ -165,6 +169,13 @@ void closeDescriptorsFrom(int low, const int* keep, std::size_t keepCount) {
     for (const auto& [ours, theirs] : o.extraFds) keep[keepCount++] = theirs;
     std::sort(keep, keep + keepCount);
     closeDescriptorsFrom(3, keep, keepCount);
+    if (g_childOpenFileLimit != 0) {
+        struct rlimit lim {};
+        if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur > g_childOpenFileLimit) {
+            lim.rlim_cur = g_childOpenFileLimit;
+            ::setrlimit(RLIMIT_NOFILE, &lim);
+        }
+    }
     ::execvpe(argv[0], argv, envp);
     childFailed(errorPipe, errno);
 }
@@ -179,6 +190,18 @@ pid_t vforkPrepared(const SpawnOptions& o, const ChildStdio& io, char* const* ar
 }
 
 }  // namespace
+
+std::pair<unsigned long, unsigned long> raiseOpenFileLimit() {
+    struct rlimit lim {};
+    if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return {0, 0};
+    rlim_t before = lim.rlim_cur;
+    if (lim.rlim_cur < lim.rlim_max) {
+        lim.rlim_cur = lim.rlim_max;
+        if (::setrlimit(RLIMIT_NOFILE, &lim) == 0) g_childOpenFileLimit = before;
+    }
+    ::getrlimit(RLIMIT_NOFILE, &lim);
+    return {before, lim.rlim_cur};
+}
 
 SpawnedProcess spawn(const SpawnOptions& options) {
     if (options.argv.empty()) throw std::invalid_argument("spawn: empty argv");

@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace hpc {
@@ -59,6 +60,13 @@ struct SpawnedProcess {
 /// the program is not found, or the errno of the failing step). Pipe fds are
 /// O_CLOEXEC and, on the parent side, O_NONBLOCK.
 SpawnedProcess spawn(const SpawnOptions& options);
+
+/// Raises this process's open-file soft limit to its hard limit: a daemon or
+/// a relay holds a descriptor per connection, shell and pipe, and a login
+/// shell's 1024 is too few for a few hundred shells. Children started by
+/// spawn() from then on get the soft limit back as it was, so the programs
+/// they run see the account's usual limit. Returns {before, after}.
+std::pair<unsigned long, unsigned long> raiseOpenFileLimit();
 
 /// How a child ended: exactly one of code and signal is set.
 struct ExitStatus {

@@ -4,6 +4,7 @@
 #include "util.hpp"
 
 #include <cctype>
+#include <charconv>
 #include <limits>
 
 namespace hpc {
@@ -31,6 +32,15 @@ std::optional<std::pair<std::uint64_t, std::string>> splitNumber(std::string_vie
     return std::make_pair(n, unit);
 }
 
+/// A whole number from 1 to Settings::kMaxShellsCeiling.
+std::optional<unsigned> parseCount(std::string_view text) {
+    unsigned n = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+    if (ec != std::errc{} || end != text.data() + text.size() || n < 1 || n > Settings::kMaxShellsCeiling)
+        return std::nullopt;
+    return n;
+}
+
 }  // namespace
 
 const std::vector<SettingInfo>& settingKeys() {
@@ -40,6 +50,7 @@ const std::vector<SettingInfo>& settingKeys() {
          "jobs that ended longer ago than this are pruned, their directories with them (live jobs never)"},
         {"state_max_bytes", "size", "64MiB", "state.db's rows beyond this are pruned oldest-first, with a warning"},
         {"log_max_bytes", "size", "8MiB", "nohup mode: the log file rotates past this size (3 files kept)"},
+        {"max_shells", "count", "16", "shells (PTY sessions) open at once, 1 to 1000"},
     };
     return keys;
 }
@@ -119,6 +130,11 @@ std::string validateSetting(std::string_view key, std::string_view value) {
         throw Error(ErrorCode::BadRequest, "unknown setting \"" + std::string(key) + "\"; the settings are " + known);
     }
     std::string bad = "bad value \"" + std::string(value) + "\" for " + info->key + ": ";
+    if (std::string_view(info->kind) == "count") {
+        auto n = parseCount(value);
+        if (!n) throw Error(ErrorCode::BadRequest, bad + "give a whole number from 1 to 1000");
+        return std::to_string(*n);
+    }
     if (std::string_view(info->kind) == "duration") {
         auto d = parseDuration(value);
         if (!d)
@@ -153,6 +169,8 @@ Settings loadSettings(Store& store, const std::string& daemonId) {
             if (auto b = parseSize(value); b && *b >= kMinStateBytes) s.stateMaxBytes = *b;
         } else if (key == "log_max_bytes") {
             if (auto b = parseSize(value); b && *b >= kMinLogBytes) s.logMaxBytes = *b;
+        } else if (key == "max_shells") {
+            s.maxShells = parseCount(value);
         }
     }
     return s;

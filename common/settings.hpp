@@ -1,5 +1,5 @@
 #pragma once
-/// A profile's tunable settings (retention, size caps), kept in the store's
+/// A profile's tunable settings (retention, size caps, shells), kept in the store's
 /// `settings` table as the text the user gave, with defaults for what is
 /// unset. `hpc-daemonctl config` shows and changes them; the daemon reads
 /// them at start and on Reload.
@@ -24,6 +24,9 @@ struct Settings {
     std::uint64_t stateMaxBytes = 64ull << 20;
     /// nohup mode: the log file is rotated past this size (kLogFiles kept).
     std::uint64_t logMaxBytes = 8ull << 20;
+    /// Shells (PTY sessions) open at once; unset: the profile's (16).
+    std::optional<unsigned> maxShells;
+    static constexpr unsigned kMaxShellsCeiling = 1000;
 
     static constexpr int kLogFiles = 3;  ///< the log and two rotated ones
 };
@@ -31,7 +34,7 @@ struct Settings {
 /// One settable key, for listing and validation.
 struct SettingInfo {
     const char* key;
-    const char* kind;  ///< "duration" or "size"
+    const char* kind;  ///< "duration", "size" or "count"
     const char* defaultText;
     const char* help;
 };

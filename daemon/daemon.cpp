@@ -306,7 +306,7 @@ private:
 
     PtyLimits ptyLimits() const {
         PtyLimits limits;
-        limits.maxSessions = static_cast<std::size_t>(m_profile.maxSessions);
+        limits.maxSessions = m_maxShells ? *m_maxShells : static_cast<std::size_t>(m_profile.maxSessions);
         limits.idleTimeout = std::chrono::seconds(m_profile.idleTimeoutSeconds);
         limits.detachGrace = m_options.ptyDetachGrace;
         return limits;
@@ -374,10 +374,14 @@ private:
         });
     }
 
-    /// Retention and size caps (issue 21): a prune pass now and on a timer.
+    /// Retention and size caps (a prune pass now and on a timer) and the
+    /// shell limit.
     void applySettings() {
         try {
-            m_stateKeeper->apply(loadSettings(m_store, m_profile.daemonId));
+            auto settings = loadSettings(m_store, m_profile.daemonId);
+            m_stateKeeper->apply(settings);
+            m_maxShells = settings.maxShells;
+            m_pty->setLimits(ptyLimits());
         } catch (const std::exception& e) {
             log::error(std::string("cannot read the settings; keeping the previous ones: ") + e.what());
         }
@@ -622,6 +626,7 @@ private:
     bool m_confinementWarned = false;
     std::unique_ptr<Dispatcher> m_dispatcher;
     std::unique_ptr<PtyService> m_pty;
+    std::optional<unsigned> m_maxShells;  ///< the max_shells setting, when set
     std::unique_ptr<JobService> m_jobs;
     std::unique_ptr<FileService> m_files;
     std::unique_ptr<PrivateBus> m_privateBus;

@@ -2,6 +2,7 @@
 #include "daemon.hpp"
 #include "errors.hpp"
 #include "log.hpp"
+#include "process.hpp"
 #include "util.hpp"
 
 #include <signal.h>
@@ -103,6 +104,11 @@ int main(int argc, char** argv) try {
         // Under systemd, every instance's lines also carry the template's name,
         // so the literal `journalctl --user -u hpc-daemon` finds them.
         if (std::getenv("INVOCATION_ID")) hpc::log::addJournalFields("hpc-daemond", {"USER_UNIT=hpc-daemon.service"});
+        // A shell is two descriptors (its terminal and its audit pipe), a
+        // transfer or a streamed command more; the programs it starts get the
+        // account's usual limit back.
+        if (auto [before, after] = hpc::raiseOpenFileLimit(); after > before)
+            hpc::log::debug("open-file limit raised from " + std::to_string(before) + " to " + std::to_string(after));
         return hpc::daemon::runDaemon(options);
     } catch (const std::exception& e) {
         hpc::log::error(e.what());

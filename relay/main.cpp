@@ -11,7 +11,6 @@
 
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <unistd.h>
 #include <CLI/CLI.hpp>
 
@@ -55,17 +54,6 @@ relay::CodeSender fileSender(std::string path) {
         ::close(fd);
         if (w != static_cast<ssize_t>(line.size())) log::error("short write to the code file " + path);
     };
-}
-
-/// Every connection is a descriptor: take all the kernel allows this process
-/// (soft up to hard) rather than the 1024 a login shell usually sets.
-void raiseOpenFileLimit() {
-    struct rlimit lim {};
-    if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= lim.rlim_max) return;
-    rlim_t before = lim.rlim_cur;
-    lim.rlim_cur = lim.rlim_max;
-    if (::setrlimit(RLIMIT_NOFILE, &lim) == 0)
-        log::debug("open-file limit raised from " + std::to_string(before) + " to " + std::to_string(lim.rlim_max));
 }
 
 }  // namespace
@@ -140,7 +128,9 @@ int main(int argc, char** argv) try {
     sa.sa_flags = SA_NOCLDWAIT;
     ::sigaction(SIGCHLD, &sa, nullptr);
 
-    raiseOpenFileLimit();
+    // Every connection is a descriptor.
+    if (auto [before, after] = raiseOpenFileLimit(); after > before)
+        log::debug("open-file limit raised from " + std::to_string(before) + " to " + std::to_string(after));
     ensurePrivateDir(dataDir);
     relay::RelayRetention retention;
     for (auto [flag, text, out] : {std::tuple{"--callback-retention", &callbackRetention, &retention.callbackSeconds},

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <termios.h>
 
 #include <filesystem>
@@ -153,6 +154,37 @@ TEST_F(PtyTest, TheEndOfABurstArrivesWhenTheProgramFallsSilent) {
                          out.begin() + static_cast<std::ptrdiff_t>(tail), 'A'),
               4000000);
     m_agent->ptyClose("p", pty.channel, SIGKILL);
+}
+
+// A login node's soft limit of open files is often 1024, and each shell is
+// descriptors in the daemon: the daemon takes what the hard limit allows,
+// and the programs in its shells still get the account's own limit. The
+// number of shells is the max_shells setting.
+TEST_F(PtyTest, ShellsOutnumberALowOpenFileLimitAndTheirProgramsKeepIt) {
+    struct rlimit saved {};
+    ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+    if (saved.rlim_max < 1024) GTEST_SKIP() << "the hard limit of open files here is " << saved.rlim_max;
+    std::vector<std::string> env = m_h.baseEnv();
+    env.insert(env.end(),
+               {"HPC_DAEMON_HOME=" + m_h.home("p").string(), "DBUS_SESSION_BUS_ADDRESS=", "XDG_RUNTIME_DIR="});
+    auto set = runCommand({Harness::binary("hpc-daemonctl"), "config", "set", "max_shells", "60"}, {}, env);
+    ASSERT_EQ(set.status, 0) << set.err;
+    struct rlimit low = saved;
+    low.rlim_cur = 64;  // the daemon inherits it
+    ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+    start();
+    ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+    if (HasFatalFailure()) return;
+    std::vector<agent::PtyHandle> shells;
+    for (int i = 0; i < 60; ++i) ASSERT_NO_THROW(shells.push_back(open())) << "shell " << i + 1;
+    // Printed from pieces, so the echoed command line does not hold it.
+    m_agent->ptyInput(shells.back().channel, "echo L''IMIT=$(ulimit -n).\r");
+    auto out = readUntil(shells.back().channel, [](const std::string& o) {
+        auto at = o.find("LIMIT=");
+        return at != std::string::npos && o.find("\r\n", at) != std::string::npos;
+    });
+    EXPECT_NE(out.find("LIMIT=64.\r\n"), std::string::npos) << out;
+    for (const auto& shell : shells) m_agent->ptyClose("p", shell.channel, SIGKILL);
 }
 
 TEST_F(PtyTest, AShellSeesOnlyItsOwnDescriptors) {

@@ -286,7 +286,10 @@ TEST(Settings, ABadKeyOrValueIsRefusedAndNothingChanges) {
                                                                                   {"audit_retention", "0"},
                                                                                   {"no_such_key", "1d"},
                                                                                   {"state_max_bytes", "1KiB"},
-                                                                                  {"log_max_bytes", "lots"}}) {
+                                                                                  {"log_max_bytes", "lots"},
+                                                                                  {"max_shells", "0"},
+                                                                                  {"max_shells", "1001"},
+                                                                                  {"max_shells", "12x"}}) {
             try {
                 setSetting(store, "mila", key, value);
                 ADD_FAILURE() << key << "=" << value << " was accepted";
@@ -305,6 +308,9 @@ TEST(Settings, ABadKeyOrValueIsRefusedAndNothingChanges) {
         EXPECT_TRUE(unsetSetting(store, "mila", "audit_retention"));
         EXPECT_FALSE(unsetSetting(store, "mila", "audit_retention"));
         EXPECT_EQ(loadSettings(store, "mila").auditRetention, Settings{}.auditRetention);
+        EXPECT_FALSE(loadSettings(store, "mila").maxShells);
+        setSetting(store, "mila", "max_shells", "500");
+        EXPECT_EQ(loadSettings(store, "mila").maxShells, 500u);
     }
     fs::remove_all(tmpl);
 }
