@@ -4,6 +4,7 @@
 #include "log.hpp"
 #include "protocol.hpp"
 #include "proxy_tunnel.hpp"
+#include "tcp_cork.hpp"
 #include "tls_client.hpp"
 
 #include <openssl/ssl.h>
@@ -65,6 +66,7 @@ struct Conn {
     beast::flat_buffer readBuffer;
     std::deque<Outgoing> queue;
     std::size_t queuedBytes = 0;
+    FrameCork cork;
     bool open = false;
     bool dead = false;
 
@@ -299,6 +301,7 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
     }
 
     void doWrite(const std::shared_ptr<Conn>& c) {
+        c->cork.begin(c->tcpStream().socket().native_handle(), c->queue.front().data.size());
         c->visit([&](auto& ws) {
             ws.binary(c->queue.front().binary);
             ws.async_write(asio::buffer(c->queue.front().data),
@@ -315,6 +318,7 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
         }
         c->queuedBytes -= c->queue.front().data.size();
         c->queue.pop_front();
+        c->cork.end(c->tcpStream().socket().native_handle());
         if (!c->queue.empty()) doWrite(c);
     }
 

@@ -4,6 +4,7 @@
 
 #include "log.hpp"
 #include "protocol.hpp"
+#include "tcp_cork.hpp"
 #include "util.hpp"
 
 #include <unistd.h>
@@ -184,6 +185,7 @@ private:
     }
 
     void doWrite() {
+        m_cork.begin(beast::get_lowest_layer(m_ws).socket().native_handle(), m_queue.front().data.size());
         m_ws.binary(m_queue.front().binary);
         m_ws.async_write(asio::buffer(m_queue.front().data),
                          [self = this->shared_from_this()](beast::error_code ec, std::size_t) { self->onWrite(ec); });
@@ -197,6 +199,7 @@ private:
         }
         m_queuedBytes -= m_queue.front().data.size();
         m_queue.pop_front();
+        m_cork.end(beast::get_lowest_layer(m_ws).socket().native_handle());
         if (!m_queue.empty()) doWrite();
     }
 
@@ -210,6 +213,7 @@ private:
         bool binary;
     };
     std::deque<Frame> m_queue;
+    FrameCork m_cork;
     std::size_t m_queuedBytes = 0;
     bool m_open = false;
     bool m_closing = false;
