@@ -78,6 +78,11 @@ int main(int argc, char** argv) try {
     app.add_flag("--insecure-http", config.plainHttp,
                  "serve plain HTTP/WS instead of TLS; refused unless --listen is a loopback address");
     app.add_option("--data-dir", dataDir, "directory for relay.db (created 0700)")->required();
+    std::string database;
+    app.add_option("--database", database,
+                   "keep users, credentials, registrations and callbacks in PostgreSQL instead of relay.db: "
+                   "postgresql://[USER@]HOST[:PORT]/DBNAME[?PARAM=VALUE...], the password in ~/.pgpass (never in "
+                   "the URL); several relay instances may share one database (loads libpq.so.5)");
     app.add_option("--otp-command", otpCommand,
                    "shell command that delivers a sign-in code; it gets HPC_OTP_EMAIL and HPC_OTP_CODE in its "
                    "environment");
@@ -156,7 +161,14 @@ int main(int argc, char** argv) try {
         }
         config.metrics.token = Secret(std::move(token));
     }
-    relay::RelayDb db((std::filesystem::path(dataDir) / "relay.db").string());
+    if (!database.empty() && !relay::sql::isPostgresUrl(database)) {
+        std::cerr << "hpc-relay: --database \"" << database
+                  << "\" is not a postgresql:// URL (without --database, the relay keeps relay.db in --data-dir)\n";
+        return 2;
+    }
+    relay::RelayDb db(database.empty() ? relay::sql::openSqlite((std::filesystem::path(dataDir) / "relay.db").string())
+                                       : relay::sql::openPostgres(database));
+    log::info("storage: " + db.describe());
     db.setRetention(retention);
     db.maybePrune(nowEpochSeconds());
     relay::Hub hub(db);

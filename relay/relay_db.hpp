@@ -4,7 +4,7 @@
 /// API keys are stored.
 
 #include "secret.hpp"
-#include "sqlite.hpp"
+#include "sql.hpp"
 
 #include <boost/json.hpp>
 
@@ -80,8 +80,8 @@ struct RelayPruneReport {
 enum class VerifyOutcome { Ok, WrongCode, Expired, TooManyAttempts, UnknownToken };
 
 /// A write refused because the disk or the quota is full throws
-/// Error(StorageFull) (HTTP 507), logged once per episode with the file's
-/// path; reads keep working, and the first write that works again says so
+/// Error(StorageFull) (HTTP 507), logged once per episode with the
+/// database's name; reads keep working, and the first write that works again says so
 /// in the log. Nothing else is needed to recover.
 class RelayDb {
 public:
@@ -90,7 +90,10 @@ public:
     static constexpr int kMaxSigninsPerWindow = 5;  ///< per email, per code lifetime
     static constexpr double kAccessTokenLifetime = 7 * 24 * 3600;
 
+    /// SQLite at `path`.
     explicit RelayDb(const std::string& path);
+    /// Either backend (sql::openSqlite, sql::openPostgres); migrates it to this program's schema.
+    explicit RelayDb(std::unique_ptr<sql::Connection> connection);
     RelayDb(const RelayDb&) = delete;
     RelayDb& operator=(const RelayDb&) = delete;
 
@@ -183,22 +186,25 @@ public:
 
     /// The schema steps, oldest first (tests build older databases with them).
     static const std::vector<sqlite::Migration>& migrations();
+    /// The same for PostgreSQL.
+    static const std::vector<sqlite::Migration>& postgresMigrations();
+    /// The database, for the operator's log (no password).
+    const std::string& describe() const { return m_db->describe(); }
     /// For tests that need to age rows.
-    sqlite::Db& rawDb() { return m_db; }
+    sql::Connection& rawDb() { return *m_db; }
     /// Since when writes fail for a full disk or quota (epoch seconds); 0: they work.
     double fullSince() const { return m_fullSince; }
 
 private:
     class Writing;
-    [[noreturn]] void refuseFull(const sqlite::DiskFull& e);
+    [[noreturn]] void refuseFull(const sql::StorageFull& e);
     /// Inside a transaction: binds the registration to `keyId`, superseding its previous key.
     void bindKey(std::int64_t userId, const std::string& daemonId, std::int64_t keyId);
     /// Inside a transaction: deletes each key no registration is bound to; returns those deleted.
     std::vector<std::int64_t> revokeUnlessBound(const std::vector<std::int64_t>& keys);
     bool deleteCredential(std::int64_t credentialId);
 
-    std::string m_path;
-    sqlite::Db m_db;
+    std::unique_ptr<sql::Connection> m_db;
     double m_fullSince = 0;
     RelayRetention m_retention;
     double m_lastPrune = 0;

@@ -7,6 +7,9 @@ packages=(
   build-essential cmake ninja-build pkg-config ccache git
   libboost1.81-dev libboost-json1.81-dev libboost-system1.81-dev
   libssl-dev openssl libsqlite3-dev sqlite3
+  # hpc-relay --database postgresql://: libpq's header to build, libpq5 and a
+  # server (initdb, postgres; no cluster of its own is used) for the tests.
+  libpq-dev libpq5 postgresql
   libcli11-dev libsdbus-c++-dev libsdbus-c++-bin libsystemd-dev
   googletest libgtest-dev libgmock-dev
   dbus procps util-linux

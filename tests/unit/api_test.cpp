@@ -1,5 +1,6 @@
 #include "api.hpp"
 #include "hub.hpp"
+#include "postgres.hpp"
 #include "relay_db.hpp"
 #include "skill.hpp"
 #include "util.hpp"
@@ -15,13 +16,22 @@ namespace json = boost::json;
 
 namespace {
 
-class ApiTest : public ::testing::Test {
+/// Each test runs on both storage backends: "sqlite" (a file) and
+/// "postgresql" (a database of its own on the private server).
+class ApiTest : public ::testing::TestWithParam<std::string> {
 protected:
     void SetUp() override {
         char tmpl[] = "/tmp/hpc-api-XXXXXX";
         ASSERT_TRUE(::mkdtemp(tmpl));
         m_dir = tmpl;
-        m_db = std::make_unique<RelayDb>(m_dir + "/relay.db");
+        if (GetParam() == "postgresql") {
+            std::string whyNot;
+            auto url = test::freshPostgresDatabase(whyNot);
+            if (!url) GTEST_SKIP() << whyNot;
+            m_db = std::make_unique<RelayDb>(sql::openPostgres(*url));
+        } else {
+            m_db = std::make_unique<RelayDb>(m_dir + "/relay.db");
+        }
         m_hub = std::make_unique<Hub>(*m_db);
         m_api = std::make_unique<Api>(*m_db, *m_hub, [this](const std::string& email, const Secret& code) {
             m_codes.emplace_back(email, code.reveal());
@@ -55,7 +65,7 @@ protected:
 
 }  // namespace
 
-TEST_F(ApiTest, SignsInWithAOneTimeCodeAndCreatesAnApiKey) {
+TEST_P(ApiTest, SignsInWithAOneTimeCodeAndCreatesAnApiKey) {
     std::string access = signIn("a@example.org");
     EXPECT_EQ(m_codes.size(), 1u);
     EXPECT_EQ(m_codes[0].second.size(), 6u);
@@ -68,7 +78,7 @@ TEST_F(ApiTest, SignsInWithAOneTimeCodeAndCreatesAnApiKey) {
     EXPECT_EQ(who->kind, "api_key");
 }
 
-TEST_F(ApiTest, ACodeWorksOnlyOnce) {
+TEST_P(ApiTest, ACodeWorksOnlyOnce) {
     auto r = call("POST", "/otp/signin", {{"email", "a@example.org"}});
     std::string token(bodyOf(r).at("payload").at("token").as_string());
     json::object verify{{"token", token}, {"otp", m_codes.back().second}};
@@ -76,7 +86,7 @@ TEST_F(ApiTest, ACodeWorksOnlyOnce) {
     EXPECT_EQ(call("POST", "/auth/otp/signin/verify", verify).status, 401);
 }
 
-TEST_F(ApiTest, WrongCodesAreLimitedThenTheSignInIsBurned) {
+TEST_P(ApiTest, WrongCodesAreLimitedThenTheSignInIsBurned) {
     auto r = call("POST", "/otp/signin", {{"email", "a@example.org"}});
     std::string token(bodyOf(r).at("payload").at("token").as_string());
     std::string right = m_codes.back().second;
@@ -88,14 +98,14 @@ TEST_F(ApiTest, WrongCodesAreLimitedThenTheSignInIsBurned) {
         << "after too many attempts even the right code is refused";
 }
 
-TEST_F(ApiTest, SignInRequestsAreRateLimitedPerEmail) {
+TEST_P(ApiTest, SignInRequestsAreRateLimitedPerEmail) {
     for (int i = 0; i < RelayDb::kMaxSigninsPerWindow; ++i)
         EXPECT_EQ(call("POST", "/otp/signin", {{"email", "a@example.org"}}).status, 200);
     EXPECT_EQ(call("POST", "/otp/signin", {{"email", "a@example.org"}}).status, 429);
     EXPECT_EQ(call("POST", "/otp/signin", {{"email", "b@example.org"}}).status, 200);
 }
 
-TEST_F(ApiTest, OneClientCannotRequestCodesForEveryAddress) {
+TEST_P(ApiTest, OneClientCannotRequestCodesForEveryAddress) {
     auto from = [this](const std::string& remote, const std::string& email) {
         return m_api->handle({"POST", "/otp/signin", "", json::serialize(json::object{{"email", email}}), remote})
             .status;
@@ -113,7 +123,7 @@ TEST_F(ApiTest, OneClientCannotRequestCodesForEveryAddress) {
     EXPECT_EQ(from("2001:db8::1:40002", "v6b@example.org"), 200) << "0 means no per-client limit";
 }
 
-TEST_F(ApiTest, ExpiredCodesAreRefused) {
+TEST_P(ApiTest, ExpiredCodesAreRefused) {
     auto r = call("POST", "/otp/signin", {{"email", "a@example.org"}});
     std::string token(bodyOf(r).at("payload").at("token").as_string());
     m_db->rawDb().exec("UPDATE signins SET expires_at = 0");
@@ -122,7 +132,7 @@ TEST_F(ApiTest, ExpiredCodesAreRefused) {
     EXPECT_NE(v.body.find("expired"), std::string::npos);
 }
 
-TEST_F(ApiTest, RefusesBadSignInInput) {
+TEST_P(ApiTest, RefusesBadSignInInput) {
     EXPECT_EQ(call("POST", "/otp/signin", {{"email", "not-an-email"}}).status, 400);
     EXPECT_EQ(m_api->handle({"POST", "/otp/signin", "", "{broken", "t"}).status, 400);
     auto wrongMethod = call("GET", "/otp/signin");
@@ -132,12 +142,12 @@ TEST_F(ApiTest, RefusesBadSignInInput) {
     EXPECT_TRUE(m_codes.empty());
 }
 
-TEST_F(ApiTest, AnApiKeyNeedsAnAccessToken) {
+TEST_P(ApiTest, AnApiKeyNeedsAnAccessToken) {
     EXPECT_EQ(call("POST", "/auth/api-keys").status, 401);
     EXPECT_EQ(call("POST", "/auth/api-keys", {}, "hpca_made_up").status, 401);
 }
 
-TEST_F(ApiTest, RegistersUpdatesListsAndDeletesDaemons) {
+TEST_P(ApiTest, RegistersUpdatesListsAndDeletesDaemons) {
     std::string access = signIn("a@example.org");
     json::object info{{"hostname", "login1"}, {"allowed_dirs", json::array{"/scratch/x"}}};
     auto put = call("PUT", "/hpc/daemons/mila", info, access);
@@ -153,7 +163,7 @@ TEST_F(ApiTest, RegistersUpdatesListsAndDeletesDaemons) {
     EXPECT_EQ(call("GET", "/hpc/daemons/mila", {}, access).status, 404);
 }
 
-TEST_F(ApiTest, DaemonRoutesAreScopedToTheUser) {
+TEST_P(ApiTest, DaemonRoutesAreScopedToTheUser) {
     std::string alice = signIn("alice@example.org");
     std::string bob = signIn("bob@example.org");
     EXPECT_EQ(call("PUT", "/hpc/daemons/x", {}, alice).status, 201);
@@ -162,7 +172,7 @@ TEST_F(ApiTest, DaemonRoutesAreScopedToTheUser) {
     EXPECT_TRUE(bodyOf(call("GET", "/hpc/daemons", {}, bob)).at("payload").at("daemons").as_array().empty());
 }
 
-TEST_F(ApiTest, RefusesBadRegistrations) {
+TEST_P(ApiTest, RefusesBadRegistrations) {
     std::string access = signIn("a@example.org");
     EXPECT_EQ(call("PUT", "/hpc/daemons/bad%20id", {}, access).status, 400);
     EXPECT_EQ(call("PUT", "/hpc/daemons/ok", {{"allowed_dirs", "not-a-list"}}, access).status, 400);
@@ -170,13 +180,13 @@ TEST_F(ApiTest, RefusesBadRegistrations) {
     EXPECT_EQ(call("PUT", "/hpc/daemons/ok", {}, "").status, 401);
 }
 
-TEST_F(ApiTest, UnknownRoutesAre404) {
+TEST_P(ApiTest, UnknownRoutesAre404) {
     auto r = call("GET", "/nowhere");
     EXPECT_EQ(r.status, 404);
     EXPECT_EQ(bodyOf(r).at("status").as_string(), "error");
 }
 
-TEST_F(ApiTest, AnswersAreJsonWhateverBytesTheRequestCarried) {
+TEST_P(ApiTest, AnswersAreJsonWhateverBytesTheRequestCarried) {
     // Found by api_fuzz: a path that is not UTF-8 was quoted into the answer.
     auto r = call("POST", "/auth/api-k\x8b\xdf\x65ys\n");
     EXPECT_EQ(r.status, 404);
@@ -198,7 +208,7 @@ TEST(ApiErrors, AnswerWithTheStatusAndCodeOfTheErrorTable) {
     }
 }
 
-TEST_F(ApiTest, AnErrorFromTheClosedSetAnswersWithItsOwnStatusAndABugWithout) {
+TEST_P(ApiTest, AnErrorFromTheClosedSetAnswersWithItsOwnStatusAndABugWithout) {
     auto refusingWith = [this](const Error& e) {
         Api api(*m_db, *m_hub, [e](const std::string&, const Secret&) { throw e; });
         return api.handle({"POST", "/otp/signin", "", json::serialize(json::object{{"email", "a@example.org"}}), "t"});
@@ -223,7 +233,12 @@ struct ClosablePeer : Peer {
     void close(std::string_view) override { closed = true; }
 };
 
+const auto kBackends = ::testing::Values("sqlite", "postgresql");
+const auto kBackendName = [](const auto& info) { return info.param; };
+
 }  // namespace
+
+INSTANTIATE_TEST_SUITE_P(Backends, ApiTest, kBackends, kBackendName);
 
 class KeyTest : public ApiTest {
 protected:
@@ -249,7 +264,9 @@ protected:
     std::int64_t m_user = 0;
 };
 
-TEST_F(KeyTest, ARotatedKeyIsRevokedOnlyOnceTheDaemonConnectsWithItsSuccessor) {
+INSTANTIATE_TEST_SUITE_P(Backends, KeyTest, kBackends, kBackendName);
+
+TEST_P(KeyTest, ARotatedKeyIsRevokedOnlyOnceTheDaemonConnectsWithItsSuccessor) {
     auto [oldId, oldKey] = newKey();
     ASSERT_EQ(call("PUT", "/hpc/daemons/d", {}, oldKey).status, 201);
     auto onOld = std::make_shared<ClosablePeer>();
@@ -268,7 +285,7 @@ TEST_F(KeyTest, ARotatedKeyIsRevokedOnlyOnceTheDaemonConnectsWithItsSuccessor) {
     EXPECT_FALSE(onNew->closed);
 }
 
-TEST_F(KeyTest, OnlyTheDaemonsOwnKeyMayRotateIt) {
+TEST_P(KeyTest, OnlyTheDaemonsOwnKeyMayRotateIt) {
     auto [id1, key1] = newKey();
     auto [id2, key2] = newKey();
     ASSERT_EQ(call("PUT", "/hpc/daemons/d1", {}, key1).status, 201);
@@ -280,7 +297,7 @@ TEST_F(KeyTest, OnlyTheDaemonsOwnKeyMayRotateIt) {
     EXPECT_TRUE(accepted(key1) && accepted(key2));
 }
 
-TEST_F(KeyTest, OneDaemonsKeyCannotRegisterOrDeleteAnother) {
+TEST_P(KeyTest, OneDaemonsKeyCannotRegisterOrDeleteAnother) {
     auto [id1, key1] = newKey();
     auto [id2, key2] = newKey();
     ASSERT_EQ(call("PUT", "/hpc/daemons/d1", {}, key1).status, 201);
@@ -297,7 +314,7 @@ TEST_F(KeyTest, OneDaemonsKeyCannotRegisterOrDeleteAnother) {
     EXPECT_EQ(call("DELETE", "/hpc/daemons/d2", {}, m_access).status, 200) << "the user's token may";
 }
 
-TEST_F(KeyTest, RegisteringAgainWithANewKeyRevokesTheOldOneWhenTheDaemonConnects) {
+TEST_P(KeyTest, RegisteringAgainWithANewKeyRevokesTheOldOneWhenTheDaemonConnects) {
     auto [firstId, first] = newKey();
     auto [secondId, second] = newKey();
     ASSERT_EQ(call("PUT", "/hpc/daemons/d", {}, first).status, 201);
@@ -308,7 +325,7 @@ TEST_F(KeyTest, RegisteringAgainWithANewKeyRevokesTheOldOneWhenTheDaemonConnects
     EXPECT_TRUE(accepted(second));
 }
 
-TEST_F(KeyTest, DeletingARegistrationRevokesItsKeysAndClosesItsLink) {
+TEST_P(KeyTest, DeletingARegistrationRevokesItsKeysAndClosesItsLink) {
     auto [id, key] = newKey();
     ASSERT_EQ(call("PUT", "/hpc/daemons/d", {}, key).status, 201);
     auto link = std::make_shared<ClosablePeer>();
@@ -322,7 +339,7 @@ TEST_F(KeyTest, DeletingARegistrationRevokesItsKeysAndClosesItsLink) {
     EXPECT_EQ(call("GET", "/hpc/daemons/d", {}, m_access).status, 404);
 }
 
-TEST_F(KeyTest, ARevokedTokenIsRefusedAndItsConnectionsClosed) {
+TEST_P(KeyTest, ARevokedTokenIsRefusedAndItsConnectionsClosed) {
     auto agent = std::make_shared<ClosablePeer>();
     m_hub->attachAgent(*m_api->authenticate("Bearer " + m_access), agent);
     auto r = call("POST", "/auth/revoke", {}, m_access);
@@ -343,7 +360,7 @@ json::object skillOf(const std::string& name, const std::string& text, const std
 
 }  // namespace
 
-TEST_F(ApiTest, ASkillsTextIsStoredWithTheRegistrationAndShownForOneDaemonOnly) {
+TEST_P(ApiTest, ASkillsTextIsStoredWithTheRegistrationAndShownForOneDaemonOnly) {
     std::string access = signIn("a@example.org");
     auto put = call("PUT", "/hpc/daemons/mila",
                     {{"skill", skillOf("mila-hpc", "# Mila\n\nUse sbatch.\n", "sha256:0123456789abcdef")}}, access);
@@ -372,7 +389,7 @@ TEST_F(ApiTest, ASkillsTextIsStoredWithTheRegistrationAndShownForOneDaemonOnly) 
     EXPECT_EQ(one.at("skill_text").as_string(), "");
 }
 
-TEST_F(ApiTest, RefusesSkillsOverTheirLimitsWithAClearErrorAndChangesNothing) {
+TEST_P(ApiTest, RefusesSkillsOverTheirLimitsWithAClearErrorAndChangesNothing) {
     std::string access = signIn("a@example.org");
     ASSERT_EQ(call("PUT", "/hpc/daemons/d", {{"skill", skillOf("plain-server", "# kept\n")}}, access).status, 201);
     std::string full(skill::kMaxTextBytes, 'x');
@@ -402,7 +419,7 @@ TEST_F(ApiTest, RefusesSkillsOverTheirLimitsWithAClearErrorAndChangesNothing) {
     EXPECT_EQ(one.at("skill_text").as_string(), "# kept\n") << "a refused registration changes nothing";
 }
 
-TEST_F(ApiTest, TheRelayDatabaseKeepsTheSkillApartFromTheRegistrationsInfo) {
+TEST_P(ApiTest, TheRelayDatabaseKeepsTheSkillApartFromTheRegistrationsInfo) {
     std::int64_t user = 0;
     {
         auto token = m_db->startSignin("s@example.org", Secret("123456"));
@@ -438,7 +455,7 @@ struct RecordingAgent : Peer {
 
 }  // namespace
 
-TEST_F(ApiTest, ASignInNamesItsAgentIdentityAndWhoamiShowsIt) {
+TEST_P(ApiTest, ASignInNamesItsAgentIdentityAndWhoamiShowsIt) {
     std::string bot = signIn("a@example.org", "bot");
     auto me = bodyOf(call("GET", "/auth/whoami", {}, bot)).at("payload").as_object();
     EXPECT_EQ(me.at("agent").as_string(), "bot");
@@ -457,7 +474,7 @@ TEST_F(ApiTest, ASignInNamesItsAgentIdentityAndWhoamiShowsIt) {
     EXPECT_EQ(call("POST", "/auth/agents", {}, plain).status, 405);
 }
 
-TEST_F(ApiTest, ABadAgentNameIsRefusedBeforeTheCodeIsSpent) {
+TEST_P(ApiTest, ABadAgentNameIsRefusedBeforeTheCodeIsSpent) {
     auto r = call("POST", "/otp/signin", {{"email", "a@example.org"}});
     std::string token(bodyOf(r).at("payload").at("token").as_string());
     for (const json::value& bad : {json::value("a b"), json::value(""), json::value(7), json::value("cred-99")}) {
@@ -474,7 +491,7 @@ TEST_F(ApiTest, ABadAgentNameIsRefusedBeforeTheCodeIsSpent) {
     }
 }
 
-TEST_F(ApiTest, AnExpiredTokenIsToldItExpiredAndAnUnknownOneIsNot) {
+TEST_P(ApiTest, AnExpiredTokenIsToldItExpiredAndAnUnknownOneIsNot) {
     std::string bot = signIn("a@example.org", "bot");
     auto who = m_api->authenticate("Bearer " + bot);
     auto age = m_db->rawDb().prepare("UPDATE credentials SET expires_at = ?2 WHERE id = ?1");
@@ -489,7 +506,7 @@ TEST_F(ApiTest, AnExpiredTokenIsToldItExpiredAndAnUnknownOneIsNot) {
     EXPECT_EQ(std::string(bodyOf(unknown).at("message").as_string()).find("expired"), std::string::npos);
 }
 
-TEST_F(ApiTest, ANewTokenOfTheSameIdentityGetsItsCallbacksAndAnotherIdentityDoesNot) {
+TEST_P(ApiTest, ANewTokenOfTheSameIdentityGetsItsCallbacksAndAnotherIdentityDoesNot) {
     std::string first = signIn("a@example.org", "bot");
     auto firstWho = *m_api->authenticate("Bearer " + first);
     // The daemon recorded the job's owner as the agent id the relay stamped.

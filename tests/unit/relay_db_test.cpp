@@ -1,7 +1,10 @@
 // hpc-relay's database: agent identities (issue 14 item 4) and the migration
-// that gives tokens from before them an identity each. Real SQLite files.
+// that gives tokens from before them an identity each; pruning and several
+// relay instances on one database (issue 16). Real SQLite files, and a real
+// PostgreSQL server (scripts/postgres-server.sh, ctest's fixture `postgres`).
 #include "relay_db.hpp"
 #include "errors.hpp"
+#include "postgres.hpp"
 #include "sqlite.hpp"
 #include "util.hpp"
 
@@ -9,10 +12,13 @@
 #include <stdlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
+#include <thread>
 
 using namespace hpc;
 using namespace hpc::relay;
+namespace json = boost::json;
 
 namespace {
 
@@ -43,8 +49,31 @@ protected:
     std::string m_dir;
 };
 
-TEST_F(RelayDbTest, ATokenOfAnExistingIdentityActsAsThatIdentity) {
-    RelayDb db(path());
+/// The same tests on each backend: "sqlite" (a file) and "postgresql" (a
+/// database of the test's own on the private server).
+class RelayDbStorage : public RelayDbTest, public ::testing::WithParamInterface<std::string> {
+protected:
+    void SetUp() override {
+        RelayDbTest::SetUp();
+        if (GetParam() != "postgresql") return;
+        std::string whyNot;
+        auto url = test::freshPostgresDatabase(whyNot);
+        if (!url) GTEST_SKIP() << whyNot;
+        m_url = *url;
+    }
+    /// A new connection to the test's database: another relay instance's, when called again.
+    std::unique_ptr<sql::Connection> connection() const {
+        return m_url.empty() ? sql::openSqlite(path()) : sql::openPostgres(m_url);
+    }
+
+    std::string m_url;
+};
+
+INSTANTIATE_TEST_SUITE_P(Backends, RelayDbStorage, ::testing::Values("sqlite", "postgresql"),
+                         [](const auto& info) { return info.param; });
+
+TEST_P(RelayDbStorage, ATokenOfAnExistingIdentityActsAsThatIdentity) {
+    RelayDb db(connection());
     auto alice = newUser(db, "alice@example.org");
     auto first = db.issueAccessToken(alice, "bot");
     auto second = db.issueAccessToken(alice, "bot");
@@ -66,8 +95,8 @@ TEST_F(RelayDbTest, ATokenOfAnExistingIdentityActsAsThatIdentity) {
     EXPECT_EQ(agents[0].validTokens, 1);
 }
 
-TEST_F(RelayDbTest, IdentityNamesAreUniquePerUserNotAcrossUsers) {
-    RelayDb db(path());
+TEST_P(RelayDbStorage, IdentityNamesAreUniquePerUserNotAcrossUsers) {
+    RelayDb db(connection());
     auto alice = newUser(db, "alice@example.org");
     auto bob = newUser(db, "bob@example.org");
     db.issueAccessToken(alice, "bot");
@@ -84,8 +113,8 @@ TEST_F(RelayDbTest, IdentityNamesAreUniquePerUserNotAcrossUsers) {
     EXPECT_EQ(db.rawDb().queryInt("SELECT COUNT(*) FROM agents"), 3);
 }
 
-TEST_F(RelayDbTest, RefusesBadNamesAndNewNamesOfMigratedTokens) {
-    RelayDb db(path());
+TEST_P(RelayDbStorage, RefusesBadNamesAndNewNamesOfMigratedTokens) {
+    RelayDb db(connection());
     auto alice = newUser(db, "alice@example.org");
     for (const std::string& bad : {std::string(), std::string("-x"), std::string(".x"), std::string("a b"),
                                    std::string("a/b"), std::string("é"), std::string(65, 'a')})
@@ -96,8 +125,8 @@ TEST_F(RelayDbTest, RefusesBadNamesAndNewNamesOfMigratedTokens) {
     EXPECT_NO_THROW(db.issueAccessToken(alice, std::string(64, 'a')));
 }
 
-TEST_F(RelayDbTest, AnExpiredTokenIsRefusedAndSaysWhenItExpired) {
-    RelayDb db(path());
+TEST_P(RelayDbStorage, AnExpiredTokenIsRefusedAndSaysWhenItExpired) {
+    RelayDb db(connection());
     auto alice = newUser(db, "alice@example.org");
     auto [id, token] = db.issueAccessToken(alice, "bot");
     EXPECT_FALSE(db.expiredAt(token)) << "valid";
@@ -165,6 +194,96 @@ TEST_F(RelayDbTest, AnOldSchemaDatabaseKeepsItsTokensOwnersAndCallbacks) {
     EXPECT_TRUE(key->agent.empty());
     EXPECT_EQ(agentIdOf(*key), "cred-" + std::to_string(keyId));
     EXPECT_FALSE(key->expiresAt);
+}
+
+TEST_P(RelayDbStorage, PruningDeletesWhatOutlivedItsRetentionAndKeepsTheRest) {
+    RelayDb db(connection());
+    auto alice = newUser(db, "alice@example.org");
+    auto token = db.issueAccessToken(alice, "bot");
+    auto key = db.issueCredential(alice, "api_key", std::nullopt);
+    for (const char* id : {"cb-acked", "cb-waiting"})
+        ASSERT_TRUE(db.recordCallback(alice, "d1", id, {{"agent_id", "bot"}, {"job_id", id}}));
+    ASSERT_TRUE(db.ackCallback(alice, "bot", "cb-acked"));
+    double longAgo = nowEpochSeconds() - 30 * 86400.0;
+    db.rawDb().prepare("UPDATE signins SET expires_at = ?1").bind(1, longAgo).run();
+    db.rawDb()
+        .prepare("UPDATE credentials SET expires_at = ?1 WHERE id = ?2")
+        .bind(1, longAgo)
+        .bind(2, token.first)
+        .run();
+    db.rawDb().prepare("UPDATE callbacks SET acked_at = ?1 WHERE acked_at IS NOT NULL").bind(1, longAgo).run();
+
+    auto report = db.prune(nowEpochSeconds());
+    EXPECT_EQ(report.signins, 1);
+    EXPECT_EQ(report.credentials, 1);
+    EXPECT_EQ(report.callbacks, 1);
+    EXPECT_EQ(db.rawDb().queryInt("SELECT COUNT(*) FROM signins"), 0);
+    EXPECT_TRUE(db.authenticate(key.second)) << "API keys do not expire";
+    auto left = db.callbacks(alice, {});
+    ASSERT_EQ(left.size(), 1u) << "an unacknowledged callback stays";
+    EXPECT_EQ(left[0].payload.at("job_id").as_string(), "cb-waiting");
+    EXPECT_EQ(db.prune(nowEpochSeconds()).callbacks, 0) << "a second pass finds nothing";
+}
+
+TEST_P(RelayDbStorage, TwoRelayInstancesOnOneDatabaseSeeOneState) {
+    RelayDb a(connection());
+    RelayDb b(connection());  // a second instance: its migration finds the schema done
+    auto signin = a.startSignin("alice@example.org", Secret("424242"));
+    ASSERT_TRUE(signin);
+    std::int64_t user = 0;
+    EXPECT_EQ(b.verifyCode(*signin, Secret("424242"), user), VerifyOutcome::Ok) << "a code sent by A works on B";
+    EXPECT_EQ(a.verifyCode(*signin, Secret("424242"), user), VerifyOutcome::UnknownToken) << "and is spent for A";
+    auto token = b.issueAccessToken(user, "bot");
+    ASSERT_TRUE(a.authenticate(token.second));
+    EXPECT_TRUE(a.putDaemon(user, "hpc1", {{"host", "login1"}}));
+    ASSERT_EQ(b.daemons(user).size(), 1u);
+    EXPECT_EQ(b.daemons(user)[0].info.at("host").as_string(), "login1");
+
+    // A callback stored through A (its daemon was there) is a retry for B, and B's agent acknowledges it.
+    json::object payload{{"agent_id", "bot"}, {"job_id", "j1"}};
+    EXPECT_TRUE(a.recordCallback(user, "hpc1", "cb-1", payload));
+    EXPECT_FALSE(b.recordCallback(user, "hpc1", "cb-1", payload)) << "stored once";
+    EXPECT_TRUE(b.ackCallback(user, "bot", "cb-1"));
+    auto seen = a.callbacks(user, {});
+    ASSERT_EQ(seen.size(), 1u);
+    EXPECT_TRUE(seen[0].acked);
+    EXPECT_TRUE(a.revokeCredential(token.first));
+    EXPECT_FALSE(b.authenticate(token.second)) << "a revocation on A holds on B";
+}
+
+TEST_P(RelayDbStorage, ACodeTriedOnTwoInstancesAtOnceSignsInOnce) {
+    RelayDb a(connection());
+    RelayDb b(connection());
+    for (int round = 0; round < 10; ++round) {
+        std::string email = "u" + std::to_string(round) + "@example.org";
+        auto signin = a.startSignin(email, Secret("777777"));
+        ASSERT_TRUE(signin);
+        std::atomic<int> ok{0};
+        auto attempt = [&](RelayDb& db) {
+            std::int64_t user = 0;
+            if (db.verifyCode(*signin, Secret("777777"), user) == VerifyOutcome::Ok) ++ok;
+        };
+        std::thread ta(attempt, std::ref(a));
+        std::thread tb(attempt, std::ref(b));
+        ta.join();
+        tb.join();
+        EXPECT_EQ(ok.load(), 1) << "round " << round << ": one code, one sign-in";
+    }
+}
+
+TEST_P(RelayDbStorage, ADatabaseFromANewerRelayIsRefused) {
+    {
+        RelayDb db(connection());
+        db.rawDb().exec("BEGIN");
+        db.rawDb().setSchemaVersion(999);
+        db.rawDb().exec("COMMIT");
+    }
+    try {
+        RelayDb db(connection());
+        ADD_FAILURE() << "a schema this relay does not know was opened";
+    } catch (const std::exception& e) {
+        EXPECT_NE(std::string(e.what()).find("newer than this program"), std::string::npos) << e.what();
+    }
 }
 
 }  // namespace
