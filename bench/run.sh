@@ -11,6 +11,9 @@ build/default/bench/pty_bench "${3:-10000}"
 build/default/bench/proxy_bench
 build/default/bench/logs_bench
 build/default/bench/cp_bench "${7:-256}"
+pg=build/default/postgres-bench
+build/default/bench/relay_store_bench "$(scripts/postgres-server.sh start "$pg")" || true
+scripts/postgres-server.sh stop "$pg"
 if [ "$(id -u)" = 0 ]; then
   cluster=build/default/slurm-bench
   trap 'scripts/slurm-cluster.sh stop "$cluster"' EXIT

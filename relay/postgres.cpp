@@ -36,6 +36,7 @@ struct Libpq {
     decltype(&PQhost) host = nullptr;
     decltype(&PQport) port = nullptr;
     decltype(&PQdb) db = nullptr;
+    decltype(&PQtransactionStatus) transactionStatus = nullptr;
 };
 
 const Libpq& libpq() {
@@ -73,6 +74,7 @@ const Libpq& libpq() {
         load(lib.host, "PQhost");
         load(lib.port, "PQport");
         load(lib.db, "PQdb");
+        load(lib.transactionStatus, "PQtransactionStatus");
     });
     if (!failure.empty())
         throw std::runtime_error(
@@ -165,9 +167,8 @@ public:
         return Statement(std::make_unique<PgStatement>(*this, dollarParameters(sql)));
     }
     void exec(std::string_view sql) override {
-        ensureConnected();
         std::string s(sql);
-        check(Result(libpq().exec(m_conn, s.c_str()), libpq().clear));
+        attempt([&] { return Result(libpq().exec(m_conn, s.c_str()), libpq().clear); });
     }
     std::int64_t changes() override { return m_changes; }
     std::int64_t totalChanges() override { return m_totalChanges; }
@@ -193,14 +194,14 @@ public:
     /// Runs one statement with text parameters.
     Result run(const std::string& sql, const std::vector<std::optional<std::string>>& values,
                const std::vector<Oid>& types) {
-        ensureConnected();
         std::vector<const char*> ptrs;
         ptrs.reserve(values.size());
         for (const auto& v : values) ptrs.push_back(v ? v->c_str() : nullptr);
-        Result res(libpq().execParams(m_conn, sql.c_str(), static_cast<int>(values.size()), types.data(), ptrs.data(),
-                                      nullptr, nullptr, 0),
-                   libpq().clear);
-        check(res);
+        auto res = attempt([&] {
+            return Result(libpq().execParams(m_conn, sql.c_str(), static_cast<int>(values.size()), types.data(),
+                                             ptrs.data(), nullptr, nullptr, 0),
+                          libpq().clear);
+        });
         const char* n = libpq().cmdTuples(res.get());
         m_changes = n && *n ? std::strtoll(n, nullptr, 10) : 0;
         m_totalChanges += m_changes;
@@ -208,13 +209,31 @@ public:
     }
 
 private:
-    /// A connection the server or the network dropped is opened again.
-    void ensureConnected() {
+    /// Runs `send` and checks its result. A connection the server or the
+    /// network dropped is opened again; outside a transaction the statement
+    /// is sent once more (each of the relay's single statements may run
+    /// twice: an insert of a callback or code is keyed, an update sets a
+    /// value), inside one the transaction is lost and the caller fails.
+    template <typename Send>
+    Result attempt(Send&& send) {
+        const auto& pq = libpq();
+        reconnectIfBroken();
+        bool idle = pq.transactionStatus(m_conn) == PQTRANS_IDLE;
+        Result res = send();
+        if (pq.status(m_conn) == CONNECTION_BAD) {
+            if (!idle) throw Unavailable(m_describe + ": the connection broke inside a transaction");
+            reconnectIfBroken();
+            res = send();
+        }
+        check(res);
+        return res;
+    }
+    void reconnectIfBroken() {
         const auto& pq = libpq();
         if (pq.status(m_conn) == CONNECTION_OK) return;
         pq.reset(m_conn);
         if (pq.status(m_conn) != CONNECTION_OK)
-            throw std::runtime_error(m_describe + " is unreachable: " + trimmed(pq.errorMessage(m_conn)));
+            throw Unavailable(m_describe + " is unreachable: " + trimmed(pq.errorMessage(m_conn)));
     }
     void check(const Result& res) {
         const auto& pq = libpq();

@@ -30,6 +30,13 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+/// The database server cannot be reached (PostgreSQL only): the request
+/// that met it fails, and the next one connects again.
+class Unavailable : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
 /// What a backend implements for one statement.
 class StatementImpl {
 public:
@@ -163,7 +170,10 @@ bool isPostgresUrl(std::string_view url);
 /// command line is readable by every user of the machine, so the password
 /// belongs in ~/.pgpass (or PGPASSFILE, PGPASSWORD). Unless the URL says
 /// otherwise, connecting times out after 10 s, TCP keepalives notice a dead
-/// server within about 30 s, and a statement is cancelled after 30 s.
+/// server within about 30 s, and a statement is cancelled after 30 s. A
+/// connection found broken is opened again: a statement outside a
+/// transaction is then tried once more; otherwise, and when the server
+/// stays unreachable, Unavailable is thrown.
 std::unique_ptr<Connection> openPostgres(const std::string& url);
 /// PQping: true when a PostgreSQL server accepts connections at `url`
 /// (tests and benchmarks wait for their server with it).

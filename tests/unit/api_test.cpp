@@ -28,7 +28,8 @@ protected:
             std::string whyNot;
             auto url = test::freshPostgresDatabase(whyNot);
             if (!url) GTEST_SKIP() << whyNot;
-            m_db = std::make_unique<RelayDb>(sql::openPostgres(*url));
+            m_url = *url;
+            m_db = std::make_unique<RelayDb>(sql::openPostgres(m_url));
         } else {
             m_db = std::make_unique<RelayDb>(m_dir + "/relay.db");
         }
@@ -57,6 +58,7 @@ protected:
     }
 
     std::string m_dir;
+    std::string m_url;  ///< postgresql: the test's database
     std::unique_ptr<RelayDb> m_db;
     std::unique_ptr<Hub> m_hub;
     std::unique_ptr<Api> m_api;
@@ -519,4 +521,28 @@ TEST_P(ApiTest, ANewTokenOfTheSameIdentityGetsItsCallbacksAndAnotherIdentityDoes
     ASSERT_EQ(again->sent.size(), 1u);
     EXPECT_NE(again->sent[0].find("cb-1"), std::string::npos) << again->sent[0];
     EXPECT_TRUE(other->sent.empty()) << "another identity of the same user got the callback";
+}
+
+/// What only a database server does: drop a connection, or go away.
+class ApiOnPostgres : public ApiTest {};
+INSTANTIATE_TEST_SUITE_P(Backends, ApiOnPostgres, ::testing::Values("postgresql"), kBackendName);
+
+TEST_P(ApiOnPostgres, ADroppedConnectionIsOpenedAgainAndAMissingDatabaseAnswers503) {
+    std::string access = signIn("a@example.org");
+    std::string name = m_url.substr(m_url.rfind('/') + 1);
+    std::string whyNot;
+    auto admin = sql::openPostgres(*test::postgresServerUrl(whyNot));
+    auto ended = admin->prepare(
+        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = ?1) t");
+    ASSERT_TRUE(ended.bind(1, name).step());
+    ASSERT_EQ(ended.int64(0), 1) << "the relay's one connection";
+    auto again = call("GET", "/auth/whoami", {}, access);
+    EXPECT_EQ(again.status, 200) << "the connection is opened again and the request sent once more: " << again.body;
+
+    admin->exec("DROP DATABASE " + name + " WITH (FORCE)");
+    auto gone = call("GET", "/auth/whoami", {}, access);
+    EXPECT_EQ(gone.status, 503) << gone.body;
+    EXPECT_EQ(bodyOf(gone).at("code").as_string(), "UNAVAILABLE");
+    EXPECT_EQ(gone.body.find(name), std::string::npos) << "the database's name is for the log: " << gone.body;
+    EXPECT_EQ(call("POST", "/otp/signin", {{"email", "b@example.org"}}).status, 503) << "and writes too";
 }
