@@ -527,19 +527,24 @@ TEST_P(ApiTest, ANewTokenOfTheSameIdentityGetsItsCallbacksAndAnotherIdentityDoes
 class ApiOnPostgres : public ApiTest {};
 INSTANTIATE_TEST_SUITE_P(Backends, ApiOnPostgres, ::testing::Values("postgresql"), kBackendName);
 
-TEST_P(ApiOnPostgres, ADroppedConnectionIsOpenedAgainAndAMissingDatabaseAnswers503) {
+TEST_P(ApiOnPostgres, ADroppedConnectionIsOpenedAgainAndAnUnreachableDatabaseAnswers503) {
     std::string access = signIn("a@example.org");
     std::string name = m_url.substr(m_url.rfind('/') + 1);
     std::string whyNot;
     auto admin = sql::openPostgres(*test::postgresServerUrl(whyNot));
-    auto ended = admin->prepare(
-        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = ?1) t");
-    ASSERT_TRUE(ended.bind(1, name).step());
-    ASSERT_EQ(ended.int64(0), 1) << "the relay's one connection";
+    auto endConnections = [&] {
+        auto ended = admin->prepare(
+            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = ?1) t");
+        EXPECT_TRUE(ended.bind(1, name).step());
+        EXPECT_EQ(ended.int64(0), 1) << "the relay's one connection";
+    };
+    endConnections();
     auto again = call("GET", "/auth/whoami", {}, access);
     EXPECT_EQ(again.status, 200) << "the connection is opened again and the request sent once more: " << again.body;
 
-    admin->exec("DROP DATABASE " + name + " WITH (FORCE)");
+    // The database refuses connections from now on: as good as gone.
+    admin->exec("ALTER DATABASE " + name + " ALLOW_CONNECTIONS false");
+    endConnections();
     auto gone = call("GET", "/auth/whoami", {}, access);
     EXPECT_EQ(gone.status, 503) << gone.body;
     EXPECT_EQ(bodyOf(gone).at("code").as_string(), "UNAVAILABLE");
