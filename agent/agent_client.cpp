@@ -34,6 +34,15 @@ std::optional<int> optionalInt(const json::object& r, const char* name) {
     return std::nullopt;
 }
 
+/// pty.open's or pty.attach's answer.
+PtyHandle ptyHandleOf(const json::object& r) {
+    PtyHandle h{static_cast<std::uint32_t>(r.at("channel").as_int64()), optionalInt(r, "pid").value_or(0), {}, 0};
+    if (auto* s = r.if_contains("session"); s && s->is_string()) h.session = s->get_string();
+    if (auto* f = r.if_contains("from_byte"); f && f->is_int64() && f->get_int64() > 0)
+        h.fromByte = static_cast<std::uint64_t>(f->get_int64());
+    return h;
+}
+
 /// The end of a channel (`pty.exit`, `job.logs.end`): which, and how it ended.
 PtyEvent channelEnd(PtyEvent::Kind kind, const json::object& p) {
     PtyEvent e;
@@ -42,6 +51,7 @@ PtyEvent channelEnd(PtyEvent::Kind kind, const json::object& p) {
     e.exitCode = optionalInt(p, "exit_code");
     e.signal = optionalInt(p, "signal");
     e.error = protocol::optString(p, "error").value_or("");
+    e.errorCode = protocol::optString(p, "code").value_or("");
     return e;
 }
 
@@ -123,8 +133,16 @@ PtyHandle AgentClient::openPty(const std::string& daemonId, const PtySpec& spec,
     if (spec.shell) p["shell"] = *spec.shell;
     if (spec.credit) p["credit"] = spec.credit;
     protocol::putEnv(p, "env", spec.env);
-    auto r = request(daemonId, "pty.open", std::move(p), timeout);
-    return PtyHandle{static_cast<std::uint32_t>(r.at("channel").as_int64()), optionalInt(r, "pid").value_or(0)};
+    return ptyHandleOf(request(daemonId, "pty.open", std::move(p), timeout));
+}
+
+PtyHandle AgentClient::attachPty(const std::string& daemonId, const std::string& session,
+                                 std::optional<std::uint64_t> fromByte, std::uint64_t credit,
+                                 std::chrono::milliseconds timeout) {
+    json::object p{{"session", session}};
+    if (fromByte) p["from_byte"] = *fromByte;
+    if (credit) p["credit"] = credit;
+    return ptyHandleOf(request(daemonId, "pty.attach", std::move(p), timeout));
 }
 
 void AgentClient::ptyInput(std::uint32_t channel, std::string_view data) {

@@ -79,6 +79,10 @@ struct PtySpec {
 struct PtyHandle {
     std::uint32_t channel = 0;
     int pid = 0;
+    /// The daemon's name for the session, for attachPty from a later connection.
+    std::string session;
+    /// attachPty: the offset of the session's output the first frame starts at.
+    std::uint64_t fromByte = 0;
 };
 
 /// Something that happened on a channel: a PTY's, or a job's output (job.logs).
@@ -89,6 +93,7 @@ struct PtyEvent {
     std::optional<int> exitCode;  ///< Exit; LogsEnd: the job's, once it has one
     std::optional<int> signal;    ///< Exit; LogsEnd: the job's
     std::string error;            ///< Exit, LogsEnd: set when the channel was lost or cut short, not ended
+    std::string errorCode;        ///< with `error`: UNAVAILABLE (the daemon went away), NOT_OWNER (taken elsewhere)
     std::string state;            ///< LogsEnd: the job's state then ("" when unknown)
     std::uint64_t endByte = 0;    ///< LogsEnd: the offset after the last byte sent
 };
@@ -155,6 +160,13 @@ public:
     // ---- PTY sessions ----
     PtyHandle openPty(const std::string& daemonId, const PtySpec& spec,
                       std::chrono::milliseconds timeout = std::chrono::seconds(30));
+    /// Takes up a session this agent identity opened, through this
+    /// connection (pty.attach): its output from `fromByte` (the count of
+    /// bytes already received; none: the oldest the daemon kept) comes again,
+    /// then it carries on under a new channel number, with `credit` (0: the
+    /// daemon's default) less what comes again.
+    PtyHandle attachPty(const std::string& daemonId, const std::string& session, std::optional<std::uint64_t> fromByte,
+                        std::uint64_t credit = 0, std::chrono::milliseconds timeout = std::chrono::seconds(30));
     /// Sends keystrokes or other input (a binary frame).
     void ptyInput(std::uint32_t channel, std::string_view data);
     void ptyResize(const std::string& daemonId, std::uint32_t channel, unsigned cols, unsigned rows);

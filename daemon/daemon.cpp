@@ -465,6 +465,8 @@ private:
             m_jobs->logs().closeAll();
             // Like ssh: a command whose output has nowhere to go is killed.
             m_exec.streams().closeAll();
+            // Shells wait for their agents to attach again (pty.attach), for the grace period.
+            m_pty->detachAll();
         }
     }
 

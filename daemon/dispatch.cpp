@@ -216,7 +216,19 @@ bool Dispatcher::handlePty(const protocol::Envelope& env) {
         r.agentId = agent;
         r.credit = static_cast<std::uint64_t>(protocol::optInt(p, "credit", 1, 64 << 20).value_or(0));
         auto info = m_pty->open(r);
-        m_send(protocol::makeOk(env.id, {{"channel", info.channel}, {"pid", info.pid}, {"cwd", info.cwd}}));
+        m_send(protocol::makeOk(
+            env.id, {{"channel", info.channel}, {"pid", info.pid}, {"cwd", info.cwd}, {"session", info.session}}));
+    } else if (env.type == "pty.attach") {
+        auto session = protocol::optString(p, "session", 64);
+        if (!session || session->empty()) throw Error(ErrorCode::BadRequest, "pty.attach needs \"session\"");
+        auto from = protocol::optInt(p, "from_byte", 0, INT64_MAX);
+        auto credit = static_cast<std::uint64_t>(protocol::optInt(p, "credit", 1, 64 << 20).value_or(0));
+        auto a = m_pty->attach(*session, from ? std::optional<std::uint64_t>(*from) : std::nullopt, credit, agent);
+        m_send(protocol::makeOk(env.id, {{"channel", a.info.channel},
+                                         {"pid", a.info.pid},
+                                         {"cwd", a.info.cwd},
+                                         {"session", a.info.session},
+                                         {"from_byte", a.fromByte}}));
     } else if (env.type == "pty.resize") {
         auto cols = protocol::optInt(p, "cols", 1, 10000), rows = protocol::optInt(p, "rows", 1, 10000);
         if (!cols || !rows) throw Error(ErrorCode::BadRequest, "pty.resize needs \"cols\" and \"rows\"");

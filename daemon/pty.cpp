@@ -12,6 +12,7 @@
 #include <sys/ioctl.h>
 #include <termios.h>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 
@@ -96,16 +97,46 @@ public:
 
     void addCredit(std::uint64_t bytes) {
         m_credit += bytes;
+        // The agent has these bytes: they need not be kept for a reattach.
+        m_acked = std::min(m_acked + bytes, m_sent);
+        dropRetainedBefore(m_acked);
         if (!m_reading && !m_eof) doRead();
     }
 
     void detach(std::chrono::seconds grace) {
+        if (m_detached) return;
+        m_detached = true;
         m_grace.expires_after(grace);
         m_grace.async_wait([self = shared_from_this()](boost::system::error_code ec) {
             if (ec) return;
+            self->m_graceOver = true;
+            if (self->m_finished) return self->m_service.ended(self->m_info.channel);
             log::info("pty " + std::to_string(self->m_info.channel) + ": agent gone for the grace period; hanging up");
             self->signal(SIGHUP);
         });
+    }
+
+    PtyAttached attach(std::optional<std::uint64_t> fromByte, std::uint64_t credit) {
+        if (m_graceOver)
+            throw Error(ErrorCode::NotFound, "shell session " + m_info.session +
+                                                 " was hung up: no agent attached it within the grace period");
+        std::uint64_t from = fromByte.value_or(m_retainedFrom);
+        if (from > m_sent)
+            throw Error(ErrorCode::BadRequest, "\"from_byte\" " + std::to_string(from) + " is beyond the " +
+                                                   std::to_string(m_sent) + " bytes this session has sent");
+        // Older bytes are gone (more than kScrollback went unacknowledged):
+        // the answer's from_byte says where the output starts again.
+        from = std::max(from, m_retainedFrom);
+        dropRetainedBefore(from);
+        m_acked = from;
+        m_detached = false;
+        m_grace.cancel();
+        std::uint64_t resend = m_sent - from;
+        m_credit = credit > resend ? credit - resend : 0;
+        log::info("pty " + std::to_string(m_info.channel) + " attached by " + m_info.agentId + " from byte " +
+                  std::to_string(from) + " (" + std::to_string(resend) + " bytes sent again)");
+        asio::post(m_service.m_ioc, [self = shared_from_this()] { self->resendRetained(); });
+        return PtyAttached{m_info, from};
     }
 
     void hangup() { signal(SIGHUP); }
@@ -206,8 +237,60 @@ private:
 
     void send(const char* data, std::size_t size) {
         m_lastSent = std::chrono::steady_clock::now();
+        retain(data, size);
+        if (m_detached) return;  // kept for the agent that attaches
         if (!m_service.m_sendOutput(m_info.channel, data, size))
-            log::warning("pty " + std::to_string(m_info.channel) + ": output dropped, the link is down");
+            log::debug("pty " + std::to_string(m_info.channel) + ": the link is down; output kept for a reattach");
+    }
+
+    /// Keeps what is sent until the agent acknowledges it, at most kScrollback bytes.
+    void retain(const char* data, std::size_t size) {
+        m_retained.emplace_back(data, size);
+        m_retainedBytes += size;
+        m_sent += size;
+        if (m_retainedBytes > PtyService::kScrollback) dropRetainedBefore(m_sent - PtyService::kScrollback);
+    }
+
+    void dropRetainedBefore(std::uint64_t offset) {
+        while (m_retainedFrom < offset && !m_retained.empty()) {
+            std::size_t left = m_retained.front().size() - m_retainedSkip;
+            auto take = static_cast<std::size_t>(std::min<std::uint64_t>(left, offset - m_retainedFrom));
+            m_retainedSkip += take;
+            m_retainedFrom += take;
+            m_retainedBytes -= take;
+            if (m_retainedSkip == m_retained.front().size()) {
+                m_retained.pop_front();
+                m_retainedSkip = 0;
+            }
+        }
+    }
+
+    /// After an attach was answered: what is kept, in frames of up to
+    /// kHoldBytes, then pty.exit if the shell ended meanwhile, then on.
+    void resendRetained() {
+        std::string frame;
+        auto flush = [&] {
+            if (!frame.empty()) m_service.m_sendOutput(m_info.channel, frame.data(), frame.size());
+            frame.clear();
+        };
+        std::size_t skip = m_retainedSkip;
+        for (const auto& chunk : m_retained) {
+            std::string_view rest(chunk.data() + skip, chunk.size() - skip);
+            skip = 0;
+            while (!rest.empty()) {
+                std::size_t take = std::min(rest.size(), kHoldBytes - frame.size());
+                frame.append(rest.data(), take);
+                rest.remove_prefix(take);
+                if (frame.size() == kHoldBytes) flush();
+            }
+        }
+        flush();
+        if (m_finished) {
+            m_service.m_sendText(m_exitMessage);
+            m_service.ended(m_info.channel);
+            return;
+        }
+        if (!m_reading && !m_eof) doRead();
     }
 
     void flushHeld() {
@@ -285,18 +368,22 @@ private:
         flushHeld();  // before pty.exit, in order
         m_finished = true;
         m_idle.cancel();
-        m_grace.cancel();
         m_holdTimer.cancel();
         json::object p{{"channel", m_info.channel}};
         p["exit_code"] = m_status.code ? json::value(*m_status.code) : json::value(nullptr);
         p["signal"] = m_status.signal ? json::value(*m_status.signal) : json::value(nullptr);
-        m_service.m_sendText(protocol::makeMessage("pty.exit", "exit-" + std::to_string(m_info.channel), p));
+        m_exitMessage = protocol::makeMessage("pty.exit", "exit-" + std::to_string(m_info.channel), p);
         log::info("pty " + std::to_string(m_info.channel) + " of " + m_info.agentId + " ended: " +
                   (m_status.code ? "exit " + std::to_string(*m_status.code)
                                  : "signal " + std::to_string(m_status.signal.value_or(0))));
         boost::system::error_code ignored;
         m_master.close(ignored);
         m_auditPipe.close(ignored);
+        // Detached: the last output and the exit wait for an agent to
+        // attach, until the grace period ends.
+        if (m_detached && !m_graceOver) return;
+        m_grace.cancel();
+        m_service.m_sendText(m_exitMessage);
         m_service.ended(m_info.channel);
     }
 
@@ -311,6 +398,17 @@ private:
     asio::steady_timer m_grace;
     asio::steady_timer m_holdTimer;
     std::string m_held;  ///< output read in bulk, not sent yet
+    /// Output sent and not acknowledged yet: bytes m_retainedFrom to m_sent
+    /// of the session's output, the front chunk's first m_retainedSkip gone.
+    std::deque<std::string> m_retained;
+    std::size_t m_retainedSkip = 0;
+    std::size_t m_retainedBytes = 0;
+    std::uint64_t m_retainedFrom = 0;
+    std::uint64_t m_sent = 0;
+    std::uint64_t m_acked = 0;  ///< the offset the agent has acknowledged
+    bool m_detached = false;    ///< no agent: output is kept, not sent
+    bool m_graceOver = false;   ///< detached for the whole grace period: hung up
+    std::string m_exitMessage;
     std::chrono::steady_clock::time_point m_lastSent;
     bool m_holdArmed = false;
     std::uint64_t m_credit;
@@ -358,9 +456,9 @@ PtyInfo PtyService::open(const PtyOpenRequest& r) {
     o.controllingTerminal = slave.get();
     if (r.confinement) r.confinement->apply(o);
     std::uint32_t channel = m_nextChannel;
-    auto session = std::make_shared<PtySession>(*this, PtyInfo{channel, -1, r.agentId, r.cwd, nowEpochSeconds()},
-                                                std::move(master), std::move(auditRead),
-                                                r.credit ? r.credit : m_limits.initialCredit);
+    auto session = std::make_shared<PtySession>(
+        *this, PtyInfo{channel, -1, r.agentId, r.cwd, nowEpochSeconds(), std::to_string(channel) + "-" + randomHex(8)},
+        std::move(master), std::move(auditRead), r.credit ? r.credit : m_limits.initialCredit);
     session->start(std::move(o));
     slave.reset();  // the shell has its own: the master reads EOF when the last one closes
     auditWrite.reset();
@@ -397,6 +495,25 @@ void PtyService::ack(std::uint32_t channel, std::uint64_t bytes, const std::stri
 
 void PtyService::detach(std::uint32_t channel) {
     if (auto it = m_sessions.find(channel); it != m_sessions.end()) it->second->detach(m_limits.detachGrace);
+}
+
+void PtyService::detachAll() {
+    for (auto& [channel, session] : m_sessions) session->detach(m_limits.detachGrace);
+}
+
+PtyAttached PtyService::attach(const std::string& session, std::optional<std::uint64_t> fromByte, std::uint64_t credit,
+                               const std::string& agentId) {
+    std::uint32_t channel = 0;
+    auto dash = session.find('-');
+    auto [end, ec] = std::from_chars(session.data(), session.data() + std::min(dash, session.size()), channel);
+    auto it = ec == std::errc() && end == session.data() + dash ? m_sessions.find(channel) : m_sessions.end();
+    if (it == m_sessions.end() || it->second->info().session != session)
+        throw Error(ErrorCode::NotFound, "no shell session " + session +
+                                             " on this daemon (it ended, or its grace "
+                                             "period passed)");
+    if (it->second->info().agentId != agentId)
+        throw Error(ErrorCode::NotOwner, "shell session " + session + " belongs to another agent");
+    return it->second->attach(fromByte, credit ? credit : m_limits.initialCredit);
 }
 
 void PtyService::closeAll() {

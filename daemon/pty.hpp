@@ -52,6 +52,15 @@ struct PtyInfo {
     std::string agentId;
     std::string cwd;
     double openedAt;
+    /// What pty.attach names the session by: "<channel>-<random>", so that
+    /// a session number alone does not find it.
+    std::string session;
+};
+
+/// pty.attach's answer: the session, and the offset its output is sent again from.
+struct PtyAttached {
+    PtyInfo info;
+    std::uint64_t fromByte = 0;
 };
 
 class PtySession;
@@ -78,8 +87,23 @@ public:
     /// Sends `signal` to the session's process group (SIGHUP by default).
     void close(std::uint32_t channel, int signal, const std::string& agentId);
     void ack(std::uint32_t channel, std::uint64_t bytes, const std::string& agentId);
-    /// The agent's sessions are closed after the grace period.
+    /// The session's agent is gone: its output is kept (up to kScrollback
+    /// bytes, then the program waits) and it is hung up after the grace
+    /// period unless an agent attaches.
     void detach(std::uint32_t channel);
+    /// Every session is detached (the link to the platform dropped).
+    void detachAll();
+    /// An agent (the same identity that opened it) takes the session up
+    /// again, through any connection: output from `fromByte` (default: the
+    /// oldest kept) is sent again, then the session carries on with `credit`
+    /// (0: the default) less what was sent again. Throws hpc::Error
+    /// (NotFound, NotOwner, BadRequest). The output is sent after the caller
+    /// has answered, so the platform knows the channel first.
+    PtyAttached attach(const std::string& session, std::optional<std::uint64_t> fromByte, std::uint64_t credit,
+                       const std::string& agentId);
+    /// Output kept per session for a reattach: what the agent has not
+    /// acknowledged yet, at most this much (the oldest goes first).
+    static constexpr std::size_t kScrollback = std::size_t{1} << 20;
     /// Every session is hung up (daemon shutdown).
     void closeAll();
 

@@ -154,7 +154,7 @@ void Hub::releaseSlot(const Peer* agent) {
     if (auto c = m_pendingPerAgent.find(agent); c != m_pendingPerAgent.end() && c->second) --c->second;
 }
 
-std::string Hub::lostEvent(std::uint32_t channel, const Route& route, const std::string& why) {
+std::string Hub::lostEvent(std::uint32_t channel, const Route& route, const std::string& why, std::string_view code) {
     if (route.file)
         return protocol::makeMessage("file.end", "fend-" + std::to_string(channel),
                                      {{"channel", channel}, {"error", why}, {"code", "UNAVAILABLE"}});
@@ -168,8 +168,9 @@ std::string Hub::lostEvent(std::uint32_t channel, const Route& route, const std:
     if (route.logs)
         return protocol::makeMessage("job.logs.end", "logs-end-" + std::to_string(channel),
                                      {{"channel", channel}, {"error", why}});
-    return protocol::makeMessage("pty.exit", "exit-" + std::to_string(channel),
-                                 {{"channel", channel}, {"exit_code", nullptr}, {"signal", nullptr}, {"error", why}});
+    return protocol::makeMessage(
+        "pty.exit", "exit-" + std::to_string(channel),
+        {{"channel", channel}, {"exit_code", nullptr}, {"signal", nullptr}, {"error", why}, {"code", code}});
 }
 
 void Hub::dropRoutesOf(const DaemonKey& key, const std::string& why) {
@@ -264,7 +265,8 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
         return;
     }
     bool endsTransfer = env.type == "file.commit" || env.type == "file.cancel";
-    bool onChannel = (env.type.rfind("pty.", 0) == 0 && env.type != "pty.open") || env.type == "job.logs.close" ||
+    bool opensPty = env.type == "pty.open" || env.type == "pty.attach";
+    bool onChannel = (env.type.rfind("pty.", 0) == 0 && !opensPty) || env.type == "job.logs.close" ||
                      env.type == "file.ack" || env.type == "exec.eof" || endsTransfer;
     if (onChannel && !mapAgentChannel(*peer, it->first, env)) return;
     std::uint32_t endsChannel =
@@ -281,7 +283,7 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
         return;
     }
     m_pending[relayId] =
-        Pending{peer, peer.get(), std::move(agentRequestId), it->first, env.type == "pty.open", env.type == "job.logs"};
+        Pending{peer, peer.get(), std::move(agentRequestId), it->first, opensPty, env.type == "job.logs"};
     m_pending[relayId].fileOpen = env.type == "file.put" || env.type == "file.get";
     const auto* stream = env.payload.if_contains("stream");
     m_pending[relayId].execOpen = env.type == "exec" && stream && stream->is_bool() && stream->get_bool();
@@ -341,6 +343,16 @@ void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const s
         if (!channel) {
             log::warning("daemon " + daemonId + " opened a channel without a channel number");
         } else {
+            // pty.attach of a session another connection still holds: that
+            // connection's agent is told it lost the channel, and it goes here.
+            if (auto held = m_routeByDaemon.find({pending.daemon, static_cast<std::uint32_t>(*channel)});
+                held != m_routeByDaemon.end()) {
+                std::uint32_t old = held->second;
+                if (auto previous = m_routes[old].agent.lock())
+                    previous->sendText(
+                        lostEvent(old, m_routes[old], "the session was attached by another connection", "NOT_OWNER"));
+                dropRoute(old);
+            }
             std::uint32_t mine = m_nextChannel++;
             Route route{agent, agent.get(), pending.daemon, static_cast<std::uint32_t>(*channel)};
             route.logs = pending.logsOpen;

@@ -154,7 +154,10 @@ private:
     static constexpr std::size_t kRememberEnded = 1024;
     void dropRoutesOf(const DaemonKey& key, const std::string& why);
     /// What the agent of a channel its daemon took with it is told.
-    static std::string lostEvent(std::uint32_t channel, const Route& route, const std::string& why);
+    /// `code`: UNAVAILABLE (the daemon went away: a shell may be attached
+    /// again), NOT_OWNER (another connection attached the shell).
+    static std::string lostEvent(std::uint32_t channel, const Route& route, const std::string& why,
+                                 std::string_view code = "UNAVAILABLE");
 
     RelayDb& m_db;
     RelayMetrics m_metrics;

@@ -431,3 +431,167 @@ TEST_F(PtyTest, AnIdleShellIsHungUpAfterTheProfilesTimeout) {
     ASSERT_TRUE(exit);
     EXPECT_EQ(exit->signal, SIGHUP);
 }
+
+namespace {
+
+/// The numbers N of the "line-N" lines in `output`, in order.
+std::vector<int> lineNumbers(const std::string& output) {
+    std::vector<int> out;
+    for (auto p = output.find("line-"); p != std::string::npos; p = output.find("line-", p + 1)) {
+        std::size_t q = p + 5;
+        int n = 0;
+        bool digits = false;
+        while (q < output.size() && std::isdigit(static_cast<unsigned char>(output[q]))) {
+            n = n * 10 + (output[q++] - '0');
+            digits = true;
+        }
+        if (digits) out.push_back(n);
+    }
+    return out;
+}
+
+}  // namespace
+
+// Issue 16 item 3: a shell outlives its platform. The relay is killed (-9)
+// while the shell streams; a new relay process comes up, the daemon
+// reconnects, and the agent attaches the session from the last byte it had.
+TEST_F(PtyTest, AShellOutlivesARelayKilledMidStreamAndAttachesAgainByteExact) {
+    ASSERT_NO_FATAL_FAILURE(start({"--reconnect-max-seconds", "1"}));
+    auto pty = open();
+    ASSERT_FALSE(pty.session.empty());
+    // About two seconds of numbered lines, then a marker.
+    m_agent->ptyInput(pty.channel,
+                      "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line-$i; [ $((i % 100)) = 0 ] && sleep 0.05; "
+                      "done; echo END-$((6*7))\r");
+    std::string before = readUntil(pty.channel, contains("line-400\r\n"));
+    ASSERT_NE(before.find("line-400\r\n"), std::string::npos) << before;
+    m_agent.reset();
+    m_h.killRelay();
+    m_h.startRelay();
+    ASSERT_TRUE(m_h.waitConnected(m_token, "p")) << m_h.daemonLog("p");
+    m_agent = m_h.agent(m_token);
+    auto again = m_agent->attachPty("p", pty.session, before.size());
+    EXPECT_EQ(again.fromByte, before.size()) << "nothing was lost: the daemon kept what was not acknowledged";
+    EXPECT_EQ(again.pid, pty.pid);
+    std::string after = readUntil(again.channel, contains("END-42"), 60s);
+    ASSERT_NE(after.find("END-42"), std::string::npos) << after.substr(0, 300);
+    auto numbers = lineNumbers(before + after);
+    ASSERT_EQ(numbers.size(), 3000u);
+    for (int i = 0; i < 3000; ++i) ASSERT_EQ(numbers[static_cast<std::size_t>(i)], i + 1) << "at line " << i + 1;
+    // And the shell carries on.
+    m_agent->ptyInput(again.channel, "echo still-$((2*3))\r");
+    EXPECT_NE(readUntil(again.channel, contains("still-6")).find("still-6"), std::string::npos);
+}
+
+TEST_F(PtyTest, OnlyTheAgentThatOpenedAShellMayAttachIt) {
+    ASSERT_NO_FATAL_FAILURE(start());
+    auto pty = open();
+    auto other = m_h.agent(m_h.login("p@example.org", "another-agent"));
+    auto refusal = [&](const std::string& session) {
+        try {
+            other->attachPty("p", session, std::nullopt);
+        } catch (const Error& e) {
+            return e.code();
+        }
+        return ErrorCode::Internal;
+    };
+    EXPECT_EQ(refusal(pty.session), ErrorCode::NotOwner);
+    EXPECT_EQ(refusal(std::to_string(pty.channel) + "-00000000"), ErrorCode::NotFound) << "a guessed name";
+    EXPECT_EQ(refusal("nonsense"), ErrorCode::NotFound);
+    // The owner's attach from a second connection takes the channel from the first.
+    auto second = m_h.agent(m_token);
+    auto taken = second->attachPty("p", pty.session, std::nullopt);
+    std::optional<agent::PtyEvent> lost;
+    readUntil(
+        pty.channel, [](const std::string&) { return false; }, 10s, &lost);
+    ASSERT_TRUE(lost);
+    EXPECT_EQ(lost->errorCode, "NOT_OWNER") << lost->error;
+    second->ptyInput(taken.channel, "echo mine-$((3*3))\r");
+    std::string out;
+    EXPECT_TRUE(waitUntil(
+        [&] {
+            if (auto e = second->nextPtyEvent(200ms); e && e->channel == taken.channel) out += e->data;
+            return out.find("mine-9") != std::string::npos;
+        },
+        20s))
+        << out;
+}
+
+TEST_F(PtyTest, AShellThatEndsWhileDetachedGivesItsLastOutputAndStatusToTheAgentThatAttaches) {
+    ASSERT_NO_FATAL_FAILURE(start({"--pty-detach-grace-seconds", "30"}));
+    auto pty = open();
+    m_agent->ptyInput(pty.channel, "echo ready; sleep 1; echo bye-$((6*7)); exit 3\r");
+    std::string before = readUntil(pty.channel, contains("ready\r\n"));
+    m_agent.reset();  // gone while the shell finishes
+    ASSERT_TRUE(waitUntil([&] { return ::kill(pty.pid, 0) != 0; }, 20s)) << "the shell did not exit";
+    m_agent = m_h.agent(m_token);
+    auto again = m_agent->attachPty("p", pty.session, before.size());
+    std::optional<agent::PtyEvent> exit;
+    std::string after = readUntil(
+        again.channel, [](const std::string&) { return false; }, 20s, &exit);
+    EXPECT_NE(after.find("bye-42"), std::string::npos) << after;
+    ASSERT_TRUE(exit);
+    EXPECT_TRUE(exit->error.empty()) << exit->error;
+    EXPECT_EQ(exit->exitCode, 3);
+    // Delivered: the session is gone now.
+    EXPECT_THROW(m_agent->attachPty("p", pty.session, std::nullopt), Error);
+}
+
+TEST_F(PtyTest, AfterTheGracePeriodTheSessionCannotBeAttached) {
+    ASSERT_NO_FATAL_FAILURE(start({"--pty-detach-grace-seconds", "1"}));
+    auto pty = open();
+    m_agent.reset();
+    ASSERT_TRUE(waitUntil([&] { return ::kill(pty.pid, 0) != 0; }, 15s));
+    m_agent = m_h.agent(m_token);
+    try {
+        m_agent->attachPty("p", pty.session, std::nullopt);
+        ADD_FAILURE() << "a session hung up after its grace period was attached";
+    } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::NotFound) << e.what();
+    }
+}
+
+TEST_F(PtyTest, AgentShellCarriesOnThroughARelayRestart) {
+    ASSERT_NO_FATAL_FAILURE(start({"--reconnect-max-seconds", "1"}));
+    UniqueFd master(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+    ASSERT_TRUE(master);
+    ASSERT_EQ(::grantpt(master.get()), 0);
+    ASSERT_EQ(::unlockpt(master.get()), 0);
+    UniqueFd slave(::open(::ptsname(master.get()), O_RDWR | O_NOCTTY | O_CLOEXEC));
+    SpawnOptions o;
+    o.argv = {Harness::binary("hpc-agent"), "shell", "p"};
+    o.envOverrides = {"HPC_AGENT_URL=" + m_h.url(), "HPC_AGENT_TOKEN=" + m_token.reveal(),
+                      "HPC_AGENT_CA=" + m_h.caFile(), "TERM=dumb"};
+    o.controllingTerminal = slave.get();
+    o.dieWithParent = true;
+    ChildGuard agentProcess(spawn(o).pid);
+    slave.reset();
+    std::string screen;
+    auto readFor = [&](const std::string& needle, std::chrono::milliseconds timeout = 20s) {
+        return waitUntil(
+            [&] {
+                char buf[4096];
+                pollfd p{master.get(), POLLIN, 0};
+                while (::poll(&p, 1, 20) > 0) {
+                    ssize_t n = ::read(master.get(), buf, sizeof buf);
+                    if (n <= 0) break;
+                    screen.append(buf, static_cast<std::size_t>(n));
+                }
+                return screen.find(needle) != std::string::npos;
+            },
+            timeout);
+    };
+    auto type = [&](const std::string& s) { ASSERT_EQ(::write(master.get(), s.data(), s.size()), (ssize_t)s.size()); };
+
+    type("x=first; echo one-$((1+1))\r");
+    ASSERT_TRUE(readFor("one-2")) << screen;
+    m_h.killRelay();
+    m_h.startRelay();
+    // Typed while hpc-agent attaches again: read once it has; the shell is the same one ($x).
+    type("echo two-$((2+2))-$x\r");
+    EXPECT_TRUE(readFor("two-4-first", 90s)) << screen;
+    type("exit 7\r");
+    auto status = agentProcess.waitFor(30s);
+    ASSERT_TRUE(status) << screen;
+    EXPECT_EQ(status->code, 7) << screen;
+}

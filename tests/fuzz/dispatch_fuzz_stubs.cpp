@@ -72,8 +72,14 @@ PtyInfo PtyService::open(const PtyOpenRequest& request) {
     require(!request.argv.empty() && !request.argv.front().empty());
     require(!request.cwd.empty() && request.cwd.front() == '/');
     checkEnv(request.env);
-    return PtyInfo{1, 1, request.agentId, request.cwd, 0};
+    return PtyInfo{1, 1, request.agentId, request.cwd, 0, "1-00000000"};
 }
+PtyAttached PtyService::attach(const std::string& session, std::optional<std::uint64_t>, std::uint64_t credit,
+                               const std::string& agentId) {
+    require(!session.empty() && session.size() <= 64 && credit <= (64ULL << 20));
+    return PtyAttached{PtyInfo{1, 1, agentId, "/", 0, session}, 0};
+}
+void PtyService::detachAll() {}
 void PtyService::input(std::uint32_t, const char*, std::size_t) {}
 void PtyService::resize(std::uint32_t channel, unsigned cols, unsigned rows, const std::string&) {
     require(channel >= 1 && cols >= 1 && cols <= 10000 && rows >= 1 && rows <= 10000);
