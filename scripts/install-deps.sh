@@ -10,6 +10,9 @@ packages=(
   # hpc-relay --database postgresql://: libpq's header to build, libpq5 and a
   # server (initdb, postgres; no cluster of its own is used) for the tests.
   libpq-dev libpq5 postgresql
+  # The failover test puts two relays behind a real TCP load balancer
+  # (haproxy -db, a child of the test; the package's service is not used).
+  haproxy
   libcli11-dev libsdbus-c++-dev libsdbus-c++-bin libsystemd-dev
   googletest libgtest-dev libgmock-dev
   dbus procps util-linux

@@ -432,26 +432,6 @@ TEST_F(PtyTest, AnIdleShellIsHungUpAfterTheProfilesTimeout) {
     EXPECT_EQ(exit->signal, SIGHUP);
 }
 
-namespace {
-
-/// The numbers N of the "line-N" lines in `output`, in order.
-std::vector<int> lineNumbers(const std::string& output) {
-    std::vector<int> out;
-    for (auto p = output.find("line-"); p != std::string::npos; p = output.find("line-", p + 1)) {
-        std::size_t q = p + 5;
-        int n = 0;
-        bool digits = false;
-        while (q < output.size() && std::isdigit(static_cast<unsigned char>(output[q]))) {
-            n = n * 10 + (output[q++] - '0');
-            digits = true;
-        }
-        if (digits) out.push_back(n);
-    }
-    return out;
-}
-
-}  // namespace
-
 // Issue 16 item 3: a shell outlives its platform. The relay is killed (-9)
 // while the shell streams; a new relay process comes up, the daemon
 // reconnects, and the agent attaches the session from the last byte it had.
@@ -475,7 +455,7 @@ TEST_F(PtyTest, AShellOutlivesARelayKilledMidStreamAndAttachesAgainByteExact) {
     EXPECT_EQ(again.pid, pty.pid);
     std::string after = readUntil(again.channel, contains("END-42"), 60s);
     ASSERT_NE(after.find("END-42"), std::string::npos) << after.substr(0, 300);
-    auto numbers = lineNumbers(before + after);
+    auto numbers = numbersAfter(before + after, "line-");
     ASSERT_EQ(numbers.size(), 3000u);
     for (int i = 0; i < 3000; ++i) ASSERT_EQ(numbers[static_cast<std::size_t>(i)], i + 1) << "at line " << i + 1;
     // And the shell carries on.

@@ -3,15 +3,18 @@
 // of the relay keeps all of it; a second relay instance on the same database
 // knows the same users, tokens and daemons. A real PostgreSQL server on
 // 127.0.0.1 (ctest's fixture `postgres`), real TLS, real processes.
+#include "haproxy.hpp"
 #include "harness.hpp"
 #include "postgres.hpp"
 
 #include "platform_client.hpp"
+#include "store.hpp"
 #include "util.hpp"
 
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
 
 using namespace hpc;
 using namespace hpc::test;
@@ -20,6 +23,10 @@ namespace fs = std::filesystem;
 namespace json = boost::json;
 
 namespace {
+
+std::int64_t rowsIn(const std::string& url, const std::string& table) {
+    return relay::sql::openPostgres(url)->queryInt("SELECT COUNT(*) FROM " + table);
+}
 
 class RelayOnPostgres : public ::testing::Test {
 protected:
@@ -46,9 +53,7 @@ protected:
         return agent.exec("d1", spec, 60s).out;
     }
 
-    std::int64_t rows(const std::string& table) {
-        return relay::sql::openPostgres(m_url)->queryInt("SELECT COUNT(*) FROM " + table);
-    }
+    std::int64_t rows(const std::string& table) { return rowsIn(m_url, table); }
 
     Harness m_h;
     std::string m_url;
@@ -107,4 +112,101 @@ TEST_F(RelayOnPostgres, ASecondInstanceOnTheSameDatabaseKnowsTheSameUsersTokensA
     // Revoked on the second instance, refused by the first.
     b.revoke(fresh);
     EXPECT_THROW(a.whoami(fresh), Error);
+}
+
+// Issue 16 items 3 and 4: two relay instances on one PostgreSQL database
+// behind a real load balancer (HAProxy). The daemon and the agent know only
+// the balancer's URL. The instance they use is killed with -9 while a shell
+// streams and a job runs: the daemon and the agent reconnect to the other,
+// the shell is attached again byte-exact, and each job's callback (one stored
+// by the dead instance and not yet acknowledged, one sent after it died)
+// reaches the agent exactly once.
+TEST(RelayFailover, AnInstanceKilledMidStreamAndMidJobLosesNothingAndRepeatsNothing) {
+    std::string whyNot;
+    auto url = freshPostgresDatabase(whyNot);
+    if (!url) GTEST_SKIP() << whyNot;
+    if (!HaProxy::available()) GTEST_SKIP() << "no haproxy (scripts/install-deps.sh installs it)";
+    Harness a, b;
+    a.setRelayArgs({"--database", *url});
+    b.setRelayArgs({"--database", *url});
+    // One certificate for both, as behind any TCP balancer.
+    for (const char* f : {"ca.pem", "cert.pem", "key.pem"})
+        fs::copy_file(a.dir() / "tls" / f, b.dir() / "tls" / f, fs::copy_options::overwrite_existing);
+    a.startRelay();
+    b.startRelay();
+    HaProxy lb(a.dir() / "haproxy", {a.port(), b.port()});
+
+    fs::path work = a.dir() / "work";
+    fs::create_directories(work);
+    ASSERT_EQ(a.setupDaemon("d1", "alice@example.org", {work.string()}).status, 0);
+    a.editProfile("d1", [&](Profile& p) { p.platformUrl = lb.url(); });
+    a.startDaemon("d1", {"--reconnect-max-seconds", "1", "--job-poll-min-seconds", "1", "--job-poll-max-seconds", "2"},
+                  {"LOCAL_MODE=1"});
+    Secret token = a.login("alice@example.org");
+    ASSERT_TRUE(a.waitConnected(token, "d1")) << "through the balancer, to the first instance\n" << a.daemonLog("d1");
+    auto connect = [&] {
+        return agent::AgentClient::connect(agent::AgentOptions{*parseUrl(lb.url()), token, a.caFile()});
+    };
+    auto agent = connect();
+
+    // A job that ends now: its callback is stored by A, and left unacknowledged.
+    agent::JobSpec quick;
+    quick.script = "#!/bin/sh\necho first\n";
+    std::string first(agent->submitJob("d1", quick).at("job_id").as_string());
+    ASSERT_TRUE(waitUntil([&] { return rowsIn(*url, "callbacks") == 1; }, 60s)) << a.daemonLog("d1");
+    // A job still running when A dies.
+    agent::JobSpec slow;
+    slow.script = "#!/bin/sh\nsleep 3\necho second\n";
+    std::string second(agent->submitJob("d1", slow).at("job_id").as_string());
+    // A shell streaming numbered lines for about two seconds.
+    agent::PtySpec spec;
+    spec.shell = "/bin/bash";
+    spec.env = {{"PS1", "$ "}};
+    auto pty = agent->openPty("d1", spec);
+    agent->ptyInput(pty.channel,
+                    "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line-$i; [ $((i % 100)) = 0 ] && sleep 0.05; "
+                    "done; echo END-$((6*7))\r");
+    std::string out;
+    auto readUntil = [&](agent::AgentClient& c, std::uint32_t channel, const std::string& needle) {
+        return waitUntil(
+            [&] {
+                if (auto e = c.nextPtyEvent(200ms); e && e->channel == channel && !e->data.empty()) {
+                    out += e->data;
+                    c.ptyAck("d1", channel, e->data.size());
+                }
+                return out.find(needle) != std::string::npos;
+            },
+            60s);
+    };
+    ASSERT_TRUE(readUntil(*agent, pty.channel, "line-400\r\n")) << out;
+
+    a.killRelay();
+    agent.reset();
+    ASSERT_TRUE(b.waitConnected(token, "d1", 60s)) << "the daemon came back through the balancer, to B\n"
+                                                   << a.daemonLog("d1");
+    agent = connect();
+    auto again = agent->attachPty("d1", pty.session, out.size());
+    EXPECT_EQ(again.fromByte, out.size());
+    ASSERT_TRUE(readUntil(*agent, again.channel, "END-42")) << out.substr(out.size() > 300 ? out.size() - 300 : 0);
+    auto numbers = numbersAfter(out, "line-");
+    ASSERT_EQ(numbers.size(), 3000u);
+    for (int i = 0; i < 3000; ++i) ASSERT_EQ(numbers[static_cast<std::size_t>(i)], i + 1) << "at line " << i + 1;
+
+    // Both callbacks, each once: the one A stored, and the one B received.
+    std::map<std::string, int> seen;
+    waitUntil(
+        [&] {
+            if (auto cb = agent->nextCallback(200ms)) {
+                ++seen[cb->jobId];
+                agent->ackCallback(cb->callbackId);
+            }
+            return seen.size() == 2;
+        },
+        60s);
+    EXPECT_EQ(seen[first], 1);
+    EXPECT_EQ(seen[second], 1);
+    EXPECT_EQ(rowsIn(*url, "callbacks"), 2) << "stored once each, whichever instance received it";
+    // Acknowledged: a new connection is not sent them again.
+    auto later = connect();
+    EXPECT_FALSE(later->nextCallback(2s)) << "an acknowledged callback came again";
 }

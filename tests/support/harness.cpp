@@ -50,6 +50,21 @@ std::string binaryData(std::size_t size, unsigned seed) {
     return out;
 }
 
+std::vector<int> numbersAfter(const std::string& text, const std::string& prefix) {
+    std::vector<int> out;
+    for (auto p = text.find(prefix); p != std::string::npos; p = text.find(prefix, p + 1)) {
+        std::size_t q = p + prefix.size();
+        int n = 0;
+        bool digits = false;
+        while (q < text.size() && std::isdigit(static_cast<unsigned char>(text[q]))) {
+            n = n * 10 + (text[q++] - '0');
+            digits = true;
+        }
+        if (digits) out.push_back(n);
+    }
+    return out;
+}
+
 std::string sha256(std::string_view data) {
     files::Sha256 s;
     s.update(data);

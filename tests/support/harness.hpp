@@ -35,6 +35,9 @@ void writeBytes(const std::filesystem::path& path, const std::string& data);
 std::string binaryData(std::size_t size, unsigned seed);
 /// The SHA-256 of `data`, in hex.
 std::string sha256(std::string_view data);
+/// The numbers N of every "<prefix>N" in `text`, in order (a stream of
+/// numbered lines: each must come once, in order, whatever broke on the way).
+std::vector<int> numbersAfter(const std::string& text, const std::string& prefix);
 /// Every path below `dir` with its content (files) or target (symlinks), one
 /// a line: compare two snapshots to see whether anything changed.
 std::string snapshotTree(const std::filesystem::path& dir);
