@@ -31,7 +31,7 @@ public:
             m_port = freeLoopbackPort();
             {
                 std::ofstream conf(dir / "haproxy.cfg");
-                conf << "global\n    maxconn 2000\n"
+                conf << "global\n    maxconn 8000\n"
                      << "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1h\n"
                      << "    timeout server 1h\n    retries 2\n    option redispatch\n"
                      << "frontend relays\n    bind 127.0.0.1:" << m_port << "\n    default_backend relays\n"

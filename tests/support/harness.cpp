@@ -298,9 +298,10 @@ void Harness::startRelay(int port) {
               (m_dir / "relay").string(),
               "--otp-file",
               (m_dir / "codes.txt").string(),
-              "--ws-idle-seconds",
-              "10",
               "-v"};
+    // Idle links are found out quickly, unless the caller sets its own limit.
+    if (std::find(m_relayArgs.begin(), m_relayArgs.end(), "--ws-idle-seconds") == m_relayArgs.end())
+        o.argv.insert(o.argv.end(), {"--ws-idle-seconds", "10"});
     o.argv.insert(o.argv.end(), m_relayArgs.begin(), m_relayArgs.end());
     o.outputFile = (m_dir / "relay.log").string();
     // The port is written once the relay listens.
