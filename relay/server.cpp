@@ -9,6 +9,7 @@
 
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/ssl.hpp>
@@ -40,9 +41,9 @@ using PlainStream = beast::tcp_stream;
 
 /// Frames larger than the envelope limit still get a protocol error (the link
 /// stays up); only frames beyond this are refused by closing with 1009.
-constexpr std::size_t kMaxFrameBytes = 16 * 1024 * 1024;
+constexpr std::size_t kMaxFrameBytes = std::size_t{16} * 1024 * 1024;
 /// A peer that lets this much pile up unsent is too slow and is disconnected.
-constexpr std::size_t kMaxQueuedBytes = 64 * 1024 * 1024;
+constexpr std::size_t kMaxQueuedBytes = std::size_t{64} * 1024 * 1024;
 constexpr std::size_t kMaxQueuedFrames = 8192;
 
 struct Context {
@@ -233,7 +234,7 @@ private:
     void doRead() {
         m_parser.emplace();
         m_parser->header_limit(16 * 1024);
-        m_parser->body_limit(1024 * 1024);
+        m_parser->body_limit(std::uint64_t{1024} * 1024);
         beast::get_lowest_layer(m_stream).expires_after(std::chrono::seconds(30));
         http::async_read(m_stream, m_buffer, *m_parser,
                          [self = this->shared_from_this()](beast::error_code ec, std::size_t) { self->onRead(ec); });
@@ -504,13 +505,17 @@ int runServer(const ServerConfig& config, Api& api, Hub& hub) {
         ::close(config.readyFd);
         if (!written) throw std::runtime_error("cannot write the port to --ready-fd " + std::to_string(config.readyFd));
     }
-    log::notice(std::string("hpc-relay ") + HPC_VERSION + " listening on " + (tls ? "https" : "http") + "://" +
-                config.listen + ":" + std::to_string(listener->port()));
+    std::string listening =
+        std::string(tls ? "https" : "http") + "://" + config.listen + ":" + std::to_string(listener->port());
+    log::notice(std::string("hpc-relay ") + HPC_VERSION + " listening on " + listening);
+    // Under systemd (Type=notify): started once it listens. Nothing without NOTIFY_SOCKET.
+    sd_notify(0, ("READY=1\nSTATUS=listening on " + listening).c_str());
 
     asio::signal_set signals(ioc, SIGINT, SIGTERM);
     asio::steady_timer shutdownTimer(ioc);
     signals.async_wait([&ioc, &hub, &shutdownTimer, listener](beast::error_code, int sig) {
         log::notice(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ", stopping");
+        sd_notify(0, "STOPPING=1");
         listener->stop();
         hub.closeAll();
         // Give close frames a moment to leave, never longer.

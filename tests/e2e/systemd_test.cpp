@@ -2,6 +2,9 @@
 // the notify protocol to a socket the test binds.
 #include "harness.hpp"
 
+#include "http_client.hpp"
+#include "util.hpp"
+
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -100,6 +103,70 @@ TEST(SystemdNotify, SendsReadyStatusWatchdogAndStopping) {
         },
         10s));
     auto status = daemon.waitFor(10s);
+    ASSERT_TRUE(status);
+    EXPECT_EQ(status->code, 0);
+    ::close(fd);
+}
+
+// Issue 16 item 6: the relay as an organisation's system service.
+TEST(SystemdUnit, TheRelaysSystemUnitPassesSystemdAnalyzeVerify) {
+    Harness h;
+    auto unit = h.dir() / "hpc-relay.service";
+    fs::copy_file(HPC_RELAY_UNIT_FILE, unit);
+    auto r = runCommand({"systemd-analyze", "verify", "--man=no", unit.string()});
+    EXPECT_EQ(r.status, 0) << r.err;
+    EXPECT_EQ(r.err, "") << "systemd-analyze only warns about bad keys";
+    std::string text = readFile(unit);
+    EXPECT_NE(text.find("Type=notify"), std::string::npos);
+    EXPECT_NE(text.find("ExecStart=" + Harness::binary("hpc-relay") + " "), std::string::npos) << text;
+}
+
+TEST(SystemdNotify, TheRelayIsReadyOnceItListensAndSaysWhenItStops) {
+    Harness h;
+    auto socketPath = h.dir() / "relay-notify.sock";
+    int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, socketPath.c_str(), sizeof addr.sun_path - 1);
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    timeval tv{0, 100000};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+
+    SpawnOptions o;
+    o.argv = {Harness::binary("hpc-relay"),
+              "--port",
+              "0",
+              "--insecure-http",
+              "--port-file",
+              (h.dir() / "relay.port").string(),
+              "--data-dir",
+              (h.dir() / "relay-data").string(),
+              "--otp-file",
+              (h.dir() / "codes.txt").string()};
+    o.envOverrides = {"NOTIFY_SOCKET=" + socketPath.string()};
+    o.outputFile = (h.dir() / "notify-relay.log").string();
+    o.dieWithParent = true;
+    ChildGuard relay(spawn(o).pid);
+    std::string messages;
+    auto heard = [&](const std::string& what) {
+        return waitUntil(
+            [&] {
+                char buf[4096];
+                if (ssize_t n = ::recv(fd, buf, sizeof buf, 0); n > 0)
+                    messages.append(buf, static_cast<std::size_t>(n));
+                return messages.find(what) != std::string::npos;
+            },
+            15s);
+    };
+    ASSERT_TRUE(heard("READY=1")) << readFile(h.dir() / "notify-relay.log");
+    // Ready means listening: the first request is answered.
+    int port = std::stoi(readFile(h.dir() / "relay.port"));
+    auto health = net::httpRequest(*parseUrl("http://127.0.0.1:" + std::to_string(port)), "GET", "/health", "", "");
+    EXPECT_EQ(health.status, 200) << health.body;
+    relay.signal(SIGTERM);
+    EXPECT_TRUE(heard("STOPPING=1")) << messages;
+    auto status = relay.waitFor(10s);
     ASSERT_TRUE(status);
     EXPECT_EQ(status->code, 0);
     ::close(fd);
