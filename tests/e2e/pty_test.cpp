@@ -50,6 +50,66 @@ std::string foregroundProgram(pid_t pid) {
     return comm;
 }
 
+/// hpc-agent shell on a terminal of the test's own, as a person's would be.
+class AgentTerminal {
+public:
+    AgentTerminal(const Harness& h, const Secret& token, const std::string& daemonId, unsigned cols, unsigned rows) {
+        m_master = UniqueFd(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+        if (!m_master || ::grantpt(m_master.get()) != 0 || ::unlockpt(m_master.get()) != 0)
+            throw std::runtime_error("no PTY for hpc-agent");
+        UniqueFd slave(::open(::ptsname(m_master.get()), O_RDWR | O_NOCTTY | O_CLOEXEC));
+        resize(cols, rows);
+        ::tcgetattr(slave.get(), &m_initial);
+        SpawnOptions o;
+        o.argv = {Harness::binary("hpc-agent"), "shell", daemonId};
+        o.envOverrides = {"HPC_AGENT_URL=" + h.url(), "HPC_AGENT_TOKEN=" + token.reveal(), "HPC_AGENT_CA=" + h.caFile(),
+                          "TERM=dumb"};
+        o.controllingTerminal = slave.get();
+        o.dieWithParent = true;  // nothing the test starts outlives it
+        m_process = ChildGuard(spawn(o).pid);
+    }
+
+    /// Sets the window size (SIGWINCH to hpc-agent).
+    void resize(unsigned cols, unsigned rows) {
+        winsize ws{};
+        ws.ws_col = static_cast<unsigned short>(cols);
+        ws.ws_row = static_cast<unsigned short>(rows);
+        ::ioctl(m_master.get(), TIOCSWINSZ, &ws);
+    }
+    void type(const std::string& s) {
+        ASSERT_EQ(::write(m_master.get(), s.data(), s.size()), static_cast<ssize_t>(s.size()));
+    }
+    /// Reads what hpc-agent shows until `needle` is on the screen.
+    bool readFor(const std::string& needle, std::chrono::milliseconds timeout = 15s) {
+        return waitUntil(
+            [&] {
+                char buf[4096];
+                pollfd p{m_master.get(), POLLIN, 0};
+                while (::poll(&p, 1, 20) > 0) {
+                    ssize_t n = ::read(m_master.get(), buf, sizeof buf);
+                    if (n <= 0) break;
+                    m_screen.append(buf, static_cast<std::size_t>(n));
+                }
+                return m_screen.find(needle) != std::string::npos;
+            },
+            timeout);
+    }
+    const std::string& screen() const { return m_screen; }
+    ChildGuard& process() { return m_process; }
+    /// Whether the terminal's line mode and echo are as they were before hpc-agent started.
+    bool restored() const {
+        termios now{};
+        ::tcgetattr(m_master.get(), &now);
+        return (now.c_lflag & (ICANON | ECHO)) == (m_initial.c_lflag & (ICANON | ECHO));
+    }
+
+private:
+    UniqueFd m_master;
+    termios m_initial{};
+    std::string m_screen;
+    ChildGuard m_process;
+};
+
 class PtyTest : public ::testing::Test {
 protected:
     void SetUp() override {
@@ -323,65 +383,23 @@ TEST_F(PtyTest, ShellsAreConfinedByLandlockToo) {
 
 TEST_F(PtyTest, AgentShellIsAnInteractiveTerminalLikeSsh) {
     ASSERT_NO_FATAL_FAILURE(start());
-    // A terminal for hpc-agent itself, as a person's would be.
-    UniqueFd master(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
-    ASSERT_TRUE(master);
-    ASSERT_EQ(::grantpt(master.get()), 0);
-    ASSERT_EQ(::unlockpt(master.get()), 0);
-    UniqueFd slave(::open(::ptsname(master.get()), O_RDWR | O_NOCTTY | O_CLOEXEC));
-    winsize ws{};
-    ws.ws_col = 91;
-    ws.ws_row = 27;
-    ::ioctl(master.get(), TIOCSWINSZ, &ws);
-    termios before{};
-    ::tcgetattr(slave.get(), &before);
-
-    SpawnOptions o;
-    o.argv = {Harness::binary("hpc-agent"), "shell", "p"};
-    o.envOverrides = {"HPC_AGENT_URL=" + m_h.url(), "HPC_AGENT_TOKEN=" + m_token.reveal(),
-                      "HPC_AGENT_CA=" + m_h.caFile(), "TERM=dumb"};
-    o.controllingTerminal = slave.get();
-    o.dieWithParent = true;  // nothing the test starts outlives it
-    ChildGuard agentProcess(spawn(o).pid);
-    slave.reset();
-
-    std::string screen;
-    auto readFor = [&](const std::string& needle, std::chrono::milliseconds timeout = 15s) {
-        return waitUntil(
-            [&] {
-                char buf[4096];
-                pollfd p{master.get(), POLLIN, 0};
-                while (::poll(&p, 1, 20) > 0) {
-                    ssize_t n = ::read(master.get(), buf, sizeof buf);
-                    if (n <= 0) break;
-                    screen.append(buf, static_cast<std::size_t>(n));
-                }
-                return screen.find(needle) != std::string::npos;
-            },
-            timeout);
-    };
-    auto type = [&](const std::string& s) { ASSERT_EQ(::write(master.get(), s.data(), s.size()), (ssize_t)s.size()); };
-
-    type("stty size\r");
-    EXPECT_TRUE(readFor("27 91")) << screen;
-    ws.ws_col = 120;
-    ws.ws_row = 50;
-    ::ioctl(master.get(), TIOCSWINSZ, &ws);  // SIGWINCH to hpc-agent, which sends pty.resize
+    AgentTerminal term(m_h, m_token, "p", 91, 27);
+    term.type("stty size\r");
+    EXPECT_TRUE(term.readFor("27 91")) << term.screen();
+    term.resize(120, 50);  // SIGWINCH to hpc-agent, which sends pty.resize
     // The new size reaches the remote terminal some time later: ask it until it has it.
     EXPECT_TRUE(waitUntil(
         [&] {
-            type("stty size\r");
-            return readFor("50 120", 1s);
+            term.type("stty size\r");
+            return term.readFor("50 120", 1s);
         },
         15s))
-        << screen;
-    type("exit 5\r");
-    auto status = agentProcess.waitFor(15s);
+        << term.screen();
+    term.type("exit 5\r");
+    auto status = term.process().waitFor(15s);
     ASSERT_TRUE(status);
-    EXPECT_EQ(status->code, 5) << screen;
-    termios after{};
-    ::tcgetattr(master.get(), &after);
-    EXPECT_EQ(after.c_lflag & (ICANON | ECHO), before.c_lflag & (ICANON | ECHO)) << "the terminal was not restored";
+    EXPECT_EQ(status->code, 5) << term.screen();
+    EXPECT_TRUE(term.restored()) << "the terminal was not restored";
 }
 
 TEST_F(PtyTest, ShellLinesAreInTheAuditLog) {
@@ -533,45 +551,16 @@ TEST_F(PtyTest, AfterTheGracePeriodTheSessionCannotBeAttached) {
 
 TEST_F(PtyTest, AgentShellCarriesOnThroughARelayRestart) {
     ASSERT_NO_FATAL_FAILURE(start({"--reconnect-max-seconds", "1"}));
-    UniqueFd master(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
-    ASSERT_TRUE(master);
-    ASSERT_EQ(::grantpt(master.get()), 0);
-    ASSERT_EQ(::unlockpt(master.get()), 0);
-    UniqueFd slave(::open(::ptsname(master.get()), O_RDWR | O_NOCTTY | O_CLOEXEC));
-    SpawnOptions o;
-    o.argv = {Harness::binary("hpc-agent"), "shell", "p"};
-    o.envOverrides = {"HPC_AGENT_URL=" + m_h.url(), "HPC_AGENT_TOKEN=" + m_token.reveal(),
-                      "HPC_AGENT_CA=" + m_h.caFile(), "TERM=dumb"};
-    o.controllingTerminal = slave.get();
-    o.dieWithParent = true;
-    ChildGuard agentProcess(spawn(o).pid);
-    slave.reset();
-    std::string screen;
-    auto readFor = [&](const std::string& needle, std::chrono::milliseconds timeout = 20s) {
-        return waitUntil(
-            [&] {
-                char buf[4096];
-                pollfd p{master.get(), POLLIN, 0};
-                while (::poll(&p, 1, 20) > 0) {
-                    ssize_t n = ::read(master.get(), buf, sizeof buf);
-                    if (n <= 0) break;
-                    screen.append(buf, static_cast<std::size_t>(n));
-                }
-                return screen.find(needle) != std::string::npos;
-            },
-            timeout);
-    };
-    auto type = [&](const std::string& s) { ASSERT_EQ(::write(master.get(), s.data(), s.size()), (ssize_t)s.size()); };
-
-    type("x=first; echo one-$((1+1))\r");
-    ASSERT_TRUE(readFor("one-2")) << screen;
+    AgentTerminal term(m_h, m_token, "p", 80, 24);
+    term.type("x=first; echo one-$((1+1))\r");
+    ASSERT_TRUE(term.readFor("one-2")) << term.screen();
     m_h.killRelay();
     m_h.startRelay();
     // Typed while hpc-agent attaches again: read once it has; the shell is the same one ($x).
-    type("echo two-$((2+2))-$x\r");
-    EXPECT_TRUE(readFor("two-4-first", 90s)) << screen;
-    type("exit 7\r");
-    auto status = agentProcess.waitFor(30s);
-    ASSERT_TRUE(status) << screen;
-    EXPECT_EQ(status->code, 7) << screen;
+    term.type("echo two-$((2+2))-$x\r");
+    EXPECT_TRUE(term.readFor("two-4-first", 90s)) << term.screen();
+    term.type("exit 7\r");
+    auto status = term.process().waitFor(30s);
+    ASSERT_TRUE(status) << term.screen();
+    EXPECT_EQ(status->code, 7) << term.screen();
 }

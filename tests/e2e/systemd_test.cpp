@@ -2,6 +2,8 @@
 // the notify protocol to a socket the test binds.
 #include "harness.hpp"
 
+#include "fd.hpp"
+
 #include "http_client.hpp"
 #include "util.hpp"
 
@@ -19,6 +21,43 @@ using namespace hpc;
 using namespace hpc::test;
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
+
+namespace {
+
+/// A notify socket of the test's own (NOTIFY_SOCKET), as systemd's would be.
+class NotifySocket {
+public:
+    explicit NotifySocket(const fs::path& path) : m_path(path) {
+        m_fd = UniqueFd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+        if (!m_fd || ::bind(m_fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+            throw std::runtime_error("cannot bind " + path.string());
+        timeval tv{0, 100000};
+        ::setsockopt(m_fd.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    }
+    std::string env() const { return "NOTIFY_SOCKET=" + m_path.string(); }
+    /// Waits until a message containing `what` has come.
+    bool heard(const std::string& what, std::chrono::milliseconds timeout = 10s) {
+        return waitUntil(
+            [&] {
+                char buf[4096];
+                if (ssize_t n = ::recv(m_fd.get(), buf, sizeof buf, 0); n > 0)
+                    m_messages.append(buf, static_cast<std::size_t>(n)).append("\n");
+                return m_messages.find(what) != std::string::npos;
+            },
+            timeout);
+    }
+    const std::string& messages() const { return m_messages; }
+
+private:
+    fs::path m_path;
+    UniqueFd m_fd;
+    std::string m_messages;
+};
+
+}  // namespace
 
 TEST(SystemdUnit, PassesSystemdAnalyzeVerifyWithoutAWarning) {
     Harness h;
@@ -48,64 +87,22 @@ TEST(SystemdNotify, SendsReadyStatusWatchdogAndStopping) {
     Harness h;
     h.startRelay();
     ASSERT_EQ(h.setupDaemon("n1", "n@example.org", {(h.dir() / "w").string()}).status, 0);
-    auto socketPath = h.dir() / "notify.sock";
-    int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    ASSERT_GE(fd, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, socketPath.c_str(), sizeof addr.sun_path - 1);
-    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    timeval tv{0, 100000};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-
+    NotifySocket notify(h.dir() / "notify.sock");
     SpawnOptions o;
     o.argv = {Harness::binary("hpc-daemond"), "--daemon-id", "n1", "--bus-address", "none"};
-    o.envOverrides = {"HPC_DAEMON_HOME=" + h.home("n1").string(), "NOTIFY_SOCKET=" + socketPath.string(),
-                      "WATCHDOG_USEC=200000"};
+    o.envOverrides = {"HPC_DAEMON_HOME=" + h.home("n1").string(), notify.env(), "WATCHDOG_USEC=200000"};
     o.outputFile = (h.dir() / "notify-daemon.log").string();
     o.dieWithParent = true;  // nothing the test starts outlives it
     ChildGuard daemon(spawn(o).pid);
 
-    std::vector<std::string> messages;
-    auto receive = [&] {
-        char buf[4096];
-        ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-        if (n > 0) messages.emplace_back(buf, static_cast<std::size_t>(n));
-    };
-    auto seen = [&](const std::string& what) {
-        for (const auto& m : messages)
-            if (m.find(what) != std::string::npos) return true;
-        return false;
-    };
-    EXPECT_TRUE(waitUntil(
-        [&] {
-            receive();
-            return seen("READY=1");
-        },
-        10s));
-    EXPECT_TRUE(waitUntil(
-        [&] {
-            receive();
-            return seen("STATUS=link connected");
-        },
-        10s));
-    EXPECT_TRUE(waitUntil(
-        [&] {
-            receive();
-            return seen("WATCHDOG=1");
-        },
-        10s));
+    EXPECT_TRUE(notify.heard("READY=1"));
+    EXPECT_TRUE(notify.heard("STATUS=link connected"));
+    EXPECT_TRUE(notify.heard("WATCHDOG=1"));
     daemon.signal(SIGTERM);
-    EXPECT_TRUE(waitUntil(
-        [&] {
-            receive();
-            return seen("STOPPING=1");
-        },
-        10s));
+    EXPECT_TRUE(notify.heard("STOPPING=1"));
     auto status = daemon.waitFor(10s);
     ASSERT_TRUE(status);
     EXPECT_EQ(status->code, 0);
-    ::close(fd);
 }
 
 // Issue 16 item 6: the relay as an organisation's system service.
@@ -123,16 +120,7 @@ TEST(SystemdUnit, TheRelaysSystemUnitPassesSystemdAnalyzeVerify) {
 
 TEST(SystemdNotify, TheRelayIsReadyOnceItListensAndSaysWhenItStops) {
     Harness h;
-    auto socketPath = h.dir() / "relay-notify.sock";
-    int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    ASSERT_GE(fd, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, socketPath.c_str(), sizeof addr.sun_path - 1);
-    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    timeval tv{0, 100000};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-
+    NotifySocket notify(h.dir() / "relay-notify.sock");
     SpawnOptions o;
     o.argv = {Harness::binary("hpc-relay"),
               "--port",
@@ -144,30 +132,18 @@ TEST(SystemdNotify, TheRelayIsReadyOnceItListensAndSaysWhenItStops) {
               (h.dir() / "relay-data").string(),
               "--otp-file",
               (h.dir() / "codes.txt").string()};
-    o.envOverrides = {"NOTIFY_SOCKET=" + socketPath.string()};
+    o.envOverrides = {notify.env()};
     o.outputFile = (h.dir() / "notify-relay.log").string();
     o.dieWithParent = true;
     ChildGuard relay(spawn(o).pid);
-    std::string messages;
-    auto heard = [&](const std::string& what) {
-        return waitUntil(
-            [&] {
-                char buf[4096];
-                if (ssize_t n = ::recv(fd, buf, sizeof buf, 0); n > 0)
-                    messages.append(buf, static_cast<std::size_t>(n));
-                return messages.find(what) != std::string::npos;
-            },
-            15s);
-    };
-    ASSERT_TRUE(heard("READY=1")) << readFile(h.dir() / "notify-relay.log");
+    ASSERT_TRUE(notify.heard("READY=1", 15s)) << readFile(h.dir() / "notify-relay.log");
     // Ready means listening: the first request is answered.
     int port = std::stoi(readFile(h.dir() / "relay.port"));
     auto health = net::httpRequest(*parseUrl("http://127.0.0.1:" + std::to_string(port)), "GET", "/health", "", "");
     EXPECT_EQ(health.status, 200) << health.body;
     relay.signal(SIGTERM);
-    EXPECT_TRUE(heard("STOPPING=1")) << messages;
+    EXPECT_TRUE(notify.heard("STOPPING=1")) << notify.messages();
     auto status = relay.waitFor(10s);
     ASSERT_TRUE(status);
     EXPECT_EQ(status->code, 0);
-    ::close(fd);
 }

@@ -25,32 +25,24 @@ public:
     /// Starts it in `dir` in front of `backendPorts`, in that order. Throws
     /// std::runtime_error when it does not listen in 10 s.
     HaProxy(const std::filesystem::path& dir, const std::vector<int>& backendPorts) : m_dir(dir) {
-        using namespace std::chrono_literals;
         std::filesystem::create_directories(dir);
-        for (int attempt = 0; attempt < 5; ++attempt) {
-            m_port = freeLoopbackPort();
-            {
+        m_child = startOnFreePort(
+            m_port,
+            [&](int port) {
                 std::ofstream conf(dir / "haproxy.cfg");
                 conf << "global\n    maxconn 8000\n"
                      << "defaults\n    mode tcp\n    timeout connect 1s\n    timeout client 1h\n"
                      << "    timeout server 1h\n    retries 2\n    option redispatch\n"
-                     << "frontend relays\n    bind 127.0.0.1:" << m_port << "\n    default_backend relays\n"
+                     << "frontend relays\n    bind 127.0.0.1:" << port << "\n    default_backend relays\n"
                      << "backend relays\n    balance first\n";
                 for (std::size_t i = 0; i < backendPorts.size(); ++i)
                     conf << "    server r" << i << " 127.0.0.1:" << backendPorts[i]
                          << " check inter 200ms fall 1 rise 1\n";
-            }
-            SpawnOptions o;
-            o.argv = {"haproxy", "-db", "-f", (dir / "haproxy.cfg").string()};
-            o.outputFile = (dir / "haproxy.out").string();
-            o.dieWithParent = true;
-            m_child = ChildGuard(spawn(o).pid);
-            bool exited = false;
-            waitUntil([&] { return acceptsConnections(m_port) || (exited = m_child.poll().has_value()); }, 10s);
-            if (!exited && acceptsConnections(m_port)) return;
-            m_child.terminate();
-        }
-        throw std::runtime_error("haproxy did not start: " + readFile(dir / "haproxy.out"));
+                SpawnOptions o;
+                o.argv = {"haproxy", "-db", "-f", (dir / "haproxy.cfg").string()};
+                return o;
+            },
+            "haproxy", dir / "haproxy.out");
     }
     int port() const { return m_port; }
     pid_t pid() const { return m_child.pid(); }

@@ -15,6 +15,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <stdexcept>
@@ -67,35 +68,47 @@ inline std::map<std::string, int> peersOf(int port) {
     return peers;
 }
 
+/// Starts a server on a free port of 127.0.0.1: `prepare(port)` writes its
+/// configuration and says how to run it; another port is tried when it does
+/// not listen within 10 s (someone took the port first). Its output goes to
+/// `output`. Throws std::runtime_error naming `what` when it never listens.
+inline ChildGuard startOnFreePort(int& port, const std::function<SpawnOptions(int)>& prepare, const std::string& what,
+                                  const std::filesystem::path& output) {
+    using namespace std::chrono_literals;
+    for (int attempt = 0; attempt < 5; ++attempt) {
+        port = freeLoopbackPort();
+        SpawnOptions o = prepare(port);
+        o.outputFile = output.string();
+        o.dieWithParent = true;
+        ChildGuard child(spawn(o).pid);
+        bool exited = false;
+        waitUntil([&] { return acceptsConnections(port) || (exited = child.poll().has_value()); }, 10s);
+        if (!exited && acceptsConnections(port)) return child;
+        child.terminate();
+    }
+    throw std::runtime_error(what + " did not start: " + readFile(output));
+}
+
 class TinyProxy {
 public:
     /// Starts it in `dir`; `extraConfig` lines go at the end of its config
     /// ("BasicAuth user password", "ConnectPort 443"). Throws
     /// std::runtime_error when it does not listen in 10 s.
     explicit TinyProxy(const std::filesystem::path& dir, const std::string& extraConfig = {}) : m_dir(dir) {
-        using namespace std::chrono_literals;
         std::filesystem::create_directories(dir);
-        // Port 0 is not a tinyproxy setting: take a free port, and another if
-        // someone took it first.
-        for (int attempt = 0; attempt < 5; ++attempt) {
-            m_port = freeLoopbackPort();
-            {
+        // Port 0 is not a tinyproxy setting: a free port is chosen for it.
+        m_child = startOnFreePort(
+            m_port,
+            [&](int port) {
                 std::ofstream conf(dir / "tinyproxy.conf");
-                conf << "Port " << m_port << "\nListen 127.0.0.1\nBind 127.0.0.2\nTimeout 600\n"
+                conf << "Port " << port << "\nListen 127.0.0.1\nBind 127.0.0.2\nTimeout 600\n"
                      << "LogFile \"" << log().string() << "\"\nLogLevel Connect\nMaxClients 100\n"
                      << extraConfig << "\n";
-            }
-            SpawnOptions o;
-            o.argv = {"tinyproxy", "-d", "-c", (dir / "tinyproxy.conf").string()};
-            o.outputFile = (dir / "tinyproxy.out").string();
-            o.dieWithParent = true;
-            m_child = ChildGuard(spawn(o).pid);
-            bool exited = false;
-            waitUntil([&] { return acceptsConnections(m_port) || (exited = m_child.poll().has_value()); }, 10s);
-            if (!exited && acceptsConnections(m_port)) return;
-            m_child.terminate();
-        }
-        throw std::runtime_error("tinyproxy did not start: " + readFile(dir / "tinyproxy.out"));
+                SpawnOptions o;
+                o.argv = {"tinyproxy", "-d", "-c", (dir / "tinyproxy.conf").string()};
+                return o;
+            },
+            "tinyproxy", dir / "tinyproxy.out");
     }
     void stop() { m_child.terminate(); }
     pid_t pid() const { return m_child.pid(); }
