@@ -79,6 +79,7 @@ struct Session {
     PtyHandle pty;
     std::uint64_t received = 0;
     std::size_t unacked = 0;
+    bool stdinOpen = true;  ///< until our stdin ends (its EOF is sent once)
 };
 
 /// The connection or the daemon's link broke: the session may be attached again.
@@ -90,7 +91,6 @@ struct Lost {
 /// session is lost (throws Lost); other failures throw hpc::Error.
 int pump(Session& s, const std::string& daemonId, RawTerminal& raw) {
     auto& client = *s.client;
-    bool stdinOpen = true;
     // Credit goes back in quarters of the daemon's default 1 MiB window, and
     // whatever is left once the output pauses for a second: the daemon keeps
     // what is not acknowledged for a reattach.
@@ -98,7 +98,7 @@ int pump(Session& s, const std::string& daemonId, RawTerminal& raw) {
     char buf[65536];
     try {
         while (true) {
-            pollfd fds[3] = {{stdinOpen ? STDIN_FILENO : -1, POLLIN, 0},
+            pollfd fds[3] = {{s.stdinOpen ? STDIN_FILENO : -1, POLLIN, 0},
                              {client.ws().nativeFd(), POLLIN, 0},
                              {g_signalPipe[0], POLLIN, 0}};
             int ready = ::poll(fds, 3, 1000);
@@ -123,7 +123,7 @@ int pump(Session& s, const std::string& daemonId, RawTerminal& raw) {
                 if (n > 0) {
                     client.ptyInput(s.pty.channel, std::string_view(buf, static_cast<std::size_t>(n)));
                 } else if (n == 0) {
-                    stdinOpen = false;
+                    s.stdinOpen = false;
                     client.ptyInput(s.pty.channel, "\x04");  // EOF for the remote shell too
                 }
             }

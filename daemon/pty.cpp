@@ -508,9 +508,8 @@ PtyAttached PtyService::attach(const std::string& session, std::optional<std::ui
     auto [end, ec] = std::from_chars(session.data(), session.data() + std::min(dash, session.size()), channel);
     auto it = ec == std::errc() && end == session.data() + dash ? m_sessions.find(channel) : m_sessions.end();
     if (it == m_sessions.end() || it->second->info().session != session)
-        throw Error(ErrorCode::NotFound, "no shell session " + session +
-                                             " on this daemon (it ended, or its grace "
-                                             "period passed)");
+        throw Error(ErrorCode::NotFound,
+                    "no shell session " + session + " on this daemon (it ended, or its grace period passed)");
     if (it->second->info().agentId != agentId)
         throw Error(ErrorCode::NotOwner, "shell session " + session + " belongs to another agent");
     return it->second->attach(fromByte, credit ? credit : m_limits.initialCredit);
