@@ -210,3 +210,28 @@ TEST(RelayFailover, AnInstanceKilledMidStreamAndMidJobLosesNothingAndRepeatsNoth
     auto later = connect();
     EXPECT_FALSE(later->nextCallback(2s)) << "an acknowledged callback came again";
 }
+
+TEST(RelayDatabaseOption, RefusesAPasswordInTheUrlAndSaysWhyWhenItCannotConnect) {
+    Harness h;
+    auto relay = [&](const std::string& database) {
+        return runCommand({Harness::binary("hpc-relay"), "--port", "0", "--insecure-http", "--data-dir",
+                           (h.dir() / "data").string(), "--otp-file", (h.dir() / "codes").string(), "--database",
+                           database});
+    };
+    auto withPassword = relay("postgresql://alice:s3cret-pw@127.0.0.1:1/hpc");
+    EXPECT_EQ(withPassword.status, 1);
+    EXPECT_NE(withPassword.err.find(".pgpass"), std::string::npos) << withPassword.err;
+    EXPECT_EQ(withPassword.err.find("s3cret-pw"), std::string::npos) << "the password is never repeated";
+    auto query = relay("postgresql://alice@127.0.0.1:1/hpc?password=s3cret-pw");
+    EXPECT_EQ(query.status, 1);
+    EXPECT_EQ(query.err.find("s3cret-pw"), std::string::npos) << query.err;
+
+    int closed = freeLoopbackPort();
+    auto down = relay("postgresql://alice@127.0.0.1:" + std::to_string(closed) + "/hpc");
+    EXPECT_EQ(down.status, 1);
+    EXPECT_NE(down.err.find("cannot connect to PostgreSQL"), std::string::npos) << down.err;
+
+    auto other = relay("mysql://alice@127.0.0.1/hpc");
+    EXPECT_EQ(other.status, 2) << other.err;
+    EXPECT_FALSE(fs::exists(h.dir() / "data" / "relay.db")) << "nothing was made for a refused option";
+}
