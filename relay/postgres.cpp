@@ -29,7 +29,6 @@ struct Libpq {
     decltype(&PQgetvalue) getvalue = nullptr;
     decltype(&PQgetisnull) getisnull = nullptr;
     decltype(&PQcmdTuples) cmdTuples = nullptr;
-    decltype(&PQping) ping = nullptr;
     decltype(&PQconninfoParse) conninfoParse = nullptr;
     decltype(&PQconninfoFree) conninfoFree = nullptr;
     decltype(&PQfreemem) freemem = nullptr;
@@ -67,7 +66,6 @@ const Libpq& libpq() {
         load(lib.getvalue, "PQgetvalue");
         load(lib.getisnull, "PQgetisnull");
         load(lib.cmdTuples, "PQcmdTuples");
-        load(lib.ping, "PQping");
         load(lib.conninfoParse, "PQconninfoParse");
         load(lib.conninfoFree, "PQconninfoFree");
         load(lib.freemem, "PQfreemem");
@@ -297,7 +295,5 @@ std::unique_ptr<Connection> openPostgres(const std::string& url) {
     }
     return std::make_unique<PgConnection>(conn);
 }
-
-bool postgresReady(const std::string& url) { return libpq().ping(url.c_str()) == PQPING_OK; }
 
 }  // namespace hpc::relay::sql

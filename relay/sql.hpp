@@ -175,8 +175,5 @@ bool isPostgresUrl(std::string_view url);
 /// transaction is then tried once more; otherwise, and when the server
 /// stays unreachable, Unavailable is thrown.
 std::unique_ptr<Connection> openPostgres(const std::string& url);
-/// PQping: true when a PostgreSQL server accepts connections at `url`
-/// (tests and benchmarks wait for their server with it).
-bool postgresReady(const std::string& url);
 
 }  // namespace hpc::relay::sql
