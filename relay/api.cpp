@@ -135,11 +135,6 @@ ApiResponse Api::handle(const ApiRequest& r) {
         // disk: 507); anything else is a bug, its detail for the log only.
         auto* known = dynamic_cast<const Error*>(&e);
         if (known && known->code() != ErrorCode::Internal) return errorResponse(known->code(), e.what());
-        // The database's name is for the operator's log, not for every client.
-        if (dynamic_cast<const sql::Unavailable*>(&e)) {
-            log::warning(printable(r.method) + " " + printable(path) + ": " + e.what());
-            return errorResponse(ErrorCode::Unavailable, "the relay's database cannot be reached; try again shortly");
-        }
         log::error("internal error on " + printable(r.method) + " " + printable(path) + ": " + e.what());
         return errorResponse(ErrorCode::Internal, "internal error");
     }

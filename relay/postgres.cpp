@@ -3,6 +3,9 @@
 // libpq and its dependencies for the SQLite default.
 #include "sql.hpp"
 
+#include "errors.hpp"
+#include "log.hpp"
+
 #include <libpq-fe.h>
 
 #include <dlfcn.h>
@@ -219,7 +222,7 @@ private:
         bool idle = pq.transactionStatus(m_conn) == PQTRANS_IDLE;
         Result res = send();
         if (pq.status(m_conn) == CONNECTION_BAD) {
-            if (!idle) throw Unavailable(m_describe + ": the connection broke inside a transaction");
+            if (!idle) unreachable("the connection broke inside a transaction");
             reconnectIfBroken();
             res = send();
         }
@@ -230,8 +233,16 @@ private:
         const auto& pq = libpq();
         if (pq.status(m_conn) == CONNECTION_OK) return;
         pq.reset(m_conn);
-        if (pq.status(m_conn) != CONNECTION_OK)
-            throw Unavailable(m_describe + " is unreachable: " + trimmed(pq.errorMessage(m_conn)));
+        if (pq.status(m_conn) != CONNECTION_OK) unreachable(trimmed(pq.errorMessage(m_conn)));
+        if (m_down) log::notice(m_describe + " is reachable again");
+        m_down = false;
+    }
+    /// Logged once per outage with the database's name; the client is told
+    /// only that the relay's database cannot be reached.
+    [[noreturn]] void unreachable(const std::string& why) {
+        if (!m_down) log::warning(m_describe + " is unreachable (" + why + "); requests that need it get UNAVAILABLE");
+        m_down = true;
+        throw Error(ErrorCode::Unavailable, "the relay's database cannot be reached; try again shortly");
     }
     void check(const Result& res) {
         const auto& pq = libpq();
@@ -250,6 +261,7 @@ private:
     std::string m_describe;
     std::int64_t m_changes = 0;
     std::int64_t m_totalChanges = 0;
+    bool m_down = false;  ///< unreachable since the last warning
 };
 
 bool PgStatement::step() {

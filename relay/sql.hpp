@@ -30,13 +30,6 @@ public:
     using std::runtime_error::runtime_error;
 };
 
-/// The database server cannot be reached (PostgreSQL only): the request
-/// that met it fails, and the next one connects again.
-class Unavailable : public std::runtime_error {
-public:
-    using std::runtime_error::runtime_error;
-};
-
 /// What a backend implements for one statement.
 class StatementImpl {
 public:
@@ -172,8 +165,9 @@ bool isPostgresUrl(std::string_view url);
 /// otherwise, connecting times out after 10 s, TCP keepalives notice a dead
 /// server within about 30 s, and a statement is cancelled after 30 s. A
 /// connection found broken is opened again: a statement outside a
-/// transaction is then tried once more; otherwise, and when the server
-/// stays unreachable, Unavailable is thrown.
+/// transaction is then tried once more; otherwise, and while the server
+/// stays unreachable, hpc::Error(Unavailable) is thrown, its message without
+/// the database's name (logged once per outage instead).
 std::unique_ptr<Connection> openPostgres(const std::string& url);
 
 }  // namespace hpc::relay::sql

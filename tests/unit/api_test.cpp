@@ -551,3 +551,33 @@ TEST_P(ApiOnPostgres, ADroppedConnectionIsOpenedAgainAndAnUnreachableDatabaseAns
     EXPECT_EQ(gone.body.find(name), std::string::npos) << "the database's name is for the log: " << gone.body;
     EXPECT_EQ(call("POST", "/otp/signin", {{"email", "b@example.org"}}).status, 503) << "and writes too";
 }
+
+TEST_P(ApiOnPostgres, ACallbackTheDatabaseCannotTakeIsRefusedAndStoredWhenSentAgain) {
+    std::string name = m_url.substr(m_url.rfind('/') + 1);
+    std::string whyNot;
+    auto admin = sql::openPostgres(*test::postgresServerUrl(whyNot));
+    auto daemon = std::make_shared<RecordingAgent>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    std::string msg = R"({"v":1,"type":"job.completed","id":"c1","payload":{"callback_id":"cb-9","job_id":"j9"}})";
+    admin->exec("ALTER DATABASE " + name + " ALLOW_CONNECTIONS false");
+    admin->prepare("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = ?1")
+        .bind(1, name)
+        .run();
+    m_hub->onDaemonText(1, "d1", daemon, msg);
+    ASSERT_FALSE(daemon->sent.empty());
+    auto refused = protocol::parse(daemon->sent.back(), protocol::kMaxResponseBytes);
+    auto* env = std::get_if<protocol::Envelope>(&refused);
+    ASSERT_TRUE(env);
+    EXPECT_FALSE(env->ok) << "not acknowledged: the daemon keeps it and sends it again";
+    EXPECT_EQ(env->errorCode, ErrorCode::Unavailable) << env->errorMessage;
+    EXPECT_EQ(env->errorMessage.find(name), std::string::npos) << env->errorMessage;
+
+    admin->exec("ALTER DATABASE " + name + " ALLOW_CONNECTIONS true");
+    m_hub->onDaemonText(1, "d1", daemon, msg);
+    auto stored = protocol::parse(daemon->sent.back(), protocol::kMaxResponseBytes);
+    env = std::get_if<protocol::Envelope>(&stored);
+    ASSERT_TRUE(env);
+    EXPECT_TRUE(env->ok) << env->errorMessage;
+    EXPECT_FALSE(env->result.at("duplicate").as_bool());
+    EXPECT_EQ(m_db->callbacks(1, {}).size(), 1u);
+}
