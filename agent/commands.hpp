@@ -75,7 +75,8 @@ AgentOptions agentOptions(const PlatformOptions& options);
 
 /// Runs `body` on a connection; when a connection that was up breaks (a
 /// relay restart, a network blip), connects again with backoff and runs it
-/// again. A first connection that fails is an error at once (a wrong URL
+/// again. A first connection is tried three times (about 2 s), as a relay
+/// failing over can cut a handshake short, then is an error (a wrong URL
 /// should not look like a wait). Past `deadline`, returns `timeoutCode`.
 int runReconnecting(const PlatformOptions& options, std::optional<std::chrono::steady_clock::time_point> deadline,
                     int timeoutCode, const std::function<int(AgentClient&)>& body);
