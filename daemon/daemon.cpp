@@ -40,6 +40,10 @@ namespace asio = boost::asio;
 namespace fs = std::filesystem;
 
 namespace hpc::daemon {
+using net::Link;
+using net::LinkConfig;
+using net::LinkHandlers;
+using net::LinkState;
 namespace {
 
 std::string hostName() {

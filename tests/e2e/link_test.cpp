@@ -1,4 +1,4 @@
-// The daemon's link (daemon/link.cpp) against a real relay over TLS: a
+// The daemon's link (common/net/link.cpp) against a real relay over TLS: a
 // message handler that throws loses that message, never the link.
 #include "link.hpp"
 #include "harness.hpp"
@@ -25,17 +25,17 @@ TEST(Link, AHandlerThatThrowsLosesItsMessageNotTheLink) {
     h.editProfile("l", [&](Profile& p) { profile = p; });
     Secret token = h.login("l@example.org");
 
-    daemon::LinkConfig config;
+    net::LinkConfig config;
     config.url = *parseUrl(profile.platformUrl);
     config.daemonId = "l";
     config.apiKey = profile.apiKey;
     config.caFile = profile.caFile;
     boost::asio::io_context ioc;
-    std::unique_ptr<daemon::Link> link;
+    std::unique_ptr<net::Link> link;
     std::atomic<int> received{0};
     std::mutex mutex;
-    std::vector<daemon::LinkState> states;
-    daemon::LinkHandlers handlers;
+    std::vector<net::LinkState> states;
+    net::LinkHandlers handlers;
     handlers.onText = [&](std::string_view text) {
         auto parsed = protocol::parse(text);
         auto* env = std::get_if<protocol::Envelope>(&parsed);
@@ -43,11 +43,11 @@ TEST(Link, AHandlerThatThrowsLosesItsMessageNotTheLink) {
         if (++received == 1) throw std::runtime_error("a handler's bug (injected)");
         link->sendText(protocol::makeOk(env->id, {{"echo", env->payload}}));
     };
-    handlers.onState = [&](daemon::LinkState s) {
+    handlers.onState = [&](net::LinkState s) {
         std::lock_guard lock(mutex);
         states.push_back(s);
     };
-    link = std::make_unique<daemon::Link>(ioc, config, handlers);
+    link = std::make_unique<net::Link>(ioc, config, handlers);
     link->start();
     std::thread loop([&] { ioc.run(); });
     auto stopLoop = [&] {
@@ -70,6 +70,6 @@ TEST(Link, AHandlerThatThrowsLosesItsMessageNotTheLink) {
     EXPECT_EQ(received.load(), 2);
     stopLoop();
     std::lock_guard lock(mutex);
-    EXPECT_EQ(std::count(states.begin(), states.end(), daemon::LinkState::Connected), 1) << "reconnected";
-    EXPECT_EQ(std::count(states.begin(), states.end(), daemon::LinkState::Backoff), 0) << "the link failed";
+    EXPECT_EQ(std::count(states.begin(), states.end(), net::LinkState::Connected), 1) << "reconnected";
+    EXPECT_EQ(std::count(states.begin(), states.end(), net::LinkState::Backoff), 0) << "the link failed";
 }

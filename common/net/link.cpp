@@ -28,7 +28,7 @@ namespace ssl = asio::ssl;
 using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 
-namespace hpc::daemon {
+namespace hpc::net {
 
 std::string_view toString(LinkState state) {
     switch (state) {
@@ -208,14 +208,15 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
             // Beast's 4 KiB default cut PTY output into 4 KiB TLS writes.
             ws.write_buffer_bytes(256 * 1024);
             ws.auto_fragment(false);
-            ws.set_option(websocket::stream_base::decorator([key = config.apiKey](websocket::request_type& req) {
+            ws.set_option(websocket::stream_base::decorator([key = config.apiKey, userAgent = config.userAgent](websocket::request_type& req) {
                 req.set(http::field::authorization, "Bearer " + key.reveal());
-                req.set(http::field::user_agent, "hpc-daemond/" HPC_VERSION);
+                req.set(http::field::user_agent, userAgent);
             }));
             std::string host =
                 config.url.host.find(':') != std::string::npos ? "[" + config.url.host + "]" : config.url.host;
             ws.async_handshake(*response, host + ":" + config.url.port,
-                               config.url.path + "/hpc/daemons/" + config.daemonId + "/ws",
+                               config.url.path +
+                                   (config.target.empty() ? "/hpc/daemons/" + config.daemonId + "/ws" : config.target),
                                [self = shared_from_this(), c, response](beast::error_code ec) {
                                    self->onWsHandshake(c, ec, *response);
                                });
@@ -235,7 +236,8 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
         lastFailure.clear();
         connectedSince = nowEpochSeconds();
         lastReceived = Clock::now();
-        log::notice("connected to " + config.url.str() + via() + " as daemon " + config.daemonId);
+        log::notice("connected to " + config.url.str() + via() + " as " +
+                    (config.name.empty() ? "daemon " + config.daemonId : config.name));
         setState(LinkState::Connected);
         boost::json::object hello = config.hello;
         hello["daemon_id"] = config.daemonId;
@@ -447,4 +449,4 @@ std::string Link::route() const { return m_impl->config.route.describe(); }
 std::string Link::problem() const { return m_impl->state == LinkState::Connected ? "" : m_impl->lastFailure; }
 double Link::connectedSince() const { return m_impl->connectedSince; }
 
-}  // namespace hpc::daemon
+}  // namespace hpc::net

@@ -1,5 +1,6 @@
 #pragma once
-/// The daemon's connection to the platform (design: "link").
+/// The daemon's connection to the platform (design: "link"); a relay instance
+/// reaches another through the same client (docs/relay.md).
 ///
 /// Resolve, TCP (to the platform, or to a proxy and CONNECT through it), TLS
 /// (peer verified, SNI), WebSocket upgrade with the API key
@@ -27,7 +28,7 @@
 #include <string>
 #include <string_view>
 
-namespace hpc::daemon {
+namespace hpc::net {
 
 enum class LinkState { Connecting, Connected, Backoff, Unauthorized, Stopping };
 std::string_view toString(LinkState state);
@@ -51,6 +52,12 @@ struct LinkConfig {
     std::size_t maxQueuedFrames = 8192;
     std::size_t maxQueuedBytes = 64 * 1024 * 1024;
     boost::json::object hello;  ///< the payload of the hello message
+    /// The WebSocket path after the URL's own; empty: the daemon's,
+    /// "/hpc/daemons/<daemonId>/ws".
+    std::string target;
+    std::string userAgent = "hpc-daemond/" HPC_VERSION;
+    /// What the link is, in log lines; empty: "daemon <daemonId>".
+    std::string name;
 };
 
 struct LinkHandlers {
@@ -94,4 +101,4 @@ private:
     std::shared_ptr<Impl> m_impl;
 };
 
-}  // namespace hpc::daemon
+}  // namespace hpc::net
