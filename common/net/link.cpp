@@ -208,18 +208,19 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
             // Beast's 4 KiB default cut PTY output into 4 KiB TLS writes.
             ws.write_buffer_bytes(256 * 1024);
             ws.auto_fragment(false);
-            ws.set_option(websocket::stream_base::decorator([key = config.apiKey, userAgent = config.userAgent](websocket::request_type& req) {
-                req.set(http::field::authorization, "Bearer " + key.reveal());
-                req.set(http::field::user_agent, userAgent);
-            }));
+            ws.set_option(websocket::stream_base::decorator(
+                [key = config.apiKey, userAgent = config.userAgent](websocket::request_type& req) {
+                    req.set(http::field::authorization, "Bearer " + key.reveal());
+                    req.set(http::field::user_agent, userAgent);
+                }));
             std::string host =
                 config.url.host.find(':') != std::string::npos ? "[" + config.url.host + "]" : config.url.host;
-            ws.async_handshake(*response, host + ":" + config.url.port,
-                               config.url.path +
-                                   (config.target.empty() ? "/hpc/daemons/" + config.daemonId + "/ws" : config.target),
-                               [self = shared_from_this(), c, response](beast::error_code ec) {
-                                   self->onWsHandshake(c, ec, *response);
-                               });
+            ws.async_handshake(
+                *response, host + ":" + config.url.port,
+                config.url.path + (config.target.empty() ? "/hpc/daemons/" + config.daemonId + "/ws" : config.target),
+                [self = shared_from_this(), c, response](beast::error_code ec) {
+                    self->onWsHandshake(c, ec, *response);
+                });
         });
     }
 
