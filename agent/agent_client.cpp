@@ -186,8 +186,10 @@ std::optional<PtyEvent> AgentClient::nextPtyEvent(std::chrono::milliseconds time
         auto* env = std::get_if<protocol::Envelope>(&parsed);
         if (!env) continue;
         if (env->isResponse()) {
-            // An ack that crossed its channel's end finds it gone: the end event says why.
-            if (m_unanswered.erase(env->replyTo) && !env->ok && env->errorCode != ErrorCode::NotFound)
+            // An ack that crossed its channel's end finds it gone, or its
+            // daemon gone (UNAVAILABLE): the end event says why.
+            if (m_unanswered.erase(env->replyTo) && !env->ok && env->errorCode != ErrorCode::NotFound &&
+                env->errorCode != ErrorCode::Unavailable)
                 throw Error(env->errorCode, "pty.ack: " + env->errorMessage);
             if (!env->ok && env->replyTo.empty()) throw Error(env->errorCode, env->errorMessage);
             continue;

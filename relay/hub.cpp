@@ -30,18 +30,26 @@ void Hub::attachAgent(const Principal& agent, const std::shared_ptr<Peer>& peer)
     q.agentId = agentIdOf(agent);
     q.unackedOnly = true;
     m_metrics.connected(RelayMetrics::Kind::Agent);
+    std::int64_t sentUpTo = 0;
     for (const auto& cb : m_db.callbacks(agent.userId, q)) {
         peer->sendText(callbackEvent(m_nextEventId++, cb.daemonId, cb.payload));
         m_metrics.callbackSent();
+        sentUpTo = std::max(sentUpTo, cb.seq);
     }
+    // Another instance's callback clusterTick has not seen yet may be among
+    // them: it must not come to this connection twice.
+    if (m_cluster && sentUpTo > m_callbackSeq) m_sentUpTo[peer.get()] = sentUpTo;
 }
 
-void Hub::deliverCallback(std::int64_t userId, const std::string& daemonId, const json::object& payload) {
+void Hub::deliverCallback(std::int64_t userId, const std::string& daemonId, const json::object& payload,
+                          std::int64_t seq) {
     const auto* agentId = payload.if_contains("agent_id");
     if (!agentId || !agentId->is_string()) return;
     auto [from, to] = m_agents.equal_range({userId, std::string(agentId->get_string())});
     for (auto it = from; it != to; ++it)
         if (auto peer = it->second.lock()) {
+            if (auto sent = m_sentUpTo.find(peer.get()); seq && sent != m_sentUpTo.end() && sent->second >= seq)
+                continue;
             peer->sendText(callbackEvent(m_nextEventId++, daemonId, payload));
             m_metrics.callbackSent();
         }
@@ -79,8 +87,12 @@ void Hub::attachDaemon(std::int64_t userId, const std::string& daemonId, std::sh
     m_metrics.connected(RelayMetrics::Kind::Daemon);
     auto it = m_daemons.find(key);
     if (it != m_daemons.end()) {
-        log::notice("daemon " + daemonId + " (user " + std::to_string(userId) +
-                    ") connected again: replacing its previous connection");
+        if (!it->second.instance.empty())
+            log::info("daemon " + daemonId + " (user " + std::to_string(userId) +
+                      ") connected here: closing the link to " + it->second.instance + " it was reached through");
+        else
+            log::notice("daemon " + daemonId + " (user " + std::to_string(userId) +
+                        ") connected again: replacing its previous connection");
         auto old = std::move(it->second.peer);
         m_daemons.erase(it);
         // Requests sent over the old connection will never be answered there.
@@ -90,7 +102,16 @@ void Hub::attachDaemon(std::int64_t userId, const std::string& daemonId, std::sh
     } else {
         log::info("daemon " + daemonId + " (user " + std::to_string(userId) + ") connected");
     }
-    m_daemons[key] = DaemonLink{std::move(peer), nowEpochSeconds(), {}, credentialId};
+    double since = nowEpochSeconds();
+    m_daemons[key] = DaemonLink{std::move(peer), since, {}, credentialId, {}, 0};
+    if (m_cluster) {
+        try {
+            m_db.daemonPresent(userId, daemonId, m_cluster->self(), since);
+        } catch (const std::exception& e) {
+            // Agents on other instances do not reach it until it connects again.
+            log::warning("daemon " + daemonId + ": cannot record that it is connected here: " + e.what());
+        }
+    }
     if (credentialId == 0) return;
     // The daemon holds its new key (it just used it): the keys it replaces go.
     try {
@@ -131,10 +152,28 @@ void Hub::detachDaemon(std::int64_t userId, const std::string& daemonId, const P
     DaemonKey key{userId, daemonId};
     auto it = m_daemons.find(key);
     if (it == m_daemons.end() || it->second.peer.get() != peer) return;
+    std::string instance = std::move(it->second.instance);
     m_daemons.erase(it);
+    if (!instance.empty()) {
+        log::info("the link to " + instance + " for daemon " + daemonId + " (user " + std::to_string(userId) +
+                  ") ended");
+        failPending(key, "daemon " + daemonId + " is not reachable through " + instance + " any more");
+        dropRoutesOf(key, "daemon " + daemonId + " is not reachable through " + instance + " any more");
+        return;
+    }
     log::info("daemon " + daemonId + " (user " + std::to_string(userId) + ") disconnected");
     failPending(key, "daemon " + daemonId + " disconnected before it answered");
     dropRoutesOf(key, "daemon " + daemonId + " disconnected");
+    if (!m_cluster) return;
+    // What went to other instances' agents has gone to them above; their
+    // links for it end, so they look for the daemon again.
+    closeInstanceLinks(key, "daemon " + daemonId + " disconnected from this instance");
+    try {
+        m_db.daemonAbsent(userId, daemonId, m_cluster->self());
+    } catch (const std::exception& e) {
+        // It expires with this instance, or is replaced when it connects elsewhere.
+        log::warning("daemon " + daemonId + ": cannot record that it left: " + e.what());
+    }
 }
 
 void Hub::failPending(const DaemonKey& key, const std::string& why) {
@@ -193,17 +232,13 @@ void Hub::detachAgent(const Peer* peer) {
     };
     std::erase_if(m_agents, gone);
     std::erase_if(m_agentsByCredential, gone);
+    m_sentUpTo.erase(peer);
     // The agent's shells: the daemon hangs them up after its grace period.
     for (auto it = m_routes.begin(); it != m_routes.end();) {
-        if (it->second.agentKey != peer) {
+        if (it->second.agentKey != peer)
             ++it;
-            continue;
-        }
-        if (auto d = m_daemons.find(it->second.daemon); d != m_daemons.end())
-            d->second.peer->sendText(protocol::makeMessage("pty.detach", "detach-" + std::to_string(it->first),
-                                                           {{"channel", it->second.daemonChannel}}));
-        m_routeByDaemon.erase({it->second.daemon, it->second.daemonChannel});
-        it = m_routes.erase(it);
+        else
+            it = detachRoute(it);
     }
     for (auto p = m_pending.begin(); p != m_pending.end();) {
         if (p->second.agentKey == peer)
@@ -214,9 +249,20 @@ void Hub::detachAgent(const Peer* peer) {
     m_pendingPerAgent.erase(peer);
 }
 
+std::map<std::uint32_t, Hub::Route>::iterator Hub::detachRoute(std::map<std::uint32_t, Route>::iterator route) {
+    if (auto d = m_daemons.find(route->second.daemon); d != m_daemons.end())
+        d->second.peer->sendText(protocol::makeMessage("pty.detach", "detach-" + std::to_string(route->first),
+                                                       {{"channel", route->second.daemonChannel}}));
+    m_routeByDaemon.erase({route->second.daemon, route->second.daemonChannel});
+    return m_routes.erase(route);
+}
+
 void Hub::closeAll() {
     for (auto& [key, link] : m_daemons) link.peer->close("the platform is shutting down");
     m_daemons.clear();
+    for (auto& [key, link] : m_instanceLinks)
+        if (auto peer = link.lock()) peer->close("the platform is shutting down");
+    m_instanceLinks.clear();
     m_pending.clear();
     m_agents.clear();
     m_agentsByCredential.clear();
@@ -254,12 +300,18 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
         return;
     }
     auto it = m_daemons.find({agent.userId, env.daemonId});
+    if (it == m_daemons.end()) it = reachElsewhere({agent.userId, env.daemonId});
     if (it == m_daemons.end()) {
         // The same answer whether the daemon is offline or belongs to someone
         // else, so ids of other users' daemons cannot be probed.
         peer->sendText(refuse(env.id, ErrorCode::Unavailable, "daemon " + env.daemonId + " is not connected"));
         return;
     }
+    forward(agent, peer, env, it);
+}
+
+void Hub::forward(const Principal& agent, const std::shared_ptr<Peer>& peer, Envelope& env, DaemonMap::iterator it) {
+    if (!it->second.instance.empty()) it->second.lastUsed = nowEpochSeconds();
     if (pendingFor(peer.get()) >= kMaxPendingPerAgent) {
         peer->sendText(refuse(env.id, ErrorCode::Limit, "too many requests in flight"));
         return;
@@ -493,7 +545,8 @@ void Hub::answerDaemonRequest(const DaemonKey& key, Peer& daemon, const Envelope
         // forgets it, so the platform must not.
         bool isNew = false;
         try {
-            isNew = m_db.recordCallback(key.first, key.second, std::string(callbackId->get_string()), env.payload);
+            isNew = m_db.recordCallback(key.first, key.second, std::string(callbackId->get_string()), env.payload,
+                                        m_cluster ? m_cluster->self() : std::string());
         } catch (const Error& e) {
             // Not acknowledged: the daemon keeps the callback and sends it
             // again (a full disk here: STORAGE_FULL, logged once by the db).
@@ -543,10 +596,22 @@ std::string Hub::warning(std::int64_t userId, const std::string& daemonId) const
     return it == m_daemons.end() ? std::string() : it->second.warning;
 }
 
+bool Hub::connectedHere(std::int64_t userId, const std::string& daemonId) const {
+    auto it = m_daemons.find({userId, daemonId});
+    return it != m_daemons.end() && it->second.instance.empty();
+}
+
 std::optional<double> Hub::connectedSince(std::int64_t userId, const std::string& daemonId) const {
     auto it = m_daemons.find({userId, daemonId});
-    if (it == m_daemons.end()) return std::nullopt;
-    return it->second.since;
+    if (it != m_daemons.end() && it->second.instance.empty()) return it->second.since;
+    if (!m_cluster) return std::nullopt;
+    try {
+        auto where = m_db.presence(userId, daemonId, nowEpochSeconds() - kPresenceSeconds);
+        if (where && where->instance != m_cluster->self()) return where->since;
+    } catch (const std::exception& e) {
+        log::debug("daemon " + daemonId + ": cannot read where it is connected: " + e.what());
+    }
+    return std::nullopt;
 }
 
 std::string Hub::refuse(std::string_view replyTo, ErrorCode code, std::string_view message) {
@@ -568,10 +633,175 @@ std::string Hub::renderMetrics() {
     return m_metrics.render(g);
 }
 
+std::size_t Hub::daemonCount() const {
+    return static_cast<std::size_t>(
+        std::count_if(m_daemons.begin(), m_daemons.end(), [](const auto& kv) { return kv.second.instance.empty(); }));
+}
+
 std::size_t Hub::agentCount() const {
     // A connection that ended detaches itself; one ending right now is not counted.
     return static_cast<std::size_t>(
         std::count_if(m_agents.begin(), m_agents.end(), [](const auto& kv) { return !kv.second.expired(); }));
+}
+
+// ---------------------------------------------------------- several instances
+
+void Hub::setCluster(Cluster* cluster) {
+    m_cluster = cluster;
+    if (!m_cluster) return;
+    double now = nowEpochSeconds();
+    // A run before this one under the same URL held daemons this one does not.
+    m_db.forgetInstance(m_cluster->self());
+    m_db.instanceAlive(m_cluster->self(), now);
+    m_lastAlive = now;
+    m_callbackSeq = m_db.lastCallbackSeq();
+    log::notice("one of several instances, as " + m_cluster->self() +
+                ": daemons connected to the others are reached "
+                "through links to them");
+}
+
+Hub::DaemonMap::iterator Hub::reachElsewhere(const DaemonKey& key) {
+    if (!m_cluster) return m_daemons.end();
+    std::optional<Presence> where;
+    try {
+        where = m_db.presence(key.first, key.second, nowEpochSeconds() - kPresenceSeconds);
+    } catch (const std::exception& e) {
+        log::warning("daemon " + key.second + ": cannot read where it is connected: " + e.what());
+        return m_daemons.end();
+    }
+    if (!where || where->instance == m_cluster->self()) return m_daemons.end();
+    log::info("daemon " + key.second + " (user " + std::to_string(key.first) + ") is connected to " + where->instance +
+              ": opening a link to it");
+    DaemonLink link{m_cluster->open(where->instance, key.first, key.second),
+                    where->since,
+                    {},
+                    0,
+                    where->instance,
+                    nowEpochSeconds()};
+    return m_daemons.emplace(key, std::move(link)).first;
+}
+
+bool Hub::attachInstance(std::int64_t userId, const std::string& daemonId, const std::shared_ptr<Peer>& peer) {
+    auto it = m_daemons.find({userId, daemonId});
+    if (it == m_daemons.end() || !it->second.instance.empty()) return false;
+    m_instanceLinks.emplace(DaemonKey{userId, daemonId}, peer);
+    return true;
+}
+
+void Hub::detachInstance(const Peer* peer) {
+    std::erase_if(m_instanceLinks, [peer](const auto& kv) {
+        auto p = kv.second.lock();
+        return !p || p.get() == peer;
+    });
+    // Its agents' shells, as when an agent leaves; requests in flight are forgotten.
+    detachAgent(peer);
+}
+
+void Hub::closeInstanceLinks(const DaemonKey& key, const std::string& why) {
+    auto [from, to] = m_instanceLinks.equal_range(key);
+    std::vector<std::shared_ptr<Peer>> links;
+    for (auto it = from; it != to; ++it)
+        if (auto peer = it->second.lock()) links.push_back(std::move(peer));
+    m_instanceLinks.erase(from, to);
+    for (const auto& link : links) link->close(why);
+}
+
+void Hub::onInstanceText(std::int64_t userId, const std::string& daemonId, const std::shared_ptr<Peer>& peer,
+                         std::string_view text) {
+    auto parsed = protocol::parse(text);
+    if (auto* err = std::get_if<ProtocolError>(&parsed)) {
+        peer->sendText(refuse(*err));
+        return;
+    }
+    auto& env = std::get<Envelope>(parsed);
+    if (env.isResponse() || env.type == "pong") return;
+    if (env.type == "hello") {
+        peer->sendText(protocol::makeOk(env.id, {{"server", "hpc-relay"}, {"version", HPC_VERSION}}));
+        return;
+    }
+    if (env.type == "ping") {
+        peer->sendText(protocol::makeMessage("pong", env.id));
+        return;
+    }
+    if (env.type == "pty.detach") {
+        detachChannel(*peer, env);
+        return;
+    }
+    // The other instance authenticated the agent and named it; the link's
+    // secret is what makes that name trusted here.
+    Principal agent;
+    agent.userId = userId;
+    try {
+        agent.agent = protocol::optString(env.agent, "id", 256).value_or("");
+        agent.kind = protocol::optString(env.agent, "kind", 32).value_or("");
+    } catch (const Error& e) {
+        peer->sendText(refuse(env.id, ErrorCode::BadRequest, std::string("\"agent\": ") + e.what()));
+        return;
+    }
+    if (agent.agent.empty() || agent.kind.empty()) {
+        peer->sendText(refuse(env.id, ErrorCode::BadRequest, "a request from another instance names its \"agent\""));
+        return;
+    }
+    if (env.daemonId != daemonId) {
+        peer->sendText(refuse(env.id, ErrorCode::BadRequest, "this link is for daemon " + daemonId));
+        return;
+    }
+    auto it = m_daemons.find({userId, daemonId});
+    if (it == m_daemons.end() || !it->second.instance.empty()) {
+        peer->sendText(refuse(env.id, ErrorCode::Unavailable, "daemon " + daemonId + " is not connected"));
+        return;
+    }
+    forward(agent, peer, env, it);
+}
+
+void Hub::detachChannel(Peer& peer, const Envelope& env) {
+    std::optional<std::int64_t> channel;
+    try {
+        channel = protocol::optInt(env.payload, "channel", 1, UINT32_MAX);
+    } catch (const Error&) {
+    }
+    auto it = channel ? m_routes.find(static_cast<std::uint32_t>(*channel)) : m_routes.end();
+    if (it != m_routes.end() && it->second.agentKey == &peer) detachRoute(it);
+}
+
+void Hub::clusterTick() {
+    if (!m_cluster) return;
+    double now = nowEpochSeconds();
+    try {
+        if (now - m_lastAlive >= kAliveSeconds) {
+            m_db.instanceAlive(m_cluster->self(), now);
+            m_lastAlive = now;
+        }
+        constexpr int kBatch = 500;
+        for (;;) {
+            auto batch = m_db.callbacksSince(m_callbackSeq, m_cluster->self(), kBatch);
+            for (const auto& cb : batch) {
+                m_callbackSeq = cb.seq;
+                if (!cb.payload.empty()) deliverCallback(cb.userId, cb.daemonId, cb.payload, cb.seq);
+            }
+            if (batch.size() < static_cast<std::size_t>(kBatch)) break;
+        }
+    } catch (const std::exception& e) {
+        // The database logs an outage once; the next tick tries again.
+        log::debug(std::string("cluster: ") + e.what());
+    }
+    closeIdleLinks(now);
+}
+
+void Hub::closeIdleLinks(double now) {
+    std::set<DaemonKey> inUse;
+    for (const auto& [channel, route] : m_routes) inUse.insert(route.daemon);
+    for (const auto& [id, pending] : m_pending) inUse.insert(pending.daemon);
+    for (auto it = m_daemons.begin(); it != m_daemons.end();) {
+        if (it->second.instance.empty() || now - it->second.lastUsed < kIdleLinkSeconds || inUse.count(it->first)) {
+            ++it;
+            continue;
+        }
+        auto peer = std::move(it->second.peer);
+        log::debug("closing the idle link to " + it->second.instance + " for daemon " + it->first.second);
+        it = m_daemons.erase(it);
+        peer->close("unused");
+    }
 }
 
 }  // namespace hpc::relay

@@ -34,6 +34,23 @@ public:
     virtual void close(std::string_view reason) = 0;
 };
 
+/// Several instances of the relay on one PostgreSQL database (hpc-relay
+/// --cluster-url, docs/relay.md). A daemon is connected to one instance; an
+/// agent on another reaches it through a link from its instance to the
+/// daemon's, which the hub treats as that daemon's connection.
+class Cluster {
+public:
+    virtual ~Cluster() = default;
+    /// This instance's URL, as the others reach it.
+    virtual const std::string& self() const = 0;
+    /// A link to `instance` for the user's daemon there. The hub sends it the
+    /// daemon's requests as to the daemon's own connection (they wait while
+    /// it connects); what comes back goes to onDaemonText and onDaemonBinary,
+    /// and its end to detachDaemon.
+    virtual std::shared_ptr<Peer> open(const std::string& instance, std::int64_t userId,
+                                       const std::string& daemonId) = 0;
+};
+
 class Hub {
 public:
     /// Requests one agent may have in flight before it gets LIMIT.
@@ -62,6 +79,28 @@ public:
     /// Closes and forgets every connection (server shutdown).
     void closeAll();
 
+    /// Joins the other instances on the database: this one's daemons are
+    /// recorded as present here, and daemons present elsewhere are reached
+    /// through `cluster` (which outlives the hub's use of it).
+    void setCluster(Cluster* cluster);
+    /// Another instance's link for a daemon connected here, carrying its
+    /// agents' requests. False (and nothing attached) when the daemon is not
+    /// connected here.
+    bool attachInstance(std::int64_t userId, const std::string& daemonId, const std::shared_ptr<Peer>& peer);
+    void detachInstance(const Peer* peer);
+    /// A request on such a link: it names its agent ("agent"), which the
+    /// other instance authenticated; it may be for that daemon only.
+    void onInstanceText(std::int64_t userId, const std::string& daemonId, const std::shared_ptr<Peer>& peer,
+                        std::string_view text);
+    /// Every second: says this instance is alive (every kAliveSeconds),
+    /// sends this instance's agents the callbacks other instances stored, and
+    /// closes links to other instances unused for kIdleLinkSeconds.
+    void clusterTick();
+    static constexpr double kAliveSeconds = 5;
+    /// An instance not alive for this long holds no daemon any more.
+    static constexpr double kPresenceSeconds = 15;
+    static constexpr double kIdleLinkSeconds = 60;
+
     void onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer, std::string_view text);
     void onDaemonText(std::int64_t userId, const std::string& daemonId, const std::shared_ptr<Peer>& peer,
                       std::string_view text);
@@ -71,7 +110,10 @@ public:
     void onAgentBinary(const std::shared_ptr<Peer>& peer, std::string frame);
     void onDaemonBinary(std::int64_t userId, const std::string& daemonId, std::string frame);
 
-    /// When the daemon connected, if it is connected now.
+    /// Whether the daemon is connected to this instance (not through a link).
+    bool connectedHere(std::int64_t userId, const std::string& daemonId) const;
+    /// When the daemon connected, if it is connected now (here, or to
+    /// another live instance).
     std::optional<double> connectedSince(std::int64_t userId, const std::string& daemonId) const;
     /// The latest `daemon.warning` of a connected daemon ("" when none, or
     /// when it is not connected): kept in memory, forgotten when it leaves.
@@ -81,7 +123,8 @@ public:
     std::size_t pendingCount() const { return m_pending.size(); }
     /// Connections now (GET /health).
     std::size_t agentCount() const;
-    std::size_t daemonCount() const { return m_daemons.size(); }
+    /// Daemons connected to this instance.
+    std::size_t daemonCount() const;
     std::size_t channelCount() const { return m_routes.size(); }
     /// The counters: the server adds its HTTP ones.
     RelayMetrics& metrics() { return m_metrics; }
@@ -95,6 +138,10 @@ private:
         double since = 0;
         std::string warning;  ///< its latest daemon.warning
         std::int64_t credentialId = 0;
+        /// "" when the daemon is connected here; else the instance it is
+        /// connected to, `peer` being the link to it.
+        std::string instance;
+        double lastUsed = 0;  ///< a link's: its last request (epoch seconds)
     };
     struct Pending {
         std::weak_ptr<Peer> agent;
@@ -124,6 +171,19 @@ private:
         bool exec = false;  ///< a streamed command: ends with exec.end
     };
 
+    using DaemonMap = std::map<DaemonKey, DaemonLink>;
+    /// Sends an agent's request (daemon_id checked) to the daemon's connection.
+    void forward(const Principal& agent, const std::shared_ptr<Peer>& peer, protocol::Envelope& env,
+                 DaemonMap::iterator daemon);
+    /// A daemon connected to another live instance: a link to it, added to
+    /// m_daemons; end() when it is connected nowhere (or no cluster).
+    DaemonMap::iterator reachElsewhere(const DaemonKey& key);
+    /// pty.detach from another instance: its agent left a channel.
+    void detachChannel(Peer& peer, const protocol::Envelope& env);
+    /// Sends the daemon the pty.detach of a route whose agent left; forgets the route.
+    std::map<std::uint32_t, Route>::iterator detachRoute(std::map<std::uint32_t, Route>::iterator route);
+    void closeInstanceLinks(const DaemonKey& key, const std::string& why);
+    void closeIdleLinks(double now);
     /// An error answer from the relay itself, counted.
     std::string refuse(std::string_view replyTo, ErrorCode code, std::string_view message);
     std::string refuse(const protocol::ProtocolError& e) { return refuse(e.replyTo, e.code, e.message); }
@@ -131,7 +191,10 @@ private:
     void noteWarning(const DaemonKey& key, Peer& daemon, const protocol::Envelope& env);
     /// callback.ack and callback.list: answered by the platform itself.
     bool answerAgentCallbackRequest(const Principal& agent, Peer& peer, const protocol::Envelope& env);
-    void deliverCallback(std::int64_t userId, const std::string& daemonId, const boost::json::object& payload);
+    /// `seq`: a callback another instance stored, sent to no connection
+    /// that was sent it on attaching; 0: one stored here, now.
+    void deliverCallback(std::int64_t userId, const std::string& daemonId, const boost::json::object& payload,
+                         std::int64_t seq = 0);
     std::size_t pendingFor(const Peer* agent) const;
     /// Answers UNAVAILABLE to every request in flight to `key`.
     void failPending(const DaemonKey& key, const std::string& why);
@@ -161,7 +224,7 @@ private:
 
     RelayDb& m_db;
     RelayMetrics m_metrics;
-    std::map<DaemonKey, DaemonLink> m_daemons;
+    DaemonMap m_daemons;
     std::unordered_map<std::string, Pending> m_pending;
     std::unordered_map<const Peer*, std::size_t> m_pendingPerAgent;
     std::uint64_t m_nextId = 1;
@@ -175,6 +238,14 @@ private:
     /// Connected agents by the credential they authenticated with (dropCredential).
     std::multimap<std::int64_t, std::weak_ptr<Peer>> m_agentsByCredential;
     std::uint64_t m_nextEventId = 1;
+
+    Cluster* m_cluster = nullptr;
+    /// Other instances' links, by the daemon (connected here) each is for.
+    std::multimap<DaemonKey, std::weak_ptr<Peer>> m_instanceLinks;
+    double m_lastAlive = 0;
+    std::int64_t m_callbackSeq = 0;  ///< the last callback clusterTick has seen
+    /// The newest callback each agent connection was sent when it attached.
+    std::unordered_map<const Peer*, std::int64_t> m_sentUpTo;
 };
 
 }  // namespace hpc::relay

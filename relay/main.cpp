@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
 using namespace hpc;
 
@@ -54,6 +55,21 @@ relay::CodeSender fileSender(std::string path) {
         ::close(fd);
         if (w != static_cast<ssize_t>(line.size())) log::error("short write to the code file " + path);
     };
+}
+
+/// The first line of a file holding a token (trailing blanks dropped);
+/// nullopt, with the reason printed, when it is shorter than 16 characters.
+std::optional<Secret> readTokenFile(const std::string& path, const char* flag) {
+    std::ifstream in(path);
+    std::string token;
+    std::getline(in, token);
+    while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
+    if (token.size() < 16) {
+        std::cerr << "hpc-relay: " << flag << " " << path
+                  << ": its first line must be a token of at least 16 characters\n";
+        return std::nullopt;
+    }
+    return Secret(std::move(token));
 }
 
 }  // namespace
@@ -118,6 +134,19 @@ int main(int argc, char** argv) try {
         ->capture_default_str();
     app.add_option("--prune-interval", pruneInterval, "at most one prune pass this often (on the next request)")
         ->capture_default_str();
+    std::string clusterSecretFile;
+    app.add_option("--cluster-url", config.cluster.url,
+                   "run as one of several instances on the --database: the URL the other instances reach this one "
+                   "at (wss://HOST[:PORT]; without a port, the one this instance listens on). An agent on any "
+                   "instance reaches a daemon connected to any other (docs/relay.md)");
+    app.add_option("--cluster-secret-file", clusterSecretFile,
+                   "with --cluster-url: a file whose first line, the same on every instance, authenticates the "
+                   "instances' links to each other (at least 16 characters; keep it 0600)")
+        ->check(CLI::ExistingFile);
+    app.add_option("--cluster-ca", config.cluster.caFile,
+                   "with --cluster-url: CA certificates (PEM) that verify the other instances' certificates "
+                   "(default: the system's)")
+        ->check(CLI::ExistingFile);
     app.add_option("--log-file", logFile, "log to this file instead of stderr");
     app.add_flag("-v,--verbose", verbose, "log debug lines too");
     CLI11_PARSE(app, argc, argv);
@@ -150,20 +179,34 @@ int main(int argc, char** argv) try {
     }
     config.metrics.enabled = !noMetrics;
     if (!metricsTokenFile.empty()) {
-        std::ifstream in(metricsTokenFile);
-        std::string token;
-        std::getline(in, token);
-        while (!token.empty() && std::isspace(static_cast<unsigned char>(token.back()))) token.pop_back();
-        if (token.size() < 16) {
-            std::cerr << "hpc-relay: --metrics-token-file " << metricsTokenFile
-                      << ": its first line must be a token of at least 16 characters\n";
-            return 2;
-        }
-        config.metrics.token = Secret(std::move(token));
+        auto token = readTokenFile(metricsTokenFile, "--metrics-token-file");
+        if (!token) return 2;
+        config.metrics.token = std::move(*token);
     }
     if (!database.empty() && !relay::sql::isPostgresUrl(database)) {
         std::cerr << "hpc-relay: --database \"" << database
                   << "\" is not a postgresql:// URL (without --database, the relay keeps relay.db in --data-dir)\n";
+        return 2;
+    }
+    if (!config.cluster.url.empty()) {
+        std::string error;
+        auto url = parseUrl(config.cluster.url, &error);
+        if (database.empty() || clusterSecretFile.empty()) {
+            std::cerr << "hpc-relay: --cluster-url needs --database postgresql://... (the instances share it) and "
+                         "--cluster-secret-file\n";
+            return 2;
+        }
+        if (!url || url->tls() == config.plainHttp) {
+            std::cerr << "hpc-relay: --cluster-url \"" << config.cluster.url << "\" is not "
+                      << (config.plainHttp ? "a ws:// URL (this instance serves plain HTTP)" : "a wss:// URL")
+                      << (error.empty() ? "" : ": " + error) << "\n";
+            return 2;
+        }
+        auto secret = readTokenFile(clusterSecretFile, "--cluster-secret-file");
+        if (!secret) return 2;
+        config.cluster.secret = std::move(*secret);
+    } else if (!clusterSecretFile.empty() || !config.cluster.caFile.empty()) {
+        std::cerr << "hpc-relay: --cluster-secret-file and --cluster-ca go with --cluster-url\n";
         return 2;
     }
     relay::RelayDb db(database.empty() ? relay::sql::openSqlite((std::filesystem::path(dataDir) / "relay.db").string())

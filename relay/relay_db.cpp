@@ -109,6 +109,24 @@ const std::vector<sqlite::Migration> kMigrations = {
     ALTER TABLE daemons ADD COLUMN skill_version TEXT NOT NULL DEFAULT '';
     ALTER TABLE daemons ADD COLUMN skill_text TEXT NOT NULL DEFAULT '';
     )sql",
+    // Issue 16: several instances on one database (hpc-relay --cluster-url):
+    // each says it is alive, and which daemons are connected to it; a
+    // callback names the instance that stored it (the others deliver it).
+    R"sql(
+    CREATE TABLE relay_instances (
+        url TEXT PRIMARY KEY,
+        alive_at REAL NOT NULL
+    );
+    CREATE TABLE daemon_presence (
+        user_id INTEGER NOT NULL,
+        daemon_id TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        since REAL NOT NULL,
+        PRIMARY KEY (user_id, daemon_id)
+    );
+    CREATE INDEX daemon_presence_by_instance ON daemon_presence(instance);
+    ALTER TABLE callbacks ADD COLUMN received_by TEXT NOT NULL DEFAULT '';
+    )sql",
 };
 
 // The same schema on PostgreSQL, whose steps start from SQLite's seventh:
@@ -184,7 +202,26 @@ const std::vector<sqlite::Migration> kPostgresMigrations = {
     CREATE INDEX callbacks_by_agent ON callbacks(user_id, agent_id, acked_at);
     CREATE INDEX callbacks_by_ack ON callbacks(acked_at);
     )sql",
+    R"sql(
+    CREATE TABLE relay_instances (
+        url TEXT PRIMARY KEY,
+        alive_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE daemon_presence (
+        user_id BIGINT NOT NULL,
+        daemon_id TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        since DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (user_id, daemon_id)
+    );
+    CREATE INDEX daemon_presence_by_instance ON daemon_presence(instance);
+    ALTER TABLE callbacks ADD COLUMN received_by TEXT NOT NULL DEFAULT '';
+    CREATE INDEX callbacks_by_seq ON callbacks(seq);
+    )sql",
 };
+
+/// The order callbacks arrived in: SQLite's rowid, PostgreSQL's seq column.
+const char* callbackSeq(const sql::Connection& db) { return db.dialect() == sql::Dialect::SQLite ? "rowid" : "seq"; }
 
 Registration readRegistration(sql::Statement& st) {
     Registration r;
@@ -630,43 +667,48 @@ std::optional<std::vector<std::int64_t>> RelayDb::deleteDaemon(std::int64_t user
 }
 
 bool RelayDb::recordCallback(std::int64_t userId, const std::string& daemonId, const std::string& callbackId,
-                             const json::object& payload) try {
+                             const json::object& payload, const std::string& receivedBy) try {
     Writing writing(*this);
     auto field = [&payload](const char* name) {
         const auto* v = payload.if_contains(name);
         return v && v->is_string() ? std::string(v->get_string()) : std::string();
     };
     sql::Durable durable(*m_db);  // acknowledged next: the daemon then forgets it
+    // In a transaction (on PostgreSQL, under the writers' lock): callbacks
+    // become visible in the order of their `seq`, which callbacksSince needs.
+    sql::Transaction tx(*m_db);
     auto st = m_db->prepare(
-        "INSERT INTO callbacks (user_id, daemon_id, callback_id, payload, received_at, agent_id, job_id) "
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING");
+        "INSERT INTO callbacks (user_id, daemon_id, callback_id, payload, received_at, agent_id, job_id, "
+        "received_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING");
     st.bind(1, userId)
         .bind(2, daemonId)
         .bind(3, callbackId)
         .bind(4, json::serialize(payload))
         .bind(5, nowEpochSeconds());
-    st.bind(6, field("agent_id")).bind(7, field("job_id"));
+    st.bind(6, field("agent_id")).bind(7, field("job_id")).bind(8, receivedBy);
     st.run();
-    return m_db->changes() > 0;
+    bool isNew = m_db->changes() > 0;
+    tx.commit();
+    return isNew;
 } catch (const sql::StorageFull& e) {
     refuseFull(e);
 }
 
 std::vector<StoredCallback> RelayDb::callbacks(std::int64_t userId, const CallbackQuery& q) {
     auto st = m_db->prepare(
-        std::string("SELECT daemon_id, payload, CASE WHEN acked_at IS NULL THEN 0 ELSE 1 END FROM callbacks WHERE "
-                    "user_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR daemon_id = ?2) AND (CAST(?3 AS TEXT) IS NULL OR "
-                    "agent_id = ?3) AND (CAST(?4 AS TEXT) IS NULL OR job_id = ?4) AND (?5 = 0 OR acked_at IS NULL) "
-                    "ORDER BY received_at, ") +
-        // The order they arrived in: SQLite's rowid, PostgreSQL's seq column.
-        (m_db->dialect() == sql::Dialect::SQLite ? "rowid" : "seq"));
+        std::string("SELECT daemon_id, payload, CASE WHEN acked_at IS NULL THEN 0 ELSE 1 END, ") + callbackSeq(*m_db) +
+        " FROM callbacks WHERE "
+        "user_id = ?1 AND (CAST(?2 AS TEXT) IS NULL OR daemon_id = ?2) AND (CAST(?3 AS TEXT) IS NULL OR "
+        "agent_id = ?3) AND (CAST(?4 AS TEXT) IS NULL OR job_id = ?4) AND (?5 = 0 OR acked_at IS NULL) "
+        "ORDER BY received_at, " +
+        callbackSeq(*m_db));
     st.bind(1, userId).bind(2, q.daemonId).bind(3, q.agentId).bind(4, q.jobId).bind(5, q.unackedOnly ? 1 : 0);
     std::vector<StoredCallback> out;
     while (st.step()) {
         json::error_code ec;
         auto v = json::parse(st.text(1), ec);
         if (ec || !v.is_object()) continue;
-        out.push_back(StoredCallback{st.text(0), v.get_object(), st.int64(2) != 0});
+        out.push_back(StoredCallback{st.text(0), v.get_object(), st.int64(2) != 0, st.int64(3)});
     }
     return out;
 }
@@ -686,6 +728,75 @@ bool RelayDb::ackCallback(std::int64_t userId, const std::string& agentId, const
     return m_db->changes() > 0;
 } catch (const sql::StorageFull& e) {
     refuseFull(e);
+}
+
+}  // namespace hpc::relay
+
+namespace hpc::relay {
+
+// ---------------------------------------------------------- several instances
+
+void RelayDb::instanceAlive(const std::string& instance, double now) {
+    auto st = m_db->prepare(
+        "INSERT INTO relay_instances (url, alive_at) VALUES (?1, ?2) "
+        "ON CONFLICT (url) DO UPDATE SET alive_at = excluded.alive_at");
+    st.bind(1, instance).bind(2, now).run();
+}
+
+void RelayDb::forgetInstance(const std::string& instance) {
+    m_db->prepare("DELETE FROM daemon_presence WHERE instance = ?1").bind(1, instance).run();
+}
+
+void RelayDb::daemonPresent(std::int64_t userId, const std::string& daemonId, const std::string& instance,
+                            double since) {
+    auto st = m_db->prepare(
+        "INSERT INTO daemon_presence (user_id, daemon_id, instance, since) VALUES (?1, ?2, ?3, ?4) "
+        "ON CONFLICT (user_id, daemon_id) DO UPDATE SET instance = excluded.instance, since = excluded.since");
+    st.bind(1, userId).bind(2, daemonId).bind(3, instance).bind(4, since).run();
+}
+
+void RelayDb::daemonAbsent(std::int64_t userId, const std::string& daemonId, const std::string& instance) {
+    auto st = m_db->prepare("DELETE FROM daemon_presence WHERE user_id = ?1 AND daemon_id = ?2 AND instance = ?3");
+    st.bind(1, userId).bind(2, daemonId).bind(3, instance).run();
+}
+
+std::optional<Presence> RelayDb::presence(std::int64_t userId, const std::string& daemonId, double aliveAfter) {
+    auto st = m_db->prepare(
+        "SELECT p.instance, p.since FROM daemon_presence p JOIN relay_instances i ON i.url = p.instance "
+        "WHERE p.user_id = ?1 AND p.daemon_id = ?2 AND i.alive_at > ?3");
+    st.bind(1, userId).bind(2, daemonId).bind(3, aliveAfter);
+    if (!st.step()) return std::nullopt;
+    return Presence{st.text(0), st.real(1)};
+}
+
+std::int64_t RelayDb::lastCallbackSeq() {
+    auto st = m_db->prepare(std::string("SELECT COALESCE(MAX(") + callbackSeq(*m_db) + "), 0) FROM callbacks");
+    return st.step() ? st.int64(0) : 0;
+}
+
+std::vector<ClusterCallback> RelayDb::callbacksSince(std::int64_t afterSeq, const std::string& notBy, int limit) {
+    const char* seq = callbackSeq(*m_db);
+    auto st = m_db->prepare(std::string("SELECT ") + seq +
+                            ", user_id, daemon_id, payload, received_by FROM callbacks WHERE " + seq +
+                            " > ?1 ORDER BY " + seq + " LIMIT ?2");
+    st.bind(1, afterSeq).bind(2, static_cast<std::int64_t>(limit));
+    std::vector<ClusterCallback> out;
+    while (st.step()) {
+        ClusterCallback cb;
+        cb.seq = st.int64(0);
+        // Skipped, but counted: the next pass starts after them.
+        if (st.text(4) != notBy) {
+            json::error_code ec;
+            auto v = json::parse(st.text(3), ec);
+            if (!ec && v.is_object()) {
+                cb.userId = st.int64(1);
+                cb.daemonId = st.text(2);
+                cb.payload = std::move(v.get_object());
+            }
+        }
+        out.push_back(std::move(cb));
+    }
+    return out;
 }
 
 }  // namespace hpc::relay

@@ -54,6 +54,7 @@ struct StoredCallback {
     std::string daemonId;
     boost::json::object payload;
     bool acked = false;
+    std::int64_t seq = 0;  ///< the order it was stored in
 };
 
 struct CallbackQuery {
@@ -75,6 +76,21 @@ struct RelayPruneReport {
     std::int64_t signins = 0;
     std::int64_t credentials = 0;
     std::int64_t callbacks = 0;
+};
+
+/// Where a daemon is connected, when several instances share the database.
+struct Presence {
+    std::string instance;  ///< that instance's --cluster-url
+    double since = 0;      ///< when the daemon connected there
+};
+
+/// A callback as callbacksSince returns it; an empty payload: one that
+/// instance stored itself (or that could not be read), only its seq counts.
+struct ClusterCallback {
+    std::int64_t seq = 0;
+    std::int64_t userId = 0;
+    std::string daemonId;
+    boost::json::object payload;
 };
 
 enum class VerifyOutcome { Ok, WrongCode, Expired, TooManyAttempts, UnknownToken };
@@ -164,8 +180,9 @@ public:
 
     /// Records a callback from a daemon (its payload names the submitting
     /// agent and the job); false when it was seen before (a retry).
+    /// `receivedBy`: the instance that stores it (hpc-relay --cluster-url).
     bool recordCallback(std::int64_t userId, const std::string& daemonId, const std::string& callbackId,
-                        const boost::json::object& payload);
+                        const boost::json::object& payload, const std::string& receivedBy = {});
     /// A user's callbacks, oldest first, narrowed by what `query` sets.
     std::vector<StoredCallback> callbacks(std::int64_t userId, const CallbackQuery& query);
     /// The agent has the callback: it is not sent again. False when no such
@@ -173,6 +190,25 @@ public:
     bool ackCallback(std::int64_t userId, const std::string& agentId, const std::string& callbackId);
     /// Callbacks of every user no agent has acknowledged yet (GET /metrics).
     std::int64_t unackedCallbackCount();
+
+    // Several instances on one database (hpc-relay --cluster-url, docs/relay.md).
+    /// The instance says it is alive (every few seconds).
+    void instanceAlive(const std::string& instance, double now);
+    /// Forgets which daemons an instance held (an instance starting again
+    /// under the same URL holds none yet).
+    void forgetInstance(const std::string& instance);
+    /// The daemon is connected to `instance` since `since`.
+    void daemonPresent(std::int64_t userId, const std::string& daemonId, const std::string& instance, double since);
+    /// The daemon left `instance` (nothing when it is connected elsewhere now).
+    void daemonAbsent(std::int64_t userId, const std::string& daemonId, const std::string& instance);
+    /// Where the daemon is connected, when that instance was alive after
+    /// `aliveAfter`: an instance that died stops counting by itself.
+    std::optional<Presence> presence(std::int64_t userId, const std::string& daemonId, double aliveAfter);
+    /// The newest callback's seq (0 when none).
+    std::int64_t lastCallbackSeq();
+    /// Up to `limit` callbacks after `afterSeq`, in the order they were
+    /// stored; those stored by `notBy` come with an empty payload.
+    std::vector<ClusterCallback> callbacksSince(std::int64_t afterSeq, const std::string& notBy, int limit);
 
     void setRetention(const RelayRetention& r) { m_retention = r; }
     /// Deletes sign-in codes and access tokens that expired longer ago than

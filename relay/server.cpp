@@ -2,11 +2,13 @@
 // the relay: routes live in api.cpp and routing in hub.cpp.
 #include "server.hpp"
 
+#include "link.hpp"
 #include "log.hpp"
 #include "protocol.hpp"
 #include "tcp_cork.hpp"
 #include "util.hpp"
 
+#include <openssl/crypto.h>
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
@@ -21,9 +23,11 @@
 #include <boost/beast/websocket/ssl.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <memory>
 
 namespace asio = boost::asio;
@@ -75,6 +79,8 @@ class WsSession : public Peer, public std::enable_shared_from_this<WsSession<Str
 public:
     struct Role {
         bool daemon = false;
+        /// Another instance's link for daemon `daemonId` of user principal.userId.
+        bool instance = false;
         Principal principal;
         std::string daemonId;
     };
@@ -113,7 +119,14 @@ private:
             return;
         }
         m_open = true;
-        if (m_role.daemon)
+        if (m_role.instance) {
+            if (!m_ctx.hub.attachInstance(m_role.principal.userId, m_role.daemonId, this->shared_from_this())) {
+                close("daemon " + m_role.daemonId + " is not connected here");
+                return;
+            }
+            log::info("instance link from " + m_remote + " for daemon " + m_role.daemonId + " (user " +
+                      std::to_string(m_role.principal.userId) + ")");
+        } else if (m_role.daemon)
             m_ctx.hub.attachDaemon(m_role.principal.userId, m_role.daemonId, this->shared_from_this(),
                                    m_role.principal.credentialId);
         else {
@@ -140,7 +153,12 @@ private:
         // A bug in routing one message costs that message, not this peer's
         // connection (nor, through ioc.run, every other one).
         try {
-            if (!m_ws.got_text()) {
+            if (m_role.instance) {
+                if (m_ws.got_text())
+                    m_ctx.hub.onInstanceText(m_role.principal.userId, m_role.daemonId, self, text);
+                else
+                    m_ctx.hub.onAgentBinary(self, std::move(text));
+            } else if (!m_ws.got_text()) {
                 if (m_role.daemon)
                     m_ctx.hub.onDaemonBinary(m_role.principal.userId, m_role.daemonId, std::move(text));
                 else
@@ -160,7 +178,10 @@ private:
         if (!m_open) return;
         m_open = false;
         std::string why = ec == websocket::error::closed ? "closed" : ec.message();
-        if (m_role.daemon) {
+        if (m_role.instance) {
+            m_ctx.hub.detachInstance(this);
+            log::info("instance link from " + m_remote + " for daemon " + m_role.daemonId + " ended: " + why);
+        } else if (m_role.daemon) {
             m_ctx.hub.detachDaemon(m_role.principal.userId, m_role.daemonId, this);
             log::debug("daemon " + m_role.daemonId + " link from " + m_remote + " ended: " + why);
         } else {
@@ -309,8 +330,10 @@ private:
 
     void upgrade(http::request<http::string_body> req) {
         std::string path(req.target().substr(0, req.target().find('?')));
-        auto who = m_ctx.api.authenticate(std::string(req[http::field::authorization]));
         typename WsSession<Stream>::Role role;
+        if (path.rfind(kClusterPrefix, 0) == 0 && !m_ctx.config.cluster.url.empty())
+            return upgradeInstanceLink(std::move(req), path);
+        auto who = m_ctx.api.authenticate(std::string(req[http::field::authorization]));
         static const std::string kDaemonPrefix = "/hpc/daemons/";
         static const std::string kDaemonSuffix = "/ws";
         if (path == "/hpc/agent/ws") {
@@ -342,6 +365,39 @@ private:
             return reject(ErrorCode::NotFound, "no WebSocket route " + shown);
         }
         role.principal = *who;
+        auto session = std::make_shared<WsSession<Stream>>(std::move(m_stream), m_ctx, std::move(role), m_remote);
+        session->accept(std::move(req));
+    }
+
+    static constexpr std::string_view kClusterPrefix = "/hpc/cluster/";
+
+    /// /hpc/cluster/USER/DAEMON/ws: another instance's link for a daemon
+    /// connected here, with the cluster's secret as its bearer.
+    void upgradeInstanceLink(http::request<http::string_body> req, const std::string& path) {
+        std::string expected = "Bearer " + m_ctx.config.cluster.secret.reveal();
+        std::string_view given = req[http::field::authorization];
+        if (given.size() != expected.size() || CRYPTO_memcmp(given.data(), expected.data(), given.size()) != 0) {
+            log::warning("instance link from " + m_remote + " refused: wrong or missing cluster secret");
+            return reject(ErrorCode::Unauthorized, "the cluster's secret is required");
+        }
+        auto rest = path.substr(kClusterPrefix.size());
+        auto slash = rest.find('/');
+        typename WsSession<Stream>::Role role;
+        role.instance = true;
+        std::int64_t userId = 0;
+        if (slash != std::string::npos) {
+            auto user = rest.substr(0, slash);
+            auto [end, ec] = std::from_chars(user.data(), user.data() + user.size(), userId);
+            if (ec != std::errc() || end != user.data() + user.size() || userId <= 0) slash = std::string::npos;
+        }
+        static constexpr std::string_view kSuffix = "/ws";
+        if (slash == std::string::npos || rest.size() <= slash + 1 + kSuffix.size() || !rest.ends_with(kSuffix))
+            return reject(ErrorCode::BadRequest, "an instance link's path is /hpc/cluster/USER/DAEMON/ws");
+        role.daemonId = rest.substr(slash + 1, rest.size() - slash - 1 - kSuffix.size());
+        if (!isValidDaemonId(role.daemonId)) return reject(ErrorCode::BadRequest, "invalid daemon id");
+        if (!m_ctx.hub.connectedHere(userId, role.daemonId))
+            return reject(ErrorCode::NotFound, "daemon " + role.daemonId + " is not connected to this instance");
+        role.principal.userId = userId;
         auto session = std::make_shared<WsSession<Stream>>(std::move(m_stream), m_ctx, std::move(role), m_remote);
         session->accept(std::move(req));
     }
@@ -462,6 +518,136 @@ private:
     std::chrono::milliseconds m_pause{0};
 };
 
+/// This instance's end of a link to another, for one daemon connected
+/// there: to the hub, that daemon's connection. Requests wait while it
+/// connects; a link that fails or is refused ends (the hub looks for the
+/// daemon again on the next request), it does not reconnect.
+class InstanceLink : public Peer, public std::enable_shared_from_this<InstanceLink> {
+public:
+    InstanceLink(asio::io_context& ioc, Hub& hub, std::int64_t userId, std::string daemonId)
+        : m_ioc(ioc), m_hub(hub), m_userId(userId), m_daemonId(std::move(daemonId)) {}
+
+    void start(net::LinkConfig config) {
+        net::LinkHandlers handlers;
+        std::weak_ptr<InstanceLink> weak = shared_from_this();
+        handlers.onText = [weak](std::string_view text) {
+            if (auto self = weak.lock()) self->m_hub.onDaemonText(self->m_userId, self->m_daemonId, self, text);
+        };
+        handlers.onBinary = [weak](std::string_view data) {
+            if (auto self = weak.lock())
+                self->m_hub.onDaemonBinary(self->m_userId, self->m_daemonId, std::string(data));
+        };
+        handlers.onState = [weak](net::LinkState state) {
+            if (auto self = weak.lock()) self->onState(state);
+        };
+        m_link = std::make_unique<net::Link>(m_ioc, std::move(config), std::move(handlers));
+        m_link->start();
+    }
+
+    void sendText(std::string text) override { send(std::move(text), false); }
+    void sendBinary(std::string data) override { send(std::move(data), true); }
+    void close(std::string_view) override { end(); }
+
+private:
+    static constexpr std::size_t kMaxWaiting = 4096;
+
+    void send(std::string data, bool binary) {
+        if (m_ended) return;
+        if (!m_connected) {
+            if (m_waiting.size() >= kMaxWaiting) return fail();
+            m_waiting.emplace_back(std::move(data), binary);
+            return;
+        }
+        if (!(binary ? m_link->sendBinary(std::move(data)) : m_link->sendText(std::move(data)))) fail();
+    }
+
+    void onState(net::LinkState state) {
+        if (m_ended) return;
+        if (state == net::LinkState::Connected) {
+            m_connected = true;
+            for (auto& [data, binary] : std::exchange(m_waiting, {})) send(std::move(data), binary);
+        } else if (state == net::LinkState::Backoff || state == net::LinkState::Unauthorized) {
+            fail();
+        }
+    }
+
+    /// The link is down or too far behind: what is in flight fails (later:
+    /// this may be called while the hub walks its routes).
+    void fail() {
+        if (m_ended) return;
+        end();
+        asio::post(m_ioc, [self = shared_from_this()] {
+            self->m_hub.detachDaemon(self->m_userId, self->m_daemonId, self.get());
+        });
+    }
+
+    void end() {
+        if (m_ended) return;
+        m_ended = true;
+        m_waiting.clear();
+        // Not from inside the link's own handler.
+        asio::post(m_ioc, [self = shared_from_this()] { self->m_link->stop(); });
+    }
+
+    asio::io_context& m_ioc;
+    Hub& m_hub;
+    std::int64_t m_userId;
+    std::string m_daemonId;
+    std::unique_ptr<net::Link> m_link;
+    std::vector<std::pair<std::string, bool>> m_waiting;
+    bool m_connected = false;
+    bool m_ended = false;
+};
+
+class InstanceLinks : public Cluster {
+public:
+    InstanceLinks(asio::io_context& ioc, Hub& hub, const ClusterConfig& config, std::string self)
+        : m_ioc(ioc), m_hub(hub), m_config(config), m_self(std::move(self)) {}
+
+    const std::string& self() const override { return m_self; }
+
+    std::shared_ptr<Peer> open(const std::string& instance, std::int64_t userId, const std::string& daemonId) override {
+        auto link = std::make_shared<InstanceLink>(m_ioc, m_hub, userId, daemonId);
+        net::LinkConfig config;
+        std::string error;
+        auto url = parseUrl(instance, &error);
+        if (!url) {
+            log::error("instance " + instance + " has a bad URL in the database: " + error);
+            url = Url{"https", "invalid.invalid", "443", ""};
+        }
+        config.url = *url;
+        config.daemonId = daemonId;
+        config.apiKey = m_config.secret;
+        config.caFile = m_config.caFile;
+        config.target = "/hpc/cluster/" + std::to_string(userId) + "/" + daemonId + "/ws";
+        config.userAgent = "hpc-relay/" HPC_VERSION;
+        config.name = "the link for daemon " + daemonId + " (user " + std::to_string(userId) + ")";
+        config.heartbeat = std::chrono::seconds(10);
+        config.connectTimeout = std::chrono::seconds(10);
+        link->start(std::move(config));
+        return link;
+    }
+
+private:
+    asio::io_context& m_ioc;
+    Hub& m_hub;
+    const ClusterConfig& m_config;
+    std::string m_self;
+};
+
+/// The cluster URL with the port this instance listens on when it names none.
+std::string clusterUrlWithPort(const std::string& url, unsigned short port) {
+    auto authority = url.find("://");
+    authority = authority == std::string::npos ? 0 : authority + 3;
+    auto end = url.find('/', authority);
+    std::string hostPort = url.substr(authority, end == std::string::npos ? std::string::npos : end - authority);
+    auto colon = hostPort.rfind(':');
+    if (colon != std::string::npos && hostPort.find(']', colon) == std::string::npos) return url;
+    std::string out = url;
+    out.insert(end == std::string::npos ? out.size() : end, ":" + std::to_string(port));
+    return out;
+}
+
 void writePortFile(const std::string& path, unsigned short port) {
     std::string tmp = path + ".tmp";
     {
@@ -511,12 +697,31 @@ int runServer(const ServerConfig& config, Api& api, Hub& hub) {
     // Under systemd (Type=notify): started once it listens. Nothing without NOTIFY_SOCKET.
     sd_notify(0, ("READY=1\nSTATUS=listening on " + listening).c_str());
 
+    std::unique_ptr<InstanceLinks> cluster;
+    asio::steady_timer clusterTimer(ioc);
+    std::function<void()> clusterTick;
+    if (!config.cluster.url.empty()) {
+        cluster = std::make_unique<InstanceLinks>(ioc, hub, config.cluster,
+                                                  clusterUrlWithPort(config.cluster.url, listener->port()));
+        hub.setCluster(cluster.get());
+        clusterTick = [&clusterTimer, &hub, &clusterTick] {
+            clusterTimer.expires_after(std::chrono::seconds(1));
+            clusterTimer.async_wait([&hub, &clusterTick](beast::error_code ec) {
+                if (ec) return;
+                hub.clusterTick();
+                clusterTick();
+            });
+        };
+        clusterTick();
+    }
+
     asio::signal_set signals(ioc, SIGINT, SIGTERM);
     asio::steady_timer shutdownTimer(ioc);
-    signals.async_wait([&ioc, &hub, &shutdownTimer, listener](beast::error_code, int sig) {
+    signals.async_wait([&ioc, &hub, &shutdownTimer, &clusterTimer, listener](beast::error_code, int sig) {
         log::notice(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ", stopping");
         sd_notify(0, "STOPPING=1");
         listener->stop();
+        clusterTimer.cancel();
         hub.closeAll();
         // Give close frames a moment to leave, never longer.
         shutdownTimer.expires_after(std::chrono::milliseconds(300));
@@ -534,6 +739,7 @@ int runServer(const ServerConfig& config, Api& api, Hub& hub) {
     }
     // Sessions still referenced by the hub use this io_context: drop them now.
     hub.closeAll();
+    hub.setCluster(nullptr);
     return 0;
 }
 

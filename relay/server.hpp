@@ -5,10 +5,20 @@
 #include "api.hpp"
 #include "hub.hpp"
 #include "metrics.hpp"
+#include "secret.hpp"
 
 #include <string>
 
 namespace hpc::relay {
+
+/// Several instances on one database (hpc-relay --cluster-url).
+struct ClusterConfig {
+    /// This instance's URL as the others reach it ("" : not in a cluster).
+    /// Without a port, the port this instance listens on.
+    std::string url;
+    Secret secret;       ///< every instance's links carry it as their bearer
+    std::string caFile;  ///< verifies the other instances' certificates; "": the system's
+};
 
 struct ServerConfig {
     std::string listen = "127.0.0.1";
@@ -20,6 +30,7 @@ struct ServerConfig {
     int readyFd = -1;        ///< when >= 0, "PORT\n" is written to it once listening, then it is closed
     int wsIdleSeconds = 60;  ///< a WebSocket silent this long (pings unanswered) is closed
     MetricsAccess metrics;   ///< who may read GET /metrics
+    ClusterConfig cluster;
 };
 
 /// Serves until SIGINT or SIGTERM. Returns the process exit code; throws

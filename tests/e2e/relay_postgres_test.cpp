@@ -1,7 +1,8 @@
-// Issue 16 item 1: hpc-relay with its state in PostgreSQL (--database) on the
-// whole path: setup, a daemon, a command, a job and its callback; a restart
-// of the relay keeps all of it; a second relay instance on the same database
-// knows the same users, tokens and daemons. A real PostgreSQL server on
+// Issue 16: hpc-relay with its state in PostgreSQL (--database) on the whole
+// path: setup, a daemon, a command, a job and its callback; a restart of the
+// relay keeps all of it; a second relay instance on the same database knows
+// the same users, tokens and daemons; failover behind HAProxy; instances
+// that route to each other (--cluster-url). A real PostgreSQL server on
 // 127.0.0.1 (ctest's fixture `postgres`), real TLS, real processes.
 #include "haproxy.hpp"
 #include "harness.hpp"
@@ -227,6 +228,191 @@ TEST(RelayFailover, AnInstanceKilledMidStreamAndMidJobLosesNothingAndRepeatsNoth
     // Acknowledged: a new connection is not sent them again.
     auto later = connect();
     EXPECT_FALSE(later->nextCallback(2s)) << "an acknowledged callback came again";
+}
+
+namespace {
+
+/// Two relay instances on one database, each with --cluster-url: one
+/// certificate (as behind any balancer) and one cluster secret.
+struct TwoInstances {
+    Harness a, b;
+    bool ready(std::string& whyNot) {
+        auto url = freshPostgresDatabase(whyNot);
+        if (!url) return false;
+        database = *url;
+        for (const char* f : {"ca.pem", "cert.pem", "key.pem"})
+            fs::copy_file(a.dir() / "tls" / f, b.dir() / "tls" / f, fs::copy_options::overwrite_existing);
+        fs::path secret = a.dir() / "cluster-secret";
+        writeBytes(secret, "a-cluster-secret-of-this-test\n");
+        fs::permissions(secret, fs::perms::owner_read | fs::perms::owner_write);
+        for (Harness* h : {&a, &b})
+            h->setRelayArgs({"--database", database, "--cluster-url", "wss://127.0.0.1", "--cluster-secret-file",
+                             secret.string(), "--cluster-ca", a.caFile()});
+        a.startRelay();
+        b.startRelay();
+        return true;
+    }
+    std::string database;
+};
+
+/// Reads the shell's output into `out` until `needle` (or an end of the
+/// channel, returned) appears, for up to 60 s, acknowledging what it reads
+/// when `ack`. Reads without pausing: a reader that pauses lets pings wait
+/// behind thousands of one-line frames.
+std::optional<agent::PtyEvent> readShellUntil(agent::AgentClient& c, std::uint32_t channel, std::string& out,
+                                              const std::string& needle, bool ack = true) {
+    auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (std::chrono::steady_clock::now() < deadline && out.find(needle) == std::string::npos) {
+        auto e = c.nextPtyEvent(200ms);
+        if (!e || e->channel != channel) continue;
+        if (e->kind != agent::PtyEvent::Kind::Output) return e;
+        out += e->data;
+        if (ack) c.ptyAck("d1", channel, e->data.size());
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
+// Issue 16 items 2 and 4: the daemon is connected to instance A, the agent to
+// instance B, which reaches the daemon through a link to A (presence in the
+// database). A command, a shell streaming 3000 lines byte-exact, a job with
+// hpc-agent wait and its callback as an event all work across; then A is
+// killed with -9 mid-stream and mid-job: the daemon comes back through the
+// balancer to B, the agent attaches its shell again, and each callback comes
+// once.
+TEST(RelayCluster, AnAgentOnOneInstanceReachesADaemonOnAnotherAndSurvivesItsDeath) {
+    if (!HaProxy::available()) GTEST_SKIP() << "no haproxy (scripts/install-deps.sh installs it)";
+    TwoInstances c;
+    std::string whyNot;
+    if (!c.ready(whyNot)) GTEST_SKIP() << whyNot;
+    HaProxy lb(c.a.dir() / "haproxy", {c.a.port(), c.b.port()});
+    fs::path work = c.a.dir() / "work";
+    fs::create_directories(work);
+    ASSERT_EQ(c.a.setupDaemon("d1", "alice@example.org", {work.string()}).status, 0);
+    c.a.editProfile("d1", [&](Profile& p) { p.platformUrl = lb.url(); });
+    c.a.startDaemon("d1",
+                    {"--reconnect-max-seconds", "1", "--job-poll-min-seconds", "1", "--job-poll-max-seconds", "2"},
+                    {"LOCAL_MODE=1"});
+    Secret token = c.b.login("alice@example.org");
+    ASSERT_TRUE(c.a.waitConnected(token, "d1")) << "to A, through the balancer\n" << c.a.daemonLog("d1");
+    EXPECT_EQ(c.a.relayHealth().at("daemons_connected").as_int64(), 1);
+    EXPECT_EQ(c.b.relayHealth().at("daemons_connected").as_int64(), 0);
+    ASSERT_TRUE(c.b.waitConnected(token, "d1")) << "B lists the daemon A holds as connected\n" << c.b.relayLog();
+    auto agent = c.b.agent(token);
+
+    // A command.
+    agent::ExecSpec echo;
+    echo.command = "echo across-$((6*7))";
+    auto ran = agent->exec("d1", echo, 60s);
+    EXPECT_EQ(ran.exitCode, 0);
+    EXPECT_EQ(ran.out, "across-42\n") << c.b.relayLog();
+
+    // A job: hpc-agent wait through B returns its end; its callback, stored
+    // by A, comes to the agent on B as an event, once.
+    agent::JobSpec quick;
+    quick.script = "#!/bin/sh\necho first\n";
+    std::string first(agent->submitJob("d1", quick).at("job_id").as_string());
+    auto waited =
+        runCommand({Harness::binary("hpc-agent"), "wait", "d1", first, "--timeout", "60"}, {},
+                   {"HPC_AGENT_URL=" + c.b.url(), "HPC_AGENT_TOKEN=" + token.reveal(), "HPC_AGENT_CA=" + c.b.caFile()});
+    EXPECT_EQ(waited.status, 0) << waited.out << waited.err;
+    auto cb = agent->nextCallback(30s);
+    ASSERT_TRUE(cb) << "the callback A stored came to the agent on B\n" << c.b.relayLog();
+    EXPECT_EQ(cb->jobId, first);
+    agent->ackCallback(cb->callbackId);
+
+    // A shell streaming numbered lines, and a job still running when A dies.
+    agent::JobSpec slow;
+    slow.script = "#!/bin/sh\nsleep 3\necho second\n";
+    std::string second(agent->submitJob("d1", slow).at("job_id").as_string());
+    agent::PtySpec spec;
+    spec.shell = "/bin/bash";
+    spec.env = {{"PS1", "$ "}};
+    auto pty = agent->openPty("d1", spec);
+    agent->ptyInput(pty.channel,
+                    "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line-$i; [ $((i % 100)) = 0 ] && sleep 0.05; "
+                    "done; echo END-$((6*7))\r");
+    std::string out;
+    readShellUntil(*agent, pty.channel, out, "line-400\r\n");
+    ASSERT_NE(out.find("line-400\r\n"), std::string::npos) << out;
+
+    c.a.killRelay();
+    // The link from B to A ends: the shell is lost with UNAVAILABLE, and the
+    // daemon comes back through the balancer, to B.
+    // Not acknowledged: the daemon sends it again on attaching.
+    auto lost = readShellUntil(*agent, pty.channel, out, "END-42", false);
+    ASSERT_TRUE(lost) << "the agent on B learnt that its shell's link went away";
+    EXPECT_EQ(lost->errorCode, "UNAVAILABLE") << lost->error;
+    // (B may list it as connected sooner: A's presence outlives A by up to 15 s.)
+    ASSERT_TRUE(waitUntil([&] { return c.b.relayHealth().at("daemons_connected").as_int64() == 1; }, 60s))
+        << c.a.daemonLog("d1");
+    auto again = agent->attachPty("d1", pty.session, out.size());
+    EXPECT_EQ(again.fromByte, out.size());
+    readShellUntil(*agent, again.channel, out, "END-42");
+    auto numbers = numbersAfter(out, "line-");
+    ASSERT_EQ(numbers.size(), 3000u) << out.substr(out.size() > 300 ? out.size() - 300 : 0);
+    for (int i = 0; i < 3000; ++i) ASSERT_EQ(numbers[static_cast<std::size_t>(i)], i + 1) << "at line " << i + 1;
+
+    // The running job's callback comes once, the first one not again.
+    std::map<std::string, int> seen;
+    auto until = std::chrono::steady_clock::now() + 20s;
+    while (std::chrono::steady_clock::now() < until && seen[second] == 0)
+        if (auto next = agent->nextCallback(200ms)) {
+            ++seen[next->jobId];
+            agent->ackCallback(next->callbackId);
+        }
+    until = std::chrono::steady_clock::now() + 3s;
+    while (std::chrono::steady_clock::now() < until)
+        if (auto next = agent->nextCallback(200ms)) ++seen[next->jobId];
+    EXPECT_EQ(seen[second], 1);
+    EXPECT_EQ(seen[first], 0) << "acknowledged before A died";
+    EXPECT_EQ(rowsIn(c.database, "callbacks"), 2);
+}
+
+// A link between instances carries the cluster's secret: without it, or for
+// a daemon not connected there, the upgrade is refused; a request on a link
+// (hub_test: a request on a link that names no agent is refused).
+TEST(RelayCluster, RefusesALinkWithoutTheSecretOrForADaemonNotConnectedThere) {
+    TwoInstances c;
+    std::string whyNot;
+    if (!c.ready(whyNot)) GTEST_SKIP() << whyNot;
+    fs::path work = c.a.dir() / "work";
+    fs::create_directories(work);
+    ASSERT_EQ(c.a.setupDaemon("d1", "alice@example.org", {work.string()}).status, 0);
+    c.a.startDaemon("d1", {}, {"LOCAL_MODE=1"});
+    Secret token = c.a.login("alice@example.org");
+    ASSERT_TRUE(c.a.waitConnected(token, "d1")) << c.a.daemonLog("d1");
+    std::string userId = std::to_string(relay::sql::openPostgres(c.database)->queryInt("SELECT MIN(id) FROM users"));
+    auto upgrade = [&](const std::string& path, const std::string& bearer) {
+        return runCommand({"curl",
+                           "-s",
+                           "-o",
+                           "/dev/null",
+                           "-w",
+                           "%{http_code}",
+                           "--cacert",
+                           c.a.caFile(),
+                           "-H",
+                           "Connection: Upgrade",
+                           "-H",
+                           "Upgrade: websocket",
+                           "-H",
+                           "Sec-WebSocket-Version: 13",
+                           "-H",
+                           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                           "-H",
+                           "Authorization: Bearer " + bearer,
+                           "--max-time",
+                           "5",
+                           c.a.url() + path})
+            .out;
+    };
+    EXPECT_EQ(upgrade("/hpc/cluster/" + userId + "/d1/ws", "not-the-secret"), "401");
+    EXPECT_EQ(upgrade("/hpc/cluster/" + userId + "/d1/ws", token.reveal()), "401") << "an agent's token is not it";
+    EXPECT_EQ(upgrade("/hpc/cluster/" + userId + "/nope/ws", "a-cluster-secret-of-this-test"), "404");
+    EXPECT_EQ(upgrade("/hpc/cluster/x/d1/ws", "a-cluster-secret-of-this-test"), "400");
+    EXPECT_EQ(upgrade("/hpc/cluster/" + userId + "/d1/ws", "a-cluster-secret-of-this-test"), "101");
 }
 
 TEST(RelayDatabaseOption, RefusesAPasswordInTheUrlAndSaysWhyWhenItCannotConnect) {

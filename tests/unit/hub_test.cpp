@@ -615,3 +615,97 @@ TEST_F(HubTest, CountsCallbacksStoredRetriedSentAndPending) {
     ASSERT_TRUE(agent->last().ok);
     EXPECT_EQ(test::metricValue(m_hub->renderMetrics(), "hpc_relay_callbacks_pending"), 0);
 }
+
+namespace {
+/// Another instance, as far as a hub can tell: the links it was asked to open.
+struct FakeCluster : Cluster {
+    explicit FakeCluster(std::string self) : me(std::move(self)) {}
+    const std::string& self() const override { return me; }
+    std::shared_ptr<Peer> open(const std::string& instance, std::int64_t, const std::string&) override {
+        opened.push_back(instance);
+        link = std::make_shared<RecordingPeer>();
+        return link;
+    }
+    std::string me;
+    std::vector<std::string> opened;
+    std::shared_ptr<RecordingPeer> link;
+};
+}  // namespace
+
+// Issue 16 item 2: two hubs on one database. The daemon is connected to A;
+// B's agent reaches it through a link B opens to A, which A trusts for the
+// agent's name; the answer comes back the same way, and a callback A stores
+// reaches B's agent once.
+TEST_F(HubTest, AnAgentOnAnotherInstanceReachesTheDaemonThroughALink) {
+    FakeCluster atA("wss://a"), atB("wss://b");
+    RelayDb dbB(m_dir + "/relay.db");
+    Hub b(dbB);
+    m_hub->setCluster(&atA);
+    b.setCluster(&atB);
+    auto daemon = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    EXPECT_TRUE(b.connectedSince(1, "d1")) << "B lists the daemon A holds as connected";
+    EXPECT_FALSE(b.connectedHere(1, "d1"));
+    EXPECT_EQ(b.daemonCount(), 0u);
+
+    auto agent = std::make_shared<RecordingPeer>();
+    b.attachAgent(m_alice, agent);
+    b.onAgentText(m_alice, agent, R"({"v":1,"type":"exec","id":"mine","daemon_id":"d1","payload":{"argv":["x"]}})");
+    ASSERT_EQ(atB.opened, std::vector<std::string>{"wss://a"});
+    ASSERT_EQ(atB.link->sent.size(), 1u);
+    EXPECT_EQ(atB.link->last().agent.at("id").as_string(), "cred-10");
+
+    // At A, the link's end.
+    auto linkAtA = std::make_shared<RecordingPeer>();
+    ASSERT_TRUE(m_hub->attachInstance(1, "d1", linkAtA));
+    EXPECT_FALSE(m_hub->attachInstance(1, "d2", linkAtA)) << "not connected to A";
+    m_hub->onInstanceText(1, "d1", linkAtA, atB.link->sent.back());
+    ASSERT_EQ(daemon->sent.size(), 1u);
+    auto fwd = daemon->last();
+    EXPECT_EQ(fwd.agent.at("id").as_string(), "cred-10");
+    EXPECT_EQ(fwd.agent.at("user").as_string(), "1");
+    m_hub->onDaemonText(1, "d1", daemon, protocol::makeOk(fwd.id, {{"exit_code", 0}}));
+    ASSERT_EQ(linkAtA->sent.size(), 1u);
+    b.onDaemonText(1, "d1", atB.link, linkAtA->sent.back());
+    ASSERT_EQ(agent->sent.size(), 1u);
+    EXPECT_EQ(agent->last().replyTo, "mine");
+    EXPECT_TRUE(agent->last().ok);
+
+    // A request on a link must name its agent, and be for the link's daemon.
+    m_hub->onInstanceText(1, "d1", linkAtA, R"({"v":1,"type":"exec","id":"x","daemon_id":"d1"})");
+    EXPECT_EQ(linkAtA->last().errorCode, ErrorCode::BadRequest);
+    m_hub->onInstanceText(1, "d1", linkAtA,
+                          R"({"v":1,"type":"exec","id":"y","daemon_id":"d2","agent":{"id":"a","kind":"access"}})");
+    EXPECT_EQ(linkAtA->last().errorCode, ErrorCode::BadRequest);
+    EXPECT_EQ(daemon->sent.size(), 1u) << "neither reached the daemon";
+
+    // A callback A stores comes to B's agent on B's next tick, once.
+    m_hub->onDaemonText(
+        1, "d1", daemon,
+        R"({"v":1,"type":"job.completed","id":"c1","payload":{"callback_id":"cb-1","job_id":"j1","agent_id":"cred-10"}})");
+    std::size_t before = agent->sent.size();
+    b.clusterTick();
+    ASSERT_EQ(agent->sent.size(), before + 1);
+    EXPECT_EQ(agent->last().type, "job.completed");
+    b.clusterTick();
+    EXPECT_EQ(agent->sent.size(), before + 1);
+    // An agent that connects now is sent it on attaching, and not again by the tick.
+    auto later = std::make_shared<RecordingPeer>();
+    b.attachAgent(m_alice, later);
+    m_hub->onDaemonText(
+        1, "d1", daemon,
+        R"({"v":1,"type":"job.completed","id":"c2","payload":{"callback_id":"cb-2","job_id":"j2","agent_id":"cred-10"}})");
+    auto third = std::make_shared<RecordingPeer>();
+    b.attachAgent(m_alice, third);
+    EXPECT_EQ(third->sent.size(), 2u) << "both, unacknowledged";
+    b.clusterTick();
+    EXPECT_EQ(third->sent.size(), 2u) << "cb-2 came twice";
+    EXPECT_EQ(later->sent.size(), 2u) << "cb-1 on attaching, cb-2 from the tick";
+
+    // The daemon leaves A: A closes the link, and B forgets it was there.
+    m_hub->detachDaemon(1, "d1", daemon.get());
+    EXPECT_TRUE(linkAtA->closed);
+    EXPECT_FALSE(b.connectedSince(1, "d1"));
+    m_hub->setCluster(nullptr);
+    b.setCluster(nullptr);
+}
