@@ -13,6 +13,7 @@ build/default/bench/logs_bench
 build/default/bench/cp_bench "${7:-256}"
 pg=build/default/postgres-bench
 build/default/bench/relay_store_bench "$(scripts/postgres-server.sh start "$pg")" || true
+build/default/bench/relay_cluster_bench "$(scripts/postgres-server.sh start "$pg")" || true
 build/default/bench/relay_links_bench
 scripts/postgres-server.sh stop "$pg"
 if [ "$(id -u)" = 0 ]; then
