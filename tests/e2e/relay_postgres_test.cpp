@@ -324,7 +324,7 @@ TEST(RelayCluster, AnAgentOnOneInstanceReachesADaemonOnAnotherAndSurvivesItsDeat
 
     // A shell streaming numbered lines, and a job still running when A dies.
     agent::JobSpec slow;
-    slow.script = "#!/bin/sh\nsleep 3\necho second\n";
+    slow.script = "#!/bin/sh\nsleep 6\necho second\n";
     std::string second(agent->submitJob("d1", slow).at("job_id").as_string());
     agent::PtySpec spec;
     spec.shell = "/bin/bash";
@@ -336,6 +336,7 @@ TEST(RelayCluster, AnAgentOnOneInstanceReachesADaemonOnAnotherAndSurvivesItsDeat
     std::string out;
     readShellUntil(*agent, pty.channel, out, "line-400\r\n");
     ASSERT_NE(out.find("line-400\r\n"), std::string::npos) << out;
+    EXPECT_EQ(agent->jobStatus("d1", second).at("state").as_string(), "RUNNING") << "killed mid-job";
 
     c.a.killRelay();
     // The link from B to A ends: the shell is lost with UNAVAILABLE, and the
