@@ -96,14 +96,8 @@ int main(int argc, char** argv) try {
     std::string database = server.substr(0, server.rfind('/') + 1) + name;
 
     Harness a, b;
-    for (const char* f : {"ca.pem", "cert.pem", "key.pem"})
-        fs::copy_file(a.dir() / "tls" / f, b.dir() / "tls" / f, fs::copy_options::overwrite_existing);
-    fs::path secret = a.dir() / "cluster-secret";
-    writeBytes(secret, "the-cluster-secret-of-this-bench\n");
-    fs::permissions(secret, fs::perms::owner_read | fs::perms::owner_write);
-    for (Harness* h : {&a, &b})
-        h->setRelayArgs({"--database", database, "--cluster-url", "wss://127.0.0.1", "--cluster-secret-file",
-                         secret.string(), "--cluster-ca", a.caFile(), "--ws-idle-seconds", "60"});
+    // Each agent sits unread while the other path runs its round: not the tests' 10 s idle limit.
+    configureRelayCluster(a, b, database, {"--ws-idle-seconds", "60"});
     a.startRelay();
     b.startRelay();
     fs::path work = a.dir() / "work";

@@ -62,6 +62,51 @@ protected:
     Secret m_token;
 };
 
+/// Two relay instances on one database, routing to each other.
+struct TwoInstances {
+    Harness a, b;
+    bool ready(std::string& whyNot) {
+        auto url = freshPostgresDatabase(whyNot);
+        if (!url) return false;
+        database = *url;
+        configureRelayCluster(a, b, database);
+        a.startRelay();
+        b.startRelay();
+        return true;
+    }
+    std::string database;
+};
+
+/// A shell on d1 that prints line-1 ... line-3000 (pausing 50 ms every
+/// hundred lines), then END-42.
+agent::PtyHandle startNumberedShell(agent::AgentClient& agent) {
+    agent::PtySpec spec;
+    spec.shell = "/bin/bash";
+    spec.env = {{"PS1", "$ "}};
+    auto pty = agent.openPty("d1", spec);
+    agent.ptyInput(pty.channel,
+                   "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line-$i; [ $((i % 100)) = 0 ] && sleep 0.05; "
+                   "done; echo END-$((6*7))\r");
+    return pty;
+}
+
+/// Reads the shell's output into `out` until `needle` (or an end of the
+/// channel, returned) appears, for up to 60 s, acknowledging what it reads
+/// when `ack`. Reads without pausing: a reader that pauses lets pings wait
+/// behind thousands of one-line frames.
+std::optional<agent::PtyEvent> readShellUntil(agent::AgentClient& c, std::uint32_t channel, std::string& out,
+                                              const std::string& needle, bool ack = true) {
+    auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (std::chrono::steady_clock::now() < deadline && out.find(needle) == std::string::npos) {
+        auto e = c.nextPtyEvent(200ms);
+        if (!e || e->channel != channel) continue;
+        if (e->kind != agent::PtyEvent::Kind::Output) return e;
+        out += e->data;
+        if (ack) c.ptyAck("d1", channel, e->data.size());
+    }
+    return std::nullopt;
+}
+
 }  // namespace
 
 TEST_F(RelayOnPostgres, CarriesCommandsAndJobsAndKeepsItsStateAcrossARestart) {
@@ -160,26 +205,10 @@ TEST(RelayFailover, AnInstanceKilledMidStreamAndMidJobLosesNothingAndRepeatsNoth
     slow.script = "#!/bin/sh\nsleep 3\necho second\n";
     std::string second(agent->submitJob("d1", slow).at("job_id").as_string());
     // A shell streaming numbered lines for about two seconds.
-    agent::PtySpec spec;
-    spec.shell = "/bin/bash";
-    spec.env = {{"PS1", "$ "}};
-    auto pty = agent->openPty("d1", spec);
-    agent->ptyInput(pty.channel,
-                    "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line-$i; [ $((i % 100)) = 0 ] && sleep 0.05; "
-                    "done; echo END-$((6*7))\r");
+    auto pty = startNumberedShell(*agent);
     std::string out;
-    auto readUntil = [&](agent::AgentClient& c, std::uint32_t channel, const std::string& needle) {
-        return waitUntil(
-            [&] {
-                if (auto e = c.nextPtyEvent(200ms); e && e->channel == channel && !e->data.empty()) {
-                    out += e->data;
-                    c.ptyAck("d1", channel, e->data.size());
-                }
-                return out.find(needle) != std::string::npos;
-            },
-            60s);
-    };
-    ASSERT_TRUE(readUntil(*agent, pty.channel, "line-400\r\n")) << out;
+    readShellUntil(*agent, pty.channel, out, "line-400\r\n");
+    ASSERT_NE(out.find("line-400\r\n"), std::string::npos) << out;
 
     // hpc-agent wait on the running job, through the balancer, across the failover.
     SpawnOptions w;
@@ -196,7 +225,7 @@ TEST(RelayFailover, AnInstanceKilledMidStreamAndMidJobLosesNothingAndRepeatsNoth
     agent = connect();
     auto again = agent->attachPty("d1", pty.session, out.size());
     EXPECT_EQ(again.fromByte, out.size());
-    ASSERT_TRUE(readUntil(*agent, again.channel, "END-42")) << out.substr(out.size() > 300 ? out.size() - 300 : 0);
+    readShellUntil(*agent, again.channel, out, "END-42");
     auto numbers = numbersAfter(out, "line-");
     ASSERT_EQ(numbers.size(), 3000u);
     for (int i = 0; i < 3000; ++i) ASSERT_EQ(numbers[static_cast<std::size_t>(i)], i + 1) << "at line " << i + 1;
@@ -229,50 +258,6 @@ TEST(RelayFailover, AnInstanceKilledMidStreamAndMidJobLosesNothingAndRepeatsNoth
     auto later = connect();
     EXPECT_FALSE(later->nextCallback(2s)) << "an acknowledged callback came again";
 }
-
-namespace {
-
-/// Two relay instances on one database, each with --cluster-url: one
-/// certificate (as behind any balancer) and one cluster secret.
-struct TwoInstances {
-    Harness a, b;
-    bool ready(std::string& whyNot) {
-        auto url = freshPostgresDatabase(whyNot);
-        if (!url) return false;
-        database = *url;
-        for (const char* f : {"ca.pem", "cert.pem", "key.pem"})
-            fs::copy_file(a.dir() / "tls" / f, b.dir() / "tls" / f, fs::copy_options::overwrite_existing);
-        fs::path secret = a.dir() / "cluster-secret";
-        writeBytes(secret, "a-cluster-secret-of-this-test\n");
-        fs::permissions(secret, fs::perms::owner_read | fs::perms::owner_write);
-        for (Harness* h : {&a, &b})
-            h->setRelayArgs({"--database", database, "--cluster-url", "wss://127.0.0.1", "--cluster-secret-file",
-                             secret.string(), "--cluster-ca", a.caFile()});
-        a.startRelay();
-        b.startRelay();
-        return true;
-    }
-    std::string database;
-};
-
-/// Reads the shell's output into `out` until `needle` (or an end of the
-/// channel, returned) appears, for up to 60 s, acknowledging what it reads
-/// when `ack`. Reads without pausing: a reader that pauses lets pings wait
-/// behind thousands of one-line frames.
-std::optional<agent::PtyEvent> readShellUntil(agent::AgentClient& c, std::uint32_t channel, std::string& out,
-                                              const std::string& needle, bool ack = true) {
-    auto deadline = std::chrono::steady_clock::now() + 60s;
-    while (std::chrono::steady_clock::now() < deadline && out.find(needle) == std::string::npos) {
-        auto e = c.nextPtyEvent(200ms);
-        if (!e || e->channel != channel) continue;
-        if (e->kind != agent::PtyEvent::Kind::Output) return e;
-        out += e->data;
-        if (ack) c.ptyAck("d1", channel, e->data.size());
-    }
-    return std::nullopt;
-}
-
-}  // namespace
 
 // Issue 16 items 2 and 4: the daemon is connected to instance A, the agent to
 // instance B, which reaches the daemon through a link to A (presence in the
@@ -326,13 +311,7 @@ TEST(RelayCluster, AnAgentOnOneInstanceReachesADaemonOnAnotherAndSurvivesItsDeat
     agent::JobSpec slow;
     slow.script = "#!/bin/sh\nsleep 6\necho second\n";
     std::string second(agent->submitJob("d1", slow).at("job_id").as_string());
-    agent::PtySpec spec;
-    spec.shell = "/bin/bash";
-    spec.env = {{"PS1", "$ "}};
-    auto pty = agent->openPty("d1", spec);
-    agent->ptyInput(pty.channel,
-                    "i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line-$i; [ $((i % 100)) = 0 ] && sleep 0.05; "
-                    "done; echo END-$((6*7))\r");
+    auto pty = startNumberedShell(*agent);
     std::string out;
     readShellUntil(*agent, pty.channel, out, "line-400\r\n");
     ASSERT_NE(out.find("line-400\r\n"), std::string::npos) << out;
@@ -411,9 +390,9 @@ TEST(RelayCluster, RefusesALinkWithoutTheSecretOrForADaemonNotConnectedThere) {
     };
     EXPECT_EQ(upgrade("/hpc/cluster/" + userId + "/d1/ws", "not-the-secret"), "401");
     EXPECT_EQ(upgrade("/hpc/cluster/" + userId + "/d1/ws", token.reveal()), "401") << "an agent's token is not it";
-    EXPECT_EQ(upgrade("/hpc/cluster/" + userId + "/nope/ws", "a-cluster-secret-of-this-test"), "404");
-    EXPECT_EQ(upgrade("/hpc/cluster/x/d1/ws", "a-cluster-secret-of-this-test"), "400");
-    EXPECT_EQ(upgrade("/hpc/cluster/" + userId + "/d1/ws", "a-cluster-secret-of-this-test"), "101");
+    EXPECT_EQ(upgrade("/hpc/cluster/" + userId + "/nope/ws", kTestClusterSecret), "404");
+    EXPECT_EQ(upgrade("/hpc/cluster/x/d1/ws", kTestClusterSecret), "400");
+    EXPECT_EQ(upgrade("/hpc/cluster/" + userId + "/d1/ws", kTestClusterSecret), "101");
 }
 
 TEST(RelayDatabaseOption, RefusesAPasswordInTheUrlAndSaysWhyWhenItCannotConnect) {

@@ -616,4 +616,19 @@ bool Harness::waitConnected(const Secret& token, const std::string& daemonId, st
         timeout, std::chrono::milliseconds(50));
 }
 
+void configureRelayCluster(Harness& a, Harness& b, const std::string& database, const std::vector<std::string>& extra) {
+    for (const char* f : {"ca.pem", "cert.pem", "key.pem"})
+        fs::copy_file(a.dir() / "tls" / f, b.dir() / "tls" / f, fs::copy_options::overwrite_existing);
+    fs::path secret = a.dir() / "cluster-secret";
+    writeBytes(secret, std::string(kTestClusterSecret) + "\n");
+    fs::permissions(secret, fs::perms::owner_read | fs::perms::owner_write);
+    for (Harness* h : {&a, &b}) {
+        std::vector<std::string> args = {
+            "--database",    database,       "--cluster-url", "wss://127.0.0.1", "--cluster-secret-file",
+            secret.string(), "--cluster-ca", a.caFile()};
+        args.insert(args.end(), extra.begin(), extra.end());
+        h->setRelayArgs(std::move(args));
+    }
+}
+
 }  // namespace hpc::test

@@ -194,4 +194,12 @@ private:
     std::string m_daemonUser;
 };
 
+/// Makes `a` and `b` two instances of one relay (hpc-relay --cluster-url) on
+/// the PostgreSQL `database`, from their next startRelay: one certificate
+/// (as behind any balancer), one cluster secret, and `extra` arguments.
+void configureRelayCluster(Harness& a, Harness& b, const std::string& database,
+                           const std::vector<std::string>& extra = {});
+/// The cluster secret configureRelayCluster gave them.
+inline constexpr const char* kTestClusterSecret = "a-cluster-secret-of-the-tests";
+
 }  // namespace hpc::test
