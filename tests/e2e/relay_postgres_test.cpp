@@ -262,7 +262,8 @@ TEST(RelayFailover, AnInstanceKilledMidStreamAndMidJobLosesNothingAndRepeatsNoth
 // Issue 16 items 2 and 4: the daemon is connected to instance A, the agent to
 // instance B, which reaches the daemon through a link to A (presence in the
 // database). A command, a shell streaming 3000 lines byte-exact, a job with
-// hpc-agent wait and its callback as an event all work across; then A is
+// hpc-agent wait and its callback (hpc-agent events, and the library's
+// events) all work across; then A is
 // killed with -9 mid-stream and mid-job: the daemon comes back through the
 // balancer to B, the agent attaches its shell again, and each callback comes
 // once.
@@ -293,11 +294,17 @@ TEST(RelayCluster, AnAgentOnOneInstanceReachesADaemonOnAnotherAndSurvivesItsDeat
     EXPECT_EQ(ran.exitCode, 0);
     EXPECT_EQ(ran.out, "across-42\n") << c.b.relayLog();
 
-    // A job: hpc-agent wait through B returns its end; its callback, stored
-    // by A, comes to the agent on B as an event, once.
+    // A job: its callback, stored by A, comes through B to hpc-agent events
+    // and to the agent as an event; hpc-agent wait through B returns the
+    // job's end (and acknowledges the callback).
     agent::JobSpec quick;
     quick.script = "#!/bin/sh\necho first\n";
     std::string first(agent->submitJob("d1", quick).at("job_id").as_string());
+    auto events =
+        runCommand({Harness::binary("hpc-agent"), "events", "--count", "1", "--timeout", "60", "--no-ack"}, {},
+                   {"HPC_AGENT_URL=" + c.b.url(), "HPC_AGENT_TOKEN=" + token.reveal(), "HPC_AGENT_CA=" + c.b.caFile()});
+    EXPECT_EQ(events.status, 0) << events.err;
+    EXPECT_NE(events.out.find(first), std::string::npos) << "hpc-agent events through B: " << events.out;
     auto waited =
         runCommand({Harness::binary("hpc-agent"), "wait", "d1", first, "--timeout", "60"}, {},
                    {"HPC_AGENT_URL=" + c.b.url(), "HPC_AGENT_TOKEN=" + token.reveal(), "HPC_AGENT_CA=" + c.b.caFile()});
