@@ -108,8 +108,9 @@ void Hub::attachDaemon(std::int64_t userId, const std::string& daemonId, std::sh
         try {
             m_db.daemonPresent(userId, daemonId, m_cluster->self(), since);
         } catch (const std::exception& e) {
-            // Agents on other instances do not reach it until it connects again.
-            log::warning("daemon " + daemonId + ": cannot record that it is connected here: " + e.what());
+            // clusterTick records it once the database answers again.
+            log::warning("daemon " + daemonId + ": cannot record that it is connected here yet: " + e.what());
+            m_presenceUnrecorded = true;
         }
     }
     if (credentialId == 0) return;
@@ -771,6 +772,12 @@ void Hub::clusterTick() {
         if (now - m_lastAlive >= kAliveSeconds) {
             m_db.instanceAlive(m_cluster->self(), now);
             m_lastAlive = now;
+        }
+        if (m_presenceUnrecorded) {
+            for (const auto& [key, link] : m_daemons)
+                if (link.instance.empty()) m_db.daemonPresent(key.first, key.second, m_cluster->self(), link.since);
+            m_presenceUnrecorded = false;
+            log::info("cluster: the daemons connected here are recorded again");
         }
         constexpr int kBatch = 500;
         for (;;) {

@@ -243,6 +243,8 @@ private:
     /// Other instances' links, by the daemon (connected here) each is for.
     std::multimap<DaemonKey, std::weak_ptr<Peer>> m_instanceLinks;
     double m_lastAlive = 0;
+    /// A daemon connected while the database was away: not in daemon_presence yet.
+    bool m_presenceUnrecorded = false;
     std::int64_t m_callbackSeq = 0;  ///< the last callback clusterTick has seen
     /// The newest callback each agent connection was sent when it attached.
     std::unordered_map<const Peer*, std::int64_t> m_sentUpTo;

@@ -581,3 +581,29 @@ TEST_P(ApiOnPostgres, ACallbackTheDatabaseCannotTakeIsRefusedAndStoredWhenSentAg
     EXPECT_FALSE(env->result.at("duplicate").as_bool());
     EXPECT_EQ(m_db->callbacks(1, {}).size(), 1u);
 }
+
+TEST_P(ApiOnPostgres, ADaemonThatConnectsWhileTheDatabaseIsAwayIsRecordedAsPresentWhenItIsBack) {
+    struct Here : Cluster {
+        std::string me = "wss://here";
+        const std::string& self() const override { return me; }
+        std::shared_ptr<Peer> open(const std::string&, std::int64_t, const std::string&) override { return nullptr; }
+    } cluster;
+    m_hub->setCluster(&cluster);
+    std::string name = m_url.substr(m_url.rfind('/') + 1);
+    std::string whyNot;
+    auto admin = sql::openPostgres(*test::postgresServerUrl(whyNot));
+    admin->exec("ALTER DATABASE " + name + " ALLOW_CONNECTIONS false");
+    admin->prepare("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = ?1")
+        .bind(1, name)
+        .run();
+    auto daemon = std::make_shared<RecordingAgent>();
+    m_hub->attachDaemon(1, "d1", daemon);
+    m_hub->clusterTick();  // still away: nothing, and no throw
+    admin->exec("ALTER DATABASE " + name + " ALLOW_CONNECTIONS true");
+    EXPECT_FALSE(m_db->presence(1, "d1", 0)) << "recorded while the database was away?";
+    m_hub->clusterTick();
+    auto where = m_db->presence(1, "d1", 0);
+    ASSERT_TRUE(where) << "other instances can reach it now";
+    EXPECT_EQ(where->instance, "wss://here");
+    m_hub->setCluster(nullptr);
+}
