@@ -1,14 +1,15 @@
-// Two relay instances on one PostgreSQL database (--cluster-url): a command's
-// round trip and a shell's output stream, with the agent on the daemon's own
-// instance and with the agent on the other one (through the link between
+// Two relay instances on one PostgreSQL database (--cluster-url): request
+// round trips and a shell's output stream, with the agent on the daemon's
+// own instance and with the agent on the other one (through the link between
 // them), side by side in one run with the paths taking turns.
 //
 //   relay_cluster_bench POSTGRES_URL [EXECS] [MIB] [ROUNDS]
 //
 // POSTGRES_URL: a server where the bench may create a database
 // (scripts/postgres-server.sh start DIR prints one). EXECS (default 300)
-// round trips of `exec true` per round, p50 and p99; MIB (default 100) of
-// `base64` output through a shell per round, MB/s; ROUNDS (default 3):
+// round trips of `exec true`, and as many of `file.stat` (which starts no
+// process: the path's own cost), per round, p50 and p99; MIB (default 100)
+// of `base64` output through a shell per round, MB/s; ROUNDS (default 3):
 // medians. Everything on 127.0.0.1, real TLS on every hop.
 #include "harness.hpp"
 
@@ -47,6 +48,18 @@ std::vector<double> execRoundTrips(agent::AgentClient& agent, int count) {
     for (int i = 0; i < count; ++i) {
         auto t0 = Clock::now();
         agent.exec("d1", spec, 60s);
+        out.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+    }
+    return out;
+}
+
+/// Round trips of `file.stat` (no process started: the path's own cost), in microseconds.
+std::vector<double> statRoundTrips(agent::AgentClient& agent, const std::string& path, int count) {
+    std::vector<double> out;
+    out.reserve(static_cast<std::size_t>(count));
+    for (int i = 0; i < count; ++i) {
+        auto t0 = Clock::now();
+        agent.request("d1", "file.stat", {{"path", path}}, 60s);
         out.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
     }
     return out;
@@ -115,24 +128,31 @@ int main(int argc, char** argv) try {
     // Warm both paths (B opens its link to A on its first request).
     execRoundTrips(*same, 20);
     execRoundTrips(*across, 20);
-    std::vector<double> p50[2], p99[2], mbs[2];
+    std::vector<double> p50[2], p99[2], stat50[2], stat99[2], mbs[2];
     for (int r = 0; r < rounds; ++r)
         for (int path = 0; path < 2; ++path) {
             auto& agent = path == 0 ? *same : *across;
             auto rtt = execRoundTrips(agent, execs);
             p50[path].push_back(percentile(rtt, 0.5));
             p99[path].push_back(percentile(rtt, 0.99));
+            auto stat = statRoundTrips(agent, work.string(), execs);
+            stat50[path].push_back(percentile(stat, 0.5));
+            stat99[path].push_back(percentile(stat, 0.99));
             mbs[path].push_back(shellStream(agent, mib));
-            std::printf("round %d %-7s exec p50 %7.1f us  p99 %7.1f us  shell %6.1f MB/s\n", r + 1,
-                        path == 0 ? "same" : "across", p50[path].back(), p99[path].back(), mbs[path].back());
+            std::printf(
+                "round %d %-7s exec p50 %7.1f p99 %7.1f us  file.stat p50 %6.1f p99 %6.1f us  shell %6.1f MB/s\n",
+                r + 1, path == 0 ? "same" : "across", p50[path].back(), p99[path].back(), stat50[path].back(),
+                stat99[path].back(), mbs[path].back());
         }
-    std::printf("\n%-36s %12s %12s %12s\n", "median of rounds", "exec p50 us", "exec p99 us", "shell MB/s");
+    std::printf("\n%-30s %9s %9s %9s %9s %9s\n", "median of rounds (us, MB/s)", "exec p50", "exec p99", "stat p50",
+                "stat p99", "shell");
     const char* names[2] = {"agent on A (same instance)", "agent on B (across, via A)"};
     for (int path = 0; path < 2; ++path)
-        std::printf("%-36s %12.1f %12.1f %12.1f\n", names[path], median(p50[path]), median(p99[path]),
-                    median(mbs[path]));
-    std::printf("\nratios: exec_p50_across_over_same=%.2f stream_across_over_same=%.2f\n",
-                median(p50[1]) / median(p50[0]), median(mbs[1]) / median(mbs[0]));
+        std::printf("%-30s %9.1f %9.1f %9.1f %9.1f %9.1f\n", names[path], median(p50[path]), median(p99[path]),
+                    median(stat50[path]), median(stat99[path]), median(mbs[path]));
+    std::printf(
+        "\nratios: exec_p50_across_over_same=%.2f stat_p50_across_over_same=%.2f stream_across_over_same=%.2f\n",
+        median(p50[1]) / median(p50[0]), median(stat50[1]) / median(stat50[0]), median(mbs[1]) / median(mbs[0]));
     same.reset();
     across.reset();
     a.stopDaemon("d1");
