@@ -110,7 +110,7 @@ void Hub::attachDaemon(std::int64_t userId, const std::string& daemonId, std::sh
         } catch (const std::exception& e) {
             // clusterTick records it once the database answers again.
             log::warning("daemon " + daemonId + ": cannot record that it is connected here yet: " + e.what());
-            m_presenceUnrecorded = true;
+            m_presenceStale = true;
         }
     }
     if (credentialId == 0) return;
@@ -129,6 +129,36 @@ void Hub::attachDaemon(std::int64_t userId, const std::string& daemonId, std::sh
 }
 
 void Hub::dropDaemon(std::int64_t userId, const std::string& daemonId, const std::string& why) {
+    closeDaemonHere(userId, daemonId, why);
+    ClusterDrop drop;
+    drop.userId = userId;
+    drop.daemonId = daemonId;
+    drop.why = why;
+    tellOtherInstances(drop);
+}
+
+void Hub::dropCredential(std::int64_t credentialId, const std::string& why) {
+    closeCredentialHere(credentialId, why);
+    ClusterDrop drop;
+    drop.credentialId = credentialId;
+    drop.why = why;
+    tellOtherInstances(drop);
+}
+
+void Hub::tellOtherInstances(const ClusterDrop& drop) {
+    if (!m_cluster) return;
+    try {
+        m_db.recordDrop(drop, m_cluster->self());
+    } catch (const std::exception& e) {
+        // The revocation itself is stored; connections other instances hold
+        // with it end when they next authenticate.
+        log::warning(std::string("cannot tell the other instances to close connections of a revoked credential or "
+                                 "deleted registration: ") +
+                     e.what());
+    }
+}
+
+void Hub::closeDaemonHere(std::int64_t userId, const std::string& daemonId, const std::string& why) {
     auto it = m_daemons.find({userId, daemonId});
     if (it == m_daemons.end()) return;
     auto peer = it->second.peer;
@@ -136,11 +166,11 @@ void Hub::dropDaemon(std::int64_t userId, const std::string& daemonId, const std
     peer->close(why);
 }
 
-void Hub::dropCredential(std::int64_t credentialId, const std::string& why) {
+void Hub::closeCredentialHere(std::int64_t credentialId, const std::string& why) {
     std::vector<DaemonKey> daemons;
     for (const auto& [key, link] : m_daemons)
         if (link.credentialId == credentialId) daemons.push_back(key);
-    for (const auto& key : daemons) dropDaemon(key.first, key.second, why);
+    for (const auto& key : daemons) closeDaemonHere(key.first, key.second, why);
     auto [from, to] = m_agentsByCredential.equal_range(credentialId);
     std::vector<std::shared_ptr<Peer>> agents;
     for (auto it = from; it != to; ++it)
@@ -172,8 +202,9 @@ void Hub::detachDaemon(std::int64_t userId, const std::string& daemonId, const P
     try {
         m_db.daemonAbsent(userId, daemonId, m_cluster->self());
     } catch (const std::exception& e) {
-        // It expires with this instance, or is replaced when it connects elsewhere.
-        log::warning("daemon " + daemonId + ": cannot record that it left: " + e.what());
+        // clusterTick sets the record straight once the database answers.
+        log::warning("daemon " + daemonId + ": cannot record that it left yet: " + e.what());
+        m_presenceStale = true;
     }
 }
 
@@ -313,7 +344,9 @@ void Hub::onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer,
 
 void Hub::forward(const Principal& agent, const std::shared_ptr<Peer>& peer, Envelope& env, DaemonMap::iterator it) {
     if (!it->second.instance.empty()) it->second.lastUsed = nowEpochSeconds();
-    if (pendingFor(peer.get()) >= kMaxPendingPerAgent) {
+    // A link from another instance carries many agents' requests, each
+    // agent held to the limit there.
+    if (!peer->isInstanceLink() && pendingFor(peer.get()) >= kMaxPendingPerAgent) {
         peer->sendText(refuse(env.id, ErrorCode::Limit, "too many requests in flight"));
         return;
     }
@@ -374,7 +407,10 @@ void Hub::onDaemonText(std::int64_t userId, const std::string& daemonId, const s
         return;
     }
     auto p = m_pending.find(env.replyTo);
-    if (p == m_pending.end() && !env.ok && env.replyTo.empty()) p = soleRequestTo({userId, daemonId}, env);
+    // A link to another instance answers for many agents: its refusals
+    // without a reply_to are not a daemon's unreadable frame.
+    if (p == m_pending.end() && !env.ok && env.replyTo.empty() && !peer->isInstanceLink())
+        p = soleRequestTo({userId, daemonId}, env);
     if (p == m_pending.end() || p->second.daemon != DaemonKey{userId, daemonId}) {
         log::debug("daemon " + daemonId + " answered unknown request " + env.replyTo + " (agent gone?)");
         return;
@@ -602,16 +638,10 @@ bool Hub::connectedHere(std::int64_t userId, const std::string& daemonId) const 
     return it != m_daemons.end() && it->second.instance.empty();
 }
 
-std::optional<double> Hub::connectedSince(std::int64_t userId, const std::string& daemonId) const {
+std::optional<double> Hub::connectedSince(std::int64_t userId, const std::string& daemonId) {
     auto it = m_daemons.find({userId, daemonId});
     if (it != m_daemons.end() && it->second.instance.empty()) return it->second.since;
-    if (!m_cluster) return std::nullopt;
-    try {
-        auto where = m_db.presence(userId, daemonId, nowEpochSeconds() - kPresenceSeconds);
-        if (where && where->instance != m_cluster->self()) return where->since;
-    } catch (const std::exception& e) {
-        log::debug("daemon " + daemonId + ": cannot read where it is connected: " + e.what());
-    }
+    if (auto where = presenceElsewhere({userId, daemonId})) return where->since;
     return std::nullopt;
 }
 
@@ -648,29 +678,54 @@ std::size_t Hub::agentCount() const {
 // ---------------------------------------------------------- several instances
 
 void Hub::setCluster(Cluster* cluster) {
+    if (m_cluster && !cluster) {
+        // Leaving: the others stop routing here now rather than in 15 s.
+        try {
+            m_db.instanceGone(m_cluster->self());
+        } catch (const std::exception& e) {
+            log::warning(std::string("cannot record that this instance stops: ") + e.what());
+        }
+    }
     m_cluster = cluster;
     if (!m_cluster) return;
     double now = nowEpochSeconds();
     // A run before this one under the same URL held daemons this one does not.
     m_db.forgetInstance(m_cluster->self());
-    m_db.instanceAlive(m_cluster->self(), now);
+    m_db.instanceAlive(m_cluster->self());
     m_lastAlive = now;
     m_callbackSeq = m_db.lastCallbackSeq();
+    m_dropSeq = m_db.lastDropSeq();
     log::notice("one of several instances, as " + m_cluster->self() +
                 ": daemons connected to the others are reached "
                 "through links to them");
 }
 
-Hub::DaemonMap::iterator Hub::reachElsewhere(const DaemonKey& key) {
-    if (!m_cluster) return m_daemons.end();
-    std::optional<Presence> where;
+std::optional<Presence> Hub::presenceElsewhere(const DaemonKey& key) {
+    if (!m_cluster || databaseAway()) return std::nullopt;
     try {
-        where = m_db.presence(key.first, key.second, nowEpochSeconds() - kPresenceSeconds);
+        auto where = m_db.presence(key.first, key.second, kPresenceSeconds);
+        if (where && where->instance != m_cluster->self()) return where;
     } catch (const std::exception& e) {
-        log::warning("daemon " + key.second + ": cannot read where it is connected: " + e.what());
-        return m_daemons.end();
+        databaseWentAway(e);
     }
-    if (!where || where->instance == m_cluster->self()) return m_daemons.end();
+    return std::nullopt;
+}
+
+bool Hub::databaseAway() const { return nowEpochSeconds() < m_databaseAwayUntil; }
+
+void Hub::databaseWentAway(const std::exception& e) {
+    // Each attempt may wait for the database's connect timeout on the one
+    // thread every link shares: not again for a while.
+    if (!databaseAway())
+        log::warning(std::string("cluster: the database does not answer (") + e.what() +
+                     "); daemons on other instances are out of reach, trying again in " +
+                     std::to_string(static_cast<int>(m_databaseRetrySeconds)) + " s");
+    m_databaseAwayUntil = nowEpochSeconds() + m_databaseRetrySeconds;
+}
+
+Hub::DaemonMap::iterator Hub::reachElsewhere(const DaemonKey& key) {
+    auto where = presenceElsewhere(key);
+    if (!where) return m_daemons.end();
     log::info("daemon " + key.second + " (user " + std::to_string(key.first) + ") is connected to " + where->instance +
               ": opening a link to it");
     DaemonLink link{m_cluster->open(where->instance, key.first, key.second),
@@ -768,16 +823,26 @@ void Hub::detachChannel(Peer& peer, const Envelope& env) {
 void Hub::clusterTick() {
     if (!m_cluster) return;
     double now = nowEpochSeconds();
+    closeIdleLinks(now);
+    if (databaseAway()) return;
     try {
         if (now - m_lastAlive >= kAliveSeconds) {
-            m_db.instanceAlive(m_cluster->self(), now);
+            m_db.instanceAlive(m_cluster->self());
             m_lastAlive = now;
         }
-        if (m_presenceUnrecorded) {
+        if (m_presenceStale) {
+            // What this instance holds, as it is now (a later connection
+            // elsewhere keeps its record).
+            m_db.forgetInstance(m_cluster->self());
             for (const auto& [key, link] : m_daemons)
                 if (link.instance.empty()) m_db.daemonPresent(key.first, key.second, m_cluster->self(), link.since);
-            m_presenceUnrecorded = false;
+            m_presenceStale = false;
             log::info("cluster: the daemons connected here are recorded again");
+        }
+        for (const auto& drop : m_db.dropsSince(m_dropSeq, m_cluster->self())) {
+            m_dropSeq = drop.seq;
+            if (drop.credentialId) closeCredentialHere(drop.credentialId, drop.why);
+            if (!drop.daemonId.empty()) closeDaemonHere(drop.userId, drop.daemonId, drop.why);
         }
         constexpr int kBatch = 500;
         for (;;) {
@@ -789,10 +854,8 @@ void Hub::clusterTick() {
             if (batch.size() < static_cast<std::size_t>(kBatch)) break;
         }
     } catch (const std::exception& e) {
-        // The database logs an outage once; the next tick tries again.
-        log::debug(std::string("cluster: ") + e.what());
+        databaseWentAway(e);
     }
-    closeIdleLinks(now);
 }
 
 void Hub::closeIdleLinks(double now) {

@@ -32,6 +32,9 @@ public:
     virtual void sendBinary(std::string data) = 0;
     /// Ends the connection (the peer detaches itself when it has closed).
     virtual void close(std::string_view reason) = 0;
+    /// A link between two relay instances (either end), which carries many
+    /// agents' traffic.
+    virtual bool isInstanceLink() const { return false; }
 };
 
 /// Several instances of the relay on one PostgreSQL database (hpc-relay
@@ -68,9 +71,11 @@ public:
     void detachDaemon(std::int64_t userId, const std::string& daemonId, const Peer* peer);
     /// Closes the daemon's connection, if any (its registration was deleted):
     /// requests in flight fail and its shells end for their agents at once.
+    /// In a cluster, the other instances do the same within a second.
     void dropDaemon(std::int64_t userId, const std::string& daemonId, const std::string& why);
     /// Closes every connection, daemon or agent, authenticated with a
-    /// credential that was just revoked.
+    /// credential that was just revoked (in a cluster, on every instance
+    /// within a second).
     void dropCredential(std::int64_t credentialId, const std::string& why);
     /// An agent's WebSocket is up: it gets the job callbacks addressed to it
     /// that it has not acknowledged yet, then every new one as it arrives.
@@ -93,13 +98,19 @@ public:
     void onInstanceText(std::int64_t userId, const std::string& daemonId, const std::shared_ptr<Peer>& peer,
                         std::string_view text);
     /// Every second: says this instance is alive (every kAliveSeconds),
-    /// sends this instance's agents the callbacks other instances stored, and
-    /// closes links to other instances unused for kIdleLinkSeconds.
+    /// closes the connections of credentials revoked and registrations
+    /// deleted on other instances, sends this instance's agents the
+    /// callbacks other instances stored, and closes links to other instances
+    /// unused for kIdleLinkSeconds. After a database error, none of the
+    /// database's part for kDatabaseRetrySeconds.
     void clusterTick();
     static constexpr double kAliveSeconds = 5;
     /// An instance not alive for this long holds no daemon any more.
     static constexpr double kPresenceSeconds = 15;
     static constexpr double kIdleLinkSeconds = 60;
+    static constexpr double kDatabaseRetrySeconds = 15;
+    /// Tests shorten the wait after a database error.
+    void setDatabaseRetrySeconds(double seconds) { m_databaseRetrySeconds = seconds; }
 
     void onAgentText(const Principal& agent, const std::shared_ptr<Peer>& peer, std::string_view text);
     void onDaemonText(std::int64_t userId, const std::string& daemonId, const std::shared_ptr<Peer>& peer,
@@ -114,7 +125,7 @@ public:
     bool connectedHere(std::int64_t userId, const std::string& daemonId) const;
     /// When the daemon connected, if it is connected now (here, or to
     /// another live instance).
-    std::optional<double> connectedSince(std::int64_t userId, const std::string& daemonId) const;
+    std::optional<double> connectedSince(std::int64_t userId, const std::string& daemonId);
     /// The latest `daemon.warning` of a connected daemon ("" when none, or
     /// when it is not connected): kept in memory, forgotten when it leaves.
     std::string warning(std::int64_t userId, const std::string& daemonId) const;
@@ -178,6 +189,14 @@ private:
     /// A daemon connected to another live instance: a link to it, added to
     /// m_daemons; end() when it is connected nowhere (or no cluster).
     DaemonMap::iterator reachElsewhere(const DaemonKey& key);
+    /// Where the daemon is connected when that is another live instance.
+    std::optional<Presence> presenceElsewhere(const DaemonKey& key);
+    bool databaseAway() const;
+    void databaseWentAway(const std::exception& e);
+    void closeDaemonHere(std::int64_t userId, const std::string& daemonId, const std::string& why);
+    void closeCredentialHere(std::int64_t credentialId, const std::string& why);
+    /// Records a drop for the other instances (in a cluster).
+    void tellOtherInstances(const ClusterDrop& drop);
     /// pty.detach from another instance: its agent left a channel.
     void detachChannel(Peer& peer, const protocol::Envelope& env);
     /// Sends the daemon the pty.detach of a route whose agent left; forgets the route.
@@ -243,8 +262,12 @@ private:
     /// Other instances' links, by the daemon (connected here) each is for.
     std::multimap<DaemonKey, std::weak_ptr<Peer>> m_instanceLinks;
     double m_lastAlive = 0;
-    /// A daemon connected while the database was away: not in daemon_presence yet.
-    bool m_presenceUnrecorded = false;
+    /// A daemon connected or left while the database was away:
+    /// daemon_presence is not what this instance holds.
+    bool m_presenceStale = false;
+    double m_databaseAwayUntil = 0;
+    double m_databaseRetrySeconds = kDatabaseRetrySeconds;
+    std::int64_t m_dropSeq = 0;      ///< the last drop clusterTick has seen
     std::int64_t m_callbackSeq = 0;  ///< the last callback clusterTick has seen
     /// The newest callback each agent connection was sent when it attached.
     std::unordered_map<const Peer*, std::int64_t> m_sentUpTo;

@@ -111,7 +111,9 @@ const std::vector<sqlite::Migration> kMigrations = {
     )sql",
     // Issue 16: several instances on one database (hpc-relay --cluster-url):
     // each says it is alive, and which daemons are connected to it; a
-    // callback names the instance that stored it (the others deliver it).
+    // callback names the instance that stored it (the others deliver it); a
+    // revoked credential or deleted registration is recorded for the others
+    // to close their connections of it.
     R"sql(
     CREATE TABLE relay_instances (
         url TEXT PRIMARY KEY,
@@ -126,6 +128,15 @@ const std::vector<sqlite::Migration> kMigrations = {
     );
     CREATE INDEX daemon_presence_by_instance ON daemon_presence(instance);
     ALTER TABLE callbacks ADD COLUMN received_by TEXT NOT NULL DEFAULT '';
+    CREATE TABLE cluster_drops (
+        seq INTEGER PRIMARY KEY,
+        credential_id INTEGER,
+        user_id INTEGER,
+        daemon_id TEXT,
+        why TEXT NOT NULL,
+        dropped_by TEXT NOT NULL,
+        at REAL NOT NULL
+    );
     )sql",
 };
 
@@ -217,11 +228,27 @@ const std::vector<sqlite::Migration> kPostgresMigrations = {
     CREATE INDEX daemon_presence_by_instance ON daemon_presence(instance);
     ALTER TABLE callbacks ADD COLUMN received_by TEXT NOT NULL DEFAULT '';
     CREATE INDEX callbacks_by_seq ON callbacks(seq);
+    CREATE TABLE cluster_drops (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        credential_id BIGINT,
+        user_id BIGINT,
+        daemon_id TEXT,
+        why TEXT NOT NULL,
+        dropped_by TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL
+    );
     )sql",
 };
 
 /// The order callbacks arrived in: SQLite's rowid, PostgreSQL's seq column.
 const char* callbackSeq(const sql::Connection& db) { return db.dialect() == sql::Dialect::SQLite ? "rowid" : "seq"; }
+
+/// The database's clock in epoch seconds: instances compare liveness on one
+/// clock, whatever their hosts' clocks say.
+const char* dbNow(const sql::Connection& db) {
+    return db.dialect() == sql::Dialect::SQLite ? "((julianday('now') - 2440587.5) * 86400.0)"
+                                                : "EXTRACT(EPOCH FROM clock_timestamp())";
+}
 
 Registration readRegistration(sql::Statement& st) {
     Registration r;
@@ -326,6 +353,9 @@ RelayPruneReport RelayDb::prune(double now) {
         "DELETE FROM callbacks WHERE (user_id, daemon_id, callback_id) IN (SELECT user_id, daemon_id, callback_id "
         "FROM callbacks WHERE acked_at IS NOT NULL AND acked_at < ?1 LIMIT 500)",
         now - m_retention.callbackSeconds);
+    // Applied by every live instance within seconds; a day is plenty.
+    batched("DELETE FROM cluster_drops WHERE seq IN (SELECT seq FROM cluster_drops WHERE at < ?1 LIMIT 500)",
+            now - 86400);
     m_db->compact();
     return report;
 }
@@ -736,22 +766,31 @@ namespace hpc::relay {
 
 // ---------------------------------------------------------- several instances
 
-void RelayDb::instanceAlive(const std::string& instance, double now) {
-    auto st = m_db->prepare(
-        "INSERT INTO relay_instances (url, alive_at) VALUES (?1, ?2) "
-        "ON CONFLICT (url) DO UPDATE SET alive_at = excluded.alive_at");
-    st.bind(1, instance).bind(2, now).run();
+void RelayDb::instanceAlive(const std::string& instance) {
+    auto st = m_db->prepare(std::string("INSERT INTO relay_instances (url, alive_at) VALUES (?1, ") + dbNow(*m_db) +
+                            ") ON CONFLICT (url) DO UPDATE SET alive_at = excluded.alive_at");
+    st.bind(1, instance).run();
 }
 
 void RelayDb::forgetInstance(const std::string& instance) {
     m_db->prepare("DELETE FROM daemon_presence WHERE instance = ?1").bind(1, instance).run();
 }
 
+void RelayDb::instanceGone(const std::string& instance) {
+    sql::Transaction tx(*m_db);
+    forgetInstance(instance);
+    m_db->prepare("DELETE FROM relay_instances WHERE url = ?1").bind(1, instance).run();
+    tx.commit();
+}
+
 void RelayDb::daemonPresent(std::int64_t userId, const std::string& daemonId, const std::string& instance,
                             double since) {
+    // A later connection wins: an instance recording an older one again
+    // (after the database was away) does not take the daemon back.
     auto st = m_db->prepare(
         "INSERT INTO daemon_presence (user_id, daemon_id, instance, since) VALUES (?1, ?2, ?3, ?4) "
-        "ON CONFLICT (user_id, daemon_id) DO UPDATE SET instance = excluded.instance, since = excluded.since");
+        "ON CONFLICT (user_id, daemon_id) DO UPDATE SET instance = excluded.instance, since = excluded.since "
+        "WHERE daemon_presence.since <= excluded.since");
     st.bind(1, userId).bind(2, daemonId).bind(3, instance).bind(4, since).run();
 }
 
@@ -760,13 +799,56 @@ void RelayDb::daemonAbsent(std::int64_t userId, const std::string& daemonId, con
     st.bind(1, userId).bind(2, daemonId).bind(3, instance).run();
 }
 
-std::optional<Presence> RelayDb::presence(std::int64_t userId, const std::string& daemonId, double aliveAfter) {
-    auto st = m_db->prepare(
-        "SELECT p.instance, p.since FROM daemon_presence p JOIN relay_instances i ON i.url = p.instance "
-        "WHERE p.user_id = ?1 AND p.daemon_id = ?2 AND i.alive_at > ?3");
-    st.bind(1, userId).bind(2, daemonId).bind(3, aliveAfter);
+std::optional<Presence> RelayDb::presence(std::int64_t userId, const std::string& daemonId, double maxSilence) {
+    auto st = m_db->prepare(std::string("SELECT p.instance, p.since FROM daemon_presence p JOIN relay_instances i ON "
+                                        "i.url = p.instance WHERE p.user_id = ?1 AND p.daemon_id = ?2 AND "
+                                        "i.alive_at > ") +
+                            dbNow(*m_db) + " - ?3");
+    st.bind(1, userId).bind(2, daemonId).bind(3, maxSilence);
     if (!st.step()) return std::nullopt;
     return Presence{st.text(0), st.real(1)};
+}
+
+void RelayDb::recordDrop(const ClusterDrop& drop, const std::string& droppedBy) {
+    auto st = m_db->prepare(
+        "INSERT INTO cluster_drops (credential_id, user_id, daemon_id, why, dropped_by, at) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+    if (drop.credentialId)
+        st.bind(1, drop.credentialId);
+    else
+        st.bindNull(1);
+    if (drop.daemonId.empty()) {
+        st.bindNull(2).bindNull(3);
+    } else {
+        st.bind(2, drop.userId).bind(3, drop.daemonId);
+    }
+    st.bind(4, drop.why).bind(5, droppedBy).bind(6, nowEpochSeconds()).run();
+}
+
+std::int64_t RelayDb::lastDropSeq() {
+    auto st = m_db->prepare("SELECT COALESCE(MAX(seq), 0) FROM cluster_drops");
+    return st.step() ? st.int64(0) : 0;
+}
+
+std::vector<ClusterDrop> RelayDb::dropsSince(std::int64_t afterSeq, const std::string& notBy) {
+    auto st = m_db->prepare(
+        "SELECT seq, COALESCE(credential_id, 0), COALESCE(user_id, 0), COALESCE(daemon_id, ''), why, dropped_by "
+        "FROM cluster_drops WHERE seq > ?1 ORDER BY seq LIMIT 1000");
+    st.bind(1, afterSeq);
+    std::vector<ClusterDrop> out;
+    while (st.step()) {
+        ClusterDrop d;
+        d.seq = st.int64(0);
+        // Another's only: the instance that dropped it has done so.
+        if (st.text(5) != notBy) {
+            d.credentialId = st.int64(1);
+            d.userId = st.int64(2);
+            d.daemonId = st.text(3);
+            d.why = st.text(4);
+        }
+        out.push_back(std::move(d));
+    }
+    return out;
 }
 
 std::int64_t RelayDb::lastCallbackSeq() {

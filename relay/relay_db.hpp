@@ -93,6 +93,17 @@ struct ClusterCallback {
     boost::json::object payload;
 };
 
+/// A credential revoked (credentialId) or a registration deleted (userId,
+/// daemonId) on one instance: the others close their connections of it.
+/// Both empty: one the asking instance made itself (only seq counts).
+struct ClusterDrop {
+    std::int64_t seq = 0;
+    std::int64_t credentialId = 0;
+    std::int64_t userId = 0;
+    std::string daemonId;
+    std::string why;
+};
+
 enum class VerifyOutcome { Ok, WrongCode, Expired, TooManyAttempts, UnknownToken };
 
 /// A write refused because the disk or the quota is full throws
@@ -192,18 +203,27 @@ public:
     std::int64_t unackedCallbackCount();
 
     // Several instances on one database (hpc-relay --cluster-url, docs/relay.md).
-    /// The instance says it is alive (every few seconds).
-    void instanceAlive(const std::string& instance, double now);
+    /// The instance says it is alive (every few seconds), on the database's clock.
+    void instanceAlive(const std::string& instance);
     /// Forgets which daemons an instance held (an instance starting again
     /// under the same URL holds none yet).
     void forgetInstance(const std::string& instance);
-    /// The daemon is connected to `instance` since `since`.
+    /// The instance stops (forgetInstance, and it is no longer alive).
+    void instanceGone(const std::string& instance);
+    /// The daemon is connected to `instance` since `since`, unless another
+    /// instance recorded a later connection of it.
     void daemonPresent(std::int64_t userId, const std::string& daemonId, const std::string& instance, double since);
     /// The daemon left `instance` (nothing when it is connected elsewhere now).
     void daemonAbsent(std::int64_t userId, const std::string& daemonId, const std::string& instance);
-    /// Where the daemon is connected, when that instance was alive after
-    /// `aliveAfter`: an instance that died stops counting by itself.
-    std::optional<Presence> presence(std::int64_t userId, const std::string& daemonId, double aliveAfter);
+    /// Where the daemon is connected, when that instance said it was alive
+    /// within `maxSilence` seconds (the database's clock): an instance that
+    /// died stops counting by itself.
+    std::optional<Presence> presence(std::int64_t userId, const std::string& daemonId, double maxSilence);
+    /// Records a drop for the other instances (the seq is the database's).
+    void recordDrop(const ClusterDrop& drop, const std::string& droppedBy);
+    std::int64_t lastDropSeq();
+    /// Up to 1000 drops after `afterSeq`, oldest first; those `notBy` made come empty.
+    std::vector<ClusterDrop> dropsSince(std::int64_t afterSeq, const std::string& notBy);
     /// The newest callback's seq (0 when none).
     std::int64_t lastCallbackSeq();
     /// Up to `limit` callbacks after `afterSeq`, in the order they were

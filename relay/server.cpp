@@ -104,6 +104,7 @@ public:
 
     void sendText(std::string text) override { enqueue(std::move(text), false); }
     void sendBinary(std::string data) override { enqueue(std::move(data), true); }
+    bool isInstanceLink() const override { return m_role.instance; }
 
     void close(std::string_view reason) override {
         if (m_closing) return;
@@ -547,6 +548,7 @@ public:
     void sendText(std::string text) override { send(std::move(text), false); }
     void sendBinary(std::string data) override { send(std::move(data), true); }
     void close(std::string_view) override { end(); }
+    bool isInstanceLink() const override { return true; }
 
 private:
     static constexpr std::size_t kMaxWaiting = 4096;
@@ -622,6 +624,11 @@ public:
         config.target = "/hpc/cluster/" + std::to_string(userId) + "/" + daemonId + "/ws";
         config.userAgent = "hpc-relay/" HPC_VERSION;
         config.name = "the link for daemon " + daemonId + " (user " + std::to_string(userId) + ")";
+        config.describeRefusal = [instance, daemonId](unsigned status) {
+            return status == 404 ? "daemon " + daemonId + " is not connected to " + instance + " any more"
+                                 : instance + " refused this instance's link (HTTP " + std::to_string(status) +
+                                       "): are both given the same --cluster-secret-file?";
+        };
         config.heartbeat = std::chrono::seconds(10);
         config.connectTimeout = std::chrono::seconds(10);
         link->start(std::move(config));

@@ -143,13 +143,13 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
         conn = c;
         const std::string& host = proxy() ? proxy()->host : config.url.host;
         const std::string& port = proxy() ? proxy()->port : config.url.port;
-        resolver.async_resolve(host, port,
-                               [self = shared_from_this(), c](beast::error_code ec, tcp::resolver::results_type r) {
-                                   self->onResolve(c, ec, std::move(r));
-                               });
+        resolver.async_resolve(
+            host, port, [self = shared_from_this(), c](beast::error_code ec, const tcp::resolver::results_type& r) {
+                self->onResolve(c, ec, r);
+            });
     }
 
-    void onResolve(const std::shared_ptr<Conn>& c, beast::error_code ec, tcp::resolver::results_type results) {
+    void onResolve(const std::shared_ptr<Conn>& c, beast::error_code ec, const tcp::resolver::results_type& results) {
         if (c != conn) return;
         if (ec) return fail(c, proxy() ? "resolve the proxy " + proxy()->host : "resolve " + config.url.host, ec);
         c->tcpStream().expires_after(config.connectTimeout);
@@ -166,7 +166,7 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
         if (!proxy()) return startTls(c);
         c->tcpStream().expires_after(config.connectTimeout);
         proxy::asyncOpenTunnel(c->tcpStream(), *proxy(), config.url.host, config.url.port,
-                               [self = shared_from_this(), c](beast::error_code ec, std::string refused) {
+                               [self = shared_from_this(), c](beast::error_code ec, const std::string& refused) {
                                    self->onTunnel(c, ec, refused);
                                });
     }
@@ -366,6 +366,12 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
     void unauthorized(const std::shared_ptr<Conn>& c, unsigned status) {
         teardown(c);
         conn.reset();
+        if (config.describeRefusal) {
+            lastFailure = config.describeRefusal(status);
+            log::info(lastFailure);
+            setState(LinkState::Unauthorized);
+            return;
+        }
         lastFailure = status == 404 ? "the platform does not know daemon " + config.daemonId +
                                           " (HTTP 404): it was unregistered, or never registered; run hpc-daemonctl "
                                           "setup to register it"
@@ -420,7 +426,13 @@ struct Link::Impl : std::enable_shared_from_this<Link::Impl> {
 Link::Link(asio::io_context& ioc, LinkConfig config, LinkHandlers handlers)
     : m_impl(std::make_shared<Impl>(ioc, std::move(config), std::move(handlers))) {}
 
-Link::~Link() { m_impl->stop(); }
+Link::~Link() {
+    try {
+        m_impl->stop();
+    } catch (const std::exception& e) {
+        log::error(std::string("stopping a link: ") + e.what());
+    }
+}
 
 void Link::start() {
     asio::post(m_impl->ioc, [impl = m_impl] { impl->connect(); });

@@ -58,6 +58,9 @@ struct LinkConfig {
     std::string userAgent = "hpc-daemond/" HPC_VERSION;
     /// What the link is, in log lines; empty: "daemon <daemonId>".
     std::string name;
+    /// When set, a refusal (401/403/404) is logged at info level as this
+    /// says, and the link stops (no retry); unset: the daemon's messages.
+    std::function<std::string(unsigned status)> describeRefusal;
 };
 
 struct LinkHandlers {

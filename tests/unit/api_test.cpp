@@ -589,6 +589,7 @@ TEST_P(ApiOnPostgres, ADaemonThatConnectsWhileTheDatabaseIsAwayIsRecordedAsPrese
         std::shared_ptr<Peer> open(const std::string&, std::int64_t, const std::string&) override { return nullptr; }
     } cluster;
     m_hub->setCluster(&cluster);
+    m_hub->setDatabaseRetrySeconds(0);  // the next tick tries at once
     std::string name = m_url.substr(m_url.rfind('/') + 1);
     std::string whyNot;
     auto admin = sql::openPostgres(*test::postgresServerUrl(whyNot));
@@ -600,9 +601,9 @@ TEST_P(ApiOnPostgres, ADaemonThatConnectsWhileTheDatabaseIsAwayIsRecordedAsPrese
     m_hub->attachDaemon(1, "d1", daemon);
     m_hub->clusterTick();  // still away: nothing, and no throw
     admin->exec("ALTER DATABASE " + name + " ALLOW_CONNECTIONS true");
-    EXPECT_FALSE(m_db->presence(1, "d1", 0)) << "recorded while the database was away?";
+    EXPECT_FALSE(m_db->presence(1, "d1", 60)) << "recorded while the database was away?";
     m_hub->clusterTick();
-    auto where = m_db->presence(1, "d1", 0);
+    auto where = m_db->presence(1, "d1", 60);
     ASSERT_TRUE(where) << "other instances can reach it now";
     EXPECT_EQ(where->instance, "wss://here");
     m_hub->setCluster(nullptr);

@@ -709,3 +709,41 @@ TEST_F(HubTest, AnAgentOnAnotherInstanceReachesTheDaemonThroughALink) {
     m_hub->setCluster(nullptr);
     b.setCluster(nullptr);
 }
+
+// A credential revoked, or a registration deleted, through one instance
+// closes the connections another instance holds with it on that one's next tick.
+TEST_F(HubTest, ARevocationOnOneInstanceClosesConnectionsOnTheOthers) {
+    FakeCluster atA("wss://a"), atB("wss://b");
+    RelayDb dbB(m_dir + "/relay.db");
+    Hub b(dbB);
+    m_hub->setCluster(&atA);
+    b.setCluster(&atB);
+    auto daemon = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", daemon, 7);
+    auto agent = std::make_shared<RecordingPeer>(), other = std::make_shared<RecordingPeer>();
+    m_hub->attachAgent(m_alice, agent);
+    m_hub->attachAgent(Principal{1, 11, "access", {}, std::nullopt}, other);
+    b.dropCredential(10, "this credential was revoked");
+    EXPECT_FALSE(agent->closed) << "not before A's tick";
+    m_hub->clusterTick();
+    EXPECT_TRUE(agent->closed);
+    EXPECT_FALSE(other->closed) << "another credential's connection";
+    EXPECT_FALSE(daemon->closed);
+    b.dropDaemon(1, "d1", "this daemon was unregistered");
+    m_hub->clusterTick();
+    EXPECT_TRUE(daemon->closed);
+    EXPECT_EQ(m_hub->daemonCount(), 0u);
+    // Applied once: a later tick changes nothing.
+    auto again = std::make_shared<RecordingPeer>();
+    m_hub->attachDaemon(1, "d1", again, 7);
+    m_hub->clusterTick();
+    EXPECT_FALSE(again->closed);
+    // B does not apply its own.
+    auto atBAgent = std::make_shared<RecordingPeer>();
+    b.attachAgent(Principal{1, 12, "access", {}, std::nullopt}, atBAgent);
+    b.clusterTick();
+    EXPECT_FALSE(atBAgent->closed);
+    m_hub->setCluster(nullptr);
+    EXPECT_FALSE(b.connectedSince(1, "d1")) << "A left the cluster: its daemons are connected nowhere";
+    b.setCluster(nullptr);
+}
