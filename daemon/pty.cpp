@@ -130,6 +130,10 @@ public:
         dropRetainedBefore(from);
         m_acked = from;
         m_detached = false;
+        // Until the output kept is sent again (after this answer), what the
+        // terminal writes meanwhile is only kept: sent now, it would come
+        // before the older bytes, and again with them.
+        m_resending = true;
         m_grace.cancel();
         std::uint64_t resend = m_sent - from;
         m_credit = credit > resend ? credit - resend : 0;
@@ -238,7 +242,7 @@ private:
     void send(const char* data, std::size_t size) {
         m_lastSent = std::chrono::steady_clock::now();
         retain(data, size);
-        if (m_detached) return;  // kept for the agent that attaches
+        if (m_detached || m_resending) return;  // kept for the agent that attaches
         if (!m_service.m_sendOutput(m_info.channel, data, size))
             log::debug("pty " + std::to_string(m_info.channel) + ": the link is down; output kept for a reattach");
     }
@@ -268,6 +272,9 @@ private:
     /// After an attach was answered: what is kept, in frames of up to
     /// kHoldBytes, then pty.exit if the shell ended meanwhile, then on.
     void resendRetained() {
+        m_resending = false;
+        // Detached again before this ran: kept for the next attach.
+        if (m_detached) return;
         std::string frame;
         auto flush = [&] {
             if (!frame.empty()) m_service.m_sendOutput(m_info.channel, frame.data(), frame.size());
@@ -381,7 +388,7 @@ private:
         m_auditPipe.close(ignored);
         // Detached: the last output and the exit wait for an agent to
         // attach, until the grace period ends.
-        if (m_detached && !m_graceOver) return;
+        if ((m_detached && !m_graceOver) || m_resending) return;  // resendRetained sends it
         m_grace.cancel();
         m_service.m_sendText(m_exitMessage);
         m_service.ended(m_info.channel);
@@ -408,6 +415,7 @@ private:
     std::uint64_t m_acked = 0;  ///< the offset the agent has acknowledged
     bool m_detached = false;    ///< no agent: output is kept, not sent
     bool m_graceOver = false;   ///< detached for the whole grace period: hung up
+    bool m_resending = false;   ///< attached, the kept output not yet sent again
     std::string m_exitMessage;
     std::chrono::steady_clock::time_point m_lastSent;
     bool m_holdArmed = false;
