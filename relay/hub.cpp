@@ -13,6 +13,18 @@ using protocol::Envelope;
 using protocol::ProtocolError;
 
 namespace {
+/// Closes the connections `map` holds under `key` and forgets them (forgotten
+/// first: a close may come back to the hub).
+template <class Map>
+void closeAndForget(Map& map, const typename Map::key_type& key, const std::string& why) {
+    auto [from, to] = map.equal_range(key);
+    std::vector<std::shared_ptr<Peer>> peers;
+    for (auto it = from; it != to; ++it)
+        if (auto peer = it->second.lock()) peers.push_back(std::move(peer));
+    map.erase(from, to);
+    for (const auto& peer : peers) peer->close(why);
+}
+
 std::string callbackEvent(std::uint64_t n, const std::string& daemonId, const json::object& payload) {
     Envelope e;
     e.type = "job.completed";
@@ -171,12 +183,7 @@ void Hub::closeCredentialHere(std::int64_t credentialId, const std::string& why)
     for (const auto& [key, link] : m_daemons)
         if (link.credentialId == credentialId) daemons.push_back(key);
     for (const auto& key : daemons) closeDaemonHere(key.first, key.second, why);
-    auto [from, to] = m_agentsByCredential.equal_range(credentialId);
-    std::vector<std::shared_ptr<Peer>> agents;
-    for (auto it = from; it != to; ++it)
-        if (auto peer = it->second.lock()) agents.push_back(std::move(peer));
-    m_agentsByCredential.erase(from, to);
-    for (const auto& agent : agents) agent->close(why);
+    closeAndForget(m_agentsByCredential, credentialId, why);
 }
 
 void Hub::detachDaemon(std::int64_t userId, const std::string& daemonId, const Peer* peer) {
@@ -754,12 +761,7 @@ void Hub::detachInstance(const Peer* peer) {
 }
 
 void Hub::closeInstanceLinks(const DaemonKey& key, const std::string& why) {
-    auto [from, to] = m_instanceLinks.equal_range(key);
-    std::vector<std::shared_ptr<Peer>> links;
-    for (auto it = from; it != to; ++it)
-        if (auto peer = it->second.lock()) links.push_back(std::move(peer));
-    m_instanceLinks.erase(from, to);
-    for (const auto& link : links) link->close(why);
+    closeAndForget(m_instanceLinks, key, why);
 }
 
 void Hub::onInstanceText(std::int64_t userId, const std::string& daemonId, const std::shared_ptr<Peer>& peer,
