@@ -137,6 +137,10 @@ class AgentClient {
 public:
     /// Connects to /hpc/agent/ws. Throws hpc::Error (Unauthorized, Unavailable).
     static std::unique_ptr<AgentClient> connect(const AgentOptions& options);
+    /// An agent on a connection made elsewhere (already authenticated).
+    static std::unique_ptr<AgentClient> over(std::unique_ptr<net::WsClient> ws) {
+        return std::unique_ptr<AgentClient>(new AgentClient(std::move(ws)));
+    }
 
     /// Sends a request to `daemonId` and waits for its response. Returns the
     /// result object; throws hpc::Error with the response's code and message,

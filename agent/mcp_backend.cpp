@@ -189,11 +189,17 @@ PlatformBackend::~PlatformBackend() {
     m_shells.clear();  // each hangs up and joins its thread
 }
 
-json::array PlatformBackend::listDaemons() {
-    net::PlatformClient platform(m_options.url,
-                                 net::ClientOptions{m_options.caFile, std::chrono::seconds(15), m_options.proxy});
-    return platform.listDaemons(m_options.token);
+PlatformAccess PlatformAccess::remote(AgentOptions options) {
+    auto shared = std::make_shared<const AgentOptions>(std::move(options));
+    return {[shared] { return AgentClient::connect(*shared); },
+            [shared] {
+                net::PlatformClient platform(
+                    shared->url, net::ClientOptions{shared->caFile, std::chrono::seconds(15), shared->proxy});
+                return platform.listDaemons(shared->token);
+            }};
 }
+
+json::array PlatformBackend::listDaemons() { return m_access.listDaemons(); }
 
 template <class F>
 auto PlatformBackend::withConnection(F&& f) -> decltype(f(std::declval<AgentClient&>())) {
@@ -209,7 +215,7 @@ auto PlatformBackend::withConnection(F&& f) -> decltype(f(std::declval<AgentClie
             m_idle.pop_back();
         }
     }
-    if (!c) c = AgentClient::connect(m_options);
+    if (!c) c = m_access.connect();
     auto result = f(*c);  // a broken connection throws, and is not kept
     std::lock_guard lock(m_lock);
     if (m_idle.size() < kMaxIdle) m_idle.push_back({std::move(c), Clock::now()});
@@ -317,7 +323,7 @@ std::pair<std::string, json::object> PlatformBackend::shellOpen(const std::strin
             throw Error(ErrorCode::Limit, std::to_string(m_shells.size()) +
                                               " shells are open in this session; close one (shell_close) first");
     }
-    auto client = AgentClient::connect(m_options);
+    auto client = m_access.connect();
     PtySpec spec;
     spec.cols = cols;
     spec.rows = rows;

@@ -8,6 +8,7 @@
 #include "mcp_session.hpp"
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -16,9 +17,21 @@
 
 namespace hpc::agent {
 
+/// How a backend reaches the platform: over the network (hpc-agent), or
+/// inside the relay's own process (its /mcp endpoint).
+struct PlatformAccess {
+    /// A new agent connection. Throws hpc::Error (Unauthorized, Unavailable).
+    std::function<std::unique_ptr<AgentClient>()> connect;
+    /// The user's daemons (GET /hpc/daemons).
+    std::function<boost::json::array()> listDaemons;
+    /// Through the platform's URL with these options.
+    static PlatformAccess remote(AgentOptions options);
+};
+
 class PlatformBackend final : public mcp::Backend {
 public:
-    explicit PlatformBackend(AgentOptions options) : m_options(std::move(options)) {}
+    explicit PlatformBackend(PlatformAccess access) : m_access(std::move(access)) {}
+    explicit PlatformBackend(AgentOptions options) : m_access(PlatformAccess::remote(std::move(options))) {}
     /// Hangs up every shell still open.
     ~PlatformBackend() override;
 
@@ -53,7 +66,7 @@ private:
         std::unique_ptr<AgentClient> client;
         std::chrono::steady_clock::time_point since;
     };
-    AgentOptions m_options;
+    PlatformAccess m_access;
     std::mutex m_lock;
     std::vector<Idle> m_idle;
     std::map<std::string, std::shared_ptr<Shell>> m_shells;

@@ -1,6 +1,6 @@
-// hpc-agent mcp --listen: MCP's streamable HTTP transport on loopback. One
-// thread per connection, blocking I/O: the clients are the few local agent
-// processes of one user, and every call already runs on a thread of its own.
+// MCP's streamable HTTP transport: hpc-agent mcp --listen on loopback, and
+// the relay's /mcp. One thread per connection, blocking I/O: every call
+// already runs on a thread of its own.
 #include "mcp_http.hpp"
 
 #include "errors.hpp"
@@ -8,11 +8,13 @@
 #include "util.hpp"
 
 #include <boost/asio/connect.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <netinet/in.h>
 #include <openssl/crypto.h>
 #include <poll.h>
 #include <pthread.h>
@@ -34,6 +36,7 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 namespace json = boost::json;
 using tcp = asio::ip::tcp;
+using Socket = asio::generic::stream_protocol::socket;
 using namespace std::chrono_literals;
 
 namespace hpc::agent {
@@ -75,8 +78,9 @@ private:
 /// (and each progress notification) to the connection waiting for it.
 class HttpSession {
 public:
-    HttpSession(std::unique_ptr<mcp::Backend> backend, const mcp::SessionOptions& options)
-        : m_backend(std::move(backend)),
+    HttpSession(std::string owner, std::unique_ptr<mcp::Backend> backend, const mcp::SessionOptions& options)
+        : m_owner(std::move(owner)),
+          m_backend(std::move(backend)),
           m_session(std::make_unique<mcp::Session>(
               *m_backend, [this](const json::value& msg) { route(msg); }, options)) {}
 
@@ -115,6 +119,7 @@ public:
         return m_exchanges.empty() && m_session->running() == 0;
     }
     void touch() { m_lastUsed = std::chrono::steady_clock::now(); }
+    const std::string& owner() const { return m_owner; }
     std::chrono::steady_clock::time_point lastUsed() const { return m_lastUsed; }
 
 private:
@@ -177,6 +182,7 @@ private:
     std::map<std::string, std::string> m_progress;                 ///< progress token -> request id
     std::atomic<std::chrono::steady_clock::time_point> m_lastUsed{std::chrono::steady_clock::now()};
     std::mutex m_receiveLock;
+    const std::string m_owner;
     // Destroyed first: the core waits for its calls, which route() into the maps above.
     std::unique_ptr<mcp::Backend> m_backend;
     std::unique_ptr<mcp::Session> m_session;
@@ -198,12 +204,14 @@ std::string rpcErrorBody(int code, const std::string& message) {
         json::object{{"jsonrpc", "2.0"}, {"id", nullptr}, {"error", {{"code", code}, {"message", message}}}});
 }
 
-class Server {
-public:
-    Server(const McpHttpOptions& options, const BackendFactory& makeBackend)
-        : m_options(options), m_makeBackend(makeBackend) {}
+}  // namespace
 
-    void serveConnection(tcp::socket socket) {
+class McpHttpServer::Impl {
+public:
+    Impl(McpHttpOptions options, McpCaller loopbackCaller)
+        : m_options(std::move(options)), m_loopbackCaller(std::move(loopbackCaller)) {}
+
+    void serveConnection(Socket socket) {
         // A client silent for this long between requests is gone.
         timeval idle{300, 0};
         ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &idle, sizeof idle);
@@ -225,7 +233,12 @@ public:
             if (!handle(socket, req) || !req.keep_alive()) break;
         }
         beast::error_code ignored;
-        socket.shutdown(tcp::socket::shutdown_both, ignored);
+        socket.shutdown(Socket::shutdown_both, ignored);
+    }
+
+    std::size_t sessionCount() {
+        std::lock_guard lock(m_lock);
+        return m_sessions.size();
     }
 
     /// Every session's calls cancelled; false when some still run after `limit`.
@@ -242,33 +255,53 @@ public:
 
 private:
     /// Answers one request; false when the connection must close.
-    bool handle(tcp::socket& socket, const Request& req) {
+    bool handle(Socket& socket, const Request& req) {
         std::string_view target = req.target();
         target = target.substr(0, target.find('?'));
         if (target != "/mcp") return reply(socket, 404, {}, rpcErrorBody(mcp::kInvalidRequest, "the endpoint is /mcp"));
-        // DNS rebinding: a web page's request to a name that resolves here carries that name.
-        if (!isLoopbackHost(std::string(req[http::field::host])))
-            return reply(socket, 403, {}, rpcErrorBody(mcp::kInvalidRequest, "Host is not a loopback name"));
-        if (auto origin = std::string(req[http::field::origin]); !origin.empty()) {
-            auto scheme = origin.find("://");
-            if (scheme == std::string::npos || !isLoopbackHost(origin.substr(scheme + 3)))
-                return reply(socket, 403, {}, rpcErrorBody(mcp::kInvalidRequest, "Origin is not a loopback origin"));
-        }
-        if (m_options.bearer) {
-            std::string want = "Bearer " + m_options.bearer->reveal();
-            auto got = req[http::field::authorization];
-            if (got.size() != want.size() || CRYPTO_memcmp(got.data(), want.data(), want.size()) != 0)
+        McpCaller caller;
+        if (!m_options.authorize) {
+            // DNS rebinding: a web page's request to a name that resolves here carries that name.
+            if (!isLoopbackHost(std::string(req[http::field::host])))
+                return reply(socket, 403, {}, rpcErrorBody(mcp::kInvalidRequest, "Host is not a loopback name"));
+            if (auto origin = std::string(req[http::field::origin]); !origin.empty()) {
+                auto scheme = origin.find("://");
+                if (scheme == std::string::npos || !isLoopbackHost(origin.substr(scheme + 3)))
+                    return reply(socket, 403, {},
+                                 rpcErrorBody(mcp::kInvalidRequest, "Origin is not a loopback origin"));
+            }
+            if (m_options.bearer) {
+                std::string want = "Bearer " + m_options.bearer->reveal();
+                auto got = req[http::field::authorization];
+                if (got.size() != want.size() || CRYPTO_memcmp(got.data(), want.data(), want.size()) != 0)
+                    return reply(socket, 401, {{"WWW-Authenticate", "Bearer"}},
+                                 rpcErrorBody(mcp::kInvalidRequest, "a bearer token is required"));
+            }
+            caller = m_loopbackCaller;
+        } else {
+            // A page elsewhere may not drive a user's agent session with a token it holds.
+            if (auto origin = std::string(req[http::field::origin]);
+                !origin.empty() && std::find(m_options.allowedOrigins.begin(), m_options.allowedOrigins.end(),
+                                             origin) == m_options.allowedOrigins.end())
+                return reply(socket, 403, {},
+                             rpcErrorBody(mcp::kInvalidRequest,
+                                          "Origin " + origin.substr(0, 100) +
+                                              " is not allowed (hpc-relay --mcp-origin lists those that are)"));
+            std::string refusal;
+            auto who = m_options.authorize(std::string(req[http::field::authorization]), refusal);
+            if (!who)
                 return reply(socket, 401, {{"WWW-Authenticate", "Bearer"}},
-                             rpcErrorBody(mcp::kInvalidRequest, "a bearer token is required"));
+                             rpcErrorBody(mcp::kInvalidRequest, refusal));
+            caller = std::move(*who);
         }
         if (auto v = std::string(req["MCP-Protocol-Version"]);
             !v.empty() && std::find(kVersions.begin(), kVersions.end(), v) == kVersions.end())
             return reply(socket, 400, {},
                          rpcErrorBody(mcp::kInvalidRequest, "unsupported MCP-Protocol-Version " + v.substr(0, 32)));
 
-        if (req.method() == http::verb::post) return post(socket, req);
+        if (req.method() == http::verb::post) return post(socket, req, caller);
         std::shared_ptr<HttpSession> session;
-        if (!findSession(socket, req, session)) return true;
+        if (!findSession(socket, req, caller, session)) return true;
         if (req.method() == http::verb::get) return standaloneStream(socket, req, *session);
         if (req.method() == http::verb::delete_) {
             {
@@ -284,10 +317,16 @@ private:
     }
 
     /// Under m_lock.
-    void evictOldestIdle() {
+    std::size_t sessionsOf(const std::string& owner) const {
+        return static_cast<std::size_t>(std::count_if(m_sessions.begin(), m_sessions.end(),
+                                                      [&](const auto& s) { return s.second->owner() == owner; }));
+    }
+
+    /// Under m_lock: the owner's least recently used idle session ends.
+    void evictOldestIdle(const std::string& owner) {
         auto oldest = m_sessions.end();
         for (auto it = m_sessions.begin(); it != m_sessions.end(); ++it)
-            if (it->second->idle() &&
+            if (it->second->owner() == owner && it->second->idle() &&
                 (oldest == m_sessions.end() || it->second->lastUsed() < oldest->second->lastUsed()))
                 oldest = it;
         if (oldest == m_sessions.end()) return;
@@ -298,7 +337,9 @@ private:
     }
 
     /// The request's session, or false after answering 400 (no header) or 404.
-    bool findSession(tcp::socket& socket, const Request& req, std::shared_ptr<HttpSession>& session) {
+    /// Another owner's session is not found either.
+    bool findSession(Socket& socket, const Request& req, const McpCaller& caller,
+                     std::shared_ptr<HttpSession>& session) {
         auto id = std::string(req["Mcp-Session-Id"]);
         if (id.empty()) {
             reply(socket, 400, {}, rpcErrorBody(mcp::kInvalidRequest, "Mcp-Session-Id is required (initialize first)"));
@@ -306,7 +347,8 @@ private:
         }
         {
             std::lock_guard lock(m_lock);
-            if (auto it = m_sessions.find(id); it != m_sessions.end()) session = it->second;
+            if (auto it = m_sessions.find(id); it != m_sessions.end() && it->second->owner() == caller.owner)
+                session = it->second;
         }
         if (!session) {
             reply(socket, 404, {}, rpcErrorBody(mcp::kInvalidRequest, "no session " + id.substr(0, 64)));
@@ -316,7 +358,7 @@ private:
         return true;
     }
 
-    bool post(tcp::socket& socket, const Request& req) {
+    bool post(Socket& socket, const Request& req, const McpCaller& caller) {
         if (std::string_view(req[http::field::content_type]).find("application/json") == std::string_view::npos)
             return reply(socket, 415, {}, rpcErrorBody(mcp::kInvalidRequest, "Content-Type must be application/json"));
         json::error_code ec;
@@ -336,18 +378,21 @@ private:
             {
                 std::lock_guard lock(m_lock);
                 // Clients often leave without DELETE: the least recently used idle session makes room.
-                if (m_sessions.size() >= m_options.maxSessions) evictOldestIdle();
-                if (m_sessions.size() < m_options.maxSessions) {
+                if (sessionsOf(caller.owner) >= m_options.maxSessions) evictOldestIdle(caller.owner);
+                if (sessionsOf(caller.owner) < m_options.maxSessions &&
+                    m_sessions.size() < m_options.maxSessionsTotal) {
                     newId = randomHex(16);
-                    session = std::make_shared<HttpSession>(m_makeBackend(), m_options.session);
+                    session = std::make_shared<HttpSession>(caller.owner, caller.makeBackend(), m_options.session);
                     m_sessions[newId] = session;
                 }
             }
             if (!session)
-                return reply(socket, 503, {},
-                             rpcErrorBody(mcp::kInvalidRequest, std::to_string(m_options.maxSessions) +
-                                                                    " sessions are busy; end one (DELETE) first"));
-        } else if (!findSession(socket, req, session)) {
+                return reply(
+                    socket, 503, {},
+                    rpcErrorBody(mcp::kInvalidRequest,
+                                 "every session is busy (at most " + std::to_string(m_options.maxSessions) + " each, " +
+                                     std::to_string(m_options.maxSessionsTotal) + " in all); end one (DELETE) first"));
+        } else if (!findSession(socket, req, caller, session)) {
             return true;
         }
         if (!isRequest) {  // a notification, or a response: nothing comes back
@@ -363,8 +408,8 @@ private:
 
     /// Waits for the request's messages: its answer alone goes back as JSON;
     /// notifications before it turn the answer into an event stream.
-    bool answer(tcp::socket& socket, const Request& req, HttpSession& session, Exchange& exchange,
-                const json::object& msg, const std::string& newId) {
+    bool answer(Socket& socket, const Request& req, HttpSession& session, Exchange& exchange, const json::object& msg,
+                const std::string& newId) {
         std::vector<std::pair<std::string, std::string>> headers;
         if (!newId.empty()) headers.emplace_back("Mcp-Session-Id", newId);
         bool streaming = false;
@@ -400,7 +445,7 @@ private:
 
     /// GET: the session's notifications for no request (resources/updated),
     /// as an event stream, until the client hangs up.
-    bool standaloneStream(tcp::socket& socket, const Request& req, HttpSession& session) {
+    bool standaloneStream(Socket& socket, const Request& req, HttpSession& session) {
         if (std::string_view(req[http::field::accept]).find("text/event-stream") == std::string_view::npos)
             return reply(socket, 406, {}, rpcErrorBody(mcp::kInvalidRequest, "GET takes Accept: text/event-stream"));
         std::optional<std::uint64_t> after;
@@ -425,21 +470,20 @@ private:
         return false;
     }
 
-    static bool hungUp(tcp::socket& socket) {
+    static bool hungUp(Socket& socket) {
         pollfd p{socket.native_handle(), POLLRDHUP, 0};
         return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
     }
 
-    static bool send(tcp::socket& socket, const std::string& data) {
+    static bool send(Socket& socket, const std::string& data) {
         beast::error_code ec;
         asio::write(socket, asio::buffer(data), ec);
         return !ec;
     }
 
     /// Writes a response; returns whether the connection may stay open.
-    static bool reply(tcp::socket& socket, unsigned status,
-                      const std::vector<std::pair<std::string, std::string>>& headers, std::string body,
-                      bool keepAlive = true) {
+    static bool reply(Socket& socket, unsigned status, const std::vector<std::pair<std::string, std::string>>& headers,
+                      std::string body, bool keepAlive = true) {
         http::response<http::string_body> res{static_cast<http::status>(status), 11};
         if (!body.empty()) res.set(http::field::content_type, "application/json");
         for (const auto& [k, v] : headers) res.set(k, v);
@@ -451,13 +495,44 @@ private:
         return keepAlive && !ec;
     }
 
-    const McpHttpOptions& m_options;
-    const BackendFactory& m_makeBackend;
+public:
+    /// Only for the sockets' construction: their I/O is blocking.
+    asio::io_context ioc;
+
+private:
+    const McpHttpOptions m_options;
+    const McpCaller m_loopbackCaller;
     std::mutex m_lock;
     std::map<std::string, std::shared_ptr<HttpSession>> m_sessions;
 };
 
-}  // namespace
+McpHttpServer::McpHttpServer(McpHttpOptions options, McpCaller loopbackCaller)
+    : m_impl(std::make_unique<Impl>(std::move(options), std::move(loopbackCaller))) {}
+
+McpHttpServer::~McpHttpServer() = default;
+
+void McpHttpServer::serve(int fd) {
+    int family = AF_UNIX;
+    socklen_t size = sizeof family;
+    ::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &family, &size);
+    beast::error_code ec;
+    Socket socket(m_impl->ioc);
+    socket.assign(asio::generic::stream_protocol(family, family == AF_UNIX ? 0 : IPPROTO_TCP), fd, ec);
+    if (ec) {
+        ::close(fd);
+        return;
+    }
+    try {
+        m_impl->serveConnection(std::move(socket));
+    } catch (const std::exception& e) {
+        // One connection's failure never ends the process that serves the others.
+        log::error(std::string("MCP connection: ") + e.what());
+    }
+}
+
+bool McpHttpServer::shutdownAll(std::chrono::milliseconds limit) { return m_impl->shutdownAll(limit); }
+
+std::size_t McpHttpServer::sessionCount() const { return m_impl->sessionCount(); }
 
 bool isLoopbackHost(const std::string& hostPort) {
     auto host = hostOf(hostPort);
@@ -499,7 +574,7 @@ int serveMcpHttp(const McpHttpOptions& options, const BackendFactory& makeBacken
         ::close(options.readyFd);
     }
 
-    Server server(options, makeBackend);
+    McpHttpServer server(options, McpCaller{"", makeBackend});
     std::atomic<std::size_t> connections{0};
     int listenFd = acceptor.native_handle();
     std::thread([stop, listenFd] {
@@ -518,7 +593,7 @@ int serveMcpHttp(const McpHttpOptions& options, const BackendFactory& makeBacken
         }
         ++connections;
         std::thread([&server, &connections, s = std::move(socket)]() mutable {
-            server.serveConnection(std::move(s));
+            server.serve(s.release());
             --connections;
         }).detach();
     }

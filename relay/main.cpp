@@ -147,6 +147,19 @@ int main(int argc, char** argv) try {
                    "with --cluster-url: CA certificates (PEM) that verify the other instances' certificates "
                    "(default: the system's)")
         ->check(CLI::ExistingFile);
+    bool noMcp = false;
+    app.add_flag("--no-mcp", noMcp,
+                 "do not serve /mcp, the Model Context Protocol endpoint through which a remote AI agent uses its "
+                 "daemons with its bearer token (docs/mcp.md)");
+    app.add_option("--mcp-origin", config.mcp.allowedOrigins,
+                   "a web origin (https://host[:port]) whose pages may call /mcp; repeatable. Requests with any "
+                   "other Origin header are refused; agents, which send none, are served")
+        ->check([](const std::string& origin) {
+            auto scheme = origin.find("://");
+            return scheme == std::string::npos || origin.back() == '/'
+                       ? std::string("an origin is SCHEME://HOST[:PORT], without a path")
+                       : std::string();
+        });
     app.add_option("--log-file", logFile, "log to this file instead of stderr");
     app.add_flag("-v,--verbose", verbose, "log debug lines too");
     CLI11_PARSE(app, argc, argv);
@@ -178,6 +191,7 @@ int main(int argc, char** argv) try {
         *out = static_cast<double>(d->count());
     }
     config.metrics.enabled = !noMetrics;
+    config.mcp.enabled = !noMcp;
     if (!metricsTokenFile.empty()) {
         auto token = readTokenFile(metricsTokenFile, "--metrics-token-file");
         if (!token) return 2;

@@ -4,15 +4,18 @@
 
 #include "link.hpp"
 #include "log.hpp"
+#include "mcp_gateway.hpp"
 #include "protocol.hpp"
 #include "tcp_cork.hpp"
 #include "util.hpp"
 
 #include <openssl/crypto.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -23,6 +26,7 @@
 #include <boost/beast/websocket/ssl.hpp>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <deque>
 #include <filesystem>
@@ -54,6 +58,7 @@ struct Context {
     Api& api;
     Hub& hub;
     const ServerConfig& config;
+    McpGateway* mcp = nullptr;  ///< null: no /mcp (--no-mcp)
 };
 
 std::string remoteOf(const tcp::socket& socket) {
@@ -258,9 +263,18 @@ private:
         m_parser->header_limit(16 * 1024);
         m_parser->body_limit(std::uint64_t{1024} * 1024);
         beast::get_lowest_layer(m_stream).expires_after(std::chrono::seconds(30));
-        http::async_read(m_stream, m_buffer, *m_parser,
-                         [self = this->shared_from_this()](beast::error_code ec, std::size_t) { self->onRead(ec); });
+        http::async_read_header(m_stream, m_buffer, *m_parser,
+                                [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+                                    if (ec) return self->onRead(ec);
+                                    // A file written through MCP travels in the request, base64-encoded.
+                                    if (self->isMcp(self->m_parser->get().target()))
+                                        self->m_parser->body_limit(McpGateway::kMaxBodyBytes);
+                                    http::async_read(self->m_stream, self->m_buffer, *self->m_parser,
+                                                     [self](beast::error_code ec, std::size_t) { self->onRead(ec); });
+                                });
     }
+
+    bool isMcp(std::string_view target) const { return m_ctx.mcp && target.substr(0, target.find('?')) == "/mcp"; }
 
     void onRead(beast::error_code ec) {
         if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == asio::error::eof) {
@@ -282,6 +296,7 @@ private:
             return;
         }
         if (httpRoute(req.target()) == "/metrics") return serveMetrics(req);
+        if (isMcp(req.target())) return forwardMcp(std::move(req));
         ApiRequest api{std::string(req.method_string()), std::string(req.target()),
                        std::string(req[http::field::authorization]), std::move(req.body()), m_remote};
         auto started = std::chrono::steady_clock::now();
@@ -289,6 +304,160 @@ private:
         m_ctx.hub.metrics().httpAnswered(api.method, api.target, answer.status, answer.body, secondsSince(started));
         writeResponse(std::move(answer), req.keep_alive());
     }
+
+    // ---- /mcp: each request goes to the MCP gateway's thread for this
+    // connection (through a UNIX socket pair), and its answer comes back
+    // here, an event stream as it flows; other routes stay this session's.
+
+    void forwardMcp(http::request<http::string_body> req, bool again = false) {
+        if (!m_gateway && !openGateway())
+            return writeResponse(errorResponse(ErrorCode::Limit, "too many MCP connections; try again later"), false);
+        // Event streams stay open as long as the client wants them.
+        beast::get_lowest_layer(m_stream).expires_never();
+        m_responding = true;
+        // While the answer is on its way, a client that hangs up is seen (its
+        // call is cancelled); bytes it sends meanwhile are its next request.
+        if (m_buffer.size() > 0)
+            m_haveNext = true;
+        else if (!m_watching)
+            watchClient();
+        auto shared = std::make_shared<http::request<http::string_body>>(std::move(req));
+        http::async_write(
+            *m_gateway, *shared, [self = this->shared_from_this(), shared, again](beast::error_code ec, std::size_t) {
+                if (!ec) return self->relayHeader();
+                // The gateway's thread ended this connection (idle): once more on a new one.
+                self->m_gateway.reset();
+                self->m_responding = false;
+                if (again)
+                    return self->writeResponse(errorResponse(ErrorCode::Unavailable, "MCP is not answering"), false);
+                self->forwardMcp(std::move(*shared), true);
+            });
+    }
+
+    bool openGateway() {
+        int fds[2];
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) return false;
+        m_gateway.emplace(m_stream.get_executor());
+        beast::error_code ec;
+        m_gateway->assign(asio::local::stream_protocol(), fds[0], ec);
+        if (ec) ::close(fds[0]);
+        if (ec || !m_ctx.mcp->serve(fds[1])) {
+            if (ec) ::close(fds[1]);
+            m_gateway.reset();
+            return false;
+        }
+        m_gatewayBuffer.clear();
+        return true;
+    }
+
+    void watchClient() {
+        m_watching = true;
+        m_stream.async_read_some(m_buffer.prepare(kMcpPieceBytes),
+                                 [self = this->shared_from_this()](beast::error_code ec, std::size_t n) {
+                                     self->m_watching = false;
+                                     if (ec) {  // gone (or idle too long): the gateway's thread sees its end
+                                         self->closeGateway();
+                                         if (!self->m_responding) gracefulClose(self->m_stream);
+                                         return;
+                                     }
+                                     self->m_buffer.commit(n);
+                                     self->m_haveNext = true;
+                                     if (!self->m_responding) self->nextRequest();
+                                 });
+    }
+
+    void relayHeader() {
+        m_piece.resize(kMcpPieceBytes);
+        m_response.emplace();
+        m_response->body_limit(boost::none);  // an event stream has no end known in advance
+        http::async_read_header(*m_gateway, m_gatewayBuffer, *m_response,
+                                [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+                                    if (ec) return self->gatewayFailed();
+                                    self->m_serializer.emplace(self->m_response->get());
+                                    http::async_write_header(self->m_stream, *self->m_serializer,
+                                                             [self](beast::error_code ec, std::size_t) {
+                                                                 if (ec) return self->closeAll();
+                                                                 self->relayBody();
+                                                             });
+                                });
+    }
+
+    /// One piece of the answer's body read from the gateway, then written.
+    void relayBody() {
+        auto& body = m_response->get().body();
+        if (m_response->is_done()) {
+            body.data = nullptr;
+            body.size = 0;
+            body.more = false;
+            return writeBody();
+        }
+        body.data = m_piece.data();
+        body.size = m_piece.size();
+        http::async_read_some(*m_gateway, m_gatewayBuffer, *m_response,
+                              [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+                                  if (ec == http::error::need_buffer) ec = {};
+                                  if (ec) return self->closeAll();
+                                  auto& body = self->m_response->get().body();
+                                  body.size = self->m_piece.size() - body.size;
+                                  body.data = self->m_piece.data();
+                                  body.more = !self->m_response->is_done();
+                                  self->writeBody();
+                              });
+    }
+
+    void writeBody() {
+        http::async_write(m_stream, *m_serializer,
+                          [self = this->shared_from_this()](beast::error_code ec, std::size_t) {
+                              if (ec == http::error::need_buffer) ec = {};
+                              if (ec) return self->closeAll();
+                              if (!self->m_serializer->is_done()) return self->relayBody();
+                              self->responded();
+                          });
+    }
+
+    void responded() {
+        bool keepAlive = m_response->get().keep_alive();
+        m_serializer.reset();
+        m_response.reset();
+        m_responding = false;
+        if (!keepAlive) {
+            closeGateway();
+            gracefulClose(m_stream);
+        } else if (m_haveNext || !m_watching) {
+            nextRequest();
+        } else {
+            // The pending watch is the wait for the next request.
+            beast::get_lowest_layer(m_stream).expires_after(std::chrono::seconds(kMcpIdleSeconds));
+        }
+    }
+
+    void nextRequest() {
+        m_haveNext = false;
+        doRead();
+    }
+
+    /// The gateway ended the connection before it answered.
+    void gatewayFailed() {
+        m_responding = false;
+        closeGateway();
+        writeResponse(errorResponse(ErrorCode::Unavailable, "MCP is not answering"), false);
+    }
+
+    void closeGateway() {
+        beast::error_code ignored;
+        if (m_gateway) m_gateway->close(ignored);
+        m_gateway.reset();
+    }
+
+    void closeAll() {
+        closeGateway();
+        beast::error_code ignored;
+        beast::get_lowest_layer(m_stream).socket().close(ignored);
+    }
+
+    static constexpr std::size_t kMcpPieceBytes = std::size_t{16} * 1024;
+    /// How long an MCP client's connection may idle between requests.
+    static constexpr int kMcpIdleSeconds = 300;
 
     /// GET /metrics (docs/metrics.md): who may read it is MetricsAccess's call.
     void serveMetrics(const http::request<http::string_body>& req) {
@@ -428,6 +597,15 @@ private:
     std::string m_remote;
     beast::flat_buffer m_buffer;
     std::optional<http::request_parser<http::string_body>> m_parser;
+    // /mcp
+    std::optional<asio::local::stream_protocol::socket> m_gateway;
+    beast::flat_buffer m_gatewayBuffer;
+    std::optional<http::response_parser<http::buffer_body>> m_response;
+    std::optional<http::serializer<false, http::buffer_body>> m_serializer;
+    std::vector<char> m_piece;  ///< sized when first used
+    bool m_responding = false;  ///< an answer from the gateway is on its way
+    bool m_watching = false;    ///< a read of the client is pending
+    bool m_haveNext = false;    ///< m_buffer holds the start of the next request
 };
 
 // -------------------------------------------------------------- listener
@@ -688,7 +866,13 @@ int runServer(const ServerConfig& config, Api& api, Hub& hub) {
     }
 
     asio::io_context ioc(1);
-    Context ctx{api, hub, config};
+    std::unique_ptr<McpGateway> mcp;
+    if (config.mcp.enabled) {
+        McpGatewayOptions options;
+        options.allowedOrigins = config.mcp.allowedOrigins;
+        mcp = std::make_unique<McpGateway>(ioc, api, hub, std::move(options));
+    }
+    Context ctx{api, hub, config, mcp.get()};
     auto listener = std::make_shared<Listener>(ioc, tls.get(), ctx, tcp::endpoint(address, config.port));
     listener->start();
     if (!config.portFile.empty()) writePortFile(config.portFile, listener->port());
@@ -724,10 +908,12 @@ int runServer(const ServerConfig& config, Api& api, Hub& hub) {
 
     asio::signal_set signals(ioc, SIGINT, SIGTERM);
     asio::steady_timer shutdownTimer(ioc);
-    signals.async_wait([&ioc, &hub, &shutdownTimer, &clusterTimer, listener](beast::error_code, int sig) {
+    signals.async_wait([&ioc, &hub, &shutdownTimer, &clusterTimer, &mcp, listener](beast::error_code, int sig) {
         log::notice(std::string("received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ", stopping");
         sd_notify(0, "STOPPING=1");
         listener->stop();
+        // MCP calls are cancelled; the relay's thread cannot wait for them (they wait for it).
+        if (mcp) mcp->shutdown(std::chrono::milliseconds(0));
         clusterTimer.cancel();
         hub.closeAll();
         // Give close frames a moment to leave, never longer.

@@ -8,6 +8,7 @@
 #include "secret.hpp"
 
 #include <string>
+#include <vector>
 
 namespace hpc::relay {
 
@@ -18,6 +19,13 @@ struct ClusterConfig {
     std::string url;
     Secret secret;       ///< every instance's links carry it as their bearer
     std::string caFile;  ///< verifies the other instances' certificates; "": the system's
+};
+
+/// /mcp (docs/mcp.md).
+struct McpConfig {
+    bool enabled = true;
+    /// Web origins whose pages may call it (requests without Origin are served).
+    std::vector<std::string> allowedOrigins;
 };
 
 struct ServerConfig {
@@ -31,6 +39,7 @@ struct ServerConfig {
     int wsIdleSeconds = 60;  ///< a WebSocket silent this long (pings unanswered) is closed
     MetricsAccess metrics;   ///< who may read GET /metrics
     ClusterConfig cluster;
+    McpConfig mcp;
 };
 
 /// Serves until SIGINT or SIGTERM. Returns the process exit code; throws

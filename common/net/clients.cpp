@@ -216,6 +216,13 @@ struct WsClient::Impl {
 };
 
 WsClient::WsClient(std::unique_ptr<Impl> impl) : m_impl(std::move(impl)) {}
+
+std::unique_ptr<WsClient> WsClient::over(std::shared_ptr<FrameChannel> channel) {
+    std::unique_ptr<WsClient> client(new WsClient(nullptr));
+    client->m_channel = std::move(channel);
+    return client;
+}
+
 WsClient::~WsClient() {
     try {
         close();
@@ -301,14 +308,17 @@ void writeFrame(WsClient::Impl& impl, Ws& ws, const std::string& data, bool bina
 }  // namespace
 
 void WsClient::sendText(const std::string& text) {
+    if (m_channel) return m_channel->send(WsFrame{false, text});
     m_impl->visit([&](auto& ws) { writeFrame(*m_impl, ws, text, false); });
 }
 
 void WsClient::sendBinary(const std::string& data) {
+    if (m_channel) return m_channel->send(WsFrame{true, data});
     m_impl->visit([&](auto& ws) { writeFrame(*m_impl, ws, data, true); });
 }
 
 std::optional<WsFrame> WsClient::read(std::chrono::milliseconds timeout) {
+    if (m_channel) return m_channel->receive(timeout);
     auto& impl = *m_impl;
     if (impl.closed) throw Error(ErrorCode::Unavailable, "the connection to the platform is closed");
     if (!impl.readPending) {
@@ -346,9 +356,10 @@ std::optional<WsFrame> WsClient::read(std::chrono::milliseconds timeout) {
     return frame;
 }
 
-int WsClient::nativeFd() const { return m_impl->socket().native_handle(); }
+int WsClient::nativeFd() const { return m_channel ? -1 : m_impl->socket().native_handle(); }
 
 void WsClient::close() {
+    if (m_channel) return m_channel->close();
     auto& impl = *m_impl;
     if (impl.closed) return;
     impl.closed = true;

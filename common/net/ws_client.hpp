@@ -17,6 +17,20 @@ struct WsFrame {
     std::string data;
 };
 
+/// The other end of a connection that is not a socket: a WsClient made
+/// with WsClient::over() reads and writes frames through it. The relay's
+/// MCP endpoint uses one to reach its own hub in the same process.
+class FrameChannel {
+public:
+    virtual ~FrameChannel() = default;
+    /// Throws hpc::Error(Unavailable) when the channel has closed.
+    virtual void send(WsFrame frame) = 0;
+    /// The next frame, or nullopt after `timeout`; throws
+    /// hpc::Error(Unavailable) once the channel has closed and is drained.
+    virtual std::optional<WsFrame> receive(std::chrono::milliseconds timeout) = 0;
+    virtual void close() = 0;
+};
+
 class WsClient {
 public:
     /// Connects to base.path + path with `Authorization: Bearer <token>`.
@@ -24,6 +38,9 @@ public:
     /// hpc::Error(Unavailable) for anything else that fails.
     static std::unique_ptr<WsClient> connect(const Url& base, const std::string& path, const std::string& bearer,
                                              const ClientOptions& options = {});
+    /// A client whose frames go through `channel` instead of a socket
+    /// (nativeFd() is then -1).
+    static std::unique_ptr<WsClient> over(std::shared_ptr<FrameChannel> channel);
     ~WsClient();
 
     void sendText(const std::string& text);
@@ -44,6 +61,7 @@ public:
 private:
     explicit WsClient(std::unique_ptr<Impl> impl);
     std::unique_ptr<Impl> m_impl;
+    std::shared_ptr<FrameChannel> m_channel;
 };
 
 }  // namespace hpc::net

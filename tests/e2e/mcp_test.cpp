@@ -20,12 +20,14 @@ using namespace std::chrono_literals;
 namespace {
 
 const fs::path kClients = fs::path(HPC_SOURCE_DIR) / "tests" / "mcp";
+const std::string kAllowedOrigin = "https://console.example.org";
 
 class McpTest : public ::testing::Test {
 protected:
     void SetUp() override {
         ASSERT_TRUE(fs::exists(kClients / "node_modules" / "@modelcontextprotocol" / "sdk"))
             << "the MCP SDK is not installed: run npm ci --prefix tests/mcp (scripts/test.sh does)";
+        m_h.setRelayArgs({"--mcp-origin", kAllowedOrigin});
         m_h.startRelay();
         m_work = m_h.dir() / "work";
         m_outside = m_h.dir() / "outside";
@@ -119,6 +121,34 @@ TEST_F(McpTest, TheOfficialSdkUsesTheStreamableHttpTransportWithABearerToken) {
     ASSERT_TRUE(status.has_value());
     EXPECT_EQ(status->code.value_or(-1), 0) << "SIGTERM ends the server cleanly";
     EXPECT_EQ(readFile(m_h.dir() / "mcp-http.log").find(token), std::string::npos) << "the bearer token was logged";
+}
+
+TEST_F(McpTest, TheRelayServesTheSameTransportAtSlashMcpWithTheAgentsOwnToken) {
+    auto findings = runScenario(
+        "http_scenario.mjs",
+        {"MCP_URL=" + m_h.url() + "/mcp", "MCP_HTTP_TOKEN=" + m_token.reveal(), "NODE_EXTRA_CA_CERTS=" + m_h.caFile()});
+    ASSERT_TRUE(findings.contains("ok")) << json::serialize(findings) << m_h.relayLog();
+    EXPECT_EQ(findings.at("refused").as_string(), "ok");
+    EXPECT_GE(findings.at("progress").as_int64(), 1);
+    EXPECT_EQ(findings.at("cancel").as_string(), "ok");
+    EXPECT_EQ(findings.at("ended").as_string(), "ok");
+    EXPECT_EQ(findings.at("resumed").as_string(), "ok");
+    EXPECT_EQ(findings.at("evicted").as_string(), "ok");
+    EXPECT_EQ(findings.at("subscribed").as_string(), "ok");
+    EXPECT_EQ(m_h.relayLog().find(m_token.reveal()), std::string::npos) << "the bearer token was logged";
+}
+
+TEST_F(McpTest, TheRelaysSessionsAndDaemonsOfOneUserAreInvisibleToAnother) {
+    auto other = m_h.login("someone-else@example.org");
+    auto findings = runScenario("relay_scenario.mjs",
+                                {"MCP_URL=" + m_h.url() + "/mcp", "MCP_RELAY=" + m_h.url(),
+                                 "MCP_HTTP_TOKEN=" + m_token.reveal(), "MCP_OTHER_TOKEN=" + other.reveal(),
+                                 "MCP_ALLOWED_ORIGIN=" + kAllowedOrigin, "NODE_EXTRA_CA_CERTS=" + m_h.caFile()});
+    ASSERT_TRUE(findings.contains("ok")) << json::serialize(findings) << m_h.relayLog();
+    EXPECT_EQ(findings.at("sessions").as_string(), "ok");
+    EXPECT_EQ(findings.at("daemons").as_string(), "ok");
+    EXPECT_EQ(findings.at("origin").as_string(), "ok");
+    EXPECT_EQ(findings.at("revoked").as_string(), "ok");
 }
 
 TEST_F(McpTest, RefusesToListenBeyondLoopbackOrWithoutChoosingAuthentication) {

@@ -1,0 +1,290 @@
+#include "mcp_gateway.hpp"
+
+#include "errors.hpp"
+#include "log.hpp"
+#include "mcp_backend.hpp"
+#include "mcp_http.hpp"
+#include "ws_client.hpp"
+
+#include <boost/asio/post.hpp>
+#include <boost/json.hpp>
+
+#include <unistd.h>
+
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <thread>
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+
+namespace hpc::relay {
+
+/// The relay's thread, as the gateway's threads reach it: work is posted
+/// there while the relay runs, and refused once it stops.
+class McpGateway::Loop {
+public:
+    Loop(asio::io_context& ioc, Api& api, Hub& hub) : api(api), hub(hub), m_ioc(ioc) {}
+
+    template <class F>
+    bool post(F&& f) {
+        std::lock_guard lock(m_lock);
+        if (!m_open) return false;
+        asio::post(m_ioc, std::forward<F>(f));
+        return true;
+    }
+
+    /// Runs `f` on the relay's thread and returns what it returns. Throws
+    /// hpc::Error(Unavailable) when the relay is stopping. Never call it
+    /// from the relay's thread.
+    template <class F>
+    auto call(F f) -> decltype(f()) {
+        using R = decltype(f());
+        auto promise = std::make_shared<std::promise<R>>();
+        auto future = promise->get_future();
+        bool posted = post([promise, f = std::move(f)]() mutable {
+            try {
+                promise->set_value(f());
+            } catch (...) {
+                promise->set_exception(std::current_exception());
+            }
+        });
+        try {
+            if (posted) return future.get();
+        } catch (const std::future_error&) {
+            // The relay stopped before it ran.
+        }
+        throw Error(ErrorCode::Unavailable, "the relay is stopping");
+    }
+
+    void close() {
+        std::lock_guard lock(m_lock);
+        m_open = false;
+    }
+
+    Api& api;
+    Hub& hub;
+
+private:
+    asio::io_context& m_ioc;
+    std::mutex m_lock;
+    bool m_open = true;
+};
+
+namespace {
+
+/// An agent connection without a socket: the hub sees a Peer, the MCP
+/// backend's AgentClient a FrameChannel. Frames from the hub wait here for
+/// the backend's thread; frames from the backend are posted to the hub.
+class LocalAgent final : public Peer, public net::FrameChannel, public std::enable_shared_from_this<LocalAgent> {
+public:
+    LocalAgent(std::shared_ptr<McpGateway::Loop> loop, Principal who)
+        : m_loop(std::move(loop)), m_who(std::move(who)) {}
+
+    /// Joins the hub (posted: it happens before any frame this agent sends).
+    void attach() {
+        if (!m_loop->post([self = shared_from_this()] { self->m_loop->hub.attachAgent(self->m_who, self); }))
+            throw Error(ErrorCode::Unavailable, "the relay is stopping");
+    }
+
+    // Peer: called on the relay's thread.
+    void sendText(std::string text) override { push(net::WsFrame{false, std::move(text)}); }
+    void sendBinary(std::string data) override { push(net::WsFrame{true, std::move(data)}); }
+    void close(std::string_view reason) override {
+        end(std::string(reason));
+        detach();
+    }
+
+    // FrameChannel: called on the backend's threads.
+    void send(net::WsFrame frame) override {
+        {
+            std::lock_guard lock(m_lock);
+            if (m_closed) throw Error(ErrorCode::Unavailable, closedMessage());
+        }
+        bool posted = m_loop->post([self = shared_from_this(), frame = std::move(frame)]() mutable {
+            if (self->m_detached) return;
+            if (frame.binary)
+                self->m_loop->hub.onAgentBinary(self, std::move(frame.data));
+            else
+                self->m_loop->hub.onAgentText(self->m_who, self, frame.data);
+        });
+        if (!posted) throw Error(ErrorCode::Unavailable, "the relay is stopping");
+    }
+
+    std::optional<net::WsFrame> receive(std::chrono::milliseconds timeout) override {
+        std::unique_lock lock(m_lock);
+        m_changed.wait_for(lock, timeout, [this] { return !m_frames.empty() || m_closed; });
+        if (!m_frames.empty()) {
+            auto frame = std::move(m_frames.front());
+            m_frames.pop_front();
+            m_queued -= frame.data.size();
+            return frame;
+        }
+        if (m_closed) throw Error(ErrorCode::Unavailable, closedMessage());
+        return std::nullopt;
+    }
+
+    void close() override {
+        end("");
+        detach();
+    }
+
+private:
+    /// What the backend leaves unread past this is a connection nobody
+    /// reads: it is closed, as the relay closes a slow WebSocket.
+    static constexpr std::size_t kMaxQueuedBytes = std::size_t{64} * 1024 * 1024;
+
+    void push(net::WsFrame frame) {
+        bool overflow = false;
+        {
+            std::lock_guard lock(m_lock);
+            if (m_closed) return;
+            overflow = m_queued + frame.data.size() > kMaxQueuedBytes;
+            if (overflow) {
+                m_closed = true;
+                m_reason = "its output was not read";
+            } else {
+                m_queued += frame.data.size();
+                m_frames.push_back(std::move(frame));
+            }
+        }
+        m_changed.notify_all();
+        if (overflow) detach();
+    }
+
+    void end(std::string reason) {
+        {
+            std::lock_guard lock(m_lock);
+            if (!m_closed) m_reason = std::move(reason);
+            m_closed = true;
+        }
+        m_changed.notify_all();
+    }
+
+    /// Under m_lock.
+    std::string closedMessage() const {
+        return "the relay closed this connection" + (m_reason.empty() ? std::string() : ": " + m_reason);
+    }
+
+    void detach() {
+        m_loop->post([self = shared_from_this()] {
+            if (self->m_detached) return;
+            self->m_detached = true;
+            self->m_loop->hub.detachAgent(self.get());
+        });
+    }
+
+    std::shared_ptr<McpGateway::Loop> m_loop;
+    const Principal m_who;
+    bool m_detached = false;  ///< the relay's thread only
+    std::mutex m_lock;
+    std::condition_variable m_changed;
+    std::deque<net::WsFrame> m_frames;
+    std::size_t m_queued = 0;
+    bool m_closed = false;
+    std::string m_reason;
+};
+
+/// The message of an error answer ({"status": "error", "code", "message"}).
+std::string messageOf(const ApiResponse& answer) {
+    json::error_code ec;
+    auto v = json::parse(answer.body, ec);
+    if (!ec && v.is_object())
+        if (auto* m = v.get_object().if_contains("message"); m && m->is_string()) return std::string(m->get_string());
+    return "HTTP " + std::to_string(answer.status);
+}
+
+/// A session's way to the user's daemons: agent connections to the hub in
+/// this process, and the daemon list as GET /hpc/daemons answers it.
+agent::McpCaller callerFor(const std::shared_ptr<McpGateway::Loop>& loop, const Principal& who,
+                           const std::string& authorization) {
+    agent::PlatformAccess access;
+    access.connect = [loop, who] {
+        auto channel = std::make_shared<LocalAgent>(loop, who);
+        channel->attach();
+        return agent::AgentClient::over(net::WsClient::over(channel));
+    };
+    access.listDaemons = [loop, bearer = std::make_shared<const Secret>(authorization)] {
+        auto answer = loop->call([&] {
+            return loop->api.handle(ApiRequest{"GET", "/hpc/daemons", bearer->reveal(), "", "mcp"});
+        });
+        if (answer.status != 200) throw Error(ErrorCode::Unavailable, "listing the daemons: " + messageOf(answer));
+        json::error_code ec;
+        auto v = json::parse(answer.body, ec);
+        if (!ec && v.is_object())
+            if (auto* p = v.get_object().if_contains("payload"); p && p->is_object())
+                if (auto* d = p->get_object().if_contains("daemons"); d && d->is_array()) return d->get_array();
+        throw Error(ErrorCode::Internal, "the daemon list has no daemons");
+    };
+    // Sessions are the agent identity's: its tokens share them, nobody else.
+    return {std::to_string(who.userId) + "/" + agentIdOf(who),
+            [access] { return std::make_unique<agent::PlatformBackend>(access); }};
+}
+
+}  // namespace
+
+McpGateway::McpGateway(asio::io_context& ioc, Api& api, Hub& hub, McpGatewayOptions options)
+    : m_loop(std::make_shared<Loop>(ioc, api, hub)),
+      m_connections(std::make_shared<std::atomic<std::size_t>>(0)),
+      m_options(std::move(options)) {
+    agent::McpHttpOptions o;
+    o.maxSessions = m_options.maxSessionsPerAgent;
+    o.maxSessionsTotal = m_options.maxSessions;
+    o.maxConnections = m_options.maxConnections;
+    o.maxBodyBytes = kMaxBodyBytes;
+    o.allowedOrigins = m_options.allowedOrigins;
+    o.session.serverName = "hpc-relay";
+    o.session.serverVersion = HPC_VERSION;
+    o.authorize = [loop = m_loop](const std::string& authorization,
+                                  std::string& refusal) -> std::optional<agent::McpCaller> {
+        struct Verdict {
+            std::optional<Principal> who;
+            std::string refusal;
+        };
+        try {
+            auto verdict = loop->call([&] {
+                Verdict v{loop->api.authenticate(authorization), {}};
+                if (!v.who)
+                    v.refusal =
+                        messageOf(loop->api.refuseBearer(authorization, "a valid bearer token or API key is required"));
+                return v;
+            });
+            if (!verdict.who) {
+                refusal = verdict.refusal;
+                return std::nullopt;
+            }
+            return callerFor(loop, *verdict.who, authorization);
+        } catch (const std::exception& e) {
+            refusal = e.what();
+            return std::nullopt;
+        }
+    };
+    m_server = std::make_shared<agent::McpHttpServer>(std::move(o));
+}
+
+McpGateway::~McpGateway() { shutdown(std::chrono::seconds(0)); }
+
+bool McpGateway::serve(int fd) {
+    if (m_connections->load() >= m_options.maxConnections) {
+        ::close(fd);
+        return false;
+    }
+    ++*m_connections;
+    std::thread([server = m_server, connections = m_connections, fd] {
+        server->serve(fd);
+        --*connections;
+    }).detach();
+    return true;
+}
+
+void McpGateway::shutdown(std::chrono::milliseconds limit) {
+    m_loop->close();
+    if (!m_server->shutdownAll(limit) && limit.count() > 0)
+        log::warning("MCP: some calls did not stop within " + std::to_string(limit.count()) + " ms");
+}
+
+std::size_t McpGateway::sessionCount() const { return m_server->sessionCount(); }
+
+}  // namespace hpc::relay
