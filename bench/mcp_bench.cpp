@@ -1,9 +1,10 @@
-// A command through MCP (`hpc-agent mcp` on stdio, and `hpc-agent mcp
-// --listen` over streamable HTTP, tool run_command) beside the same command
-// through the hpc-agent library (exec), on one relay and daemon on
-// 127.0.0.1, in interleaved rounds; then 50 tool calls at once in one MCP
-// session beside 50 execs in flight on one connection; then the memory of
-// idle HTTP sessions. Prints figures; asserts nothing about time.
+// A command through MCP (`hpc-agent mcp` on stdio, `hpc-agent mcp --listen`
+// over streamable HTTP, and the relay's /mcp over HTTPS; tool run_command)
+// beside the same command through the hpc-agent library (exec), on one relay
+// and daemon on 127.0.0.1, in interleaved rounds; then 50 tool calls at once
+// in one MCP session beside 50 execs in flight on one connection; then the
+// memory of idle HTTP sessions, in `--listen` and in the relay. Prints
+// figures; asserts nothing about time.
 //
 // usage: mcp_bench [calls per round=200] [rounds=5]
 #include "harness.hpp"
@@ -13,8 +14,10 @@
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/json.hpp>
 
 #include <fcntl.h>
@@ -30,6 +33,7 @@
 #include <iostream>
 #include <map>
 #include <stdexcept>
+#include <variant>
 
 using namespace hpc;
 using namespace hpc::test;
@@ -67,6 +71,7 @@ public:
         for (char** e = environ; *e; ++e) envs.emplace_back(*e);
         std::vector<char*> argv{bin.data(), const_cast<char*>("mcp"), nullptr};
         std::vector<char*> envp;
+        envp.reserve(envs.size() + 1);
         for (auto& e : envs) envp.push_back(e.data());
         envp.push_back(nullptr);
         if (posix_spawn(&m_pid, bin.c_str(), &fa, nullptr, argv.data(), envp.data()) != 0)
@@ -122,16 +127,29 @@ private:
     std::string m_buffer;
 };
 
-/// One MCP session over streamable HTTP, on a kept-alive connection.
+/// One MCP session over streamable HTTP, on a kept-alive connection:
+/// http://127.0.0.1:PORT/mcp, or https:// verified with `caFile` and
+/// authenticated with `bearer`.
 class McpHttp {
 public:
-    explicit McpHttp(const std::string& url) : m_socket(m_ioc) {
-        // http://127.0.0.1:PORT/mcp
-        auto hostPort = url.substr(7, url.find('/', 7) - 7);
+    explicit McpHttp(const std::string& url, const std::string& caFile = {}, const std::string& bearer = {})
+        : m_bearer(bearer) {
+        bool tls = url.rfind("https://", 0) == 0;
+        auto start = url.find("://") + 3;
+        auto hostPort = url.substr(start, url.find('/', start) - start);
         m_host = hostPort;
         auto colon = hostPort.rfind(':');
         asio::ip::tcp::resolver resolver(m_ioc);
-        asio::connect(m_socket, resolver.resolve(hostPort.substr(0, colon), hostPort.substr(colon + 1)));
+        auto endpoints = resolver.resolve(hostPort.substr(0, colon), hostPort.substr(colon + 1));
+        if (tls) {
+            m_tls.load_verify_file(caFile);
+            auto& stream = m_stream.emplace<Tls>(m_ioc, m_tls);
+            stream.set_verify_mode(asio::ssl::verify_peer);
+            asio::connect(stream.next_layer(), endpoints);
+            stream.handshake(asio::ssl::stream_base::client);
+        } else {
+            asio::connect(std::get<asio::ip::tcp::socket>(m_stream), endpoints);
+        }
         post(json::object{{"jsonrpc", "2.0"},
                           {"id", 0},
                           {"method", "initialize"},
@@ -149,17 +167,24 @@ public:
     }
 
 private:
+    using Tls = boost::beast::ssl_stream<asio::ip::tcp::socket>;
+
     json::object post(const json::object& msg) {
         http::request<http::string_body> req{http::verb::post, "/mcp", 11};
         req.set(http::field::host, m_host);
         req.set(http::field::content_type, "application/json");
         req.set(http::field::accept, "application/json, text/event-stream");
+        if (!m_bearer.empty()) req.set(http::field::authorization, "Bearer " + m_bearer);
         if (!m_session.empty()) req.set("Mcp-Session-Id", m_session);
         req.body() = json::serialize(msg);
         req.prepare_payload();
-        http::write(m_socket, req);
         http::response<http::string_body> res;
-        http::read(m_socket, m_buffer, res);
+        std::visit(
+            [&](auto& stream) {
+                http::write(stream, req);
+                http::read(stream, m_buffer, res);
+            },
+            m_stream);
         if (auto id = res["Mcp-Session-Id"]; !id.empty()) m_session = std::string(id);
         if (res.result_int() == 202) return {};
         if (res.result_int() != 200) throw std::runtime_error("HTTP " + std::to_string(res.result_int()));
@@ -167,9 +192,10 @@ private:
     }
 
     asio::io_context m_ioc;
-    asio::ip::tcp::socket m_socket;
+    asio::ssl::context m_tls{asio::ssl::context::tls_client};
+    std::variant<asio::ip::tcp::socket, Tls> m_stream{std::in_place_index<0>, m_ioc};
     boost::beast::flat_buffer m_buffer;
-    std::string m_host, m_session;
+    std::string m_host, m_session, m_bearer;
 };
 
 json::object runTrue() { return {{"name", "run_command"}, {"arguments", {{"daemon", "bench"}, {"command", "true"}}}}; }
@@ -180,6 +206,7 @@ int main(int argc, char** argv) try {
     std::size_t perRound = argc > 1 ? std::stoul(argv[1]) : 200;
     std::size_t rounds = argc > 2 ? std::stoul(argv[2]) : 5;
     Harness h;
+    h.setRelayArgs({"--signin-limit", "0"});  // a user per 16 idle sessions signs in
     h.startRelay();
     auto work = h.dir() / "work";
     auto setup = h.setupDaemon("bench", "bench@example.org", {work.string()});
@@ -200,6 +227,7 @@ int main(int argc, char** argv) try {
     auto server = spawnReady(listen, 3, std::chrono::seconds(60), h.dir() / "mcp-http.log");
     std::string url = server.line.substr(0, server.line.find('\n'));
     McpHttp web(url);
+    McpHttp relay(h.url() + "/mcp", h.caFile(), token.reveal());
     std::int64_t id = 0;
     mcp.call(++id, "initialize",
              {{"protocolVersion", "2025-06-18"},
@@ -209,14 +237,15 @@ int main(int argc, char** argv) try {
     for (int i = 0; i < 50; ++i) {  // warm up both paths
         client->exec("bench", spec);
         if (mcp.call(++id, "tools/call", runTrue()).at("isError").as_bool() ||
-            web.call(++id, "tools/call", runTrue()).at("isError").as_bool())
+            web.call(++id, "tools/call", runTrue()).at("isError").as_bool() ||
+            relay.call(++id, "tools/call", runTrue()).at("isError").as_bool())
             throw std::runtime_error("run_command failed");
     }
 
     // Interleaved rounds: the machine's load hits both paths alike.
-    std::vector<double> execAll, mcpAll, webAll, execRoundP50, mcpRoundP50, webRoundP50;
+    std::vector<double> execAll, mcpAll, webAll, relayAll, execRoundP50, mcpRoundP50, webRoundP50, relayRoundP50;
     for (std::size_t r = 0; r < rounds; ++r) {
-        std::vector<double> e, m, w;
+        std::vector<double> e, m, w, x;
         for (std::size_t i = 0; i < perRound; ++i) {
             auto t0 = Clock::now();
             client->exec("bench", spec);
@@ -232,6 +261,13 @@ int main(int argc, char** argv) try {
             web.call(++id, "tools/call", runTrue());
             w.push_back(ms(Clock::now() - t0));
         }
+        for (std::size_t i = 0; i < perRound; ++i) {
+            auto t0 = Clock::now();
+            relay.call(++id, "tools/call", runTrue());
+            x.push_back(ms(Clock::now() - t0));
+        }
+        relayRoundP50.push_back(median(x));
+        relayAll.insert(relayAll.end(), x.begin(), x.end());
         execRoundP50.push_back(median(e));
         mcpRoundP50.push_back(median(m));
         webRoundP50.push_back(median(w));
@@ -286,8 +322,18 @@ int main(int argc, char** argv) try {
     constexpr int kIdleSessions = 15;  // beside `web`: the server's 16
     auto before = procStats(server.child.pid());
     std::vector<std::unique_ptr<McpHttp>> idle;
+    idle.reserve(kIdleSessions);
     for (int i = 0; i < kIdleSessions; ++i) idle.push_back(std::make_unique<McpHttp>(url));
     auto after = procStats(server.child.pid());
+    // And in the relay: sessions of several users (16 each at most), each
+    // opened on a connection that is then closed.
+    constexpr int kRelaySessions = 256, kPerAgent = 16;
+    auto relayBefore = procStats(h.relayPid());
+    for (int agentNo = 0; agentNo < kRelaySessions / kPerAgent; ++agentNo) {
+        auto agentToken = h.login("idle" + std::to_string(agentNo) + "@example.org");
+        for (int i = 0; i < kPerAgent; ++i) McpHttp(h.url() + "/mcp", h.caFile(), agentToken.reveal());
+    }
+    auto relayAfter = procStats(h.relayPid());
 
     std::string load;
     std::getline(std::ifstream("/proc/loadavg"), load);
@@ -301,8 +347,11 @@ int main(int argc, char** argv) try {
                 median(mcpRoundP50));
     std::printf("| MCP streamable HTTP (--listen) | %.3f | %.3f | %.3f |\n", median(webAll), percentile(webAll, 0.99),
                 median(webRoundP50));
-    std::printf("\nMCP overhead at p50: stdio %.3f ms, HTTP %.3f ms\n\n", median(mcpRoundP50) - median(execRoundP50),
-                median(webRoundP50) - median(execRoundP50));
+    std::printf("| MCP through the relay (/mcp, HTTPS) | %.3f | %.3f | %.3f |\n", median(relayAll),
+                percentile(relayAll, 0.99), median(relayRoundP50));
+    std::printf("\nMCP overhead at p50: stdio %.3f ms, HTTP %.3f ms, relay /mcp %.3f ms\n\n",
+                median(mcpRoundP50) - median(execRoundP50), median(webRoundP50) - median(execRoundP50),
+                median(relayRoundP50) - median(execRoundP50));
     std::printf("%d at once | wall ms | p50 ms | p99 ms |\n|---|---|---|---|\n", kConcurrent);
     std::printf("| MCP stdio, one session | %.1f | %.1f | %.1f |\n", mcpBurstWall, median(mcpBurst),
                 percentile(mcpBurst, 0.99));
@@ -315,6 +364,9 @@ int main(int argc, char** argv) try {
         "hpc-agent mcp --listen: RSS %.1f MiB with 1 session, %.1f MiB with %d more idle ones (%.0f KiB each)\n",
         static_cast<double>(before.rssKiB) / 1024.0, static_cast<double>(after.rssKiB) / 1024.0, kIdleSessions,
         static_cast<double>(after.rssKiB - before.rssKiB) / kIdleSessions);
+    std::printf("hpc-relay: RSS %.1f MiB, %.1f MiB with %d more idle /mcp sessions (%.1f KiB each)\n",
+                static_cast<double>(relayBefore.rssKiB) / 1024.0, static_cast<double>(relayAfter.rssKiB) / 1024.0,
+                kRelaySessions, static_cast<double>(relayAfter.rssKiB - relayBefore.rssKiB) / kRelaySessions);
     return 0;
 } catch (const std::exception& e) {
     std::cerr << "mcp_bench: " << e.what() << "\n";

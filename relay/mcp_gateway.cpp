@@ -1,6 +1,7 @@
 #include "mcp_gateway.hpp"
 
 #include "errors.hpp"
+#include "fd.hpp"
 #include "log.hpp"
 #include "mcp_backend.hpp"
 #include "mcp_http.hpp"
@@ -9,9 +10,12 @@
 #include <boost/asio/post.hpp>
 #include <boost/json.hpp>
 
+#include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <future>
 #include <mutex>
@@ -81,7 +85,9 @@ namespace {
 class LocalAgent final : public Peer, public net::FrameChannel, public std::enable_shared_from_this<LocalAgent> {
 public:
     LocalAgent(std::shared_ptr<McpGateway::Loop> loop, Principal who)
-        : m_loop(std::move(loop)), m_who(std::move(who)) {}
+        : m_loop(std::move(loop)), m_who(std::move(who)), m_ready(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {
+        if (!m_ready) throw Error(ErrorCode::Internal, std::string("eventfd: ") + std::strerror(errno));
+    }
 
     /// Joins the hub (posted: it happens before any frame this agent sends).
     void attach() {
@@ -120,6 +126,7 @@ public:
             auto frame = std::move(m_frames.front());
             m_frames.pop_front();
             m_queued -= frame.data.size();
+            if (m_frames.empty() && !m_closed) signalReady(false);
             return frame;
         }
         if (m_closed) throw Error(ErrorCode::Unavailable, closedMessage());
@@ -131,7 +138,18 @@ public:
         detach();
     }
 
+    int pollFd() const override { return m_ready.get(); }
+
 private:
+    /// Under m_lock: m_ready is readable exactly while a frame waits or the channel has closed.
+    void signalReady(bool ready) {
+        std::uint64_t n = 1;
+        if (ready)
+            (void)!::write(m_ready.get(), &n, sizeof n);
+        else
+            (void)!::read(m_ready.get(), &n, sizeof n);
+    }
+
     /// What the backend leaves unread past this is a connection nobody
     /// reads: it is closed, as the relay closes a slow WebSocket.
     static constexpr std::size_t kMaxQueuedBytes = std::size_t{64} * 1024 * 1024;
@@ -142,6 +160,7 @@ private:
             std::lock_guard lock(m_lock);
             if (m_closed) return;
             overflow = m_queued + frame.data.size() > kMaxQueuedBytes;
+            if (m_frames.empty()) signalReady(true);
             if (overflow) {
                 m_closed = true;
                 m_reason = "its output was not read";
@@ -157,8 +176,10 @@ private:
     void end(std::string reason) {
         {
             std::lock_guard lock(m_lock);
-            if (!m_closed) m_reason = std::move(reason);
+            if (m_closed) return;
+            m_reason = std::move(reason);
             m_closed = true;
+            if (m_frames.empty()) signalReady(true);
         }
         m_changed.notify_all();
     }
@@ -185,6 +206,7 @@ private:
     std::size_t m_queued = 0;
     bool m_closed = false;
     std::string m_reason;
+    UniqueFd m_ready;  ///< an eventfd
 };
 
 /// The message of an error answer ({"status": "error", "code", "message"}).

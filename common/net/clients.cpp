@@ -356,7 +356,7 @@ std::optional<WsFrame> WsClient::read(std::chrono::milliseconds timeout) {
     return frame;
 }
 
-int WsClient::nativeFd() const { return m_channel ? -1 : m_impl->socket().native_handle(); }
+int WsClient::nativeFd() const { return m_channel ? m_channel->pollFd() : m_impl->socket().native_handle(); }
 
 void WsClient::close() {
     if (m_channel) return m_channel->close();

@@ -29,6 +29,9 @@ public:
     /// hpc::Error(Unavailable) once the channel has closed and is drained.
     virtual std::optional<WsFrame> receive(std::chrono::milliseconds timeout) = 0;
     virtual void close() = 0;
+    /// A descriptor poll(2) finds readable while a frame waits (or the
+    /// channel has closed): WsClient::nativeFd() of a client over it.
+    virtual int pollFd() const = 0;
 };
 
 class WsClient {
@@ -39,7 +42,7 @@ public:
     static std::unique_ptr<WsClient> connect(const Url& base, const std::string& path, const std::string& bearer,
                                              const ClientOptions& options = {});
     /// A client whose frames go through `channel` instead of a socket
-    /// (nativeFd() is then -1).
+    /// (nativeFd() is then the channel's pollFd()).
     static std::unique_ptr<WsClient> over(std::shared_ptr<FrameChannel> channel);
     ~WsClient();
 
