@@ -210,9 +210,11 @@ auto PlatformBackend::withConnection(F&& f) -> decltype(f(std::declval<AgentClie
         // limit (60 s by default), and an idle one here reads no frames.
         auto now = Clock::now();
         std::erase_if(m_idle, [&](const Idle& i) { return now - i.since > 20s; });
-        if (!m_idle.empty()) {
+        // One the platform closed meanwhile (its credential revoked, say) is dropped.
+        while (!c && !m_idle.empty()) {
             c = std::move(m_idle.back().client);
             m_idle.pop_back();
+            if (!c->ws().isOpen()) c.reset();
         }
     }
     if (!c) c = m_access.connect();

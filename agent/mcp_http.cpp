@@ -290,8 +290,11 @@ private:
             std::string refusal;
             auto who = m_options.authorize(std::string(req[http::field::authorization]), refusal);
             if (!who)
-                return reply(socket, 401, {{"WWW-Authenticate", "Bearer"}},
-                             rpcErrorBody(mcp::kInvalidRequest, refusal));
+                return reply(
+                    socket, 401,
+                    {{"WWW-Authenticate", m_options.challenge ? m_options.challenge(std::string(req[http::field::host]))
+                                                              : std::string("Bearer")}},
+                    rpcErrorBody(mcp::kInvalidRequest, refusal));
             caller = std::move(*who);
         }
         if (auto v = std::string(req["MCP-Protocol-Version"]);

@@ -63,6 +63,9 @@ struct McpHttpOptions {
     /// `hpc-agent mcp --listen` (Host and Origin must be loopback names).
     std::function<std::optional<McpCaller>(const std::string& authorization, std::string& refusal)> authorize;
     std::vector<std::string> allowedOrigins;
+    /// With authorize: the WWW-Authenticate header of a 401 for a request
+    /// whose Host is `host` (where the client finds how to get a token).
+    std::function<std::string(const std::string& host)> challenge;
 };
 
 /// Whether `host` (a Host header's or an Origin's host, with or without a

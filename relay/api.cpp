@@ -92,6 +92,12 @@ bool validRegistration(const json::object& o, std::string& why) {
 
 }  // namespace
 
+bool isPlainHost(std::string_view host) {
+    return !host.empty() && host.size() <= 255 && std::all_of(host.begin(), host.end(), [](unsigned char c) {
+        return std::isalnum(c) || c == '.' || c == '-' || c == ':' || c == '[' || c == ']';
+    });
+}
+
 ApiResponse errorResponse(ErrorCode code, std::string message) {
     return reply(toHttpStatus(code),
                  {{"status", "error"}, {"code", toProtocolCode(code)}, {"message", std::move(message)}});
@@ -116,6 +122,7 @@ ApiResponse Api::handle(const ApiRequest& r) {
         if (path == "/auth/revoke") return r.method == "POST" ? revoke(r) : wrongMethod("use POST");
         if (path == "/auth/whoami") return r.method == "GET" ? whoami(r) : wrongMethod("use GET");
         if (path == "/auth/agents") return r.method == "GET" ? agents(r) : wrongMethod("use GET");
+        if (auto answer = oauth(r, path)) return std::move(*answer);
         static constexpr std::string_view kDaemons = "/hpc/daemons";
         static constexpr std::string_view kRotate = "/rotate-key";
         if (path == kDaemons) return daemons(r, {});
@@ -152,9 +159,15 @@ ApiResponse Api::signin(const ApiRequest& r) {
     auto body = bodyObject(r);
     if (!body) return errorResponse(ErrorCode::BadRequest, "body must be a JSON object {\"email\": ...}");
     std::string email = stringField(*body, "email");
+    auto started = startSignin(email, r.remote);
+    if (auto* refused = std::get_if<ApiResponse>(&started)) return std::move(*refused);
+    return success("a sign-in code was sent to " + email, {{"token", std::get<Secret>(started).reveal()}});
+}
+
+std::variant<Secret, ApiResponse> Api::startSignin(const std::string& email, const std::string& remote) {
     if (!plausibleEmail(email)) return errorResponse(ErrorCode::BadRequest, "\"email\" must be an email address");
-    if (!admitSignin(r.remote)) {
-        log::warning("sign-in code refused to " + r.remote + ": over its limit of " +
+    if (!admitSignin(remote)) {
+        log::warning("sign-in code refused to " + remote + ": over its limit of " +
                      std::to_string(m_signinLimitPerClient) + " per 10 minutes");
         return errorResponse(ErrorCode::Limit, "too many sign-in codes requested from this address; wait 10 minutes");
     }
@@ -163,7 +176,24 @@ ApiResponse Api::signin(const ApiRequest& r) {
     if (!token) return errorResponse(ErrorCode::Limit, "too many sign-in codes requested; wait 10 minutes");
     m_sender(email, code);
     log::info("sign-in code sent to " + email);
-    return success("a sign-in code was sent to " + email, {{"token", token->reveal()}});
+    return std::move(*token);
+}
+
+std::variant<std::int64_t, ApiResponse> Api::checkCode(const Secret& token, const Secret& code) {
+    std::int64_t userId = 0;
+    switch (m_db.verifyCode(token, code, userId)) {
+        case VerifyOutcome::Ok:
+            return userId;
+        case VerifyOutcome::WrongCode:
+            return errorResponse(ErrorCode::Unauthorized, "wrong code");
+        case VerifyOutcome::Expired:
+            return errorResponse(ErrorCode::Unauthorized, "the code has expired; request a new one");
+        case VerifyOutcome::TooManyAttempts:
+            return errorResponse(ErrorCode::Limit, "too many wrong codes; request a new one");
+        case VerifyOutcome::UnknownToken:
+            break;
+    }
+    return errorResponse(ErrorCode::Unauthorized, "unknown or already used sign-in; request a new code");
 }
 
 bool Api::admitSignin(const std::string& remote) {
@@ -198,19 +228,9 @@ ApiResponse Api::verify(const ApiRequest& r) {
     if (!isValidDaemonId(agent))
         return errorResponse(ErrorCode::BadRequest,
                              "\"agent\" names are 1-64 characters of A-Z a-z 0-9 . _ - (not starting with . or -)");
-    std::int64_t userId = 0;
-    switch (m_db.verifyCode(token, otp, userId)) {
-        case VerifyOutcome::Ok:
-            break;
-        case VerifyOutcome::WrongCode:
-            return errorResponse(ErrorCode::Unauthorized, "wrong code");
-        case VerifyOutcome::Expired:
-            return errorResponse(ErrorCode::Unauthorized, "the code has expired; request a new one");
-        case VerifyOutcome::TooManyAttempts:
-            return errorResponse(ErrorCode::Limit, "too many wrong codes; request a new one");
-        case VerifyOutcome::UnknownToken:
-            return errorResponse(ErrorCode::Unauthorized, "unknown or already used sign-in; request a new code");
-    }
+    auto checked = checkCode(token, otp);
+    if (auto* refused = std::get_if<ApiResponse>(&checked)) return std::move(*refused);
+    auto userId = std::get<std::int64_t>(checked);
     auto [id, access] = m_db.issueAccessToken(userId, agent);
     log::info("user " + std::to_string(userId) + " signed in as agent " + agent + " (credential " + std::to_string(id) +
               ")");

@@ -11,6 +11,9 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <utility>
+#include <variant>
+#include <vector>
 
 namespace hpc::relay {
 
@@ -20,12 +23,22 @@ struct ApiRequest {
     std::string authorization;  ///< the raw Authorization header
     std::string body;
     std::string remote;  ///< peer address, for rate limits and logs
+    std::string contentType{};
+    /// This relay as the client reached it, "https://HOST[:PORT]" (the Host
+    /// header): what OAuth metadata names.
+    std::string base{};
 };
 
 struct ApiResponse {
     int status = 200;
-    std::string body;  ///< JSON
+    std::string body;  ///< JSON, unless contentType says otherwise
+    std::string contentType = "application/json";
+    std::vector<std::pair<std::string, std::string>> headers{};
 };
+
+/// Whether a Host header is a host name or address with an optional port,
+/// safe to put in a URL the relay hands out.
+bool isPlainHost(std::string_view host);
 
 /// An error answer, `{"status": "error", "code", "message"}`, with the HTTP
 /// status and the code of `code`'s row in the closed error table. The message
@@ -83,6 +96,20 @@ private:
     boost::json::object describe(std::int64_t userId, const Registration& reg) const;
     /// Counts a code request from `remote`; false when its client is over the limit.
     bool admitSignin(const std::string& remote);
+    /// Sends `email` a sign-in code (the limits applied): the sign-in's
+    /// token, or the answer that refuses it.
+    std::variant<Secret, ApiResponse> startSignin(const std::string& email, const std::string& remote);
+    /// The user a code signs in, or the answer that refuses it.
+    std::variant<std::int64_t, ApiResponse> checkCode(const Secret& token, const Secret& code);
+
+    // The MCP authorization flow, OAuth 2.1 (oauth.cpp, docs/mcp.md).
+    /// nullopt when `path` is none of its routes.
+    std::optional<ApiResponse> oauth(const ApiRequest& r, const std::string& path);
+    ApiResponse oauthRegister(const ApiRequest& r);
+    /// GET: the sign-in page; POST: its steps (email, then code).
+    ApiResponse oauthAuthorize(const ApiRequest& r);
+    ApiResponse oauthToken(const ApiRequest& r);
+    ApiResponse oauthRevoke(const ApiRequest& r);
 
     RelayDb& m_db;
     Hub& m_hub;

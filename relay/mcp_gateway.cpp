@@ -140,6 +140,11 @@ public:
 
     int pollFd() const override { return m_ready.get(); }
 
+    bool isOpen() const override {
+        std::lock_guard lock(m_lock);
+        return !m_closed;
+    }
+
 private:
     /// Under m_lock: m_ready is readable exactly while a frame waits or the channel has closed.
     void signalReady(bool ready) {
@@ -200,7 +205,7 @@ private:
     std::shared_ptr<McpGateway::Loop> m_loop;
     const Principal m_who;
     bool m_detached = false;  ///< the relay's thread only
-    std::mutex m_lock;
+    mutable std::mutex m_lock;
     std::condition_variable m_changed;
     std::deque<net::WsFrame> m_frames;
     std::size_t m_queued = 0;
@@ -257,6 +262,11 @@ McpGateway::McpGateway(asio::io_context& ioc, Api& api, Hub& hub, McpGatewayOpti
     o.maxConnections = m_options.maxConnections;
     o.maxBodyBytes = kMaxBodyBytes;
     o.allowedOrigins = m_options.allowedOrigins;
+    // MCP's authorization flow starts here: the client reads the metadata and signs in.
+    o.challenge = [scheme = m_options.scheme](const std::string& host) {
+        if (!isPlainHost(host)) return std::string("Bearer");
+        return "Bearer resource_metadata=\"" + scheme + "://" + host + "/.well-known/oauth-protected-resource/mcp\"";
+    };
     o.session.serverName = "hpc-relay";
     o.session.serverVersion = HPC_VERSION;
     o.authorize = [loop = m_loop](const std::string& authorization,

@@ -31,6 +31,8 @@ struct McpGatewayOptions {
     /// Origins whose pages may call /mcp (a request with another Origin is
     /// refused); requests without an Origin (agents, not browsers) are served.
     std::vector<std::string> allowedOrigins;
+    /// "https" or "http" (hpc-relay --insecure-http): how clients reach it.
+    std::string scheme = "https";
     std::size_t maxSessionsPerAgent = 16;
     std::size_t maxSessions = 4096;
     /// Client connections to /mcp at once (each holds a thread).

@@ -138,6 +138,29 @@ const std::vector<sqlite::Migration> kMigrations = {
         at REAL NOT NULL
     );
     )sql",
+    // Issue 18: the MCP authorization flow (OAuth 2.1). Clients register
+    // themselves (dynamic client registration); a grant is an authorization
+    // code (single use, minutes) or a refresh token (rotated on each use),
+    // kept as the hash of its secret.
+    R"sql(
+    CREATE TABLE oauth_clients (
+        client_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        redirect_uris TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE oauth_grants (
+        secret_hash TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('code', 'refresh')),
+        client_id TEXT NOT NULL,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        agent TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL,
+        challenge TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX oauth_grants_by_expiry ON oauth_grants(expires_at);
+    )sql",
 };
 
 // The same schema on PostgreSQL, whose steps start from SQLite's seventh:
@@ -237,6 +260,25 @@ const std::vector<sqlite::Migration> kPostgresMigrations = {
         dropped_by TEXT NOT NULL,
         at DOUBLE PRECISION NOT NULL
     );
+    )sql",
+    R"sql(
+    CREATE TABLE oauth_clients (
+        client_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        redirect_uris TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE oauth_grants (
+        secret_hash TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('code', 'refresh')),
+        client_id TEXT NOT NULL,
+        user_id BIGINT NOT NULL REFERENCES users(id),
+        agent TEXT NOT NULL,
+        redirect_uri TEXT NOT NULL,
+        challenge TEXT NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX oauth_grants_by_expiry ON oauth_grants(expires_at);
     )sql",
 };
 
@@ -353,11 +395,84 @@ RelayPruneReport RelayDb::prune(double now) {
         "DELETE FROM callbacks WHERE (user_id, daemon_id, callback_id) IN (SELECT user_id, daemon_id, callback_id "
         "FROM callbacks WHERE acked_at IS NOT NULL AND acked_at < ?1 LIMIT 500)",
         now - m_retention.callbackSeconds);
+    batched(
+        "DELETE FROM oauth_grants WHERE secret_hash IN (SELECT secret_hash FROM oauth_grants WHERE "
+        "expires_at < ?1 LIMIT 500)",
+        now);
     // Applied by every live instance within seconds; a day is plenty.
     batched("DELETE FROM cluster_drops WHERE seq IN (SELECT seq FROM cluster_drops WHERE at < ?1 LIMIT 500)",
             now - 86400);
     m_db->compact();
     return report;
+}
+
+std::string RelayDb::registerOAuthClient(const std::string& name, const std::vector<std::string>& redirectUris) try {
+    Writing writing(*this);
+    json::array uris;
+    for (const auto& u : redirectUris) uris.emplace_back(u);
+    std::string id = "mcp-" + randomHex(16);
+    m_db->prepare("INSERT INTO oauth_clients (client_id, name, redirect_uris, created_at) VALUES (?1, ?2, ?3, ?4)")
+        .bind(1, id)
+        .bind(2, name)
+        .bind(3, json::serialize(uris))
+        .bind(4, nowEpochSeconds())
+        .run();
+    return id;
+} catch (const sql::StorageFull& e) {
+    refuseFull(e);
+}
+
+std::optional<OAuthClient> RelayDb::oauthClient(const std::string& clientId) {
+    auto st = m_db->prepare("SELECT name, redirect_uris FROM oauth_clients WHERE client_id = ?1");
+    st.bind(1, clientId);
+    if (!st.step()) return std::nullopt;
+    OAuthClient c{clientId, st.text(0), {}};
+    json::error_code ec;
+    auto uris = json::parse(st.text(1), ec);
+    if (!ec && uris.is_array())
+        for (const auto& u : uris.get_array())
+            if (u.is_string()) c.redirectUris.emplace_back(u.get_string());
+    return c;
+}
+
+Secret RelayDb::storeOAuthGrant(const OAuthGrant& g, double lifetime) try {
+    Writing writing(*this);
+    Secret secret((g.kind == "code" ? "hpcc_" : "hpcr_") + randomHex(32));
+    m_db->prepare(
+            "INSERT INTO oauth_grants (secret_hash, kind, client_id, user_id, agent, redirect_uri, challenge, "
+            "expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
+        .bind(1, sha256Hex(secret.reveal()))
+        .bind(2, g.kind)
+        .bind(3, g.clientId)
+        .bind(4, g.userId)
+        .bind(5, g.agent)
+        .bind(6, g.redirectUri)
+        .bind(7, g.challenge)
+        .bind(8, nowEpochSeconds() + lifetime)
+        .run();
+    return secret;
+} catch (const sql::StorageFull& e) {
+    refuseFull(e);
+}
+
+std::optional<OAuthGrant> RelayDb::takeOAuthGrant(const Secret& secret, const std::string& kind) try {
+    if (secret.empty() || secret.reveal().size() > 256) return std::nullopt;
+    Writing writing(*this);
+    sql::Transaction tx(*m_db);
+    auto hash = sha256Hex(secret.reveal());
+    auto st = m_db->prepare(
+        "SELECT client_id, user_id, agent, redirect_uri, challenge, expires_at FROM oauth_grants WHERE "
+        "secret_hash = ?1 AND kind = ?2");
+    st.bind(1, hash).bind(2, kind);
+    if (!st.step()) return std::nullopt;
+    OAuthGrant g{kind, st.text(0), st.int64(1), st.text(2), st.text(3), st.text(4)};
+    bool live = st.real(5) >= nowEpochSeconds();
+    m_db->prepare("DELETE FROM oauth_grants WHERE secret_hash = ?1").bind(1, hash).run();
+    tx.commit();
+    if (!live) return std::nullopt;
+    return g;
+} catch (const sql::StorageFull& e) {
+    refuseFull(e);
 }
 
 void RelayDb::maybePrune(double now) {

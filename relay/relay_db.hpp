@@ -104,6 +104,24 @@ struct ClusterDrop {
     std::string why;
 };
 
+/// A client of the MCP authorization flow, registered by itself (RFC 7591).
+struct OAuthClient {
+    std::string clientId;
+    std::string name;
+    std::vector<std::string> redirectUris;
+};
+
+/// An authorization code ("code") or a refresh token ("refresh") of a user's
+/// agent identity for a client.
+struct OAuthGrant {
+    std::string kind;
+    std::string clientId;
+    std::int64_t userId = 0;
+    std::string agent;
+    std::string redirectUri;  ///< a code's: the token request must name it again
+    std::string challenge;    ///< a code's PKCE S256 challenge
+};
+
 enum class VerifyOutcome { Ok, WrongCode, Expired, TooManyAttempts, UnknownToken };
 
 /// A write refused because the disk or the quota is full throws
@@ -185,6 +203,14 @@ public:
     /// ids revoked. Connecting with a superseded key changes nothing.
     std::vector<std::int64_t> daemonConnected(std::int64_t userId, const std::string& daemonId,
                                               std::int64_t credentialId);
+    /// The MCP authorization flow (OAuth 2.1): a client registers; a grant
+    /// is stored as its secret's hash and taken once (deleted as it is read;
+    /// nullopt when unknown, of another kind, or expired).
+    std::string registerOAuthClient(const std::string& name, const std::vector<std::string>& redirectUris);
+    std::optional<OAuthClient> oauthClient(const std::string& clientId);
+    Secret storeOAuthGrant(const OAuthGrant& grant, double lifetime);
+    std::optional<OAuthGrant> takeOAuthGrant(const Secret& secret, const std::string& kind);
+
     /// Revokes a credential (logout, a key revoking itself). False when it
     /// did not exist.
     bool revokeCredential(std::int64_t credentialId);

@@ -297,8 +297,13 @@ private:
         }
         if (httpRoute(req.target()) == "/metrics") return serveMetrics(req);
         if (isMcp(req.target())) return forwardMcp(std::move(req));
-        ApiRequest api{std::string(req.method_string()), std::string(req.target()),
-                       std::string(req[http::field::authorization]), std::move(req.body()), m_remote};
+        ApiRequest api{std::string(req.method_string()),
+                       std::string(req.target()),
+                       std::string(req[http::field::authorization]),
+                       std::move(req.body()),
+                       m_remote,
+                       std::string(req[http::field::content_type]),
+                       baseUrl(req[http::field::host])};
         auto started = std::chrono::steady_clock::now();
         auto answer = m_ctx.api.handle(api);
         m_ctx.hub.metrics().httpAnswered(api.method, api.target, answer.status, answer.body, secondsSince(started));
@@ -482,7 +487,8 @@ private:
         }
         m_ctx.hub.metrics().httpAnswered(req.method_string(), "/metrics", answer.status, answer.body,
                                          secondsSince(started));
-        writeResponse(std::move(answer), req.keep_alive(), type);
+        answer.contentType = type;
+        writeResponse(std::move(answer), req.keep_alive());
     }
 
     bool fromLoopback() {
@@ -575,10 +581,22 @@ private:
     /// Refuses an upgrade with a plain HTTP error answer (docs/protocol.md, 2).
     void reject(ErrorCode code, std::string message) { writeResponse(errorResponse(code, std::move(message)), false); }
 
-    void writeResponse(ApiResponse answer, bool keepAlive, const char* contentType = "application/json") {
+    /// This relay as the client names it: its scheme and the Host header
+    /// (the listening address when Host is missing or not a plain name).
+    std::string baseUrl(std::string_view host) const {
+        std::string scheme = std::is_same_v<Stream, TlsStream> ? "https://" : "http://";
+        if (isPlainHost(host)) return scheme + std::string(host);
+        beast::error_code ec;
+        auto local = beast::get_lowest_layer(m_stream).socket().local_endpoint(ec);
+        return scheme +
+               (ec ? std::string("localhost") : local.address().to_string() + ":" + std::to_string(local.port()));
+    }
+
+    void writeResponse(ApiResponse answer, bool keepAlive) {
         auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(answer.status), 11);
         res->set(http::field::server, "hpc-relay/" HPC_VERSION);
-        res->set(http::field::content_type, contentType);
+        res->set(http::field::content_type, answer.contentType);
+        for (const auto& [name, value] : answer.headers) res->set(name, value);
         res->keep_alive(keepAlive);
         res->body() = std::move(answer.body);
         res->prepare_payload();
@@ -870,6 +888,7 @@ int runServer(const ServerConfig& config, Api& api, Hub& hub) {
     if (config.mcp.enabled) {
         McpGatewayOptions options;
         options.allowedOrigins = config.mcp.allowedOrigins;
+        options.scheme = tls ? "https" : "http";
         mcp = std::make_unique<McpGateway>(ioc, api, hub, std::move(options));
     }
     Context ctx{api, hub, config, mcp.get()};

@@ -159,7 +159,7 @@ HttpResponse doHttp(asio::io_context& ioc, Stream& stream, const Url& base, cons
     if (ec) unreachable(base, method + " " + path, ec.message());
     beast::flat_buffer buffer;
     http::response_parser<http::string_body> parser;
-    parser.body_limit(8 * 1024 * 1024);
+    parser.body_limit(std::uint64_t{8} * 1024 * 1024);
     done = false;
     http::async_read(stream, buffer, parser, [&](beast::error_code e, std::size_t) {
         ec = e;
@@ -264,7 +264,7 @@ std::unique_ptr<WsClient> WsClient::connect(const Url& base, const std::string& 
             auto status = res.result_int();
             std::string detail = res.body().empty() ? ec.message() : res.body();
             if (status == 401 || status == 403)
-                throw Error(ErrorCode::Unauthorized, refusedCredentials(status, res.body()));
+                throw Error(ErrorCode::Unauthorized, refusedCredentials(static_cast<int>(status), res.body()));
             if (status == 404) throw Error(ErrorCode::NotFound, "the platform has no WebSocket route " + path);
             unreachable(base, "WebSocket upgrade", status ? "HTTP " + std::to_string(status) : detail);
         }
@@ -357,6 +357,8 @@ std::optional<WsFrame> WsClient::read(std::chrono::milliseconds timeout) {
 }
 
 int WsClient::nativeFd() const { return m_channel ? m_channel->pollFd() : m_impl->socket().native_handle(); }
+
+bool WsClient::isOpen() const { return m_channel ? m_channel->isOpen() : !m_impl->closed; }
 
 void WsClient::close() {
     if (m_channel) return m_channel->close();

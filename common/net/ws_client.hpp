@@ -32,6 +32,8 @@ public:
     /// A descriptor poll(2) finds readable while a frame waits (or the
     /// channel has closed): WsClient::nativeFd() of a client over it.
     virtual int pollFd() const = 0;
+    /// False once the channel has closed (either end).
+    virtual bool isOpen() const = 0;
 };
 
 class WsClient {
@@ -54,6 +56,10 @@ public:
     std::optional<WsFrame> read(std::chrono::milliseconds timeout);
     /// Sends a close frame and waits briefly for the peer's.
     void close();
+    /// False once it is known closed: by close(), a failed read or write, or
+    /// (over a channel) the other end. A network peer's close is only seen by
+    /// the next read or write.
+    bool isOpen() const;
     /// The socket, for poll(2) beside other descriptors. Readable means a
     /// read() will make progress; TLS may also hold frames already received,
     /// so after a read keep reading with a short timeout until none is left.

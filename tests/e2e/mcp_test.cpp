@@ -76,6 +76,14 @@ protected:
         return ready;
     }
 
+    /// What http_scenario.mjs found, every check of it.
+    static void expectHttpScenarioHeld(const json::object& findings, const std::string& serverLog) {
+        ASSERT_TRUE(findings.contains("ok")) << json::serialize(findings) << serverLog;
+        for (const char* check : {"refused", "cancel", "ended", "resumed", "evicted", "subscribed"})
+            EXPECT_EQ(findings.at(check).as_string(), "ok") << check;
+        EXPECT_GE(findings.at("progress").as_int64(), 1);
+    }
+
     Harness m_h;
     fs::path m_work, m_outside;
     Secret m_token{""};
@@ -109,14 +117,7 @@ TEST_F(McpTest, TheOfficialSdkUsesTheStreamableHttpTransportWithABearerToken) {
     auto server = startHttpServer({"--http-token-file", tokenFile.string()});
     ASSERT_EQ(server.line.rfind("http://127.0.0.1:", 0), 0u) << server.line;
     auto findings = runScenario("http_scenario.mjs", {"MCP_URL=" + server.line, "MCP_HTTP_TOKEN=" + token});
-    ASSERT_TRUE(findings.contains("ok")) << json::serialize(findings);
-    EXPECT_EQ(findings.at("refused").as_string(), "ok");
-    EXPECT_GE(findings.at("progress").as_int64(), 1);
-    EXPECT_EQ(findings.at("cancel").as_string(), "ok");
-    EXPECT_EQ(findings.at("ended").as_string(), "ok");
-    EXPECT_EQ(findings.at("resumed").as_string(), "ok");
-    EXPECT_EQ(findings.at("evicted").as_string(), "ok");
-    EXPECT_EQ(findings.at("subscribed").as_string(), "ok");
+    expectHttpScenarioHeld(findings, "");
     auto status = server.child.terminate(5000ms);
     ASSERT_TRUE(status.has_value());
     EXPECT_EQ(status->code.value_or(-1), 0) << "SIGTERM ends the server cleanly";
@@ -127,14 +128,7 @@ TEST_F(McpTest, TheRelayServesTheSameTransportAtSlashMcpWithTheAgentsOwnToken) {
     auto findings = runScenario(
         "http_scenario.mjs",
         {"MCP_URL=" + m_h.url() + "/mcp", "MCP_HTTP_TOKEN=" + m_token.reveal(), "NODE_EXTRA_CA_CERTS=" + m_h.caFile()});
-    ASSERT_TRUE(findings.contains("ok")) << json::serialize(findings) << m_h.relayLog();
-    EXPECT_EQ(findings.at("refused").as_string(), "ok");
-    EXPECT_GE(findings.at("progress").as_int64(), 1);
-    EXPECT_EQ(findings.at("cancel").as_string(), "ok");
-    EXPECT_EQ(findings.at("ended").as_string(), "ok");
-    EXPECT_EQ(findings.at("resumed").as_string(), "ok");
-    EXPECT_EQ(findings.at("evicted").as_string(), "ok");
-    EXPECT_EQ(findings.at("subscribed").as_string(), "ok");
+    expectHttpScenarioHeld(findings, m_h.relayLog());
     EXPECT_EQ(m_h.relayLog().find(m_token.reveal()), std::string::npos) << "the bearer token was logged";
 }
 
@@ -149,6 +143,21 @@ TEST_F(McpTest, TheRelaysSessionsAndDaemonsOfOneUserAreInvisibleToAnother) {
     EXPECT_EQ(findings.at("daemons").as_string(), "ok");
     EXPECT_EQ(findings.at("origin").as_string(), "ok");
     EXPECT_EQ(findings.at("revoked").as_string(), "ok");
+}
+
+TEST_F(McpTest, TheOfficialSdksOAuthClientSignsInWithTheEmailCodeRefreshesAndIsRevoked) {
+    auto findings =
+        runScenario("oauth_scenario.mjs",
+                    {"MCP_URL=" + m_h.url() + "/mcp", "MCP_RELAY=" + m_h.url(), "MCP_EMAIL=mcp@example.org",
+                     "MCP_CODES=" + (m_h.dir() / "codes.txt").string(), "NODE_EXTRA_CA_CERTS=" + m_h.caFile()});
+    ASSERT_TRUE(findings.contains("ok")) << json::serialize(findings) << m_h.relayLog();
+    EXPECT_EQ(findings.at("signin").as_string(), "ok");
+    EXPECT_EQ(findings.at("refreshed").as_string(), "ok");
+    EXPECT_EQ(findings.at("revoked").as_string(), "ok");
+    EXPECT_EQ(findings.at("refusals").as_string(), "ok");
+    auto log = m_h.relayLog();
+    EXPECT_EQ(log.find("hpcr_"), std::string::npos) << "a refresh token was logged";
+    EXPECT_EQ(log.find("hpcc_"), std::string::npos) << "an authorization code was logged";
 }
 
 TEST_F(McpTest, RefusesToListenBeyondLoopbackOrWithoutChoosingAuthentication) {

@@ -95,6 +95,33 @@ TEST_P(RelayDbStorage, ATokenOfAnExistingIdentityActsAsThatIdentity) {
     EXPECT_EQ(agents[0].validTokens, 1);
 }
 
+TEST_P(RelayDbStorage, AnOAuthGrantIsTakenOnceOfItsKindAndNotAfterItExpired) {
+    RelayDb db(connection());
+    auto alice = newUser(db, "alice@example.org");
+    auto client = db.registerOAuthClient("platform", {"https://platform.example.org/cb", "http://127.0.0.1:9/cb"});
+    auto found = db.oauthClient(client);
+    ASSERT_TRUE(found);
+    EXPECT_EQ(found->name, "platform");
+    EXPECT_EQ(found->redirectUris,
+              (std::vector<std::string>{"https://platform.example.org/cb", "http://127.0.0.1:9/cb"}));
+    EXPECT_FALSE(db.oauthClient("mcp-unknown"));
+
+    OAuthGrant code{"code", client, alice, "bot", "https://platform.example.org/cb", "challenge"};
+    auto secret = db.storeOAuthGrant(code, 60);
+    EXPECT_FALSE(db.takeOAuthGrant(secret, "refresh")) << "a code is not a refresh token";
+    auto taken = db.takeOAuthGrant(secret, "code");
+    ASSERT_TRUE(taken);
+    EXPECT_EQ(taken->userId, alice);
+    EXPECT_EQ(taken->agent, "bot");
+    EXPECT_EQ(taken->redirectUri, code.redirectUri);
+    EXPECT_EQ(taken->challenge, "challenge");
+    EXPECT_FALSE(db.takeOAuthGrant(secret, "code")) << "taken once";
+
+    auto expired = db.storeOAuthGrant({"refresh", client, alice, "bot", "", ""}, -1);
+    EXPECT_FALSE(db.takeOAuthGrant(expired, "refresh"));
+    EXPECT_FALSE(db.authenticate(expired)) << "a grant is no bearer token";
+}
+
 TEST_P(RelayDbStorage, IdentityNamesAreUniquePerUserNotAcrossUsers) {
     RelayDb db(connection());
     auto alice = newUser(db, "alice@example.org");
