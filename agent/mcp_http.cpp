@@ -190,6 +190,12 @@ private:
 
 using Request = http::request<http::string_body>;
 
+/// A connection, and the CORS headers every answer to its current request carries.
+struct Conn {
+    Socket socket;
+    std::vector<std::pair<std::string, std::string>> cors;
+};
+
 std::string hostOf(std::string_view hostPort) {
     if (hostPort.starts_with('[')) {
         auto end = hostPort.find(']');
@@ -211,16 +217,17 @@ public:
     Impl(McpHttpOptions options, McpCaller loopbackCaller)
         : m_options(std::move(options)), m_loopbackCaller(std::move(loopbackCaller)) {}
 
-    void serveConnection(Socket socket) {
+    void serveConnection(Socket raw) {
+        Conn socket{std::move(raw), {}};
         // A client silent for this long between requests is gone.
         timeval idle{300, 0};
-        ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &idle, sizeof idle);
+        ::setsockopt(socket.socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &idle, sizeof idle);
         beast::flat_buffer buffer;
         for (;;) {
             http::request_parser<http::string_body> parser;
             parser.body_limit(m_options.maxBodyBytes);
             beast::error_code ec;
-            http::read(socket, buffer, parser, ec);
+            http::read(socket.socket, buffer, parser, ec);
             if (ec == http::error::body_limit) {
                 reply(socket, 413, {},
                       rpcErrorBody(mcp::kInvalidRequest, "the body is over the limit of " +
@@ -233,7 +240,7 @@ public:
             if (!handle(socket, req) || !req.keep_alive()) break;
         }
         beast::error_code ignored;
-        socket.shutdown(Socket::shutdown_both, ignored);
+        socket.socket.shutdown(Socket::shutdown_both, ignored);
     }
 
     std::size_t sessionCount() {
@@ -255,7 +262,7 @@ public:
 
 private:
     /// Answers one request; false when the connection must close.
-    bool handle(Socket& socket, const Request& req) {
+    bool handle(Conn& socket, const Request& req) {
         std::string_view target = req.target();
         target = target.substr(0, target.find('?'));
         if (target != "/mcp") return reply(socket, 404, {}, rpcErrorBody(mcp::kInvalidRequest, "the endpoint is /mcp"));
@@ -279,14 +286,28 @@ private:
             }
             caller = m_loopbackCaller;
         } else {
+            socket.cors.clear();
             // A page elsewhere may not drive a user's agent session with a token it holds.
-            if (auto origin = std::string(req[http::field::origin]);
-                !origin.empty() && std::find(m_options.allowedOrigins.begin(), m_options.allowedOrigins.end(),
-                                             origin) == m_options.allowedOrigins.end())
-                return reply(socket, 403, {},
-                             rpcErrorBody(mcp::kInvalidRequest,
-                                          "Origin " + origin.substr(0, 100) +
-                                              " is not allowed (hpc-relay --mcp-origin lists those that are)"));
+            if (auto origin = std::string(req[http::field::origin]); !origin.empty()) {
+                if (std::find(m_options.allowedOrigins.begin(), m_options.allowedOrigins.end(), origin) ==
+                    m_options.allowedOrigins.end())
+                    return reply(socket, 403, {},
+                                 rpcErrorBody(mcp::kInvalidRequest,
+                                              "Origin " + origin.substr(0, 100) +
+                                                  " is not allowed (hpc-relay --mcp-origin lists those that are)"));
+                // An allowed page's script may read the answers (CORS).
+                socket.cors = {{"Access-Control-Allow-Origin", origin},
+                               {"Vary", "Origin"},
+                               {"Access-Control-Expose-Headers", "Mcp-Session-Id, WWW-Authenticate"}};
+                if (req.method() == http::verb::options)
+                    return reply(socket, 204,
+                                 {{"Access-Control-Allow-Methods", "GET, POST, DELETE"},
+                                  {"Access-Control-Allow-Headers",
+                                   "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, "
+                                   "Last-Event-ID"},
+                                  {"Access-Control-Max-Age", "600"}},
+                                 "");
+            }
             std::string refusal;
             auto who = m_options.authorize(std::string(req[http::field::authorization]), refusal);
             if (!who)
@@ -341,8 +362,7 @@ private:
 
     /// The request's session, or false after answering 400 (no header) or 404.
     /// Another owner's session is not found either.
-    bool findSession(Socket& socket, const Request& req, const McpCaller& caller,
-                     std::shared_ptr<HttpSession>& session) {
+    bool findSession(Conn& socket, const Request& req, const McpCaller& caller, std::shared_ptr<HttpSession>& session) {
         auto id = std::string(req["Mcp-Session-Id"]);
         if (id.empty()) {
             reply(socket, 400, {}, rpcErrorBody(mcp::kInvalidRequest, "Mcp-Session-Id is required (initialize first)"));
@@ -361,7 +381,7 @@ private:
         return true;
     }
 
-    bool post(Socket& socket, const Request& req, const McpCaller& caller) {
+    bool post(Conn& socket, const Request& req, const McpCaller& caller) {
         if (std::string_view(req[http::field::content_type]).find("application/json") == std::string_view::npos)
             return reply(socket, 415, {}, rpcErrorBody(mcp::kInvalidRequest, "Content-Type must be application/json"));
         json::error_code ec;
@@ -411,7 +431,7 @@ private:
 
     /// Waits for the request's messages: its answer alone goes back as JSON;
     /// notifications before it turn the answer into an event stream.
-    bool answer(Socket& socket, const Request& req, HttpSession& session, Exchange& exchange, const json::object& msg,
+    bool answer(Conn& socket, const Request& req, HttpSession& session, Exchange& exchange, const json::object& msg,
                 const std::string& newId) {
         std::vector<std::pair<std::string, std::string>> headers;
         if (!newId.empty()) headers.emplace_back("Mcp-Session-Id", newId);
@@ -438,6 +458,7 @@ private:
             if (!streaming) {
                 std::string head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
                 for (const auto& [k, v] : headers) head += k + ": " + v + "\r\n";
+                for (const auto& [k, v] : socket.cors) head += k + ": " + v + "\r\n";
                 head += "Connection: close\r\n\r\n";
                 if (!send(socket, head)) return false;
                 streaming = true;
@@ -448,7 +469,7 @@ private:
 
     /// GET: the session's notifications for no request (resources/updated),
     /// as an event stream, until the client hangs up.
-    bool standaloneStream(Socket& socket, const Request& req, HttpSession& session) {
+    bool standaloneStream(Conn& socket, const Request& req, HttpSession& session) {
         if (std::string_view(req[http::field::accept]).find("text/event-stream") == std::string_view::npos)
             return reply(socket, 406, {}, rpcErrorBody(mcp::kInvalidRequest, "GET takes Accept: text/event-stream"));
         std::optional<std::uint64_t> after;
@@ -460,9 +481,9 @@ private:
         auto stream = session.openStandalone(after);
         if (!stream)
             return reply(socket, 409, {}, rpcErrorBody(mcp::kInvalidRequest, "this session's GET stream is open"));
-        bool open = send(socket,
-                         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                         "Connection: close\r\n\r\n");
+        std::string head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n";
+        for (const auto& [k, v] : socket.cors) head += k + ": " + v + "\r\n";
+        bool open = send(socket, head + "Connection: close\r\n\r\n");
         while (open && !session.ended() && !hungUp(socket))
             if (auto next = stream->pop(200ms)) {
                 open = send(socket, "id: " + std::to_string(next->id) +
@@ -473,28 +494,29 @@ private:
         return false;
     }
 
-    static bool hungUp(Socket& socket) {
-        pollfd p{socket.native_handle(), POLLRDHUP, 0};
+    static bool hungUp(Conn& socket) {
+        pollfd p{socket.socket.native_handle(), POLLRDHUP, 0};
         return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
     }
 
-    static bool send(Socket& socket, const std::string& data) {
+    static bool send(Conn& socket, const std::string& data) {
         beast::error_code ec;
-        asio::write(socket, asio::buffer(data), ec);
+        asio::write(socket.socket, asio::buffer(data), ec);
         return !ec;
     }
 
     /// Writes a response; returns whether the connection may stay open.
-    static bool reply(Socket& socket, unsigned status, const std::vector<std::pair<std::string, std::string>>& headers,
+    static bool reply(Conn& socket, unsigned status, const std::vector<std::pair<std::string, std::string>>& headers,
                       std::string body, bool keepAlive = true) {
         http::response<http::string_body> res{static_cast<http::status>(status), 11};
         if (!body.empty()) res.set(http::field::content_type, "application/json");
         for (const auto& [k, v] : headers) res.set(k, v);
+        for (const auto& [k, v] : socket.cors) res.set(k, v);
         res.keep_alive(keepAlive);
         res.body() = std::move(body);
         res.prepare_payload();
         beast::error_code ec;
-        http::write(socket, res, ec);
+        http::write(socket.socket, res, ec);
         return keepAlive && !ec;
     }
 

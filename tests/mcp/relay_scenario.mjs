@@ -1,5 +1,6 @@
 // The relay's /mcp between two users: a session and the daemons of one are
-// invisible to the other, Origin is checked against hpc-relay --mcp-origin,
+// invisible to the other, Origin is checked against hpc-relay --mcp-origin
+// (whose pages get CORS headers),
 // and a revoked token is refused at once. Run by tests/e2e/mcp_test.cpp with:
 //   MCP_URL (https://127.0.0.1:PORT/mcp), MCP_HTTP_TOKEN (the daemon owner's
 //   token), MCP_OTHER_TOKEN (another user's), MCP_ALLOWED_ORIGIN, MCP_DAEMON,
@@ -57,9 +58,21 @@ try {
   assert.equal(own.structuredContent.stdout, "yes\n", text(own));
   findings.daemons = "ok";
 
-  // A page of an allowed origin may call; another may not.
-  assert.equal((await post({ ...owner, Origin: env.MCP_ALLOWED_ORIGIN })).status, 200);
+  // A page of an allowed origin may call, and read the answers (CORS); another may not.
+  const preflight = await fetch(url, { method: "OPTIONS", headers: { Origin: env.MCP_ALLOWED_ORIGIN,
+    "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization, content-type" } });
+  assert.equal(preflight.status, 204);
+  assert.equal(preflight.headers.get("access-control-allow-origin"), env.MCP_ALLOWED_ORIGIN);
+  assert.match(preflight.headers.get("access-control-allow-headers"), /Authorization/);
+  const allowed = await post({ ...owner, Origin: env.MCP_ALLOWED_ORIGIN });
+  assert.equal(allowed.status, 200);
+  assert.equal(allowed.headers.get("access-control-allow-origin"), env.MCP_ALLOWED_ORIGIN);
+  assert.match(allowed.headers.get("access-control-expose-headers"), /Mcp-Session-Id/);
+  await allowed.text();
   assert.equal((await post({ ...owner, Origin: "https://elsewhere.example.org" })).status, 403);
+  const withoutOrigin = await post(owner);
+  assert.equal(withoutOrigin.headers.get("access-control-allow-origin"), null);
+  await withoutOrigin.text();
   findings.origin = "ok";
 
   // A revoked token's next request is refused, on a session it opened.
