@@ -266,66 +266,17 @@ private:
         std::string_view target = req.target();
         target = target.substr(0, target.find('?'));
         if (target != "/mcp") return reply(socket, 404, {}, rpcErrorBody(mcp::kInvalidRequest, "the endpoint is /mcp"));
-        McpCaller caller;
-        if (!m_options.authorize) {
-            // DNS rebinding: a web page's request to a name that resolves here carries that name.
-            if (!isLoopbackHost(std::string(req[http::field::host])))
-                return reply(socket, 403, {}, rpcErrorBody(mcp::kInvalidRequest, "Host is not a loopback name"));
-            if (auto origin = std::string(req[http::field::origin]); !origin.empty()) {
-                auto scheme = origin.find("://");
-                if (scheme == std::string::npos || !isLoopbackHost(origin.substr(scheme + 3)))
-                    return reply(socket, 403, {},
-                                 rpcErrorBody(mcp::kInvalidRequest, "Origin is not a loopback origin"));
-            }
-            if (m_options.bearer) {
-                std::string want = "Bearer " + m_options.bearer->reveal();
-                auto got = req[http::field::authorization];
-                if (got.size() != want.size() || CRYPTO_memcmp(got.data(), want.data(), want.size()) != 0)
-                    return reply(socket, 401, {{"WWW-Authenticate", "Bearer"}},
-                                 rpcErrorBody(mcp::kInvalidRequest, "a bearer token is required"));
-            }
-            caller = m_loopbackCaller;
-        } else {
-            socket.cors.clear();
-            // A page elsewhere may not drive a user's agent session with a token it holds.
-            if (auto origin = std::string(req[http::field::origin]); !origin.empty()) {
-                if (std::find(m_options.allowedOrigins.begin(), m_options.allowedOrigins.end(), origin) ==
-                    m_options.allowedOrigins.end())
-                    return reply(socket, 403, {},
-                                 rpcErrorBody(mcp::kInvalidRequest,
-                                              "Origin " + origin.substr(0, 100) +
-                                                  " is not allowed (hpc-relay --mcp-origin lists those that are)"));
-                // An allowed page's script may read the answers (CORS).
-                socket.cors = {{"Access-Control-Allow-Origin", origin},
-                               {"Vary", "Origin"},
-                               {"Access-Control-Expose-Headers", "Mcp-Session-Id, WWW-Authenticate"}};
-                if (req.method() == http::verb::options)
-                    return reply(socket, 204,
-                                 {{"Access-Control-Allow-Methods", "GET, POST, DELETE"},
-                                  {"Access-Control-Allow-Headers",
-                                   "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, "
-                                   "Last-Event-ID"},
-                                  {"Access-Control-Max-Age", "600"}},
-                                 "");
-            }
-            std::string refusal;
-            auto who = m_options.authorize(std::string(req[http::field::authorization]), refusal);
-            if (!who)
-                return reply(
-                    socket, 401,
-                    {{"WWW-Authenticate", m_options.challenge ? m_options.challenge(std::string(req[http::field::host]))
-                                                              : std::string("Bearer")}},
-                    rpcErrorBody(mcp::kInvalidRequest, refusal));
-            caller = std::move(*who);
-        }
+        bool keep = true;
+        auto caller = m_options.authorize ? admitEmbedded(socket, req, keep) : admitLoopback(socket, req, keep);
+        if (!caller) return keep;
         if (auto v = std::string(req["MCP-Protocol-Version"]);
             !v.empty() && std::find(kVersions.begin(), kVersions.end(), v) == kVersions.end())
             return reply(socket, 400, {},
                          rpcErrorBody(mcp::kInvalidRequest, "unsupported MCP-Protocol-Version " + v.substr(0, 32)));
 
-        if (req.method() == http::verb::post) return post(socket, req, caller);
+        if (req.method() == http::verb::post) return post(socket, req, *caller);
         std::shared_ptr<HttpSession> session;
-        if (!findSession(socket, req, caller, session)) return true;
+        if (!findSession(socket, req, *caller, session)) return true;
         if (req.method() == http::verb::get) return standaloneStream(socket, req, *session);
         if (req.method() == http::verb::delete_) {
             {
@@ -338,6 +289,73 @@ private:
             return reply(socket, 200, {}, "");
         }
         return reply(socket, 405, {{"Allow", "POST, DELETE"}}, rpcErrorBody(mcp::kInvalidRequest, "POST or DELETE"));
+    }
+
+    /// An admit step's end when it has answered the request itself.
+    static std::optional<McpCaller> answered(bool& keep, bool connectionStays) {
+        keep = connectionStays;
+        return std::nullopt;
+    }
+
+    /// `hpc-agent mcp --listen`: the request's caller, or nullopt once it
+    /// is answered (refused); `keep` then says whether the connection stays.
+    std::optional<McpCaller> admitLoopback(Conn& socket, const Request& req, bool& keep) {
+        // DNS rebinding: a web page's request to a name that resolves here carries that name.
+        if (!isLoopbackHost(std::string(req[http::field::host])))
+            return answered(keep,
+                            reply(socket, 403, {}, rpcErrorBody(mcp::kInvalidRequest, "Host is not a loopback name")));
+        if (auto origin = std::string(req[http::field::origin]); !origin.empty()) {
+            auto scheme = origin.find("://");
+            if (scheme == std::string::npos || !isLoopbackHost(origin.substr(scheme + 3)))
+                return answered(keep, reply(socket, 403, {},
+                                            rpcErrorBody(mcp::kInvalidRequest, "Origin is not a loopback origin")));
+        }
+        if (m_options.bearer) {
+            std::string want = "Bearer " + m_options.bearer->reveal();
+            auto got = req[http::field::authorization];
+            if (got.size() != want.size() || CRYPTO_memcmp(got.data(), want.data(), want.size()) != 0)
+                return answered(keep, reply(socket, 401, {{"WWW-Authenticate", "Bearer"}},
+                                            rpcErrorBody(mcp::kInvalidRequest, "a bearer token is required")));
+        }
+        return m_loopbackCaller;
+    }
+
+    /// The relay's /mcp: the caller its bearer names, or nullopt once the
+    /// request is answered (refused, or a CORS preflight).
+    std::optional<McpCaller> admitEmbedded(Conn& socket, const Request& req, bool& keep) {
+        socket.cors.clear();
+        // A page elsewhere may not drive a user's agent session with a token it holds.
+        if (auto origin = std::string(req[http::field::origin]); !origin.empty()) {
+            if (std::find(m_options.allowedOrigins.begin(), m_options.allowedOrigins.end(), origin) ==
+                m_options.allowedOrigins.end())
+                return answered(
+                    keep, reply(socket, 403, {},
+                                rpcErrorBody(mcp::kInvalidRequest,
+                                             "Origin " + origin.substr(0, 100) +
+                                                 " is not allowed (hpc-relay --mcp-origin lists those that are)")));
+            // An allowed page's script may read the answers (CORS).
+            socket.cors = {{"Access-Control-Allow-Origin", origin},
+                           {"Vary", "Origin"},
+                           {"Access-Control-Expose-Headers", "Mcp-Session-Id, WWW-Authenticate"}};
+            if (req.method() == http::verb::options)
+                return answered(keep,
+                                reply(socket, 204,
+                                      {{"Access-Control-Allow-Methods", "GET, POST, DELETE"},
+                                       {"Access-Control-Allow-Headers",
+                                        "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, "
+                                        "Last-Event-ID"},
+                                       {"Access-Control-Max-Age", "600"}},
+                                      ""));
+        }
+        std::string refusal;
+        auto who = m_options.authorize(std::string(req[http::field::authorization]), refusal);
+        if (!who) {
+            std::string challenge =
+                m_options.challenge ? m_options.challenge(std::string(req[http::field::host])) : "Bearer";
+            return answered(keep, reply(socket, 401, {{"WWW-Authenticate", challenge}},
+                                        rpcErrorBody(mcp::kInvalidRequest, refusal)));
+        }
+        return who;
     }
 
     /// Under m_lock.

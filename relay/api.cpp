@@ -92,6 +92,14 @@ bool validRegistration(const json::object& o, std::string& why) {
 
 }  // namespace
 
+std::string errorMessageOf(const ApiResponse& answer) {
+    json::error_code ec;
+    auto v = json::parse(answer.body, ec);
+    if (!ec && v.is_object())
+        if (auto* m = v.get_object().if_contains("message"); m && m->is_string()) return std::string(m->get_string());
+    return "HTTP " + std::to_string(answer.status);
+}
+
 bool isPlainHost(std::string_view host) {
     return !host.empty() && host.size() <= 255 && std::all_of(host.begin(), host.end(), [](unsigned char c) {
         return std::isalnum(c) || c == '.' || c == '-' || c == ':' || c == '[' || c == ']';
@@ -179,9 +187,12 @@ std::variant<Secret, ApiResponse> Api::startSignin(const std::string& email, con
     return std::move(*token);
 }
 
-std::variant<std::int64_t, ApiResponse> Api::checkCode(const Secret& token, const Secret& code) {
+std::variant<std::int64_t, ApiResponse> Api::checkCode(const Secret& token, const Secret& code,
+                                                       VerifyOutcome* outcome) {
     std::int64_t userId = 0;
-    switch (m_db.verifyCode(token, code, userId)) {
+    auto verdict = m_db.verifyCode(token, code, userId);
+    if (outcome) *outcome = verdict;
+    switch (verdict) {
         case VerifyOutcome::Ok:
             return userId;
         case VerifyOutcome::WrongCode:

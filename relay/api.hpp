@@ -36,6 +36,9 @@ struct ApiResponse {
     std::vector<std::pair<std::string, std::string>> headers{};
 };
 
+/// The message of an error answer ({"status": "error", "code", "message"}).
+std::string errorMessageOf(const ApiResponse& answer);
+
 /// Whether a Host header is a host name or address with an optional port,
 /// safe to put in a URL the relay hands out.
 bool isPlainHost(std::string_view host);
@@ -99,8 +102,10 @@ private:
     /// Sends `email` a sign-in code (the limits applied): the sign-in's
     /// token, or the answer that refuses it.
     std::variant<Secret, ApiResponse> startSignin(const std::string& email, const std::string& remote);
-    /// The user a code signs in, or the answer that refuses it.
-    std::variant<std::int64_t, ApiResponse> checkCode(const Secret& token, const Secret& code);
+    /// The user a code signs in, or the answer that refuses it; `outcome`,
+    /// when given, says which.
+    std::variant<std::int64_t, ApiResponse> checkCode(const Secret& token, const Secret& code,
+                                                      VerifyOutcome* outcome = nullptr);
 
     // The MCP authorization flow, OAuth 2.1 (oauth.cpp, docs/mcp.md).
     /// nullopt when `path` is none of its routes.

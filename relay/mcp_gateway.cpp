@@ -18,6 +18,7 @@
 #include <cstring>
 #include <deque>
 #include <future>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -214,30 +215,40 @@ private:
     UniqueFd m_ready;  ///< an eventfd
 };
 
-/// The message of an error answer ({"status": "error", "code", "message"}).
-std::string messageOf(const ApiResponse& answer) {
-    json::error_code ec;
-    auto v = json::parse(answer.body, ec);
-    if (!ec && v.is_object())
-        if (auto* m = v.get_object().if_contains("message"); m && m->is_string()) return std::string(m->get_string());
-    return "HTTP " + std::to_string(answer.status);
-}
+/// The credential an agent identity last presented to /mcp. Its sessions
+/// act with it: a token revoked or expired and replaced (an OAuth refresh)
+/// is not used again once the client's next request carries the new one.
+struct Credential {
+    std::mutex lock;
+    Principal who;
+    Secret authorization{""};  ///< the Authorization header's value
+};
 
 /// A session's way to the user's daemons: agent connections to the hub in
 /// this process, and the daemon list as GET /hpc/daemons answers it.
-agent::McpCaller callerFor(const std::shared_ptr<McpGateway::Loop>& loop, const Principal& who,
-                           const std::string& authorization) {
+agent::McpCaller callerFor(const std::shared_ptr<McpGateway::Loop>& loop, std::string owner,
+                           const std::shared_ptr<Credential>& credential) {
     agent::PlatformAccess access;
-    access.connect = [loop, who] {
-        auto channel = std::make_shared<LocalAgent>(loop, who);
+    access.connect = [loop, credential] {
+        Principal who;
+        {
+            std::lock_guard lock(credential->lock);
+            who = credential->who;
+        }
+        auto channel = std::make_shared<LocalAgent>(loop, std::move(who));
         channel->attach();
         return agent::AgentClient::over(net::WsClient::over(channel));
     };
-    access.listDaemons = [loop, bearer = std::make_shared<const Secret>(authorization)] {
+    access.listDaemons = [loop, credential] {
+        std::string authorization;
+        {
+            std::lock_guard lock(credential->lock);
+            authorization = credential->authorization.reveal();
+        }
         auto answer = loop->call([&] {
-            return loop->api.handle(ApiRequest{"GET", "/hpc/daemons", bearer->reveal(), "", "mcp"});
+            return loop->api.handle(ApiRequest{"GET", "/hpc/daemons", authorization, "", "mcp"});
         });
-        if (answer.status != 200) throw Error(ErrorCode::Unavailable, "listing the daemons: " + messageOf(answer));
+        if (answer.status != 200) throw Error(ErrorCode::Unavailable, "listing the daemons: " + errorMessageOf(answer));
         json::error_code ec;
         auto v = json::parse(answer.body, ec);
         if (!ec && v.is_object())
@@ -245,9 +256,7 @@ agent::McpCaller callerFor(const std::shared_ptr<McpGateway::Loop>& loop, const 
                 if (auto* d = p->get_object().if_contains("daemons"); d && d->is_array()) return d->get_array();
         throw Error(ErrorCode::Internal, "the daemon list has no daemons");
     };
-    // Sessions are the agent identity's: its tokens share them, nobody else.
-    return {std::to_string(who.userId) + "/" + agentIdOf(who),
-            [access] { return std::make_unique<agent::PlatformBackend>(access); }};
+    return {std::move(owner), [access] { return std::make_unique<agent::PlatformBackend>(access); }};
 }
 
 }  // namespace
@@ -269,8 +278,19 @@ McpGateway::McpGateway(asio::io_context& ioc, Api& api, Hub& hub, McpGatewayOpti
     };
     o.session.serverName = "hpc-relay";
     o.session.serverVersion = HPC_VERSION;
-    o.authorize = [loop = m_loop](const std::string& authorization,
-                                  std::string& refusal) -> std::optional<agent::McpCaller> {
+    // Forgotten only when the relay stops: one entry per agent identity that used /mcp.
+    struct Credentials {
+        std::mutex lock;
+        std::map<std::string, std::shared_ptr<Credential>> byOwner;
+        std::shared_ptr<Credential> of(const std::string& owner) {
+            std::lock_guard hold(lock);
+            auto& c = byOwner[owner];
+            if (!c) c = std::make_shared<Credential>();
+            return c;
+        }
+    };
+    o.authorize = [loop = m_loop, credentials = std::make_shared<Credentials>()](
+                      const std::string& authorization, std::string& refusal) -> std::optional<agent::McpCaller> {
         struct Verdict {
             std::optional<Principal> who;
             std::string refusal;
@@ -279,15 +299,23 @@ McpGateway::McpGateway(asio::io_context& ioc, Api& api, Hub& hub, McpGatewayOpti
             auto verdict = loop->call([&] {
                 Verdict v{loop->api.authenticate(authorization), {}};
                 if (!v.who)
-                    v.refusal =
-                        messageOf(loop->api.refuseBearer(authorization, "a valid bearer token or API key is required"));
+                    v.refusal = errorMessageOf(
+                        loop->api.refuseBearer(authorization, "a valid bearer token or API key is required"));
                 return v;
             });
             if (!verdict.who) {
                 refusal = verdict.refusal;
                 return std::nullopt;
             }
-            return callerFor(loop, *verdict.who, authorization);
+            // Sessions are the agent identity's: its tokens share them, nobody else.
+            std::string owner = std::to_string(verdict.who->userId) + "/" + agentIdOf(*verdict.who);
+            auto credential = credentials->of(owner);
+            {
+                std::lock_guard lock(credential->lock);
+                credential->who = *verdict.who;
+                credential->authorization = Secret(authorization);
+            }
+            return callerFor(loop, std::move(owner), credential);
         } catch (const std::exception& e) {
             refusal = e.what();
             return std::nullopt;

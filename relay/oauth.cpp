@@ -174,6 +174,17 @@ ApiResponse redirect(const std::string& location) {
     return r;
 }
 
+/// A page that runs no script and may not be framed.
+ApiResponse htmlAnswer(int status, std::string body) {
+    ApiResponse r{status, std::move(body)};
+    r.contentType = "text/html; charset=utf-8";
+    r.headers = {{"Cache-Control", "no-store"},
+                 {"Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"},
+                 {"X-Frame-Options", "DENY"},
+                 {"Referrer-Policy", "no-referrer"}};
+    return r;
+}
+
 /// The OAuth parameters the sign-in page carries from step to step.
 constexpr std::array<std::string_view, 7> kCarried = {"client_id", "redirect_uri",          "state",         "scope",
                                                       "resource",  "code_challenge_method", "code_challenge"};
@@ -210,31 +221,14 @@ ApiResponse page(int status, const std::map<std::string, std::string>& params, c
             "<button type=\"submit\">Sign in</button>\n";
     }
     body += "</form>\n</body></html>\n";
-    ApiResponse r{status, std::move(body)};
-    r.contentType = "text/html; charset=utf-8";
-    r.headers = {{"Cache-Control", "no-store"},
-                 {"Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"},
-                 {"X-Frame-Options", "DENY"},
-                 {"Referrer-Policy", "no-referrer"}};
-    return r;
+    return htmlAnswer(status, std::move(body));
 }
 
 ApiResponse errorPage(int status, const std::string& message) {
-    auto r = page(status, {}, "", message);
-    r.body =
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>hpc-relay</title></head><body>"
-        "<h1>This sign-in cannot go on</h1><p>" +
-        htmlEscape(message) + "</p></body></html>\n";
-    return r;
-}
-
-/// An error answer's message ({"status": "error", "message"}).
-std::string messageOf(const ApiResponse& answer) {
-    json::error_code ec;
-    auto v = json::parse(answer.body, ec);
-    if (!ec && v.is_object())
-        if (auto* m = v.get_object().if_contains("message"); m && m->is_string()) return std::string(m->get_string());
-    return "refused";
+    return htmlAnswer(status,
+                      "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>hpc-relay</title>"
+                      "</head><body><h1>This sign-in cannot go on</h1><p>" +
+                          htmlEscape(message) + "</p></body></html>\n");
 }
 
 }  // namespace
@@ -352,7 +346,7 @@ ApiResponse Api::oauthAuthorize(const ApiRequest& r) {
     if (step == "email") {
         auto started = startSignin(email, r.remote);
         if (auto* refused = std::get_if<ApiResponse>(&started))
-            return page(refused->status, params, client->name, messageOf(*refused), email);
+            return page(refused->status, params, client->name, errorMessageOf(*refused), email);
         return page(200, params, client->name, "", email, std::get<Secret>(started).reveal());
     }
     if (step != "code") return page(400, params, client->name, "unknown step");
@@ -361,11 +355,12 @@ ApiResponse Api::oauthAuthorize(const ApiRequest& r) {
     if (!isValidDaemonId(agent))
         return page(400, params, client->name,
                     "agent names are 1-64 characters of A-Z a-z 0-9 . _ - (not starting with . or -)", email, signin);
-    auto checked = checkCode(Secret(signin), Secret(param("code")));
+    VerifyOutcome outcome{};
+    auto checked = checkCode(Secret(signin), Secret(param("code")), &outcome);
     if (auto* refused = std::get_if<ApiResponse>(&checked)) {
-        // Another code is needed once this sign-in is spent: back to step 1.
-        bool retry = refused->status == 401 && messageOf(*refused) == "wrong code";
-        return page(refused->status, params, client->name, messageOf(*refused), email, retry ? signin : "");
+        // A wrong code may be typed again; otherwise a new code is needed: back to step 1.
+        bool retry = outcome == VerifyOutcome::WrongCode;
+        return page(refused->status, params, client->name, errorMessageOf(*refused), email, retry ? signin : "");
     }
     auto userId = std::get<std::int64_t>(checked);
     auto code = m_db.storeOAuthGrant({"code", client->clientId, userId, agent, redirectUri, param("code_challenge")},

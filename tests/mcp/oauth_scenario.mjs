@@ -121,6 +121,9 @@ try {
   const after = await client.callTool({ name: "run_command", arguments: { daemon: env.MCP_DAEMON, command: "echo again" } });
   assert.equal(after.structuredContent?.stdout, "again\n", text(after));
   assert.notEqual(provider.saved.access_token, first.access_token, "a new access token");
+  // The session acts with the new token, not the revoked one it was opened with.
+  const relisted = await client.callTool({ name: "list_daemons", arguments: {} });
+  assert.ok(relisted.structuredContent?.daemons?.some((d) => d.daemon_id === env.MCP_DAEMON), text(relisted));
   res = await token({ grant_type: "refresh_token", refresh_token: first.refresh_token });
   assert.equal(res.status, 400, "a refresh token is spent when used");
   findings.refreshed = "ok";
