@@ -3,7 +3,8 @@
 // authorization, @ACCESS@ and @KEY@ become a valid access token and API key,
 // so the routes behind sign-in are reached too. Every answer must be a JSON
 // object with a status the route table allows, errors must carry a code, and
-// nothing may end in an internal error.
+// nothing may end in an internal error. The OAuth routes (MCP's
+// authorization flow) answer in OAuth's own forms, checked apart.
 #include "api.hpp"
 #include "hub.hpp"
 #include "log.hpp"
@@ -74,8 +75,33 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     replaceAll(r.authorization, "@KEY@", world.key);
     r.body = std::string(in);
     r.remote = "192.0.2.1:40000";
+    r.contentType = r.body.starts_with('{') ? "application/json" : "application/x-www-form-urlencoded";
+    r.base = "https://relay.example.org";
 
     auto res = world.api.handle(r);
+    auto path = r.target.substr(0, r.target.find('?'));
+    if (path.rfind("/oauth/", 0) == 0 || path.rfind("/.well-known/", 0) == 0) {
+        // MCP's authorization flow answers in OAuth's forms: a page, a redirect, or {"error": ...}.
+        static const int kOAuthStatuses[] = {200, 201, 302, 400, 401, 404, 405, 429};
+        require(std::find(std::begin(kOAuthStatuses), std::end(kOAuthStatuses), res.status) !=
+                std::end(kOAuthStatuses));
+        auto header = [&](std::string_view name) {
+            return std::any_of(res.headers.begin(), res.headers.end(), [&](const auto& h) { return h.first == name; });
+        };
+        if (res.status == 302) {
+            require(header("Location"));
+            return 0;
+        }
+        if (res.contentType.rfind("text/html", 0) == 0) {
+            require(header("Content-Security-Policy"));
+            return 0;
+        }
+        json::error_code ec;
+        auto body = json::parse(res.body, ec);
+        require(!ec && body.is_object());
+        if (res.status >= 400) require(body.as_object().contains("error") || body.as_object().contains("code"));
+        return 0;
+    }
     // 403: an API key bound to one daemon, used for another (an earlier input
     // may have registered a daemon with the key).
     static const int kStatuses[] = {200, 201, 400, 401, 403, 404, 405, 429};
