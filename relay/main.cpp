@@ -78,8 +78,9 @@ int main(int argc, char** argv) try {
     hpc::adoptProgramName(argc > 0 ? argv[0] : nullptr);
     CLI::App app{
         "hpc-relay: a self-hostable platform for hpc-daemon. Serves the sign-in, API-key and daemon-registry\n"
-        "routes over HTTPS and routes WebSocket messages between agents and daemons of the same user.\n"
-        "See docs/protocol.md for every route and message."};
+        "routes over HTTPS, routes WebSocket messages between agents and daemons of the same user, and serves\n"
+        "the Model Context Protocol at /mcp for remote AI agents (with its OAuth sign-in).\n"
+        "See docs/protocol.md for every route and message, docs/mcp.md for /mcp."};
     app.set_version_flag("--version", "hpc-relay " HPC_VERSION);
     relay::ServerConfig config;
     std::string dataDir;
