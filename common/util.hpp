@@ -66,5 +66,7 @@ bool isWithin(const std::filesystem::path& path, const std::filesystem::path& di
 bool isValidUtf8(std::string_view s);
 std::string base64Encode(std::string_view data);
 std::optional<std::string> base64Decode(std::string_view text);
+/// %XX escapes decoded (URL userinfo, form fields); nullopt for a broken one.
+std::optional<std::string> percentDecode(std::string_view s);
 
 }  // namespace hpc

@@ -36,29 +36,14 @@ ApiResponse oauthError(int status, const std::string& error, const std::string& 
     return jsonAnswer(status, {{"error", error}, {"error_description", description}});
 }
 
-int hexValue(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
 /// application/x-www-form-urlencoded (a body, or a query): the first value of each name.
 std::map<std::string, std::string> parseForm(std::string_view text) {
     std::map<std::string, std::string> out;
+    // '+' is a space; a field with a broken %-escape is taken as empty.
     auto decode = [](std::string_view s) {
-        std::string d;
-        for (std::size_t i = 0; i < s.size(); ++i) {
-            if (s[i] == '+') {
-                d.push_back(' ');
-            } else if (s[i] == '%' && i + 2 < s.size() && hexValue(s[i + 1]) >= 0 && hexValue(s[i + 2]) >= 0) {
-                d.push_back(static_cast<char>(hexValue(s[i + 1]) * 16 + hexValue(s[i + 2])));
-                i += 2;
-            } else {
-                d.push_back(s[i]);
-            }
-        }
-        return d;
+        std::string spaced(s);
+        std::replace(spaced.begin(), spaced.end(), '+', ' ');
+        return percentDecode(spaced).value_or(std::string());
     };
     while (!text.empty()) {
         auto amp = text.find('&');
